@@ -1,0 +1,1 @@
+"""Inverse problems, constrained generation and optimisation: where physics meets generative models."""

@@ -1,0 +1,1 @@
+"""Score-based diffusion models, networks, training and samplers (knows nothing of PDEs)."""

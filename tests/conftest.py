@@ -1,0 +1,30 @@
+"""Strict test environment: float64, strict dtype promotion, no implicit rank promotion."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax
+import jax.random as jr
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def getkey():
+    """A fresh PRNG key on each call, deterministic per test."""
+    key = [jr.key(5678)]
+
+    def _getkey():
+        key[0], sub = jr.split(key[0])
+        return sub
+
+    return _getkey
+
+
+@pytest.fixture
+def key():
+    return jr.key(1234)
