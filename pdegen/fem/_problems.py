@@ -1,0 +1,194 @@
+"""PDE problems: Poisson (with reaction), Helmholtz (Dirichlet or impedance), Darcy.
+
+Each problem exposes ``operator(...)`` (the sparse system matrix, before boundary conditions),
+``rhs(...)``, ``residual(u, ...)``, ``solve(...)`` and ``residual_energy(u, ...)``. All
+coefficients are keyword arguments and may be traced, so ``jit``, ``vmap`` and ``grad`` work.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._assembly import DirichletBC, boundary_load, boundary_mass, load, mass, stiffness
+from ._solve import linear_solve
+from ._space import FunctionSpace
+
+
+def _concrete(x):
+    if isinstance(x, jax.core.Tracer) or callable(x):
+        return None
+    try:
+        return np.asarray(x)
+    except Exception:  # pragma: no cover - exotic array types
+        return None
+
+
+def _check_finite(name, x):
+    v = _concrete(x)
+    if v is not None and not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _check_positive(name, x):
+    v = _concrete(x)
+    if v is None:
+        return
+    _check_finite(name, v)
+    if np.iscomplexobj(v) or np.any(v <= 0):
+        raise ValueError(f"{name} must be real and positive everywhere; min is {np.min(np.real(v)):g}")
+
+
+class _Problem:
+    space: FunctionSpace
+    bc: DirichletBC | None
+    symmetric_positive_definite = False
+
+    def __init__(self, space: FunctionSpace, *, dirichlet=0.0, dirichlet_where=None,
+                 method: str = "auto", rtol: float = 1e-10, maxiter: int | None = None):
+        if not isinstance(space, FunctionSpace):
+            raise TypeError(f"{type(self).__name__}: space must be a FunctionSpace, got {type(space).__name__}")
+        self.space = space
+        self.bc = None if dirichlet is None else DirichletBC(space, dirichlet, where=dirichlet_where)
+        self.solver_options = dict(method=method, rtol=rtol, maxiter=maxiter)
+
+    @property
+    def ndofs(self) -> int:
+        return self.space.ndofs
+
+    def _system(self, g=None, **theta):
+        A = self.operator(**{k: v for k, v in theta.items() if k in self._operator_args})
+        b = self.rhs(**{k: v for k, v in theta.items() if k in self._rhs_args})
+        if self.bc is not None:
+            A, b = self.bc.apply(A, b, g)
+        return A, b
+
+    def residual(self, u, *, g=None, **theta) -> jax.Array:
+        """Algebraic weak residual ``A(theta) u - b(theta)``; constrained rows hold ``u - g``."""
+        u = jnp.asarray(u)
+        if u.shape != (self.ndofs,):
+            raise ValueError(f"residual: u must have shape ({self.ndofs},), got {u.shape}")
+        A = self.operator(**{k: v for k, v in theta.items() if k in self._operator_args})
+        b = self.rhs(**{k: v for k, v in theta.items() if k in self._rhs_args})
+        r = A @ u - b
+        if self.bc is not None:
+            r = self.bc.residual_rows(r, u, g)
+        return r
+
+    def residual_energy(self, u, *, tau: float = 1.0, g=None, **theta) -> jax.Array:
+        """``0.5 * ||residual(u, theta)||^2 / tau^2`` (a negative log-density up to a constant)."""
+        r = self.residual(u, g=g, **theta)
+        return 0.5 * jnp.sum(jnp.abs(r) ** 2) / tau**2
+
+    def solve(self, *, g=None, **theta) -> jax.Array:
+        """The finite-element solution, shape ``(ndofs,)``; gradients by one adjoint solve."""
+        unknown = set(theta) - set(self._operator_args) - set(self._rhs_args)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.solve got unexpected arguments {sorted(unknown)}; "
+                f"expected {sorted(set(self._operator_args) | set(self._rhs_args))}"
+            )
+        A, b = self._system(g=g, **theta)
+        return linear_solve(A, b, symmetric_positive_definite=self.symmetric_positive_definite,
+                            **self.solver_options)
+
+
+class Poisson(_Problem):
+    """``-div(kappa grad u) + reaction * u = f`` with ``u = g`` on the (selected) boundary.
+
+    Args:
+        space: a :class:`FunctionSpace`.
+        dirichlet: boundary values (scalar, callable ``g(x)``, or array; may be overridden per call
+            with ``g=``), or ``None`` for a natural (zero-flux) boundary, which needs ``reaction > 0``.
+        dirichlet_where: boundary part for the Dirichlet condition (default: all of it).
+        method, rtol, maxiter: linear solver options (see :func:`linear_solve`).
+
+    Example::
+
+        mesh = fem.unit_square(33)
+        V = fem.FunctionSpace(mesh, "P1")
+        u = fem.Poisson(V).solve(kappa=1.0, f=1.0)
+    """
+
+    _operator_args = ("kappa", "reaction")
+    _rhs_args = ("f",)
+    symmetric_positive_definite = True
+
+    def operator(self, kappa=1.0, reaction=0.0):
+        """Stiffness with diffusivity ``kappa`` plus mass with ``reaction`` (no boundary conditions)."""
+        _check_positive("Poisson: kappa", kappa)
+        _check_finite("Poisson: reaction", reaction)
+        A = stiffness(self.space, kappa)
+        if not (isinstance(reaction, (int, float)) and reaction == 0):
+            A = A + mass(self.space, reaction)
+        return A
+
+    def rhs(self, f=0.0):
+        _check_finite("Poisson: f", f)
+        return load(self.space, f)
+
+
+class Darcy(Poisson):
+    """``-div(a grad u) = f`` (default ``f = 1``) with ``u = 0`` on the boundary and a
+    piecewise-constant permeability ``a``, as in the DiffusionPDE Darcy task.
+
+    Use :meth:`permeability` to turn a field into cell values ``high`` where the field is ``>= 0``
+    and ``low`` elsewhere, then ``solve(kappa=a)``.
+    """
+
+    def rhs(self, f=1.0):
+        return super().rhs(f)
+
+    def permeability(self, field, *, high: float = 12.0, low: float = 3.0) -> jax.Array:
+        """Cell values ``(ncells,)``: ``high`` where the cell-mean of the vertex ``field`` is >= 0."""
+        field = jnp.asarray(field)
+        mesh = self.space.mesh
+        if field.shape != (mesh.npoints,):
+            raise ValueError(f"Darcy.permeability: field must have shape ({mesh.npoints},), got {field.shape}")
+        cell_mean = jnp.mean(field[mesh.cells], axis=1)
+        return jnp.where(cell_mean >= 0, high, low)
+
+
+class Helmholtz(_Problem):
+    """``-Laplacian(u) - k^2 (1 + q) u = f`` with either boundary condition:
+
+    - ``boundary='dirichlet'``: ``u = g`` (real arithmetic);
+    - ``boundary='impedance'``: the absorbing condition ``du/dn - i k u = h`` (complex solution).
+
+    ``k`` (wavenumber, scalar) and ``q`` (contrast field) may be traced.
+    """
+
+    _operator_args = ("k", "q")
+    _rhs_args = ("f", "h", "k")
+
+    def __init__(self, space: FunctionSpace, *, boundary: str = "dirichlet", dirichlet=0.0,
+                 dirichlet_where=None, impedance_where=None, method: str = "auto",
+                 rtol: float = 1e-10, maxiter: int | None = None):
+        if boundary not in ("dirichlet", "impedance"):
+            raise ValueError(f"Helmholtz: boundary must be 'dirichlet' or 'impedance', got {boundary!r}")
+        self.boundary = boundary
+        self.impedance_where = impedance_where
+        super().__init__(space, dirichlet=dirichlet if boundary == "dirichlet" else None,
+                         dirichlet_where=dirichlet_where, method=method, rtol=rtol, maxiter=maxiter)
+        if method == "cg":
+            raise ValueError("Helmholtz: the system is indefinite; use method='direct', 'gmres' or 'bicgstab'")
+
+    def operator(self, k=1.0, q=0.0):
+        _check_finite("Helmholtz: k", k)
+        _check_finite("Helmholtz: q", q)
+        k = jnp.asarray(k)
+        if k.ndim != 0:
+            raise ValueError(f"Helmholtz: k must be a scalar wavenumber, got shape {k.shape}")
+        A = stiffness(self.space) - mass(self.space, (1.0 + self.space.at_quadrature(q, "q")) * k**2)
+        if self.boundary == "impedance":
+            A = A + boundary_mass(self.space, -1j * k, where=self.impedance_where)
+        return A
+
+    def rhs(self, f=0.0, h=0.0, k=1.0):
+        _check_finite("Helmholtz: f", f)
+        b = load(self.space, f)
+        if self.boundary == "impedance":
+            b = b.astype(jnp.result_type(b.dtype, jnp.complex64)) + boundary_load(
+                self.space, h, where=self.impedance_where)
+        return b

@@ -1,0 +1,153 @@
+"""Sparse matrices with a fixed (host-side) sparsity pattern and traced values."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+
+class SparsityPattern:
+    """A fixed sparsity pattern in CSR order, held on the host.
+
+    Attributes:
+        shape: ``(nrows, ncols)``.
+        rows, cols: ``(nnz,)`` row and column index of each stored entry (CSR order).
+        indptr: ``(nrows + 1,)`` CSR row pointer.
+        transpose_perm: for a structurally symmetric pattern, the permutation ``p`` with
+            ``data[p]`` the values of the transposed matrix in this same pattern; else ``None``.
+        diagonal: ``(min(shape),)`` position of each diagonal entry, ``-1`` where absent.
+
+    Patterns compare and hash by identity, so they can be static fields of jitted modules.
+    """
+
+    def __init__(self, rows, cols, shape: tuple[int, int]):
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        nrows, ncols = int(shape[0]), int(shape[1])
+        order = np.lexsort((cols, rows))
+        rows, cols = rows[order], cols[order]
+        if rows.size and (np.any(np.diff(rows * ncols + cols) == 0)):
+            raise ValueError("SparsityPattern: duplicate (row, col) entries; use from_coo")
+        self.shape = (nrows, ncols)
+        self.rows = rows
+        self.cols = cols
+        self.nnz = int(rows.size)
+        self.indptr = np.searchsorted(rows, np.arange(nrows + 1)).astype(np.int64)
+        linear = rows * ncols + cols
+        self._linear = linear
+        n = min(nrows, ncols)
+        diag_lin = np.arange(n) * ncols + np.arange(n)
+        pos = np.searchsorted(linear, diag_lin)
+        pos = np.minimum(pos, max(self.nnz - 1, 0))
+        present = self.nnz > 0 and True
+        self.diagonal = np.where(present & (linear[pos] == diag_lin), pos, -1) if self.nnz else -np.ones(n, np.int64)
+        self.transpose_perm = None
+        if nrows == ncols and self.nnz:
+            tlin = cols * ncols + rows
+            tpos = np.minimum(np.searchsorted(linear, tlin), self.nnz - 1)
+            if np.all(linear[tpos] == tlin):
+                self.transpose_perm = tpos
+
+    @classmethod
+    def from_coo(cls, rows, cols, shape) -> tuple["SparsityPattern", np.ndarray]:
+        """Pattern of possibly repeated COO entries, and the map from each COO entry to its slot."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        cols = np.asarray(cols, dtype=np.int64).ravel()
+        linear = rows * int(shape[1]) + cols
+        unique, inverse = np.unique(linear, return_inverse=True)
+        pattern = cls(unique // int(shape[1]), unique % int(shape[1]), shape)
+        return pattern, inverse.astype(np.int64)
+
+    def locate(self, rows, cols) -> np.ndarray:
+        """Slots of the given (row, col) entries; raises if an entry is not in the pattern."""
+        linear = np.asarray(rows, np.int64) * self.shape[1] + np.asarray(cols, np.int64)
+        pos = np.minimum(np.searchsorted(self._linear, linear), self.nnz - 1)
+        if not np.all(self._linear[pos] == linear):
+            raise ValueError("SparsityPattern.locate: some entries are not in the pattern")
+        return pos
+
+    def __repr__(self):
+        return f"SparsityPattern(shape={self.shape}, nnz={self.nnz})"
+
+
+class SparseMatrix(eqx.Module):
+    """A sparse matrix: traced values ``data`` on a static :class:`SparsityPattern`.
+
+    Supports ``A @ x`` for ``x`` of shape ``(ncols,)`` or ``(ncols, k)``, ``A.T``,
+    addition of matrices with the same pattern, scaling, ``todense()`` and ``to_scipy()``.
+    Works under ``jit``, ``vmap`` (over ``data`` and/or ``x``) and ``grad``.
+    """
+
+    data: jax.Array
+    pattern: SparsityPattern = eqx.field(static=True)
+    transposed: bool = eqx.field(static=True, default=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        r, c = self.pattern.shape
+        return (c, r) if self.transposed else (r, c)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def T(self) -> "SparseMatrix":
+        return SparseMatrix(self.data, self.pattern, not self.transposed)
+
+    def matvec(self, x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x)
+        if x.shape[0] != self.shape[1]:
+            raise ValueError(
+                f"SparseMatrix @ x: x has leading dimension {x.shape[0]}, expected {self.shape[1]}"
+            )
+        p = self.pattern
+        rows, cols = (p.cols, p.rows) if self.transposed else (p.rows, p.cols)
+        data = self.data.reshape(self.data.shape + (1,) * (x.ndim - 1))
+        data = data.astype(jnp.result_type(self.data.dtype, x.dtype))
+        contrib = data * x[cols].astype(data.dtype)
+        return jax.ops.segment_sum(
+            contrib, rows, num_segments=self.shape[0], indices_are_sorted=not self.transposed
+        )
+
+    def __matmul__(self, x):
+        return self.matvec(x)
+
+    def __add__(self, other):
+        if not isinstance(other, SparseMatrix) or other.pattern is not self.pattern:
+            return NotImplemented
+        if other.transposed != self.transposed:
+            raise ValueError("SparseMatrix addition: both operands must have the same orientation")
+        dtype = jnp.result_type(self.data.dtype, other.data.dtype)
+        return SparseMatrix(self.data.astype(dtype) + other.data.astype(dtype), self.pattern, self.transposed)
+
+    def __sub__(self, other):
+        return self + other * -1.0
+
+    def __mul__(self, scalar):
+        scalar = jnp.asarray(scalar)
+        if scalar.ndim != 0:
+            raise ValueError("SparseMatrix * s: s must be a scalar")
+        dtype = jnp.result_type(self.data.dtype, scalar.dtype)
+        return SparseMatrix(self.data.astype(dtype) * scalar.astype(dtype), self.pattern, self.transposed)
+
+    __rmul__ = __mul__
+
+    def diagonal(self) -> jax.Array:
+        pos = self.pattern.diagonal
+        safe = np.maximum(pos, 0)
+        return jnp.where(jnp.asarray(pos >= 0), self.data[..., safe], 0)
+
+    def todense(self) -> jax.Array:
+        p = self.pattern
+        out = jnp.zeros(p.shape, self.data.dtype).at[p.rows, p.cols].add(self.data)
+        return out.T if self.transposed else out
+
+    def to_scipy(self) -> sp.csr_matrix:
+        """The matrix as a SciPy CSR matrix (host; concrete values only)."""
+        p = self.pattern
+        m = sp.csr_matrix((np.asarray(self.data), p.cols, p.indptr), shape=p.shape)
+        return m.T.tocsr() if self.transposed else m
