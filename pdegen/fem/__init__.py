@@ -21,6 +21,7 @@ from ._mesh import write_mesh as write_mesh
 from ._problems import Darcy as Darcy
 from ._problems import Helmholtz as Helmholtz
 from ._problems import Poisson as Poisson
+from ._solve import clear_solver_cache as clear_solver_cache
 from ._solve import default_method as default_method
 from ._solve import linear_solve as linear_solve
 from ._space import FunctionSpace as FunctionSpace

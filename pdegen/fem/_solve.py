@@ -72,6 +72,11 @@ class _FactorCache:
 _FACTORS = _FactorCache()
 
 
+def clear_solver_cache() -> None:
+    """Forget cached LU factorisations (e.g. before timing a solve)."""
+    _FACTORS.clear()
+
+
 def _host_solve(pattern, transpose, data, b):
     data = np.asarray(data)
     b = np.asarray(b)

@@ -1,0 +1,68 @@
+"""Plotting fields on meshes (matplotlib) and atomic figure writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from ._mesh import Mesh
+
+
+def _triangles(mesh: Mesh) -> np.ndarray:
+    if mesh.cell_type == "triangle":
+        return mesh.cells
+    c = mesh.cells
+    return np.concatenate([c[:, [0, 1, 2]], c[:, [0, 2, 3]]])
+
+
+def vertex_values(mesh: Mesh, values) -> np.ndarray:
+    """Values at the mesh vertices from nodal values of a P1/Q1 or P2/Q2 space (vertex dofs come first)."""
+    v = np.asarray(values)
+    if v.ndim != 1 or v.shape[0] < mesh.npoints:
+        raise ValueError(f"vertex_values: expected at least {mesh.npoints} nodal values, got shape {v.shape}")
+    return v[: mesh.npoints]
+
+
+def plot_field(mesh: Mesh, values, *, ax=None, title: str | None = None, cmap: str = "viridis",
+               colorbar: bool = True, points=None, **kwargs):
+    """Plot nodal values (vertex values are used) with ``tripcolor``; optional sensor ``points`` (m, 2)."""
+    import matplotlib.pyplot as plt
+    import matplotlib.tri as mtri
+
+    v = vertex_values(mesh, values)
+    if np.iscomplexobj(v):
+        v = v.real
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 3.6))
+    tri = mtri.Triangulation(mesh.points[:, 0], mesh.points[:, 1], _triangles(mesh))
+    im = ax.tripcolor(tri, v, shading="gouraud", cmap=cmap, **kwargs)
+    if points is not None:
+        p = np.asarray(points)
+        ax.plot(p[:, 0], p[:, 1], "k.", ms=2)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def save_figure(fig, path, *, dpi: int = 100) -> str:
+    """Save a matplotlib figure atomically (temporary file in the same folder, then rename)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    ext = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=ext)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
