@@ -1,0 +1,120 @@
+"""Guidance on Gaussian data, where the exact score and the exact posterior are known."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdegen.inverse._guidance import dps, energy_guidance, pigdm, tmpd, tweedie_mean
+
+
+class _VP:
+    """Linear-beta VP SDE (analytic marginals), independent of pdegen.models."""
+
+    bmin, bmax = 0.1, 20.0
+
+    def log_alpha(self, t):
+        return -0.25 * t**2 * (self.bmax - self.bmin) - 0.5 * t * self.bmin
+
+    def alpha(self, t):
+        return jnp.exp(self.log_alpha(t))
+
+    def sigma(self, t):
+        return jnp.sqrt(1.0 - jnp.exp(2.0 * self.log_alpha(t)))
+
+    def beta(self, t):
+        return self.bmin + t * (self.bmax - self.bmin)
+
+
+SDE = _VP()
+D, M, NOISE = 5, 3, 0.1
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    L = 0.4 * rng.normal(size=(D, D))
+    Sigma = jnp.asarray(L @ L.T + 0.3 * np.eye(D))
+    mu = jnp.asarray(rng.normal(size=D))
+    H = jnp.asarray(rng.normal(size=(M, D)))
+    y = H @ (mu + 0.5) + 0.05
+
+    def score(x, t):
+        a, s = SDE.alpha(t), SDE.sigma(t)
+        return -jnp.linalg.solve(a**2 * Sigma + s**2 * jnp.eye(D), x - a * mu)
+
+    K = Sigma @ H.T @ jnp.linalg.inv(H @ Sigma @ H.T + NOISE**2 * jnp.eye(M))
+    return score, H, y, mu, Sigma, mu + K @ (y - H @ mu), Sigma - K @ H @ Sigma
+
+
+def _reverse_sde(score_fn, key, n, steps=300):
+    ts = jnp.linspace(1.0, 1e-3, steps + 1)
+
+    def one(k):
+        x = jax.random.normal(k, (D,))
+
+        def body(x, i):
+            t, dt = ts[i], ts[i] - ts[i + 1]
+            b = SDE.beta(t)
+            z = jax.random.normal(jax.random.fold_in(k, i), (D,))
+            return x + (0.5 * b * x + b * score_fn(x, t)) * dt + jnp.sqrt(b * dt) * z, None
+
+        return jax.lax.scan(body, x, jnp.arange(steps))[0]
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key, n))
+
+
+def test_tmpd_full_reproduces_exact_gaussian_posterior(key):
+    score, H, y, *_, post_mean, post_cov = _problem()
+    n = 2000
+    xs = _reverse_sde(tmpd(score, SDE, H, y, noise_std=NOISE, variant="full"), key, n)
+    # Monte Carlo standard error of the mean is sqrt(var / n); allow 5 of them plus discretisation.
+    se = jnp.sqrt(jnp.diag(post_cov) / n)
+    assert jnp.all(jnp.abs(xs.mean(0) - post_mean) < 5 * se + 0.02)
+    assert jnp.max(jnp.abs(jnp.cov(xs.T) - post_cov)) < 0.08
+    # Unguided samples are far from the posterior: the test can fail.
+    xu = _reverse_sde(score, key, n)
+    assert jnp.max(jnp.abs(xu.mean(0) - post_mean)) > 0.2
+
+
+@pytest.mark.parametrize("make", [
+    lambda s, H, y: dps(s, SDE, H, y, scale=1.0),
+    lambda s, H, y: pigdm(s, SDE, H, y, noise_std=NOISE),
+    lambda s, H, y: tmpd(s, SDE, H, y, noise_std=NOISE, variant="diagonal"),
+    lambda s, H, y: tmpd(s, SDE, H, y, noise_std=NOISE, variant="rowsum"),
+])
+def test_guidance_reduces_data_misfit(make, key):
+    score, H, y, *_ = _problem()
+    misfit = lambda xs: float(jnp.mean(jnp.sum((xs @ H.T - y[None, :]) ** 2, axis=1)))  # noqa: E731
+    guided = _reverse_sde(make(score, H, y), key, 500)
+    plain = _reverse_sde(score, key, 500)
+    assert misfit(guided) < 0.5 * misfit(plain)
+
+
+def test_callable_observation_matches_matrix(key):
+    score, H, y, *_ = _problem()
+    x = jax.random.normal(key, (D,))
+    g1 = tmpd(score, SDE, H, y, noise_std=NOISE)(x, 0.5)
+    g2 = tmpd(score, SDE, lambda x0: H @ x0, y, noise_std=NOISE)(x, 0.5)
+    assert jnp.allclose(g1, g2, atol=1e-10)
+
+
+def test_energy_guidance_switches_on_late(key):
+    score, *_ = _problem()
+    energy = lambda x0: 0.5 * jnp.sum(x0**2)  # noqa: E731
+    g = energy_guidance(score, SDE, energy, weight=3.0, start=0.2)
+    x = jax.random.normal(key, (D,))
+    assert jnp.allclose(g(x, 0.5), score(x, 0.5))
+    grad = jax.grad(lambda x_: energy(tweedie_mean(score, SDE, x_, 0.1)))(x)
+    assert jnp.allclose(g(x, 0.1), score(x, 0.1) - 3.0 * grad)
+
+
+def test_bad_observations_are_rejected():
+    score, H, y, *_ = _problem()
+    with pytest.raises(ValueError, match="y must be a vector"):
+        tmpd(score, SDE, H, y[:, None])
+    with pytest.raises(ValueError, match="NaN"):
+        dps(score, SDE, H, y.at[0].set(jnp.nan))
+    with pytest.raises(ValueError, match="columns"):
+        tmpd(score, SDE, H[:, :-1], y)(jnp.zeros(D), 0.5)
+    with pytest.raises(ValueError, match="variant"):
+        tmpd(score, SDE, H, y, variant="nope")
