@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._space import FunctionSpace
-from ._sparse import SparseMatrix
+from ._sparse import SparseMatrix, result_dtype
 
 
 def _check_space(space, fn):
@@ -37,8 +37,8 @@ def stiffness(space: FunctionSpace, kappa=1.0) -> SparseMatrix:
     """``K_ij = int kappa grad(phi_j) . grad(phi_i) dx``; ``kappa`` a scalar field (see module doc)."""
     _check_space(space, "stiffness")
     k = space.at_quadrature(kappa, "stiffness(kappa=...)")
-    dtype = jnp.result_type(k.dtype, space.dx.dtype)
-    w = (k * space.dx).astype(dtype)
+    dtype = result_dtype(k.dtype, space.dx.dtype)
+    w = k.astype(dtype) * space.dx.astype(dtype)
     local = jnp.einsum("eq,eidq,ejdq->eij", w, space.dphi.astype(dtype), space.dphi.astype(dtype))
     return assemble_local(space, local)
 
@@ -47,8 +47,8 @@ def mass(space: FunctionSpace, coefficient=1.0) -> SparseMatrix:
     """``M_ij = int c phi_j phi_i dx``."""
     _check_space(space, "mass")
     c = space.at_quadrature(coefficient, "mass(coefficient=...)")
-    dtype = jnp.result_type(c.dtype, space.dx.dtype)
-    w = (c * space.dx).astype(dtype)
+    dtype = result_dtype(c.dtype, space.dx.dtype)
+    w = c.astype(dtype) * space.dx.astype(dtype)
     local = jnp.einsum("eq,eiq,ejq->eij", w, space.phi.astype(dtype), space.phi.astype(dtype))
     return assemble_local(space, local)
 
@@ -57,8 +57,8 @@ def lumped_mass(space: FunctionSpace, coefficient=1.0) -> jax.Array:
     """Row sums of the mass matrix, shape ``(ndofs,)`` (P1/Q1: positive; use with care for P2)."""
     _check_space(space, "lumped_mass")
     c = space.at_quadrature(coefficient, "lumped_mass(coefficient=...)")
-    dtype = jnp.result_type(c.dtype, space.dx.dtype)
-    local = jnp.einsum("eq,eiq->ei", (c * space.dx).astype(dtype), space.phi.astype(dtype))
+    dtype = result_dtype(c.dtype, space.dx.dtype)
+    local = jnp.einsum("eq,eiq->ei", c.astype(dtype) * space.dx.astype(dtype), space.phi.astype(dtype))
     return jax.ops.segment_sum(local.reshape(-1), jnp.asarray(space.element_dofs.reshape(-1)),
                                num_segments=space.ndofs)
 
@@ -67,8 +67,8 @@ def load(space: FunctionSpace, f=1.0) -> jax.Array:
     """Load vector ``b_i = int f phi_i dx``, shape ``(ndofs,)``."""
     _check_space(space, "load")
     fq = space.at_quadrature(f, "load(f=...)")
-    dtype = jnp.result_type(fq.dtype, space.dx.dtype)
-    local = jnp.einsum("eq,eiq->ei", (fq * space.dx).astype(dtype), space.phi.astype(dtype))
+    dtype = result_dtype(fq.dtype, space.dx.dtype)
+    local = jnp.einsum("eq,eiq->ei", fq.astype(dtype) * space.dx.astype(dtype), space.phi.astype(dtype))
     return jax.ops.segment_sum(local.reshape(-1), jnp.asarray(space.element_dofs.reshape(-1)),
                                num_segments=space.ndofs)
 
@@ -104,9 +104,9 @@ def boundary_mass(space: FunctionSpace, coefficient=1.0, *, where=None) -> Spars
     q = space.boundary_quadrature(where)
     c = _boundary_values(space, q, coefficient, "boundary_mass(coefficient=...)")
     dx = jnp.asarray(q.dx)
-    dtype = jnp.result_type(c.dtype, dx.dtype)
+    dtype = result_dtype(c.dtype, dx.dtype)
     phi = jnp.asarray(q.phi).astype(dtype)
-    local = jnp.einsum("eq,eiq,ejq->eij", (c * dx).astype(dtype), phi, phi)
+    local = jnp.einsum("eq,eiq,ejq->eij", c.astype(dtype) * dx.astype(dtype), phi, phi)
     data = jax.ops.segment_sum(local.reshape(-1), jnp.asarray(q.slots), num_segments=space.pattern.nnz)
     return SparseMatrix(data, space.pattern)
 
@@ -117,8 +117,8 @@ def boundary_load(space: FunctionSpace, g=1.0, *, where=None) -> jax.Array:
     q = space.boundary_quadrature(where)
     gq = _boundary_values(space, q, g, "boundary_load(g=...)")
     dx = jnp.asarray(q.dx)
-    dtype = jnp.result_type(gq.dtype, dx.dtype)
-    local = jnp.einsum("eq,eiq->ei", (gq * dx).astype(dtype), jnp.asarray(q.phi).astype(dtype))
+    dtype = result_dtype(gq.dtype, dx.dtype)
+    local = jnp.einsum("eq,eiq->ei", gq.astype(dtype) * dx.astype(dtype), jnp.asarray(q.phi).astype(dtype))
     return jax.ops.segment_sum(local.reshape(-1), jnp.asarray(q.element_dofs.reshape(-1)),
                                num_segments=space.ndofs)
 
@@ -169,13 +169,13 @@ class DirichletBC:
         """A nodal vector equal to the boundary values on ``dofs`` and zero elsewhere."""
         g = self.values(value)
         dtype = dtype or g.dtype
-        return jnp.zeros(self.space.ndofs, jnp.result_type(dtype, g.dtype)).at[self.dofs].set(g)
+        return jnp.zeros(self.space.ndofs, result_dtype(dtype, g.dtype)).at[self.dofs].set(g)
 
     def apply(self, A: SparseMatrix, b: jax.Array, value=None) -> tuple[SparseMatrix, jax.Array]:
         """Eliminate the constrained dofs: returns ``(A_bc, b_bc)`` with the same solution on free dofs,
         unit rows/columns on constrained dofs and ``b_bc[dofs] = g``."""
-        g = self.lift(value, dtype=jnp.result_type(A.dtype, b.dtype))
-        dtype = jnp.result_type(A.dtype, b.dtype, g.dtype)
+        g = self.lift(value, dtype=result_dtype(A.dtype, b.dtype))
+        dtype = result_dtype(A.dtype, b.dtype, g.dtype)
         b = b.astype(dtype) - (A @ g).astype(dtype)
         b = b.at[self.dofs].set(g[self.dofs].astype(dtype))
         data = jnp.where(jnp.asarray(self._keep), A.data, 0).astype(A.dtype)

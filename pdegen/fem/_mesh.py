@@ -228,7 +228,8 @@ def unit_square(n: int, *, cell_type: str = "triangle") -> Mesh:
 
 
 def l_shaped(refinements: int = 3) -> Mesh:
-    """The L-shaped domain ``(-1, 1)^2 \\ [0, 1) x (-1, 0]`` (scikit-fem's ``MeshTri.init_lshaped``)."""
+    """The L-shaped domain ``(-1, 1)^2`` without the quadrant ``(0, 1)^2`` (scikit-fem's
+    ``MeshTri.init_lshaped``), refined uniformly; the re-entrant corner is at the origin."""
     if int(refinements) != refinements or refinements < 0:
         raise ValueError(f"l_shaped: refinements must be a non-negative integer, got {refinements}")
     return Mesh.from_skfem(skfem.MeshTri.init_lshaped().refined(int(refinements)))

@@ -14,6 +14,7 @@ import numpy as np
 from ._assembly import DirichletBC, boundary_load, boundary_mass, load, mass, stiffness
 from ._solve import linear_solve
 from ._space import FunctionSpace
+from ._sparse import result_dtype
 
 
 def _concrete(x):
@@ -182,13 +183,15 @@ class Helmholtz(_Problem):
             raise ValueError(f"Helmholtz: k must be a scalar wavenumber, got shape {k.shape}")
         A = stiffness(self.space) - mass(self.space, (1.0 + self.space.at_quadrature(q, "q")) * k**2)
         if self.boundary == "impedance":
-            A = A + boundary_mass(self.space, -1j * k, where=self.impedance_where)
+            ck = k.astype(result_dtype(k.dtype, np.complex64))
+            A = A + boundary_mass(self.space, -1j * ck, where=self.impedance_where)
         return A
 
     def rhs(self, f=0.0, h=0.0, k=1.0):
         _check_finite("Helmholtz: f", f)
         b = load(self.space, f)
         if self.boundary == "impedance":
-            b = b.astype(jnp.result_type(b.dtype, jnp.complex64)) + boundary_load(
-                self.space, h, where=self.impedance_where)
+            bh = boundary_load(self.space, h, where=self.impedance_where)
+            dtype = result_dtype(b.dtype, bh.dtype, jnp.complex64)
+            b = b.astype(dtype) + bh.astype(dtype)
         return b

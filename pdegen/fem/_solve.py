@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ._sparse import SparseMatrix, SparsityPattern
+from ._sparse import SparseMatrix, SparsityPattern, result_dtype
 
 METHODS = ("auto", "direct", "cg", "bicgstab", "gmres")
 
@@ -105,7 +105,7 @@ def _host_solve(pattern, transpose, data, b):
 
 
 def _direct_solve(pattern, data, b, transpose):
-    dtype = jnp.result_type(data.dtype, b.dtype)
+    dtype = result_dtype(data.dtype, b.dtype)
     return jax.pure_callback(
         functools.partial(_host_solve, pattern, transpose),
         jax.ShapeDtypeStruct(b.shape, dtype),
@@ -119,7 +119,7 @@ def _direct_solve(pattern, data, b, transpose):
 
 def _krylov_solve(solver: _Solver, data, b, transpose):
     A = SparseMatrix(data, solver.pattern, transpose)
-    dtype = jnp.result_type(data.dtype, b.dtype)
+    dtype = result_dtype(data.dtype, b.dtype)
     b = b.astype(dtype)
     diag = A.diagonal().astype(dtype)
     inv_diag = jnp.where(diag != 0, 1.0 / jnp.where(diag != 0, diag, 1.0), 1.0)
@@ -220,7 +220,7 @@ def linear_solve(
     maxiter = int(maxiter) if maxiter is not None else 10 * A.shape[0]
     solver = _Solver(A.pattern, method, float(rtol), maxiter, int(restart))
     data = A.data
-    dtype = jnp.result_type(data.dtype, b.dtype)
+    dtype = result_dtype(data.dtype, b.dtype)
     if A.transposed:
         # Solve with the transposed matrix: swap the roles through the structural transpose.
         if A.pattern.transpose_perm is None:

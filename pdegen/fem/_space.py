@@ -10,7 +10,7 @@ import numpy as np
 import skfem
 
 from ._mesh import Mesh
-from ._sparse import SparseMatrix, SparsityPattern
+from ._sparse import SparseMatrix, SparsityPattern, result_dtype
 
 ELEMENTS = {
     ("triangle", "P1"): skfem.ElementTriP1,
@@ -236,12 +236,16 @@ class FunctionSpace:
             raise ValueError(f"errors: u must have shape ({self.ndofs},), got {u.shape}")
         x = jnp.asarray(q.x)
         dx = jnp.asarray(q.dx)
-        uq = jnp.einsum("ebq,eb->eq", jnp.asarray(q.phi), u[q.element_dofs])
-        diff = uq - exact(x)
+        uq = jnp.einsum("ebq,eb->eq", jnp.asarray(q.phi).astype(u.dtype), u[q.element_dofs])
+        ex = jnp.asarray(exact(x))
+        dtype = result_dtype(uq.dtype, ex.dtype)
+        diff = uq.astype(dtype) - ex.astype(dtype)
         l2 = jnp.sqrt(jnp.sum(jnp.abs(diff) ** 2 * dx))
         if exact_grad is None:
             return l2, None
-        guq = jnp.einsum("ebdq,eb->deq", jnp.asarray(q.dphi), u[q.element_dofs])
-        gdiff = guq - exact_grad(x)
+        guq = jnp.einsum("ebdq,eb->deq", jnp.asarray(q.dphi).astype(u.dtype), u[q.element_dofs])
+        gex = jnp.asarray(exact_grad(x))
+        dtype = result_dtype(guq.dtype, gex.dtype)
+        gdiff = guq.astype(dtype) - gex.astype(dtype)
         h1 = jnp.sqrt(jnp.sum(jnp.sum(jnp.abs(gdiff) ** 2, axis=0) * dx))
         return l2, h1

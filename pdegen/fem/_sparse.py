@@ -9,6 +9,14 @@ import numpy as np
 import scipy.sparse as sp
 
 
+def result_dtype(*dtypes):
+    """The common dtype of ``dtypes`` by NumPy's rules (complex absorbs real), canonical for JAX.
+
+    Explicit promotion keeps library code valid under ``jax_numpy_dtype_promotion='strict'``.
+    """
+    return jax.dtypes.canonicalize_dtype(np.result_type(*[np.dtype(d) for d in dtypes]))
+
+
 class SparsityPattern:
     """A fixed sparsity pattern in CSR order, held on the host.
 
@@ -107,7 +115,7 @@ class SparseMatrix(eqx.Module):
         p = self.pattern
         rows, cols = (p.cols, p.rows) if self.transposed else (p.rows, p.cols)
         data = self.data.reshape(self.data.shape + (1,) * (x.ndim - 1))
-        data = data.astype(jnp.result_type(self.data.dtype, x.dtype))
+        data = data.astype(result_dtype(self.data.dtype, x.dtype))
         contrib = data * x[cols].astype(data.dtype)
         return jax.ops.segment_sum(
             contrib, rows, num_segments=self.shape[0], indices_are_sorted=not self.transposed
@@ -121,7 +129,7 @@ class SparseMatrix(eqx.Module):
             return NotImplemented
         if other.transposed != self.transposed:
             raise ValueError("SparseMatrix addition: both operands must have the same orientation")
-        dtype = jnp.result_type(self.data.dtype, other.data.dtype)
+        dtype = result_dtype(self.data.dtype, other.data.dtype)
         return SparseMatrix(self.data.astype(dtype) + other.data.astype(dtype), self.pattern, self.transposed)
 
     def __sub__(self, other):
@@ -131,7 +139,7 @@ class SparseMatrix(eqx.Module):
         scalar = jnp.asarray(scalar)
         if scalar.ndim != 0:
             raise ValueError("SparseMatrix * s: s must be a scalar")
-        dtype = jnp.result_type(self.data.dtype, scalar.dtype)
+        dtype = result_dtype(self.data.dtype, scalar.dtype)
         return SparseMatrix(self.data.astype(dtype) * scalar.astype(dtype), self.pattern, self.transposed)
 
     __rmul__ = __mul__
