@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._space import FunctionSpace
+from ._space import FunctionSpace, _evaluate
 from ._sparse import SparseMatrix, result_dtype
 
 
@@ -151,7 +151,7 @@ class DirichletBC:
         value = self.value if value is None else value
         n = self.dofs.size
         if callable(value):
-            v = jnp.asarray(value(jnp.asarray(self.space.dof_coordinates[self.dofs].T)))
+            v = _evaluate(value, jnp.asarray(self.space.dof_coordinates[self.dofs].T))
         else:
             v = jnp.asarray(value)
         if v.ndim == 0:

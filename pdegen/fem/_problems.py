@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._assembly import DirichletBC, boundary_load, boundary_mass, load, mass, stiffness
+from ._assembly import (DirichletBC, _boundary_values, boundary_load, boundary_mass, load, mass,
+                        stiffness)
 from ._solve import linear_solve
 from ._space import FunctionSpace
 from ._sparse import result_dtype
@@ -82,17 +83,54 @@ class _Problem:
         r = self.residual(u, g=g, **theta)
         return 0.5 * jnp.sum(jnp.abs(r) ** 2) / tau**2
 
-    def solve(self, *, g=None, **theta) -> jax.Array:
-        """The finite-element solution, shape ``(ndofs,)``; gradients by one adjoint solve."""
+    _positive_args: tuple = ()
+    _boundary_args: tuple = ()
+
+    def _prepare(self, g, theta):
+        """Check argument names and values eagerly; evaluate callables to arrays.
+
+        Callables become values at the quadrature points (boundary data at the facet quadrature
+        points, Dirichlet data at the boundary dofs), so the jitted core sees only arrays and
+        user callables written with NumPy still work.
+        """
         unknown = set(theta) - set(self._operator_args) - set(self._rhs_args)
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}.solve got unexpected arguments {sorted(unknown)}; "
                 f"expected {sorted(set(self._operator_args) | set(self._rhs_args))}"
             )
+        out = {}
+        for name, value in theta.items():
+            if callable(value):
+                if name in self._boundary_args:
+                    q = self.space.boundary_quadrature(self.impedance_where)
+                    value = _boundary_values(self.space, q, value, f"{type(self).__name__}: {name}")
+                else:
+                    value = self.space.at_quadrature(value, f"{type(self).__name__}: {name}")
+            out[name] = jnp.asarray(value)
+            if name in self._positive_args:
+                _check_positive(f"{type(self).__name__}: {name}", value)
+            else:
+                _check_finite(f"{type(self).__name__}: {name}", value)
+        if self.bc is not None:
+            g = self.bc.values(g)
+            _check_finite(f"{type(self).__name__}: g (Dirichlet values)", g)
+        return g, out
+
+    def _solve_arrays(self, g, theta):
         A, b = self._system(g=g, **theta)
         return linear_solve(A, b, symmetric_positive_definite=self.symmetric_positive_definite,
                             **self.solver_options)
+
+    def solve(self, *, g=None, **theta) -> jax.Array:
+        """The finite-element solution, shape ``(ndofs,)``; gradients by one adjoint solve.
+
+        Compiled once per problem and argument shapes; works inside ``jit``, ``vmap`` and ``grad``.
+        """
+        g, theta = self._prepare(g, theta)
+        if getattr(self, "_jitted_solve", None) is None:
+            self._jitted_solve = jax.jit(self._solve_arrays)
+        return self._jitted_solve(g, theta)
 
 
 class Poisson(_Problem):
@@ -114,6 +152,7 @@ class Poisson(_Problem):
 
     _operator_args = ("kappa", "reaction")
     _rhs_args = ("f",)
+    _positive_args = ("kappa",)
     symmetric_positive_definite = True
 
     def operator(self, kappa=1.0, reaction=0.0):
@@ -162,6 +201,7 @@ class Helmholtz(_Problem):
 
     _operator_args = ("k", "q")
     _rhs_args = ("f", "h", "k")
+    _boundary_args = ("h",)
 
     def __init__(self, space: FunctionSpace, *, boundary: str = "dirichlet", dirichlet=0.0,
                  dirichlet_where=None, impedance_where=None, method: str = "auto",

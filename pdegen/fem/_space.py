@@ -21,6 +21,17 @@ ELEMENTS = {
 DEGREE = {"P1": 1, "P2": 2, "Q1": 1, "Q2": 2}
 
 
+def _evaluate(fn, x):
+    """``fn(x)`` compiled as one program (fast on new shapes); eagerly if ``fn`` needs NumPy."""
+    if isinstance(x, jax.core.Tracer):
+        return jnp.asarray(fn(x))
+    try:
+        return jnp.asarray(jax.jit(fn)(x))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
+            jax.errors.TracerBoolConversionError):
+        return jnp.asarray(fn(x))
+
+
 class _QuadratureData:
     """Shape functions of one basis evaluated at quadrature points (cells or boundary facets)."""
 
@@ -97,7 +108,7 @@ class FunctionSpace:
         """Values of a coefficient at the cell quadrature points, shape ``(ncells, nquad)``."""
         ne, nq = self.mesh.ncells, self.nquad
         if callable(c):
-            vals = jnp.asarray(c(jnp.asarray(self.quadrature_points)))
+            vals = _evaluate(c, jnp.asarray(self.quadrature_points))
             if vals.shape == ():
                 vals = jnp.full((ne, nq), vals)
             if vals.shape != (ne, nq):
@@ -126,7 +137,7 @@ class FunctionSpace:
 
     def interpolate(self, fn) -> jax.Array:
         """Nodal interpolant of ``fn(x)`` (``x`` of shape ``(2, ndofs)``), shape ``(ndofs,)``."""
-        vals = jnp.asarray(fn(jnp.asarray(self.dof_coordinates.T)))
+        vals = _evaluate(fn, jnp.asarray(self.dof_coordinates.T))
         if vals.shape == ():
             vals = jnp.full((self.ndofs,), vals)
         if vals.shape != (self.ndofs,):
@@ -230,10 +241,16 @@ class FunctionSpace:
         ``exact(x)`` and ``exact_grad(x)`` take ``x`` of shape ``(2, ...)``; the gradient returns
         shape ``(2, ...)``. The H1 seminorm is ``None`` without ``exact_grad``.
         """
-        q = self._error_quadrature
         u = jnp.asarray(u)
         if u.shape != (self.ndofs,):
             raise ValueError(f"errors: u must have shape ({self.ndofs},), got {u.shape}")
+        try:
+            return jax.jit(lambda u_: self._errors(u_, exact, exact_grad))(u)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            return self._errors(u, exact, exact_grad)  # NumPy-only callables: evaluate eagerly
+
+    def _errors(self, u, exact, exact_grad):
+        q = self._error_quadrature
         x = jnp.asarray(q.x)
         dx = jnp.asarray(q.dx)
         uq = jnp.einsum("ebq,eb->eq", jnp.asarray(q.phi).astype(u.dtype), u[q.element_dofs])
