@@ -27,3 +27,16 @@ from ._solve import linear_solve as linear_solve
 from ._space import FunctionSpace as FunctionSpace
 from ._sparse import SparseMatrix as SparseMatrix
 from ._sparse import SparsityPattern as SparsityPattern
+from ._datasets import TASKS as TASKS
+from ._datasets import PDETask as PDETask
+from ._datasets import generate_dataset as generate_dataset
+from ._datasets import load_dataset as load_dataset
+from ._datasets import save_dataset as save_dataset
+from ._random_fields import gaussian_random_field as gaussian_random_field
+from ._random_fields import grf_from_white_noise as grf_from_white_noise
+from ._random_fields import grf_mode_std as grf_mode_std
+from ._random_fields import matern_field as matern_field
+from ._sensors import add_noise as add_noise
+from ._sensors import misfit_energy as misfit_energy
+from ._sensors import node_observation as node_observation
+from ._sensors import random_sensors as random_sensors
