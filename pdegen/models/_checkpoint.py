@@ -1,0 +1,180 @@
+"""Atomic checkpoints: ``equinox.tree_serialise_leaves`` state file + JSON metadata.
+
+A checkpoint folder holds ``state-<step>.eqx`` (model, EMA model, optimiser state, step)
+and ``metadata.json`` (model/SDE/normalisation config, training config, PRNG key, losses,
+the state file's name and SHA-256). Both are written to a temporary file in the same folder
+and moved into place with ``os.replace``; the metadata is replaced last, so a crash at any
+point leaves the previous checkpoint readable. Old state files are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+
+from ._model import DiffusionModel, Normalisation, model_from_config
+from ._sde import AbstractSDE
+
+FORMAT = "pdegen.models.checkpoint/1"
+METADATA = "metadata.json"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary file next to ``path``; on success ``os.replace`` it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class TrainState(eqx.Module):
+    """Everything training needs to continue exactly: model, EMA model, optimiser state, step."""
+
+    model: DiffusionModel
+    ema_model: DiffusionModel
+    opt_state: Any
+    step: Any  # int32 scalar array
+
+
+def save_checkpoint(directory: str | os.PathLike, state: TrainState, metadata: dict) -> Path:
+    """Write ``state`` and ``metadata`` (JSON-serialisable dict) into ``directory`` atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    step = int(state.step)
+    name = f"state-{step:09d}.eqx"
+    with atomic_write(directory / name) as f:
+        eqx.tree_serialise_leaves(f, state)
+    meta = dict(metadata)
+    meta.update(format=FORMAT, step=step, state_file=name, state_sha256=_sha256(directory / name),
+                model=state.model.config())
+    write_json_atomic(directory / METADATA, meta)
+    for old in directory.glob("state-*.eqx"):
+        if old.name != name:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+    return directory
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """The checkpoint's metadata; clear errors for a missing folder or a corrupt JSON file."""
+    directory = Path(directory)
+    meta_path = directory / METADATA
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"load_checkpoint(path=...): no checkpoint at {str(directory)!r} (expected {METADATA} there)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"load_checkpoint(path=...): {str(meta_path)!r} is not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"load_checkpoint(path=...): {str(meta_path)!r} is not a {FORMAT} metadata file")
+    return meta
+
+
+def load_train_state(directory: str | os.PathLike, skeleton: TrainState, meta: dict | None = None) -> TrainState:
+    """Deserialise the state file into the structure of ``skeleton``, after a checksum check."""
+    directory = Path(directory)
+    meta = read_metadata(directory) if meta is None else meta
+    state_path = directory / meta["state_file"]
+    if not state_path.is_file():
+        raise FileNotFoundError(f"load_checkpoint(path=...): state file {str(state_path)!r} is missing")
+    if _sha256(state_path) != meta["state_sha256"]:
+        raise ValueError(
+            f"load_checkpoint(path=...): state file {str(state_path)!r} is corrupt (SHA-256 does not match metadata)"
+        )
+    try:
+        return eqx.tree_deserialise_leaves(state_path, skeleton)
+    except Exception as err:  # noqa: BLE001 - equinox/numpy raise various errors on bad bytes
+        raise ValueError(f"load_checkpoint(path=...): cannot read {str(state_path)!r} ({err})") from err
+
+
+def skeleton_state(meta: dict, optimizer) -> TrainState:
+    """A :class:`TrainState` with the checkpoint's structure (random weights), to load into."""
+    model = model_from_config(meta["model"], key=jr.key(0))
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    return TrainState(model, model, opt_state, jnp.zeros((), jnp.int32))
+
+
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: ``model`` (EMA weights unless asked otherwise) and its parts."""
+
+    model: DiffusionModel
+    sde: AbstractSDE
+    normalisation: Normalisation
+    step: int
+    metadata: dict
+
+
+def load_checkpoint(path: str | os.PathLike, *, ema: bool = True) -> Checkpoint:
+    """Rebuild model, SDE and normalisation from a checkpoint folder written by training.
+
+    ``ema=True`` returns the exponential-moving-average weights (use these for sampling).
+    Raises ``FileNotFoundError`` for a missing checkpoint and ``ValueError`` for a corrupt one.
+    """
+    from ._training import TrainConfig, make_optimizer
+
+    meta = read_metadata(path)
+    try:
+        config = TrainConfig(**meta["train"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"load_checkpoint(path=...): malformed training config in metadata ({err!r})") from err
+    state = load_train_state(path, skeleton_state(meta, make_optimizer(config)), meta)
+    model = state.ema_model if ema else state.model
+    return Checkpoint(model, model.sde, model.normalisation, int(state.step), meta)
+
+
+def available_pretrained() -> list[str]:
+    """Names of checkpoints shipped under ``pdegen/data/<name>/``."""
+    root = importlib.resources.files("pdegen") / "data"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / METADATA).is_file())
+
+
+def load_pretrained(name: str, *, ema: bool = True) -> Checkpoint:
+    """Load the checkpoint shipped as ``pdegen/data/<name>/``.
+
+    Raises ``ValueError`` listing the available names if ``name`` is not shipped.
+    """
+    names = available_pretrained()
+    if name not in names:
+        listing = ", ".join(repr(n) for n in names) if names else "none are installed"
+        raise ValueError(f"load_pretrained(name={name!r}): unknown pretrained model; available: {listing}")
+    root = importlib.resources.files("pdegen") / "data" / name
+    with importlib.resources.as_file(root) as folder:
+        return load_checkpoint(folder, ema=ema)

@@ -1,0 +1,296 @@
+"""Denoising score matching: loss, optimiser, EMA, the training loop with exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import numpy as np
+import optax
+from jax import Array
+
+from ._checkpoint import (
+    TrainState,
+    atomic_write,
+    load_train_state,
+    read_metadata,
+    save_checkpoint,
+    skeleton_state,
+)
+from ._distributed import check_batch_divisible, make_mesh, replicate, shard_batch
+from ._model import DiffusionModel
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (all JSON-serialisable; stored in checkpoints)."""
+
+    steps: int = 10_000
+    batch_size: int = 64
+    learning_rate: float = 2e-4
+    warmup_steps: int = 200
+    final_learning_rate_ratio: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig({name}=...) must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig(warmup_steps=...) must be >= 0, got {self.warmup_steps}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig(learning_rate=...) must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig(ema_decay=...) must be in [0, 1), got {self.ema_decay}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig(grad_clip=...) must be > 0, got {self.grad_clip}")
+
+
+@functools.lru_cache(maxsize=16)
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam with linear warm-up, cosine decay and global-norm gradient clipping.
+
+    Cached per config, so repeated runs reuse the compiled training step.
+    """
+    peak = config.learning_rate
+    end = peak * config.final_learning_rate_ratio
+    warmup = max(config.warmup_steps, 1)
+    decay = max(config.steps - config.warmup_steps, 1)
+
+    def schedule(count):
+        # Written with explicit float32 casts so it runs under strict dtype promotion.
+        n = jnp.asarray(count).astype(jnp.float32)
+        warm = peak * jnp.minimum(n / warmup, 1.0)
+        frac = jnp.clip((n - config.warmup_steps) / decay, 0.0, 1.0)
+        cosine = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return jnp.where(n < config.warmup_steps, warm, cosine)
+
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
+
+
+def dsm_loss_single(model: DiffusionModel, x0: Array, *, key: Array) -> Array:
+    """Denoising score-matching loss for one example ``x0`` (normalised units), a scalar.
+
+    ``epsilon``: ``|eps_hat - z|^2`` (score matching with weight ``sigma^2``).
+    ``denoiser``: ``lambda |D - x0|^2`` with the EDM weight ``lambda = (s^2 + sd^2) / (s sd)^2``,
+    ``s = sigma / alpha``. Both are means over the entries of ``x0``.
+    """
+    tkey, nkey = jr.split(key)
+    t = model.sde.sample_training_time(key=tkey, dtype=x0.dtype)
+    xt, z = model.sde.marginal(x0, t, key=nkey)
+    if model.parameterisation == "epsilon":
+        return jnp.mean((model.epsilon(xt, t) - z) ** 2)
+    s = (model.sde.sigma(t) / model.sde.alpha(t)).astype(x0.dtype)
+    sd2 = model.sigma_data**2
+    weight = (s**2 + sd2) / (s**2 * sd2)
+    return weight * jnp.mean((model.denoiser(xt, t) - x0) ** 2)
+
+
+def dsm_loss(model: DiffusionModel, batch: Array, *, key: Array) -> Array:
+    """Mean of :func:`dsm_loss_single` over a batch ``(B, *data_shape)``; one key per example."""
+    keys = jr.split(key, batch.shape[0])
+    return jnp.mean(jax.vmap(lambda x, k: dsm_loss_single(model, x, key=k))(batch, keys))
+
+
+def init_train_state(model: DiffusionModel, optimizer: optax.GradientTransformation) -> TrainState:
+    """Fresh :class:`TrainState` at step 0 (EMA starts at the initial weights)."""
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    return TrainState(model, model, opt_state, jnp.zeros((), jnp.int32))
+
+
+@eqx.filter_jit
+def train_step(state: TrainState, batch: Array, key: Array, optimizer: optax.GradientTransformation,
+               ema_decay: float) -> tuple[TrainState, Array]:
+    """One optimiser step on ``batch`` ``(B, *data_shape)``; the step's key is ``fold_in(key, step)``.
+
+    Returns the new state and the batch loss. ``key`` is the run's base key, so the result of
+    step ``n`` depends only on ``(state at n, batch, key)``: the basis of exact resume.
+    """
+    step_key = jr.fold_in(key, state.step)
+    params, static = eqx.partition(state.model, eqx.is_inexact_array)
+
+    def loss_of(p):
+        return dsm_loss(eqx.combine(p, static), batch, key=step_key)
+
+    loss, grads = jax.value_and_grad(loss_of)(params)
+    # optax's Adam bias correction mixes python floats with int32 counts; allow that here only.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    model = eqx.apply_updates(state.model, updates)
+    # EMA warm-up: the effective decay grows from 0.1 towards ema_decay over the first steps.
+    count = state.step.astype(jnp.float32)
+    decay = jnp.minimum(jnp.float32(ema_decay), (1.0 + count) / (10.0 + count))
+    ema_params = jtu.tree_map(
+        lambda e, p: (decay.astype(p.dtype) * e + (1.0 - decay.astype(p.dtype)) * p),
+        eqx.filter(state.ema_model, eqx.is_inexact_array),
+        eqx.filter(model, eqx.is_inexact_array),
+    )
+    ema_model = eqx.combine(ema_params, eqx.filter(model, eqx.is_inexact_array, inverse=True))
+    return TrainState(model, ema_model, opt_state, state.step + 1), loss
+
+
+def load_data(source, *, key: str = "fields") -> np.ndarray:
+    """Training data as a NumPy array ``(N, ...)`` from an array or an ``.npz``/``.npy`` file.
+
+    For ``.npz`` files ``key`` names the array (default ``"fields"``).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"load_data(source=...): no such file {str(path)!r}")
+        if path.suffix == ".npy":
+            return np.load(path)
+        with np.load(path) as f:
+            if key not in f.files:
+                raise ValueError(
+                    f"load_data(key={key!r}): {str(path)!r} has no array {key!r}; it has {sorted(f.files)}"
+                )
+            return f[key]
+    return np.asarray(source)
+
+
+def validate_data(data, model: DiffusionModel, *, name: str = "data") -> np.ndarray:
+    """Check a data set ``(N, *model.data_shape)``: shape, numeric dtype, all finite."""
+    data = np.asarray(data)
+    if not np.issubdtype(data.dtype, np.number):
+        raise TypeError(f"`{name}` must be numeric, got dtype {data.dtype}")
+    if data.ndim != len(model.data_shape) + 1:
+        raise ValueError(
+            f"`{name}` must have shape (N, {', '.join(map(str, model.data_shape))}), got {data.shape}"
+        )
+    model.check_compatible(data.shape, name=name)
+    if data.shape[0] < 1:
+        raise ValueError(f"`{name}` is empty")
+    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s); clean the data first")
+    return data
+
+
+def batch_indices(data_key: Array, step: int, n: int, batch_size: int) -> np.ndarray:
+    """Indices of the batch for ``step`` (with replacement), a pure function of ``(data_key, step)``."""
+    seed = [int(v) for v in np.asarray(jr.key_data(data_key)).ravel()] + [int(step)]
+    return np.random.default_rng(seed).integers(0, n, size=batch_size)
+
+
+class TrainResult(NamedTuple):
+    """Outcome of :func:`train`: final state (``state.ema_model`` for sampling) and loss history."""
+
+    state: TrainState
+    losses: np.ndarray
+
+
+def _write_loss_plot(path: Path, losses: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.5, alpha=0.4, label="loss")
+    window = max(1, len(losses) // 50)
+    if len(losses) >= window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, lw=1.5, label=f"running mean ({window})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising score-matching loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = TrainConfig(),
+          out_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
+          mesh=None, stop_after: int | None = None) -> TrainResult:
+    """Train ``model`` by denoising score matching on ``data`` ``(N, *model.data_shape)``.
+
+    Data are in physical units; ``model.normalisation`` maps them to training units. With
+    ``out_dir`` a checkpoint is written every ``config.checkpoint_every`` steps and at the end
+    (plus ``loss.png``); with ``resume=True`` an existing checkpoint there is continued
+    exactly (the stored key and config are used). ``mesh`` (default: all devices) shards each
+    batch over devices. ``stop_after`` ends the run early after that many total steps (a
+    checkpoint is written), e.g. to split a long run into jobs.
+    """
+    data = validate_data(data, model)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jr.wrap_key_data(key)
+    optimizer = make_optimizer(config)
+    mesh = make_mesh() if mesh is None else mesh
+    check_batch_divisible(config.batch_size, mesh, name="config.batch_size")
+    losses: list[float] = []
+    state = init_train_state(model, optimizer)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and resume and (out / "metadata.json").is_file():
+        meta = read_metadata(out)
+        if meta["model"] != model.config():
+            raise ValueError(
+                f"train(out_dir={str(out)!r}): the checkpoint there was made for a different model "
+                f"configuration; use a new out_dir or resume=False"
+            )
+        if meta["train"] != dataclasses.asdict(config):
+            raise ValueError(
+                f"train(config=...): differs from the configuration stored in {str(out)!r} "
+                f"({meta['train']}); resume with the same config or use a new out_dir"
+            )
+        state = load_train_state(out, skeleton_state(meta, optimizer), meta)
+        key = jr.wrap_key_data(jnp.asarray(meta["key"], jnp.uint32))
+        losses = list(meta.get("losses", []))
+    train_key, data_key = jr.split(key)
+    dtype = jnp.dtype(getattr(model.network, "dtype", "float32"))
+    norm = np.asarray(model.normalisation.mean, np.float64), np.asarray(model.normalisation.std, np.float64)
+    extra = (1,) * (data.ndim - 2)
+    mean = norm[0].reshape((1, -1) + extra)
+    std = norm[1].reshape((1, -1) + extra)
+    state = replicate(state, mesh)
+    train_key = replicate(train_key, mesh)
+
+    def save(st):
+        meta = {"train": dataclasses.asdict(config), "losses": [float(v) for v in losses],
+                "key": np.asarray(jr.key_data(key)).tolist()}
+        save_checkpoint(out, st, meta)
+        _write_loss_plot(out / "loss.png", np.asarray(losses))
+
+    start = int(state.step)
+    end = config.steps if stop_after is None else min(config.steps, int(stop_after))
+    pending: list[Array] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True)
+    try:
+        for step in range(start, end):
+            idx = batch_indices(data_key, step, data.shape[0], config.batch_size)
+            batch = ((data[idx] - mean) / std).astype(dtype)
+            state, loss = train_step(state, shard_batch(batch, mesh), train_key, optimizer, config.ema_decay)
+            pending.append(loss)
+            done = step + 1
+            if done % config.log_every == 0 or done == end:
+                losses.extend(float(v) for v in np.asarray(jnp.stack(pending)))
+                pending = []
+                if bar is not None:
+                    window = losses[-config.log_every:]
+                    bar.set_postfix(loss=f"{np.mean(window):.4g}")
+            if bar is not None:
+                bar.update(1)
+            if out is not None and (done % config.checkpoint_every == 0 or done == end):
+                save(state)
+    finally:
+        if bar is not None:
+            bar.close()
+    return TrainResult(state, np.asarray(losses))
