@@ -1,0 +1,291 @@
+"""statFEM benchmark: Langevin samplers on the ULA-statFEM posterior against the exact posterior.
+
+For each grid (32x32 and 64x64; also 128x128 without ``--quick``) and sampler (ULA, prior- and
+posterior-preconditioned ULA, MALA, preconditioned MALA, pCN) we run 4 chains from prior draws and
+record the wall time and gradient evaluations until the pooled posterior mean is within 1% and
+the pointwise variance within 10% (relative L2) of the exact posterior, within a time budget.
+Compilation is timed separately and excluded; preconditioner set-up and warm-up are included.
+Also: ESS per second (minimum over 256 coordinates), the exact posterior's own cost, and IPLA
+estimating the forcing amplitude (truth 1) with its error against the truth and the MMLE.
+
+Run from the repository root: ``python benchmarks/statfem.py [--quick]``.
+Writes ``benchmarks/results/statfem.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.optimize  # noqa: E402
+from _common import machine_info, write_results  # noqa: E402
+from jax import lax  # noqa: E402
+
+from pdegen.fem import statfem  # noqa: E402
+
+SAMPLERS = ("ula", "pula-prior", "pula", "mala", "pmala-prior", "pmala", "pcn")
+MEAN_TOL, VAR_TOL = 0.01, 0.10
+NUM_CHAINS = 4
+BLOCK = 250
+THIN = 5
+ESS_NEEDED = 2.0 / VAR_TOL**2
+
+
+def make_kernel(name, model, y, energy):
+    """Kernel with its default step size; returns (kernel, warm-up steps, set-up seconds)."""
+    t0 = time.perf_counter()
+    dense = model.dim <= 1500
+    pre = None
+    if name in ("pula", "pmala"):
+        pre = statfem.posterior_preconditioner(model, y)
+    elif name in ("pula-prior", "pmala-prior", "pcn"):
+        pre = statfem.prior_preconditioner(model, dense=dense)
+    m0 = model.prior_mean()
+    if name in ("pula", "pmala"):
+        h = 0.1  # stationary variance C / (1 - h/2): 5% too large for pULA
+    elif name == "pcn":
+        h = 0.1
+    else:
+        lam = float(statfem.largest_curvature(energy, m0, preconditioner=pre, num_iterations=60))
+        # ULA: h = 0.2 / lambda_max keeps the stationary variance bias below 11% in every mode;
+        # MALA starts at 1 / lambda_max and adapts.
+        h = 0.2 / lam if name.startswith(("ula", "pula")) else 1.0 / lam
+    if name == "pcn":
+        kernel = statfem.pcn(model.likelihood_energy_fn(y), h, prior_mean=m0, prior=pre)
+    elif "mala" in name:
+        kernel = statfem.mala(energy, h, preconditioner=pre)
+    else:
+        kernel = statfem.ula(energy, h, preconditioner=pre)
+    jax.block_until_ready(pre.apply(m0)) if pre is not None else None
+    warmup = 500 if kernel.target_acceptance is not None else 100
+    return kernel, warmup, time.perf_counter() - t0
+
+
+def make_block(kernel, idx):
+    def one_chain(key, state, moments):
+        def inner(carry, k):
+            st, (n, mean, m2) = carry
+            st, _ = kernel.step(k, st)
+            x = st.position
+            n = n + 1.0
+            d = x - mean
+            mean = mean + d / n
+            return (st, (n, mean, m2 + d * (x - mean))), None
+
+        def outer(carry, k):
+            carry, _ = lax.scan(inner, carry, jax.random.split(k, THIN))
+            return carry, carry[0].position[idx]
+
+        (state, moments), trace = lax.scan(outer, (state, moments), jax.random.split(key, BLOCK // THIN))
+        return state, moments, trace
+
+    return jax.jit(jax.vmap(one_chain))
+
+
+def pooled(moments):
+    n, mean, m2 = moments
+    var = m2 / n[:, None]
+    pm = jnp.mean(mean, axis=0)
+    return pm, jnp.mean(var + mean**2, axis=0) - pm**2
+
+
+def rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def bench_sampler(name, model, y, energy, exact_mean, exact_var, budget_s, key):
+    kernel, warmup, setup_s = make_kernel(name, model, y, energy)
+    x0 = model.sample_prior(jax.random.fold_in(key, 1), NUM_CHAINS)
+    idx = jnp.asarray(np.unique(np.linspace(0, model.dim - 1, min(256, model.dim)).astype(int)))
+    block = make_block(kernel, idx)
+    # compile (excluded from the timings): warm-up blocks and the sampling block
+    t0 = time.perf_counter()
+    res = statfem.run_chains(kernel, jax.random.fold_in(key, 2), x0, 1, 1)
+    zeros = (jnp.zeros(NUM_CHAINS), jnp.zeros((NUM_CHAINS, model.dim)), jnp.zeros((NUM_CHAINS, model.dim)))
+    jax.block_until_ready(block(jax.random.split(key, NUM_CHAINS), res.state, zeros))
+    compile_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    res = statfem.run_chains(kernel, jax.random.fold_in(key, 3), x0, 1, warmup)
+    state = res.state
+    moments = zeros
+    steps = 0
+    reached = None
+    traces = []
+    mean_err = var_err = math.inf
+    while True:
+        state, moments, trace = block(jax.random.split(jax.random.fold_in(key, 10 + steps), NUM_CHAINS),
+                                      state, moments)
+        steps += BLOCK
+        if len(traces) < 200:
+            traces.append(trace)
+        mean, var = pooled(moments)
+        mean_err, var_err = rel(mean, exact_mean), rel(var, exact_var)
+        elapsed = time.perf_counter() - t0
+        if reached is None and mean_err < MEAN_TOL and var_err < VAR_TOL:
+            reached = dict(seconds=elapsed, steps=steps)
+        if reached is not None or elapsed > budget_s:
+            break
+    sample_s = time.perf_counter() - t0
+    ess = np.asarray(statfem.effective_sample_size(jnp.concatenate(traces, axis=1)))
+    grads_per_step = kernel.gradients_per_step
+    out = {
+        "kernel": kernel.name,
+        "step_size": float(np.mean(np.asarray(state.step_size))),
+        "acceptance": float(np.mean(np.asarray(res.acceptance_rate))) if kernel.target_acceptance else 1.0,
+        "setup_s": setup_s,
+        "compile_s": compile_s,
+        "warmup_steps": warmup,
+        "steps_run": steps,
+        "mean_rel_error": mean_err,
+        "variance_rel_error": var_err,
+        "reached": reached is not None,
+        "ess_min": float(ess.min()),
+        "ess_per_second": float(ess.min() / sample_s),
+        # a variance error of 10% needs an ESS of about 2 / 0.1^2 = 200
+        "estimated_seconds_from_ess": setup_s + ESS_NEEDED / max(float(ess.min()) / sample_s, 1e-12),
+    }
+    if reached is not None:
+        total_steps = warmup + reached["steps"]
+        out["seconds_to_tolerance"] = setup_s + reached["seconds"]
+        out["gradient_evaluations_to_tolerance"] = grads_per_step * total_steps * NUM_CHAINS
+        out["energy_evaluations_to_tolerance"] = total_steps * NUM_CHAINS
+    else:
+        out["seconds_to_tolerance"] = None
+        out["lower_bound_seconds"] = setup_s + sample_s
+        out["gradient_evaluations_to_tolerance"] = None
+        out["lower_bound_gradient_evaluations"] = grads_per_step * (warmup + steps) * NUM_CHAINS
+    return out
+
+
+def bench_ipla(case, key, num_particles, num_steps):
+    """IPLA for the forcing amplitude f = theta (data from the finer truth with f = 1)."""
+    model, y = case.model, case.y
+
+    def energy(theta, x):
+        return model.replace(coefficients=dict(f=theta)).energy(x, y)
+
+    lml = jax.jit(lambda t: statfem.log_marginal_likelihood(model.replace(coefficients=dict(f=t)), y))
+    t0 = time.perf_counter()
+    mmle = scipy.optimize.minimize_scalar(lambda t: -float(lml(t)), bracket=(0.5, 1.5), tol=1e-8).x
+    mmle_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pre = statfem.prior_preconditioner(model, dense=model.dim <= 1500)
+    m0 = model.prior_mean()
+    lam = float(statfem.largest_curvature(lambda x: energy(jnp.asarray(1.0), x), m0, preconditioner=pre,
+                                          num_iterations=60))
+    g = jax.grad(lambda t: energy(t, m0))
+    c = float((g(1.001) - g(0.999)) / 0.002)
+    particles = model.sample_prior(jax.random.fold_in(key, 1), num_particles)
+    res = statfem.run_ipla(energy, jax.random.fold_in(key, 2), 0.5, particles, num_steps, 0.5 / lam,
+                           theta_step_size=0.5 / c, preconditioner=pre)
+    est = float(res.estimate)
+    return {
+        "particles": num_particles, "steps": num_steps, "estimate": est, "theta_true": 1.0,
+        "abs_error_vs_truth": abs(est - 1.0), "mmle": float(mmle), "abs_error_vs_mmle": abs(est - float(mmle)),
+        "theta_std": float(res.theta_std), "seconds": time.perf_counter() - t0, "mmle_seconds": mmle_s,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="32x32 and 64x64 only, short budgets")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    args = parser.parse_args(argv)
+    grids = (32, 64) if args.quick else (32, 64, 128)
+    budgets = {32: 4.0, 64: 6.0} if args.quick else {32: 60.0, 64: 120.0, 128: 240.0}
+    samplers = [s for s in args.samplers.split(",") if s]
+    key = jax.random.key(0)
+    results = {"machine": machine_info(), "quick": args.quick, "mean_tolerance": MEAN_TOL,
+               "variance_tolerance": VAR_TOL, "chains": NUM_CHAINS, "grids": {}}
+    rows = []
+    for grid in grids:
+        case = statfem.ula_statfem_case(jax.random.fold_in(key, grid), grid)
+        model, y = case.model, case.y
+        t0 = time.perf_counter()
+        post = statfem.exact_posterior(model, y)
+        jax.block_until_ready(post.mean)
+        t_mean = time.perf_counter() - t0
+        exact_var = post.variance()
+        jax.block_until_ready(exact_var)
+        t_var = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        jax.block_until_ready(post.sample(jax.random.key(1), 100))
+        t_samples = time.perf_counter() - t0
+        energy = model.energy_fn(y)
+        g = {"dim": model.dim, "exact": {"mean_s": t_mean, "mean_and_variance_s": t_var,
+                                         "100_samples_s": t_samples,
+                                         "mean_vs_truth_rel_error": rel(post.mean, model.restrict(case.truth))},
+             "samplers": {}}
+        for name in samplers:
+            r = bench_sampler(name, model, y, energy, post.mean, exact_var, budgets[grid],
+                              jax.random.fold_in(key, 1000 + grid))
+            g["samplers"][name] = r
+            print(f"{grid}x{grid} {name:12s} reached={r['reached']!s:5s} "
+                  f"t={r['seconds_to_tolerance'] or r['lower_bound_seconds']:.2f}s "
+                  f"mean_err={r['mean_rel_error']:.4f} var_err={r['variance_rel_error']:.3f} "
+                  f"ess/s={r['ess_per_second']:.2f}", flush=True)
+        ula_t = g["samplers"].get("ula", {})
+        base = ula_t.get("seconds_to_tolerance") or ula_t.get("lower_bound_seconds")
+        for name, r in g["samplers"].items():
+            t = r["seconds_to_tolerance"]
+            if base and t:
+                r["speedup_vs_ula"] = base / t
+                r["speedup_is_lower_bound"] = not ula_t.get("reached", False)
+            if ula_t:
+                r["speedup_vs_ula_estimated"] = ula_t["estimated_seconds_from_ess"] / (t or r["estimated_seconds_from_ess"])
+            rows.append((grid, name, r))
+        n_particles, n_steps = (16, 400) if args.quick else (32, 3000)
+        if grid == 32 or not args.quick:
+            g["ipla"] = bench_ipla(case, jax.random.fold_in(key, 7), n_particles, n_steps)
+            print(f"{grid}x{grid} IPLA: {g['ipla']}", flush=True)
+        results["grids"][str(grid)] = g
+        path = write_results("statfem", results)  # keep finished grids even if a later one fails
+
+    print("\nstatFEM samplers: time to mean error < 1% and variance error < 10% (4 chains)")
+    header = f"{'grid':>5} {'sampler':12} {'reached':>7} {'seconds':>9} {'grad evals':>11} " \
+             f"{'ess/s':>8} {'acc':>5} {'est. s (ESS)':>12} {'speedup vs ULA':>15} {'(ESS est.)':>10}"
+    print(header)
+    print("-" * len(header))
+    for grid, name, r in rows:
+        secs = r["seconds_to_tolerance"]
+        secs_txt = f"{secs:.2f}" if secs is not None else f">{r['lower_bound_seconds']:.1f}"
+        ge = r["gradient_evaluations_to_tolerance"]
+        ge_txt = str(ge) if ge is not None else f">{r['lower_bound_gradient_evaluations']}"
+        sp = r.get("speedup_vs_ula")
+        sp_txt = "" if sp is None else (f">{sp:.0f}x" if r.get("speedup_is_lower_bound") else f"{sp:.1f}x")
+        print(f"{grid:>5} {name:12} {str(r['reached']):>7} {secs_txt:>9} {ge_txt:>11} "
+              f"{r['ess_per_second']:>8.2f} {r['acceptance']:>5.2f} {r['estimated_seconds_from_ess']:>12.1f} "
+              f"{sp_txt:>15} {r.get('speedup_vs_ula_estimated', float('nan')):>9.1f}x")
+    print("seconds: measured to both tolerances ('>' = not reached within the budget: a lower bound);\n"
+          "est. s (ESS): set-up + 200 / (min ESS per second), an extrapolation for chains that did not finish;\n"
+          "speedup vs ULA: ULA seconds (or its lower bound, marked '>') / sampler seconds;\n"
+          "(ESS est.): ULA's ESS-extrapolated seconds / the sampler's seconds (measured, else extrapolated).")
+    print("\nexact posterior cost (Woodbury, solves only):")
+    for grid, g in results["grids"].items():
+        e = g["exact"]
+        print(f"  {grid}x{grid} (dim {g['dim']}): mean {e['mean_s']:.2f}s, mean+variance "
+              f"{e['mean_and_variance_s']:.2f}s, 100 samples {e['100_samples_s']:.2f}s; "
+              f"exact mean vs truth {e['mean_vs_truth_rel_error']:.3%}")
+        if "ipla" in g:
+            i = g["ipla"]
+            print(f"  {grid}x{grid} IPLA ({i['particles']} particles, {i['steps']} steps): theta "
+                  f"{i['estimate']:.4f} (truth 1, MMLE {i['mmle']:.4f}), |err| {i['abs_error_vs_truth']:.4f}, "
+                  f"{i['seconds']:.1f}s")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

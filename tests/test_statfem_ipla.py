@@ -1,0 +1,103 @@
+"""IPLA: joint estimation of a forcing amplitude / a diffusivity scale and the latent solution,
+against the truth and the maximum marginal likelihood estimate (exact, linear-Gaussian)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+from pdegen.fem import statfem
+from test_statfem_model import make_model
+
+
+def mmle(log_lik, bracket):
+    f = jax.jit(log_lik)
+    res = scipy.optimize.minimize_scalar(lambda t: -float(f(t)), bracket=bracket, tol=1e-10)
+    t, e = res.x, 1e-3
+    curvature = (float(f(t + e)) - 2 * float(f(t)) + float(f(t - e))) / e**2
+    return t, 1.0 / np.sqrt(-curvature)
+
+
+@pytest.fixture(scope="module")
+def forcing_problem():
+    theta_true = 2.0
+    model = make_model(n=9, m=20, sigma_f=0.05, sigma_e=2e-3, sigma_d=0.0, rho=1.0,
+                       coefficients=dict(kappa=1.0, f=theta_true))
+    x = model.sample_prior(jax.random.key(0))
+    y = model.simulate_data(jax.random.key(1), x, num_replicates=5)
+    est, sd = mmle(lambda t: statfem.log_marginal_likelihood(model.replace(coefficients=dict(f=t)), y),
+                   (1.0, 3.0))
+    return dict(model=model, y=y, theta_true=theta_true, mmle=est, mmle_sd=sd)
+
+
+def test_ipla_recovers_the_forcing_and_concentrates_at_the_mmle(forcing_problem):
+    p = forcing_problem
+    model, y = p["model"], p["y"]
+    assert abs(p["mmle"] - p["theta_true"]) < 3 * p["mmle_sd"]  # the data identify theta
+
+    # theta-independent normalisers (log det A, log det G) drop out for a forcing parameter
+    def energy(theta, x):
+        return model.replace(coefficients=dict(f=theta)).energy(x, y)
+
+    pre = statfem.prior_preconditioner(model, dense=True)  # C0 does not depend on the forcing
+    x_ref = model.prior_mean()
+    lam = float(statfem.largest_curvature(lambda x: energy(jnp.asarray(2.0), x), x_ref, preconditioner=pre))
+    g = jax.grad(lambda t: energy(t, x_ref))
+    c = float((g(2.001) - g(1.999)) / 0.002)  # curvature in theta per particle
+    out = {}
+    for N in (4, 40):
+        particles = model.sample_prior(jax.random.key(3), N)
+        out[N] = statfem.run_ipla(energy, jax.random.key(4), 1.0, particles, 2000, 0.5 / lam,
+                                  theta_step_size=0.5 / c, preconditioner=pre, average_fraction=0.6)
+    big, small = out[40], out[4]
+    assert big.theta_trajectory.shape == (2001,)
+    assert float(big.theta_trajectory[0]) == 1.0
+    # the stated tolerance: within 0.15 (7.5%) of the truth
+    assert abs(float(big.estimate) - p["theta_true"]) < 0.15
+    # theta's stationary law is proportional to p(y | theta)^N: sd ~ mmle_sd / sqrt(N)
+    for N, r in out.items():
+        assert 0.6 < float(r.theta_std) / (p["mmle_sd"] / np.sqrt(N)) < 1.6, (N, float(r.theta_std))
+    assert float(big.theta_std) < 0.5 * float(small.theta_std)
+    assert abs(float(big.estimate) - p["mmle"]) < 2.5 * float(big.theta_std)
+    assert abs(float(big.estimate) - p["mmle"]) < 0.2 * p["mmle_sd"]
+
+
+def test_ipla_estimates_a_diffusivity_scale():
+    theta_true = 0.5
+    model = make_model(n=9, m=20, sigma_f=0.05, sigma_e=2e-3, sigma_d=0.0, rho=1.0,
+                       coefficients=dict(kappa=float(np.exp(theta_true)), f=1.0))
+    x = model.sample_prior(jax.random.key(5))
+    y = model.simulate_data(jax.random.key(6), x, num_replicates=5)
+    est, sd = mmle(lambda t: statfem.log_marginal_likelihood(
+        model.replace(coefficients=dict(kappa=jnp.exp(t))), y), (0.0, 1.0))
+
+    # here log |det A(theta)| matters: use the normalised log joint density
+    def energy(theta, x):
+        return -model.replace(coefficients=dict(kappa=jnp.exp(theta))).log_joint(x, y)
+
+    start = model.replace(coefficients=dict(kappa=1.0))
+    pre = statfem.prior_preconditioner(start, dense=True)
+    lam = float(statfem.largest_curvature(lambda x: energy(jnp.asarray(0.0), x), x, preconditioner=pre))
+    g = jax.grad(lambda t: energy(t, x))
+    c = float((g(0.501) - g(0.499)) / 0.002)
+    N = 10
+    res = statfem.run_ipla(energy, jax.random.key(7), 0.0, start.sample_prior(jax.random.key(8), N),
+                           1500, 0.2 / lam, theta_step_size=0.5 / c, preconditioner=pre)
+    assert abs(float(res.estimate) - theta_true) < 0.15
+    assert abs(float(res.estimate) - est) < 3 * sd / np.sqrt(N)
+
+
+def test_ipla_bad_input():
+    with pytest.raises(ValueError, match="step_size"):
+        statfem.ipla(lambda t, x: 0.0, 0.0)
+    with pytest.raises(ValueError, match="theta_step_size"):
+        statfem.ipla(lambda t, x: 0.0, 0.1, theta_step_size=-1.0)
+    kernel = statfem.ipla(lambda t, x: jnp.sum(x**2) + t**2, 0.1)
+    with pytest.raises(ValueError, match="particles"):
+        kernel.init(0.0, jnp.zeros(3))
+    with pytest.raises(ValueError, match="average_fraction"):
+        statfem.run_ipla(lambda t, x: jnp.sum(x**2), jax.random.key(0), 0.0, jnp.zeros((2, 3)), 10, 0.1,
+                         average_fraction=0.0)
+    with pytest.raises(TypeError, match="preconditioner"):
+        statfem.ipla(lambda t, x: 0.0, 0.1, preconditioner=np.eye(2))
