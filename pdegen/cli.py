@@ -10,7 +10,11 @@ import sys
 import time
 
 # Modules that add sub-commands through ``register(subparsers)``.
-_SUBCOMMAND_MODULES: list[str] = []
+_SUBCOMMAND_MODULES: list[str] = [
+    "pdegen.models._cli",
+    "pdegen.fem.statfem._cli",
+    "pdegen.inverse._optimise_cli",
+]
 
 
 def _enable_x64():

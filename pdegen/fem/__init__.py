@@ -12,6 +12,9 @@ from ._assembly import load as load
 from ._assembly import lumped_mass as lumped_mass
 from ._assembly import mass as mass
 from ._assembly import stiffness as stiffness
+from ._jaxfem import jaxfem_poisson as jaxfem_poisson
+from ._jaxfem import jaxfem_residual as jaxfem_residual
+from ._jaxfem import to_jaxfem_mesh as to_jaxfem_mesh
 from ._mesh import Mesh as Mesh
 from ._mesh import l_shaped as l_shaped
 from ._mesh import read_mesh as read_mesh
