@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from pdegen._io import write_json_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -49,16 +49,6 @@ def print_table(rows: Sequence[tuple[str, Any]], title: str = "") -> None:
 
 def write_results(name: str, data: dict[str, Any]) -> Path:
     """Atomically write ``data`` to ``benchmarks/results/<name>.json``."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, data, sort_keys=True)
     return path

@@ -14,6 +14,7 @@ _SUBCOMMAND_MODULES: list[str] = [
     "pdegen.models._cli",
     "pdegen.fem.statfem._cli",
     "pdegen.inverse._optimise_cli",
+    "pdegen.inverse._invert_cli",
 ]
 
 
@@ -24,14 +25,9 @@ def _enable_x64():
 
 
 def _write_json(path, payload):
-    import tempfile
+    from ._io import write_json_atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, payload)
 
 
 # ---------------------------------------------------------------------------- solve
@@ -210,17 +206,10 @@ def _run_data(args) -> int:
     return cmd_data(args)
 
 
-def cmd_demo(args) -> int:
-    ns = argparse.Namespace(problem="poisson", mesh=None, grid=args.grid, element="P1", k=20.0,
-                            out=args.out)
-    return cmd_solve(ns)
-
-
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="run the main job on a small built-in default")
-    p.add_argument("--grid", type=int, default=64)
-    p.add_argument("--out", default="out/demo")
-    p.set_defaults(func=cmd_demo)
+    from pdegen.inverse._invert_cli import add_demo
+
+    add_demo(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

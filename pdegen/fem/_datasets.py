@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+
 import time
 import zipfile
 
@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._io import atomic_write
 from ._mesh import unit_square
 from ._problems import Darcy, Helmholtz, Poisson
 from ._random_fields import gaussian_random_field
@@ -179,16 +180,8 @@ def _progress(total, desc, enabled):
 
 
 def _atomic_write_bytes(path, write):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb") as fh:
+        write(fh)
 
 
 def save_dataset(path, fields, meta: dict) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
+
 
 import numpy as np
 
+from .._io import atomic_path
 from ._mesh import Mesh
 
 
@@ -54,15 +55,6 @@ def plot_field(mesh: Mesh, values, *, ax=None, title: str | None = None, cmap: s
 def save_figure(fig, path, *, dpi: int = 100) -> str:
     """Save a matplotlib figure atomically (temporary file in the same folder, then rename)."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    ext = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=ext)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
