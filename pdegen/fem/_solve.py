@@ -91,8 +91,11 @@ def _host_solve(pattern, transpose, data, b):
     trans = "N" if transpose else "T"
     if data_flat.shape[0] == 1:
         lu = _FACTORS.get(pattern, np.ascontiguousarray(data_flat[0]))
-        rhs = b_full.T.astype(np.result_type(lu.L.dtype, b_full.dtype))
-        out_flat[:] = np.atleast_2d(lu.solve(np.ascontiguousarray(rhs), trans=trans).T)
+        rhs = b_full.astype(np.result_type(lu.L.dtype, b_full.dtype))
+        # One factorisation, then one triangular solve per right-hand side: SuperLU's
+        # multi-right-hand-side solve is several times slower than this loop.
+        for i in range(out_flat.shape[0]):
+            out_flat[i] = lu.solve(rhs[i], trans=trans)
     else:
         data_full = np.broadcast_to(data, batch + (data.shape[-1],)).reshape(-1, data.shape[-1])
         for i in range(out_flat.shape[0]):

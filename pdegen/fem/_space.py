@@ -93,6 +93,17 @@ class FunctionSpace:
     def __repr__(self):
         return f"FunctionSpace({self.element}, ndofs={self.ndofs}, mesh={self.mesh!r})"
 
+    @cached_property
+    def _constant_gradient_products(self):
+        """``G_e = grad(phi_i) . grad(phi_j)`` per cell when shape gradients are constant on each
+        cell (P1 on triangles), else ``None``. Then ``K_e = (int kappa dx) G_e`` exactly."""
+        d = np.asarray(self.dphi)
+        scale = np.max(np.abs(d)) if d.size else 1.0
+        if np.max(np.ptp(d, axis=-1), initial=0.0) > 1e-12 * scale:
+            return None
+        d0 = d[..., 0]
+        return np.einsum("eid,ejd->eij", d0, d0)  # host array: safe to cache across traces
+
     # -- coefficients -----------------------------------------------------------------
     @cached_property
     def _vertex_phi(self):
