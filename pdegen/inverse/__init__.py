@@ -21,3 +21,21 @@ from ._test_functions import rastrigin as rastrigin
 from ._test_functions import rosenbrock as rosenbrock
 from ._test_functions import styblinski_tang as styblinski_tang
 from ._test_functions import test_function as test_function
+from ._posterior import METHODS as POSTERIOR_METHODS  # noqa: N811
+from ._posterior import FieldPrior as FieldPrior
+from ._posterior import GaussianScore as GaussianScore
+from ._posterior import Posterior as Posterior
+from ._posterior import bayes_posterior as bayes_posterior
+from ._posterior import check_prior_fits as check_prior_fits
+from ._posterior import dense_gaussian_prior as dense_gaussian_prior
+from ._posterior import evaluate as evaluate
+from ._posterior import gaussian_prior as gaussian_prior
+from ._posterior import prior_from_model as prior_from_model
+from ._posterior import sample_posterior as sample_posterior
+from ._posterior import solution_operator as solution_operator
+from ._tasks import InverseTask as InverseTask
+from ._tasks import credible_interval_coverage as credible_interval_coverage
+from ._tasks import empirical_coverage as empirical_coverage
+from ._tasks import make_task as make_task
+from ._tasks import make_tasks as make_tasks
+from ._tasks import relative_l2 as relative_l2

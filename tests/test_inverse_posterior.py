@@ -1,0 +1,199 @@
+"""Posterior sampling on the benchmark tasks, against exact Gaussian posteriors on tiny grids."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import scipy.fft
+
+from pdegen import fem
+from pdegen.inverse import (
+    bayes_posterior,
+    dense_gaussian_prior,
+    evaluate,
+    gaussian_prior,
+    make_task,
+    prior_from_model,
+    sample_posterior,
+)
+from pdegen.inverse._posterior import _noise_floor
+
+GRID = 8
+
+
+def _dense_reference(task):
+    """Prior covariance, solution operator and posterior by plain dense linear algebra.
+
+    Independent of the library's route: the DCT basis from scipy, ``S`` column by column from
+    FEM solves, the posterior from the textbook formulas.
+    """
+    g = task.grid
+    d = g * g
+    std = fem.grf_mode_std((g, g)).reshape(-1)
+    basis = np.stack([scipy.fft.idctn(e.reshape(g, g), type=2, norm="ortho").reshape(-1) for e in np.eye(d)], axis=1)
+    L = basis * std  # a = L z
+    C = L @ L.T
+    problem, theta = task.physics.problem, task.physics.theta
+    S = np.stack([np.asarray(problem.solve(**theta(jnp.asarray(e)))) for e in np.eye(d)], axis=1)
+    G = S[task.sensors] if task.observed == "u" else np.eye(d)[task.sensors]
+    s2 = _noise_floor(task) ** 2
+    K = C @ G.T @ np.linalg.inv(G @ C @ G.T + s2 * np.eye(len(task.sensors)))
+    mean = K @ np.asarray(task.y)
+    cov = C - K @ G @ C
+    return mean, cov, S
+
+
+@pytest.mark.parametrize("name", ["poisson-inverse", "poisson-forward"])
+def test_bayes_posterior_matches_dense_computation(name, key):
+    task = make_task(name, grid=GRID, sensor_fraction=0.15, noise=0.02)
+    mean, cov, S = _dense_reference(task)
+    post = bayes_posterior(task, key=key, num_samples=4)
+    assert np.allclose(np.asarray(post.mean[0]).reshape(-1), mean, atol=1e-8 * np.abs(mean).max())
+    assert np.allclose(np.asarray(post.std[0]).reshape(-1), np.sqrt(np.diag(cov)), rtol=1e-6, atol=1e-12)
+    assert np.allclose(np.asarray(post.mean[1]).reshape(-1), S @ mean, rtol=1e-6, atol=1e-12)
+    if task.target == "u":  # exact std of u = S a
+        std_u = np.sqrt(np.maximum(np.diag(S @ cov @ S.T), 0))
+        assert np.allclose(np.asarray(post.std[1]).reshape(-1), std_u, rtol=1e-5, atol=1e-12)
+
+
+def test_tmpd_full_reproduces_exact_posterior(key):
+    """With the exact GRF score TMPD (full) is exact up to discretisation and Monte Carlo error."""
+    task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15, noise=0.05)
+    mean, cov, _ = _dense_reference(task)
+    n = 256
+    post = sample_posterior(gaussian_prior(GRID), task, method="tmpd", key=key, num_samples=n, num_steps=200,
+                            batch_size=n)
+    a = np.asarray(post.samples[:, 0]).reshape(n, -1)
+    sd = np.sqrt(np.diag(cov))
+    # Mean: within 4 Monte Carlo standard errors plus 5% of the posterior std (discretisation).
+    assert np.all(np.abs(a.mean(0) - mean) < 4 * sd / np.sqrt(n) + 0.05 * sd)
+    # Covariance: relative Frobenius error (Monte Carlo alone gives about sqrt(d / n) ~ 0.3 of it
+    # in the worst direction; the norm-wise error is smaller).
+    emp = np.cov(a.T)
+    assert np.linalg.norm(emp - cov) / np.linalg.norm(cov) < 0.2
+    assert np.allclose(a.std(0), sd, rtol=0.2)
+    # Unguided prior samples are far from the posterior (the test can fail).
+    prior_sd = np.sqrt(np.diag(_prior_cov(GRID)))
+    assert np.mean(sd) < 0.8 * np.mean(prior_sd)
+
+
+def _prior_cov(g):
+    d = g * g
+    std = fem.grf_mode_std((g, g)).reshape(-1)
+    basis = np.stack([scipy.fft.idctn(e.reshape(g, g), type=2, norm="ortho").reshape(-1) for e in np.eye(d)], axis=1)
+    return (basis * std) @ (basis * std).T
+
+
+def test_dps_and_pigdm_reduce_the_data_misfit(key):
+    task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15, noise=0.05)
+    prior = gaussian_prior(GRID)
+    kw = dict(key=key, num_samples=8, num_steps=100, batch_size=8)
+    base = evaluate(sample_posterior(prior, task, method="unguided", **kw), task)
+    for method, options in (("dps", {"scale": 1.0}), ("pigdm", {})):
+        row = evaluate(sample_posterior(prior, task, method=method, **kw, **options), task)
+        assert row["data_misfit"] < 0.5 * base["data_misfit"], (method, row, base)
+        assert row["rel_l2"] < base["rel_l2"], (method, row, base)
+
+
+def _imperfect_joint_prior(task, inflation=0.5):
+    """A joint Gaussian prior over (a, u) that knows the physics only approximately:
+    the exact joint covariance plus independent noise on u (normalised units)."""
+    g = task.grid
+    d = g * g
+    L = np.linalg.cholesky(_prior_cov(g) + 1e-12 * np.eye(d))
+    from pdegen.inverse import solution_operator
+
+    S = solution_operator(task.physics)
+    J = np.concatenate([L, S @ L])
+    sd = np.sqrt(np.sum(J**2, axis=1).reshape(2, d).mean(axis=1))
+    J = J / np.repeat(sd, d)[:, None]
+    cov = J @ J.T + np.diag(np.concatenate([np.zeros(d), np.full(d, inflation**2)]))
+    prior = dense_gaussian_prior(cov, g, name="imperfect joint")
+    return dataclasses.replace(prior, std=tuple(float(s) for s in sd))
+
+
+def test_physics_guidance_lowers_the_pde_residual(key):
+    task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15)
+    prior = _imperfect_joint_prior(task)
+    kw = dict(key=key, num_samples=8, num_steps=100, batch_size=8, route="joint")
+    plain = sample_posterior(prior, task, method="unguided", **kw)
+    guided = sample_posterior(prior, task, method="unguided", physics_weight=0.5, physics_fraction=0.3, **kw)
+    r_plain = evaluate(plain, task)["pde_residual"]
+    r_guided = evaluate(guided, task)["pde_residual"]
+    assert r_guided < 0.3 * r_plain, (r_guided, r_plain)
+    # Projection: u <- solve(a) makes the residual vanish and reports the state before it.
+    projected = sample_posterior(prior, task, method="unguided", physics_weight=0.5, physics_fraction=0.3,
+                                 project=True, **kw)
+    row = evaluate(projected, task)
+    assert row["pde_residual"] < 1e-8
+    assert row["before_projection"]["pde_residual"] == pytest.approx(r_guided, rel=1e-6)
+
+
+def _tiny_model(channels, grid):
+    from pdegen.models import VPSDE, DiffusionModel, Normalisation, UNet
+
+    net = UNet(channels, base_channels=4, channel_mults=(1,), groups=2, key=jr.key(0))
+    return DiffusionModel(net, VPSDE(), Normalisation((0.0,) * channels, (1.0,) * channels), (channels, grid, grid))
+
+
+def test_priors_that_do_not_fit_the_task_are_rejected(key):
+    task = make_task("poisson-inverse", grid=GRID)
+    with pytest.raises(ValueError, match=r"prior: generates 4x4 fields but task poisson-inverse is on a 8x8 grid"):
+        sample_posterior(prior_from_model(_tiny_model(2, 4)), task, method="dps", key=key)
+    with pytest.raises(ValueError, match="route='joint' needs a joint prior"):
+        sample_posterior(prior_from_model(_tiny_model(1, GRID)), task, method="dps", route="joint", key=key)
+    with pytest.raises(ValueError, match="3 channels"):
+        prior_from_model(_tiny_model(3, GRID))
+    with pytest.raises(ValueError, match="y must have shape"):
+        sample_posterior(gaussian_prior(GRID), task, method="tmpd", key=key, y=jnp.zeros(3))
+    with pytest.raises(ValueError, match="method must be one of"):
+        sample_posterior(gaussian_prior(GRID), task, method="magic", key=key)
+    with pytest.raises(ValueError, match="no exact Gaussian posterior"):
+        bayes_posterior(make_task("darcy-inverse", grid=GRID), key=key)
+
+
+def test_invert_cli_runs(tmp_path, capsys):
+    from pdegen.cli import main
+
+    rc = main(["invert", "--task", "poisson-inverse", "--prior", "exact", "--grid", str(GRID), "--method", "bayes",
+               "tmpd-rowsum", "--samples", "2", "--steps", "5", "--sensors", "0.15", "--quiet", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "tmpd-rowsum" in out and "rel L2" in out
+    rows = json.loads((tmp_path / "poisson-inverse.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["bayes", "tmpd-rowsum"]
+    assert rows[0]["ratio_to_bayes"] == 1.0
+    assert (tmp_path / "poisson-inverse.png").stat().st_size > 1000
+
+
+def test_demo_needs_the_shipped_prior(monkeypatch, capsys, tmp_path):
+    import pdegen.models
+    from pdegen.cli import main
+
+    monkeypatch.setattr(pdegen.models, "available_pretrained", lambda: [])
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "available_pretrained()" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The demo on a (tiny, untrained) checkpoint in a fast setting: table, figure, JSON."""
+    from pdegen.cli import main
+    from pdegen.models import TrainConfig, init_train_state, make_optimizer, save_checkpoint
+
+    config = TrainConfig(steps=1, batch_size=2, warmup_steps=0, checkpoint_every=1, log_every=1)
+    state = init_train_state(_tiny_model(2, GRID), make_optimizer(config))
+    save_checkpoint(tmp_path / "ckpt", state, {"train": dataclasses.asdict(config), "losses": [], "key": [0, 0]})
+    rc = main(["demo", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "demo"), "--samples", "2",
+               "--steps", "3", "--sensors", "0.15", "--methods", "bayes", "tmpd-rowsum", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "bayes" in out and "tmpd-rowsum" in out
+    payload = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert payload["grid"] == GRID and len(payload["rows"]) == 2
+    assert all(np.isfinite(r["rel_l2"]) for r in payload["rows"])
+    assert (tmp_path / "demo" / "demo.png").is_file()
+    _ = jax  # the strict conftest is active
