@@ -25,8 +25,8 @@ def mlp_model(data, *, key, sde=None, parameterisation="epsilon", width=64):
 
 @functools.lru_cache(maxsize=1)
 def _tiny_unet(channels):
-    # Built once per session: eager parameter initialisation of many small layers is slow.
-    return models.UNet(channels, base_channels=4, channel_mults=(1, 2), key=jr.key(0))
+    # Abstract (shapes and dtypes only): eager initialisation compiles many small kernels.
+    return eqx.filter_eval_shape(models.UNet, channels, base_channels=4, channel_mults=(1, 2), key=jr.key(0))
 
 
 def tiny_unet_model(channels=2, size=8, *, key):
@@ -36,23 +36,27 @@ def tiny_unet_model(channels=2, size=8, *, key):
 
 def test_parameters_are_float32_under_x64(key):
     model = tiny_unet_model(key=key)
-    leaves = jax.tree_util.tree_leaves(models.count_parameters(model.network))
-    assert leaves and models.count_parameters(model.network) < 20_000
+    assert 1_000 < models.count_parameters(model.network) < 20_000
     dtypes = {a.dtype for a in jax.tree_util.tree_leaves(model.network) if hasattr(a, "dtype")}
     assert dtypes == {jnp.dtype("float32")}
-    x = jnp.ones((2, 8, 8))
-    score = eqx.filter_jit(lambda m, y: m.score(y, 0.5))
-    assert score(model, x).dtype == jnp.float64
-    assert score(model, x.astype(jnp.float32)).dtype == jnp.float32
+    # Output dtype follows the input (shape/dtype propagation only: nothing is compiled).
+    score = lambda m, y: m.score(y, jnp.asarray(0.5, y.dtype))  # noqa: E731
+    assert eqx.filter_eval_shape(score, model, jnp.ones((2, 8, 8))).dtype == jnp.float64
+    out = eqx.filter_eval_shape(score, model, jnp.ones((2, 8, 8), jnp.float32))
+    assert out.dtype == jnp.float32 and out.shape == (2, 8, 8)
     with pytest.raises(ValueError, match="data"):
         model.check_compatible((3, 8, 8))
 
 
-def test_gaussian_score_learned(key):
+@pytest.mark.parametrize("steps, score_tol, cov_tol", [
+    pytest.param(1500, 0.1, 0.15, marks=pytest.mark.slow),
+    (300, 0.2, 0.25),
+], ids=["full", "quick"])
+def test_gaussian_score_learned(steps, score_tol, cov_tol, key):
     # Data N(mu, Sigma): the exact score of p_t is known; the trained network must match it.
     data = np.random.default_rng(0).multivariate_normal(MU, COV, size=4096)
     model = mlp_model(data, key=key)
-    config = models.TrainConfig(steps=1500, batch_size=256, learning_rate=3e-3, warmup_steps=50, ema_decay=0.99)
+    config = models.TrainConfig(steps=steps, batch_size=256, learning_rate=3e-3, warmup_steps=50, ema_decay=0.99)
     result = models.train(model, data, key=key, config=config, progress=False)
     trained = result.state.ema_model
     norm = trained.normalisation
@@ -72,9 +76,9 @@ def test_gaussian_score_learned(key):
         num += float(jnp.sum((s * (learned - exact)) ** 2))
         den += float(jnp.sum((s * exact) ** 2))
     rel = np.sqrt(num / den)
-    assert rel < 0.1, rel
+    assert rel < score_tol, rel
     samples = np.asarray(models.sample_model(trained, 2000, key=key, method="edm_heun", num_steps=30))
-    assert np.linalg.norm(np.cov(samples.T) - COV) / np.linalg.norm(COV) < 0.15
+    assert np.linalg.norm(np.cov(samples.T) - COV) / np.linalg.norm(COV) < cov_tol
     assert np.linalg.norm(samples.mean(0) - MU) < 0.1
 
 
@@ -93,19 +97,23 @@ def mmd(x, y, bandwidth=0.5):
     return float(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
 
 
-def test_gaussian_mixture_modes_and_mmd(key):
+@pytest.mark.parametrize("steps, width, weight_tol, mmd_factor", [
+    pytest.param(2000, 128, 0.06, 3.0, marks=pytest.mark.slow),
+    (500, 64, 0.1, 6.0),
+], ids=["full", "quick"])
+def test_gaussian_mixture_modes_and_mmd(steps, width, weight_tol, mmd_factor, key):
     rng = np.random.default_rng(1)
     data, centres, weights = gmm(8192, rng)
-    model = mlp_model(data, key=key, sde=models.EDMSDE(), parameterisation="denoiser", width=128)
-    config = models.TrainConfig(steps=2000, batch_size=256, learning_rate=2e-3, warmup_steps=100, ema_decay=0.995)
+    model = mlp_model(data, key=key, sde=models.EDMSDE(), parameterisation="denoiser", width=width)
+    config = models.TrainConfig(steps=steps, batch_size=256, learning_rate=2e-3, warmup_steps=100, ema_decay=0.995)
     trained = models.train(model, data, key=key, config=config, progress=False).state.ema_model
     samples = np.asarray(models.sample_model(trained, 1000, key=jr.key(7), method="edm_heun", num_steps=40))
     labels = np.argmin(((samples[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
     found = np.bincount(labels, minlength=3) / len(labels)
-    assert np.max(np.abs(found - weights)) < 0.06, found
+    assert np.max(np.abs(found - weights)) < weight_tol, found
     fresh, fresh2 = gmm(1000, rng)[0], gmm(1000, rng)[0]
     baseline = mmd(fresh, fresh2)  # sampling noise of MMD itself at n = 1000
-    assert mmd(samples, fresh) < 3 * baseline + 0.01, (mmd(samples, fresh), baseline)
+    assert mmd(samples, fresh) < mmd_factor * baseline + 0.01, (mmd(samples, fresh), baseline)
 
 
 def small_setup(key):
@@ -142,6 +150,14 @@ def test_checkpoint_round_trip_and_exact_resume(key, tmp_path):
     leftovers = [p for p in os.listdir(tmp_path / "full") if p.endswith(".tmp")]
     assert not leftovers and len(list((tmp_path / "full").glob("state-*.eqx"))) == 1
     loaded.model.check_compatible((5, 3))
+    # Inference-only export (how shipped priors are stored): EMA weights, no optimiser state.
+    models.export_model(tmp_path / "exported", full.state.ema_model, {"note": "x"}, step=6)
+    exported = models.load_checkpoint(tmp_path / "exported")
+    assert exported.step == 6 and exported.metadata["note"] == "x"
+    assert_trees_equal(eqx_params(exported.model), eqx_params(full.state.ema_model))
+    assert sorted(os.listdir(tmp_path / "exported")) == ["metadata.json", "model-000000006.eqx"]
+    with pytest.raises(ValueError, match="ema=False"):
+        models.load_checkpoint(tmp_path / "exported", ema=False)
     with pytest.raises(ValueError, match=r"`data`.*\(3,\)"):
         loaded.model.check_compatible((5, 4))
 

@@ -4,6 +4,7 @@ from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import TrainState as TrainState
 from ._checkpoint import atomic_write as atomic_write
 from ._checkpoint import available_pretrained as available_pretrained
+from ._checkpoint import export_model as export_model
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import load_pretrained as load_pretrained
 from ._checkpoint import save_checkpoint as save_checkpoint

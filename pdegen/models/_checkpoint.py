@@ -124,10 +124,46 @@ def load_train_state(directory: str | os.PathLike, skeleton: TrainState, meta: d
 
 
 def skeleton_state(meta: dict, optimizer) -> TrainState:
-    """A :class:`TrainState` with the checkpoint's structure (random weights), to load into."""
-    model = model_from_config(meta["model"], key=jr.key(0))
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    return TrainState(model, model, opt_state, jnp.zeros((), jnp.int32))
+    """A :class:`TrainState` with the checkpoint's structure, to load into.
+
+    Built with ``equinox.filter_eval_shape``: its leaves are ``jax.ShapeDtypeStruct``s, so no
+    weights are initialised (eager initialisation of a U-Net compiles many small kernels).
+    """
+
+    def build():
+        model = model_from_config(meta["model"], key=jr.key(0))
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+        return TrainState(model, model, opt_state, jnp.zeros((), jnp.int32))
+
+    return eqx.filter_eval_shape(build)
+
+
+def skeleton_model(meta: dict) -> DiffusionModel:
+    """The model of a checkpoint's metadata with ``jax.ShapeDtypeStruct`` leaves (no weights)."""
+    return eqx.filter_eval_shape(lambda: model_from_config(meta["model"], key=jr.key(0)))
+
+
+def export_model(directory: str | os.PathLike, model: DiffusionModel, metadata: dict, *, step: int) -> Path:
+    """Write an inference-only checkpoint (the model's weights, no optimiser state) atomically.
+
+    The folder then holds ``model-<step>.eqx`` and ``metadata.json`` (``contents: "model"``);
+    :func:`load_checkpoint` and :func:`load_pretrained` read it like a training checkpoint.
+    Pass the EMA model of a finished run: this is how the shipped priors are written.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"model-{int(step):09d}.eqx"
+    with atomic_write(directory / name) as f:
+        eqx.tree_serialise_leaves(f, model)
+    meta = dict(metadata)
+    meta.update(format=FORMAT, contents="model", step=int(step), state_file=name,
+                state_sha256=_sha256(directory / name), model=model.config())
+    write_json_atomic(directory / METADATA, meta)
+    for old in [*directory.glob("state-*.eqx"), *directory.glob("model-*.eqx")]:
+        if old.name != name:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+    return directory
 
 
 class Checkpoint(NamedTuple):
@@ -149,6 +185,17 @@ def load_checkpoint(path: str | os.PathLike, *, ema: bool = True) -> Checkpoint:
     from ._training import TrainConfig, make_optimizer
 
     meta = read_metadata(path)
+    if meta.get("contents") == "model":
+        if not ema:
+            raise ValueError(
+                f"load_checkpoint(ema=False): {str(path)!r} is an exported model holding only the EMA weights"
+            )
+        try:
+            skeleton = skeleton_model(meta)
+        except KeyError as err:
+            raise ValueError(f"load_checkpoint(path=...): malformed metadata ({err!r})") from err
+        model = load_train_state(path, skeleton, meta)
+        return Checkpoint(model, model.sde, model.normalisation, int(meta["step"]), meta)
     try:
         config = TrainConfig(**meta["train"])
     except (KeyError, TypeError) as err:

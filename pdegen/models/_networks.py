@@ -295,6 +295,12 @@ def network_from_config(config: dict, *, key: Array | None = None) -> eqx.Module
 
 
 def count_parameters(network: eqx.Module) -> int:
-    """Number of trainable scalar parameters."""
-    leaves = jtu.tree_leaves(eqx.filter(network, eqx.is_inexact_array))
+    """Number of trainable scalar parameters (also for abstract networks from ``eqx.filter_eval_shape``)."""
+
+    def inexact(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jnp.issubdtype(x.dtype, jnp.inexact)
+        return eqx.is_inexact_array(x)
+
+    leaves = jtu.tree_leaves(eqx.filter(network, inexact))
     return int(sum(leaf.size for leaf in leaves))
