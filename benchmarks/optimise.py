@@ -1,12 +1,13 @@
 """Benchmark: diffusion samplers (DDS/PIS) as global optimisers vs baselines at equal budgets.
 
-    python benchmarks/optimise.py --quick        # ~ a few minutes on 2 CPU cores
-    python benchmarks/optimise.py                # more methods/variants, larger budgets
+    python benchmarks/optimise.py --quick        # 2-D targets + a 10-D subset, ~ 5 min on 2 cores
+    python benchmarks/optimise.py                # every function and variant, 20 seeds (hours)
 
-Writes benchmarks/results/optimise.json atomically (after every row) and prints a table with
-one row per (function, dimension, method): success rate over the seeds (|f - f*| < tol,
-tol = 1e-2 in every dimension), median final gap, function evaluations used (values and
-gradients each count 1) and wall time.
+Writes benchmarks/results/optimise.json atomically after every row, under ``runs.quick`` or
+``runs.full`` (the other run's rows are kept), and prints a table with one row per (function,
+dimension, method): success rate over the seeds (|f - f*| < tol, tol = 1e-2 in every
+dimension), median final gap, function evaluations used (values and gradients each count 1)
+and wall time.
 """
 
 from __future__ import annotations
@@ -27,18 +28,29 @@ jax.config.update("jax_enable_x64", True)
 
 TOLERANCE = 1e-2
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "optimise.json")
+BUDGETS = {2: 4000, 10: 10000}
 
-DDS_BASE = dict(method="dds", batch_size=32, num_steps=16, num_temperatures=4,
-                gradient_informed=False)
+# The diffusion optimiser's defaults (minimise): DDS, batch 32, 16 steps, 4 temperatures,
+# log-variance loss, plain MLP, final Adam refinement of the 8 best points (40 steps).
 VARIANTS = {
-    "dds": DDS_BASE,
-    "dds-grad": {**DDS_BASE, "gradient_informed": True, "num_steps": 8, "batch_size": 16},
-    "dds-coordwise": {**DDS_BASE, "network": "coordinatewise"},
-    "pis": {**DDS_BASE, "method": "pis"},
+    "dds": dict(method="dds"),
+    "dds-grad": dict(method="dds", gradient_informed=True, num_steps=8, batch_size=16),
+    "dds-coordwise": dict(method="dds", network="coordinatewise", width=32),
+    "dds-coordwise-grad": dict(method="dds", network="coordinatewise", width=32,
+                               gradient_informed=True, num_steps=8, batch_size=16),
+    "dds-norefine": dict(method="dds", refine_steps=0),
+    "pis": dict(method="pis"),
     "adam": dict(method="adam"),
     "langevin": dict(method="langevin"),
     "random": dict(method="random"),
     "cmaes": dict(method="cmaes"),
+}
+# quick: the 2-D targets with every baseline (20 seeds), and two separable 10-D functions
+# (where the coordinate-wise network should help) with fewer seeds
+QUICK = {
+    2: (["rastrigin", "ackley", "carrillo"], ["dds", "adam", "langevin", "random", "cmaes"], 20),
+    10: (["rastrigin", "styblinski_tang"],
+         ["dds", "dds-coordwise", "adam", "langevin", "random", "cmaes"], 5),
 }
 
 
@@ -50,48 +62,64 @@ def atomic_write_json(path, obj):
     os.replace(tmp, path)
 
 
+def _load(path):
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data.get("runs"), dict) else {}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--functions", nargs="*", default=list(TEST_FUNCTIONS))
-    ap.add_argument("--dims", nargs="*", type=int, default=[2, 10])
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per row (default 20)")
+    ap.add_argument("--functions", nargs="*", default=None)
+    ap.add_argument("--dims", nargs="*", type=int, default=None)
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
-    if args.quick:
-        budgets = {2: 4000, 10: 10000}
-        methods = args.methods or ["dds", "adam", "langevin", "random", "cmaes"]
-    else:
-        budgets = {2: 20000, 10: 60000}
-        methods = args.methods or list(VARIANTS)
-    keys = jr.split(jr.key(2026), args.seeds)
+    plan = []
+    dims = args.dims or [2, 10]
+    for dim in dims:
+        if args.quick and dim in QUICK:
+            fns, methods, seeds = QUICK[dim]
+        else:
+            fns, methods, seeds = list(TEST_FUNCTIONS), list(VARIANTS), 20
+        fns = args.functions or fns
+        methods = args.methods or methods
+        seeds = args.seeds or seeds
+        plan += [(name, dim, m, seeds) for name in fns for m in methods]
+    mode = "quick" if args.quick else "full"
     rows = []
-    header = (f"{'function':16s} {'d':>3s} {'method':14s} {'success':>8s} {'median gap':>11s} "
+    header = (f"{'function':16s} {'d':>3s} {'method':18s} {'success':>8s} {'median gap':>11s} "
               f"{'evals':>7s} {'time/s':>7s}")
     print(header)
     print("-" * len(header))
-    for name in args.functions:
-        for dim in args.dims:
-            prob = test_function(name, dim)
-            budget = budgets.get(dim, budgets[max(budgets)])
-            for m in methods:
-                t0 = time.perf_counter()
-                res = minimise(prob.fn, prob.domain, key=keys, max_evaluations=budget,
-                               **VARIANTS[m])
-                secs = time.perf_counter() - t0
-                gaps = np.abs(np.asarray(res.value) - prob.minimum)
-                row = dict(function=name, dim=dim, method=m, seeds=args.seeds,
-                           success_rate=float(np.mean(gaps < TOLERANCE)),
-                           median_gap=float(np.median(gaps)), budget=budget,
-                           evaluations=int(res.num_evaluations), seconds=secs,
-                           gaps=gaps.tolist(), tolerance=TOLERANCE)
-                rows.append(row)
-                print(f"{name:16s} {dim:3d} {m:14s} {row['success_rate']:8.2f} "
-                      f"{row['median_gap']:11.3g} {row['evaluations']:7d} {secs:7.1f}",
-                      flush=True)
-                atomic_write_json(args.out, {"quick": args.quick, "tolerance": TOLERANCE,
-                                             "budgets": budgets, "rows": rows})
+    started = time.perf_counter()
+    for name, dim, m, seeds in plan:
+        prob = test_function(name, dim)
+        budget = BUDGETS.get(dim, BUDGETS[max(BUDGETS)])
+        keys = jr.split(jr.key(2026), seeds)
+        t0 = time.perf_counter()
+        res = minimise(prob.fn, prob.domain, key=keys, max_evaluations=budget, **VARIANTS[m])
+        secs = time.perf_counter() - t0
+        gaps = np.abs(np.asarray(res.value) - prob.minimum)
+        row = dict(function=name, dim=dim, method=m, seeds=seeds,
+                   success_rate=float(np.mean(gaps < TOLERANCE)),
+                   median_gap=float(np.median(gaps)), budget=budget,
+                   evaluations=int(res.num_evaluations), seconds=secs,
+                   gaps=gaps.tolist(), tolerance=TOLERANCE)
+        rows.append(row)
+        print(f"{name:16s} {dim:3d} {m:18s} {row['success_rate']:8.2f} "
+              f"{row['median_gap']:11.3g} {row['evaluations']:7d} {secs:7.1f}", flush=True)
+        data = _load(args.out)
+        runs = data.get("runs", {})
+        runs[mode] = {"tolerance": TOLERANCE, "budgets": {str(k): v for k, v in BUDGETS.items()},
+                      "variants": VARIANTS, "seconds": time.perf_counter() - started,
+                      "rows": rows}
+        atomic_write_json(args.out, {"runs": runs})
     return 0
 
 

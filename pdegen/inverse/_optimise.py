@@ -147,7 +147,8 @@ def _merge_best(points, values, new_points, new_values):
 
 class DiffusionOptimiserState(NamedTuple):
     """State of the diffusion optimiser: network parameters, optax state, current temperature,
-    the best ``k`` points (normalised coordinates) and values, evaluations used so far."""
+    the best ``k`` points (normalised coordinates) and values, evaluations used so far, and
+    the affine frame ``z = frame_centre + frame_scale * u`` in which the sampler works."""
 
     params: Any
     opt_state: Any
@@ -155,6 +156,8 @@ class DiffusionOptimiserState(NamedTuple):
     best_points: jax.Array
     best_values: jax.Array
     num_evaluations: jax.Array
+    frame_centre: jax.Array
+    frame_scale: jax.Array
 
 
 class DiffusionOptimiserInfo(NamedTuple):
@@ -163,6 +166,8 @@ class DiffusionOptimiserInfo(NamedTuple):
     spread: jax.Array
     best_value: jax.Array
     num_evaluations: jax.Array
+    sample_mean: jax.Array
+    sample_std: jax.Array
 
 
 def _evaluations_per_iteration(gradient_informed, loss, batch_size, num_steps):
@@ -173,10 +178,11 @@ def _evaluations_per_iteration(gradient_informed, loss, batch_size, num_steps):
     return batch_size * ((2 * num_steps if gradient_informed else 0) + 2)
 
 
-def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size: int = 64,
-                        num_steps: int = 32, network: str = "mlp", gradient_informed: bool = True,
-                        loss: str = "log_variance", width: int = 64, depth: int = 2,
-                        sigma: float = 0.6, learning_rate: float = 3e-3, num_best: int = 8):
+def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size: int = 32,
+                        num_steps: int = 16, network: str = "mlp",
+                        gradient_informed: bool = False, loss: str = "log_variance",
+                        width: int = 64, depth: int = 2, sigma: float = 0.6,
+                        learning_rate: float = 1e-2, num_best: int = 8):
     """Low-temperature controlled-diffusion optimiser as a pure ``(init, step)`` pair.
 
     ``state = init(key, temperature)``; ``state, info = step(key, state)`` runs one training
@@ -184,6 +190,10 @@ def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size:
     ``state._replace(temperature=...)`` to anneal) and records the best sampled points.
     Both are jittable and vmappable over keys. Returns ``(init, step, evaluations_per_step)``;
     points in the state are normalised, map them with ``centre + half_width * z``.
+
+    The sampler works in a frame ``z = frame_centre + frame_scale * u`` (initially the whole
+    box); :func:`minimise` moves the frame onto the sample cloud after each temperature, so
+    that the reference law of the diffusion follows the samples as they concentrate.
     """
     if method not in ("dds", "pis"):
         raise ValueError(f"diffusion_optimiser(method=...): expected 'dds' or 'pis', got {method!r}")
@@ -208,21 +218,24 @@ def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size:
         return DiffusionOptimiserState(
             params, optimiser.init(params), jnp.asarray(temperature, dtype=dt),
             jnp.zeros((num_best, dim), dtype=dt), jnp.full((num_best,), jnp.inf, dtype=dt),
-            jnp.zeros((), dtype=jnp.int64 if dt == jnp.float64 else jnp.int32))
+            jnp.zeros((), dtype=jnp.int64 if dt == jnp.float64 else jnp.int32),
+            jnp.zeros((dim,), dtype=dt), jnp.ones((dim,), dtype=dt))
 
     per_step = _evaluations_per_iteration(gradient_informed, loss, batch_size, num_steps)
 
     def step(key, state: DiffusionOptimiserState):
         temperature = state.temperature
+        centre, scale = state.frame_centre, state.frame_scale
 
-        def log_density(z):
+        def log_density(u):
+            z = centre + scale * u
             return -(fz(z) / temperature + _wall(z))
 
         model = eqx.combine(state.params, static)
         model, opt_state, value, paths = training_step(
             model, state.opt_state, key=key, log_density=log_density, optimiser=optimiser,
             batch_size=batch_size, loss=loss)
-        z_end = paths.samples
+        z_end = centre[None, :] + scale[None, :] * paths.samples
         # recover f from the stored log density: no extra evaluations
         wall = jax.vmap(_wall)(z_end)
         f_end = (-paths.log_density - wall) * temperature
@@ -232,12 +245,13 @@ def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size:
         points, values = _merge_best(state.best_points, state.best_values, z_clip, f_end)
         n_eval = state.num_evaluations + per_step
         new = DiffusionOptimiserState(eqx.filter(model, eqx.is_inexact_array), opt_state,
-                                      temperature, points, values, n_eval)
+                                      temperature, points, values, n_eval, centre, scale)
         inside = jnp.isfinite(f_end)
         mean_inside = (jnp.sum(jnp.where(inside, f_end, 0.0))
                        / jnp.maximum(jnp.sum(inside), 1).astype(f_end.dtype))
         info = DiffusionOptimiserInfo(value, mean_inside, jnp.mean(jnp.std(z_clip, axis=0)),
-                                      values[0], n_eval)
+                                      values[0], n_eval, jnp.mean(z_clip, axis=0),
+                                      jnp.std(z_clip, axis=0))
         return new, info
 
     return init, step, per_step
@@ -246,7 +260,18 @@ def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size:
 # --------------------------------------------------------------------------- refinement
 
 
-def _refine(fz, points, values, *, steps: int, learning_rate: float):
+def _local_learning_rate(points, values, max_learning_rate):
+    """Initial refinement step from the spread of the best points: their rms distance to the
+    best one (normalised units), within ``[1e-4, max_learning_rate]``. A cloud of good points
+    that sits in one basin is refined with steps of its own size, so the first Adam steps
+    (about ``learning_rate`` per coordinate) do not throw points out of a narrow basin."""
+    ok = jnp.isfinite(values)
+    d2 = jnp.sum((points - points[:1]) ** 2, axis=1)
+    spread = jnp.sqrt(jnp.sum(jnp.where(ok, d2, 0.0)) / jnp.maximum(jnp.sum(ok), 1).astype(d2.dtype))
+    return jnp.clip(2.0 * spread, 1e-4, max_learning_rate)
+
+
+def _refine(fz, points, values, *, steps: int, learning_rate):
     """Projected Adam from each of ``points`` (normalised); cosine-decayed step size.
     Returns refined (points, values) and the per-step best value trajectory."""
     if steps == 0:
@@ -286,8 +311,9 @@ def _initial_temperature(fz, dim, key, n):
 
 def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
                    final_temperature_ratio, iterations_per_temperature, refine_steps,
-                   refine_learning_rate, num_initial, progress, **cfg):
+                   refine_learning_rate, num_initial, progress, adaptive_frame, **cfg):
     dim = box.centre.shape[0]
+    sigma = cfg["sigma"]
     fz = _objective_z(f, box)
     domain = (np.asarray(box.centre - box.half), np.asarray(box.centre + box.half))
     init, step, per_step = diffusion_optimiser(f, domain, method=method, **cfg)
@@ -320,9 +346,21 @@ def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
 
         def body(s, k):
             s, info = step(k, s)
-            return s, (info.best_value, info.mean_value, info.spread)
+            return s, (info.best_value, info.mean_value, info.spread, info.sample_mean,
+                       info.sample_std)
 
-        return jax.lax.scan(body, state, jr.split(key, iterations_per_temperature))
+        state, (bv, mv, sp, mean, std) = jax.lax.scan(body, state,
+                                                      jr.split(key, iterations_per_temperature))
+        if adaptive_frame:
+            # next temperature: reference law N(mean, std^2) of the last samples (averaged over
+            # the last quarter of the stage), never growing and never below 1e-4 of the box
+            q = max(iterations_per_temperature // 4, 1)
+            centre = jnp.mean(mean[-q:], axis=0)
+            width = jnp.sqrt(jnp.mean(std[-q:] ** 2 + (mean[-q:] - centre[None, :]) ** 2,
+                                      axis=0))
+            scale = jnp.clip(width / sigma, 1e-4, state.frame_scale)
+            state = state._replace(frame_centre=centre, frame_scale=scale)
+        return state, (bv, mv, sp)
 
     start_b = jax.jit(jax.vmap(start))
     stage_b = jax.jit(jax.vmap(stage))
@@ -349,8 +387,9 @@ def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
     points, values = states.best_points, states.best_values
     n_used = num_initial + per_step * iterations_per_temperature * num_temperatures
     if refine_steps:
-        ref = jax.jit(jax.vmap(lambda p, v: _refine(fz, p, v, steps=refine_steps,
-                                                    learning_rate=refine_learning_rate)))
+        ref = jax.jit(jax.vmap(lambda p, v: _refine(
+            fz, p, v, steps=refine_steps,
+            learning_rate=_local_learning_rate(p, v, refine_learning_rate))))
         points, values, rtraj = ref(points, values)
         best_traj.append(np.asarray(rtraj))
         eval_traj.append(n_used + 2 * num_best * np.arange(1, refine_steps + 1))
@@ -446,7 +485,8 @@ def _run_langevin(f, box, keys, *, max_evaluations, num_chains, final_temperatur
         (z, bp, bv), traj = jax.lax.scan(body, (z, bp, bv), (jr.split(k_run, steps), ratios))
         if refine_steps:
             bp, bv, rtraj = _refine(fz, bp, bv, steps=refine_steps,
-                                    learning_rate=refine_learning_rate)
+                                    learning_rate=_local_learning_rate(bp, bv,
+                                                                       refine_learning_rate))
             traj = jnp.concatenate([traj, rtraj, bv[:1]])
         return bp, bv, traj
 
@@ -529,19 +569,22 @@ def _thin(evals, traj, max_points=400):
 
 
 def minimise(f: Callable, domain, *, key, method: str = "dds", max_evaluations: int | None = None,
-             num_temperatures: int = 6, final_temperature_ratio: float = 1e-3,
-             iterations_per_temperature: int | None = None, batch_size: int = 64,
-             num_steps: int = 32, network: str = "mlp", gradient_informed: bool = True,
+             num_temperatures: int = 4, final_temperature_ratio: float = 1e-3,
+             iterations_per_temperature: int | None = None, batch_size: int = 32,
+             num_steps: int = 16, network: str = "mlp", gradient_informed: bool = False,
              loss: str = "log_variance", width: int = 64, depth: int = 2, sigma: float = 0.6,
-             learning_rate: float = 3e-3, refine_steps: int = 200,
+             learning_rate: float = 1e-2, refine_steps: int = 40,
              refine_learning_rate: float = 2e-2, num_initial: int = 256, num_chains: int = 32,
              langevin_step_size: float = 1e-3, adam_steps_per_restart: int = 200,
-             progress: bool = False, return_extras: bool = False):
+             adaptive_frame: bool = True, progress: bool = False,
+             return_extras: bool = False):
     """Minimise ``f`` over the box ``domain = (lower, upper)`` (arrays of shape ``(d,)``).
 
     ``method``: ``"dds"`` / ``"pis"`` (annealed low-temperature controlled diffusion, see the
     module docstring; ``network`` ``"mlp"`` or ``"coordinatewise"``, ``gradient_informed``,
-    ``loss`` ``"log_variance"`` or ``"kl"``), or the baselines ``"adam"`` (random restarts of
+    ``loss`` ``"log_variance"`` or ``"kl"``; with ``adaptive_frame`` the reference law follows
+    the samples: after each temperature it is re-centred and shrunk to their mean and spread),
+    or the baselines ``"adam"`` (random restarts of
     ``adam_steps_per_restart`` projected Adam steps), ``"langevin"`` (annealed ULA with
     ``num_chains`` chains), ``"random"`` (uniform search) and ``"cmaes"`` (IPOP-CMA-ES from the
     ``cma`` package). ``max_evaluations`` caps the evaluations of every method (required for
@@ -551,7 +594,7 @@ def minimise(f: Callable, domain, *, key, method: str = "dds", max_evaluations: 
     every field of the result then has a leading axis of size ``n``).
 
     >>> prob = test_function("rastrigin", 2)
-    >>> res = minimise(prob.fn, prob.domain, key=jax.random.key(0), max_evaluations=60_000)
+    >>> res = minimise(prob.fn, prob.domain, key=jax.random.key(0), max_evaluations=4000)
     >>> res.value  # close to 0
     """
     if method not in METHODS:
@@ -584,7 +627,7 @@ def minimise(f: Callable, domain, *, key, method: str = "dds", max_evaluations: 
                              progress=progress, batch_size=batch_size, num_steps=num_steps,
                              network=network, gradient_informed=gradient_informed, loss=loss,
                              width=width, depth=depth, sigma=sigma, learning_rate=learning_rate,
-                             **common)
+                             adaptive_frame=adaptive_frame, **common)
     elif method == "adam":
         out = _run_adam(f, box, keys, max_evaluations=max_evaluations,
                         steps_per_restart=adam_steps_per_restart,
