@@ -39,3 +39,6 @@ from ._tasks import empirical_coverage as empirical_coverage
 from ._tasks import make_task as make_task
 from ._tasks import make_tasks as make_tasks
 from ._tasks import relative_l2 as relative_l2
+from ._constrained import sample_constrained as sample_constrained
+from ._pde_examples import SourceInversion as SourceInversion
+from ._pde_examples import source_inversion as source_inversion
