@@ -48,7 +48,7 @@ def test_exact_posterior_matches_dense_precision_form(setup):
 def test_matheron_samples_have_posterior_moments(setup, getkey):
     model, y = setup
     post = statfem.exact_posterior(model, y)
-    N = 4000
+    N = 1500
     xs = np.asarray(post.sample(getkey(), N))
     C = np.asarray(post.covariance())
     sd = np.sqrt(np.diagonal(C))

@@ -31,7 +31,9 @@ def forcing_problem():
     return dict(model=model, y=y, theta_true=theta_true, mmle=est, mmle_sd=sd)
 
 
-def test_ipla_recovers_the_forcing_and_concentrates_at_the_mmle(forcing_problem):
+@pytest.mark.parametrize("size", [dict(particles=(4, 16), steps=1200),
+                                  pytest.param(dict(particles=(4, 40), steps=2000), marks=pytest.mark.slow)])
+def test_ipla_recovers_the_forcing_and_concentrates_at_the_mmle(forcing_problem, size):
     p = forcing_problem
     model, y = p["model"], p["y"]
     assert abs(p["mmle"] - p["theta_true"]) < 3 * p["mmle_sd"]  # the data identify theta
@@ -46,24 +48,29 @@ def test_ipla_recovers_the_forcing_and_concentrates_at_the_mmle(forcing_problem)
     g = jax.grad(lambda t: energy(t, x_ref))
     c = float((g(2.001) - g(1.999)) / 0.002)  # curvature in theta per particle
     out = {}
-    for N in (4, 40):
+    steps = size["steps"]
+    for N in size["particles"]:
         particles = model.sample_prior(jax.random.key(3), N)
-        out[N] = statfem.run_ipla(energy, jax.random.key(4), 1.0, particles, 2000, 0.5 / lam,
+        out[N] = statfem.run_ipla(energy, jax.random.key(4), 1.0, particles, steps, 0.5 / lam,
                                   theta_step_size=0.5 / c, preconditioner=pre, average_fraction=0.6)
-    big, small = out[40], out[4]
-    assert big.theta_trajectory.shape == (2001,)
+    small, big = (out[N] for N in size["particles"])
+    assert big.theta_trajectory.shape == (steps + 1,)
     assert float(big.theta_trajectory[0]) == 1.0
     # the stated tolerance: within 0.15 (7.5%) of the truth
     assert abs(float(big.estimate) - p["theta_true"]) < 0.15
     # theta's stationary law is proportional to p(y | theta)^N: sd ~ mmle_sd / sqrt(N)
     for N, r in out.items():
         assert 0.6 < float(r.theta_std) / (p["mmle_sd"] / np.sqrt(N)) < 1.6, (N, float(r.theta_std))
-    assert float(big.theta_std) < 0.5 * float(small.theta_std)
+    assert float(big.theta_std) < 0.75 * float(small.theta_std)
     assert abs(float(big.estimate) - p["mmle"]) < 2.5 * float(big.theta_std)
     assert abs(float(big.estimate) - p["mmle"]) < 0.2 * p["mmle_sd"]
 
 
-def test_ipla_estimates_a_diffusivity_scale():
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [dict(particles=10, steps=1500)])
+def test_ipla_estimates_a_diffusivity_scale(size):
+    # slow: the particles need ~1000 steps to follow theta from the start; the fast suite checks
+    # IPLA on the forcing amplitude
     theta_true = 0.5
     model = make_model(n=9, m=20, sigma_f=0.05, sigma_e=2e-3, sigma_d=0.0, rho=1.0,
                        coefficients=dict(kappa=float(np.exp(theta_true)), f=1.0))
@@ -81,9 +88,9 @@ def test_ipla_estimates_a_diffusivity_scale():
     lam = float(statfem.largest_curvature(lambda x: energy(jnp.asarray(0.0), x), x, preconditioner=pre))
     g = jax.grad(lambda t: energy(t, x))
     c = float((g(0.501) - g(0.499)) / 0.002)
-    N = 10
+    N = size["particles"]
     res = statfem.run_ipla(energy, jax.random.key(7), 0.0, start.sample_prior(jax.random.key(8), N),
-                           1500, 0.2 / lam, theta_step_size=0.5 / c, preconditioner=pre)
+                           size["steps"], 0.2 / lam, theta_step_size=0.5 / c, preconditioner=pre)
     assert abs(float(res.estimate) - theta_true) < 0.15
     assert abs(float(res.estimate) - est) < 3 * sd / np.sqrt(N)
 

@@ -118,7 +118,7 @@ def test_log_joint_gradient_in_parameters_matches_finite_differences(getkey):
                                      dict(kernel="squared_exponential", ell_f=0.25)])
 def test_prior_samples_have_the_prior_covariance(variant, getkey):
     model = make_model(n=7, **variant)
-    N = 4000
+    N = 1500
     xs = np.asarray(model.sample_prior(getkey(), N))
     post = statfem.exact_posterior(model, jnp.zeros(model.num_sensors))
     C0 = np.asarray(post.prior_covariance())
