@@ -51,6 +51,9 @@ def _atomic_write_json(path, obj):
         with os.fdopen(fd, "w") as fh:
             json.dump(obj, fh, indent=2)
             fh.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -167,7 +170,9 @@ def run(args) -> int:
     def image(x):
         return np.asarray(mesh.to_image(model.embed(jnp.asarray(x))))
 
-    ext = dict(origin="lower", extent=(0, 1, 0, 1))
+    # pixel centres on the nodes (the image has one pixel per node)
+    half = 0.5 / (args.grid - 1)
+    ext = dict(origin="lower", extent=(-half, 1 + half, -half, 1 + half))
     fig, axes = plt.subplots(2, 3, figsize=(12, 7.4))
     panels = [(image(mean), f"{args.sampler} mean"), (image(post.mean), "exact mean"),
               (image(truth), "truth (fine grid)"),
