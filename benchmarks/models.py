@@ -3,8 +3,11 @@
     python benchmarks/models.py [--quick]
 
 Prints a table and writes ``benchmarks/results/models.json`` (atomically). Each metric is a
-function in ``METRICS`` returning ``{name: value}``; metrics that need FEM data
-(``grf_spectrum_rel_err``, ``joint_pde_residual``) can be added there later.
+function in ``METRICS`` returning ``{name: value}``. The PDE metrics (``grf_spectrum_rel_err``,
+``joint_pde_residual``) sample the shipped prior ``poisson-joint-32`` (trained by
+``benchmarks/train_prior.py`` on DiffusionPDE Poisson pairs: channel 0 the GRF source, channel 1
+the FEM solution) and compare with fresh data from :func:`pdegen.fem.generate_dataset`; they
+also write ``benchmarks/results/models_prior_samples.png`` and ``models_prior_spectrum.png``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pdegen import models  # noqa: E402
+from pdegen import fem, models  # noqa: E402
+from pdegen.fem._datasets import PDETask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "models.json"
+PRIOR = "poisson-joint-32"
 MU = np.array([1.0, -0.5])
 COV = np.array([[1.0, 0.6], [0.6, 0.5]])
 
@@ -109,19 +114,149 @@ def throughput_metrics(quick: bool) -> dict:
             "sample_method": f"edm_heun, {num_steps} steps ({2 * num_steps} network evaluations)"}
 
 
-METRICS = {"gmm": gmm_metrics, "gaussian": gaussian_metrics, "throughput": throughput_metrics}
+def radial_power_spectrum(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Radially averaged power of the orthonormal 2-D DCT-II coefficients of ``fields`` ``(N, n, n)``.
+
+    Returns ``(k, power)`` for integer radii ``k = 1 .. n - 1`` (``|(k1, k2)|`` rounded; the
+    constant mode is left out): the mean of the squared coefficients over samples and modes in
+    each shell. For the DCT generator of :func:`pdegen.fem.gaussian_random_field` the exact value
+    is the shell mean of ``grf_mode_std(...) ** 2``.
+    """
+    import scipy.fft
+
+    coeffs = scipy.fft.dctn(np.asarray(fields, np.float64), type=2, norm="ortho", axes=(-2, -1))
+    return shell_average(np.mean(coeffs**2, axis=0))
+
+
+def shell_average(per_mode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = per_mode.shape[-1]
+    k1, k2 = np.meshgrid(np.arange(n), np.arange(n))
+    radius = np.rint(np.hypot(k1, k2)).astype(int)
+    ks = np.arange(1, n)
+    return ks, np.array([per_mode[radius == k].mean() for k in ks])
+
+
+def _prior_samples(num: int):
+    ckpt = models.load_pretrained(PRIOR)
+    options = dict(ckpt.metadata.get("recommended_sampler", {"method": "edm_heun", "num_steps": 18}))
+    method = options.pop("method")
+    t0 = time.perf_counter()
+    out = models.sample_model(ckpt.model, num, key=jr.key(11), method=method, **options)
+    out = np.asarray(jax.block_until_ready(out), np.float64)
+    return ckpt, out, time.perf_counter() - t0, f"{method} {options}"
+
+
+def _relative_residuals(task: PDETask, pairs: np.ndarray) -> np.ndarray:
+    n = pairs.shape[0]
+    a = jnp.asarray(pairs[:, 0].reshape(n, -1), jnp.float64)
+    u = jnp.asarray(pairs[:, 1].reshape(n, -1), jnp.float64)
+    return np.asarray(jax.jit(jax.vmap(task.residual))(a, u))
+
+
+def _figures(samples: np.ndarray, data: np.ndarray, ks, p_exact, p_gen, p_data) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 6, figsize=(13, 4.6))
+    for j in range(3):
+        for row, (arr, label) in enumerate(((data, "data"), (samples, "prior"))):
+            for c, name in enumerate("au"):
+                ax = axes[row, 2 * j + c]
+                ax.imshow(arr[j, c], origin="lower", cmap="RdBu_r" if c == 0 else "viridis")
+                ax.set_title(f"{label} {j}: {name}", fontsize=9)
+                ax.axis("off")
+    fig.tight_layout()
+    with models.atomic_write(RESULTS.parent / "models_prior_samples.png") as f:
+        fig.savefig(f, format="png", dpi=80)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.loglog(ks, p_exact, "k-", label="exact GRF spectrum")
+    ax.loglog(ks, p_data, "o", ms=3, label=f"data ({data.shape[0]} fields)")
+    ax.loglog(ks, p_gen, "s", ms=3, label=f"{PRIOR} samples ({samples.shape[0]})")
+    ax.set(xlabel="radial DCT wavenumber |k|", ylabel="mean power", title="source field a: power spectrum")
+    ax.legend()
+    fig.tight_layout()
+    with models.atomic_write(RESULTS.parent / "models_prior_spectrum.png") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def prior_metrics(quick: bool) -> dict:
+    """GRF spectrum and joint PDE residual of samples of the shipped Poisson prior vs fresh data.
+
+    ``grf_spectrum_rel_err``: mean over radial shells ``|k| = 1 .. n-1`` of
+    ``|P_samples(k) - P_exact(k)| / P_exact(k)`` for channel 0 (the GRF source); the same figure
+    for data of the same size is the Monte Carlo floor. ``joint_pde_residual``: mean relative FEM
+    residual ``||A u - b(a)|| / ||b(a)||`` of generated pairs; ``..._data`` the same for data
+    (float32 round-off only), ``..._shuffled_data`` for data pairs with ``u`` taken from another
+    example (what an unrelated field scores). ``joint_u_rel_l2``: ``||u - solve(a)|| / ||solve(a)||``
+    for generated pairs.
+    """
+    num = 64 if quick else 256
+    ckpt, samples, seconds, method = _prior_samples(num)
+    grid = int(ckpt.metadata["grid"])
+    data, _ = fem.generate_dataset("poisson", num, key=jr.key(12345), grid=grid, progress=False)
+    data = np.asarray(data, np.float64)
+    ks, p_exact = shell_average(fem.grf_mode_std((grid, grid)) ** 2)
+    _, p_gen = radial_power_spectrum(samples[:, 0])
+    _, p_data = radial_power_spectrum(data[:, 0])
+
+    def spectrum_err(p):
+        return float(np.mean(np.abs(p - p_exact) / p_exact))
+
+    low = ks <= grid // 4
+    task = PDETask("poisson", grid)
+    res_gen = _relative_residuals(task, samples)
+    res_data = _relative_residuals(task, data)
+    res_shuffled = _relative_residuals(task, np.stack([data[:, 0], np.roll(data[:, 1], 1, axis=0)], axis=1))
+    solve = jax.jit(jax.vmap(lambda a: task.problem.solve(**task.theta(a))))
+    u_exact = np.asarray(solve(jnp.asarray(samples[:, 0].reshape(num, -1))))
+    u_gen = samples[:, 1].reshape(num, -1)
+    u_err = np.linalg.norm(u_gen - u_exact, axis=1) / np.linalg.norm(u_exact, axis=1)
+    _figures(samples, data, ks, p_exact, p_gen, p_data)
+    return {
+        "prior": PRIOR,
+        "prior_sampler": method,
+        "prior_num_samples": num,
+        "prior_sample_seconds_incl_compile": seconds,
+        "grf_spectrum_rel_err": spectrum_err(p_gen),
+        "grf_spectrum_rel_err_data": spectrum_err(p_data),
+        "grf_spectrum_rel_err_low_k": float(np.mean(np.abs(p_gen - p_exact)[low] / p_exact[low])),
+        "grf_std_ratio": float(samples[:, 0].std() / data[:, 0].std()),
+        "joint_pde_residual": float(res_gen.mean()),
+        "joint_pde_residual_median": float(np.median(res_gen)),
+        "joint_pde_residual_data": float(res_data.mean()),
+        "joint_pde_residual_ratio": float(res_gen.mean() / res_data.mean()),
+        "joint_pde_residual_shuffled_data": float(res_shuffled.mean()),
+        "joint_u_rel_l2": float(u_err.mean()),
+    }
+
+
+METRICS = {"gmm": gmm_metrics, "gaussian": gaussian_metrics, "throughput": throughput_metrics,
+           "prior": prior_metrics}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short version (~1-2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short version (a few minutes)")
+    parser.add_argument("--only", nargs="+", choices=sorted(METRICS), default=None,
+                        help="run these metric groups only and update them in the existing JSON")
     args = parser.parse_args(argv)
     results = {"quick": args.quick, "platform": platform.platform(), "devices": str(jax.devices()),
                "jax": jax.__version__}
     timings = {}
+    if args.only:
+        old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        timings = old.pop("wall_seconds", {})
+        results = {**old, **results, "modes": old.get("modes", {})}
     for name, fn in METRICS.items():
+        if args.only and name not in args.only:
+            continue
         t0 = time.perf_counter()
         results.update(fn(args.quick))
+        results.setdefault("modes", {})[name] = "quick" if args.quick else "full"
         timings[name] = round(time.perf_counter() - t0, 1)
     results["wall_seconds"] = timings
     width = max(len(k) for k in results)

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         "train_wall_seconds": round(total_seconds, 1),
         "train_platform": f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}",
         "final_loss": float(np.mean(losses[-50:])),
-        "recommended_sampler": {"method": "edm_heun", "num_steps": 18},
+        "recommended_sampler": {"method": "edm_heun", "num_steps": 18, "denoise_final": True},
         "script": "benchmarks/train_prior.py",
         "arguments": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir", "quiet")},
     }

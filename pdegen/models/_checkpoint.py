@@ -14,7 +14,6 @@ import hashlib
 import importlib.resources
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,35 +21,13 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._io import atomic_write as atomic_write
+from .._io import write_json_atomic as write_json_atomic
 from ._model import DiffusionModel, Normalisation, model_from_config
 from ._sde import AbstractSDE
 
 FORMAT = "pdegen.models.checkpoint/1"
 METADATA = "metadata.json"
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary file next to ``path``; on success ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2)
 
 
 def _sha256(path: Path) -> str:
