@@ -48,7 +48,7 @@ VARIANTS = {
 # quick: the 2-D targets with every baseline (20 seeds), and three separable 10-D functions
 # (where the coordinate-wise network helps) with fewer seeds
 QUICK = {
-    2: (["rastrigin", "ackley"], ["dds", "adam", "langevin", "random", "cmaes"], 20),
+    2: (["ackley", "rastrigin"], ["dds", "adam", "langevin", "random", "cmaes"], 20),
     10: (["rastrigin", "styblinski_tang", "carrillo"],
          ["dds-coordwise", "adam", "langevin", "random", "cmaes"], 5),
 }

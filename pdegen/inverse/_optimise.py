@@ -277,14 +277,14 @@ def _local_learning_rate(points, values, max_learning_rate):
 
 
 def _refine(fz, points, values, *, steps: int, learning_rate):
-    """Projected Adam from each of ``points`` (normalised); geometrically decayed step size.
+    """Projected Adam from each of ``points`` (normalised); cosine-decayed step size.
     Returns refined (points, values) and the per-step best value trajectory."""
     if steps == 0:
         return points, values, jnp.zeros((0,), dtype=values.dtype)
-    # geometric decay over four decades: every coordinate keeps converging to the end (with a
-    # cosine schedule the step freezes while still ~1e-3 of the box, which in 10-D leaves
-    # gaps of a few 1e-2 on Rastrigin)
-    sched = optax.exponential_decay(learning_rate, steps, 1e-4)
+    # cosine decay to 1e-3 of the initial step. (Geometric decays, from the start or after a
+    # constant half, were worse at 4k evaluations: 2-D Ackley 15% / 90% and 10-D Rastrigin
+    # gaps 0.08-0.2 instead of 95% and 0.02-0.07.)
+    sched = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-3)
     opt = optax.adam(sched)
     vg = jax.vmap(jax.value_and_grad(fz))
     with jax.numpy_dtype_promotion("standard"):
