@@ -134,10 +134,12 @@ def test_physics_guidance_lowers_the_pde_residual(key):
 
 
 def _tiny_model(channels, grid):
-    from pdegen.models import VPSDE, DiffusionModel, Normalisation, UNet
+    """An untrained micro U-Net with the EDM process of the shipped prior."""
+    from pdegen.models import EDMSDE, DiffusionModel, Normalisation, UNet
 
     net = UNet(channels, base_channels=4, channel_mults=(1,), groups=2, key=jr.key(0))
-    return DiffusionModel(net, VPSDE(), Normalisation((0.0,) * channels, (1.0,) * channels), (channels, grid, grid))
+    norm = Normalisation((0.0,) * channels, (0.05, 0.002)[:channels] if channels <= 2 else (1.0,) * channels)
+    return DiffusionModel(net, EDMSDE(), norm, (channels, grid, grid))
 
 
 def test_priors_that_do_not_fit_the_task_are_rejected(key):
@@ -188,10 +190,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     state = init_train_state(_tiny_model(2, GRID), make_optimizer(config))
     save_checkpoint(tmp_path / "ckpt", state, {"train": dataclasses.asdict(config), "losses": [], "key": [0, 0]})
     rc = main(["demo", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "demo"), "--samples", "2",
-               "--steps", "3", "--sensors", "0.15", "--methods", "bayes", "tmpd-rowsum", "--quiet"])
+               "--steps", "3", "--sensors", "0.15", "--methods", "bayes", "diffusionpde", "--quiet"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "bayes" in out and "tmpd-rowsum" in out
+    assert "bayes" in out and "diffusionpde" in out
     payload = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert payload["grid"] == GRID and len(payload["rows"]) == 2
     assert all(np.isfinite(r["rel_l2"]) for r in payload["rows"])

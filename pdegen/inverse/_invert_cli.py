@@ -279,6 +279,7 @@ def add_demo(subparsers) -> None:
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--checkpoint", default=None, help="use this trained (a, u) prior instead of the shipped one")
     p.add_argument("--methods", nargs="+", default=list(DEMO_METHODS), choices=METHODS)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=2,
+                   help="samples per compiled batch (timings exclude the first batch, which compiles)")
     _add_common(p)
     p.set_defaults(func=run_demo, samples=4, steps=100)
