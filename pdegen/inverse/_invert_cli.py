@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = ["register", "run_invert", "run_demo", "compare_methods", "format_table", "DEMO_METHODS"]
 
-DEMO_METHODS = ("bayes", "tmpd", "dps", "diffusionpde")
+DEMO_METHODS = ("bayes", "pigdm", "dps", "diffusionpde")
 # Per-method defaults (observation step for DPS-type guidance; physics weight for the joint route).
 METHOD_DEFAULTS = {
     "dps": {"scale": 1.0},
