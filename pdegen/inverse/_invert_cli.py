@@ -274,7 +274,7 @@ def add_demo(subparsers) -> None:
     from ._posterior import METHODS
 
     p = subparsers.add_parser("demo", help="the main demo: Poisson inverse problem on the shipped prior",
-                              description="Recover the Poisson source a from ~3%% sensors of u with several "
+                              description="Recover the Poisson source a from ~3% sensors of u with several "
                                           "guided-diffusion methods and the exact Bayes posterior.")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--checkpoint", default=None, help="use this trained (a, u) prior instead of the shipped one")
