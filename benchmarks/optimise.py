@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import jax
 import jax.random as jr
 import numpy as np
 
+from pdegen._io import write_json_atomic
 from pdegen.inverse import TEST_FUNCTIONS, minimise, test_function
 
 jax.config.update("jax_enable_x64", True)
@@ -52,14 +52,6 @@ QUICK = {
     10: (["rastrigin", "styblinski_tang", "carrillo"],
          ["dds-coordwise", "adam", "langevin", "random", "cmaes"], 5),
 }
-
-
-def atomic_write_json(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
 
 
 def _load(path):
@@ -119,7 +111,7 @@ def main(argv=None):
         runs[mode] = {"tolerance": TOLERANCE, "budgets": {str(k): v for k, v in BUDGETS.items()},
                       "variants": VARIANTS, "seconds": time.perf_counter() - started,
                       "rows": rows}
-        atomic_write_json(args.out, {"runs": runs})
+        write_json_atomic(args.out, {"runs": runs})
     return 0
 
 

@@ -49,3 +49,15 @@ def test_data_writes_pairs_metadata_and_figure(tmp_path, capsys):
     assert (tmp_path / "d" / "poisson.png").is_file()
     assert main(["data", "poisson", "--out", str(tmp_path / "x.txt")]) == 2
     assert "--out must end with .npz" in capsys.readouterr().err
+
+
+def test_optimise_writes_result_and_convergence_plot(tmp_path, capsys):
+    out = tmp_path / "opt"
+    assert main(["optimise", "--function", "rastrigin", "--dim", "2", "--method", "random",
+                 "--budget", "300", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["num_evaluations"] <= 300 and result["gap"] >= 0
+    assert result["best_values"] == sorted(result["best_values"], reverse=True)  # best-so-far never rises
+    assert (out / "convergence.png").is_file()
+    assert main(["optimise", "--dim", "0", "--out", str(out)]) == 2
+    assert "dim" in capsys.readouterr().err

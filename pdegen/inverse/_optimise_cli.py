@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 import time
 
 import numpy as np
+
+from .._io import atomic_path, write_json_atomic
 
 __all__ = ["register", "run"]
 
@@ -33,20 +33,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _atomic_write_json(path, obj):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def run(args) -> int:
     import jax
     import jax.random as jr
@@ -59,20 +45,12 @@ def run(args) -> int:
     from ._test_functions import test_function
 
     jax.config.update("jax_enable_x64", True)
-    try:
-        prob = test_function(args.function, args.dim)
-    except ValueError as err:
-        print(f"error: {err}")
-        return 2
+    prob = test_function(args.function, args.dim)  # ValueError -> "pdegen optimise: error: ..."
     t0 = time.perf_counter()
-    try:
-        res = minimise(prob.fn, prob.domain, key=jr.key(args.seed), method=args.method,
-                       max_evaluations=args.budget, network=args.network,
-                       gradient_informed=args.gradient, batch_size=32, num_steps=16,
-                       num_temperatures=4, progress=True)
-    except ValueError as err:
-        print(f"error: {err}")
-        return 2
+    res = minimise(prob.fn, prob.domain, key=jr.key(args.seed), method=args.method,
+                   max_evaluations=args.budget, network=args.network,
+                   gradient_informed=args.gradient, batch_size=32, num_steps=16,
+                   num_temperatures=4, progress=True)
     seconds = time.perf_counter() - t0
     gap = float(res.value) - prob.minimum
     print(f"{prob.name} d={args.dim} method={args.method}: f = {float(res.value):.6g} "
@@ -88,9 +66,10 @@ def run(args) -> int:
     ax.set_title(f"{prob.name}, d={args.dim}, {args.method}")
     fig.tight_layout()
     png = os.path.join(args.out, "convergence.png")
-    fig.savefig(png, dpi=120)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    _atomic_write_json(os.path.join(args.out, "result.json"), {
+    write_json_atomic(os.path.join(args.out, "result.json"), {
         "function": prob.name, "dim": args.dim, "method": args.method,
         "network": args.network, "gradient_informed": args.gradient,
         "seed": args.seed, "budget": args.budget, "x": np.asarray(res.x).tolist(),

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
+
+from ..._io import write_json_atomic
 
 __all__ = ["register", "run", "SAMPLERS"]
 
@@ -41,24 +42,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
-
-
-def _atomic_write_json(path, obj):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def build_kernel(name, model, y, step_size=None):
@@ -163,7 +146,7 @@ def run(args) -> int:
         "seconds_sampling_incl_compile": t_sample, "seconds_exact_posterior": t_exact,
     }
     os.makedirs(args.out, exist_ok=True)
-    _atomic_write_json(os.path.join(args.out, "statfem.json"), result)
+    write_json_atomic(os.path.join(args.out, "statfem.json"), result)
 
     mesh = case.mesh
 
