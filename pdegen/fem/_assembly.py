@@ -73,8 +73,13 @@ def load(space: FunctionSpace, f=1.0) -> jax.Array:
     fq = space.at_quadrature(f, "load(f=...)")
     dtype = result_dtype(fq.dtype, space.dx.dtype)
     local = jnp.einsum("eq,eiq->ei", fq.astype(dtype) * space.dx.astype(dtype), space.phi.astype(dtype))
-    return jax.ops.segment_sum(local.reshape(-1), jnp.asarray(space.element_dofs.reshape(-1)),
-                               num_segments=space.ndofs)
+    return _gather_sum(space, local)
+
+
+def _gather_sum(space: FunctionSpace, local: jax.Array) -> jax.Array:
+    """Assemble local vectors ``(ncells, nb)`` into ``(ndofs,)`` by a padded gather and a sum."""
+    flat = jnp.concatenate([local.reshape(-1), jnp.zeros(1, local.dtype)])
+    return jnp.sum(flat[jnp.asarray(space._dof_gather)], axis=1)
 
 
 def _boundary_values(space, q, c, name):
