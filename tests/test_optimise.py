@@ -79,6 +79,33 @@ def test_optimiser_succeeds_on_most_seeds_2d(name):
     _check_success(prob, res, 4000, 17)
 
 
+def test_polish_converges_one_basin_and_counts_its_evaluations():
+    from pdegen.inverse._optimise import (_make_box, _objective_z, _polish, _polish_evaluations,
+                                          _polish_plan, _refine)
+
+    prob = test_function("rastrigin", 10)
+    box = _make_box(prob.domain)
+    fz = _objective_z(prob.fn, box)
+    # 8 points in the global basin (|x_i| <= 0.15), one with a coordinate in the next basin
+    x = 0.15 * jr.uniform(jr.key(3), (8, 10), minval=-1.0, maxval=1.0)
+    x = x.at[0, 0].set(1.0)
+    z = jax.vmap(box.to_z)(x)
+    v = jax.vmap(fz)(z)
+    plan = _polish_plan(8, 40)
+    assert plan.sizes == (8, 4, 2, 1) and plan.steps == (10, 20, 40, 80)
+    assert plan.cost <= 2 * 8 * 40 + 8
+    pts, vals, traj = jax.jit(lambda z, v: _polish(fz, z, v, steps=40, learning_rate=0.02))(z, v)
+    evals = _polish_evaluations(plan, 0)
+    assert traj.shape[0] + 1 == evals.shape[0] and evals[-1] == plan.cost
+    assert np.all(np.diff(np.asarray(traj)) <= 0)
+    assert float(vals[0]) < 1e-6, vals
+    np.testing.assert_allclose(float(prob.fn(box.to_x(pts[0]))), float(vals[0]), atol=1e-12)
+    # the same budget as 40 steps from each point stops short of the tolerance
+    _, vals_parallel, _ = jax.jit(lambda z, v: _refine(fz, z, v, steps=40,
+                                                       learning_rate=0.02))(z, v)
+    assert float(vals_parallel[0]) > 10 * float(vals[0])
+
+
 @pytest.mark.parametrize(
     "method", [pytest.param("pis", marks=pytest.mark.slow), "adam", "langevin", "random", "cmaes"]
 )
