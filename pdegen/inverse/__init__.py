@@ -4,7 +4,9 @@ from ._gaussian import GaussianPosterior as GaussianPosterior
 from ._gaussian import gaussian_posterior as gaussian_posterior
 from ._guidance import dps as dps
 from ._guidance import energy_guidance as energy_guidance
+from ._guidance import StatFEMLikelihood as StatFEMLikelihood
 from ._guidance import pigdm as pigdm
+from ._guidance import statfem_guidance as statfem_guidance
 from ._guidance import tmpd as tmpd
 from ._guidance import tweedie_mean as tweedie_mean
 from ._optimise import DiffusionOptimiserState as DiffusionOptimiserState
@@ -27,7 +29,9 @@ from ._posterior import GaussianScore as GaussianScore
 from ._posterior import Posterior as Posterior
 from ._posterior import bayes_posterior as bayes_posterior
 from ._posterior import check_prior_fits as check_prior_fits
+from ._posterior import default_likelihood as default_likelihood
 from ._posterior import dense_gaussian_prior as dense_gaussian_prior
+from ._posterior import fit_likelihood as fit_likelihood
 from ._posterior import evaluate as evaluate
 from ._posterior import gaussian_prior as gaussian_prior
 from ._posterior import prior_from_model as prior_from_model
@@ -39,6 +43,8 @@ from ._tasks import empirical_coverage as empirical_coverage
 from ._tasks import make_task as make_task
 from ._tasks import make_tasks as make_tasks
 from ._tasks import relative_l2 as relative_l2
+from ._map import MAPResult as MAPResult
+from ._map import map_estimate as map_estimate
 from ._constrained import sample_constrained as sample_constrained
 from ._pde_examples import SourceInversion as SourceInversion
 from ._pde_examples import source_inversion as source_inversion

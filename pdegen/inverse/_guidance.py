@@ -13,7 +13,8 @@ Observation models ``y = A(x_0) + e``, ``e ~ N(0, noise_std^2 I)``: ``A`` is a d
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -176,3 +177,89 @@ def energy_guidance(score_fn: ScoreFn, sde, energy: Callable[[jax.Array], jax.Ar
         return score_fn(x, t) - jnp.where(t <= start, w, 0.0) * g
 
     return guided
+
+
+class StatFEMLikelihood(NamedTuple):
+    """The statFEM observation model ``y = rho A(x_0) + d + e`` (Girolami et al. 2021).
+
+    ``d ~ GP(0, k_d)`` is the model discrepancy on the sensors, a squared-exponential kernel with
+    standard deviation ``sigma_d`` and length ``ell_d`` (:func:`pdegen.fem.statfem.kernel_matrix`),
+    ``e ~ N(0, sigma_e^2 I)`` the measurement noise and ``rho`` a scale between model and data.
+    ``sigma_d = 0`` and ``rho = 1`` is the plain Gaussian likelihood of :func:`tmpd` / :func:`pigdm`.
+    """
+
+    rho: float = 1.0
+    sigma_d: float = 0.0
+    ell_d: float = 0.2
+    sigma_e: float = 1e-2
+
+    @classmethod
+    def from_model(cls, model) -> "StatFEMLikelihood":
+        """The observation part of a :class:`pdegen.fem.statfem.StatFEM` model."""
+        return cls(*(float(getattr(model, k)) for k in ("rho", "sigma_d", "ell_d", "sigma_e")))
+
+    def covariance(self, sensors) -> jax.Array:
+        """``C_d + sigma_e^2 I`` on the sensor points ``(m, 2)``."""
+        from pdegen.fem.statfem import kernel_matrix
+
+        sensors = jnp.asarray(sensors)
+        if sensors.ndim != 2 or sensors.shape[1] != 2:
+            raise ValueError(f"StatFEMLikelihood: sensors must be points (m, 2), got shape {sensors.shape}")
+        m = sensors.shape[0]
+        Cd = kernel_matrix(sensors, sensors, sigma=self.sigma_d, length=self.ell_d)
+        return Cd + self.sigma_e**2 * jnp.eye(m, dtype=Cd.dtype)
+
+    def check(self) -> "StatFEMLikelihood":
+        for name in ("sigma_d", "ell_d", "sigma_e"):
+            v = float(getattr(self, name))
+            if not (v >= 0 if name == "sigma_d" else v > 0) or not math.isfinite(v):
+                raise ValueError(f"StatFEMLikelihood: {name} must be {'>= 0' if name == 'sigma_d' else '> 0'}, got {v}")
+        if not math.isfinite(float(self.rho)) or float(self.rho) == 0:
+            raise ValueError(f"StatFEMLikelihood: rho must be finite and non-zero, got {self.rho}")
+        return self
+
+
+def whitened_observation(observe, y, likelihood: StatFEMLikelihood, sensors, shape=None):
+    """``(observe_w, y_w)`` with ``observe_w(x) = L^{-1} rho A(x)``, ``y_w = L^{-1} y`` and ``L L^T`` the
+    statFEM noise covariance: a plain Gaussian likelihood with unit noise in the whitened space."""
+    likelihood = StatFEMLikelihood(*likelihood).check()
+    y = jnp.asarray(y)
+    chol = jnp.linalg.cholesky(likelihood.covariance(sensors).astype(y.dtype))
+    if chol.shape[0] != y.size:
+        raise ValueError(f"statfem guidance: {chol.shape[0]} sensors but y has {y.size} entries")
+    solve = lambda v: jax.scipy.linalg.solve_triangular(chol, v, lower=True)  # noqa: E731
+
+    def observe_w(x):
+        A = _as_operator(observe, x.shape)
+        return solve(likelihood.rho * A(x))
+
+    return observe_w, solve(y)
+
+
+def statfem_guidance(score_fn: ScoreFn, sde, observe, y, *, sensors, likelihood: StatFEMLikelihood | None = None,
+                     model=None, guidance: str = "tmpd", variant: str = "full") -> ScoreFn:
+    """statFEM-likelihood guidance: TMPD or PiGDM under the model-error-aware likelihood
+    ``y = rho A(x_0) + d + e``, ``d + e ~ N(0, C_d + sigma_e^2 I)``.
+
+    The correlated discrepancy widens the likelihood along smooth sensor patterns, so a prior is
+    not forced to fit a systematic model error as if it were signal. Implemented by whitening with
+    the Cholesky factor of the statFEM noise covariance and unit noise.
+
+    Args:
+        sensors: sensor coordinates ``(m, 2)`` (the discrepancy kernel lives on them).
+        likelihood: a :class:`StatFEMLikelihood`, or ``model``: a :class:`pdegen.fem.statfem.StatFEM`
+            whose ``rho``, ``sigma_d``, ``ell_d``, ``sigma_e`` are used (e.g. after
+            :func:`pdegen.fem.statfem.fit_hyperparameters`).
+        guidance: ``'tmpd'`` (with ``variant``) or ``'pigdm'``.
+    """
+    if (likelihood is None) == (model is None):
+        raise ValueError("statfem_guidance: give exactly one of likelihood= and model=")
+    if likelihood is None:
+        likelihood = StatFEMLikelihood.from_model(model)
+    if guidance not in ("tmpd", "pigdm"):
+        raise ValueError(f"statfem_guidance: guidance must be 'tmpd' or 'pigdm', got {guidance!r}")
+    y = _check_observations(y, 0.0)
+    observe_w, y_w = whitened_observation(observe, y, likelihood, sensors)
+    if guidance == "pigdm":
+        return pigdm(score_fn, sde, observe_w, y_w, noise_std=1.0)
+    return tmpd(score_fn, sde, observe_w, y_w, noise_std=1.0, variant=variant)

@@ -11,9 +11,12 @@ Two ways for the physics to enter (the ``route``):
   guidance, switched on for the last part of sampling).
 
 Methods: ``"dps"``, ``"pigdm"``, ``"tmpd"`` (full), ``"tmpd-diagonal"``, ``"tmpd-rowsum"``,
-``"diffusionpde"`` (the DiffusionPDE recipe: DPS-type observation misfit plus the PDE residual
-in the last 20% of the steps), ``"unguided"`` (prior samples), and ``"bayes"``: the exact
-Gaussian posterior under the true GRF prior (linear PDEs only), the Bayes-optimal floor.
+``"statfem"`` / ``"statfem-pigdm"`` (TMPD / PiGDM under the model-error-aware statFEM likelihood
+``y = rho H u + d + e``, :class:`StatFEMLikelihood`), ``"diffusionpde"`` (the DiffusionPDE recipe:
+DPS-type observation misfit plus the PDE residual in the last 20% of the steps), ``"unguided"``
+(prior samples), ``"map"`` (MAP estimate under the GRF prior, :func:`map_estimate`: the classical
+baseline) and ``"bayes"``: the exact Gaussian posterior under the true GRF prior (linear PDEs
+only), the Bayes-optimal floor.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from pdegen.models import VPSDE, AbstractSDE, DiffusionModel
 from pdegen.models import _samplers as samplers_module
 
 from ._gaussian import gaussian_posterior
-from ._guidance import energy_guidance, pigdm, tmpd, tweedie_mean
+from ._guidance import StatFEMLikelihood, energy_guidance, pigdm, tmpd, tweedie_mean
 from ._tasks import CHANNELS, InverseTask, credible_interval_coverage, relative_l2
 
-METHODS = ("bayes", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "dps", "pigdm", "diffusionpde", "unguided")
+METHODS = ("bayes", "map", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "statfem", "statfem-pigdm", "dps", "pigdm",
+           "diffusionpde", "unguided")
+STATFEM_METHODS = ("statfem", "statfem-pigdm")
 ROUTES = ("solve", "joint")
 SAMPLERS = ("euler_maruyama", "ddim")
 
@@ -345,6 +350,7 @@ class _Spec:
     mean: tuple
     std: tuple
     residual_lambda: float = 1.0
+    rho: float = 1.0
 
 
 def _to_physical(x, spec: _Spec):
@@ -456,6 +462,10 @@ def _guided_for(spec: _Spec, sde: AbstractSDE):
         observe = lambda x: fwd(x) - context["y"]  # noqa: E731
     else:
         observe = lambda x: context["A"] @ x.reshape(-1) - context["y"]  # noqa: E731
+    if spec.method in STATFEM_METHODS:
+        # Whitened statFEM likelihood: W (rho A x - y) with W = L^{-1}, L L^T = C_d + sigma_e^2 I.
+        plain = observe
+        observe = lambda x: context["W"] @ (spec.rho * plain(x) + (spec.rho - 1.0) * context["y"])  # noqa: E731
     # Observations enter through ``observe`` (shifted by y); the guidance compares it with zeros.
     zeros = np.zeros(len(spec.sensors), dtype=np.dtype(spec.dtype))
     method = spec.method
@@ -468,6 +478,10 @@ def _guided_for(spec: _Spec, sde: AbstractSDE):
     elif method.startswith("tmpd"):
         variant = {"tmpd": "full", "tmpd-diagonal": "diagonal", "tmpd-rowsum": "rowsum"}[method]
         guided = tmpd(score, sde, observe, zeros, noise_std=spec.noise_std, variant=variant)
+    elif method == "statfem":
+        guided = tmpd(score, sde, observe, zeros, noise_std=1.0, variant="full")
+    elif method == "statfem-pigdm":
+        guided = pigdm(score, sde, observe, zeros, noise_std=1.0, data_variance=1.0)
     elif method == "diffusionpde":
         guided = _dps_score(score, sde, observe, spec)
     else:  # pragma: no cover - validated before
@@ -538,9 +552,9 @@ def _dps_score(score, sde, observe, spec: _Spec):
 
 
 @eqx.filter_jit
-def _sample_batch(score, sde, A, y, S, keys, spec: _Spec):
+def _sample_batch(score, sde, A, y, S, keys, spec: _Spec, W=None):
     context, guided = _guided_for(spec, sde)
-    context.update(score=score, A=A, y=y, S=S)
+    context.update(score=score, A=A, y=y, S=S, W=W)
     try:
         sampler = samplers_module.SAMPLERS[spec.sampler]
         dtype = jnp.dtype(spec.dtype)
@@ -570,7 +584,7 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
                      route: str | None = None, num_steps: int = 200, sampler: str = "euler_maruyama",
                      scale: float = 1.0, physics_weight: float | None = None, physics_fraction: float = 0.2,
                      project: bool = False, batch_size: int | None = None,
-                     progress=None, y=None) -> Posterior:
+                     likelihood: StatFEMLikelihood | None = None, progress=None, y=None) -> Posterior:
     """Posterior samples of the joint field ``(a, u)`` for ``task`` under ``prior``.
 
     Args:
@@ -587,6 +601,9 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
         project: replace ``u`` by ``solve(a)`` in every sample (route ``joint``); the metrics before
             projection go to ``info``.
         batch_size: samples per compiled batch (default: ``min(num_samples, 4)``).
+        likelihood: the statFEM observation model of ``statfem`` / ``statfem-pigdm`` (and of
+            ``bayes`` and ``map`` when given): a :class:`StatFEMLikelihood` in physical units
+            (default :func:`default_likelihood`: the task's own discrepancy and noise level).
         progress: a ``tqdm``-like object updated with the number of finished samples.
     """
     if method not in METHODS:
@@ -594,8 +611,17 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     y = task.y if y is None else task.check_observations(y)
-    if method == "bayes":
-        post = bayes_posterior(task, key=key, num_samples=num_samples, y=y)
+    if likelihood is not None:
+        likelihood = StatFEMLikelihood(*likelihood).check()
+    elif method in STATFEM_METHODS:
+        likelihood = default_likelihood(task)
+    if method in ("bayes", "map"):
+        if method == "bayes":
+            post = bayes_posterior(task, key=key, num_samples=num_samples, y=y, likelihood=likelihood)
+        else:
+            from ._map import map_posterior
+
+            post = map_posterior(task, y=y, likelihood=likelihood)
         if progress is not None:
             progress.update(num_samples)
         return post
@@ -618,6 +644,12 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
         A, offset = np.zeros((1, 1)), np.zeros(task.num_sensors)
     else:
         A, offset = _observation_matrix(prior, task, route)
+    rho, W = 1.0, None
+    if method in STATFEM_METHODS:
+        rho = float(likelihood.rho)
+        offset = rho * offset
+        cov = np.asarray(likelihood.covariance(task.points), np.float64) / obs_scale**2
+        W = jnp.asarray(np.linalg.inv(np.linalg.cholesky(cov)), jnp.dtype(dtype))
     spec = _Spec(method=method, route=route, sampler=sampler, num_steps=num_steps, shape=prior.data_shape,
                  dtype=dtype, noise_std=_noise_floor(task) / obs_scale, scale=float(scale),
                  physics_weight=float(physics_weight),
@@ -625,7 +657,7 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
                  obs_scale=obs_scale, time_grid=tuple(float(t) for t in np.asarray(prior.sde.time_grid(num_steps, jnp.float64))),
                  nonlinear=nonlinear, physics=task.physics, pde=task.pde,
                  observed_index=task.observed_index, sensors=tuple(int(s) for s in task.sensors),
-                 mean=tuple(prior.mean), std=tuple(prior.std))
+                 mean=tuple(prior.mean), std=tuple(prior.std), rho=rho)
     jd = jnp.dtype(dtype)
     A_j = jnp.asarray(A / obs_scale, jd)
     y_j = jnp.asarray((np.asarray(y) - offset) / obs_scale, jd)
@@ -644,7 +676,7 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
         if n < batch_size:  # pad to the compiled batch size
             kb = jnp.concatenate([kb, keys[: batch_size - n]])
         t0 = time.perf_counter()
-        xb = _sample_batch(prior.score, prior.sde, A_j, y_j, S_j, kb, spec)
+        xb = _sample_batch(prior.score, prior.sde, A_j, y_j, S_j, kb, spec, W)
         xb = jax.block_until_ready(_denoise(prior.score, prior.sde, xb))
         times.append((time.perf_counter() - t0, n))
         batches.append(np.asarray(xb[:n], dtype=np.float64))
@@ -703,13 +735,16 @@ def _bayes_arrays(G, y, key, noise_std, num_samples, alpha, tau):
 
 
 def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alpha: float = 2.0,
-                    tau: float = 3.0) -> Posterior:
+                    tau: float = 3.0, likelihood: StatFEMLikelihood | None = None) -> Posterior:
     """The exact Gaussian posterior under the tasks' GRF prior (Poisson, Helmholtz): the Bayes floor.
 
     ``a = L z`` with the DCT square root ``L``; ``y = G a + e`` with ``G`` the sensor rows of the
     FEM solution operator (inverse) or of the identity (forward), computed with
     :func:`pdegen.inverse.gaussian_posterior`. The ``u`` channel is ``S a`` (its std exact, through
     the dense solution operator ``S``). Samples by Matheron's rule.
+
+    With a statFEM ``likelihood`` the data model is ``y = rho G a + d + e`` (correlated model error
+    ``d``): the exact posterior of that model, computed in the whitened space.
     """
     if not task.linear:
         raise ValueError(f"bayes_posterior: no exact Gaussian posterior for {task.pde!r} (nonlinear in a)")
@@ -717,9 +752,17 @@ def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alp
     g = task.grid
     S = solution_operator(task.physics)
     G = S[task.sensors] if task.observed == "u" else np.eye(g * g)[task.sensors]
+    noise_std = _noise_floor(task)
+    y_used = np.asarray(y, np.float64)
+    if likelihood is not None:
+        likelihood = StatFEMLikelihood(*likelihood).check()
+        Wm = np.linalg.inv(np.linalg.cholesky(np.asarray(likelihood.covariance(task.points), np.float64)))
+        G = Wm @ (float(likelihood.rho) * G)
+        y_used = Wm @ y_used
+        noise_std = 1.0
     t0 = time.perf_counter()
     mean_a, std_a, a_samples, cross, chol, log_evidence = _bayes_arrays(
-        jnp.asarray(G), jnp.asarray(y), key, _noise_floor(task), num_samples, float(alpha), float(tau))
+        jnp.asarray(G), jnp.asarray(y_used), key, noise_std, num_samples, float(alpha), float(tau))
     Sj = jnp.asarray(S)
     u_samples = (a_samples.reshape(num_samples, -1) @ Sj.T).reshape(a_samples.shape)
     mean_u = (Sj @ mean_a.reshape(-1)).reshape(g, g)
@@ -738,7 +781,91 @@ def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alp
     mean = jnp.stack([mean_a, mean_u])
     std = jnp.stack([std_a, std_u])
     return Posterior(samples, mean, std, "bayes", "exact", float(seconds), 0.0,
-                     {"log_evidence": float(log_evidence)})
+                     {"log_evidence": float(log_evidence), "likelihood": likelihood})
+
+
+def default_likelihood(task: InverseTask) -> StatFEMLikelihood:
+    """The statFEM likelihood that matches how ``task``'s data were made: ``rho = 1``, its discrepancy
+    (``sigma_d``, ``ell_d``) and the methods' noise level (:func:`fit_likelihood` estimates them
+    from the data instead)."""
+    return StatFEMLikelihood(rho=1.0, sigma_d=float(task.discrepancy_std), ell_d=float(task.discrepancy_length),
+                             sigma_e=_noise_floor(task))
+
+
+def fit_likelihood(task: InverseTask, *, y=None, fit=("sigma_d", "ell_d"), init: StatFEMLikelihood | None = None,
+                   steps: int = 200, alpha: float = 2.0, tau: float = 3.0) -> StatFEMLikelihood:
+    """Empirical Bayes for the statFEM observation model under the tasks' GRF prior (linear PDEs).
+
+    Maximises the marginal likelihood ``log N(y; 0, rho^2 G C G^T + C_d(sigma_d, ell_d) + sigma_e^2 I)``
+    over the parameters named in ``fit`` (any of ``rho``, ``sigma_d``, ``ell_d``, ``sigma_e``; log
+    parametrisation, L-BFGS from optax), starting from ``init`` (default: ``rho = 1``, ``sigma_d`` 10%
+    of the data RMS, ``ell_d = 0.2``, ``sigma_e`` the methods' noise level); the others keep their
+    ``init`` values. The discrepancy and a smooth signal are hard to tell apart from few sensors
+    (forward tasks, where the sensors see the GRF itself, are the worst case): check the fit.
+    """
+    names = ("rho", "sigma_d", "ell_d", "sigma_e")
+    unknown = set(fit) - set(names)
+    if unknown:
+        raise ValueError(f"fit_likelihood: fit must name parameters among {names}, got {sorted(unknown)}")
+    if not task.linear:
+        raise ValueError(f"fit_likelihood: needs a linear PDE (Gaussian marginal likelihood), got {task.pde!r}")
+    y = jnp.asarray(task.y if y is None else task.check_observations(y), jnp.float64)
+    g = task.grid
+    S = solution_operator(task.physics)
+    G = S[task.sensors] if task.observed == "u" else np.eye(g * g)[task.sensors]
+    GL = G @ grf_sqrt_matrix(g, alpha=alpha, tau=tau)
+    K = jnp.asarray(GL @ GL.T)
+    pts = jnp.asarray(task.points)
+    rms = float(jnp.sqrt(jnp.mean(y**2)))
+    if init is None:  # not the task's own discrepancy: the fit starts from a neutral guess
+        init = StatFEMLikelihood(rho=1.0, sigma_d=0.1 * rms, ell_d=0.2, sigma_e=_noise_floor(task))
+    init = StatFEMLikelihood(*init).check()
+    fixed = np.asarray([float(getattr(init, k)) for k in names])
+    if "sigma_d" in fit and fixed[1] == 0:
+        fixed[1] = 0.1 * rms
+    mask = tuple(k in fit for k in names)
+    run = _likelihood_fitter(mask, int(steps))
+    with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32 / int64 indices under x64
+        theta = run(jnp.zeros(4), jnp.asarray(fixed), K, y, pts)
+    if not bool(jnp.all(jnp.isfinite(theta))):
+        raise RuntimeError("fit_likelihood: the optimisation diverged (non-finite parameters)")
+    values = fixed * np.exp(np.where(mask, np.asarray(theta), 0.0))
+    return StatFEMLikelihood(*(float(v) for v in values))
+
+
+_FITTERS: dict = {}
+
+
+def _likelihood_fitter(mask: tuple, steps: int):
+    """Compiled L-BFGS on the statFEM marginal likelihood; parameters ``fixed * exp(theta)`` (``theta``
+    only where ``mask``). Compiled once per (mask, steps, number of sensors)."""
+    from pdegen.fem.statfem import kernel_matrix
+
+    from ._map import lbfgs_minimise
+
+    key = (mask, steps)
+    if key in _FITTERS:
+        return _FITTERS[key]
+    m_ = jnp.asarray(mask)
+
+    def nll(theta, fixed, K, y, pts):
+        rho, sigma_d, ell_d, sigma_e = fixed * jnp.exp(jnp.where(m_, theta, 0.0))
+        m = y.size
+        C = rho**2 * K + kernel_matrix(pts, pts, sigma=sigma_d, length=ell_d)
+        C = C + (sigma_e**2 + 1e-12 * jnp.mean(y**2)) * jnp.eye(m)
+        L = jnp.linalg.cholesky(C)
+        w = jax.scipy.linalg.solve_triangular(L, y, lower=True)
+        return 0.5 * jnp.sum(w**2) + jnp.sum(jnp.log(jnp.diag(L)))
+
+    @jax.jit
+    def run(theta0, fixed, K, y, pts):
+        return lbfgs_minimise(lambda th: nll(th, fixed, K, y, pts), theta0, steps)[0]
+
+    _FITTERS[key] = run
+    return run
+
+
+
 
 
 def _interval_std(post: Posterior, level: float = 0.9):
@@ -770,7 +897,8 @@ def evaluate(post: Posterior, task: InverseTask, *, level: float = 0.9) -> dict:
         "route": post.route,
         "rel_l2": float(relative_l2(post.mean[c], task.truth[c])),
         "sample_rel_l2": float(jnp.mean(relative_l2(post.samples[:, c], task.truth[c]))),
-        "coverage90": float(credible_interval_coverage(post.mean[c], _interval_std(post, level)[c], task.truth[c], level)),
+        "coverage90": (float("nan") if post.method == "map" else
+                       float(credible_interval_coverage(post.mean[c], _interval_std(post, level)[c], task.truth[c], level))),
         "pde_residual": float(jnp.mean(res)),
         "data_misfit": float(jnp.linalg.norm(task.y - y_hat) / jnp.linalg.norm(task.y)),
         "seconds_per_sample": post.seconds_per_sample,

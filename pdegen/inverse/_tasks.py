@@ -52,6 +52,8 @@ class InverseTask:
         truth: the true joint field, shape ``(2, grid, grid)`` (channels ``a``, ``u``).
         y: observations ``(m,)`` of the observed channel (noise added for noisy tasks).
         noise_std: standard deviation of the added noise (``0`` for noise-free data).
+        discrepancy_std, discrepancy_length: a smooth model error ``d ~ GP(0, k)`` (squared
+            exponential on the sensors) added to the data (``0``: none), as in the statFEM model.
         seed, index: the seed of the task family and the number of this draw in it.
     """
 
@@ -65,6 +67,8 @@ class InverseTask:
     seed: int = 0
     index: int = 0
     physics: fem.PDETask = field(repr=False, default=None)
+    discrepancy_std: float = 0.0
+    discrepancy_length: float = 0.2
 
     @property
     def name(self) -> str:
@@ -199,7 +203,8 @@ def _physics(pde: str, grid: int) -> fem.PDETask:
 
 
 def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction: float = 0.03,
-              sensors=None, noise: float = 0.0, seed: int = 0, index: int = 0) -> InverseTask:
+              sensors=None, noise: float = 0.0, discrepancy: float = 0.0, discrepancy_length: float = 0.2,
+              seed: int = 0, index: int = 0) -> InverseTask:
     """Build one DiffusionPDE-style task with fixed seeds.
 
     Args:
@@ -212,6 +217,9 @@ def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction:
             an error).
         noise: relative noise level: ``noise_std = noise * RMS(clean observations)``; ``0`` for
             noise-free data.
+        discrepancy, discrepancy_length: relative size and length scale of a smooth model error
+            ``d ~ GP(0, s^2 exp(-r^2 / (2 l^2)))`` on the sensors added to the data, with
+            ``s = discrepancy * RMS(clean observations)`` (the statFEM data model; ``0``: none).
         seed, index: the test draw is ``fold_in(key(seed), index)``; the sensor mask depends on
             ``seed`` only, so all draws of a family share it.
     """
@@ -221,6 +229,10 @@ def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction:
     grid = int(grid)
     if not noise >= 0:
         raise ValueError(f"make_task: noise must be >= 0, got {noise}")
+    if not discrepancy >= 0:
+        raise ValueError(f"make_task: discrepancy must be >= 0, got {discrepancy}")
+    if not discrepancy_length > 0:
+        raise ValueError(f"make_task: discrepancy_length must be > 0, got {discrepancy_length}")
     physics = _physics(pde, grid)
     mesh = physics.mesh
     root = jax.random.key(int(seed))
@@ -239,11 +251,22 @@ def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction:
     clean = channel[jnp.asarray(nodes)]
     noise_std = 0.0
     y = clean
+    rms = float(jnp.sqrt(jnp.mean(clean**2)))
+    discrepancy_std = float(discrepancy) * rms
+    if discrepancy > 0:
+        from pdegen.fem.statfem import kernel_matrix
+
+        pts = jnp.asarray(np.asarray(mesh.points)[np.asarray(nodes)])
+        K = kernel_matrix(pts, pts, sigma=discrepancy_std, length=float(discrepancy_length))
+        chol = jnp.linalg.cholesky(K + 1e-10 * discrepancy_std**2 * jnp.eye(K.shape[0]))
+        z = jax.random.normal(jax.random.fold_in(root, 2**22 + int(index)), (K.shape[0],), chol.dtype)
+        y = y + chol @ z
     if noise > 0:
-        noise_std = float(noise) * float(jnp.sqrt(jnp.mean(clean**2)))
-        y = fem.add_noise(jax.random.fold_in(root, 2**21 + int(index)), clean, noise_std)
+        noise_std = float(noise) * rms
+        y = fem.add_noise(jax.random.fold_in(root, 2**21 + int(index)), y, noise_std)
     return InverseTask(pde=pde, direction=direction, grid=grid, sensors=np.asarray(nodes), truth=truth,
-                       y=y, noise_std=noise_std, seed=int(seed), index=int(index), physics=physics)
+                       y=y, noise_std=noise_std, seed=int(seed), index=int(index), physics=physics,
+                       discrepancy_std=discrepancy_std, discrepancy_length=float(discrepancy_length))
 
 
 def _sensor_nodes(sensors, physics) -> np.ndarray:
