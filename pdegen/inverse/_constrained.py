@@ -12,6 +12,13 @@ h(E[x_0 | x_t])`` (:func:`pdegen.inverse.energy_guidance`), which moves mass tow
 low-``h`` part of the support; (2) Langevin correction at the smallest noise level with
 drift ``score(x, t_min) - beta grad h(x)``, which targets ``p_beta`` up to the ``t_min``
 smoothing and removes the bias of the Tweedie approximation in stage 1.
+
+Fields: for a prior over joint fields such as ``(a, u)`` pairs where ``u`` solves a PDE given
+``a`` (``pdegen.models.load_pretrained("poisson-joint-32")``), the data lie on a
+lower-dimensional set and the score at ``t_min`` is stiff across it (of order ``1/sigma_min^2``),
+so a fixed Langevin step there is unstable: use ``langevin_steps=0`` (the guided
+predictor-corrector steps then do the tilting) and ``denoise_final=True`` (the Tweedie estimate
+at ``t_min``, without the residual noise that a PDE residual amplifies).
 """
 
 from __future__ import annotations
@@ -30,21 +37,33 @@ __all__ = ["sample_constrained"]
 
 def sample_constrained(model, constraint: Callable, *, beta: float, num_samples: int, key,
                        num_steps: int = 200, corrector_steps: int = 1, langevin_steps: int = 200,
-                       langevin_step_size: float = 1e-3, guidance_start: float = 0.5):
+                       langevin_step_size: float = 1e-3, guidance_start: float | None = None,
+                       denoise_final: bool = False, sampler: str = "predictor_corrector"):
     """Samples ``(num_samples, *model.data_shape)`` (physical units) of ``p_data exp(-beta h)``.
 
     ``model`` is a trained :class:`pdegen.models.DiffusionModel`; ``constraint`` ``h(x)`` takes
     one example in physical units and returns a scalar (differentiable). ``beta >= 0``
     (``beta = 0`` samples the model). ``num_steps`` predictor-corrector steps (Euler-Maruyama
     and ``corrector_steps`` Langevin steps, both with the guided score) of the reverse
-    SDE (guidance active for ``t <= guidance_start``: near ``t = 1`` the Tweedie estimate is
-    divided by ``alpha(t) ~ 0`` and its gradient is useless), then ``langevin_steps`` unadjusted
-    Langevin steps of size ``langevin_step_size`` (normalised units) at ``t = sde.t_min``.
+    SDE (guidance active for ``t <= guidance_start``, in the SDE's time units; default: while
+    the noise-to-signal ratio ``sigma(t) / alpha(t)`` is at most 4, i.e. ``t <= 0.53`` for the
+    VP SDE and noise levels up to 4 for the EDM schedule; near ``t_max`` of the VP SDE the
+    Tweedie estimate is divided by ``alpha(t) ~ 0`` and its gradient is useless, while a tilt
+    that has to move large-scale features of a field needs guidance from about that noise level
+    on), then ``langevin_steps`` unadjusted
+    Langevin steps of size ``langevin_step_size`` (normalised units) at ``t = sde.t_min``;
+    ``denoise_final=True`` returns the model's Tweedie estimate ``E[x_0 | x_{t_min}]`` of the
+    final state. ``beta = 0`` skips the guidance gradients (plain sampling). ``sampler`` names
+    the reverse sampler of stage 1 (:data:`pdegen.models.SAMPLERS`; ``"ddim"`` takes one guided
+    score per step where the predictor-corrector takes ``1 + corrector_steps``).
     """
     if not beta >= 0:
         raise ValueError(f"sample_constrained(beta=...): must be >= 0, got {beta}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"sample_constrained(num_samples=...): must be a positive int, got {num_samples!r}")
+    if sampler not in models.SAMPLERS:
+        raise ValueError(f"sample_constrained(sampler=...): expected one of "
+                         f"{sorted(models.SAMPLERS)}, got {sampler!r}")
     if langevin_steps < 0 or not langevin_step_size > 0:
         raise ValueError("sample_constrained: need langevin_steps >= 0 and langevin_step_size > 0")
     norm = model.normalisation
@@ -58,12 +77,17 @@ def sample_constrained(model, constraint: Callable, *, beta: float, num_samples:
         raise ValueError(f"sample_constrained(constraint=...): h must return a scalar for one "
                          f"example of shape {model.data_shape}, got shape {test.shape}")
     score = model.score
-    guided = energy_guidance(score, sde, energy, weight=1.0, start=guidance_start)
+    if guidance_start is None:
+        guidance_start = float(sde.time_from_scaled_sigma(jnp.asarray(4.0)))
+    if beta == 0:
+        guided = score
+    else:
+        guided = energy_guidance(score, sde, energy, weight=1.0, start=guidance_start)
     k1, k2 = jr.split(key)
     dtype = jnp.zeros((), dtype=float).dtype
-    z = models.sample(guided, sde, model.data_shape, num_samples, key=k1,
-                      method="predictor_corrector", num_steps=num_steps,
-                      corrector_steps=corrector_steps, dtype=dtype)
+    options = {"corrector_steps": corrector_steps} if sampler == "predictor_corrector" else {}
+    z = models.sample(guided, sde, model.data_shape, num_samples, key=k1, method=sampler,
+                      num_steps=num_steps, dtype=dtype, **options)
     t_min = jnp.asarray(sde.t_min, dtype=dtype)
 
     def drift(x):
@@ -78,4 +102,6 @@ def sample_constrained(model, constraint: Callable, *, beta: float, num_samples:
 
     if langevin_steps:
         z = jax.jit(jax.vmap(langevin))(z, jr.split(k2, num_samples))
+    if denoise_final:
+        z = jax.jit(jax.vmap(lambda x: sde.tweedie_denoiser(score, x, t_min)))(z)
     return jax.vmap(norm.unnormalise)(z)
