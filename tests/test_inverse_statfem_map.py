@@ -155,3 +155,19 @@ def test_bad_statfem_input():
         StatFEMLikelihood().covariance(jnp.zeros(3))
     with pytest.raises(ValueError, match="fit"):
         fit_likelihood(make_task("poisson-inverse", grid=GRID), fit=("nu",))
+
+
+def test_invert_cli_with_model_error(tmp_path, capsys):
+    import json
+
+    from pdegen.cli import main
+
+    rc = main(["invert", "--task", "poisson-inverse", "--prior", "exact", "--grid", str(GRID), "--method", "bayes",
+               "map", "statfem", "--samples", "2", "--steps", "5", "--sensors", "0.2", "--discrepancy", "0.3",
+               "--quiet", "--out", str(tmp_path)])
+    assert rc == 0
+    assert "statfem" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "poisson-inverse.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["bayes", "map", "statfem"]
+    # The MAP point of a linear task is the posterior mean.
+    assert abs(rows[1]["ratio_to_bayes"] - 1.0) < 1e-3

@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = ["register", "run_invert", "run_demo", "compare_methods", "format_table", "DEMO_METHODS"]
 
-DEMO_METHODS = ("bayes", "pigdm", "dps", "diffusionpde")
+DEMO_METHODS = ("bayes", "map", "pigdm", "dps", "diffusionpde")
 # Per-method defaults (observation step for DPS-type guidance; physics weight for the joint route).
 METHOD_DEFAULTS = {
     "dps": {"scale": 1.0},
@@ -113,11 +113,11 @@ def compare_methods(prior, task, methods, *, key, num_samples: int = 4, num_step
 
 
 def format_table(rows) -> str:
-    head = f"{'method':<14}{'route':<7}{'rel L2':>9}{'/ Bayes':>9}{'cover90':>9}{'residual':>10}{'s/sample':>10}"
+    head = f"{'method':<21}{'route':<7}{'rel L2':>9}{'/ Bayes':>9}{'cover90':>9}{'residual':>10}{'s/sample':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = r.get("ratio_to_bayes", float("nan"))
-        lines.append(f"{r['method']:<14}{r['route']:<7}{r['rel_l2']:>9.3f}{ratio:>9.2f}{r['coverage90']:>9.2f}"
+        lines.append(f"{r['method']:<21}{r['route']:<7}{r['rel_l2']:>9.3f}{ratio:>9.2f}{r['coverage90']:>9.2f}"
                      f"{r['pde_residual']:>10.1e}{r['seconds_per_sample']:>10.3f}")
     return "\n".join(lines)
 
@@ -190,7 +190,7 @@ def run_invert(args) -> int:
     prior = load_prior(args.prior, args.checkpoint, grid=args.grid, pde=pde)
     grid = prior.grid if args.grid is None else args.grid
     task = make_task(args.task, grid=grid, sensor_fraction=args.sensors, noise=args.noise, seed=args.seed,
-                     index=args.index)
+                     index=args.index, discrepancy=args.discrepancy, discrepancy_length=args.discrepancy_length)
     methods = args.method
     options = {m: {k: v for k, v in (("scale", args.scale), ("physics_weight", args.physics_weight)) if v is not None}
                for m in methods}
@@ -260,6 +260,9 @@ def register(subparsers) -> None:
     p.add_argument("--route", choices=ROUTES, default=None, help="solve: FEM forward model; joint: PDE residual")
     p.add_argument("--sampler", choices=SAMPLERS, default="euler_maruyama")
     p.add_argument("--noise", type=float, default=0.0, help="relative observation noise (0: noise-free)")
+    p.add_argument("--discrepancy", type=float, default=0.0,
+                   help="relative size of a smooth model error added to the data (statFEM; 0: none)")
+    p.add_argument("--discrepancy-length", type=float, default=0.2, help="length scale of the model error")
     p.add_argument("--index", type=int, default=0, help="test draw")
     p.add_argument("--scale", type=float, default=None, help="DPS/DiffusionPDE observation step")
     p.add_argument("--physics-weight", type=float, default=None, help="PDE-residual guidance weight (joint route)")
