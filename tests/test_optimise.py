@@ -122,6 +122,14 @@ def test_other_methods_run_within_budget(method):
                                atol=1e-9)
 
 
+def test_random_search_small_budget_skips_the_polish():
+    prob = test_function("rastrigin", 2)
+    res = minimise(prob.fn, prob.domain, key=jr.key(0), method="random", max_evaluations=300)
+    assert 0 < res.num_evaluations <= 300 and np.isfinite(res.value)
+    res = minimise(prob.fn, prob.domain, key=jr.key(0), method="random", max_evaluations=100)
+    assert res.num_evaluations == 100
+
+
 def test_bad_input():
     prob = test_function("rastrigin", 2)
     with pytest.raises(ValueError, match="domain"):

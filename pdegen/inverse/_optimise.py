@@ -518,14 +518,15 @@ def _run_adam(f, box, keys, *, max_evaluations, steps_per_restart, learning_rate
 def _run_random(f, box, keys, *, max_evaluations, refine_steps, refine_learning_rate,
                 chunk=256, **_):
     """Uniform search in chunks of ``chunk`` points, then the same polish of the 8 best points
-    as the diffusion optimiser (``refine_steps``; 0 for pure random search)."""
+    as the diffusion optimiser (``refine_steps``; 0 for pure random search). A budget below
+    twice the polish's cost is spent on the search alone."""
     dim = box.centre.shape[0]
     fz = _objective_z(f, box)
     plan = _polish_plan(8, refine_steps)
+    if max_evaluations < 2 * plan.cost:
+        plan = _polish_plan(8, 0)
+    chunk = min(chunk, max_evaluations - plan.cost)
     n_chunks = (max_evaluations - plan.cost) // chunk
-    if n_chunks < 1:
-        raise ValueError(f"minimise(max_evaluations={max_evaluations}): too small for random "
-                         f"search (chunks of {chunk} points plus a polish of {plan.cost})")
 
     def one(key):
         def body(carry, k):
@@ -536,7 +537,7 @@ def _run_random(f, box, keys, *, max_evaluations, refine_steps, refine_learning_
 
         init = (jnp.zeros((8, dim), dtype=_dtype()), jnp.full((8,), jnp.inf, dtype=_dtype()))
         (bp, bv), traj = jax.lax.scan(body, init, jr.split(key, n_chunks))
-        if refine_steps:
+        if plan.sizes:
             bp, bv, rtraj = _polish(fz, bp, bv, steps=refine_steps,
                                     learning_rate=_local_learning_rate(bp, bv,
                                                                        refine_learning_rate))
@@ -546,7 +547,7 @@ def _run_random(f, box, keys, *, max_evaluations, refine_steps, refine_learning_
     pts, vals, traj = jax.jit(jax.vmap(one))(keys)
     evals = chunk * np.arange(1, n_chunks + 1)
     n_used = chunk * n_chunks
-    if refine_steps:
+    if plan.sizes:
         evals = np.concatenate([evals, _polish_evaluations(plan, n_used)])
         n_used += plan.cost
     return (jax.vmap(jax.vmap(box.to_x))(pts), vals, np.broadcast_to(evals, traj.shape),
