@@ -67,7 +67,7 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
         y: observations (default ``task.y``).
         likelihood: a :class:`StatFEMLikelihood` (model-error-aware); default: Gaussian noise at
             the level the other methods assume.
-        steps: at most this many L-BFGS iterations (default 2000 for the linear PDEs, 300 for Darcy,
+        steps: at most this many L-BFGS iterations (default 10000 for the linear PDEs, 300 for Darcy,
             where each costs a few FEM solves); it stops earlier when the gradient has fallen by 1e-9.
         alpha, tau: the GRF prior (the tasks': 2 and 3).
         sharpness: Darcy only: steepness of the smooth threshold, in units of the GRF's standard
@@ -76,7 +76,7 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
     from ._posterior import _noise_floor, solution_operator
 
     if steps is None:
-        steps = 300 if task.pde == "darcy" else 2000
+        steps = 300 if task.pde == "darcy" else 10000
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"map_estimate: steps must be a positive int, got {steps!r}")
     y = jnp.asarray(task.y if y is None else task.check_observations(y), jnp.float64)

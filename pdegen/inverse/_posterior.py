@@ -351,6 +351,7 @@ class _Spec:
     std: tuple
     residual_lambda: float = 1.0
     physics_precondition: tuple = (1.0, 1.0)
+    data_variance: float = 1.0
     rho: float = 1.0
 
 
@@ -475,14 +476,14 @@ def _guided_for(spec: _Spec, sde: AbstractSDE):
     elif method == "dps":
         guided = _dps_score(score, sde, observe, spec)
     elif method == "pigdm":
-        guided = pigdm(score, sde, observe, zeros, noise_std=spec.noise_std, data_variance=1.0)
+        guided = pigdm(score, sde, observe, zeros, noise_std=spec.noise_std, data_variance=spec.data_variance)
     elif method.startswith("tmpd"):
         variant = {"tmpd": "full", "tmpd-diagonal": "diagonal", "tmpd-rowsum": "rowsum"}[method]
         guided = tmpd(score, sde, observe, zeros, noise_std=spec.noise_std, variant=variant)
     elif method == "statfem":
         guided = tmpd(score, sde, observe, zeros, noise_std=1.0, variant="full")
     elif method == "statfem-pigdm":
-        guided = pigdm(score, sde, observe, zeros, noise_std=1.0, data_variance=1.0)
+        guided = pigdm(score, sde, observe, zeros, noise_std=1.0, data_variance=spec.data_variance)
     elif method == "diffusionpde":
         guided = _dps_score(score, sde, observe, spec)
     else:  # pragma: no cover - validated before
@@ -632,7 +633,8 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
                      route: str | None = None, num_steps: int = 200, sampler: str = "euler_maruyama",
                      scale: float = 1.0, physics_weight: float | None = None, physics_fraction: float = 0.2,
                      project: bool = False, batch_size: int | None = None,
-                     likelihood: StatFEMLikelihood | None = None, progress=None, y=None) -> Posterior:
+                     likelihood: StatFEMLikelihood | None = None, data_variance: float | None = None,
+                     progress=None, y=None) -> Posterior:
     """Posterior samples of the joint field ``(a, u)`` for ``task`` under ``prior``.
 
     Args:
@@ -654,6 +656,10 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
         likelihood: the statFEM observation model of ``statfem`` / ``statfem-pigdm`` (and of
             ``bayes`` and ``map`` when given): a :class:`StatFEMLikelihood` in physical units
             (default :func:`default_likelihood`: the task's own discrepancy and noise level).
+        data_variance: PiGDM's prior variance of the field along the observed directions
+            (normalised units). Default: exact for Gaussian priors (:func:`observed_variance`), 1 for
+            learned ones (their channels are normalised to unit variance). Too small a value makes
+            PiGDM overconfident (it diverges on smooth observation operators).
         progress: a ``tqdm``-like object updated with the number of finished samples.
     """
     if method not in METHODS:
@@ -708,6 +714,15 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
                  nonlinear=nonlinear, physics=task.physics, pde=task.pde,
                  observed_index=task.observed_index, sensors=tuple(int(s) for s in task.sensors),
                  mean=tuple(prior.mean), std=tuple(prior.std), rho=rho)
+    if method in ("pigdm", "statfem-pigdm") and not nonlinear:
+        if data_variance is None:
+            A_n = A / obs_scale
+            if W is not None:
+                A_n = np.asarray(W, np.float64) @ (rho * A_n)
+            data_variance = observed_variance(prior, A_n)
+        spec = dataclasses.replace(spec, data_variance=float(data_variance))
+    elif data_variance is not None:
+        spec = dataclasses.replace(spec, data_variance=float(data_variance))
     jd = jnp.dtype(dtype)
     A_j = jnp.asarray(A / obs_scale, jd)
     y_j = jnp.asarray((np.asarray(y) - offset) / obs_scale, jd)
@@ -753,6 +768,23 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
     mean = samples.mean(0)
     std = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros_like(mean)
     return Posterior(samples, mean, std, method, route, float(seconds_per_sample), float(compile_seconds), info)
+
+
+def observed_variance(prior: FieldPrior, A) -> float:
+    """``tr(A C A^T) / tr(A A^T)``: the prior variance of the (normalised) field along the rows of the
+    observation matrix ``A``, exact for a :class:`GaussianScore` prior; ``1`` for learned priors."""
+    score = prior.score
+    if not isinstance(score, GaussianScore):
+        return 1.0
+    A = np.asarray(A, np.float64)
+    if score.kind == "dct":
+        g = prior.grid
+        rows = A.reshape(-1, g, g)
+        AL = np.stack([np.asarray(jax.scipy.fft.dctn(jnp.asarray(r), type=2, norm="ortho")) for r in rows])
+        AL = AL.reshape(A.shape[0], -1) * np.asarray(score.mode_std, np.float64).reshape(-1)
+    else:
+        AL = (A @ np.asarray(score.basis, np.float64)) * np.sqrt(np.asarray(score.values, np.float64))
+    return float(np.sum(AL**2) / max(np.sum(A**2), 1e-300))
 
 
 def _solve_batch(task: InverseTask, a):
