@@ -158,9 +158,17 @@ def plot_posteriors(task, posts, path, *, title: str = ""):
         p = posts[m]
         mean, std = np.asarray(p.mean[c]), np.asarray(p.std[c])
         rel = np.linalg.norm(mean - truth[c]) / np.linalg.norm(truth[c])
-        show(axes[i, 0], mean, f"{m}: posterior mean (rel. L2 {rel:.3f})", cmap="cividis", vmin=vmin, vmax=vmax)
-        show(axes[i, 1], std, f"{m}: posterior std", cmap="magma")
-        show(axes[i, 2], np.abs(mean - truth[c]), f"{m}: |mean - truth|", cmap="Reds", vmin=0, vmax=emax)
+        point = p.method == "map"  # a point estimate: no spread to show
+        label = "MAP estimate" if point else "posterior mean"
+        show(axes[i, 0], mean, f"{m}: {label} (rel. L2 {rel:.3f})", cmap="cividis", vmin=vmin, vmax=vmax)
+        if point:
+            axes[i, 1].axis("off")
+            axes[i, 1].text(0.5, 0.5, f"{m}: a point estimate\n(no posterior spread)", fontsize=8, ha="center",
+                            va="center")
+        else:
+            show(axes[i, 1], std, f"{m}: posterior std", cmap="magma")
+        show(axes[i, 2], np.abs(mean - truth[c]), f"{m}: |{'estimate' if point else 'mean'} - truth|", cmap="Reds",
+             vmin=0, vmax=emax)
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
     plt.close(fig)
