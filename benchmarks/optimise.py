@@ -2,6 +2,8 @@
 
     python benchmarks/optimise.py --quick        # 2-D targets + five 10-D functions, ~ 6 min on 2 cores
     python benchmarks/optimise.py --dims 10      # the 10-D target: five functions, 20 seeds (~ 20 min)
+    python benchmarks/optimise.py --dims 50 --functions rastrigin --methods dds-coordwise adam langevin \
+        random cmaes --out benchmarks/results/optimise_50d.json   # 50-D, 50,000 evaluations (~ 25 min)
     python benchmarks/optimise.py                # every function and variant, 20 seeds (hours)
 
 Writes benchmarks/results/optimise.json atomically after every row, under ``runs.quick`` or
@@ -36,7 +38,7 @@ jax.config.update("jax_enable_x64", True)
 
 TOLERANCE = 1e-2
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "optimise.json")
-BUDGETS = {2: 4000, 10: 10000}
+BUDGETS = {2: 4000, 10: 10000, 50: 50000}
 
 # The diffusion optimiser's defaults (minimise): DDS, batch 32, 16 steps, 4 temperatures,
 # log-variance loss, plain MLP, final polish of the 8 best points (refine_steps=40: the budget of
