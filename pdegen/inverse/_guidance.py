@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -209,6 +210,12 @@ class StatFEMLikelihood(NamedTuple):
         Cd = kernel_matrix(sensors, sensors, sigma=self.sigma_d, length=self.ell_d)
         return Cd + self.sigma_e**2 * jnp.eye(m, dtype=Cd.dtype)
 
+    def whitener(self, sensors, scale: float = 1.0) -> np.ndarray:
+        """``W = L^{-1}`` (host float64) with ``L L^T`` the covariance of :meth:`covariance` divided by
+        ``scale^2``: ``W (y - rho A x) / scale`` has independent unit-variance entries."""
+        cov = np.asarray(self.covariance(sensors), np.float64) / float(scale) ** 2
+        return np.linalg.inv(np.linalg.cholesky(cov))
+
     def check(self) -> "StatFEMLikelihood":
         for name in ("sigma_d", "ell_d", "sigma_e"):
             v = float(getattr(self, name))
@@ -219,7 +226,7 @@ class StatFEMLikelihood(NamedTuple):
         return self
 
 
-def whitened_observation(observe, y, likelihood: StatFEMLikelihood, sensors, shape=None):
+def whitened_observation(observe, y, likelihood: StatFEMLikelihood, sensors):
     """``(observe_w, y_w)`` with ``observe_w(x) = L^{-1} rho A(x)``, ``y_w = L^{-1} y`` and ``L L^T`` the
     statFEM noise covariance: a plain Gaussian likelihood with unit noise in the whitened space."""
     likelihood = StatFEMLikelihood(*likelihood).check()

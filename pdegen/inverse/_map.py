@@ -14,7 +14,6 @@ by L-BFGS (optax). For the linear PDEs it equals the exact posterior mean.
 from __future__ import annotations
 
 import time
-import types
 from typing import NamedTuple
 
 import jax
@@ -24,7 +23,7 @@ import numpy as np
 from pdegen import fem
 
 from ._guidance import StatFEMLikelihood
-from ._tasks import InverseTask, darcy_permeability
+from ._tasks import InverseTask
 
 DARCY_LOW, DARCY_HIGH = 3.0, 12.0
 
@@ -47,17 +46,6 @@ def _coefficient(task: InverseTask, z, *, alpha, tau, sharpness):
     return DARCY_LOW + (DARCY_HIGH - DARCY_LOW) * jax.nn.sigmoid(sharpness * field / sd)
 
 
-def _solve(task: InverseTask, a):
-    mesh = task.mesh
-    nodal = mesh.from_image(a)
-    if task.pde == "darcy":
-        u = task.physics.problem.solve(kappa=darcy_permeability(task, nodal), f=1.0)
-    else:
-        u = task.physics.problem.solve(**task.physics.theta(nodal))
-    u = u.real if jnp.iscomplexobj(u) else u
-    return mesh.to_image(u)
-
-
 def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | None = None, steps: int | None = None,
                  alpha: float = 2.0, tau: float = 3.0, sharpness: float = 4.0) -> MAPResult:
     """The MAP estimate of ``task``'s coefficient under the GRF prior (any PDE of the tasks).
@@ -73,7 +61,7 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
         sharpness: Darcy only: steepness of the smooth threshold, in units of the GRF's standard
             deviation.
     """
-    from ._posterior import _noise_floor, solution_operator
+    from ._posterior import _noise_floor, sensor_operator
 
     if steps is None:
         steps = 300 if task.pde == "darcy" else 10000
@@ -85,17 +73,12 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
         rho = 1.0
     else:
         likelihood = StatFEMLikelihood(*likelihood).check()
-        cov = np.asarray(likelihood.covariance(task.points), np.float64)
-        W = jnp.asarray(np.linalg.inv(np.linalg.cholesky(cov)))
+        W = jnp.asarray(likelihood.whitener(task.points))
         rho = float(likelihood.rho)
     g = task.grid
-    if task.observed == "a" or task.linear:
-        # A dense observation matrix G (m, g^2): sensor rows of the identity or of the solution operator.
-        G = np.eye(g * g)[task.sensors] if task.observed == "a" else solution_operator(task.physics)[task.sensors]
-        obs = jnp.asarray(G)
-    else:
-        obs = jnp.asarray(task.sensors)
-    run = _map_runner(task.pde, task.observed, g, steps, float(alpha), float(tau), float(sharpness))
+    # Linear observation of a (any PDE, or u of a linear PDE): a dense matrix; Darcy's u: the sensors.
+    obs = jnp.asarray(task.sensors if _solves(task) else sensor_operator(task))
+    run = _map_runner(task, steps, float(alpha), float(tau), float(sharpness))
     t0 = time.perf_counter()
     with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32 / int64 indices under x64
         z, values = run(jnp.zeros((g, g), jnp.float64), W, y, jnp.asarray(rho, jnp.float64), obs)
@@ -104,28 +87,29 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
     if not bool(jnp.all(jnp.isfinite(z))):
         raise RuntimeError("map_estimate: the optimisation diverged (non-finite estimate)")
     a = _coefficient(task, z, alpha=alpha, tau=tau, sharpness=sharpness)
-    u = _solve(task, a)
+    u = task.solve(a)
     return MAPResult(jnp.stack([a, u]), z, values, seconds)
 
 
 _RUNNERS: dict = {}
 
 
-def _map_runner(pde, observed, grid, steps, alpha, tau, sharpness):
-    """A compiled L-BFGS run for one task family (compiled once, reused for every draw)."""
-    from ._tasks import _physics
+def _solves(task: InverseTask) -> bool:
+    """Whether the observation needs the FEM solve of a nonlinear PDE (Darcy's ``u``)."""
+    return task.observed == "u" and not task.linear
 
-    key = (pde, observed, grid, steps, alpha, tau, sharpness)
+
+def _map_runner(task: InverseTask, steps, alpha, tau, sharpness):
+    """A compiled L-BFGS run for ``task``'s family (compiled once, reused for every draw: the
+    draw's data are arguments; only the family's PDE and mesh are read from ``task``)."""
+    key = (task.pde, task.observed, task.grid, steps, alpha, tau, sharpness)
     if key in _RUNNERS:
         return _RUNNERS[key]
-    physics = _physics(pde, grid)
-    nonlinear = observed == "u" and pde == "darcy"
-
-    fam = types.SimpleNamespace(pde=pde, mesh=physics.mesh, physics=physics)  # what the helpers read of a task
+    nonlinear = _solves(task)
 
     def objective(z, W, y, rho, obs):
-        a = _coefficient(fam, z, alpha=alpha, tau=tau, sharpness=sharpness)
-        pred = _solve(fam, a).reshape(-1)[obs] if nonlinear else obs @ a.reshape(-1)
+        a = _coefficient(task, z, alpha=alpha, tau=tau, sharpness=sharpness)
+        pred = task.solve(a).reshape(-1)[obs] if nonlinear else obs @ a.reshape(-1)
         r = W @ (y - rho * pred)
         return 0.5 * jnp.sum(r**2) + 0.5 * jnp.sum(z**2)
 

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -38,7 +38,7 @@ from pdegen.models import _samplers as samplers_module
 
 from ._gaussian import gaussian_posterior
 from ._guidance import StatFEMLikelihood, pigdm, tmpd, tweedie_mean
-from ._tasks import CHANNELS, InverseTask, credible_interval_coverage, relative_l2
+from ._tasks import CHANNELS, InverseTask, credible_interval_coverage, darcy_permeability, relative_l2
 
 METHODS = ("bayes", "map", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "statfem", "statfem-pigdm", "dps", "pigdm",
            "diffusionpde", "unguided")
@@ -537,8 +537,7 @@ def physics_preconditioner(spec: _Spec, iterations: int = 30) -> tuple:
         physics, mesh = spec.physics, spec.physics.mesh
 
         def solve(a_img):
-            a = mesh.from_image(a_img)
-            kappa = jnp.clip(jnp.mean(a[mesh.cells], axis=1), 3.0, 12.0)
+            kappa = darcy_permeability(physics, mesh.from_image(a_img))
             return mesh.to_image(physics.problem.solve(kappa=kappa, f=1.0)).reshape(-1)
 
         a0 = jnp.full((g, g), spec.mean[0], jnp.float64)
@@ -704,8 +703,7 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
     if method in STATFEM_METHODS:
         rho = float(likelihood.rho)
         offset = rho * offset
-        cov = np.asarray(likelihood.covariance(task.points), np.float64) / obs_scale**2
-        W = jnp.asarray(np.linalg.inv(np.linalg.cholesky(cov)), jnp.dtype(dtype))
+        W = jnp.asarray(likelihood.whitener(task.points, scale=obs_scale), jnp.dtype(dtype))
     spec = _Spec(method=method, route=route, sampler=sampler, num_steps=num_steps, shape=prior.data_shape,
                  dtype=dtype, noise_std=_noise_floor(task) / obs_scale, scale=float(scale),
                  physics_weight=float(physics_weight),
@@ -720,8 +718,6 @@ def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmp
             if W is not None:
                 A_n = np.asarray(W, np.float64) @ (rho * A_n)
             data_variance = observed_variance(prior, A_n)
-        spec = dataclasses.replace(spec, data_variance=float(data_variance))
-    elif data_variance is not None:
         spec = dataclasses.replace(spec, data_variance=float(data_variance))
     jd = jnp.dtype(dtype)
     A_j = jnp.asarray(A / obs_scale, jd)
@@ -787,6 +783,14 @@ def observed_variance(prior: FieldPrior, A) -> float:
     return float(np.sum(AL**2) / max(np.sum(A**2), 1e-300))
 
 
+def sensor_operator(task: InverseTask) -> np.ndarray:
+    """Dense ``G`` (m, g^2) with noise-free data ``y = G a`` of a linear task: the sensor rows of the
+    FEM solution operator (``u`` observed) or of the identity (``a`` observed)."""
+    if task.observed == "a":
+        return np.eye(task.grid**2)[task.sensors]
+    return solution_operator(task.physics)[task.sensors]
+
+
 def _solve_batch(task: InverseTask, a):
     if task.linear:
         S = jnp.asarray(solution_operator(task.physics))
@@ -834,12 +838,12 @@ def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alp
     y = task.y if y is None else task.check_observations(y)
     g = task.grid
     S = solution_operator(task.physics)
-    G = S[task.sensors] if task.observed == "u" else np.eye(g * g)[task.sensors]
+    G = sensor_operator(task)
     noise_std = _noise_floor(task)
     y_used = np.asarray(y, np.float64)
     if likelihood is not None:
         likelihood = StatFEMLikelihood(*likelihood).check()
-        Wm = np.linalg.inv(np.linalg.cholesky(np.asarray(likelihood.covariance(task.points), np.float64)))
+        Wm = likelihood.whitener(task.points)
         G = Wm @ (float(likelihood.rho) * G)
         y_used = Wm @ y_used
         noise_std = 1.0
@@ -893,10 +897,7 @@ def fit_likelihood(task: InverseTask, *, y=None, fit=("sigma_d", "ell_d"), init:
     if not task.linear:
         raise ValueError(f"fit_likelihood: needs a linear PDE (Gaussian marginal likelihood), got {task.pde!r}")
     y = jnp.asarray(task.y if y is None else task.check_observations(y), jnp.float64)
-    g = task.grid
-    S = solution_operator(task.physics)
-    G = S[task.sensors] if task.observed == "u" else np.eye(g * g)[task.sensors]
-    GL = G @ grf_sqrt_matrix(g, alpha=alpha, tau=tau)
+    GL = sensor_operator(task) @ grf_sqrt_matrix(task.grid, alpha=alpha, tau=tau)
     K = jnp.asarray(GL @ GL.T)
     pts = jnp.asarray(task.points)
     rms = float(jnp.sqrt(jnp.mean(y**2)))
@@ -922,8 +923,6 @@ _FITTERS: dict = {}
 def _likelihood_fitter(mask: tuple, steps: int):
     """Compiled L-BFGS on the statFEM marginal likelihood; parameters ``fixed * exp(theta)`` (``theta``
     only where ``mask``). Compiled once per (mask, steps, number of sensors)."""
-    from pdegen.fem.statfem import kernel_matrix
-
     from ._map import lbfgs_minimise
 
     key = (mask, steps)
@@ -933,9 +932,8 @@ def _likelihood_fitter(mask: tuple, steps: int):
 
     def nll(theta, fixed, K, y, pts):
         rho, sigma_d, ell_d, sigma_e = fixed * jnp.exp(jnp.where(m_, theta, 0.0))
-        m = y.size
-        C = rho**2 * K + kernel_matrix(pts, pts, sigma=sigma_d, length=ell_d)
-        C = C + (sigma_e**2 + 1e-12 * jnp.mean(y**2)) * jnp.eye(m)
+        C = rho**2 * K + StatFEMLikelihood(rho, sigma_d, ell_d, sigma_e).covariance(pts)
+        C = C + 1e-12 * jnp.mean(y**2) * jnp.eye(y.size)
         L = jnp.linalg.cholesky(C)
         w = jax.scipy.linalg.solve_triangular(L, y, lower=True)
         return 0.5 * jnp.sum(w**2) + jnp.sum(jnp.log(jnp.diag(L)))
@@ -946,8 +944,6 @@ def _likelihood_fitter(mask: tuple, steps: int):
 
     _FITTERS[key] = run
     return run
-
-
 
 
 

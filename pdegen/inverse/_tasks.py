@@ -182,8 +182,9 @@ class InverseTask:
         return r, jnp.linalg.norm(b)
 
 
-def darcy_permeability(task: InverseTask, a_nodal, *, low: float = 3.0, high: float = 12.0):
-    """Cell permeability from nodal values of ``a``: the cell mean clipped to ``[low, high]``.
+def darcy_permeability(task, a_nodal, *, low: float = 3.0, high: float = 12.0):
+    """Cell permeability from nodal values of ``a``: the cell mean clipped to ``[low, high]``
+    (``task``: an :class:`InverseTask` or a :class:`pdegen.fem.PDETask`; only its mesh is read).
 
     On a true Darcy coefficient (nodal values 3 or 12) cells with mixed corners get an
     intermediate value; :meth:`fem.PDETask.theta` thresholds instead (used for the data).
