@@ -46,6 +46,26 @@ TARGET_RATIO = 1.15
 TARGET_COVERAGE = (0.85, 0.95)
 
 
+def _average(per, *, task_name, variant, grid, samples, steps, prior_name, extra=()):
+    """One row per method: the metrics of its draws (``per[(method, route)]``) averaged. Exact and MAP
+    rows (``bayes*``, ``map*``) use the GRF prior itself; MAP is a single point without coverage."""
+    out = []
+    for (method, route), rs in per.items():
+        mean = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
+        exact, point = method.startswith(("bayes", "map")), method.startswith("map")
+        out.append({
+            "task": task_name, "variant": variant, "method": method, "route": route,
+            "prior": "GRF (exact)" if exact else prior_name, "grid": grid, "sensors": rs[0]["sensors"],
+            "draws": len(rs), "samples": 1 if point else samples, "steps": None if exact else steps,
+            "rel_l2": mean("rel_l2"), "bayes_rel_l2": mean("bayes_rel_l2"),
+            "ratio_to_bayes": mean("rel_l2") / mean("bayes_rel_l2"),
+            "coverage90": None if point else mean("coverage90"),
+            "pde_residual": mean("pde_residual"), "seconds_per_sample": mean("seconds_per_sample"),
+            **{k: mean(k) for k in extra},
+        })
+    return out
+
+
 def run_rows(prior, prior_name, task_name, grid, methods, *, draws, samples, steps, route=None, options=None,
              sensor_fraction=0.03, noise=0.0, variant="noise-free"):
     per_method: dict = {}
@@ -61,20 +81,8 @@ def run_rows(prior, prior_name, task_name, grid, methods, *, draws, samples, ste
             r["bayes_rel_l2"] = bayes["rel_l2"]
             r["sensors"] = task.num_sensors
             per_method.setdefault((r["method"], r["route"]), []).append(r)
-    out = []
-    for (method, route_used), rs in per_method.items():
-        mean = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
-        row = {
-            "task": task_name, "variant": variant, "method": method, "route": route_used,
-            "prior": prior_name if method not in ("bayes", "map") else "GRF (exact)", "grid": grid, "sensors": rs[0]["sensors"], "draws": len(rs),
-            "samples": samples if method != "map" else 1, "steps": steps if method not in ("bayes", "map") else None,
-            "rel_l2": mean("rel_l2"), "bayes_rel_l2": mean("bayes_rel_l2"),
-            "ratio_to_bayes": mean("rel_l2") / mean("bayes_rel_l2"),
-            "coverage90": None if method == "map" else mean("coverage90"),
-            "pde_residual": mean("pde_residual"), "seconds_per_sample": mean("seconds_per_sample"),
-        }
-        out.append(row)
-    return out
+    return _average(per_method, task_name=task_name, variant=variant, grid=grid, samples=samples, steps=steps,
+                    prior_name=prior_name)
 
 
 def model_error_rows(task_name, grid, *, draws, samples, steps, discrepancy=0.3, length=0.2, noise=0.01):
@@ -109,22 +117,10 @@ def model_error_rows(task_name, grid, *, draws, samples, steps, discrepancy=0.3,
             r["sensors"] = task.num_sensors
             r["fitted_sigma_d_ratio"] = fitted.sigma_d / task.discrepancy_std
             r["fitted_ell_d"] = fitted.ell_d
-            per.setdefault(r["method"], []).append(r)
-    out = []
-    variant = f"model error {discrepancy} (length {length}), noise {noise}"
-    for method, rs in per.items():
-        mean = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
-        out.append({
-            "task": task_name, "variant": variant, "method": method, "route": rs[0]["route"],
-            "prior": "exact-grf" if not method.startswith(("bayes", "map")) else "GRF (exact)", "grid": grid,
-            "sensors": rs[0]["sensors"], "draws": len(rs), "samples": samples, "steps": steps,
-            "rel_l2": mean("rel_l2"), "bayes_rel_l2": mean("bayes_rel_l2"),
-            "ratio_to_bayes": mean("rel_l2") / mean("bayes_rel_l2"),
-            "coverage90": None if method.startswith("map") else mean("coverage90"),
-            "pde_residual": mean("pde_residual"), "seconds_per_sample": mean("seconds_per_sample"),
-            "fitted_sigma_d_ratio": mean("fitted_sigma_d_ratio"), "fitted_ell_d": mean("fitted_ell_d"),
-        })
-    return out
+            per.setdefault((r["method"], r["route"]), []).append(r)
+    return _average(per, task_name=task_name, variant=f"model error {discrepancy} (length {length}), noise {noise}",
+                    grid=grid, samples=samples, steps=steps, prior_name="exact-grf",
+                    extra=("fitted_sigma_d_ratio", "fitted_ell_d"))
 
 
 def darcy_rows(grid, *, draws):
