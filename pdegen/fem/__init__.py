@@ -16,11 +16,16 @@ from ._jaxfem import jaxfem_poisson as jaxfem_poisson
 from ._jaxfem import jaxfem_residual as jaxfem_residual
 from ._jaxfem import to_jaxfem_mesh as to_jaxfem_mesh
 from ._mesh import Mesh as Mesh
+from ._mesh import delaunay as delaunay
 from ._mesh import l_shaped as l_shaped
 from ._mesh import read_mesh as read_mesh
 from ._mesh import rectangle as rectangle
 from ._mesh import unit_square as unit_square
 from ._mesh import write_mesh as write_mesh
+from ._parameters import LogPermeability as LogPermeability
+from ._parameters import ParameterMap as ParameterMap
+from ._parameters import Source as Source
+from ._parameters import ThresholdPermeability as ThresholdPermeability
 from ._problems import Darcy as Darcy
 from ._problems import Helmholtz as Helmholtz
 from ._problems import Poisson as Poisson
@@ -43,3 +48,5 @@ from ._sensors import add_noise as add_noise
 from ._sensors import misfit_energy as misfit_energy
 from ._sensors import node_observation as node_observation
 from ._sensors import random_sensors as random_sensors
+from ._sensors import full_observation as full_observation
+from ._sensors import region_average as region_average

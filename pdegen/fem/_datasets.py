@@ -14,6 +14,7 @@ import numpy as np
 
 from .._io import atomic_write
 from ._mesh import unit_square
+from ._parameters import Source, ThresholdPermeability
 from ._problems import Darcy, Helmholtz, Poisson
 from ._random_fields import gaussian_random_field
 from ._space import FunctionSpace
@@ -46,27 +47,21 @@ class PDETask:
         self.mesh = unit_square(self.grid)
         self.space = FunctionSpace(self.mesh, "P1")
         if task == "poisson":
-            self.problem = Poisson(self.space, method=method)
+            self.parameter = Source(Poisson(self.space, method=method), sign=-1.0, kappa=1.0)
         elif task == "helmholtz":
-            self.problem = Helmholtz(self.space, method=method)
+            self.parameter = Source(Helmholtz(self.space, method=method), sign=-1.0, k=1.0)
         else:
-            self.problem = Darcy(self.space, method=method)
+            self.parameter = ThresholdPermeability(Darcy(self.space, method=method))
+        self.problem = self.parameter.problem
         self.equation = TASKS[task]
 
     def theta(self, a):
         """Keyword arguments of ``problem.solve`` for the coefficient/source nodal values ``a``."""
-        if self.task == "poisson":
-            return dict(kappa=1.0, f=-a)
-        if self.task == "helmholtz":
-            return dict(k=1.0, f=-a)
-        cells = jnp.mean(a[self.mesh.cells], axis=1)  # a is 12/3 at nodes: threshold cell means
-        return dict(kappa=jnp.where(cells >= 7.5, 12.0, 3.0), f=1.0)
+        return {**self.parameter.fixed, **self.parameter.coefficients(a)}
 
     def coefficient(self, field):
         """The task's input ``a`` from GRF nodal values (Darcy: threshold to 12 / 3)."""
-        if self.task == "darcy":
-            return jnp.where(field >= 0, 12.0, 3.0)
-        return field
+        return self.parameter.from_field(field)
 
     def pair(self, field):
         a = self.coefficient(field)
@@ -79,10 +74,7 @@ class PDETask:
 
     def residual(self, a, u):
         """Relative FEM residual ``||A(a) u - b(a)|| / ||b(a)||`` of a pair of nodal vectors."""
-        theta = self.theta(a)
-        r = self.problem.residual(u, **theta)
-        b = self.problem.rhs(**{k: v for k, v in theta.items() if k in self.problem._rhs_args})
-        return jnp.linalg.norm(r) / jnp.maximum(jnp.linalg.norm(b), 1e-300)
+        return self.parameter.residual(a, u, smooth=False)
 
 
 def generate_dataset(task: str, n: int, *, key, grid: int = 64, batch_size: int = 64,

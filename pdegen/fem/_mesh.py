@@ -235,6 +235,24 @@ def l_shaped(refinements: int = 3) -> Mesh:
     return Mesh.from_skfem(skfem.MeshTri.init_lshaped().refined(int(refinements)))
 
 
+def delaunay(points, *, min_angle_area: float = 1e-10) -> Mesh:
+    """Triangle mesh of a point cloud (its convex hull) by Delaunay triangulation (SciPy); cells
+    with area below ``min_angle_area`` times the mean are dropped. For unstructured, non-uniform
+    test meshes, e.g. jittered or graded points of a square."""
+    from scipy.spatial import Delaunay
+
+    pts = np.asarray(points, np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 3:
+        raise ValueError(f"delaunay: points must have shape (n >= 3, 2), got {pts.shape}")
+    tri = Delaunay(pts).simplices
+    area = np.abs(_signed_areas(pts, tri))
+    tri = tri[area > min_angle_area * area.mean()]
+    used = np.unique(tri)
+    remap = -np.ones(pts.shape[0], np.int64)
+    remap[used] = np.arange(used.size)
+    return Mesh(pts[used], remap[tri], reorient=True)
+
+
 # ---------------------------------------------------------------------------- files
 
 _MESHIO_CELL = {"triangle": "triangle", "quad": "quad"}
@@ -273,7 +291,8 @@ def read_mesh(path) -> Mesh:
 
 
 def write_mesh(path, mesh: Mesh, *, point_data: dict | None = None, cell_data: dict | None = None):
-    """Write a mesh with optional point/cell fields (meshio; format from the extension).
+    """Write a mesh with optional point/cell fields (meshio; format from the extension: ``.msh`` is
+    gmsh 2.2, ``.vtu`` / ``.xdmf`` open in ParaView).
 
     The file is written atomically (a temporary file in the same folder, then renamed).
     Complex fields are written as ``<name>_real`` and ``<name>_imag``.
@@ -312,7 +331,12 @@ def write_mesh(path, mesh: Mesh, *, point_data: dict | None = None, cell_data: d
     tmpdir = tempfile.mkdtemp(dir=folder, prefix=".tmp-")
     try:
         tmp = os.path.join(tmpdir, base + ext)
-        meshio.write(tmp, m)
+        if ext.lower() == ".msh":
+            # gmsh's own format (meshio's default for .msh is ANSYS); ASCII unless fields are
+            # written, which meshio reads back only from the binary form.
+            meshio.write(tmp, m, file_format="gmsh22", binary=bool(point_data or cell_data))
+        else:
+            meshio.write(tmp, m)
         # XDMF writes a companion .h5 file; move every produced file.
         for name in os.listdir(tmpdir):
             os.replace(os.path.join(tmpdir, name), os.path.join(folder, name))

@@ -66,3 +66,38 @@ def misfit_energy(u, H, y, noise_std: float) -> jax.Array:
         raise ValueError(f"misfit_energy: noise_std must be > 0, got {noise_std}")
     r = y - H @ u
     return 0.5 * jnp.sum(r**2) / noise_std**2
+
+
+def region_average(space: FunctionSpace, regions) -> SparseMatrix:
+    """``H`` with ``(H @ u)_i`` the average of ``u`` over region ``i``, shape ``(m, ndofs)``.
+
+    ``regions``: a list of indicator functions ``inside(x) -> bool`` of points ``x`` of shape
+    ``(2, ...)`` (evaluated at the quadrature points), e.g.
+    ``lambda x: (x[0] - 0.3) ** 2 + (x[1] - 0.5) ** 2 < 0.1 ** 2``.
+
+    Raises:
+        ValueError: if a region contains no quadrature point of the mesh.
+    """
+    from ._assembly import load
+
+    if callable(regions):
+        regions = [regions]
+    rows = []
+    for i, inside in enumerate(regions):
+        if not callable(inside):
+            raise TypeError(f"region_average: regions[{i}] must be a function inside(x) -> bool")
+        w = np.asarray(load(space, lambda x, f=inside: jnp.asarray(f(x), jnp.zeros(()).dtype)))
+        total = w.sum()
+        if not total > 0:
+            raise ValueError(f"region_average: region {i} contains no quadrature point of the mesh")
+        rows.append(w / total)
+    dense = np.stack(rows)
+    r, c = np.nonzero(dense)
+    pattern = SparsityPattern(r, c, dense.shape)
+    return SparseMatrix(jnp.asarray(dense[pattern.rows, pattern.cols]), pattern)
+
+
+def full_observation(space: FunctionSpace) -> SparseMatrix:
+    """The identity ``(ndofs, ndofs)``: every nodal value observed."""
+    n = space.ndofs
+    return SparseMatrix(jnp.ones(n), SparsityPattern(np.arange(n), np.arange(n), (n, n)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,12 +48,15 @@ def tweedie_mean(score_fn: ScoreFn, sde, x, t):
 
 
 def _check_observations(y, noise_std):
+    """Concrete inputs are checked at once; traced ones (guidance built under ``jit``) by a runtime check."""
     y = jnp.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be a vector of observations, got shape {y.shape}")
-    if not jnp.all(jnp.isfinite(y)):
+    if isinstance(y, jax.core.Tracer):
+        y = eqx.error_if(y, ~jnp.all(jnp.isfinite(y)), "guidance: y contains NaN or inf")
+    elif not jnp.all(jnp.isfinite(y)):
         raise ValueError("y contains NaN or inf")
-    if not float(noise_std) >= 0:
+    if not isinstance(noise_std, jax.core.Tracer) and not float(noise_std) >= 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
     return y
 

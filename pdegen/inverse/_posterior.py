@@ -38,6 +38,7 @@ from pdegen.models import _samplers as samplers_module
 
 from ._gaussian import gaussian_posterior
 from ._guidance import StatFEMLikelihood, pigdm, tmpd, tweedie_mean
+from ._priors import GaussianScore
 from ._tasks import CHANNELS, InverseTask, credible_interval_coverage, darcy_permeability, relative_l2
 
 METHODS = ("bayes", "map", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "statfem", "statfem-pigdm", "dps", "pigdm",
@@ -48,37 +49,6 @@ SAMPLERS = ("euler_maruyama", "ddim")
 
 
 # ------------------------------------------------------------------------------------ priors
-class GaussianScore(eqx.Module):
-    """Exact score of a zero-mean Gaussian prior on fields ``(C, g, g)``, for any noise level.
-
-    ``kind="dct"``: one channel, independent DCT modes with standard deviations ``mode_std``
-    (the GRF of :func:`pdegen.fem.gaussian_random_field`). ``kind="eigen"``: covariance
-    ``basis diag(values) basis^T`` (``basis`` with orthonormal columns; directions outside its span
-    have zero prior variance).
-    """
-
-    sde: AbstractSDE
-    mode_std: jax.Array | None
-    basis: jax.Array | None
-    values: jax.Array | None
-    shape: tuple = eqx.field(static=True)
-    kind: str = eqx.field(static=True)
-
-    def __call__(self, x, t):
-        t = jnp.asarray(t, x.dtype)
-        a = self.sde.alpha(t).astype(x.dtype)
-        s = self.sde.sigma(t).astype(x.dtype)
-        if self.kind == "dct":
-            c = jax.scipy.fft.dctn(x[0], type=2, norm="ortho")
-            var = a**2 * self.mode_std.astype(x.dtype) ** 2 + s**2
-            return jax.scipy.fft.idctn(-c / var, type=2, norm="ortho")[None]
-        v = x.reshape(-1)
-        U = self.basis.astype(x.dtype)
-        p = U.T @ v
-        out = -(v - U @ p) / s**2 - U @ (p / (a**2 * self.values.astype(x.dtype) + s**2))
-        return out.reshape(self.shape)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class FieldPrior:
     """A diffusion prior over fields on a ``grid x grid`` grid.
@@ -628,7 +598,33 @@ def switch_time(sde: AbstractSDE, sampler: str, num_steps: int, fraction: float)
     return float(ts[i])
 
 
-def sample_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmpd", key, num_samples: int = 8,
+def sample_posterior(prior, likelihood, *, method="tmpd", key, num_samples: int = 8, **options):
+    """Posterior samples of an unknown field under ``prior`` given the data of ``likelihood``.
+
+    Two kinds of problem:
+
+    - the user's own: ``prior`` a :class:`Prior` (:func:`matern_prior`, :func:`grf_prior`,
+      :func:`learned_prior`) and ``likelihood`` a :class:`GaussianLikelihood`
+      (:func:`gaussian_likelihood`, any PDE, mesh, sensors and noise). ``method``: an object
+      (:class:`TMPD`, :class:`PiGDM`, :class:`DPS`, :class:`Unguided`, :class:`Exact`, :class:`MAP`)
+      or its name (``"tmpd"``, ``"pigdm"``, ``"dps"``, ``"unguided"``, ``"bayes"``, ``"map"``, ...).
+      Options: ``num_steps``, ``sampler``, ``batch_size``, ``progress``. Returns a
+      :class:`FieldPosterior` of nodal values.
+    - a benchmark :class:`InverseTask` (``make_task``) with a :class:`FieldPrior` on its grid: the
+      joint ``(a, u)`` fields, with the options of :func:`sample_task_posterior`.
+    """
+    from ._field_posterior import sample_field_posterior
+    from ._likelihood import GaussianLikelihood
+
+    if isinstance(likelihood, GaussianLikelihood):
+        return sample_field_posterior(prior, likelihood, method=method, key=key, num_samples=num_samples, **options)
+    if isinstance(likelihood, InverseTask):
+        return sample_task_posterior(prior, likelihood, method=method, key=key, num_samples=num_samples, **options)
+    raise TypeError(f"sample_posterior: likelihood must be a GaussianLikelihood (gaussian_likelihood) or a benchmark "
+                    f"InverseTask (make_task), got {type(likelihood).__name__}")
+
+
+def sample_task_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmpd", key, num_samples: int = 8,
                      route: str | None = None, num_steps: int = 200, sampler: str = "euler_maruyama",
                      scale: float = 1.0, physics_weight: float | None = None, physics_fraction: float = 0.2,
                      project: bool = False, batch_size: int | None = None,
