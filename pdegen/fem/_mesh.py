@@ -334,6 +334,8 @@ def write_mesh(path, mesh: Mesh, *, point_data: dict | None = None, cell_data: d
         if ext.lower() == ".msh":
             # gmsh's own format (meshio's default for .msh is ANSYS); ASCII unless fields are
             # written, which meshio reads back only from the binary form.
+            tags = np.ones(mesh.ncells, np.int32)  # one physical / geometrical region
+            m.cell_data.update({"gmsh:physical": [tags], "gmsh:geometrical": [tags]})
             meshio.write(tmp, m, file_format="gmsh22", binary=bool(point_data or cell_data))
         else:
             meshio.write(tmp, m)

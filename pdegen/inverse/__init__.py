@@ -70,5 +70,6 @@ from ._field_posterior import FieldPosterior as FieldPosterior
 from ._field_posterior import exact_posterior as exact_posterior
 from ._field_posterior import field_metrics as field_metrics
 from ._field_posterior import map_posterior as map_posterior
+from ._task_problem import task_problem as task_problem
 from ._pde_examples import SourceInversion as SourceInversion
 from ._pde_examples import source_inversion as source_inversion

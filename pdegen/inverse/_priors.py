@@ -133,7 +133,7 @@ class Prior(eqx.Module):
     def sample(self, key, num_samples: int) -> jax.Array:
         """Prior draws of the field ``(num_samples, n)`` (Gaussian priors only)."""
         z = jax.random.normal(key, (int(num_samples),) + self.z_shape, self.offset.dtype)
-        return self.offset + jax.vmap(self.sqrt)(z)
+        return self.offset[None] + jax.vmap(self.sqrt)(z)
 
     def _need_gaussian(self, what):
         if not self.gaussian:
