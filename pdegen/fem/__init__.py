@@ -26,6 +26,8 @@ from ._parameters import LogPermeability as LogPermeability
 from ._parameters import ParameterMap as ParameterMap
 from ._parameters import Source as Source
 from ._parameters import ThresholdPermeability as ThresholdPermeability
+from ._plot import plot_field as plot_field
+from ._plot import save_figure as save_figure
 from ._problems import Darcy as Darcy
 from ._problems import Helmholtz as Helmholtz
 from ._problems import Poisson as Poisson

@@ -269,7 +269,10 @@ def read_mesh(path) -> Mesh:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"read_mesh: no such file {path!r}")
-    m = meshio.read(path)
+    try:
+        m = meshio.read(path)
+    except SystemExit as err:  # meshio exits the interpreter on some malformed gmsh files
+        raise ValueError(f"read_mesh: {path!r} is not a readable mesh file (meshio could not parse it)") from err
     blocks = [c for c in m.cells if c.type in ("triangle", "quad")]
     if not blocks:
         raise ValueError(

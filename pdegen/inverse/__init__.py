@@ -71,5 +71,9 @@ from ._field_posterior import exact_posterior as exact_posterior
 from ._field_posterior import field_metrics as field_metrics
 from ._field_posterior import map_posterior as map_posterior
 from ._task_problem import task_problem as task_problem
+from ._files import plot_field_posterior as plot_field_posterior
+from ._files import read_points as read_points
+from ._files import read_values as read_values
+from ._files import write_posterior as write_posterior
 from ._pde_examples import SourceInversion as SourceInversion
 from ._pde_examples import source_inversion as source_inversion

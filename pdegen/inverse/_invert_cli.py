@@ -1,17 +1,23 @@
-"""``pdegen invert`` (any task and method) and ``pdegen demo`` (the Poisson inverse problem on the
-shipped prior): tables, figures and JSON."""
+"""``pdegen invert`` (a benchmark task, or the user's own mesh, sensors and data with ``--mesh``)
+and ``pdegen demo`` (the Poisson inverse problem on the shipped prior): tables, figures and JSON."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["register", "run_invert", "run_demo", "compare_methods", "format_table", "DEMO_METHODS"]
+__all__ = ["register", "run_invert", "run_invert_mesh", "run_demo", "compare_methods",
+           "format_table", "DEMO_METHODS"]
 
 DEMO_METHODS = ("bayes", "map", "pigdm", "dps", "diffusionpde")
+TASK_METHODS = ("bayes", "tmpd")
+TASK_SENSOR_FRACTION = 0.03
 # Per-method defaults (observation step for DPS-type guidance; physics weight for the joint route).
 METHOD_DEFAULTS = {
     "dps": {"scale": 1.0},
@@ -129,7 +135,7 @@ def plot_posteriors(task, posts, path, *, title: str = ""):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from pdegen.fem._plot import save_figure
+    from pdegen.fem import save_figure
 
     c = task.target_index
     g = task.grid
@@ -187,19 +193,37 @@ def _write_outputs(out, task, rows, posts, settings, stem):
     return png, os.path.join(out, stem + ".json")
 
 
+def _task_sensor_fraction(value) -> float:
+    if value is None:
+        return TASK_SENSOR_FRACTION
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--sensors: in task mode give the fraction of grid nodes observed "
+                         f"(e.g. 0.03), got {value!r}; a file of sensor coordinates needs --mesh"
+                         ) from None
+
+
 def run_invert(args) -> int:
+    if args.mesh is not None:
+        return run_invert_mesh(args)
     _enable_x64()
     _enable_compilation_cache()
     import jax
 
     from ._tasks import make_task, parse_task_name
 
+    for flag, value in (("--data", args.data), ("--truth", args.truth)):
+        if value is not None:
+            raise ValueError(f"{flag} needs --mesh (task mode makes its own data)")
+    sensors = _task_sensor_fraction(args.sensors)
+    noise = 0.0 if args.noise is None else args.noise
     pde, _ = parse_task_name(args.task)
     prior = load_prior(args.prior, args.checkpoint, grid=args.grid, pde=pde)
     grid = prior.grid if args.grid is None else args.grid
-    task = make_task(args.task, grid=grid, sensor_fraction=args.sensors, noise=args.noise, seed=args.seed,
+    task = make_task(args.task, grid=grid, sensor_fraction=sensors, noise=noise, seed=args.seed,
                      index=args.index, discrepancy=args.discrepancy, discrepancy_length=args.discrepancy_length)
-    methods = args.method
+    methods = args.method or list(TASK_METHODS)
     options = {m: {k: v for k, v in (("scale", args.scale), ("physics_weight", args.physics_weight)) if v is not None}
                for m in methods}
     t0 = time.perf_counter()
@@ -214,6 +238,419 @@ def run_invert(args) -> int:
     print(format_table(rows))
     print(f"wrote {png}, {js} ({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+# ------------------------------------------------------------------------------- mesh mode
+# ``pdegen invert --mesh FILE --sensors CSV --data CSV --noise STD``: the user's own problem.
+
+MESH_METHODS_DEFAULT = ("bayes", "pigdm")
+MESH_PDES = {
+    "poisson": "-Lap u = a, u = 0 on the boundary",
+    "helmholtz": "-Lap u - k^2 u = a, u = 0 on the boundary",
+    "darcy": "-div(exp(a) grad u) = 1, u = 0 on the boundary",
+}
+NONLINEAR_PDES = ("darcy",)
+GAUSSIAN_ONLY_METHODS = ("bayes", "map")
+MAX_DENSE_NODES = 6000  # matern_prior's dense eigendecomposition limit
+
+
+def _field_method_names() -> tuple:
+    from ._methods import FIELD_METHODS
+
+    return tuple(FIELD_METHODS)
+
+
+def _is_learned(args) -> bool:
+    return bool(args.checkpoint) or args.prior not in (None, "matern")
+
+
+def _positive(flag: str, value, *, allow_zero: bool = False) -> None:
+    ok = value is not None and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{flag} must be finite and {bound}, got {value}")
+
+
+def check_mesh_options(args) -> list:
+    """The methods to run; a ``ValueError`` for any option that cannot work (no file is read)."""
+    methods = list(args.method or MESH_METHODS_DEFAULT)
+    names = _field_method_names()
+    for m in methods:
+        if m not in names:
+            raise ValueError(f"--method {m} is a task-mode method; with --mesh use "
+                             f"{', '.join(names)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--method lists a method twice: {' '.join(methods)}")
+    if args.noise is None:
+        raise ValueError("--noise: with --mesh give the noise standard deviation of the data in "
+                         "data units (> 0), e.g. --noise 0.01")
+    _positive("--noise", args.noise)
+    for flag, value in (("--length-scale", args.length_scale), ("--prior-std", args.prior_std)):
+        _positive(flag, value)
+    _positive("--wavenumber", args.wavenumber, allow_zero=True)
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    if args.rank is not None and args.rank < 1:
+        raise ValueError(f"--rank must be >= 1, got {args.rank}")
+    if args.pde in NONLINEAR_PDES and "bayes" in methods:
+        raise ValueError(f"--method bayes: the exact posterior needs a linear forward map, but "
+                         f"--pde {args.pde} is nonlinear in a ({MESH_PDES[args.pde]}); use map, "
+                         f"pigdm, tmpd or dps")
+    if args.prior in ("exact", "exact-joint"):
+        raise ValueError(f"--prior {args.prior} is for task mode; with --mesh use --prior matern "
+                         f"(a Gaussian prior on any mesh) or a shipped prior name")
+    if _is_learned(args):
+        closed = [m for m in methods if m in GAUSSIAN_ONLY_METHODS]
+        if closed:
+            raise ValueError(f"--method {' '.join(closed)} needs a Gaussian prior (--prior matern);"
+                             f" a learned prior has no closed form: use pigdm, tmpd or dps")
+    return methods
+
+
+class MeshInputs(NamedTuple):
+    """What mesh mode reads, all checked: the mesh, its P1/Q1 space, the sensors ``(m, 2)``, their
+    observation matrix, the data ``(m,)`` and optionally the true field ``(npoints,)``."""
+
+    mesh: object
+    space: object
+    points: np.ndarray
+    observation: object
+    y: np.ndarray
+    truth: np.ndarray | None
+
+
+def _require_files(args) -> None:
+    for flag, path in (("--mesh", args.mesh), ("--sensors", args.sensors), ("--data", args.data),
+                       ("--truth", args.truth), ("--checkpoint", args.checkpoint)):
+        if path is None:
+            if flag in ("--sensors", "--data"):
+                raise ValueError(f"{flag} FILE is required with --mesh")
+            continue
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{flag}: no such file {path!r}")
+
+
+def _check_prior_fits(args, npoints: int) -> None:
+    if _is_learned(args):
+        if not args.checkpoint:
+            from pdegen.models import available_pretrained
+
+            names = available_pretrained()
+            if args.prior not in names:
+                listing = ", ".join(names) if names else "none installed"
+                raise ValueError(f"--prior {args.prior!r}: not 'matern' nor a shipped prior "
+                                 f"({listing}); or pass --checkpoint PATH")
+        return
+    if args.rank is None and npoints > MAX_DENSE_NODES:
+        raise ValueError(f"--prior matern: the mesh has {npoints} nodes, too many for a dense "
+                         f"covariance (at most {MAX_DENSE_NODES}); give --rank (e.g. --rank 500) "
+                         f"for a truncated prior")
+    if args.rank is not None and args.rank >= npoints:
+        raise ValueError(f"--rank must be below the number of mesh nodes ({npoints}), "
+                         f"got {args.rank}")
+
+
+def _read_mesh(path):
+    """``fem.read_mesh`` with meshio's console chatter kept out of the output; a corrupt file (on
+    which meshio prints and exits) is a one-line ``ValueError``."""
+    import contextlib
+    import io
+
+    import meshio
+
+    from pdegen import fem
+
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            return fem.read_mesh(path)
+    except ValueError:  # pdegen's own checks (mixed cell types, not planar, ...): already clear
+        raise
+    except (Exception, SystemExit) as err:  # whatever meshio's parsers raise, or its sys.exit
+        detail = " ".join(chatter.getvalue().split())
+        if isinstance(err, meshio.ReadError):
+            detail = f"{detail} {err}"
+        elif not isinstance(err, SystemExit):
+            detail = f"{detail} {type(err).__name__}: {err}"
+        raise ValueError(f"--mesh {path!r}: not a readable mesh file (gmsh .msh, .xdmf, .vtu, "
+                         f"...): {detail.strip()}") from None
+
+
+def read_mesh_inputs(args) -> MeshInputs:
+    """Read and check every input file of mesh mode (cheap: no solve, no prior)."""
+    from pdegen import fem
+
+    from ._files import read_points, read_values
+
+    _require_files(args)
+    mesh = _read_mesh(args.mesh)
+    _check_prior_fits(args, mesh.npoints)
+    points = read_points(args.sensors)
+    y = read_values(args.data)
+    if y.shape[0] != points.shape[0]:
+        raise ValueError(f"--data {args.data!r} has {y.shape[0]} values but --sensors "
+                         f"{args.sensors!r} has {points.shape[0]} points (one value per sensor, "
+                         f"in the same order)")
+    truth = None
+    if args.truth is not None:
+        truth = read_values(args.truth)
+        if truth.shape[0] != mesh.npoints:
+            raise ValueError(f"--truth {args.truth!r} has {truth.shape[0]} values; the mesh has "
+                             f"{mesh.npoints} nodes (one value per node)")
+    space = fem.FunctionSpace(mesh, "P1" if mesh.cell_type == "triangle" else "Q1")
+    try:
+        observation = space.point_observation(points)
+    except ValueError as err:
+        raise ValueError(f"--sensors {args.sensors!r} does not fit the mesh {args.mesh!r}: "
+                         f"{err}") from None
+    return MeshInputs(mesh, space, points, observation, y, truth)
+
+
+def parameter_map(pde: str, space, *, wavenumber: float = 1.0):
+    """The unknown ``a`` of ``pde`` as a :class:`pdegen.fem.ParameterMap` (see ``MESH_PDES``)."""
+    from pdegen import fem
+
+    if pde == "poisson":
+        return fem.Source(fem.Poisson(space), sign=1.0)
+    if pde == "helmholtz":
+        return fem.Source(fem.Helmholtz(space), sign=1.0, k=float(wavenumber))
+    if pde == "darcy":
+        return fem.LogPermeability(fem.Darcy(space), f=1.0)
+    raise ValueError(f"--pde must be one of {', '.join(MESH_PDES)}, got {pde!r}")
+
+
+def mesh_prior(args, inputs: MeshInputs):
+    """The prior of ``--prior`` / ``--checkpoint`` on the mesh (the Matérn prior by default)."""
+    from . import _priors
+
+    if not _is_learned(args):
+        return _priors.matern_prior(inputs.space, length_scale=args.length_scale,
+                                    sigma=args.prior_std, rank=args.rank)
+    from pdegen.models import load_checkpoint, load_pretrained
+
+    ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else load_pretrained(args.prior)
+    name = os.path.basename(os.path.normpath(args.checkpoint)) if args.checkpoint else args.prior
+    return _priors.learned_prior(ckpt, inputs.mesh, channel="a", name=name)
+
+
+def build_mesh_problem(args, inputs: MeshInputs):
+    """``(prior, likelihood)``: the expensive part (prior covariance, one adjoint solve per sensor
+    for a linear forward map)."""
+    from ._likelihood import gaussian_likelihood, pde_forward
+
+    prior = mesh_prior(args, inputs)
+    param = parameter_map(args.pde, inputs.space, wavenumber=args.wavenumber)
+    forward = pde_forward(param, inputs.observation)
+    likelihood = gaussian_likelihood(forward, inputs.y, noise_std=args.noise, points=inputs.points)
+    return prior, likelihood
+
+
+def _method_object(name: str, args):
+    from ._methods import DPS, FIELD_METHODS
+
+    if name == "dps" and args.scale is not None:
+        return DPS(scale=float(args.scale))
+    return FIELD_METHODS[name]
+
+
+def mesh_row(name: str, post, likelihood, inputs: MeshInputs, wall_seconds: float) -> dict:
+    """Metrics of one method: data misfit (RMS whitened residual of the mean), posterior std at the
+    sensors and over the mesh, timings; ``rel_l2`` and ``coverage90`` when the truth is known."""
+    from ._field_posterior import field_metrics
+
+    std = np.asarray(post.std, np.float64)
+    row = {
+        "method": name,
+        "misfit": likelihood.misfit(post.mean),
+        "std_at_sensors": float(np.mean(inputs.observation.to_scipy() @ std)),
+        "mean_std": float(np.mean(std)),
+        "seconds_per_sample": post.seconds_per_sample,
+        "compile_seconds": post.compile_seconds,
+        "wall_seconds": wall_seconds,
+        "num_samples": int(post.samples.shape[0]),
+    }
+    if inputs.truth is not None:
+        metrics = field_metrics(post, inputs.truth)
+        row.update(rel_l2=metrics["rel_l2"], coverage90=metrics["coverage90"])
+    return row
+
+
+def _progress_bar(args, name: str):
+    if args.quiet or not sys.stderr.isatty():  # a line per method is enough in logs
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=args.samples, desc=name, unit="sample", leave=False, dynamic_ncols=True)
+
+
+def _sample(args, name: str, key, prior, likelihood):
+    from ._posterior import sample_posterior
+
+    bar = _progress_bar(args, name)
+    try:
+        return sample_posterior(prior, likelihood, method=_method_object(name, args), key=key,
+                                num_samples=args.samples, num_steps=args.steps,
+                                sampler=args.sampler, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_mesh_methods(args, methods, prior, likelihood, inputs: MeshInputs):
+    """Run each method; returns ``(rows, posteriors)``. A method whose sampler diverges is reported
+    and skipped (its row holds the error)."""
+    import jax
+
+    key = jax.random.key(args.seed)
+    rows, posts = [], {}
+    for i, name in enumerate(methods):
+        tag = f"  [{i + 1}/{len(methods)}] {name}:"
+        t0 = time.perf_counter()
+        try:
+            post = _sample(args, name, jax.random.fold_in(key, i), prior, likelihood)
+        except FloatingPointError as err:
+            print(f"{tag} failed ({err})", flush=True)
+            rows.append({"method": name, "error": str(err)})
+            continue
+        wall = time.perf_counter() - t0
+        row = mesh_row(name, post, likelihood, inputs, wall)
+        rows.append(row)
+        posts[name] = post
+        print(f"{tag} {row['num_samples']} sample(s) in {wall:.1f} s "
+              f"({post.seconds_per_sample:.3g} s/sample), misfit {row['misfit']:.3f}", flush=True)
+    return rows, posts
+
+
+def format_mesh_table(rows) -> str:
+    truth = any("rel_l2" in r for r in rows)
+    head = f"{'method':<15}{'misfit':>9}{'std@sensors':>13}{'mean std':>11}{'s/sample':>10}"
+    head += f"{'rel L2':>9}{'cover90':>9}" if truth else ""
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['method']:<15}failed: {r['error'][:60]}")
+            continue
+        line = (f"{r['method']:<15}{r['misfit']:>9.3f}{r['std_at_sensors']:>13.3g}"
+                f"{r['mean_std']:>11.3g}{r['seconds_per_sample']:>10.3g}")
+        if truth:
+            line += f"{r['rel_l2']:>9.3f}{r['coverage90']:>9.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def strict_json(obj):
+    """``obj`` with NaN / inf replaced by ``None`` and NumPy scalars by Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _equation(args) -> str:
+    label = MESH_PDES[args.pde]
+    if args.pde == "helmholtz":
+        label = label.replace("k^2", f"k^2 (k = {args.wavenumber:g})")
+    return label
+
+
+def _write_mesh_outputs(args, inputs: MeshInputs, prior, rows, posts) -> list:
+    from ._files import plot_field_posterior, write_posterior
+
+    files = []
+    for row in rows:
+        post = posts.get(row["method"])
+        if post is None:
+            continue
+        stem = row["method"]
+        row["files"] = write_posterior(args.out, inputs.mesh, post, stem=stem, truth=inputs.truth)
+        title = (f"{args.pde}: {_equation(args)}\nprior {prior.name}, "
+                 f"{inputs.points.shape[0]} sensors, noise std {args.noise:g}, "
+                 f"misfit {row['misfit']:.3f}")
+        png = plot_field_posterior(os.path.join(args.out, stem + ".png"), inputs.mesh, post,
+                                   sensors=inputs.points, truth=inputs.truth, title=title)
+        row["files"].append(png)
+        files += row["files"]
+    return files
+
+
+def _mesh_summary(args, inputs: MeshInputs, prior, rows) -> dict:
+    mesh = inputs.mesh
+    prior_info = {"name": prior.name, "kind": "learned" if _is_learned(args) else "matern"}
+    if not _is_learned(args):
+        prior_info.update(length_scale=args.length_scale, std=args.prior_std, rank=args.rank)
+    pde = {"name": args.pde, "equation": _equation(args), "linear": args.pde not in NONLINEAR_PDES}
+    if args.pde == "helmholtz":
+        pde["wavenumber"] = args.wavenumber
+    return {
+        "mesh": os.path.abspath(args.mesh), "npoints": mesh.npoints, "ncells": mesh.ncells,
+        "cell_type": mesh.cell_type,
+        "sensors": {"file": os.path.abspath(args.sensors), "count": int(inputs.points.shape[0]),
+                    "points": inputs.points.tolist()},
+        "data": os.path.abspath(args.data), "noise_std": args.noise,
+        "truth": os.path.abspath(args.truth) if args.truth else None,
+        "pde": pde,
+        "prior": prior_info,
+        "settings": {"samples": args.samples, "steps": args.steps, "sampler": args.sampler,
+                     "seed": args.seed},
+        "methods": {r["method"]: r for r in rows},
+    }
+
+
+def run_invert_mesh(args) -> int:
+    """``pdegen invert --mesh``: every input is checked before the prior and the forward map are
+    built."""
+    from pdegen._io import write_json_atomic
+
+    methods = check_mesh_options(args)
+    _enable_x64()
+    inputs = read_mesh_inputs(args)
+    _enable_compilation_cache()
+    t_start = time.perf_counter()
+    mesh = inputs.mesh
+    print(f"pdegen invert: {args.mesh} ({mesh.npoints} nodes, {mesh.ncells} {mesh.cell_type}s), "
+          f"{inputs.points.shape[0]} sensors, noise std {args.noise:g}", flush=True)
+    print(f"  pde    {args.pde}: {_equation(args)}; recover a", flush=True)
+    prior, likelihood = build_mesh_problem(args, inputs)
+    print(f"  prior  {prior.name}; set up in {time.perf_counter() - t_start:.1f} s", flush=True)
+    rows, posts = run_mesh_methods(args, methods, prior, likelihood, inputs)
+    files = _write_mesh_outputs(args, inputs, prior, rows, posts)
+    summary = os.path.join(args.out, "summary.json")
+    write_json_atomic(summary, strict_json(_mesh_summary(args, inputs, prior, rows)))
+    print(format_mesh_table(rows))
+    print("  misfit: RMS whitened residual of the posterior mean (about 1 or below: fits the data "
+          "to the noise level);\n  std@sensors / mean std: posterior std at the sensors / over "
+          "the mesh nodes")
+    print(f"wrote {len(files) + 1} files to {args.out} (summary.json, <method>.xdmf/.h5/.vtu/.png) "
+          f"in {time.perf_counter() - t_start:.1f} s")
+    return 0 if posts else 1
+
+
+def _add_mesh_options(p) -> None:
+    g = p.add_argument_group("mesh mode (your own problem; --task and the task-mode options are "
+                             "not used)")
+    g.add_argument("--mesh", default=None,
+                   help="mesh file (gmsh .msh, .xdmf, .vtu, ...): switches to mesh mode")
+    g.add_argument("--pde", choices=tuple(MESH_PDES), default="poisson",
+                   help="; ".join(f"{k}: {v}" for k, v in MESH_PDES.items()))
+    g.add_argument("--data", default=None,
+                   help="observed u at the sensors (CSV one column, or .npy)")
+    g.add_argument("--truth", default=None,
+                   help="optional true a at the mesh nodes (synthetic studies): adds rel. L2 "
+                        "and coverage")
+    g.add_argument("--wavenumber", type=float, default=1.0, help="Helmholtz wavenumber k")
+    g.add_argument("--length-scale", type=float, default=0.2,
+                   help="Matern prior correlation length")
+    g.add_argument("--prior-std", type=float, default=1.0, help="Matern prior standard deviation")
+    g.add_argument("--rank", type=int, default=None,
+                   help=f"Matern prior: keep the leading modes (needed above {MAX_DENSE_NODES} "
+                        f"nodes)")
 
 
 def run_demo(args) -> int:
@@ -243,10 +680,12 @@ def run_demo(args) -> int:
     return 0
 
 
-def _add_common(p):
+def _add_common(p, *, sensors: bool = True):
     p.add_argument("--samples", type=int, default=8, help="posterior samples per method")
     p.add_argument("--steps", type=int, default=200, help="sampler steps")
-    p.add_argument("--sensors", type=float, default=0.03, help="fraction of grid nodes observed")
+    if sensors:
+        p.add_argument("--sensors", type=float, default=TASK_SENSOR_FRACTION,
+                       help="fraction of grid nodes observed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -256,27 +695,50 @@ def register(subparsers) -> None:
     from ._posterior import METHODS, ROUTES, SAMPLERS
     from ._tasks import DIRECTIONS, PDES
 
-    p = subparsers.add_parser("invert", help="solve a forward/inverse task with posterior sampling",
-                              description="Posterior sampling on a DiffusionPDE-style task; prints a table and "
-                                          "writes a figure and JSON.")
-    p.add_argument("--task", default="poisson-inverse", choices=[f"{a}-{b}" for a in PDES for b in DIRECTIONS])
-    p.add_argument("--method", nargs="+", default=["bayes", "tmpd"], choices=METHODS)
+    p = subparsers.add_parser(
+        "invert", help="posterior sampling for a benchmark task or your own mesh, sensors and data",
+        description="Task mode (--task): posterior sampling on a DiffusionPDE-style task; prints a "
+                    "table and writes a figure and JSON. Mesh mode (--mesh FILE --sensors CSV "
+                    "--data CSV --noise STD): recover the unknown field a of --pde on your mesh "
+                    "from point data; writes per method XDMF/VTU fields and a PNG, and "
+                    "summary.json.")
+    p.add_argument("--task", default="poisson-inverse",
+                   choices=[f"{a}-{b}" for a in PDES for b in DIRECTIONS],
+                   help="task mode: the benchmark task")
+    p.add_argument("--method", nargs="+", default=None, choices=METHODS,
+                   help=f"methods (default: {' '.join(TASK_METHODS)}; with --mesh "
+                        f"{' '.join(MESH_METHODS_DEFAULT)}; mesh mode accepts "
+                        f"{', '.join(_field_method_names())})")
     p.add_argument("--prior", default=None,
-                   help="shipped prior name, 'exact' (exact GRF score over a) or 'exact-joint' (default: shipped)")
+                   help="task mode: shipped prior name, 'exact' (exact GRF score over a) or "
+                        "'exact-joint' (default: shipped); mesh mode: 'matern' (default) or a "
+                        "shipped prior name")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder of a trained prior")
-    p.add_argument("--grid", type=int, default=None, help="grid (default: the prior's)")
-    p.add_argument("--route", choices=ROUTES, default=None, help="solve: FEM forward model; joint: PDE residual")
+    p.add_argument("--sensors", default=None,
+                   help=f"task mode: fraction of grid nodes observed (default "
+                        f"{TASK_SENSOR_FRACTION}); mesh mode: sensor coordinates (CSV x,y or .npy)")
+    p.add_argument("--noise", type=float, default=None,
+                   help="task mode: relative observation noise (default 0: noise-free); mesh "
+                        "mode: the noise standard deviation in data units (required)")
+    _add_mesh_options(p)
+    task = p.add_argument_group("task mode only")
+    task.add_argument("--grid", type=int, default=None, help="grid (default: the prior's)")
+    task.add_argument("--route", choices=ROUTES, default=None,
+                      help="solve: FEM forward model; joint: PDE residual")
+    task.add_argument("--discrepancy", type=float, default=0.0,
+                      help="relative size of a smooth model error added to the data (statFEM; "
+                           "0: none)")
+    task.add_argument("--discrepancy-length", type=float, default=0.2,
+                      help="length scale of the model error")
+    task.add_argument("--index", type=int, default=0, help="test draw")
+    task.add_argument("--physics-weight", type=float, default=None,
+                      help="PDE-residual guidance weight (joint route)")
+    task.add_argument("--project", action="store_true",
+                      help="replace u by solve(a) and report the effect")
     p.add_argument("--sampler", choices=SAMPLERS, default="euler_maruyama")
-    p.add_argument("--noise", type=float, default=0.0, help="relative observation noise (0: noise-free)")
-    p.add_argument("--discrepancy", type=float, default=0.0,
-                   help="relative size of a smooth model error added to the data (statFEM; 0: none)")
-    p.add_argument("--discrepancy-length", type=float, default=0.2, help="length scale of the model error")
-    p.add_argument("--index", type=int, default=0, help="test draw")
     p.add_argument("--scale", type=float, default=None, help="DPS/DiffusionPDE observation step")
-    p.add_argument("--physics-weight", type=float, default=None, help="PDE-residual guidance weight (joint route)")
-    p.add_argument("--project", action="store_true", help="replace u by solve(a) and report the effect")
     p.add_argument("--out", default="out/invert")
-    _add_common(p)
+    _add_common(p, sensors=False)
     p.set_defaults(func=run_invert)
 
 

@@ -34,12 +34,12 @@ import numpy as np
 
 from pdegen import fem
 from pdegen.models import VPSDE, AbstractSDE, DiffusionModel
-from pdegen.models import _samplers as samplers_module
+from pdegen.models import SAMPLERS as MODEL_SAMPLERS
 
 from ._gaussian import gaussian_posterior
 from ._guidance import StatFEMLikelihood, pigdm, tmpd, tweedie_mean
 from ._priors import GaussianScore
-from ._tasks import CHANNELS, InverseTask, credible_interval_coverage, darcy_permeability, relative_l2
+from ._tasks import CHANNELS, InverseTask, credible_interval_coverage, relative_l2
 
 METHODS = ("bayes", "map", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "statfem", "statfem-pigdm", "dps", "pigdm",
            "diffusionpde", "unguided")
@@ -191,8 +191,8 @@ def solution_operator(physics: fem.PDETask) -> np.ndarray:
     key = ("S", physics.task, physics.grid)
     if key in _OPERATOR_CACHE:
         return _OPERATOR_CACHE[key]
-    if physics.task == "darcy":
-        raise ValueError("solution_operator: Darcy's solution depends nonlinearly on a")
+    if not physics.parameter.linear:
+        raise ValueError(f"solution_operator: the {physics.task} solution depends nonlinearly on a")
     d = physics.mesh.npoints
     zero = jnp.zeros(d)
     problem = physics.problem
@@ -340,12 +340,7 @@ def _residual_function(spec: _Spec):
     def residual(x0):
         phys = _to_physical(x0.astype(jnp.float64), spec)
         a, u = mesh.from_image(phys[0]), mesh.from_image(phys[1])
-        if spec.pde == "darcy":
-            kappa = jnp.clip(jnp.mean(a[mesh.cells], axis=1), 3.0, 12.0)
-            theta = dict(kappa=kappa, f=1.0)
-        else:
-            theta = physics.theta(a)
-        r = problem.residual(u, **theta)
+        r, _ = physics.parameter.residual_vector(a, u, smooth=True)
         return r.real if jnp.iscomplexobj(r) else r
 
     return residual
@@ -406,9 +401,7 @@ def _nonlinear_forward(spec: _Spec):
 
     def forward(x):
         a = _to_physical(x.astype(jnp.float64), spec)[0]
-        a_n = mesh.from_image(a)
-        kappa = jnp.clip(jnp.mean(a_n[mesh.cells], axis=1), 3.0, 12.0)
-        u = physics.problem.solve(kappa=kappa, f=1.0)
+        u = physics.parameter.solve(mesh.from_image(a))
         return (u[sensors] / spec.obs_scale).astype(x.dtype)
 
     return forward
@@ -473,12 +466,10 @@ def _preconditioned_residual_energy(spec: _Spec, context: dict):
 
     def energy(x0):
         phys = _to_physical(x0.astype(jnp.float64), spec)
-        if spec.pde == "darcy":
-            a = mesh.from_image(phys[0])
-            kappa = jnp.clip(jnp.mean(a[mesh.cells], axis=1), 3.0, 12.0)
-            u_pred = mesh.to_image(physics.problem.solve(kappa=kappa, f=1.0))
-        else:
+        if physics.parameter.linear:
             u_pred = (context["S"] @ phys[0].reshape(-1)).reshape(phys[0].shape)
+        else:
+            u_pred = mesh.to_image(physics.parameter.solve(mesh.from_image(phys[0])))
         e = (phys[1] - u_pred) / spec.std[1]
         return 0.5 * jnp.sum(e**2)
 
@@ -499,7 +490,7 @@ def physics_preconditioner(spec: _Spec, iterations: int = 30) -> tuple:
         return _OPERATOR_CACHE[key]
     ratio = spec.std[0] / spec.std[1]
     g = spec.physics.grid
-    if spec.pde != "darcy":
+    if spec.physics.parameter.linear:
         S = solution_operator(spec.physics)
         matvec = lambda v: S @ v  # noqa: E731
         rmatvec = lambda w: S.T @ w  # noqa: E731
@@ -507,8 +498,7 @@ def physics_preconditioner(spec: _Spec, iterations: int = 30) -> tuple:
         physics, mesh = spec.physics, spec.physics.mesh
 
         def solve(a_img):
-            kappa = darcy_permeability(physics, mesh.from_image(a_img))
-            return mesh.to_image(physics.problem.solve(kappa=kappa, f=1.0)).reshape(-1)
+            return physics.parameter.solve(mesh.from_image(a_img))
 
         a0 = jnp.full((g, g), spec.mean[0], jnp.float64)
         u0, vjp = jax.vjp(solve, a0)
@@ -574,7 +564,7 @@ def _sample_batch(score, sde, A, y, S, keys, spec: _Spec, W=None):
     context, guided = _guided_for(spec, sde)
     context.update(score=score, A=A, y=y, S=S, W=W)
     try:
-        sampler = samplers_module.SAMPLERS[spec.sampler]
+        sampler = MODEL_SAMPLERS[spec.sampler]
         dtype = jnp.dtype(spec.dtype)
         return jax.vmap(lambda k: sampler(guided, sde, spec.shape, key=k, num_steps=spec.num_steps, dtype=dtype))(keys)
     finally:

@@ -151,13 +151,10 @@ class InverseTask:
 
     # -- physics --------------------------------------------------------------------------
     def solve(self, a) -> jax.Array:
-        """The FEM solution ``u`` (image) for a coefficient / source image ``a``."""
-        a = jnp.asarray(a)
-        nodal = self.mesh.from_image(a)
-        if self.pde == "darcy":
-            u = self.physics.problem.solve(kappa=darcy_permeability(self, nodal), f=1.0)
-        else:
-            u = self.physics.problem.solve(**self.physics.theta(nodal))
+        """The FEM solution ``u`` (image) for a coefficient / source image ``a`` (through the smooth
+        coefficient map of the task's :class:`pdegen.fem.ParameterMap`; the same as the data's
+        map except for Darcy, whose clipped cell mean has gradients)."""
+        u = self.physics.parameter.solve(self.mesh.from_image(jnp.asarray(a)))
         return self.mesh.to_image(u.real if jnp.iscomplexobj(u) else u)
 
     def residual(self, a, u) -> jax.Array:
@@ -166,31 +163,10 @@ class InverseTask:
         return self.physics.residual(self.mesh.from_image(a), self.mesh.from_image(u))
 
     def residual_vector(self, a, u) -> jax.Array:
-        """Weak residual and a reference scale ``(r, ||b||)`` for images; differentiable in both.
-
-        Darcy uses the smooth permeability of :func:`darcy_permeability`, so that guidance has a
-        gradient with respect to ``a``.
-        """
-        a_n, u_n = self.mesh.from_image(a), self.mesh.from_image(u)
-        problem = self.physics.problem
-        if self.pde == "darcy":
-            theta = dict(kappa=darcy_permeability(self, a_n), f=1.0)
-        else:
-            theta = self.physics.theta(a_n)
-        r = problem.residual(u_n, **theta)
-        b = problem.rhs(**{k: v for k, v in theta.items() if k in problem._rhs_args})
+        """Weak residual and a reference scale ``(r, ||b||)`` for images; differentiable in both
+        (the smooth coefficient map)."""
+        r, b = self.physics.parameter.residual_vector(self.mesh.from_image(a), self.mesh.from_image(u), smooth=True)
         return r, jnp.linalg.norm(b)
-
-
-def darcy_permeability(task, a_nodal, *, low: float = 3.0, high: float = 12.0):
-    """Cell permeability from nodal values of ``a``: the cell mean clipped to ``[low, high]``
-    (``task``: an :class:`InverseTask` or a :class:`pdegen.fem.PDETask`; only its mesh is read).
-
-    On a true Darcy coefficient (nodal values 3 or 12) cells with mixed corners get an
-    intermediate value; :meth:`fem.PDETask.theta` thresholds instead (used for the data).
-    """
-    cells = jnp.mean(a_nodal[task.mesh.cells], axis=1)
-    return jnp.clip(cells, low, high)
 
 
 _TASK_CACHE: dict = {}
