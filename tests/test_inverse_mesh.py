@@ -161,8 +161,8 @@ def test_region_average_and_full_observation():
     assert avg[1] == pytest.approx(2.0, rel=2e-2)  # symmetric about x = 1/2 (up to the quadrature of the disc)
     with pytest.raises(ValueError, match="region 0"):
         fem.region_average(V, [lambda x: x[0] > 2.0])
-    I = fem.full_observation(V)
-    np.testing.assert_array_equal(np.asarray(I @ u), np.asarray(u))
+    identity = fem.full_observation(V)
+    np.testing.assert_array_equal(np.asarray(identity @ u), np.asarray(u))
 
 
 def test_benchmark_tasks_as_prior_likelihood_pairs():

@@ -20,7 +20,7 @@ from pdegen.inverse import (
     prior_from_model,
     sample_posterior,
 )
-from pdegen.inverse._posterior import _noise_floor
+from pdegen.inverse import noise_floor as _noise_floor
 
 GRID = 8
 

@@ -23,7 +23,7 @@ from pdegen.inverse import (
     statfem_guidance,
     tmpd,
 )
-from pdegen.inverse._posterior import _noise_floor
+from pdegen.inverse import noise_floor as _noise_floor
 from pdegen.models import VPSDE
 
 GRID = 8

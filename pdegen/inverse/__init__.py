@@ -23,20 +23,22 @@ from ._test_functions import rastrigin as rastrigin
 from ._test_functions import rosenbrock as rosenbrock
 from ._test_functions import styblinski_tang as styblinski_tang
 from ._test_functions import test_function as test_function
-from ._posterior import METHODS as POSTERIOR_METHODS  # noqa: N811
-from ._posterior import FieldPrior as FieldPrior
-from ._posterior import GaussianScore as GaussianScore
-from ._posterior import Posterior as Posterior
-from ._posterior import bayes_posterior as bayes_posterior
-from ._posterior import check_prior_fits as check_prior_fits
-from ._posterior import default_likelihood as default_likelihood
-from ._posterior import dense_gaussian_prior as dense_gaussian_prior
-from ._posterior import fit_likelihood as fit_likelihood
-from ._posterior import evaluate as evaluate
-from ._posterior import gaussian_prior as gaussian_prior
-from ._posterior import prior_from_model as prior_from_model
-from ._posterior import sample_posterior as sample_posterior
-from ._posterior import solution_operator as solution_operator
+from ._task_posterior import METHODS as POSTERIOR_METHODS  # noqa: N811
+from ._field_prior import FieldPrior as FieldPrior
+from ._priors import GaussianScore as GaussianScore
+from ._results import Posterior as Posterior
+from ._task_exact import bayes_posterior as bayes_posterior
+from ._field_prior import check_prior_fits as check_prior_fits
+from ._task_exact import default_likelihood as default_likelihood
+from ._field_prior import dense_gaussian_prior as dense_gaussian_prior
+from ._task_exact import fit_likelihood as fit_likelihood
+from ._metrics import evaluate as evaluate
+from ._field_prior import gaussian_prior as gaussian_prior
+from ._field_prior import prior_from_model as prior_from_model
+from ._sample import sample_posterior as sample_posterior
+from ._operators import grf_sqrt_matrix as grf_sqrt_matrix
+from ._operators import noise_floor as noise_floor
+from ._operators import solution_operator as solution_operator
 from ._tasks import InverseTask as InverseTask
 from ._tasks import credible_interval_coverage as credible_interval_coverage
 from ._tasks import empirical_coverage as empirical_coverage
@@ -46,7 +48,7 @@ from ._tasks import relative_l2 as relative_l2
 from ._map import MAPResult as MAPResult
 from ._map import map_estimate as map_estimate
 from ._constrained import sample_constrained as sample_constrained
-from ._posterior import sample_task_posterior as sample_task_posterior
+from ._task_posterior import sample_task_posterior as sample_task_posterior
 from ._priors import Prior as Prior
 from ._priors import grf_prior as grf_prior
 from ._priors import grid_transfer as grid_transfer

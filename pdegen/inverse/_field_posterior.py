@@ -23,6 +23,7 @@ from pdegen import models
 from ._gaussian import gaussian_posterior
 from ._likelihood import GaussianLikelihood, LinearForward
 from ._methods import MAP, Exact, GuidanceProblem, Method, PiGDM, as_method
+from ._metrics import interval_std
 from ._priors import Prior
 from ._tasks import credible_interval_coverage, relative_l2
 
@@ -113,10 +114,37 @@ def observed_prior_variance(prior: Prior, observe, shape) -> float:
     return float(jnp.sum(JL**2) / jnp.maximum(jnp.sum(J**2), 1e-300))
 
 
+def sample_in_batches(run, key, num_samples: int, batch_size: int | None, progress):
+    """``run(keys)`` over ``split(key, num_samples)`` in batches of one compiled size (the last one
+    padded). Returns the samples (host float64), the seconds per sample of the steady-state batches
+    and the first batch's extra (compilation) time (``nan`` with a single batch)."""
+    batch_size = min(num_samples, 4) if batch_size is None else int(batch_size)
+    keys = jax.random.split(key, num_samples)
+    batches, times = [], []
+    for start in range(0, num_samples, batch_size):
+        kb = keys[start:start + batch_size]
+        n = kb.shape[0]
+        if n < batch_size:  # pad to the compiled batch size
+            kb = jnp.concatenate([kb, keys[: batch_size - n]])
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(run(kb))
+        times.append((time.perf_counter() - t0, n))
+        batches.append(np.asarray(out[:n], np.float64))
+        if progress is not None:
+            progress.update(n)
+    steady = times[1:] if len(times) > 1 else times
+    per_sample = sum(t for t, _ in steady) / sum(n for _, n in steady)
+    compile_s = max(times[0][0] - per_sample * times[0][1], 0.0) if len(times) > 1 else float("nan")
+    return np.concatenate(batches), float(per_sample), float(compile_s)
+
+
 def sample_field_posterior(prior: Prior, likelihood: GaussianLikelihood, *, method="tmpd", key, num_samples: int = 8,
                            num_steps: int = 200, sampler: str = "euler_maruyama", batch_size: int | None = None,
-                           progress=None) -> FieldPosterior:
-    """Posterior of the unknown field for a (prior, likelihood) pair; see :func:`sample_posterior`."""
+                           progress=None, data_scale: float | None = None) -> FieldPosterior:
+    """Posterior of the unknown field for a (prior, likelihood) pair; see :func:`sample_posterior`.
+
+    ``data_scale`` (data units) sets the unit in which guidance measures the data (DPS's step is
+    taken in it): by default the RMS of the whitened data, so steps are unit-free."""
     check_problem(prior, likelihood)
     method = as_method(method)
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -127,47 +155,37 @@ def sample_field_posterior(prior: Prior, likelihood: GaussianLikelihood, *, meth
         post = map_posterior(prior, likelihood, steps=method.steps)
     else:
         return _guided_posterior(prior, likelihood, method, key=key, num_samples=num_samples, num_steps=num_steps,
-                                 sampler=sampler, batch_size=batch_size, progress=progress)
+                                 sampler=sampler, batch_size=batch_size, progress=progress, data_scale=data_scale)
     if progress is not None:
         progress.update(num_samples)
     return post
 
 
 def _guided_posterior(prior, likelihood, method: Method, *, key, num_samples, num_steps, sampler, batch_size,
-                      progress) -> FieldPosterior:
+                      progress, data_scale) -> FieldPosterior:
     if sampler not in models.SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(models.SAMPLERS)}, got {sampler!r}")
     if not isinstance(num_steps, int) or num_steps < 2:
         raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
     dtype = jnp.dtype(prior.dtype)
     yw = np.asarray(likelihood.whitener @ likelihood.y, np.float64)
-    factor = 1.0 / max(float(np.sqrt(np.mean(yw**2))), 1e-12)  # whitened data scaled to unit RMS
+    if data_scale is None:
+        factor = 1.0 / max(float(np.sqrt(np.mean(yw**2))), 1e-12)  # whitened data scaled to unit RMS
+    elif float(data_scale) > 0 and math.isfinite(float(data_scale)):
+        factor = likelihood.noise_std / float(data_scale)  # the data in units of data_scale
+    else:
+        raise ValueError(f"data_scale must be > 0 and finite, got {data_scale}")
     observe = _Observe(prior, likelihood, jnp.asarray(factor, jnp.float64))
-    data_variance = observed_prior_variance(prior, observe, prior.shape) if isinstance(method, PiGDM) else 1.0
+    needs_variance = isinstance(method, PiGDM) and method.data_variance is None
+    data_variance = observed_prior_variance(prior, observe, prior.shape) if needs_variance else 1.0
     y_n = jnp.asarray(factor * yw, dtype)
     noise = jnp.asarray(factor, dtype)
     dv = jnp.asarray(data_variance, dtype)
-    batch_size = min(num_samples, 4) if batch_size is None else int(batch_size)
-    keys = jax.random.split(key, num_samples)
-    batches, times = [], []
-    for start in range(0, num_samples, batch_size):
-        kb = keys[start:start + batch_size]
-        n = kb.shape[0]
-        if n < batch_size:  # pad to the compiled batch size
-            kb = jnp.concatenate([kb, keys[: batch_size - n]])
-        t0 = time.perf_counter()
-        fb = jax.block_until_ready(_sample_batch(method, observe, y_n, noise, dv, kb, num_steps, sampler))
-        times.append((time.perf_counter() - t0, n))
-        batches.append(np.asarray(fb[:n], np.float64))
-        if progress is not None:
-            progress.update(n)
-    samples = np.concatenate(batches)
+    run = lambda kb: _sample_batch(method, observe, y_n, noise, dv, kb, num_steps, sampler)  # noqa: E731
+    samples, per_sample, compile_s = sample_in_batches(run, key, num_samples, batch_size, progress)
     if not np.all(np.isfinite(samples)):
         raise FloatingPointError(f"sample_posterior: {method.label} produced non-finite fields; try more num_steps "
                                  f"or another method")
-    steady = times[1:] if len(times) > 1 else times
-    per_sample = sum(t for t, _ in steady) / sum(n for _, n in steady)
-    compile_s = max(times[0][0] - per_sample * times[0][1], 0.0) if len(times) > 1 else float("nan")
     samples = jnp.asarray(samples)
     std = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros(samples.shape[1])
     return FieldPosterior(samples, samples.mean(0), std, method.label, float(per_sample), float(compile_s),
@@ -231,18 +249,6 @@ def map_posterior(prior: Prior, likelihood: GaussianLikelihood, *, steps: int = 
                           {"objective": np.asarray(values)})
 
 
-def _interval_scale(post, level: float):
-    """The std for a ``level`` interval: exact for ``bayes``; for ``n`` samples the Student-t predictive
-    scale ``s sqrt(1 + 1/n) t_{n-1} / z``, so a perfect sampler covers at the nominal rate."""
-    n = post.samples.shape[0]
-    if post.method == "bayes" or n < 2:
-        return post.std
-    from scipy.stats import norm, t
-
-    q = 0.5 + level / 2.0
-    return post.std * (math.sqrt(1.0 + 1.0 / n) * float(t.ppf(q, n - 1) / norm.ppf(q)))
-
-
 def field_metrics(post: FieldPosterior, truth, *, likelihood: GaussianLikelihood | None = None,
                   level: float = 0.9) -> dict:
     """``rel_l2`` of the posterior mean, ``coverage90`` of the central ``level`` interval (``nan`` for a
@@ -255,7 +261,7 @@ def field_metrics(post: FieldPosterior, truth, *, likelihood: GaussianLikelihood
         "method": post.method,
         "rel_l2": float(relative_l2(post.mean, truth)),
         "coverage90": (float("nan") if post.method == "map" else
-                       float(credible_interval_coverage(post.mean, _interval_scale(post, level), truth, level))),
+                       float(credible_interval_coverage(post.mean, interval_std(post, level), truth, level))),
         "seconds_per_sample": post.seconds_per_sample,
         "num_samples": int(post.samples.shape[0]),
     }

@@ -64,7 +64,7 @@ def load_prior(prior: str | None = None, checkpoint: str | None = None, *, grid:
     """A :class:`FieldPrior` from ``--checkpoint PATH``, ``--prior NAME`` / ``exact`` / ``exact-joint``."""
     from pdegen.models import load_checkpoint, load_pretrained
 
-    from ._posterior import gaussian_prior, prior_from_model
+    from ._field_prior import gaussian_prior, prior_from_model
 
     if checkpoint:
         ckpt = load_checkpoint(checkpoint)
@@ -84,7 +84,8 @@ def compare_methods(prior, task, methods, *, key, num_samples: int = 4, num_step
     """Run ``methods`` on one task; returns ``(rows, posteriors)`` with one metrics dict per method."""
     import jax
 
-    from ._posterior import evaluate, sample_posterior
+    from ._metrics import evaluate
+    from ._sample import sample_posterior
 
     options = options or {}
     bar = None
@@ -486,7 +487,7 @@ def _progress_bar(args, name: str):
 
 
 def _sample(args, name: str, key, prior, likelihood):
-    from ._posterior import sample_posterior
+    from ._sample import sample_posterior
 
     bar = _progress_bar(args, name)
     try:
@@ -692,7 +693,8 @@ def _add_common(p, *, sensors: bool = True):
 
 def register(subparsers) -> None:
     """Add ``invert`` and ``demo`` to an ``argparse`` subparsers object."""
-    from ._posterior import METHODS, ROUTES, SAMPLERS
+    from ._field_prior import ROUTES
+    from ._task_posterior import METHODS, SAMPLERS
     from ._tasks import DIRECTIONS, PDES
 
     p = subparsers.add_parser(
@@ -744,7 +746,7 @@ def register(subparsers) -> None:
 
 def add_demo(subparsers) -> None:
     """The ``demo`` subcommand (registered by :mod:`pdegen.cli`)."""
-    from ._posterior import METHODS
+    from ._task_posterior import METHODS
 
     p = subparsers.add_parser("demo", help="the main demo: Poisson inverse problem on the shipped prior",
                               description="Recover the Poisson source a from ~3% sensors of u with several "

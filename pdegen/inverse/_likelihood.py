@@ -121,7 +121,7 @@ class GaussianLikelihood(eqx.Module):
 
     def with_data(self, y) -> "GaussianLikelihood":
         """The same likelihood with other data (compiled samplers are reused)."""
-        return eqx.tree_at(lambda l: l.y, self, _check_data(y, self.num_data, self.y.dtype))
+        return eqx.tree_at(lambda lik: lik.y, self, _check_data(y, self.num_data, self.y.dtype))
 
 
 def _check_data(y, m, dtype=None):

@@ -13,6 +13,7 @@ by L-BFGS (optax). For the linear PDEs it equals the exact posterior mean.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import NamedTuple
 
@@ -23,10 +24,9 @@ import numpy as np
 from pdegen import fem
 
 from ._guidance import StatFEMLikelihood
+from ._operators import noise_floor, sensor_operator
+from ._results import Posterior
 from ._tasks import InverseTask
-
-DARCY_LOW, DARCY_HIGH = 3.0, 12.0
-
 
 class MAPResult(NamedTuple):
     """A MAP estimate: the joint field ``(2, g, g)`` (``a``, ``u = solve(a)``), the white-noise
@@ -38,12 +38,15 @@ class MAPResult(NamedTuple):
     seconds: float
 
 
-def _coefficient(task: InverseTask, z, *, alpha, tau, sharpness):
+def _coefficient(physics: fem.PDETask, z, *, alpha, tau, sharpness):
+    """The coefficient image for white noise ``z``: the GRF, or for a two-valued (threshold)
+    permeability its smooth threshold between the parameter's ``low`` and ``high``."""
     field = fem.grf_from_white_noise(z, alpha=alpha, tau=tau)
-    if task.pde != "darcy":
+    parameter = physics.parameter
+    if not isinstance(parameter, fem.ThresholdPermeability):
         return field
     sd = float(np.sqrt(np.mean(fem.grf_mode_std(z.shape, alpha=alpha, tau=tau) ** 2)))
-    return DARCY_LOW + (DARCY_HIGH - DARCY_LOW) * jax.nn.sigmoid(sharpness * field / sd)
+    return parameter.low + (parameter.high - parameter.low) * jax.nn.sigmoid(sharpness * field / sd)
 
 
 def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | None = None, steps: int | None = None,
@@ -61,15 +64,13 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
         sharpness: Darcy only: steepness of the smooth threshold, in units of the GRF's standard
             deviation.
     """
-    from ._posterior import _noise_floor, sensor_operator
-
     if steps is None:
-        steps = 300 if task.pde == "darcy" else 10000
+        steps = 10000 if task.linear else 300
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"map_estimate: steps must be a positive int, got {steps!r}")
     y = jnp.asarray(task.y if y is None else task.check_observations(y), jnp.float64)
     if likelihood is None:
-        W = jnp.eye(task.num_sensors) / _noise_floor(task)
+        W = jnp.eye(task.num_sensors) / noise_floor(task)
         rho = 1.0
     else:
         likelihood = StatFEMLikelihood(*likelihood).check()
@@ -78,20 +79,18 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
     g = task.grid
     # Linear observation of a (any PDE, or u of a linear PDE): a dense matrix; Darcy's u: the sensors.
     obs = jnp.asarray(task.sensors if _solves(task) else sensor_operator(task))
-    run = _map_runner(task, steps, float(alpha), float(tau), float(sharpness))
     t0 = time.perf_counter()
     with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32 / int64 indices under x64
-        z, values = run(jnp.zeros((g, g), jnp.float64), W, y, jnp.asarray(rho, jnp.float64), obs)
+        z, values = _run_map(jnp.zeros((g, g), jnp.float64), W, y, jnp.asarray(rho, jnp.float64), obs,
+                             physics=task.physics, solves=_solves(task), steps=steps, alpha=float(alpha),
+                             tau=float(tau), sharpness=float(sharpness))
     z = jax.block_until_ready(z)
     seconds = time.perf_counter() - t0
     if not bool(jnp.all(jnp.isfinite(z))):
         raise RuntimeError("map_estimate: the optimisation diverged (non-finite estimate)")
-    a = _coefficient(task, z, alpha=alpha, tau=tau, sharpness=sharpness)
+    a = _coefficient(task.physics, z, alpha=alpha, tau=tau, sharpness=sharpness)
     u = task.solve(a)
     return MAPResult(jnp.stack([a, u]), z, values, seconds)
-
-
-_RUNNERS: dict = {}
 
 
 def _solves(task: InverseTask) -> bool:
@@ -99,26 +98,20 @@ def _solves(task: InverseTask) -> bool:
     return task.observed == "u" and not task.linear
 
 
-def _map_runner(task: InverseTask, steps, alpha, tau, sharpness):
-    """A compiled L-BFGS run for ``task``'s family (compiled once, reused for every draw: the
-    draw's data are arguments; only the family's PDE and mesh are read from ``task``)."""
-    key = (task.pde, task.observed, task.grid, steps, alpha, tau, sharpness)
-    if key in _RUNNERS:
-        return _RUNNERS[key]
-    nonlinear = _solves(task)
+@functools.partial(jax.jit, static_argnames=("physics", "solves", "steps", "alpha", "tau", "sharpness"))
+def _run_map(z0, W, y, rho, obs, *, physics, solves, steps, alpha, tau, sharpness):
+    """L-BFGS on the MAP objective of a task family (compiled once per family: the draw's data are
+    arguments). ``solves``: the data see ``u`` of a nonlinear PDE (``obs`` holds sensor indices);
+    else ``obs`` is the dense linear observation of ``a``."""
+    mesh = physics.mesh
 
-    def objective(z, W, y, rho, obs):
-        a = _coefficient(task, z, alpha=alpha, tau=tau, sharpness=sharpness)
-        pred = task.solve(a).reshape(-1)[obs] if nonlinear else obs @ a.reshape(-1)
+    def objective(z):
+        a = _coefficient(physics, z, alpha=alpha, tau=tau, sharpness=sharpness)
+        pred = physics.parameter.solve(mesh.from_image(a))[obs] if solves else obs @ a.reshape(-1)
         r = W @ (y - rho * pred)
         return 0.5 * jnp.sum(r**2) + 0.5 * jnp.sum(z**2)
 
-    @jax.jit
-    def run(z0, W, y, rho, obs):
-        return lbfgs_minimise(lambda z: objective(z, W, y, rho, obs), z0, steps)
-
-    _RUNNERS[key] = run
-    return run
+    return lbfgs_minimise(objective, z0, steps)
 
 
 def lbfgs_minimise(fun, x0, max_steps: int, rtol: float = 1e-9):
@@ -153,8 +146,6 @@ def lbfgs_minimise(fun, x0, max_steps: int, rtol: float = 1e-9):
 
 def map_posterior(task: InverseTask, *, y=None, likelihood=None, **options):
     """:func:`map_estimate` as a :class:`pdegen.inverse.Posterior` (one sample, zero spread)."""
-    from ._posterior import Posterior
-
     res = map_estimate(task, y=y, likelihood=likelihood, **options)
     mean = res.field
     return Posterior(mean[None], mean, jnp.zeros_like(mean), "map", "solve", res.seconds, 0.0,

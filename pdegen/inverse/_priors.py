@@ -259,6 +259,16 @@ def grid_transfer(grid: int | tuple, mesh: fem.Mesh, *, box=None) -> fem.SparseM
     return fem.SparseMatrix(jnp.asarray(data), pattern)
 
 
+def unwrap_model(model, name, caller: str):
+    """``(DiffusionModel, name)`` from a model or a loaded checkpoint (whose metadata may name it)."""
+    if hasattr(model, "model") and hasattr(model, "metadata"):  # a Checkpoint
+        name = name or model.metadata.get("name")
+        model = model.model
+    if not isinstance(model, DiffusionModel):
+        raise TypeError(f"{caller}: model must be a DiffusionModel or a Checkpoint, got {type(model).__name__}")
+    return model, name
+
+
 def learned_prior(model, mesh: fem.Mesh, *, channel: str | int = 0, box=None, name: str | None = None) -> Prior:
     """A trained diffusion model over ``(C, g, g)`` images as a prior on the nodal values of a
     field on ``mesh``: channel ``channel`` of the image, interpolated bilinearly at the mesh nodes
@@ -271,11 +281,7 @@ def learned_prior(model, mesh: fem.Mesh, *, channel: str | int = 0, box=None, na
         channel: index of the channel that is the unknown field (or ``"a"`` / ``"u"`` for a joint
             ``(a, u)`` model).
     """
-    if hasattr(model, "model") and hasattr(model, "metadata"):  # a Checkpoint
-        name = name or model.metadata.get("name")
-        model = model.model
-    if not isinstance(model, DiffusionModel):
-        raise TypeError(f"learned_prior: model must be a DiffusionModel or a Checkpoint, got {type(model).__name__}")
+    model, name = unwrap_model(model, name, "learned_prior")
     shape = tuple(model.data_shape)
     if len(shape) != 3:
         raise ValueError(f"learned_prior: the model generates examples of shape {shape}; expected images (C, ny, nx)")

@@ -12,6 +12,7 @@ images ``(grid, grid)`` with row 0 at ``y = 0`` (the node order of :func:`pdegen
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -169,14 +170,11 @@ class InverseTask:
         return r, jnp.linalg.norm(b)
 
 
-_TASK_CACHE: dict = {}
-
-
-def _physics(pde: str, grid: int) -> fem.PDETask:
-    key = (pde, grid)
-    if key not in _TASK_CACHE:
-        _TASK_CACHE[key] = fem.PDETask(pde, grid)
-    return _TASK_CACHE[key]
+@functools.lru_cache(maxsize=16)
+def physics_for(pde: str, grid: int) -> fem.PDETask:
+    """The :class:`pdegen.fem.PDETask` of a task family, shared by its draws (so compiled samplers
+    and dense operators are reused)."""
+    return fem.PDETask(pde, grid)
 
 
 def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction: float = 0.03,
@@ -210,7 +208,7 @@ def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction:
         raise ValueError(f"make_task: discrepancy must be >= 0, got {discrepancy}")
     if not discrepancy_length > 0:
         raise ValueError(f"make_task: discrepancy_length must be > 0, got {discrepancy_length}")
-    physics = _physics(pde, grid)
+    physics = physics_for(pde, grid)
     mesh = physics.mesh
     root = jax.random.key(int(seed))
     if sensors is None:

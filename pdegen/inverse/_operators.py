@@ -1,0 +1,78 @@
+"""Dense operators of the benchmark tasks on their grids (computed once per task family and kept
+in small LRU caches keyed by the task's physics): the GRF square root, the FEM solution operator,
+the sensor operator, the channels' prior RMS and the noise floor the task-mode methods assume."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdegen import fem
+
+from ._tasks import InverseTask, physics_for
+
+
+@functools.lru_cache(maxsize=8)
+def grf_sqrt_matrix(grid: int, *, alpha: float = 2.0, tau: float = 3.0) -> np.ndarray:
+    """Dense ``L`` with ``a = L z`` (``z`` white noise): the GRF of the tasks, ``(g^2, g^2)``."""
+    d = grid * grid
+    eye = jnp.eye(d).reshape(d, grid, grid)
+    cols = jax.jit(jax.vmap(lambda e: fem.grf_from_white_noise(e, alpha=alpha, tau=tau).reshape(-1)))(eye)
+    return np.asarray(cols).T
+
+
+@functools.lru_cache(maxsize=8)
+def solution_operator(physics: fem.PDETask) -> np.ndarray:
+    """Dense FEM solution operator ``S`` with ``u = S a`` (nodal / image order), linear PDEs only.
+
+    Assembled once from the FEM residual ``r(u, a) = A u - b(a)`` (``A`` from ``r(u, 0)``, ``b`` from
+    ``-r(0, a)``) and one sparse LU factorisation with all right-hand sides at once.
+    """
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    if not physics.parameter.linear:
+        raise ValueError(f"solution_operator: the {physics.task} solution depends nonlinearly on a")
+    d = physics.mesh.npoints
+    zero = jnp.zeros(d)
+
+    def residual(u, a):
+        r = physics.problem.residual(u, **physics.theta(a))
+        return r.real if jnp.iscomplexobj(r) else r
+
+    eye = jnp.eye(d)
+    A = np.asarray(jax.jit(jax.vmap(lambda e: residual(e, zero)))(eye)).T
+    B = -np.asarray(jax.jit(jax.vmap(lambda e: residual(zero, e)))(eye)).T
+    return spla.splu(sp.csc_matrix(A)).solve(B)
+
+
+def sensor_operator(task: InverseTask) -> np.ndarray:
+    """Dense ``G`` (m, g^2) with noise-free data ``y = G a`` of a linear task: the sensor rows of the
+    FEM solution operator (``u`` observed) or of the identity (``a`` observed)."""
+    if task.observed == "a":
+        return np.eye(task.grid**2)[task.sensors]
+    return solution_operator(task.physics)[task.sensors]
+
+
+@functools.lru_cache(maxsize=16)
+def channel_rms(pde: str, grid: int, channel: str) -> float:
+    """Prior RMS of channel ``a`` or ``u`` of a task family (16 fixed draws)."""
+    physics = physics_for(pde, grid)
+    keys = jax.random.split(jax.random.key(987654), 16)
+    pairs = [physics.sample(k) for k in keys]
+    vals = np.stack([np.asarray(p[0 if channel == "a" else 1]).real for p in pairs])
+    return float(np.sqrt(np.mean(vals**2)))
+
+
+def noise_floor(task: InverseTask) -> float:
+    """The noise level assumed by the methods (static per task family, so compiled code is reused).
+
+    Noisy tasks: their ``noise_std``. Noise-free tasks: ``1e-3`` times the prior RMS of the observed
+    channel (a small regulariser; the data themselves are exact).
+    """
+    if task.noise_std > 0:
+        return float(task.noise_std)
+    return 1e-3 * channel_rms(task.pde, task.grid, task.observed)

@@ -1,0 +1,432 @@
+"""Posterior sampling on the benchmark tasks: the joint field ``(a, u)`` from a grid prior.
+
+Two ways for the physics to enter (the ``route``):
+
+- ``"solve"``: the prior is over the coefficient ``a`` (a one-channel prior, or channel ``a`` of a
+  joint prior); the data are predicted through the FEM solve, ``y = H solve(a) + e``. This is the
+  general path (:func:`pdegen.inverse.sample_posterior` with the task's (prior, likelihood) pair,
+  :func:`task_problem`); ``u = solve(a)`` is added to every sample.
+- ``"joint"``: the prior is over the pair ``(a, u)``; the data see one channel and the PDE enters
+  as an energy of the denoised estimate (physics guidance, switched on for the last part of
+  sampling), or through the DiffusionPDE recipe.
+
+Methods: ``"dps"``, ``"pigdm"``, ``"tmpd"`` (full), ``"tmpd-diagonal"``, ``"tmpd-rowsum"``,
+``"statfem"`` / ``"statfem-pigdm"`` (TMPD / PiGDM under the model-error-aware statFEM likelihood
+``y = rho H u + d + e``, :class:`StatFEMLikelihood`), ``"diffusionpde"`` (DPS-type observation misfit
+plus the PDE residual in the last 20% of the steps), ``"unguided"`` (prior samples), ``"map"`` (MAP
+under the GRF prior, :func:`map_estimate`) and ``"bayes"``: the exact Gaussian posterior under the
+true GRF prior (linear PDEs only), the Bayes-optimal floor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdegen import fem
+from pdegen.models import SAMPLERS as MODEL_SAMPLERS
+from pdegen.models import AbstractSDE
+
+from ._field_posterior import observed_prior_variance, sample_field_posterior, sample_in_batches
+from ._field_prior import CHANNELS, ROUTES, FieldPrior, as_mesh_prior, check_prior_fits
+from ._guidance import StatFEMLikelihood, tweedie_mean
+from ._likelihood import gaussian_likelihood, pde_forward
+from ._methods import DPS, TMPD, GuidanceProblem, PiGDM, Unguided
+from ._metrics import summarise
+from ._operators import channel_rms, noise_floor, solution_operator
+from ._priors import GaussianScore, Prior
+from ._results import Posterior
+from ._task_exact import bayes_posterior, default_likelihood
+from ._tasks import InverseTask
+
+METHODS = ("bayes", "map", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "statfem", "statfem-pigdm", "dps", "pigdm",
+           "diffusionpde", "unguided")
+STATFEM_METHODS = ("statfem", "statfem-pigdm")
+SAMPLERS = ("euler_maruyama", "ddim")
+
+
+def _method_object(method: str, *, scale: float, data_variance: float | None):
+    """The :mod:`pdegen.inverse` method object of a task-mode method name (statFEM methods are
+    TMPD / PiGDM; the likelihood carries the model error)."""
+    return {
+        "tmpd": TMPD(), "tmpd-diagonal": TMPD("diagonal"), "tmpd-rowsum": TMPD("rowsum"), "statfem": TMPD(),
+        "pigdm": PiGDM(data_variance), "statfem-pigdm": PiGDM(data_variance), "dps": DPS(float(scale)),
+        "diffusionpde": DPS(float(scale)),  # on the solve route the PDE is exact: DPS
+        "unguided": Unguided(),
+    }[method]
+
+
+def _solve_batch(task: InverseTask, a):
+    if task.linear:
+        S = jnp.asarray(solution_operator(task.physics))
+        flat = a.reshape(a.shape[0], -1)
+        return (flat @ S.T).reshape(a.shape)
+    return jnp.stack([task.solve(ai) for ai in a])
+
+
+def _task_likelihood(task: InverseTask, y, likelihood: StatFEMLikelihood | None):
+    """The task's likelihood in the general API: plain Gaussian noise at the methods' level, or the
+    statFEM model-error likelihood."""
+    H = fem.node_observation(task.physics.space, task.sensors)
+    forward = H if task.observed == "a" else pde_forward(task.physics.parameter, H)
+    linear = task.observed == "a" or task.linear
+    if likelihood is None:
+        return gaussian_likelihood(forward, y, noise_std=noise_floor(task), points=task.points, linear=linear)
+    return gaussian_likelihood(forward, y, model_error=likelihood, points=task.points, linear=linear)
+
+
+def _solve_route(prior: FieldPrior, task: InverseTask, method: str, y, likelihood, *, key, num_samples, num_steps,
+                 sampler, scale, batch_size, data_variance, progress) -> Posterior:
+    field_prior = as_mesh_prior(prior, task)
+    lik = _task_likelihood(task, y, likelihood if method in STATFEM_METHODS else None)
+    post = sample_field_posterior(field_prior, lik, method=_method_object(method, scale=scale, data_variance=data_variance),
+                                  key=key, num_samples=num_samples, num_steps=num_steps, sampler=sampler,
+                                  batch_size=batch_size, progress=progress,
+                                  data_scale=channel_rms(task.pde, task.grid, task.observed))
+    a = task.mesh.to_image(post.samples)
+    samples = jnp.stack([a, _solve_batch(task, a)], axis=1)
+    std = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros(samples.shape[1:])
+    info = {"steady_state_timing": not np.isnan(post.compile_seconds), **post.info}
+    return Posterior(samples, samples.mean(0), std, method, "solve", post.seconds_per_sample, post.compile_seconds,
+                     info)
+
+
+# ------------------------------------------------------------------------------ joint route
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Everything static about a joint-route sampler (hashable: compiled code is reused across draws)."""
+
+    method: str
+    sampler: str
+    num_steps: int
+    shape: tuple
+    dtype: str
+    noise_std: float
+    scale: float
+    physics_weight: float
+    physics_start: float
+    time_grid: tuple
+    physics: Any  # fem.PDETask (shared by the draws of a family)
+    mean: tuple
+    std: tuple
+    residual_lambda: float = 1.0
+    physics_precondition: tuple = (1.0, 1.0)
+    data_variance: float = 1.0
+
+
+def _to_physical(x, spec: _Spec):
+    m = jnp.asarray(spec.mean, x.dtype).reshape(-1, 1, 1)
+    s = jnp.asarray(spec.std, x.dtype).reshape(-1, 1, 1)
+    return x * s + m
+
+
+def _residual_function(physics, mean, std):
+    """``x0 (normalised joint field) -> R(a, u)``: the FEM weak residual (constrained rows hold ``u - g``)."""
+    mesh = physics.mesh
+    m = jnp.asarray(mean, jnp.float64).reshape(-1, 1, 1)
+    s = jnp.asarray(std, jnp.float64).reshape(-1, 1, 1)
+
+    def residual(x0):
+        phys = x0.astype(jnp.float64) * s + m
+        r, _ = physics.parameter.residual_vector(mesh.from_image(phys[0]), mesh.from_image(phys[1]), smooth=True)
+        return r.real if jnp.iscomplexobj(r) else r
+
+    return residual
+
+
+@functools.lru_cache(maxsize=32)
+def residual_curvature(physics: fem.PDETask, mean: tuple, std: tuple, iterations: int = 30) -> float:
+    """Largest eigenvalue of ``J^T J`` (``J`` the Jacobian of the residual in normalised units, at the
+    channel means) by power iteration: it makes the physics energy's step size grid-independent."""
+    residual = _residual_function(physics, mean, std)
+    shape = (2, physics.grid, physics.grid)
+    x0 = jnp.zeros(shape)
+    _, jvp = jax.linearize(residual, x0)
+    vjp = jax.linear_transpose(jvp, x0)
+    v = jax.random.normal(jax.random.key(0), shape)
+    normal = jax.jit(lambda v: vjp(jvp(v))[0])
+    lam = 1.0
+    for _ in range(iterations):
+        w = normal(v)
+        lam = float(jnp.linalg.norm(w))
+        v = w / lam
+    return lam
+
+
+@functools.lru_cache(maxsize=32)
+def physics_preconditioner(physics: fem.PDETask, mean: tuple, std: tuple, iterations: int = 30) -> tuple:
+    """Per-channel step sizes ``(p_a, p_u)`` for the gradient of ``E = 0.5 ||u - solve(a)||^2`` (normalised units).
+
+    With ``B = (std_a / std_u) d solve / d a`` the gradient is ``(-B^T e, e)``; scaled by
+    ``p_a = 1 / (2 ||B||^2)`` and ``p_u = 1/2`` the largest curvature of the step is exactly 1
+    (``p_a ||B||^2 + p_u``), so guidance weights below 2 are stable on every task and grid, while ``u``
+    is still pulled at half the full rate (one global scale ``1 / (1 + ||B||^2)`` would slow it down
+    by ``||B||^2``, about 14 for the 32x32 Poisson prior). ``||B||`` by power iteration (nonlinear
+    maps: at the channel means, forward products by finite differences)."""
+    ratio = std[0] / std[1]
+    g = physics.grid
+    if physics.parameter.linear:
+        S = solution_operator(physics)
+        matvec = lambda v: S @ v  # noqa: E731
+        rmatvec = lambda w: S.T @ w  # noqa: E731
+    else:
+        mesh = physics.mesh
+
+        def solve(a_img):
+            return physics.parameter.solve(mesh.from_image(a_img))
+
+        a0 = jnp.full((g, g), mean[0], jnp.float64)
+        u0, vjp = jax.vjp(solve, a0)
+        eps = 1e-6 * max(abs(mean[0]), 1.0)
+        matvec = lambda v: np.asarray((solve(a0 + eps * jnp.asarray(v).reshape(g, g)) - u0) / eps)  # noqa: E731
+        rmatvec = lambda w: np.asarray(vjp(jnp.asarray(w))[0]).reshape(-1)  # noqa: E731
+    v = np.random.default_rng(0).standard_normal(g * g)
+    v /= np.linalg.norm(v)
+    sigma2 = 0.0
+    for _ in range(iterations):
+        w = rmatvec(matvec(v))
+        sigma2 = float(np.linalg.norm(w))
+        v = w / sigma2
+    b2 = max(ratio**2 * sigma2, 1e-12)
+    return (0.5 / b2, 0.5)
+
+
+def _step_weight(sde: AbstractSDE, spec: _Spec):
+    """``w(t) = 1 / (g(t)^2 dt(t))``: a score correction ``w(t) v`` moves the sampler's state by ``v``
+    in one step, so guidance steps (DPS's ``zeta``) are given in the units of ``x``."""
+    ts = np.asarray(spec.time_grid)
+    t_inc = ts[:-1][::-1].copy()
+    dt_inc = (ts[:-1] - ts[1:])[::-1].copy()
+
+    def weight(t):
+        dt = jnp.interp(t, jnp.asarray(t_inc, t.dtype), jnp.asarray(dt_inc, t.dtype))
+        return 1.0 / (sde.diffusion(t) ** 2 * dt)
+
+    return weight
+
+
+def _diffusionpde(score, sde, observe, y, spec: _Spec):
+    """The DiffusionPDE recipe: DPS's step on ``||y - A(D(x))||`` plus ``zeta_pde`` times the FEM
+    residual energy ``0.5 ||R(D(x))||^2 / lambda`` in the last steps, one network VJP per evaluation."""
+    residual = _residual_function(spec.physics, spec.mean, spec.std)
+    step = _step_weight(sde, spec)
+
+    def guided(x, t):
+        def objective(x_):
+            m = tweedie_mean(score, sde, x_, t)
+            r = observe(m) - y
+            total = spec.scale * jnp.sqrt(jnp.sum(r**2) + spec.noise_std**2 * r.size)
+            if spec.physics_weight > 0:
+                w = jnp.where(t <= spec.physics_start, spec.physics_weight, 0.0)
+                energy = 0.5 * jnp.sum(residual(m) ** 2) / spec.residual_lambda
+                total = total + (w * energy).astype(total.dtype)
+            return total, m
+
+        (_, m), g = jax.value_and_grad(objective, has_aux=True)(x)
+        a, s = sde.alpha(t), sde.sigma(t)
+        unconditional = (a * m - x) / s**2  # the prior score, from the Tweedie mean
+        return jax.lax.stop_gradient(unconditional) - step(t) * g
+
+    return guided
+
+
+def _with_physics(guided, score, sde, spec: _Spec, S):
+    """Add physics-residual guidance: the gradient of ``0.5 ||u - solve(a)||^2`` (the FEM residual
+    preconditioned by the FEM operator; ``S`` the dense solution operator of a linear PDE, else the
+    solve) of the Tweedie estimate, scaled per channel by :func:`physics_preconditioner`; an x-step of
+    ``physics_weight`` times it per sampler step, in the last ``physics_fraction`` of the steps."""
+    step = _step_weight(sde, spec)
+    mesh = spec.physics.mesh
+    pre = np.asarray(spec.physics_precondition, np.float64).reshape(-1, 1, 1)  # (a, u) channels
+
+    def energy(x0):
+        phys = _to_physical(x0.astype(jnp.float64), spec)
+        if S is not None:
+            u_pred = (S @ phys[0].reshape(-1)).reshape(phys[0].shape)
+        else:
+            u_pred = mesh.to_image(spec.physics.parameter.solve(mesh.from_image(phys[0])))
+        return 0.5 * jnp.sum(((phys[1] - u_pred) / spec.std[1]) ** 2)
+
+    def guided_with_physics(x, t):
+        g = jax.grad(lambda x_: energy(tweedie_mean(score, sde, x_, t)))(x)
+        w = jnp.where(t <= spec.physics_start, spec.physics_weight * step(t), 0.0)
+        return guided(x, t) - (w * jnp.asarray(pre, g.dtype) * g).astype(x.dtype)
+
+    return guided_with_physics
+
+
+def _joint_guided(score, sde, A, y, W, S, spec: _Spec):
+    """The guided score of the joint route, built as a plain function of its inputs (inside ``jit``)."""
+    if W is None:
+        observe = lambda x: A @ x.reshape(-1)  # noqa: E731
+        target, noise = y, spec.noise_std
+    else:  # whitened statFEM likelihood: W (rho A x - y), unit noise
+        observe = lambda x: W @ (A @ x.reshape(-1))  # noqa: E731
+        target, noise = W @ y, jnp.asarray(1.0, y.dtype)
+    if spec.method == "diffusionpde":
+        return _diffusionpde(score, sde, observe, target, spec)
+    problem = GuidanceProblem(score, sde, observe, target, noise, spec.data_variance, _step_weight(sde, spec))
+    guided = _method_object(spec.method, scale=spec.scale, data_variance=None).guide(problem)
+    if spec.physics_weight > 0:
+        guided = _with_physics(guided, score, sde, spec, S)
+    return guided
+
+
+@eqx.filter_jit
+def _sample_joint_batch(score, sde, A, y, W, S, keys, spec: _Spec):
+    guided = _joint_guided(score, sde, A, y, W, S, spec)
+    run = MODEL_SAMPLERS[spec.sampler]
+    dtype = jnp.dtype(spec.dtype)
+    x = jax.vmap(lambda k: run(guided, sde, spec.shape, key=k, num_steps=spec.num_steps, dtype=dtype))(keys)
+    t = jnp.asarray(sde.t_min, x.dtype)
+    return jax.vmap(lambda xi: sde.tweedie_denoiser(score, xi, t))(x)  # the prior's Tweedie estimate
+
+
+def switch_time(sde: AbstractSDE, sampler: str, num_steps: int, fraction: float) -> float:
+    """The time after which the last ``fraction`` of a sampler's steps are taken."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"physics_fraction must lie in [0, 1], got {fraction}")
+    ts = np.asarray(sde.time_grid(num_steps, jnp.float64))
+    i = min(int(round((1.0 - fraction) * num_steps)), num_steps)
+    return float(ts[i])
+
+
+def _joint_observation(prior: FieldPrior, task: InverseTask):
+    """Dense ``A`` (m, 2 g^2) and offset with ``y = A x_normalised + offset``: the observed channel at the sensors."""
+    g2 = task.grid**2
+    m = task.num_sensors
+    c = task.observed_index
+    A = np.zeros((m, len(prior.channels) * g2))
+    A[np.arange(m), c * g2 + task.sensors] = prior.std[c]
+    return A, np.full(m, prior.mean[c])
+
+
+def _joint_data_variance(prior: FieldPrior, A_n) -> float:
+    """PiGDM's data variance along the rows of ``A_n`` (normalised joint state)."""
+    if not isinstance(prior.score, GaussianScore):
+        return 1.0
+    as_prior = Prior(prior.score, prior.sde, jnp.zeros(1), 1.0, None, prior.data_shape, 0, dtype="float64")
+    An = jnp.asarray(A_n, jnp.float64)
+    return observed_prior_variance(as_prior, lambda x: An @ x.reshape(-1), prior.data_shape)
+
+
+def _joint_route(prior: FieldPrior, task: InverseTask, method: str, y, likelihood, *, key, num_samples, num_steps,
+                 sampler, scale, physics_weight, physics_fraction, project, batch_size, data_variance,
+                 progress) -> Posterior:
+    dtype = prior.dtype
+    obs_scale = channel_rms(task.pde, task.grid, task.observed)  # guidance steps are unit-free
+    A, offset = _joint_observation(prior, task)
+    rho, W = 1.0, None
+    if method in STATFEM_METHODS:
+        rho = float(likelihood.rho)
+        W = jnp.asarray(likelihood.whitener(task.points, scale=obs_scale), jnp.dtype(dtype))
+    A_n = rho * A / obs_scale
+    if data_variance is None and method in ("pigdm", "statfem-pigdm"):
+        data_variance = _joint_data_variance(prior, A_n if W is None else np.asarray(W, np.float64) @ A_n)
+    mean, std = tuple(float(v) for v in prior.mean), tuple(float(v) for v in prior.std)
+    spec = _Spec(method=method, sampler=sampler, num_steps=num_steps, shape=prior.data_shape, dtype=dtype,
+                 noise_std=noise_floor(task) / obs_scale, scale=float(scale), physics_weight=float(physics_weight),
+                 physics_start=switch_time(prior.sde, sampler, num_steps, physics_fraction),
+                 time_grid=tuple(float(t) for t in np.asarray(prior.sde.time_grid(num_steps, jnp.float64))),
+                 physics=task.physics, mean=mean, std=std,
+                 data_variance=1.0 if data_variance is None else float(data_variance))
+    S = None
+    if physics_weight > 0:
+        spec = dataclasses.replace(spec, residual_lambda=residual_curvature(task.physics, mean, std),
+                                   physics_precondition=physics_preconditioner(task.physics, mean, std))
+        if task.linear and method != "diffusionpde":
+            S = jnp.asarray(solution_operator(task.physics))
+    jd = jnp.dtype(dtype)
+    A_j = jnp.asarray(A_n, jd)
+    y_j = jnp.asarray((np.asarray(y) - rho * offset) / obs_scale, jd)
+    run = lambda kb: _sample_joint_batch(prior.score, prior.sde, A_j, y_j, W, S, kb, spec)  # noqa: E731
+    x, seconds_per_sample, compile_seconds = sample_in_batches(run, key, num_samples, batch_size, progress)
+    x = jnp.asarray(x)
+    phys = jax.vmap(prior.to_physical)(x)
+    a, u = phys[:, 0], phys[:, 1]
+    info: dict = {"steady_state_timing": not np.isnan(compile_seconds)}
+    if project:
+        info["before_projection"] = summarise(jnp.stack([a, u], axis=1), task)
+        u = _solve_batch(task, a)
+    samples = jnp.stack([a, u], axis=1)
+    mean_ = samples.mean(0)
+    std_ = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros_like(mean_)
+    return Posterior(samples, mean_, std_, method, "joint", float(seconds_per_sample), float(compile_seconds), info)
+
+
+def sample_task_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmpd", key, num_samples: int = 8,
+                          route: str | None = None, num_steps: int = 200, sampler: str = "euler_maruyama",
+                          scale: float = 1.0, physics_weight: float | None = None, physics_fraction: float = 0.2,
+                          project: bool = False, batch_size: int | None = None,
+                          likelihood: StatFEMLikelihood | None = None, data_variance: float | None = None,
+                          progress=None, y=None) -> Posterior:
+    """Posterior samples of the joint field ``(a, u)`` for a benchmark ``task`` under a grid ``prior``.
+
+    Args:
+        prior: a :class:`FieldPrior` on the task's grid (``bayes`` ignores it and uses the exact
+            GRF prior).
+        task: an :class:`InverseTask` (its observations ``task.y`` unless ``y`` is given).
+        method: one of ``METHODS``.
+        key: PRNG key; sample ``i`` uses ``split(key, num_samples)[i]``.
+        route: ``"solve"`` (the default, except ``diffusionpde`` with a joint prior) or ``"joint"``.
+        num_steps, sampler: reverse-time sampler (``"euler_maruyama"`` or ``"ddim"``) and its steps.
+        scale: DPS / DiffusionPDE observation step (``zeta``).
+        physics_weight: weight of the physics-residual energy (route ``joint``); default 0, and
+            1 for ``diffusionpde``. ``physics_fraction``: it acts in the last fraction of the steps.
+            Its gradient is preconditioned per channel (:func:`physics_preconditioner`), so the weight
+            is a step size relative to the stiffest direction: stable below 2 with Euler-Maruyama.
+        project: replace ``u`` by ``solve(a)`` in every sample (route ``joint``); the metrics before
+            projection go to ``info``.
+        batch_size: samples per compiled batch (default: ``min(num_samples, 4)``).
+        likelihood: the statFEM observation model of ``statfem`` / ``statfem-pigdm`` (and of
+            ``bayes`` and ``map`` when given): a :class:`StatFEMLikelihood` in physical units
+            (default :func:`default_likelihood`: the task's own discrepancy and noise level).
+        data_variance: PiGDM's prior variance of the field along the observed directions
+            (normalised units). Default: exact for Gaussian priors, 1 for learned ones (their
+            channels are normalised to unit variance).
+        progress: a ``tqdm``-like object updated with the number of finished samples.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    y = task.y if y is None else task.check_observations(y)
+    if likelihood is not None:
+        likelihood = StatFEMLikelihood(*likelihood).check()
+    elif method in STATFEM_METHODS:
+        likelihood = default_likelihood(task)
+    if method in ("bayes", "map"):
+        if method == "bayes":
+            post = bayes_posterior(task, key=key, num_samples=num_samples, y=y, likelihood=likelihood)
+        else:
+            from ._map import map_posterior
+
+            post = map_posterior(task, y=y, likelihood=likelihood)
+        if progress is not None:
+            progress.update(num_samples)
+        return post
+    if route is None:
+        route = "joint" if tuple(prior.channels) == CHANNELS and method == "diffusionpde" else "solve"
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    check_prior_fits(prior, task, route)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not isinstance(num_steps, int) or num_steps < 2:
+        raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
+    if physics_weight is None:
+        physics_weight = 1.0 if method == "diffusionpde" else 0.0
+    if physics_weight < 0:
+        raise ValueError(f"physics_weight must be >= 0, got {physics_weight}")
+    common = dict(key=key, num_samples=num_samples, num_steps=num_steps, sampler=sampler, scale=scale,
+                  batch_size=batch_size, data_variance=data_variance, progress=progress)
+    if route == "solve":
+        return _solve_route(prior, task, method, y, likelihood, **common)
+    return _joint_route(prior, task, method, y, likelihood, physics_weight=physics_weight,
+                        physics_fraction=physics_fraction, project=project, **common)
