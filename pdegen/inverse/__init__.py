@@ -23,7 +23,7 @@ from ._test_functions import rastrigin as rastrigin
 from ._test_functions import rosenbrock as rosenbrock
 from ._test_functions import styblinski_tang as styblinski_tang
 from ._test_functions import test_function as test_function
-from ._task_posterior import METHODS as POSTERIOR_METHODS  # noqa: N811
+from ._task_posterior import POSTERIOR_METHODS as POSTERIOR_METHODS
 from ._field_prior import FieldPrior as FieldPrior
 from ._priors import GaussianScore as GaussianScore
 from ._results import Posterior as Posterior

@@ -42,6 +42,7 @@ class FieldPrior:
     name: str = "prior"
     exact: bool = False
     dtype: str = "float32"
+    grf: tuple | None = None  # (alpha, tau) of an exact GRF prior: bayes and map use the same prior
 
     @property
     def data_shape(self) -> tuple:
@@ -94,7 +95,7 @@ def gaussian_prior(grid: int, *, pde: str = "poisson", channels: tuple = ("a",),
     if channels == ("a",):
         score = GaussianScore(sde, jnp.asarray(std / sd_a), None, None, (1, grid, grid), "dct")
         return FieldPrior(score, sde, channels, grid, (0.0,), (sd_a,), name="exact GRF score", exact=True,
-                          dtype="float64")
+                          dtype="float64", grf=(float(alpha), float(tau)))
     if channels != CHANNELS:
         raise ValueError(f"gaussian_prior: channels must be ('a',) or ('a', 'u'), got {channels}")
     if pde not in LINEAR_PDES:
@@ -110,7 +111,7 @@ def gaussian_prior(grid: int, *, pde: str = "poisson", channels: tuple = ("a",),
     keep = sv > 1e-10 * sv.max()
     score = GaussianScore(sde, None, jnp.asarray(U[:, keep]), jnp.asarray(sv[keep] ** 2), (2, grid, grid), "eigen")
     return FieldPrior(score, sde, channels, grid, (0.0, 0.0), (sd_a, sd_u), name="exact joint GRF score",
-                      exact=True, dtype="float64")
+                      exact=True, dtype="float64", grf=(float(alpha), float(tau)))
 
 
 def dense_gaussian_prior(cov, grid: int, *, channels: tuple = CHANNELS, sde: AbstractSDE | None = None,

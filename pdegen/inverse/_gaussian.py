@@ -92,7 +92,7 @@ def gaussian_posterior(prior_mean, prior_sqrt, forward, y, *, noise_std: float,
     y = jnp.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"gaussian_posterior: y must be a vector, got shape {y.shape}")
-    if not noise_std > 0:
+    if not isinstance(noise_std, jax.core.Tracer) and not noise_std > 0:
         raise ValueError(f"gaussian_posterior: noise_std must be > 0, got {noise_std}")
     if z_shape is None:
         z_shape = (prior_sqrt.shape[1],) if hasattr(prior_sqrt, "shape") else prior_mean.shape
@@ -135,7 +135,7 @@ def gaussian_posterior(prior_mean, prior_sqrt, forward, y, *, noise_std: float,
         prior_sqrt=L,
         forward=G,
         y=y,
-        noise_std=float(noise_std),
+        noise_std=noise_std if isinstance(noise_std, jax.core.Tracer) else float(noise_std),
         z_shape=tuple(z_shape),
     )
     return post

@@ -50,7 +50,7 @@ def _coefficient(physics: fem.PDETask, z, *, alpha, tau, sharpness):
 
 
 def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | None = None, steps: int | None = None,
-                 alpha: float = 2.0, tau: float = 3.0, sharpness: float = 4.0) -> MAPResult:
+                 alpha: float | None = None, tau: float | None = None, sharpness: float = 4.0) -> MAPResult:
     """The MAP estimate of ``task``'s coefficient under the GRF prior (any PDE of the tasks).
 
     Args:
@@ -60,10 +60,12 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
             the level the other methods assume.
         steps: at most this many L-BFGS iterations (default 10000 for the linear PDEs, 300 for Darcy,
             where each costs a few FEM solves); it stops earlier when the gradient has fallen by 1e-9.
-        alpha, tau: the GRF prior (the tasks': 2 and 3).
+        alpha, tau: the GRF prior (default: the one the task's data were drawn from).
         sharpness: Darcy only: steepness of the smooth threshold, in units of the GRF's standard
             deviation.
     """
+    alpha = task.physics.alpha if alpha is None else float(alpha)
+    tau = task.physics.tau if tau is None else float(tau)
     if steps is None:
         steps = 10000 if task.linear else 300
     if not isinstance(steps, int) or steps < 1:

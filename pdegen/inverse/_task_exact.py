@@ -20,16 +20,18 @@ from ._results import Posterior
 from ._tasks import InverseTask
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def _bayes_arrays(G, y, key, noise_std, num_samples, alpha, tau):
+    """Compiled once per (grid, sensors, samples, GRF): the noise level is traced, so noisy draws
+    of a family share the program."""
     g = int(round(math.sqrt(G.shape[1])))
     post = gaussian_posterior(jnp.zeros((g, g), G.dtype), lambda z: fem.grf_from_white_noise(z, alpha=alpha, tau=tau),
                               G, y, noise_std=noise_std)
     return post.mean, post.std, post.sample(key, num_samples), post.cross, post.chol, post.log_evidence
 
 
-def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alpha: float = 2.0,
-                    tau: float = 3.0, likelihood: StatFEMLikelihood | None = None) -> Posterior:
+def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alpha: float | None = None,
+                    tau: float | None = None, likelihood: StatFEMLikelihood | None = None) -> Posterior:
     """The exact Gaussian posterior under the tasks' GRF prior (Poisson, Helmholtz): the Bayes floor.
 
     ``a = L z`` with the DCT square root ``L``; ``y = G a + e`` with ``G`` the sensor rows of the
@@ -38,10 +40,13 @@ def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alp
     the dense solution operator ``S``). Samples by Matheron's rule.
 
     With a statFEM ``likelihood`` the data model is ``y = rho G a + d + e`` (correlated model error
-    ``d``): the exact posterior of that model, computed in the whitened space.
+    ``d``): the exact posterior of that model, computed in the whitened space. ``alpha``, ``tau``:
+    the GRF prior (default: the one the task's data were drawn from).
     """
     if not task.linear:
         raise ValueError(f"bayes_posterior: no exact Gaussian posterior for {task.pde!r} (nonlinear in a)")
+    alpha = task.physics.alpha if alpha is None else float(alpha)
+    tau = task.physics.tau if tau is None else float(tau)
     y = task.y if y is None else task.check_observations(y)
     g = task.grid
     S = solution_operator(task.physics)
@@ -56,7 +61,7 @@ def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alp
         noise_std = 1.0
     t0 = time.perf_counter()
     mean_a, std_a, a_samples, cross, chol, log_evidence = _bayes_arrays(
-        jnp.asarray(G), jnp.asarray(y_used), key, noise_std, num_samples, float(alpha), float(tau))
+        jnp.asarray(G), jnp.asarray(y_used), key, jnp.asarray(noise_std, jnp.float64), num_samples, alpha, tau)
     Sj = jnp.asarray(S)
     u_samples = (a_samples.reshape(num_samples, -1) @ Sj.T).reshape(a_samples.shape)
     mean_u = (Sj @ mean_a.reshape(-1)).reshape(g, g)

@@ -45,8 +45,9 @@ from ._results import Posterior
 from ._task_exact import bayes_posterior, default_likelihood
 from ._tasks import InverseTask
 
-METHODS = ("bayes", "map", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "statfem", "statfem-pigdm", "dps", "pigdm",
-           "diffusionpde", "unguided")
+POSTERIOR_METHODS = ("bayes", "map", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "statfem", "statfem-pigdm", "dps",
+                     "pigdm", "diffusionpde", "unguided")
+METHODS = POSTERIOR_METHODS
 STATFEM_METHODS = ("statfem", "statfem-pigdm")
 SAMPLERS = ("euler_maruyama", "ddim")
 
@@ -369,8 +370,8 @@ def sample_task_posterior(prior: FieldPrior, task: InverseTask, *, method: str =
     """Posterior samples of the joint field ``(a, u)`` for a benchmark ``task`` under a grid ``prior``.
 
     Args:
-        prior: a :class:`FieldPrior` on the task's grid (``bayes`` ignores it and uses the exact
-            GRF prior).
+        prior: a :class:`FieldPrior` on the task's grid (``bayes`` and ``map`` use the GRF of an
+            exact prior (:func:`gaussian_prior`), else the GRF the task's data were drawn from).
         task: an :class:`InverseTask` (its observations ``task.y`` unless ``y`` is given).
         method: one of ``METHODS``.
         key: PRNG key; sample ``i`` uses ``split(key, num_samples)[i]``.
@@ -402,12 +403,14 @@ def sample_task_posterior(prior: FieldPrior, task: InverseTask, *, method: str =
     elif method in STATFEM_METHODS:
         likelihood = default_likelihood(task)
     if method in ("bayes", "map"):
+        # The closed forms use the GRF of an exact prior, else the GRF the task's data came from.
+        grf = dict(zip(("alpha", "tau"), prior.grf)) if isinstance(prior, FieldPrior) and prior.grf else {}
         if method == "bayes":
-            post = bayes_posterior(task, key=key, num_samples=num_samples, y=y, likelihood=likelihood)
+            post = bayes_posterior(task, key=key, num_samples=num_samples, y=y, likelihood=likelihood, **grf)
         else:
             from ._map import map_posterior
 
-            post = map_posterior(task, y=y, likelihood=likelihood)
+            post = map_posterior(task, y=y, likelihood=likelihood, **grf)
         if progress is not None:
             progress.update(num_samples)
         return post
