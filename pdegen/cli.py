@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import json
 import os
 import sys
 import time
@@ -28,6 +28,36 @@ def _write_json(path, payload):
     from ._io import write_json_atomic
 
     write_json_atomic(path, payload)
+
+
+# Rough peak memory per degree of freedom of ``solve`` (assembly, sparse factorisation, the
+# VTU/XDMF writers and the figure; measured ~9-10 kB on P1 unit squares of 160k-640k nodes) and
+# per node and pair in a batch of ``data`` (~2-5 kB, Darcy the largest).
+_SOLVE_BYTES_PER_DOF = 10e3
+_DATA_BYTES_PER_NODE_IN_BATCH = 5e3
+
+
+def _largest_grid(bytes_per_node: float) -> int:
+    from ._errors import memory_limit_bytes
+
+    return max(2, int((memory_limit_bytes() / bytes_per_node) ** 0.5))
+
+
+def _check_solve_args(args) -> None:
+    import math
+
+    from ._errors import UserError, check_memory
+
+    if args.mesh is not None and not os.path.isfile(args.mesh):
+        raise FileNotFoundError(f"--mesh: no such file {args.mesh!r}")
+    if not (math.isfinite(args.k) and math.isfinite(args.k * args.k)):
+        raise UserError(f"--k must be a finite wavenumber (k^2 finite too), got {args.k}")
+    if args.mesh is None:
+        if args.grid < 2:
+            raise UserError(f"--grid must be >= 2 nodes per side, got {args.grid}")
+        per_node = _SOLVE_BYTES_PER_DOF * (4 if args.element == "P2" else 1)
+        check_memory(args.grid**2 * per_node, f"--grid {args.grid} ({args.grid**2:.3g} nodes, "
+                     f"element {args.element})", f"use --grid {_largest_grid(per_node)} or less")
 
 
 # ---------------------------------------------------------------------------- solve
@@ -63,6 +93,7 @@ def _build_problem(args):
 
 
 def cmd_solve(args) -> int:
+    _check_solve_args(args)
     _enable_x64()
     import jax
     import jax.numpy as jnp
@@ -84,8 +115,15 @@ def cmd_solve(args) -> int:
     u = solve().block_until_ready()
     t_solve = time.perf_counter() - t0
     r = problem.residual(u, **theta)
-    b = problem.rhs(**{k: v for k, v in theta.items() if k in problem._rhs_args})
+    b = problem.rhs(**problem.split_arguments(theta)[1])
     rel_res = float(jnp.linalg.norm(r) / jnp.maximum(jnp.linalg.norm(b), 1e-300))
+    if not bool(jnp.all(jnp.isfinite(u))):
+        from ._errors import NonFiniteError
+
+        raise NonFiniteError(f"the {args.problem} solution is not finite (NaN / inf): the system is singular "
+                             f"for these settings (element {args.element}"
+                             + (f", --k {args.k:g}" if args.problem == "helmholtz" else "")
+                             + "); change them; nothing was written")
 
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.problem)
@@ -203,7 +241,25 @@ def _run_data(args) -> int:
         args.out = os.path.join("out", "data", f"{args.task}-{args.grid}.npz")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must end with .npz, got {args.out!r}")
+    _check_data_args(args)
     return cmd_data(args)
+
+
+def _check_data_args(args) -> None:
+    from ._errors import UserError, check_memory
+    from ._io import check_output_file
+
+    for flag, value, low in (("--n", args.n, 1), ("--grid", args.grid, 3), ("--batch-size", args.batch_size, 1)):
+        if value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    for path in (args.out, args.out[:-4] + ".json", args.out[:-4] + ".png"):
+        check_output_file(path)
+    nodes = args.grid**2
+    per_node = 16 * args.n + _DATA_BYTES_PER_NODE_IN_BATCH * min(args.batch_size, args.n)
+    check_memory(nodes * per_node, f"--n {args.n} pairs on --grid {args.grid} ({nodes:.3g} nodes, "
+                 f"--batch-size {args.batch_size})",
+                 f"use --grid {_largest_grid(per_node)} or less, or fewer pairs / a smaller batch")
+
 
 
 def _add_demo(sub):
@@ -226,16 +282,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ------------------------------------------------------------------------- error policy
+
+# ``--out`` of these commands is a file; of every other command a folder.
+_OUT_IS_FILE = {"data"}
+
+
+def check_outputs(args) -> None:
+    """Before any work: ``--out`` must be a usable folder (a file for ``data``), not an existing
+    file, with no file on the way to it. Raises the ``OSError`` / ``ValueError`` naming ``--out``."""
+    from ._io import check_output_dir, check_output_file
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    if args.command in _OUT_IS_FILE:
+        check_output_file(out)
+    else:
+        check_output_dir(out)
+
+
+def _command_of(argv) -> str:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return next((a for a in argv if not str(a).startswith("-")), "") or "command"
+
+
+def _close_progress_bars() -> None:
+    """End any tqdm bar still drawn, so that the last message starts on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    with contextlib.suppress(Exception):  # cosmetic only
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+            bar.close()
+
+
+def _quiet_jax_callback_logs() -> None:
+    """JAX logs the traceback of an exception raised in a host callback before re-raising it as
+    a ``JaxRuntimeError``; the command line reports that error itself (one line for bad input,
+    the full text for a programming error), so the log would only repeat it."""
+    import logging
+
+    logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    """Run ``pdegen COMMAND ...``; returns the exit code.
+
+    Error policy: a user error (bad argument, file or data, a non-finite result, no
+    convergence, too large a problem; see :func:`pdegen._errors.user_error_message`) prints one
+    line ``pdegen COMMAND: error: ...`` on stderr and returns 2. Ctrl-C prints ``pdegen COMMAND:
+    interrupted`` and returns 130 (every file is written atomically, so none is left half
+    written). Any other exception is a programming error and propagates with its traceback.
+    """
+    from ._errors import user_error_message
+
+    command = _command_of(argv)
+    args = None
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        command = args.command
+        _quiet_jax_callback_logs()
+        check_outputs(args)
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"pdegen {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        _close_progress_bars()
+        print(f"pdegen {command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as err:  # classified below; programming errors are re-raised
+        message = user_error_message(err, args)
+        if message is None:
+            raise
+        _close_progress_bars()
+        prefix = f"pdegen {command}: "
+        while message.startswith(prefix):  # messages that already name the command
+            message = message[len(prefix):]
+        print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
         return 2
 
 

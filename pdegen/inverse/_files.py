@@ -30,26 +30,39 @@ def _split(line: str) -> list[str]:
 def _parse_text(path: str, what: str) -> np.ndarray:
     """A 2-D table of floats from a text file; a first line that is not numbers is a header."""
     rows, header_seen = [], False
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            fields = _split(text)
-            try:
-                rows.append([float(v) for v in fields])
-            except ValueError:
-                if rows or header_seen:
-                    raise ValueError(f"{what}: {path!r} line {lineno}: expected numbers, "
-                                     f"got {text[:60]!r}") from None
-                header_seen = True
-                continue
-            if len(rows[-1]) != len(rows[0]):
-                raise ValueError(f"{what}: {path!r} line {lineno} has {len(rows[-1])} values, "
-                                 f"the first data line has {len(rows[0])}")
+    for lineno, line in enumerate(_read_lines(path, what), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        fields = _split(text)
+        try:
+            rows.append([float(v) for v in fields])
+        except ValueError:
+            if rows or header_seen:
+                raise ValueError(f"{what}: {path!r} line {lineno}: expected numbers, "
+                                 f"got {text[:60]!r}") from None
+            header_seen = True
+            continue
+        if len(rows[-1]) != len(rows[0]):
+            raise ValueError(f"{what}: {path!r} line {lineno} has {len(rows[-1])} values, "
+                             f"the first data line has {len(rows[0])}")
     if not rows:
         raise ValueError(f"{what}: {path!r} holds no numbers (empty file)")
     return np.asarray(rows, np.float64)
+
+
+def _read_lines(path: str, what: str):
+    """The lines of a text file, one at a time; a binary file is a ``ValueError`` naming it."""
+    with open(path, encoding="utf-8-sig") as f:
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError:
+                raise ValueError(f"{what}: {path!r} is not a text file (CSV or whitespace-separated "
+                                 f"numbers) nor a .npy array") from None
+            if not line:
+                return
+            yield line
 
 
 def _read_table(path, what: str) -> tuple[str, np.ndarray]:
@@ -59,8 +72,14 @@ def _read_table(path, what: str) -> tuple[str, np.ndarray]:
     if path.lower().endswith(".npy"):
         try:
             arr = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{what}: {path!r} is not a numeric .npy array ({err})") from None
+        except (ValueError, EOFError, OSError) as err:
+            reason = "the file is empty or truncated" if isinstance(err, EOFError) else str(err)
+            if "pickle" in reason:
+                reason = "it holds Python objects or is not a NumPy file"
+            raise ValueError(f"{what}: {path!r} is not a numeric .npy array ({reason})") from None
+        if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
+            arr.close()
+            raise ValueError(f"{what}: {path!r} is an .npz archive; save one array with np.save")
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
             raise ValueError(f"{what}: {path!r} must hold real numbers, got dtype {arr.dtype}")
         arr = np.asarray(arr, np.float64)

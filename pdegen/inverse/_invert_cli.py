@@ -3,7 +3,6 @@ and ``pdegen demo`` (the Poisson inverse problem on the shipped prior): tables, 
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -183,7 +182,7 @@ def plot_posteriors(task, posts, path, *, title: str = ""):
 
 
 def _write_outputs(out, task, rows, posts, settings, stem):
-    from pdegen.models import write_json_atomic
+    from pdegen._io import write_json_atomic
 
     png = plot_posteriors(task, posts, os.path.join(out, stem + ".png"),
                           title=f"{task.name}, {task.grid}x{task.grid}, {task.num_sensors} sensors\n"
@@ -198,11 +197,67 @@ def _task_sensor_fraction(value) -> float:
     if value is None:
         return TASK_SENSOR_FRACTION
     try:
-        return float(value)
+        fraction = float(value)
     except ValueError:
         raise ValueError(f"--sensors: in task mode give the fraction of grid nodes observed "
                          f"(e.g. 0.03), got {value!r}; a file of sensor coordinates needs --mesh"
                          ) from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--sensors: the fraction of grid nodes observed must be in (0, 1], got {value}")
+    return fraction
+
+
+def _check_sampling_options(args) -> None:
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+
+
+def check_task_options(args) -> tuple:
+    """Task mode: every option that needs no file, checked before any work; returns the sensor
+    fraction and the noise level."""
+    for flag, value in (("--data", args.data), ("--truth", args.truth)):
+        if value is not None:
+            raise ValueError(f"{flag} needs --mesh (task mode makes its own data)")
+    sensors = _task_sensor_fraction(args.sensors)
+    noise = 0.0 if args.noise is None else args.noise
+    _positive("--noise", noise, allow_zero=True)
+    _check_sampling_options(args)
+    if args.grid is not None and args.grid < 3:
+        raise ValueError(f"--grid must be >= 3, got {args.grid}")
+    if args.discrepancy is not None:
+        _positive("--discrepancy", args.discrepancy, allow_zero=True)
+    _positive("--discrepancy-length", args.discrepancy_length)
+    for flag, value in (("--scale", args.scale), ("--physics-weight", args.physics_weight)):
+        if value is not None:
+            _positive(flag, value, allow_zero=True)
+    if args.index < 0:
+        raise ValueError(f"--index must be >= 0, got {args.index}")
+    return sensors, noise
+
+
+def check_prior_fits_task(prior, methods, route, *, grid) -> None:
+    """Before any method runs: every sampling method's prior must generate fields on the task's
+    grid with the channels its route needs (the closed forms ``bayes`` / ``map`` need no prior)."""
+    from ._field_prior import CHANNELS
+
+    sampled = [m for m in methods if m not in ("bayes", "map")]
+    if not sampled:
+        return
+    if prior.grid != grid:
+        raise ValueError(f"--grid {grid}: the prior {prior.name} generates {prior.grid}x{prior.grid} fields, "
+                         f"so --method {' '.join(sampled)} cannot run on a {grid}x{grid} task; drop --grid "
+                         f"(the prior's grid is the default), use --prior exact, or a prior trained on "
+                         f"{grid}x{grid} fields (--checkpoint)")
+    for m in sampled:
+        r = route or ("joint" if tuple(prior.channels) == CHANNELS and m == "diffusionpde" else "solve")
+        if r == "joint" and tuple(prior.channels) != CHANNELS:
+            raise ValueError(f"--route joint (for --method {m}) needs a joint prior over {CHANNELS}; "
+                             f"{prior.name} has channels {tuple(prior.channels)}; use --route solve")
+        if r == "solve" and prior.channels[0] != "a":
+            raise ValueError(f"--method {m}: the prior {prior.name} must have channel 'a' first, "
+                             f"got {tuple(prior.channels)}")
 
 
 def run_invert(args) -> int:
@@ -212,19 +267,21 @@ def run_invert(args) -> int:
     _enable_compilation_cache()
     import jax
 
+    from pdegen._io import check_output_dir
+
     from ._tasks import make_task, parse_task_name
 
-    for flag, value in (("--data", args.data), ("--truth", args.truth)):
-        if value is not None:
-            raise ValueError(f"{flag} needs --mesh (task mode makes its own data)")
-    sensors = _task_sensor_fraction(args.sensors)
-    noise = 0.0 if args.noise is None else args.noise
+    sensors, noise = check_task_options(args)
+    check_output_dir(args.out)
+    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
+        raise FileNotFoundError(f"--checkpoint: no such folder {args.checkpoint!r}")
     pde, _ = parse_task_name(args.task)
     prior = load_prior(args.prior, args.checkpoint, grid=args.grid, pde=pde)
     grid = prior.grid if args.grid is None else args.grid
+    methods = args.method or list(TASK_METHODS)
+    check_prior_fits_task(prior, methods, args.route, grid=grid)
     task = make_task(args.task, grid=grid, sensor_fraction=sensors, noise=noise, seed=args.seed,
                      index=args.index, discrepancy=args.discrepancy, discrepancy_length=args.discrepancy_length)
-    methods = args.method or list(TASK_METHODS)
     options = {m: {k: v for k, v in (("scale", args.scale), ("physics_weight", args.physics_weight)) if v is not None}
                for m in methods}
     t0 = time.perf_counter()
@@ -542,16 +599,11 @@ def format_mesh_table(rows) -> str:
 
 
 def strict_json(obj):
-    """``obj`` with NaN / inf replaced by ``None`` and NumPy scalars by Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    """``obj`` with NaN / inf replaced by ``None`` and NumPy scalars by Python numbers (see
+    :func:`pdegen._io.json_safe`; ``write_json_atomic`` applies it to everything it writes)."""
+    from pdegen._io import json_safe
+
+    return json_safe(obj)
 
 
 def _equation(args) -> str:
@@ -607,9 +659,11 @@ def _mesh_summary(args, inputs: MeshInputs, prior, rows) -> dict:
 def run_invert_mesh(args) -> int:
     """``pdegen invert --mesh``: every input is checked before the prior and the forward map are
     built."""
-    from pdegen._io import write_json_atomic
+    from pdegen._errors import NonFiniteError
+    from pdegen._io import check_output_dir, write_json_atomic
 
     methods = check_mesh_options(args)
+    check_output_dir(args.out)
     _enable_x64()
     inputs = read_mesh_inputs(args)
     _enable_compilation_cache()
@@ -621,6 +675,9 @@ def run_invert_mesh(args) -> int:
     prior, likelihood = build_mesh_problem(args, inputs)
     print(f"  prior  {prior.name}; set up in {time.perf_counter() - t_start:.1f} s", flush=True)
     rows, posts = run_mesh_methods(args, methods, prior, likelihood, inputs)
+    if not posts:  # nothing to write: one error, no summary of failures
+        failures = "; ".join(f"{r['method']}: {r['error']}" for r in rows)
+        raise NonFiniteError(f"every method failed ({failures}); nothing was written")
     files = _write_mesh_outputs(args, inputs, prior, rows, posts)
     summary = os.path.join(args.out, "summary.json")
     write_json_atomic(summary, strict_json(_mesh_summary(args, inputs, prior, rows)))
@@ -630,7 +687,7 @@ def run_invert_mesh(args) -> int:
           "the mesh nodes")
     print(f"wrote {len(files) + 1} files to {args.out} (summary.json, <method>.xdmf/.h5/.vtu/.png) "
           f"in {time.perf_counter() - t_start:.1f} s")
-    return 0 if posts else 1
+    return 0
 
 
 def _add_mesh_options(p) -> None:
@@ -659,8 +716,17 @@ def run_demo(args) -> int:
     _enable_compilation_cache()
     import jax
 
+    from pdegen._io import check_output_dir
+
     from ._tasks import make_task
 
+    _task_sensor_fraction(args.sensors)
+    _check_sampling_options(args)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output_dir(args.out)
+    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
+        raise FileNotFoundError(f"--checkpoint: no such folder {args.checkpoint!r}")
     t_start = time.perf_counter()
     prior = load_prior(None, args.checkpoint, pde="poisson")
     if tuple(prior.channels) != ("a", "u"):

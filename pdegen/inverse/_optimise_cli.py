@@ -1,4 +1,7 @@
-"""`pdegen optimise`: minimise a standard test function and write a plot and JSON."""
+"""`pdegen optimise`: minimise a standard test function and write a plot and JSON.
+
+The budget is checked against the method's real minimum cost before anything is compiled, and
+the result is checked to be finite before anything is written."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import time
 
 import numpy as np
 
-from .._io import atomic_path, write_json_atomic
+from .._errors import NonFiniteError, UserError
+from .._io import atomic_path, check_output_dir, write_json_atomic
 
 __all__ = ["register", "run"]
 
@@ -26,14 +30,84 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--gradient", action="store_true",
                    help="gradient-informed network (grad log pi input; costs one gradient "
                         "evaluation per path step)")
-    p.add_argument("--budget", type=int, default=20000, help="maximum function evaluations")
+    p.add_argument("--budget", type=int, default=20000,
+                   help="maximum function evaluations (dds/pis need at least 1025: 256 initial "
+                        "points, 4 temperatures of at least one 32-evaluation iteration, and the "
+                        "641-evaluation polish of the 8 best points)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="optimise_out", help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
+# The settings `run` passes to `minimise`.
+SETTINGS = dict(batch_size=32, num_steps=16, num_temperatures=4, num_initial=256, refine_steps=40,
+                num_best=8, num_chains=32, adam_steps_per_restart=200, loss="log_variance")
+
+
+def cost_plan(method: str, gradient: bool) -> dict:
+    """The evaluations ``minimise`` spends with :data:`SETTINGS`: ``minimum`` (the smallest budget
+    that runs), and its parts (``initial``, ``per_iteration``, ``polish``) where they apply."""
+    from ._optimise import _evaluations_per_iteration, _polish_plan
+
+    s = SETTINGS
+    polish = _polish_plan(s["num_best"], s["refine_steps"]).cost
+    if method in ("dds", "pis"):
+        per = _evaluations_per_iteration(gradient, s["loss"], s["batch_size"], s["num_steps"])
+        return dict(initial=s["num_initial"], per_iteration=per, iterations=s["num_temperatures"],
+                    polish=polish, minimum=s["num_initial"] + per * s["num_temperatures"] + polish)
+    if method == "langevin":
+        per = 2 * s["num_chains"]
+        return dict(initial=s["num_initial"], per_iteration=per, iterations=1, polish=polish,
+                    minimum=s["num_initial"] + per + polish)
+    if method == "adam":  # one restart of value-and-gradient steps plus the final value
+        return dict(minimum=2 * s["adam_steps_per_restart"] + 1)
+    return dict(minimum=1)  # random (the polish is dropped below twice its cost), cmaes
+
+
+def check_options(args) -> dict:
+    """Every option checked before any work (``UserError`` naming it); returns :func:`cost_plan`."""
+    if args.dim < 1:
+        raise UserError(f"--dim must be >= 1, got {args.dim}")
+    if args.dim > 10_000:
+        raise UserError(f"--dim {args.dim}: at most 10000 dimensions (the test functions are "
+                        f"benchmarks; a network over {args.dim} inputs does not fit a budget)")
+    if args.function == "rosenbrock" and args.dim < 2:
+        raise UserError("--function rosenbrock needs --dim >= 2")
+    if args.method == "cmaes":
+        import importlib.util
+
+        if importlib.util.find_spec("cma") is None:
+            raise UserError("--method cmaes needs the `cma` package: pip install cma (or choose "
+                            "another --method)")
+    plan = cost_plan(args.method, args.gradient)
+    if args.budget < 1:
+        raise UserError(f"--budget must be a positive number of function evaluations, got {args.budget}; "
+                        f"--method {args.method} needs at least {plan['minimum']} (default 20000)")
+    if args.budget < plan["minimum"]:
+        if "per_iteration" in plan:
+            parts = (f"{plan['initial']} initial points + {plan['iterations']} x "
+                     f"{plan['per_iteration']} (one iteration"
+                     + (" per temperature" if args.method in ("dds", "pis") else "")
+                     + f") + {plan['polish']} for the polish of the 8 best points")
+            if args.gradient and args.method in ("dds", "pis"):
+                factor = plan["per_iteration"] / cost_plan(args.method, False)["per_iteration"]
+                parts += f"; --gradient makes each iteration cost {factor:g}x more"
+        elif args.method == "adam":
+            parts = "one restart of 200 Adam steps (value and gradient) and its final value"
+        else:
+            parts = "at least one evaluation"
+        raise UserError(f"--budget {args.budget} is below the minimum of --method {args.method}: "
+                        f"{plan['minimum']} evaluations ({parts}); use --budget {plan['minimum']} or "
+                        f"more (default 20000)")
+    return plan
+
+
 def run(args) -> int:
+    plan = check_options(args)
+    out = check_output_dir(args.out)
+
     import jax
     import jax.random as jr
     import matplotlib
@@ -46,37 +120,53 @@ def run(args) -> int:
 
     jax.config.update("jax_enable_x64", True)
     prob = test_function(args.function, args.dim)  # ValueError -> "pdegen optimise: error: ..."
+    s = SETTINGS
+    if args.method in ("dds", "pis"):
+        iters = (args.budget - plan["initial"] - plan["polish"]) // (plan["per_iteration"] * s["num_temperatures"])
+        what = (f"{s['num_temperatures']} temperatures x {iters} iterations of {plan['per_iteration']} "
+                f"evaluations, then a {plan['polish']}-evaluation polish of the 8 best points (Adam, "
+                f"compiled and run after the annealing bar)")
+    elif args.method in ("langevin", "random"):
+        what = "search, then the polish of the 8 best points" if args.budget >= 2 * plan.get("polish", 641) \
+            else "search"
+    else:
+        what = args.method
+    print(f"pdegen optimise: {prob.name} d={args.dim}, {args.method}, budget {args.budget}: {what}",
+          flush=True)
     t0 = time.perf_counter()
     res = minimise(prob.fn, prob.domain, key=jr.key(args.seed), method=args.method,
                    max_evaluations=args.budget, network=args.network,
-                   gradient_informed=args.gradient, batch_size=32, num_steps=16,
-                   num_temperatures=4, progress=True)
+                   gradient_informed=args.gradient, batch_size=s["batch_size"], num_steps=s["num_steps"],
+                   num_temperatures=s["num_temperatures"], progress=not args.quiet)
     seconds = time.perf_counter() - t0
+    x = np.asarray(res.x)
+    if not (np.all(np.isfinite(x)) and np.isfinite(float(res.value))):
+        raise NonFiniteError(f"--method {args.method}: the optimiser ended at a non-finite point or value "
+                             f"(f = {float(res.value)}); try another --method or --seed; nothing was written")
     gap = float(res.value) - prob.minimum
     print(f"{prob.name} d={args.dim} method={args.method}: f = {float(res.value):.6g} "
           f"(f* = {prob.minimum:.6g}, gap {gap:.3g}) after {res.num_evaluations} evaluations, "
           f"{seconds:.1f} s")
-    print("x =", np.array2string(np.asarray(res.x), precision=5))
-    os.makedirs(args.out, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    print("x =", np.array2string(x, precision=5))
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
     gaps = np.maximum(np.asarray(res.best_values) - prob.minimum, 1e-12)
     ax.semilogy(np.asarray(res.evaluations), gaps)
     ax.set_xlabel("function evaluations")
     ax.set_ylabel("best f - f*")
     ax.set_title(f"{prob.name}, d={args.dim}, {args.method}")
-    fig.tight_layout()
-    png = os.path.join(args.out, "convergence.png")
+    png = os.path.join(out, "convergence.png")
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    write_json_atomic(os.path.join(args.out, "result.json"), {
+    write_json_atomic(os.path.join(out, "result.json"), {
         "function": prob.name, "dim": args.dim, "method": args.method,
         "network": args.network, "gradient_informed": args.gradient,
-        "seed": args.seed, "budget": args.budget, "x": np.asarray(res.x).tolist(),
-        "value": float(res.value), "minimum": prob.minimum, "gap": gap,
+        "seed": args.seed, "budget": args.budget, "minimum_budget": plan["minimum"],
+        "x": x.tolist(), "value": float(res.value), "minimum": prob.minimum, "gap": gap,
         "num_evaluations": int(res.num_evaluations), "seconds": seconds,
         "evaluations": np.asarray(res.evaluations).tolist(),
         "best_values": np.asarray(res.best_values).tolist(),
     })
-    print(f"wrote {png} and {os.path.join(args.out, 'result.json')}")
+    print(f"wrote {png} and {os.path.join(out, 'result.json')}")
     return 0
