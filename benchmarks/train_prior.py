@@ -31,6 +31,7 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pdegen import fem, models  # noqa: E402
+from pdegen._io import atomic_write, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,7 +69,7 @@ def training_data(args, work: Path) -> tuple[np.ndarray, dict]:
             return f["fields"], {"cached": str(path.name)}
     fields, meta = fem.generate_dataset("poisson", args.n_train, key=jr.key(args.seed), grid=args.grid,
                                         progress=not args.quiet)
-    with models.atomic_write(path) as f:
+    with atomic_write(path) as f:
         np.savez(f, fields=fields)
     return fields, meta
 
@@ -88,7 +89,7 @@ def write_loss_plot(path: Path, losses: np.ndarray, title: str) -> None:
     ax.set(xlabel="step", ylabel="denoising score-matching loss (EDM weighting)", yscale="log", title=title)
     ax.legend()
     fig.tight_layout()
-    with models.atomic_write(path) as f:
+    with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     log_path = work / "sessions.json"
     sessions = json.loads(log_path.read_text()) if log_path.is_file() else []
     sessions.append({"seconds": round(train_seconds, 1), "end_step": step})
-    models.write_json_atomic(log_path, sessions)
+    write_json_atomic(log_path, sessions)
     total_seconds = float(sum(s["seconds"] for s in sessions))
     losses = np.asarray(result.losses)
     print(f"trained to step {step} in {train_seconds:.0f} s this session; final loss "

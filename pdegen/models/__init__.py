@@ -2,13 +2,13 @@
 
 from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import TrainState as TrainState
-from ._checkpoint import atomic_write as atomic_write
 from ._checkpoint import available_pretrained as available_pretrained
 from ._checkpoint import export_model as export_model
+from ._checkpoint import is_writer as is_writer
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import load_pretrained as load_pretrained
 from ._checkpoint import save_checkpoint as save_checkpoint
-from ._checkpoint import write_json_atomic as write_json_atomic
+from ._cli import plot_samples as plot_samples
 from ._distributed import batch_sharding as batch_sharding
 from ._distributed import make_mesh as make_mesh
 from ._distributed import replicate as replicate
@@ -38,7 +38,9 @@ from ._sde import VPSDE as VPSDE
 from ._sde import AbstractSDE as AbstractSDE
 from ._sde import sde_from_config as sde_from_config
 from ._training import TrainConfig as TrainConfig
+from ._training import TrainingDivergedError as TrainingDivergedError
 from ._training import TrainResult as TrainResult
+from ._training import check_data as check_data
 from ._training import dsm_loss as dsm_loss
 from ._training import dsm_loss_single as dsm_loss_single
 from ._training import init_train_state as init_train_state

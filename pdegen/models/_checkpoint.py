@@ -5,6 +5,10 @@ and ``metadata.json`` (model/SDE/normalisation config, training config, PRNG key
 the state file's name and SHA-256). Both are written to a temporary file in the same folder
 and moved into place with ``os.replace``; the metadata is replaced last, so a crash at any
 point leaves the previous checkpoint readable. Old state files are removed afterwards.
+
+Only process 0 writes (``jax.process_index() == 0``): on several hosts every process runs the
+same training loop and the others skip the writes. Checkpoints with NaN / inf parameters are
+refused, and the metadata is strict JSON (``pdegen._io.write_json_atomic``: NaN as ``null``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._io import atomic_write as atomic_write
-from .._io import write_json_atomic as write_json_atomic
+from .._io import atomic_write, write_json_atomic
 from ._model import DiffusionModel, Normalisation, model_from_config
 from ._sde import AbstractSDE
 
@@ -38,6 +42,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_writer() -> bool:
+    """True on the process that writes files (process 0; the only one on a single host)."""
+    return jax.process_index() == 0
+
+
+@eqx.filter_jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def all_finite(tree) -> bool:
+    """True when every floating-point array in ``tree`` is finite (one reduction, on the host)."""
+    return bool(_all_finite(tree))
+
+
 class TrainState(eqx.Module):
     """Everything training needs to continue exactly: model, EMA model, optimiser state, step."""
 
@@ -48,8 +68,19 @@ class TrainState(eqx.Module):
 
 
 def save_checkpoint(directory: str | os.PathLike, state: TrainState, metadata: dict) -> Path:
-    """Write ``state`` and ``metadata`` (JSON-serialisable dict) into ``directory`` atomically."""
+    """Write ``state`` and ``metadata`` (JSON-serialisable dict) into ``directory`` atomically.
+
+    Raises ``ValueError`` (and writes nothing) if the state holds NaN / inf values, so a
+    diverged run never replaces a good checkpoint. Only process 0 writes.
+    """
     directory = Path(directory)
+    if not all_finite(state):
+        raise ValueError(
+            f"save_checkpoint(state=...): the state at step {int(state.step)} holds NaN or infinite values; "
+            f"not written (the checkpoint in {str(directory)!r}, if any, is unchanged)"
+        )
+    if not is_writer():
+        return directory
     directory.mkdir(parents=True, exist_ok=True)
     step = int(state.step)
     name = f"state-{step:09d}.eqx"
@@ -126,8 +157,13 @@ def export_model(directory: str | os.PathLike, model: DiffusionModel, metadata: 
     The folder then holds ``model-<step>.eqx`` and ``metadata.json`` (``contents: "model"``);
     :func:`load_checkpoint` and :func:`load_pretrained` read it like a training checkpoint.
     Pass the EMA model of a finished run: this is how the shipped priors are written.
+    Only process 0 writes; NaN / inf weights raise ``ValueError``.
     """
     directory = Path(directory)
+    if not all_finite(model):
+        raise ValueError("export_model(model=...): the model holds NaN or infinite weights; not written")
+    if not is_writer():
+        return directory
     directory.mkdir(parents=True, exist_ok=True)
     name = f"model-{int(step):09d}.eqx"
     with atomic_write(directory / name) as f:

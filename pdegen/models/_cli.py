@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +18,40 @@ def _build_sde(name: str):
     return {"vp": VPSDE(), "vp-cosine": VPSDE(schedule="cosine", t_max=0.999), "ve": VESDE(), "edm": EDMSDE()}[name]
 
 
+def _data_channels(path: str, channels: int) -> list[str] | None:
+    """Channel names stored in a ``pdegen data`` file's ``meta`` entry, if it has them."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "meta" not in f.files:
+                return None
+            names = json.loads(str(f["meta"])).get("channels")
+    except Exception:  # noqa: BLE001 - names are optional: anything unreadable means "none"
+        return None
+    if isinstance(names, list) and len(names) == channels and all(isinstance(n, str) for n in names):
+        return names
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
     import jax.random as jr
 
+    from .._io import check_output_dir
     from ._model import DiffusionModel, Normalisation
     from ._networks import ScoreMLP, UNet, count_parameters
-    from ._training import TrainConfig, load_data, train
+    from ._training import TrainConfig, _check_data, load_data, train
 
+    check_output_dir(args.out, "--out")  # before any work: not after the whole run
     data = load_data(args.data, key=args.key)
+    label = f"--data {str(args.data)!r}" + (f" (array {args.key!r})" if str(args.data).endswith(".npz") else "")
     if data.ndim == 3:  # (N, H, W): one channel
         data = data[:, None]
     if data.ndim not in (2, 4):
-        raise ValueError(f"--data: expected arrays (N, D), (N, H, W) or (N, C, H, W), got shape {data.shape}")
+        raise ValueError(f"{label}: expected arrays (N, D), (N, H, W) or (N, C, H, W), got shape {data.shape}")
+    # Checked before the normalisation is fitted: NaN or empty data get their own message.
+    try:
+        data = _check_data(data, label, min_examples=2)
+    except TypeError as err:  # a wrong dtype in a file is bad input, not a programming error
+        raise ValueError(str(err)) from None
     key = jr.key(args.seed)
     net_key, train_key = jr.split(key)
     if data.ndim == 4:
@@ -42,33 +65,64 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                          warmup_steps=min(args.warmup, args.steps), ema_decay=args.ema,
                          checkpoint_every=args.checkpoint_every, log_every=min(50, args.steps))
+    meta = {"data": str(args.data)}
+    channels = _data_channels(args.data, data.shape[1])
+    if channels is not None:
+        meta["channels"] = channels
     print(f"training {type(net).__name__} ({count_parameters(net)} float32 parameters) on {data.shape}")
-    result = train(model, data, key=train_key, config=config, out_dir=args.out, progress=not args.quiet)
+    result = train(model, data, key=train_key, config=config, out_dir=args.out, progress=not args.quiet,
+                   metadata=meta)
     print(f"done: step {int(result.state.step)}, final loss {result.losses[-1]:.4g}; checkpoint in {args.out}")
     return 0
 
 
-def _save_grid(path: Path, samples: np.ndarray) -> None:
+def plot_samples(samples: np.ndarray, *, channel_names=None, title: str | None = None, max_samples: int = 8):
+    """A labelled figure of samples: fields ``(N, C, H, W)`` as one row per channel (titled with
+    the channel name, one colour bar per row on a shared scale), vectors ``(N, D)`` as a scatter
+    of the first two coordinates. Returns the matplotlib ``Figure`` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ._checkpoint import atomic_write
-
+    samples = np.asarray(samples)
     n = samples.shape[0]
+    channels = samples.shape[1] if samples.ndim >= 2 else 1
+    names = list(channel_names) if channel_names is not None else [f"channel {c}" for c in range(channels)]
+    if len(names) != channels:
+        raise ValueError(f"plot_samples(channel_names=...): {len(names)} names for {channels} channels")
     if samples.ndim == 2:  # vectors: scatter of the first two coordinates
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ax.scatter(samples[:, 0], samples[:, 1 if samples.shape[1] > 1 else 0], s=4)
+        fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
+        second = 1 if channels > 1 else 0
+        ax.scatter(samples[:, 0], samples[:, second], s=4)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[second])
+        ax.set_title(f"{n} samples" + (f" (coordinates 1-2 of {channels})" if channels > 2 else ""), fontsize=9)
+    elif samples.ndim == 4:
+        cols = min(n, max_samples)
+        fig, axes = plt.subplots(channels, cols, figsize=(2.0 * cols + 1.0, 2.0 * channels + 0.6),
+                                 squeeze=False, layout="constrained")
+        for c in range(channels):
+            vmin, vmax = float(samples[:cols, c].min()), float(samples[:cols, c].max())
+            for i in range(cols):
+                ax = axes[c, i]
+                im = ax.imshow(samples[i, c], origin="lower", cmap="viridis", vmin=vmin, vmax=vmax)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(f"{names[c]} #{i}", fontsize=8)
+            fig.colorbar(im, ax=axes[c, :].tolist(), shrink=0.9, label=names[c])
     else:
-        cols = int(np.ceil(np.sqrt(n)))
-        rows = int(np.ceil(n / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows), squeeze=False)
-        for i, ax in enumerate(axes.ravel()):
-            ax.axis("off")
-            if i < n:
-                ax.imshow(samples[i, 0], cmap="viridis")
-    fig.tight_layout()
+        raise ValueError(f"plot_samples(samples=...): expected shape (N, D) or (N, C, H, W), got {samples.shape}")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _save_figure(path: Path, fig) -> None:
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_write
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
@@ -79,19 +133,36 @@ def _save_grid(path: Path, samples: np.ndarray) -> None:
 def _sample(args: argparse.Namespace) -> int:
     import jax.random as jr
 
-    from ._checkpoint import atomic_write, load_checkpoint
+    from .._io import atomic_write, check_output_dir
+    from ._checkpoint import is_writer, load_checkpoint
     from ._samplers import sample_model
 
+    out = check_output_dir(args.out, "--out")  # before sampling, not after
+    if args.n < 1:
+        raise ValueError(f"--n must be a positive number of samples, got {args.n}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     ckpt = load_checkpoint(args.checkpoint)
     options = {} if args.steps is None else {"num_steps": args.steps}
-    samples = np.asarray(sample_model(ckpt.model, args.n, key=jr.key(args.seed), method=args.method, **options))
-    out = Path(args.out)
+    name = ckpt.metadata.get("name") or Path(args.checkpoint).resolve().name
+    steps = "default" if args.steps is None else str(args.steps)
+    print(f"sampling {args.n} from {name} (trained {ckpt.step} steps) with {args.method}, {steps} steps",
+          flush=True)
+    samples = np.asarray(sample_model(ckpt.model, args.n, key=jr.key(args.seed), method=args.method,
+                                      batch_size=args.batch_size, progress=not args.quiet, **options))
+    if not is_writer():
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, samples=samples)
     with atomic_write(out / "samples.npz") as f:
         f.write(buf.getvalue())
-    _save_grid(out / "samples.png", samples)
+    names = ckpt.metadata.get("channels")
+    channels = samples.shape[1]
+    if not (isinstance(names, list) and len(names) == channels and all(isinstance(c, str) for c in names)):
+        names = None
+    title = f"{name} (trained {ckpt.step} steps): {args.method}, {steps} sampler steps, seed {args.seed}"
+    _save_figure(out / "samples.png", plot_samples(samples, channel_names=names, title=title))
     print(f"wrote {samples.shape} samples to {out / 'samples.npz'} and {out / 'samples.png'}")
     return 0
 
@@ -126,5 +197,7 @@ def register(subparsers) -> None:
     s.add_argument("--method", default="edm_heun",
                    choices=("euler_maruyama", "predictor_corrector", "probability_flow", "ddim", "edm_heun"))
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
+    s.add_argument("--batch-size", type=int, default=32, help="samples per batch (progress is shown per batch)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_sample)

@@ -213,11 +213,15 @@ def _batched(score_fn, sde, shape, keys, sampler, options):
 
 
 def sample(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], num_samples: int, *, key: Array,
-           method: str | Callable[..., Array] = "euler_maruyama", mesh=None, **options) -> Array:
+           method: str | Callable[..., Array] = "euler_maruyama", mesh=None, batch_size: int | None = None,
+           progress: bool = False, **options) -> Array:
     """``num_samples`` independent samples ``(num_samples, *shape)``, one key each.
 
     ``method`` names a sampler in ``SAMPLERS`` or is a sampler function; ``options`` go to it.
-    The batch is sharded over the devices of ``mesh`` (default: all devices).
+    The batch is sharded over the devices of ``mesh`` (default: all devices). ``batch_size``
+    splits the work into batches of that size (rounded up to a multiple of the device count;
+    default: one batch), compiled once; sample ``i`` is the same whatever the batching.
+    ``progress=True`` shows a progress bar (tqdm) over the batches.
     """
     if isinstance(method, str):
         if method not in SAMPLERS:
@@ -225,18 +229,46 @@ def sample(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], num_samp
         method = SAMPLERS[method]
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"sample(num_samples=...) must be a positive int, got {num_samples!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"sample(batch_size=...) must be a positive int or None, got {batch_size!r}")
     mesh = make_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
-    padded = -(-num_samples // n_dev) * n_dev
-    keys = jax.device_put(jr.split(key, padded), batch_sharding(mesh))
+    size = num_samples if batch_size is None else min(batch_size, num_samples)
+    size = -(-size // n_dev) * n_dev
+    keys = jr.split(key, num_samples)  # key i does not depend on num_samples' padding or batching
     score_fn = replicate(score_fn, mesh)  # arrays held by the score (e.g. network weights)
-    out = _batched(score_fn, sde, tuple(int(s) for s in shape), keys, method, options)
-    return out[:num_samples]
+    shape = tuple(int(s) for s in shape)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_samples, desc="sample", unit="sample", dynamic_ncols=True)
+    outs = []
+    try:
+        for start in range(0, num_samples, size):
+            chunk = keys[start:start + size]
+            m = chunk.shape[0]
+            if m < size:  # pad the last batch (results dropped) so that one compiled program serves all
+                chunk = jnp.concatenate([chunk, jnp.repeat(chunk[:1], size - m, axis=0)])
+            chunk = jax.device_put(chunk, batch_sharding(mesh))
+            out = _batched(score_fn, sde, shape, chunk, method, options)
+            outs.append(out[:m])
+            if bar is not None:
+                jax.block_until_ready(outs[-1])
+                bar.update(m)
+    finally:
+        if bar is not None:
+            bar.close()
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
 
 
 def sample_model(model, num_samples: int, *, key: Array, method: str | Callable[..., Array] = "edm_heun",
-                 mesh=None, dtype: Any = "float32", **options) -> Array:
-    """Samples in physical units ``(num_samples, *model.data_shape)`` from a :class:`DiffusionModel`."""
+                 mesh=None, dtype: Any = "float32", batch_size: int | None = None, progress: bool = False,
+                 **options) -> Array:
+    """Samples in physical units ``(num_samples, *model.data_shape)`` from a :class:`DiffusionModel`.
+
+    ``batch_size`` and ``progress`` as in :func:`sample`; ``options`` go to the sampler.
+    """
     x = sample(model, model.sde, model.data_shape, num_samples, key=key, method=method, mesh=mesh,
-               dtype=dtype, **options)
+               dtype=dtype, batch_size=batch_size, progress=progress, **options)
     return jax.vmap(model.normalisation.unnormalise)(x)

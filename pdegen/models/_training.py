@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -17,9 +20,12 @@ import numpy as np
 import optax
 from jax import Array
 
+from .._errors import NonFiniteError
+from .._io import atomic_write, check_output_dir
 from ._checkpoint import (
     TrainState,
-    atomic_write,
+    all_finite,
+    is_writer,
     load_train_state,
     read_metadata,
     save_checkpoint,
@@ -140,42 +146,98 @@ def train_step(state: TrainState, batch: Array, key: Array, optimizer: optax.Gra
     return TrainState(model, ema_model, opt_state, state.step + 1), loss
 
 
+class TrainingDivergedError(NonFiniteError):
+    """Training produced a NaN / infinite loss or state; the message names the step.
+
+    A ``FloatingPointError`` and a ``ValueError`` (``pdegen._errors.NonFiniteError``).
+    """
+
+
+def _data_error_reason(err: BaseException) -> str:
+    """A short reason for a failed ``np.load``, never advice to enable pickle loading."""
+    text = str(err)
+    if "pickle" in text.lower():
+        if "object arrays" in text.lower():
+            return "it holds Python objects, not numbers"
+        return "the file is neither a NumPy .npz archive nor a .npy array"
+    if isinstance(err, EOFError):
+        return "the file is empty or ends too early"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def load_data(source, *, key: str = "fields") -> np.ndarray:
     """Training data as a NumPy array ``(N, ...)`` from an array or an ``.npz``/``.npy`` file.
 
-    For ``.npz`` files ``key`` names the array (default ``"fields"``).
+    For ``.npz`` files ``key`` names the array (default ``"fields"``). Files are read without
+    pickle; an empty, truncated or foreign file raises one ``ValueError`` naming it.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"load_data(source=...): no such file {str(path)!r}")
-        if path.suffix == ".npy":
-            return np.load(path)
-        with np.load(path) as f:
-            if key not in f.files:
-                raise ValueError(
-                    f"load_data(key={key!r}): {str(path)!r} has no array {key!r}; it has {sorted(f.files)}"
-                )
-            return f[key]
+        bad = f"load_data(source=...): {str(path)!r} is not a pdegen data set (.npz) or corrupt"
+        try:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                return np.asarray(loaded)
+            with loaded:
+                names = sorted(loaded.files)
+                if key in names:
+                    return np.asarray(loaded[key])
+        except (EOFError, zipfile.BadZipFile, zlib.error, ValueError, OSError) as err:
+            raise ValueError(f"{bad}: {_data_error_reason(err)}") from None
+        raise ValueError(f"load_data(key={key!r}): {str(path)!r} has no array {key!r}; it has {names}")
     return np.asarray(source)
 
 
-def validate_data(data, model: DiffusionModel, *, name: str = "data") -> np.ndarray:
-    """Check a data set ``(N, *model.data_shape)``: shape, numeric dtype, all finite."""
+def _check_dtype(data: np.ndarray, label: str) -> None:
+    real = np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)
+    if data.dtype == np.bool_ or not real:
+        raise TypeError(f"{label} must hold real numbers (float or int), got dtype {data.dtype}")
+
+
+def _check_data(data, label: str, *, min_examples: int = 1) -> np.ndarray:
+    """Model-free checks of a data set ``(N, ...)``; ``label`` names it in messages."""
     data = np.asarray(data)
-    if not np.issubdtype(data.dtype, np.number):
-        raise TypeError(f"`{name}` must be numeric, got dtype {data.dtype}")
+    _check_dtype(data, label)
+    if data.ndim < 2:
+        raise ValueError(f"{label} must be an array of examples (N, ...) with 2 or more axes, got shape {data.shape}")
+    if data.shape[0] == 0:
+        raise ValueError(f"{label} is empty (shape {data.shape}); at least {min_examples} example(s) are needed")
+    if any(s == 0 for s in data.shape[1:]):
+        raise ValueError(f"{label} has shape {data.shape}: every axis after the first must be non-empty")
+    if data.shape[0] < min_examples:
+        raise ValueError(f"{label} has {data.shape[0]} example(s); at least {min_examples} are needed")
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        first = int(np.argmin(finite.reshape(data.shape[0], -1).all(axis=1)))
+        raise ValueError(
+            f"{label} contains {bad} NaN or infinite value(s) (first in example {first}); clean the data first"
+        )
+    return data
+
+
+def check_data(data, *, name: str = "data", min_examples: int = 1) -> np.ndarray:
+    """Check a data set ``(N, ...)`` without a model: real numeric dtype, at least 2 axes, no empty
+    axis, at least ``min_examples`` examples, all finite. Returns it as a NumPy array."""
+    return _check_data(data, f"`{name}`", min_examples=min_examples)
+
+
+def validate_data(data, model: DiffusionModel, *, name: str = "data", min_examples: int = 1) -> np.ndarray:
+    """Check a data set ``(N, *model.data_shape)``: shape, numeric dtype, size, all finite."""
+    return _validate(data, model, f"`{name}`", name, min_examples)
+
+
+def _validate(data, model: DiffusionModel, label: str, name: str, min_examples: int = 1) -> np.ndarray:
+    data = np.asarray(data)
+    _check_dtype(data, label)
     if data.ndim != len(model.data_shape) + 1:
         raise ValueError(
-            f"`{name}` must have shape (N, {', '.join(map(str, model.data_shape))}), got {data.shape}"
+            f"{label} must have shape (N, {', '.join(map(str, model.data_shape))}), got {data.shape}"
         )
     model.check_compatible(data.shape, name=name)
-    if data.shape[0] < 1:
-        raise ValueError(f"`{name}` is empty")
-    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-    if bad:
-        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s); clean the data first")
-    return data
+    return _check_data(data, label, min_examples=min_examples)
 
 
 def batch_indices(data_key: Array, step: int, n: int, batch_size: int) -> np.ndarray:
@@ -214,19 +276,51 @@ def _write_loss_plot(path: Path, losses: np.ndarray) -> None:
     plt.close(fig)
 
 
+def _stored_losses(meta: dict, step: int, out: Path) -> list[float]:
+    """The loss history of a checkpoint, one entry per step (``null`` read as NaN).
+
+    Checkpoints of older versions could miss the losses logged since the last ``log_every``
+    flush; NaN entries are put in front for the missing ones, so that the latest steps line up.
+    """
+    losses = [float("nan") if v is None else float(v) for v in meta.get("losses", [])]
+    if len(losses) > step:
+        losses = losses[:step]
+    elif len(losses) < step:
+        warnings.warn(
+            f"train(out_dir={str(out)!r}): the checkpoint's loss history has {len(losses)} entries for "
+            f"{step} steps (written by an older pdegen); the missing ones are recorded as NaN",
+            stacklevel=3,
+        )
+        losses = [float("nan")] * (step - len(losses)) + losses
+    return losses
+
+
 def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = TrainConfig(),
           out_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-          mesh=None, stop_after: int | None = None) -> TrainResult:
+          mesh=None, stop_after: int | None = None, metadata: dict | None = None) -> TrainResult:
     """Train ``model`` by denoising score matching on ``data`` ``(N, *model.data_shape)``.
 
-    Data are in physical units; ``model.normalisation`` maps them to training units. With
-    ``out_dir`` a checkpoint is written every ``config.checkpoint_every`` steps and at the end
-    (plus ``loss.png``); with ``resume=True`` an existing checkpoint there is continued
-    exactly (the stored key and config are used). ``mesh`` (default: all devices) shards each
-    batch over devices. ``stop_after`` ends the run early after that many total steps (a
-    checkpoint is written), e.g. to split a long run into jobs.
+    Data are in physical units (an array, or a ``.npz`` / ``.npy`` file read with
+    :func:`load_data`); ``model.normalisation`` maps them to training units. The output folder
+    and the data are checked before any work. With ``out_dir`` a checkpoint is written every
+    ``config.checkpoint_every`` steps and at the end (plus ``loss.png``), holding the loss of
+    every step so far; with ``resume=True`` an existing checkpoint there is continued exactly
+    (the stored key and config are used), parameters and loss history alike. ``mesh``
+    (default: all devices) shards each batch over devices. ``stop_after`` ends the run early
+    after that many total steps (a checkpoint is written), e.g. to split a long run into jobs.
+    ``metadata`` (JSON-serialisable) is stored in every checkpoint (e.g. ``{"channels": [...]}``).
+
+    The losses are checked on the host every ``config.log_every`` steps and the whole state
+    before each checkpoint: a NaN / inf raises :class:`TrainingDivergedError` naming the step,
+    and the last good checkpoint is left as it was. Only process 0 writes files.
     """
-    data = validate_data(data, model)
+    out = check_output_dir(out_dir, "train(out_dir=...)") if out_dir is not None else None
+    if isinstance(data, (str, os.PathLike)):
+        label = f"data file {str(data)!r}"
+        data = load_data(data)
+    else:
+        label = "`data`"
+    data = _validate(data, model, label, "data")
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jr.wrap_key_data(key)
     optimizer = make_optimizer(config)
@@ -234,22 +328,28 @@ def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = Trai
     check_batch_divisible(config.batch_size, mesh, name="config.batch_size")
     losses: list[float] = []
     state = init_train_state(model, optimizer)
-    out = Path(out_dir) if out_dir is not None else None
+    saved_step = None
     if out is not None and resume and (out / "metadata.json").is_file():
         meta = read_metadata(out)
-        if meta["model"] != model.config():
+        if meta.get("contents") == "model":
+            raise ValueError(
+                f"train(out_dir={str(out)!r}): the folder holds an exported model (weights only), which "
+                f"cannot be resumed; use a new out_dir"
+            )
+        if meta.get("model") != model.config():
             raise ValueError(
                 f"train(out_dir={str(out)!r}): the checkpoint there was made for a different model "
                 f"configuration; use a new out_dir or resume=False"
             )
-        if meta["train"] != dataclasses.asdict(config):
+        if meta.get("train") != dataclasses.asdict(config):
             raise ValueError(
                 f"train(config=...): differs from the configuration stored in {str(out)!r} "
-                f"({meta['train']}); resume with the same config or use a new out_dir"
+                f"({meta.get('train')}); resume with the same config or use a new out_dir"
             )
         state = load_train_state(out, skeleton_state(meta, optimizer), meta)
         key = jr.wrap_key_data(jnp.asarray(meta["key"], jnp.uint32))
-        losses = list(meta.get("losses", []))
+        saved_step = int(state.step)
+        losses = _stored_losses(meta, saved_step, out)
     train_key, data_key = jr.split(key)
     dtype = jnp.dtype(getattr(model.network, "dtype", "float32"))
     norm = np.asarray(model.normalisation.mean, np.float64), np.asarray(model.normalisation.std, np.float64)
@@ -258,16 +358,51 @@ def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = Trai
     std = norm[1].reshape((1, -1) + extra)
     state = replicate(state, mesh)
     train_key = replicate(train_key, mesh)
+    pending: list[Array] = []
 
-    def save(st):
-        meta = {"train": dataclasses.asdict(config), "losses": [float(v) for v in losses],
-                "key": np.asarray(jr.key_data(key)).tolist()}
-        save_checkpoint(out, st, meta)
-        _write_loss_plot(out / "loss.png", np.asarray(losses))
+    def kept() -> str:
+        if out is None:
+            return "no checkpoint was written (no out_dir)"
+        if saved_step is None:
+            return f"no checkpoint was written to {str(out)!r}"
+        return f"the last good checkpoint in {str(out)!r} (step {saved_step}) is kept"
+
+    def flush() -> None:
+        # Move the losses of the steps since the last flush to the host and check them.
+        nonlocal pending
+        if not pending:
+            return
+        values = np.asarray(jnp.stack(pending), np.float64)
+        first = len(losses) + 1
+        pending = []
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            value = "NaN" if np.isnan(values[bad[0]]) else str(values[bad[0]])
+            raise TrainingDivergedError(
+                f"train: the loss became {value} at step {first + int(bad[0])} of {config.steps}; "
+                f"training stopped and {kept()}. Lower config.learning_rate or config.grad_clip, or check the data"
+            )
+        losses.extend(float(v) for v in values)
+
+    def check_state(st, done: int) -> None:
+        if not all_finite(st):
+            raise TrainingDivergedError(
+                f"train: the model or optimiser state holds NaN or infinite values after step {done} of "
+                f"{config.steps}; training stopped and {kept()}. Lower config.learning_rate or "
+                f"config.grad_clip, or check the data"
+            )
+
+    def save(st, done: int) -> None:
+        nonlocal saved_step
+        if is_writer():
+            meta = {**(metadata or {}), "train": dataclasses.asdict(config), "losses": list(losses),
+                    "key": np.asarray(jr.key_data(key)).tolist()}
+            save_checkpoint(out, st, meta)
+            _write_loss_plot(out / "loss.png", np.asarray(losses))
+        saved_step = done
 
     start = int(state.step)
     end = config.steps if stop_after is None else min(config.steps, int(stop_after))
-    pending: list[Array] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -280,16 +415,17 @@ def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = Trai
             state, loss = train_step(state, shard_batch(batch, mesh), train_key, optimizer, config.ema_decay)
             pending.append(loss)
             done = step + 1
-            if done % config.log_every == 0 or done == end:
-                losses.extend(float(v) for v in np.asarray(jnp.stack(pending)))
-                pending = []
-                if bar is not None:
-                    window = losses[-config.log_every:]
-                    bar.set_postfix(loss=f"{np.mean(window):.4g}")
+            log = done % config.log_every == 0 or done == end
+            checkpoint = out is not None and (done % config.checkpoint_every == 0 or done == end)
+            if log or checkpoint:
+                flush()  # before a checkpoint too: it holds the loss of every step so far
+                check_state(state, done)
+            if log and bar is not None:
+                bar.set_postfix(loss=f"{np.mean(losses[-config.log_every:]):.4g}")
             if bar is not None:
                 bar.update(1)
-            if out is not None and (done % config.checkpoint_every == 0 or done == end):
-                save(state)
+            if checkpoint:
+                save(state, done)
     finally:
         if bar is not None:
             bar.close()
