@@ -84,7 +84,7 @@ def make_block(kernel, idx):
     def one_chain(key, state, moments):
         def inner(carry, k):
             st, (n, mean, m2) = carry
-            st, _ = kernel.step(k, st)
+            st, _ = kernel.step(st, key=k)
             x = st.position
             n = n + 1.0
             d = x - mean
@@ -126,18 +126,18 @@ def slowest_rate(name, step_size, lambda_min):
 
 def bench_sampler(name, model, y, energy, exact_mean, exact_var, budget_s, key, lambda_min):
     kernel, warmup, setup_s = make_kernel(name, model, y, energy)
-    x0 = model.sample_prior(jax.random.fold_in(key, 1), NUM_CHAINS)
+    x0 = model.sample_prior(NUM_CHAINS, key=jax.random.fold_in(key, 1))
     idx = jnp.asarray(np.unique(np.linspace(0, model.dim - 1, min(256, model.dim)).astype(int)))
     block = make_block(kernel, idx)
     # compile (excluded from the timings): warm-up blocks and the sampling block
     t0 = time.perf_counter()
-    res = statfem.run_chains(kernel, jax.random.fold_in(key, 2), x0, 1, 1)
+    res = statfem.run_chains(kernel, x0, 1, 1, key=jax.random.fold_in(key, 2))
     zeros = (jnp.zeros(NUM_CHAINS), jnp.zeros((NUM_CHAINS, model.dim)), jnp.zeros((NUM_CHAINS, model.dim)))
     jax.block_until_ready(block(jax.random.split(key, NUM_CHAINS), res.state, zeros))
     compile_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    res = statfem.run_chains(kernel, jax.random.fold_in(key, 3), x0, 1, warmup)
+    res = statfem.run_chains(kernel, x0, 1, warmup, key=jax.random.fold_in(key, 3))
     state = res.state
     moments = zeros
     steps = 0
@@ -228,8 +228,8 @@ def bench_ipla(case, key, num_particles, num_steps):
                                           num_iterations=60))
     g = jax.grad(lambda t: energy(t, m0))
     c = float((g(1.001) - g(0.999)) / 0.002)
-    particles = model.sample_prior(jax.random.fold_in(key, 1), num_particles)
-    res = statfem.run_ipla(energy, jax.random.fold_in(key, 2), 0.5, particles, num_steps, 0.5 / lam,
+    particles = model.sample_prior(num_particles, key=jax.random.fold_in(key, 1))
+    res = statfem.run_ipla(energy, 0.5, particles, num_steps, 0.5 / lam, key=jax.random.fold_in(key, 2),
                            theta_step_size=0.5 / c, preconditioner=pre)
     est = float(res.estimate)
     return {
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
                "variance_tolerance": VAR_TOL, "chains": NUM_CHAINS, "grids": {}}
     rows = []
     for grid in grids:
-        case = statfem.ula_statfem_case(jax.random.fold_in(key, grid), grid)
+        case = statfem.ula_statfem_case(grid, key=jax.random.fold_in(key, grid))
         model, y = case.model, case.y
         t0 = time.perf_counter()
         post = statfem.exact_posterior(model, y)
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
         jax.block_until_ready(exact_var)
         t_var = time.perf_counter() - t0
         t0 = time.perf_counter()
-        jax.block_until_ready(post.sample(jax.random.key(1), 100))
+        jax.block_until_ready(post.sample(100, key=jax.random.key(1)))
         t_samples = time.perf_counter() - t0
         energy = model.energy_fn(y)
         lambda_min = 1.0 / largest_eigenvalue(post.cov_apply, model.dim, jax.random.fold_in(key, 5))

@@ -17,8 +17,8 @@ def setup():
     model = make_model(n=9, m=12, mass="consistent")
     key = jax.random.key(3)
     k1, k2 = jax.random.split(key)
-    x = model.sample_prior(k1)
-    y = model.simulate_data(k2, x, num_replicates=3)
+    x = model.sample_prior(key=k1)
+    y = model.simulate_data(x, num_replicates=3, key=k2)
     return model, y
 
 
@@ -49,7 +49,7 @@ def test_matheron_samples_have_posterior_moments(setup, getkey):
     model, y = setup
     post = statfem.exact_posterior(model, y)
     N = 1500
-    xs = np.asarray(post.sample(getkey(), N))
+    xs = np.asarray(post.sample(N, key=getkey()))
     C = np.asarray(post.covariance())
     sd = np.sqrt(np.diagonal(C))
     assert np.max(np.abs(xs.mean(0) - np.asarray(post.mean)) / (sd / np.sqrt(N))) < 5.0
@@ -94,8 +94,8 @@ def test_log_marginal_likelihood_gradient_matches_finite_differences(setup):
 def test_fit_hyperparameters_recovers_rho_and_noise(getkey):
     truth = dict(rho=1.3, sigma_e=4e-3, sigma_d=2e-3, ell_d=0.3)
     model = make_model(n=9, m=25, seed=1, sigma_f=0.02, mass="lumped", **truth)
-    x = model.sample_prior(getkey())
-    y = model.simulate_data(getkey(), x, num_replicates=40)
+    x = model.sample_prior(key=getkey())
+    y = model.simulate_data(x, num_replicates=40, key=getkey())
     start = model.replace(rho=0.7, sigma_e=2e-2, sigma_d=1e-2, ell_d=0.15)
     fit = statfem.fit_hyperparameters(start, y, num_steps=800, learning_rate=0.05)
     lml = np.asarray(fit.log_marginal_likelihood)

@@ -14,8 +14,8 @@ from test_statfem_model import make_model
 @pytest.fixture(scope="module")
 def problem():
     model = make_model(n=9, m=12, sigma_f=0.2, sigma_e=5e-3)
-    x = model.sample_prior(jax.random.key(0))
-    y = model.simulate_data(jax.random.key(1), x, num_replicates=2)
+    x = model.sample_prior(key=jax.random.key(0))
+    y = model.simulate_data(x, num_replicates=2, key=jax.random.key(1))
     post = statfem.exact_posterior(model, y)
     Q = np.asarray(statfem.posterior_precision(model, y))
     return dict(model=model, y=y, post=post, C=np.asarray(post.covariance()), Q=Q,
@@ -35,14 +35,14 @@ def check_moments(result, ref_mean, ref_var, k=5.0):
 
 
 def start(problem, key, n=8):
-    return problem["post"].sample(key, n)
+    return problem["post"].sample(n, key=key)
 
 
 def test_ula_matches_its_own_stationary_law(problem):
     Q = problem["Q"]
     h = 1.0 / np.linalg.eigvalsh(Q).max()
     kernel = statfem.ula(problem["U"], h)
-    res = statfem.run_chains(kernel, jax.random.key(2), start(problem, jax.random.key(3)), 1500, 100,
+    res = statfem.run_chains(kernel, start(problem, jax.random.key(3)), 1500, 100, key=jax.random.key(2),
                              thin=5)
     S = np.asarray(statfem.ula_stationary_covariance(jnp.asarray(Q), h))
     check_moments(res, np.asarray(problem["post"].mean), np.diagonal(S))
@@ -63,7 +63,7 @@ def test_prior_preconditioned_ula_matches_its_stationary_law(problem):
     h = 1.0 / lam
     kernel = statfem.ula(problem["U"], h, preconditioner=pre)
     assert kernel.name == "pula"
-    res = statfem.run_chains(kernel, jax.random.key(4), start(problem, jax.random.key(5)), 1500, 50,
+    res = statfem.run_chains(kernel, start(problem, jax.random.key(5)), 1500, 50, key=jax.random.key(4),
                              thin=5)
     S = np.asarray(statfem.ula_stationary_covariance(jnp.asarray(Q), h, jnp.asarray(C0)))
     check_moments(res, np.asarray(problem["post"].mean), np.diagonal(S))
@@ -73,7 +73,7 @@ def test_posterior_preconditioned_ula_has_the_predicted_bias(problem):
     pre = statfem.posterior_preconditioner(problem["model"], problem["y"])
     h = 0.3
     kernel = statfem.ula(problem["U"], h, preconditioner=pre)
-    res = statfem.run_chains(kernel, jax.random.key(6), start(problem, jax.random.key(7)), 400, 20,
+    res = statfem.run_chains(kernel, start(problem, jax.random.key(7)), 400, 20, key=jax.random.key(6),
                              thin=2)
     # with P = C the stationary covariance is C / (1 - h/2)
     check_moments(res, np.asarray(problem["post"].mean), np.diagonal(problem["C"]) / (1 - h / 2))
@@ -85,7 +85,7 @@ def test_woodbury_posterior_preconditioner_equals_dense(problem, getkey):
     v = jax.random.normal(getkey(), (problem["model"].dim,))
     np.testing.assert_allclose(np.asarray(wood.apply(v)), np.asarray(dense.apply(v)), rtol=1e-7,
                                atol=1e-10 * float(jnp.abs(dense.apply(v)).max()))
-    draws = np.asarray(jax.vmap(wood.sample)(jax.random.split(getkey(), 1500)))
+    draws = np.asarray(jax.vmap(lambda k: wood.sample(key=k))(jax.random.split(getkey(), 1500)))
     rel = np.abs(draws.var(0) / np.diagonal(problem["C"]) - 1)
     assert rel.max() < 5 * np.sqrt(2 / 1500)
 
@@ -94,7 +94,7 @@ def test_mala_adapts_to_its_target_and_matches_the_posterior(problem):
     Q = problem["Q"]
     h0 = 0.1 / np.linalg.eigvalsh(Q).max()
     kernel = statfem.mala(problem["U"], h0)
-    res = statfem.run_chains(kernel, jax.random.key(8), start(problem, jax.random.key(9)), 2000, 500,
+    res = statfem.run_chains(kernel, start(problem, jax.random.key(9)), 2000, 500, key=jax.random.key(8),
                              thin=5)
     acc = np.asarray(res.acceptance_rate)
     assert np.all((acc > 0.45) & (acc < 0.70)), acc
@@ -111,7 +111,7 @@ def test_preconditioned_mala_matches_the_posterior(problem, which):
     kernel = statfem.mala(problem["U"], 0.05, preconditioner=pre)
     # the prior preconditioner leaves the data-informed directions stiff: a longer chain
     steps = 2000 if which == "prior" else 600
-    res = statfem.run_chains(kernel, jax.random.key(10), start(problem, jax.random.key(11)), steps, 200,
+    res = statfem.run_chains(kernel, start(problem, jax.random.key(11)), steps, 200, key=jax.random.key(10),
                              thin=5 if which == "prior" else 2)
     acc = np.asarray(res.acceptance_rate)
     assert np.all((acc > 0.4) & (acc < 0.75)), acc
@@ -122,7 +122,7 @@ def test_pcn_matches_the_posterior(problem):
     model = problem["model"]
     kernel = statfem.pcn(model.likelihood_energy_fn(problem["y"]), 0.3, prior_mean=model.prior_mean(),
                          prior=statfem.prior_preconditioner(model, dense=True))
-    res = statfem.run_chains(kernel, jax.random.key(12), start(problem, jax.random.key(13)), 2000, 300,
+    res = statfem.run_chains(kernel, start(problem, jax.random.key(13)), 2000, 300, key=jax.random.key(12),
                              thin=5)
     acc = np.asarray(res.acceptance_rate)
     assert np.all((acc > 0.15) & (acc < 0.35)), acc
@@ -136,13 +136,13 @@ def test_run_chain_is_pure_and_vmappable():
     kernel = statfem.mala(lambda x: 0.5 * x @ Q @ x, 0.5)
     x0 = jnp.zeros((3, 2))
     keys = jax.random.split(jax.random.key(15), 3)
-    run = jax.jit(jax.vmap(lambda k, x: statfem.run_chain(kernel, k, x, 2000, 300, thin=5)))
+    run = jax.jit(jax.vmap(lambda k, x: statfem.run_chain(kernel, x, 2000, 300, key=k, thin=5)))
     res = run(keys, x0)
     assert res.samples.shape == (3, 400, 2)
     acc = np.asarray(res.acceptance_rate)
     assert np.all((acc > 0.45) & (acc < 0.7)), acc
     check_moments(res, np.zeros(2), np.diagonal(np.linalg.inv(np.asarray(Q))))
-    single = statfem.run_chain(kernel, keys[1], x0[1], 2000, 300, thin=5)
+    single = statfem.run_chain(kernel, x0[1], 2000, 300, key=keys[1], thin=5)
     np.testing.assert_allclose(np.asarray(res.mean[1]), np.asarray(single.mean), rtol=1e-8, atol=1e-12)
 
 
@@ -170,16 +170,16 @@ def test_nonlinear_observation_chains_agree(size):
     # sigmoid observations: no exact posterior, so gradient-based pMALA (autodiff through the
     # nonlinearity) must agree with gradient-free pCN
     model = make_model(n=size["n"], m=size["m"], sigma_f=0.2, sigma_e=2e-2, observation=jax.nn.sigmoid)
-    x = model.sample_prior(jax.random.key(17))
-    y = model.simulate_data(jax.random.key(18), x, num_replicates=2)
+    x = model.sample_prior(key=jax.random.key(17))
+    y = model.simulate_data(x, num_replicates=2, key=jax.random.key(18))
     U = model.energy_fn(y)
     pre = statfem.prior_preconditioner(model, dense=True)
     x0 = jnp.tile(model.prior_mean()[None], (8, 1))
     steps, thin = size["steps"], size["thin"]
-    a = statfem.run_chains(statfem.mala(U, 0.2, preconditioner=pre), jax.random.key(19), x0, steps, 500,
+    a = statfem.run_chains(statfem.mala(U, 0.2, preconditioner=pre), x0, steps, 500, key=jax.random.key(19),
                            thin=thin)
     b = statfem.run_chains(statfem.pcn(model.likelihood_energy_fn(y), 0.5, prior_mean=model.prior_mean(),
-                                       prior=pre), jax.random.key(20), x0, steps, 500, thin=thin)
+                                       prior=pre), x0, steps, 500, key=jax.random.key(20), thin=thin)
     ma, va = statfem.pool_chains(a)
     mb, vb = statfem.pool_chains(b)
     ess = np.minimum(np.asarray(statfem.effective_sample_size(a.samples)),
@@ -202,12 +202,12 @@ def test_kernel_bad_input(problem):
     kernel = statfem.ula(U, 1e-6)
     x0 = problem["post"].mean
     with pytest.raises(ValueError, match="thin"):
-        statfem.run_chain(kernel, jax.random.key(0), x0, 10, thin=3)
+        statfem.run_chain(kernel, x0, 10, key=jax.random.key(0), thin=3)
     with pytest.raises(ValueError, match="num_steps"):
-        statfem.run_chain(kernel, jax.random.key(0), x0, 0)
+        statfem.run_chain(kernel, x0, 0, key=jax.random.key(0))
     with pytest.raises(ValueError, match="x0"):
-        statfem.run_chains(kernel, jax.random.key(0), x0, 10)
+        statfem.run_chains(kernel, x0, 10, key=jax.random.key(0))
     with pytest.raises(TypeError, match="SamplingAlgorithm"):
-        statfem.run_chain(U, jax.random.key(0), x0, 10)
+        statfem.run_chain(U, x0, 10, key=jax.random.key(0))
     with pytest.raises(ValueError, match="draws"):
         statfem.effective_sample_size(jnp.zeros((1, 2, 3)))

@@ -53,8 +53,8 @@ def test_log_densities_match_dense_gaussians(mass_kind, getkey):
     m0 = np.linalg.solve(Af, bf)
     Ainv = np.linalg.inv(Af)
     C0 = Ainv @ G @ Ainv.T
-    x = np.asarray(model.sample_prior(getkey()))
-    y = np.asarray(model.simulate_data(getkey(), jnp.asarray(x), num_replicates=3))
+    x = np.asarray(model.sample_prior(key=getkey()))
+    y = np.asarray(model.simulate_data(jnp.asarray(x), num_replicates=3, key=getkey()))
     lp = float(model.log_prior(jnp.asarray(x)))
     assert lp == pytest.approx(scipy.stats.multivariate_normal(m0, C0).logpdf(x), rel=1e-9, abs=1e-7)
     ll = float(model.log_likelihood(jnp.asarray(x), jnp.asarray(y)))
@@ -81,7 +81,7 @@ def _fd_check(f, x, v, eps=1e-6):
 def test_energy_gradient_in_state_matches_finite_differences(variant, getkey):
     model = make_model(**variant)
     x = model.prior_mean() + 0.01 * jax.random.normal(getkey(), (model.dim,))
-    y = model.simulate_data(getkey(), x, num_replicates=2)
+    y = model.simulate_data(x, num_replicates=2, key=getkey())
     U = model.energy_fn(y)
     for _ in range(3):
         v = jax.random.normal(getkey(), (model.dim,))
@@ -94,8 +94,8 @@ NAMES = ("rho", "sigma_d", "ell_d", "sigma_e", "sigma_f", "ell_f", "kappa_scale"
 
 def test_log_joint_gradient_in_parameters_matches_finite_differences(getkey):
     model = make_model(kernel="matern32", ell_f=0.3)
-    x = model.sample_prior(getkey())
-    y = model.simulate_data(getkey(), x, num_replicates=2)
+    x = model.sample_prior(key=getkey())
+    y = model.simulate_data(x, num_replicates=2, key=getkey())
     kq = model.coefficients["kappa"]
 
     @jax.jit
@@ -119,7 +119,7 @@ def test_log_joint_gradient_in_parameters_matches_finite_differences(getkey):
 def test_prior_samples_have_the_prior_covariance(variant, getkey):
     model = make_model(n=7, **variant)
     N = 1500
-    xs = np.asarray(model.sample_prior(getkey(), N))
+    xs = np.asarray(model.sample_prior(N, key=getkey()))
     post = statfem.exact_posterior(model, jnp.zeros(model.num_sensors))
     C0 = np.asarray(post.prior_covariance())
     if "kernel" in variant:
@@ -207,7 +207,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown fields"):
         model.replace(sigma=1.0)
     with pytest.raises(ValueError, match="num_samples"):
-        model.sample_prior(jax.random.key(0), 0)
+        model.sample_prior(0, key=jax.random.key(0))
     H = fem.Helmholtz(V, boundary="impedance")
     with pytest.raises(TypeError, match="complex"):
         statfem.StatFEM(H, good)

@@ -31,9 +31,12 @@ from ._plot import save_figure as save_figure
 from ._problems import Darcy as Darcy
 from ._problems import Helmholtz as Helmholtz
 from ._problems import Poisson as Poisson
+from ._solve import LinearSolveError as LinearSolveError
 from ._solve import clear_solver_cache as clear_solver_cache
 from ._solve import default_method as default_method
 from ._solve import linear_solve as linear_solve
+from ._solve import solver_cache_info as solver_cache_info
+from ._solve import solver_errors as solver_errors
 from ._space import FunctionSpace as FunctionSpace
 from ._sparse import SparseMatrix as SparseMatrix
 from ._sparse import SparsityPattern as SparsityPattern

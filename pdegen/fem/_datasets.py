@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._io import atomic_write
+from .._io import atomic_write, json_safe
 from ._mesh import unit_square
 from ._parameters import Source, ThresholdPermeability
 from ._problems import Darcy, Helmholtz, Poisson
@@ -69,7 +69,7 @@ class PDETask:
 
     def sample(self, key):
         """One ``(a, u)`` pair of nodal vectors from a GRF draw."""
-        field = gaussian_random_field(key, self.mesh, alpha=self.alpha, tau=self.tau)
+        field = gaussian_random_field(self.mesh, key=key, alpha=self.alpha, tau=self.tau)
         return self.pair(field)
 
     def residual(self, a, u):
@@ -184,7 +184,7 @@ def save_dataset(path, fields, meta: dict) -> str:
     fields = np.asarray(fields)
     if fields.ndim != 4 or fields.shape[1] != len(meta.get("channels", CHANNELS)):
         raise ValueError(f"save_dataset: fields must have shape (n, channels, ny, nx), got {fields.shape}")
-    text = json.dumps(meta, indent=2)
+    text = json.dumps(json_safe(meta), indent=2, allow_nan=False)
     _atomic_write_bytes(path, lambda fh: np.savez(fh, fields=fields, meta=np.array(text)))
     _atomic_write_bytes(path[:-4] + ".json", lambda fh: fh.write(text.encode()))
     return path
@@ -199,7 +199,8 @@ def load_dataset(path):
         with np.load(path, allow_pickle=False) as z:
             entries = dict(z) if hasattr(z, "files") else None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise ValueError(f"load_dataset: {path!r} is not a readable pdegen data set ({err})") from err
+        reason = type(err).__name__ if "pickle" in str(err) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"load_dataset: {path!r} is not a pdegen data set (.npz) or is corrupt ({reason})") from None
     if entries is None or "fields" not in entries or "meta" not in entries:
         raise ValueError(f"load_dataset: {path!r} is not a readable pdegen data set (no 'fields'/'meta')")
     fields = entries["fields"]

@@ -256,33 +256,69 @@ def delaunay(points, *, min_angle_area: float = 1e-10) -> Mesh:
 # ---------------------------------------------------------------------------- files
 
 _MESHIO_CELL = {"triangle": "triangle", "quad": "quad"}
+# meshio cell types read as 2-D cells: the first 3 (triangles) or 4 (quads) nodes are the corners
+_READ_CELLS = {"triangle": ("triangle", 3), "triangle6": ("triangle", 3), "triangle7": ("triangle", 3),
+               "quad": ("quad", 4), "quad8": ("quad", 4), "quad9": ("quad", 4)}
+# meshio's higher-order cells for degree-2 spaces (VTK node order: corners, edge midpoints, centre)
+_HIGHER_ORDER_CELL = {"triangle": "triangle6", "quad": "quad9"}
+# formats whose meshio writer and reader round-trip those cells with point data (tested)
+_HIGHER_ORDER_EXTENSIONS = (".vtu", ".xdmf", ".msh")
 
 
 def read_mesh(path) -> Mesh:
     """Read a 2-D triangle or quad mesh with meshio (gmsh ``.msh``, ``.xdmf``, ``.vtu``, ...).
 
-    Lower-dimensional cells (lines, vertices) are ignored; unused points are dropped;
-    a third coordinate is dropped if it is constant.
+    Lower-dimensional cells (lines, vertices) are ignored; higher-order cells (``triangle6``,
+    ``quad9``, ...) are read as their corner triangles / quads; unused points (e.g. edge
+    midpoints) are dropped; a third coordinate is dropped if it is constant.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: naming the file, if it is empty, unreadable, has no triangle or quad cells,
+            mixes triangles and quads, or is not planar.
     """
+    import contextlib
+    import io
+    import sys
+
     import meshio
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"read_mesh: no such file {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"read_mesh: {path!r} is a directory, not a mesh file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"read_mesh: {path!r} is empty (0 bytes); expected a mesh file "
+                         "(gmsh .msh, .xdmf, .vtu, ...)")
+    chatter = io.StringIO()  # meshio prints to the console before some failures
     try:
-        m = meshio.read(path)
-    except SystemExit as err:  # meshio exits the interpreter on some malformed gmsh files
-        raise ValueError(f"read_mesh: {path!r} is not a readable mesh file (meshio could not parse it)") from err
-    blocks = [c for c in m.cells if c.type in ("triangle", "quad")]
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            m = meshio.read(path)
+    except (Exception, SystemExit) as err:  # SystemExit: meshio exits on some malformed files
+        said = " ".join(chatter.getvalue().split())
+        detail = "" if isinstance(err, SystemExit) else f"{type(err).__name__}: {err}"
+        detail = "; ".join(d for d in (said, detail) if d)
+        raise ValueError(
+            f"read_mesh: {path!r} is not a readable mesh file (gmsh .msh, .xdmf, .vtu, ...)"
+            + (f": {detail}" if detail else "")
+        ) from None
+    if chatter.getvalue():  # a successful read: pass meshio's messages on
+        sys.stderr.write(chatter.getvalue())
+    if not m.cells:
+        raise ValueError(f"read_mesh: {path!r} contains no cells (only {len(m.points)} points)")
+    blocks = [(c.type, c.data) for c in m.cells if c.type in _READ_CELLS and len(c.data)]
     if not blocks:
         raise ValueError(
             f"read_mesh: {path!r} has no triangle or quad cells (found {[c.type for c in m.cells]})"
         )
-    kinds = {c.type for c in blocks}
+    kinds = {_READ_CELLS[t][0] for t, _ in blocks}
     if len(kinds) > 1:
         raise ValueError(f"read_mesh: {path!r} mixes triangles and quads; pdegen needs one cell type")
-    cells = np.concatenate([c.data for c in blocks])
+    cells = np.concatenate([np.asarray(d)[:, : _READ_CELLS[t][1]] for t, d in blocks])
     pts = np.asarray(m.points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
+        raise ValueError(f"read_mesh: {path!r} has points of shape {pts.shape}; expected 2-D or 3-D points")
     if pts.shape[1] == 3:
         if np.ptp(pts[:, 2]) > 1e-12 * max(np.ptp(pts[:, :2]), 1.0):
             raise ValueError(f"read_mesh: {path!r} is not planar (z varies); pdegen meshes are 2-D")
@@ -293,53 +329,145 @@ def read_mesh(path) -> Mesh:
     return Mesh(pts[used], remap[cells], reorient=True)
 
 
-def write_mesh(path, mesh: Mesh, *, point_data: dict | None = None, cell_data: dict | None = None):
-    """Write a mesh with optional point/cell fields (meshio; format from the extension: ``.msh`` is
-    gmsh 2.2, ``.vtu`` / ``.xdmf`` open in ParaView).
+def _dof_layout(space):
+    """Vertex dofs ``(npoints,)`` and the higher-order cells ``(ncells, 6 | 9)`` of a degree-2
+    space in VTK node order (corners, edge midpoints in the order 01, 12, 20 / 01, 12, 23, 30,
+    then the quad centre), as dof indices; ``None`` for the cells of a degree-1 space."""
+    basis = space.basis
+    mesh = space.mesh
+    vertex_dofs = np.asarray(basis.nodal_dofs[0], np.int64)
+    if space.degree == 1:
+        return vertex_dofs, None
+    facets = np.asarray(mesh.skfem.facets, np.int64)  # (2, nfacets) vertex pairs
+    n = mesh.npoints
+    keys = np.minimum(facets[0], facets[1]) * n + np.maximum(facets[0], facets[1])
+    order = np.argsort(keys)
+    facet_dofs = np.asarray(basis.facet_dofs[0], np.int64)
+    cells = mesh.cells
+    k = cells.shape[1]
+    a, b = cells, np.roll(cells, -1, axis=1)  # edges (v_i, v_{i+1}) in VTK order
+    edge_keys = np.minimum(a, b) * n + np.maximum(a, b)
+    pos = order[np.searchsorted(keys, edge_keys, sorter=order)]
+    columns = [vertex_dofs[cells], facet_dofs[pos]]
+    if k == 4:
+        columns.append(np.asarray(basis.interior_dofs[0], np.int64)[:, None])
+    return vertex_dofs, np.concatenate(columns, axis=1)
 
-    The file is written atomically (a temporary file in the same folder, then renamed).
-    Complex fields are written as ``<name>_real`` and ``<name>_imag``.
+
+def _lift_vertex_values(space, values):
+    """Vertex values ``(npoints, ...)`` of a linear field -> its values at every dof of a
+    degree-2 space (edge midpoints and quad centres: means of the corners, exact for P1/Q1)."""
+    basis = space.basis
+    mesh = space.mesh
+    out = np.zeros((space.ndofs,) + values.shape[1:], values.dtype)
+    out[np.asarray(basis.nodal_dofs[0])] = values
+    facets = np.asarray(mesh.skfem.facets, np.int64)
+    out[np.asarray(basis.facet_dofs[0])] = 0.5 * (values[facets[0]] + values[facets[1]])
+    if basis.interior_dofs.size:
+        out[np.asarray(basis.interior_dofs[0])] = values[mesh.cells].mean(axis=1)
+    return out
+
+
+def write_mesh(path, mesh, *, point_data: dict | None = None, cell_data: dict | None = None,
+               higher_order: bool | None = None):
+    """Write a mesh with optional point / cell fields through meshio (format from the extension).
+
+    Args:
+        path: ``.msh`` (gmsh 4.1), ``.vtu`` or ``.xdmf`` (ParaView), or any other extension meshio
+            knows.
+        mesh: a :class:`Mesh`, or a :class:`FunctionSpace` to write fields of its element
+            (required for P2 / Q2 fields, whose length is ``space.ndofs``).
+        point_data: ``name -> array`` of vertex values ``(npoints, ...)`` or, with a space, dof
+            values ``(ndofs, ...)``. Complex fields are written as ``<name>_real`` and ``<name>_imag``.
+        cell_data: ``name -> array`` of cell values ``(ncells, ...)``.
+        higher_order: with a P2 / Q2 space, write ``triangle6`` / ``quad9`` cells on all dofs
+            (every field at every dof; vertex fields interpolated linearly at edge midpoints);
+            default: where meshio round-trips them (``.vtu``, ``.xdmf``, ``.msh``). Otherwise (or
+            with ``False``) the linear cells are written with each field's vertex values.
+
+    The file is written atomically (a temporary file in the same folder, then renamed);
+    :func:`read_mesh` reads back the linear mesh either way.
     """
     import meshio
 
-    path = os.fspath(path)
-    point_data = {k: np.asarray(v) for k, v in (point_data or {}).items()}
-    cell_data = {k: np.asarray(v) for k, v in (cell_data or {}).items()}
-    for name, v in point_data.items():
-        if v.shape[0] != mesh.npoints:
-            raise ValueError(f"write_mesh: point_data[{name!r}] has {v.shape[0]} values, expected {mesh.npoints}")
-    for name, v in cell_data.items():
-        if v.shape[0] != mesh.ncells:
-            raise ValueError(f"write_mesh: cell_data[{name!r}] has {v.shape[0]} values, expected {mesh.ncells}")
+    from ._space import FunctionSpace
 
-    def split(d):
+    path = os.fspath(path)
+    space = mesh if isinstance(mesh, FunctionSpace) else None
+    if space is not None:
+        mesh = space.mesh
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"write_mesh: mesh must be a Mesh or a FunctionSpace, got {type(mesh).__name__}")
+    base, ext = os.path.splitext(os.path.basename(path))
+    ext = ext.lower()
+    if not base or not ext:
+        raise ValueError(f"write_mesh: path {path!r} needs a file name with an extension (.msh, .vtu, .xdmf, ...)")
+    degree2 = space is not None and space.degree == 2
+    if higher_order is None:
+        higher_order = degree2 and ext in _HIGHER_ORDER_EXTENSIONS
+    elif higher_order and not degree2:
+        raise ValueError("write_mesh: higher_order=True needs a P2 / Q2 FunctionSpace as the mesh argument")
+    vertex_dofs, ho_cells = _dof_layout(space) if space is not None else (None, None)
+
+    def as_points(name, v):
+        v = np.asarray(v)
+        if v.ndim == 0:
+            raise ValueError(f"write_mesh: point_data[{name!r}] must be an array, got a scalar")
+        n = v.shape[0]
+        if space is not None and n == space.ndofs:
+            if higher_order:
+                return v
+            return v[vertex_dofs]
+        if n == mesh.npoints:
+            return _lift_vertex_values(space, v) if higher_order else v
+        hint = "" if space is not None else (
+            "; for a field of a P2 / Q2 space pass the FunctionSpace instead of the mesh"
+        )
+        expected = f"{mesh.npoints} (vertices)" + (f" or {space.ndofs} (dofs)" if space is not None else "")
+        raise ValueError(f"write_mesh: point_data[{name!r}] has {n} values, expected {expected}{hint}")
+
+    point_data = {k: as_points(k, v) for k, v in (point_data or {}).items()}
+    cell_data = {k: np.asarray(v) for k, v in (cell_data or {}).items()}
+    for name, v in cell_data.items():
+        if v.ndim == 0 or v.shape[0] != mesh.ncells:
+            raise ValueError(f"write_mesh: cell_data[{name!r}] has shape {v.shape}, expected ({mesh.ncells}, ...)")
+
+    def split(kind, d):
         out = {}
         for k, v in d.items():
-            if np.iscomplexobj(v):
-                out[k + "_real"], out[k + "_imag"] = v.real, v.imag
-            else:
-                out[k] = v
+            parts = {k + "_real": v.real, k + "_imag": v.imag} if np.iscomplexobj(v) else {k: v}
+            for name, arr in parts.items():
+                if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+                    raise TypeError(f"write_mesh: {kind}[{k!r}] must be numeric, got dtype {arr.dtype}")
+                if ext == ".msh":
+                    arr = _gmsh_components(kind, name, arr)
+                out[name] = arr
         return out
 
-    pts3 = np.concatenate([mesh.points, np.zeros((mesh.npoints, 1))], axis=1)
+    if higher_order:
+        pts = np.asarray(space.dof_coordinates, np.float64)
+        cells = [(_HIGHER_ORDER_CELL[mesh.cell_type], ho_cells)]
+    else:
+        pts = mesh.points
+        cells = [(_MESHIO_CELL[mesh.cell_type], mesh.cells)]
+    pts3 = np.concatenate([pts, np.zeros((pts.shape[0], 1))], axis=1)
     m = meshio.Mesh(
         pts3,
-        [(_MESHIO_CELL[mesh.cell_type], mesh.cells)],
-        point_data=split(point_data),
-        cell_data={k: [v] for k, v in split(cell_data).items()},
+        cells,
+        point_data=split("point_data", point_data),
+        cell_data={k: [v] for k, v in split("cell_data", cell_data).items()},
     )
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
     tmpdir = tempfile.mkdtemp(dir=folder, prefix=".tmp-")
     try:
         tmp = os.path.join(tmpdir, base + ext)
-        if ext.lower() == ".msh":
-            # gmsh's own format (meshio's default for .msh is ANSYS); ASCII unless fields are
-            # written, which meshio reads back only from the binary form.
-            tags = np.ones(mesh.ncells, np.int32)  # one physical / geometrical region
-            m.cell_data.update({"gmsh:physical": [tags], "gmsh:geometrical": [tags]})
-            meshio.write(tmp, m, file_format="gmsh22", binary=bool(point_data or cell_data))
+        if ext == ".msh":
+            # gmsh 4.1, gmsh's current format (meshio's default for .msh is ANSYS). meshio writes
+            # it and reads it back with point and cell data intact (triangle6 / quad9 too) in
+            # binary form only: its ASCII $NodeData reader fails ("could not be read to its
+            # end"), so files with fields are binary and files without fields ASCII.
+            meshio.write(tmp, m, file_format="gmsh", binary=bool(point_data or cell_data))
         else:
             meshio.write(tmp, m)
         # XDMF writes a companion .h5 file; move every produced file.
@@ -350,3 +478,19 @@ def write_mesh(path, mesh: Mesh, *, point_data: dict | None = None, cell_data: d
             os.remove(os.path.join(tmpdir, name))
         os.rmdir(tmpdir)
     return path
+
+
+def _gmsh_components(kind, name, arr):
+    """gmsh fields have 1, 3 or 9 components: 2-D vectors get a zero third component."""
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr
+    width = 1 if flat.ndim == 1 else flat.shape[1]
+    if width == 2:
+        return np.concatenate([flat, np.zeros((flat.shape[0], 1), flat.dtype)], axis=1)
+    if width == 4:  # a 2x2 tensor -> 3x3 with zeros
+        t = np.zeros((flat.shape[0], 3, 3), flat.dtype)
+        t[:, :2, :2] = flat.reshape(-1, 2, 2)
+        return t.reshape(-1, 9)
+    if width not in (1, 3, 9):
+        raise ValueError(f"write_mesh: {kind}[{name!r}] has {width} components; gmsh .msh files hold "
+                         "1 (scalar), 2 or 3 (vector) or 4 or 9 (tensor) components; use .vtu / .xdmf")
+    return flat

@@ -84,7 +84,7 @@ class ParameterMap:
         theta = {**self.fixed, **(self.smooth_coefficients(a) if smooth else self.coefficients(a))}
         problem = self.problem
         r = problem.residual(u, **theta)
-        b = problem.rhs(**{k: v for k, v in theta.items() if k in problem._rhs_args})
+        b = problem.rhs(**problem.split_arguments(theta)[1])
         return r, b
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._assembly import (DirichletBC, _boundary_values, boundary_load, boundary_mass, load, mass,
                         stiffness)
-from ._solve import linear_solve
+from ._solve import _is_traced, linear_solve, solver_errors
 from ._space import FunctionSpace
 from ._sparse import result_dtype
 
@@ -59,9 +59,36 @@ class _Problem:
     def ndofs(self) -> int:
         return self.space.ndofs
 
+    @property
+    def operator_arguments(self) -> tuple[str, ...]:
+        """Names of the keyword arguments of :meth:`operator` (the coefficients of the matrix)."""
+        return tuple(self._operator_args)
+
+    @property
+    def rhs_arguments(self) -> tuple[str, ...]:
+        """Names of the keyword arguments of :meth:`rhs` (a name may be in both, e.g. Helmholtz ``k``)."""
+        return tuple(self._rhs_args)
+
+    def split_arguments(self, theta: dict) -> tuple[dict, dict]:
+        """Split ``solve``-style keyword arguments into ``(operator_kwargs, rhs_kwargs)``.
+
+        ``A = problem.operator(**op); b = problem.rhs(**rhs)`` then assembles the system without
+        boundary conditions. Names that are neither raise ``TypeError``.
+        """
+        unknown = set(theta) - set(self._operator_args) - set(self._rhs_args)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unexpected arguments {sorted(unknown)}; "
+                f"expected {sorted(set(self._operator_args) | set(self._rhs_args))}"
+            )
+        op = {k: v for k, v in theta.items() if k in self._operator_args}
+        rhs = {k: v for k, v in theta.items() if k in self._rhs_args}
+        return op, rhs
+
     def _system(self, g=None, **theta):
-        A = self.operator(**{k: v for k, v in theta.items() if k in self._operator_args})
-        b = self.rhs(**{k: v for k, v in theta.items() if k in self._rhs_args})
+        op, rhs = self.split_arguments(theta)
+        A = self.operator(**op)
+        b = self.rhs(**rhs)
         if self.bc is not None:
             A, b = self.bc.apply(A, b, g)
         return A, b
@@ -71,8 +98,9 @@ class _Problem:
         u = jnp.asarray(u)
         if u.shape != (self.ndofs,):
             raise ValueError(f"residual: u must have shape ({self.ndofs},), got {u.shape}")
-        A = self.operator(**{k: v for k, v in theta.items() if k in self._operator_args})
-        b = self.rhs(**{k: v for k, v in theta.items() if k in self._rhs_args})
+        op, rhs = self.split_arguments(theta)
+        A = self.operator(**op)
+        b = self.rhs(**rhs)
         r = A @ u - b
         if self.bc is not None:
             r = self.bc.residual_rows(r, u, g)
@@ -126,11 +154,19 @@ class _Problem:
         """The finite-element solution, shape ``(ndofs,)``; gradients by one adjoint solve.
 
         Compiled once per problem and argument shapes; works inside ``jit``, ``vmap`` and ``grad``.
+
+        Raises:
+            LinearSolveError: (a ``ValueError``) if the solve fails (singular system, Krylov
+                non-convergence); inside your own ``jit`` see :func:`solver_errors`.
         """
         g, theta = self._prepare(g, theta)
         if getattr(self, "_jitted_solve", None) is None:
             self._jitted_solve = jax.jit(self._solve_arrays)
-        return self._jitted_solve(g, theta)
+        with solver_errors():  # a failed solve is a one-line LinearSolveError
+            u = self._jitted_solve(g, theta)
+            if not _is_traced(u):
+                u = jax.block_until_ready(u)
+        return u
 
 
 class Poisson(_Problem):

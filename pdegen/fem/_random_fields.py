@@ -13,7 +13,7 @@ from ._assembly import lumped_mass, stiffness
 from ._mesh import Mesh
 from ._solve import linear_solve
 from ._space import FunctionSpace
-from ._sparse import SparseMatrix
+from ._sparse import SparseMatrix, default_float_dtype
 
 
 def _grid_shape(shape_or_mesh) -> tuple[tuple[int, int], Mesh | None]:
@@ -58,29 +58,30 @@ def grf_from_white_noise(xi, *, alpha: float = 2.0, tau: float = 3.0) -> jax.Arr
     return jax.scipy.fft.idctn(std * xi, type=2, norm="ortho")
 
 
-def gaussian_random_field(key, shape_or_mesh, *, alpha: float = 2.0, tau: float = 3.0,
+def gaussian_random_field(shape_or_mesh, *, key, alpha: float = 2.0, tau: float = 3.0,
                           dtype=None) -> jax.Array:
     """A zero-mean Gaussian random field with covariance ``~ (-Laplacian + tau^2)^(-alpha)``.
 
     The DCT generator of the FNO and DiffusionPDE data sets (Neumann cosine modes).
 
     Args:
-        key: a PRNG key (``vmap`` over keys for batches).
         shape_or_mesh: ``(ny, nx)`` for an image, or a structured :class:`Mesh` for nodal values in
             the mesh's node order.
+        key: a PRNG key, keyword-only (``vmap`` over keys for batches).
         alpha, tau: smoothness and inverse length scale (DiffusionPDE: 2 and 3).
+        dtype: floating dtype (default: JAX's default float).
 
     Returns:
         An ``(ny, nx)`` image, or ``(npoints,)`` nodal values when given a mesh.
     """
     shape, mesh = _grid_shape(shape_or_mesh)
-    dtype = dtype or jnp.zeros(()).dtype
+    dtype = dtype or default_float_dtype()
     xi = jax.random.normal(key, shape, dtype)
     field = grf_from_white_noise(xi, alpha=alpha, tau=tau)
     return mesh.from_image(field) if mesh is not None else field
 
 
-def matern_field(key, space: FunctionSpace, *, length_scale: float, sigma: float = 1.0) -> jax.Array:
+def matern_field(space: FunctionSpace, *, key, length_scale: float, sigma: float = 1.0) -> jax.Array:
     """A Matérn field (smoothness ``nu = 1``) on any mesh, by the SPDE approach.
 
     Solves ``(kappa^2 - Laplacian) u = W`` with ``kappa = sqrt(8) / length_scale``, natural
@@ -88,6 +89,8 @@ def matern_field(key, space: FunctionSpace, *, length_scale: float, sigma: float
     scales to marginal variance ``sigma^2`` with the whole-plane constant ``1 / (4 pi kappa^2)``.
     Near the boundary the variance is inflated (up to 2x on a straight edge), as is usual for
     this construction. ``vmap`` over keys factorises the operator once.
+
+    ``key`` (keyword-only) is the PRNG key.
 
     Returns:
         Nodal values, shape ``(space.ndofs,)``.

@@ -8,12 +8,12 @@ import numpy as np
 
 from ._mesh import Mesh
 from ._space import FunctionSpace
-from ._sparse import SparseMatrix, SparsityPattern
+from ._sparse import SparseMatrix, SparsityPattern, default_float_dtype
 
 
-def random_sensors(key, mesh: Mesh, *, fraction: float | None = None, count: int | None = None,
+def random_sensors(mesh: Mesh, *, key, fraction: float | None = None, count: int | None = None,
                    interior: bool = False) -> np.ndarray:
-    """Sorted indices of randomly chosen mesh nodes (a fixed key gives a fixed mask).
+    """Sorted indices of randomly chosen mesh nodes (a fixed ``key``, keyword-only, gives a fixed mask).
 
     Give either ``fraction`` in (0, 1] (DiffusionPDE observes about 3% of the grid) or ``count``.
     ``interior=True`` excludes boundary nodes (useful with zero Dirichlet data).
@@ -46,8 +46,8 @@ def node_observation(space: FunctionSpace, nodes) -> SparseMatrix:
     return SparseMatrix(jnp.ones(nodes.size), pattern)
 
 
-def add_noise(key, y, noise_std: float) -> jax.Array:
-    """``y + noise_std * N(0, I)``."""
+def add_noise(y, noise_std: float, *, key) -> jax.Array:
+    """``y + noise_std * N(0, I)`` (``key`` keyword-only)."""
     if not noise_std >= 0:
         raise ValueError(f"add_noise: noise_std must be >= 0, got {noise_std}")
     y = jnp.asarray(y)
@@ -86,7 +86,7 @@ def region_average(space: FunctionSpace, regions) -> SparseMatrix:
     for i, inside in enumerate(regions):
         if not callable(inside):
             raise TypeError(f"region_average: regions[{i}] must be a function inside(x) -> bool")
-        w = np.asarray(load(space, lambda x, f=inside: jnp.asarray(f(x), jnp.zeros(()).dtype)))
+        w = np.asarray(load(space, lambda x, f=inside: jnp.asarray(f(x), default_float_dtype())))
         total = w.sum()
         if not total > 0:
             raise ValueError(f"region_average: region {i} contains no quadrature point of the mesh")

@@ -17,6 +17,14 @@ def result_dtype(*dtypes):
     return jax.dtypes.canonicalize_dtype(np.result_type(*[np.dtype(d) for d in dtypes]))
 
 
+def default_float_dtype():
+    """JAX's default floating dtype now: ``float64`` with ``jax_enable_x64``, else ``float32``.
+
+    Read at call time (never at import), so entry points may enable float64 after importing pdegen.
+    """
+    return jax.dtypes.canonicalize_dtype(np.float64)
+
+
 class SparsityPattern:
     """A fixed sparsity pattern in CSR order, held on the host.
 

@@ -106,6 +106,15 @@ class InverseTask:
     def num_sensors(self) -> int:
         return int(self.sensors.size)
 
+    @cached_property
+    def free_nodes(self) -> np.ndarray:
+        """Node indices where the target channel is unknown: all nodes for ``a``; for ``u`` those off
+        the Dirichlet boundary (its boundary values are given)."""
+        nodes = np.arange(self.mesh.npoints)
+        if self.target == "a":
+            return nodes
+        return np.setdiff1d(nodes, self.mesh.boundary_points)
+
     @property
     def linear(self) -> bool:
         """Whether ``u`` depends linearly on ``a`` (Poisson, Helmholtz): exact posteriors exist."""
@@ -215,7 +224,7 @@ def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction:
         if not 0 < sensor_fraction <= 1:
             raise ValueError(f"make_task: sensor_fraction must lie in (0, 1], got {sensor_fraction}")
         count = max(1, int(round(sensor_fraction * mesh.npoints)))
-        nodes = fem.random_sensors(jax.random.fold_in(root, 2**20), mesh, count=count)
+        nodes = fem.random_sensors(mesh, key=jax.random.fold_in(root, 2**20), count=count)
     else:
         nodes = _sensor_nodes(sensors, physics)
     draw = jax.random.fold_in(root, int(index))
@@ -238,7 +247,7 @@ def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction:
         y = y + chol @ z
     if noise > 0:
         noise_std = float(noise) * rms
-        y = fem.add_noise(jax.random.fold_in(root, 2**21 + int(index)), y, noise_std)
+        y = fem.add_noise(y, noise_std, key=jax.random.fold_in(root, 2**21 + int(index)))
     return InverseTask(pde=pde, direction=direction, grid=grid, sensors=np.asarray(nodes), truth=truth,
                        y=y, noise_std=noise_std, seed=int(seed), index=int(index), physics=physics,
                        discrepancy_std=discrepancy_std, discrepancy_length=float(discrepancy_length))

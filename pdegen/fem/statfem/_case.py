@@ -48,7 +48,7 @@ class StatFEMCase(NamedTuple):
     fine_mesh: Mesh
 
 
-def sample_w(key, space: FunctionSpace, *, sigma: float = 0.2, length: float = 0.2,
+def sample_w(space: FunctionSpace, *, key, sigma: float = 0.2, length: float = 0.2,
              dense_limit: int = 2500) -> jax.Array:
     """A GP draw on the nodes: dense squared exponential on small meshes, SPDE Matérn otherwise."""
     n = space.ndofs
@@ -59,14 +59,14 @@ def sample_w(key, space: FunctionSpace, *, sigma: float = 0.2, length: float = 0
         evals, evecs = jnp.linalg.eigh(K)
         root = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
         return root @ jax.random.normal(key, (n,), K.dtype)
-    return matern_field(key, space, length_scale=length, sigma=sigma)
+    return matern_field(space, key=key, length_scale=length, sigma=sigma)
 
 
 def _base_log_diffusivity(x):
     return jnp.log(1.0 + 0.3 * jnp.sin(math.pi * (x[0] + x[1])))
 
 
-def ula_statfem_case(key, grid: int = 32, *, num_sensors: int = 128, num_replicates: int = 1,
+def ula_statfem_case(grid: int = 32, *, key, num_sensors: int = 128, num_replicates: int = 1,
                      sigma_f: float = 0.1, sigma_e: float = 5e-4, rho: float = 1.0,
                      sigma_d: float = 0.0, ell_d: float = 0.2, mass: str = "lumped",
                      w_sigma: float = 0.2, w_length: float = 0.2, fine_factor: int = 2,
@@ -74,8 +74,8 @@ def ula_statfem_case(key, grid: int = 32, *, num_sensors: int = 128, num_replica
     """Build the ULA-statFEM case with synthetic data from a finer "truth".
 
     Args:
-        key: PRNG key (GP draw, sensors, noise).
         grid: nodes per side of the model's P1 grid (32 in the paper, 128 for the large case).
+        key: PRNG key (GP draw, sensors, noise); keyword-only.
         num_sensors: number of random interior sensor points (128).
         num_replicates: independent observation vectors.
         sigma_f, mass: forcing misspecification of the model (``G = sigma_f^2 M``).
@@ -108,7 +108,7 @@ def ula_statfem_case(key, grid: int = 32, *, num_sensors: int = 128, num_replica
 
     @jax.jit
     def simulate(k_w, k_d, k_e, H_fine, coarse_to_fine, fine_to_coarse):
-        w = sample_w(k_w, V, sigma=w_sigma, length=w_length, dense_limit=dense_limit)
+        w = sample_w(V, key=k_w, sigma=w_sigma, length=w_length, dense_limit=dense_limit)
         theta = jnp.exp(_base_log_diffusivity(x_coarse) + w)
         # the same diffusivity on the fine grid: base exactly, w linearly interpolated
         theta_fine = jnp.exp(_base_log_diffusivity(x_fine) + coarse_to_fine @ w)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._solve import solver_errors
 from ._kernels import Preconditioner
 from ._model import LinearSystem, StatFEM
 
@@ -89,6 +90,7 @@ def log_marginal_likelihood(model: StatFEM, y) -> jax.Array:
     return _log_marginal_likelihood(model, Y)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _log_marginal_likelihood(model, Y):
     sys = model.system()
@@ -132,16 +134,16 @@ class ExactPosterior(eqx.Module):
         """Posterior covariance times ``v`` (two solves and an ``m x m`` triangular pair)."""
         return self.prior_cov_apply(v) - self.cross @ self._W_solve(self.cross.T @ v)
 
-    def _sample_centred(self, key):
+    def _sample_centred(self, *, key):
         """A draw of ``N(0, posterior covariance)`` by Matheron's rule (one solve)."""
         k1, k2 = jax.random.split(key)
         sys = self.system
-        x0 = sys.solve(sys.sample_forcing_noise(k1))
+        x0 = sys.solve(sys.sample_forcing_noise(key=k1))
         eps = self.noise_chol @ jax.random.normal(k2, (self.chol_W.shape[0],), x0.dtype)
         return x0 - self.cross @ self._W_solve(self.Ht @ x0 + eps)
 
-    def sample(self, key, num_samples: int | None = None) -> jax.Array:
-        """Exact posterior draws, ``(dim,)`` or ``(num_samples, dim)``."""
+    def sample(self, num_samples: int | None = None, *, key) -> jax.Array:
+        """Exact posterior draws, ``(dim,)`` or ``(num_samples, dim)``; ``key`` is keyword-only."""
         if num_samples is not None and (int(num_samples) != num_samples or num_samples < 1):
             raise ValueError(f"ExactPosterior.sample: num_samples must be a positive integer, got {num_samples}")
         return _posterior_sample(self, key, None if num_samples is None else int(num_samples))
@@ -165,20 +167,23 @@ class ExactPosterior(eqx.Module):
         return jnp.concatenate(out)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _posterior_sample(post, key, num_samples):
     if num_samples is None:
-        return post.mean + post._sample_centred(key)
+        return post.mean + post._sample_centred(key=key)
     keys = jax.random.split(key, num_samples)
-    return post.mean[None, :] + jax.vmap(post._sample_centred)(keys)
+    return post.mean[None, :] + jax.vmap(lambda k: post._sample_centred(key=k))(keys)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _dense_prior_covariance(post):
     C0 = _prior_cov_columns(post.system, jnp.eye(post.dim, dtype=post.mean.dtype))
     return 0.5 * (C0 + C0.T)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _dense_prior_covariance_of(model):
     sys = model.system()
@@ -186,12 +191,14 @@ def _dense_prior_covariance_of(model):
     return 0.5 * (C0 + C0.T)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _dense_covariance(post):
     C = _dense_prior_covariance(post) - post.cross @ post._W_solve(post.cross.T)
     return 0.5 * (C + C.T)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _variance_block(post, E):
     return jnp.sum(E * jax.vmap(post.cov_apply)(E), axis=1)
@@ -208,6 +215,7 @@ def exact_posterior(model: StatFEM, y) -> ExactPosterior:
     return _exact_posterior(model, Y)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _exact_posterior(model, Y):
     J = Y.shape[0]
@@ -233,6 +241,7 @@ def posterior_precision(model: StatFEM, y) -> jax.Array:
     return _posterior_precision(model, model.check_data(y, "posterior_precision"))
 
 
+@solver_errors()
 @eqx.filter_jit
 def _posterior_precision(model, Y):
     sys = model.system()
@@ -285,7 +294,7 @@ def prior_preconditioner(model: StatFEM, *, dense: bool = False) -> Precondition
     sys = model.system()
     return Preconditioner(
         apply=lambda v: _prior_cov_apply(sys, v),
-        sample=lambda key: sys.solve(sys.sample_forcing_noise(key)),
+        sample=lambda *, key: sys.solve(sys.sample_forcing_noise(key=key)),
     )
 
 
@@ -299,7 +308,7 @@ def dense_preconditioner(covariance) -> Preconditioner:
     C = 0.5 * (C + C.T)
     return Preconditioner(
         apply=lambda v: C @ v,
-        sample=lambda key: L @ jax.random.normal(key, (L.shape[0],), L.dtype),
+        sample=lambda *, key: L @ jax.random.normal(key, (L.shape[0],), L.dtype),
     )
 
 

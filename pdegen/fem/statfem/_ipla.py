@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._solve import solver_errors
 from ._kernels import Preconditioner
 
 
@@ -35,7 +36,7 @@ class IPLAInfo(NamedTuple):
 
 
 class IPLA(NamedTuple):
-    """``init(theta0, particles0) -> state``; ``step(key, state) -> (state, info)``."""
+    """``init(theta0, particles0) -> state``; ``step(state, *, key) -> (state, info)``."""
 
     init: Callable
     step: Callable
@@ -67,7 +68,7 @@ def ipla(energy_fn: Callable, step_size: float, *, theta_step_size: float | None
             raise ValueError(f"ipla: particles must have shape (N, dim), got {particles0.shape}")
         return IPLAState(theta0.astype(particles0.dtype), particles0)
 
-    def step(key, state):
+    def step(state, *, key):
         theta, P = state
         N = P.shape[0]
         (g_theta, g_x), e = grad_total(theta, P)
@@ -79,7 +80,7 @@ def ipla(energy_fn: Callable, step_size: float, *, theta_step_size: float | None
             noise = jax.random.normal(k_x, P.shape, P.dtype)
         else:
             drift = jax.vmap(preconditioner.apply)(g_x)
-            noise = jax.vmap(preconditioner.sample)(jax.random.split(k_x, N)).astype(P.dtype)
+            noise = jax.vmap(lambda k: preconditioner.sample(key=k))(jax.random.split(k_x, N)).astype(P.dtype)
         P_new = P - gamma * drift + jnp.sqrt(2.0 * gamma) * noise
         return IPLAState(theta_new, P_new), IPLAInfo(g_theta / N, jnp.mean(e))
 
@@ -104,10 +105,14 @@ class IPLAResult(NamedTuple):
     energy: jax.Array
 
 
-def run_ipla(energy_fn: Callable, key, theta0, particles0, num_steps: int, step_size: float, *,
+@solver_errors()  # a failed linear solve inside the energy is a one-line LinearSolveError
+def run_ipla(energy_fn: Callable, theta0, particles0, num_steps: int, step_size: float, *, key,
              theta_step_size: float | None = None, preconditioner: Preconditioner | None = None,
              average_fraction: float = 0.5) -> IPLAResult:
-    """Run IPLA for ``num_steps`` with ``lax.scan``; the estimate averages the last part of the run."""
+    """Run IPLA for ``num_steps`` with ``lax.scan``; the estimate averages the last part of the run.
+
+    ``key`` (keyword-only) is the PRNG key of the run.
+    """
     if int(num_steps) < 1:
         raise ValueError(f"run_ipla: num_steps must be >= 1, got {num_steps}")
     if not 0 < average_fraction <= 1:
@@ -116,7 +121,7 @@ def run_ipla(energy_fn: Callable, key, theta0, particles0, num_steps: int, step_
     state = kernel.init(theta0, particles0)
 
     def body(st, k):
-        st, info = kernel.step(k, st)
+        st, info = kernel.step(st, key=k)
         return st, (st.theta, info.energy)
 
     state, (thetas, energies) = lax.scan(body, state, jax.random.split(key, int(num_steps)))

@@ -1,9 +1,9 @@
 """Langevin kernels in the ``(init, step)`` form: ULA, MALA (both optionally preconditioned), pCN.
 
-``state = kernel.init(x0)``, ``state, info = kernel.step(key, state)``; states are NamedTuples
+``state = kernel.init(x0)``, ``state, info = kernel.step(state, key=key)``; states are NamedTuples
 that carry their step size, so chains ``scan``, ``vmap`` and ``jit``, and warm-up can adapt it
 (dual averaging toward a target acceptance rate for the Metropolis-adjusted kernels).
-A preconditioner ``P`` is given by its action ``apply(v) = P v`` and a draw ``sample(key) ~ N(0, P)``;
+A preconditioner ``P`` is given by its action ``apply(v) = P v`` and a draw ``sample(key=key) ~ N(0, P)``;
 ``P^{-1}`` is never needed (the MALA correction below is written without it).
 """
 
@@ -18,16 +18,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._solve import solver_errors
+
 
 class Preconditioner(NamedTuple):
-    """A symmetric positive definite ``P``: ``apply(v) = P v`` and ``sample(key) ~ N(0, P)``."""
+    """A symmetric positive definite ``P``: ``apply(v) = P v`` and ``sample(*, key) ~ N(0, P)``
+    (the key is keyword-only, as everywhere in ``fem`` and ``statfem``)."""
 
     apply: Callable
     sample: Callable
 
 
 class SamplingAlgorithm(NamedTuple):
-    """A kernel: ``init(x0) -> state``, ``step(key, state) -> (state, info)``.
+    """A kernel: ``init(x0) -> state``, ``step(state, *, key) -> (state, info)``.
 
     Attributes:
         name: kernel name (``'ula'``, ``'mala'``, ``'pcn'``, with ``'p'`` prefix when preconditioned).
@@ -86,7 +89,7 @@ def _langevin_parts(energy_fn, preconditioner):
     def noise(key, x):
         if preconditioner is None:
             return jax.random.normal(key, x.shape, x.dtype)
-        return preconditioner.sample(key).astype(x.dtype)
+        return preconditioner.sample(key=key).astype(x.dtype)
 
     def init(x0):
         x0 = jnp.asarray(x0)
@@ -113,7 +116,7 @@ def ula(energy_fn: Callable, step_size: float, *,
         e, g, pg = init_parts(x0)
         return LangevinState(jnp.asarray(x0), e, g, pg, jnp.asarray(step_size, jnp.asarray(x0).dtype))
 
-    def step(key, state):
+    def step(state, *, key):
         h = state.step_size
         x = state.position - h * state.preconditioned_gradient + jnp.sqrt(2.0 * h) * noise(key, state.position)
         e, g = value_and_grad(x)
@@ -142,7 +145,7 @@ def mala(energy_fn: Callable, step_size: float, *, preconditioner: Preconditione
         e, g, pg = init_parts(x0)
         return LangevinState(jnp.asarray(x0), e, g, pg, jnp.asarray(step_size, jnp.asarray(x0).dtype))
 
-    def step(key, state):
+    def step(state, *, key):
         k_prop, k_acc = jax.random.split(key)
         h = state.step_size
         x = state.position
@@ -171,7 +174,7 @@ def pcn(likelihood_energy_fn: Callable, step_size: float, *, prior_mean, prior: 
 
     ``x' = m + sqrt(1 - beta^2) (x - m) + beta N(0, C)``, accepted with probability
     ``min(1, exp(Phi(x) - Phi(x')))`` where ``Phi = likelihood_energy_fn``; ``step_size`` is
-    ``beta`` in ``(0, 1]``. ``prior.sample(key)`` draws ``N(0, C)`` (e.g. :func:`prior_preconditioner`).
+    ``beta`` in ``(0, 1]``. ``prior.sample(key=key)`` draws ``N(0, C)`` (e.g. :func:`prior_preconditioner`).
     Gradient-free.
     """
     _check_step_size("pcn", step_size)
@@ -190,11 +193,11 @@ def pcn(likelihood_energy_fn: Callable, step_size: float, *, prior_mean, prior: 
             raise ValueError(f"pcn: x0 must have the shape of prior_mean {m.shape}, got {x0.shape}")
         return PCNState(x0, likelihood_energy_fn(x0), jnp.asarray(step_size, x0.dtype))
 
-    def step(key, state):
+    def step(state, *, key):
         k_prop, k_acc = jax.random.split(key)
         beta = jnp.minimum(state.step_size, 1.0)
         x = state.position
-        xp = m + jnp.sqrt(1.0 - beta**2) * (x - m) + beta * prior.sample(k_prop).astype(x.dtype)
+        xp = m + jnp.sqrt(1.0 - beta**2) * (x - m) + beta * prior.sample(key=k_prop).astype(x.dtype)
         ep = likelihood_energy_fn(xp)
         log_ratio = state.energy - ep
         log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
@@ -307,7 +310,7 @@ def _moments_update(mom, x, acc):
 def _warmup_scan(kernel, target, key, state, da, n):
     def body(carry, k):
         st, d = carry
-        st, info = kernel.step(k, st)
+        st, info = kernel.step(st, key=k)
         if target is not None:
             d = dual_averaging_update(d, info.acceptance_probability, target,
                                       max_step_size=kernel.max_step_size)
@@ -321,7 +324,7 @@ def _warmup_scan(kernel, target, key, state, da, n):
 def _sample_scan(kernel, trace_fn, thin, key, state, mom, n):
     def inner(carry, k):
         st, mo = carry
-        st, info = kernel.step(k, st)
+        st, info = kernel.step(st, key=k)
         return (st, _moments_update(mo, st.position, info.acceptance_probability)), None
 
     def outer(carry, k):
@@ -360,14 +363,15 @@ def _after_warmup(state, da, target, num_warmup):
     return state
 
 
-def run_chain(kernel: SamplingAlgorithm, key, x0, num_steps: int, num_warmup: int = 0, *,
+@solver_errors()  # a failed linear solve inside the energy is a one-line LinearSolveError
+def run_chain(kernel: SamplingAlgorithm, x0, num_steps: int, num_warmup: int = 0, *, key,
               target_acceptance: float | None = None, thin: int = 1,
               trace_fn: Callable | None = None) -> ChainResult:
     """Run one chain with ``lax.scan``: ``num_warmup`` adaptation steps, then ``num_steps``.
 
     Metropolis-adjusted kernels adapt their step size toward ``target_acceptance`` (default: the
     kernel's) by dual averaging during warm-up; ULA only burns in. Pure: ``jit`` and ``vmap`` it
-    (or use :func:`run_chains`).
+    (or use :func:`run_chains`). ``key`` (keyword-only) is the PRNG key of the chain.
     """
     target = _resolve(kernel, target_acceptance, num_steps, num_warmup, thin, "run_chain")
     trace_fn = (lambda x: x) if trace_fn is None else trace_fn
@@ -403,7 +407,7 @@ def _block_function(kernel, target, thin, block, trace_fn, adapted):
 
         def do_step(i, carry, k):
             st, d, mo = carry
-            new, info = kernel.step(k, st)
+            new, info = kernel.step(st, key=k)
             if target is not None:
                 d_new = dual_averaging_update(d, info.acceptance_probability, target,
                                               max_step_size=kernel.max_step_size)
@@ -434,7 +438,8 @@ def _block_function(kernel, target, thin, block, trace_fn, adapted):
     return jax.jit(jax.vmap(one_chain, in_axes=(0, 0, 0, 0, None, None)))
 
 
-def run_chains(kernel: SamplingAlgorithm, key, x0, num_steps: int, num_warmup: int = 0, *,
+@solver_errors()
+def run_chains(kernel: SamplingAlgorithm, x0, num_steps: int, num_warmup: int = 0, *, key,
                target_acceptance: float | None = None, thin: int = 1,
                trace_fn: Callable | None = None, progress: bool = False,
                block_size: int = 250) -> ChainResult:
@@ -443,7 +448,7 @@ def run_chains(kernel: SamplingAlgorithm, key, x0, num_steps: int, num_warmup: i
     The chains advance in jitted blocks of about ``block_size`` steps (rounded to a multiple of
     ``thin``; one compilation per kernel, reused across calls), so a tqdm bar can show progress
     (``progress=True``). Same algorithm as :func:`run_chain`.
-    Pool the chains with :func:`pool_chains`.
+    Pool the chains with :func:`pool_chains`. ``key`` (keyword-only) is the PRNG key of the run.
     """
     target = _resolve(kernel, target_acceptance, num_steps, num_warmup, thin, "run_chains")
     x0 = jnp.asarray(x0)

@@ -23,15 +23,11 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .._assembly import DirichletBC, lumped_mass, mass
-from .._solve import linear_solve
-from .._sparse import SparseMatrix, SparsityPattern
+from .._solve import linear_solve, solver_errors
+from .._sparse import SparseMatrix, SparsityPattern, default_float_dtype
 
 MASS_KINDS = ("lumped", "consistent")
 KERNELS = ("squared_exponential", "matern12", "matern32", "matern52")
-
-
-def _float_dtype():
-    return jnp.zeros(()).dtype
 
 
 def _scalar(name, value, *, positive=False, nonnegative=False):
@@ -49,7 +45,7 @@ def _scalar(name, value, *, positive=False, nonnegative=False):
             raise ValueError(f"StatFEM: {name} must be > 0, got {c}")
         if nonnegative and not c >= 0:
             raise ValueError(f"StatFEM: {name} must be >= 0, got {c}")
-    return v.astype(_float_dtype())
+    return v.astype(default_float_dtype())
 
 
 def kernel_matrix(points_a, points_b, *, sigma=1.0, length=1.0, kind="squared_exponential"):
@@ -175,8 +171,11 @@ class _Structure:
         self.sensors = sensors
         self.H = V.point_observation(sensors)
         self.zero_bc = None if bc is None else DirichletBC(V, 0.0, dofs=self.dirichlet)
-        self.operator_args = tuple(inspect.signature(problem.operator).parameters)
-        self.rhs_args = tuple(inspect.signature(problem.rhs).parameters)
+        # pdegen problems name their arguments; other problem objects by their signatures
+        self.operator_args = tuple(getattr(problem, "operator_arguments", None)
+                                   or inspect.signature(problem.operator).parameters)
+        self.rhs_args = tuple(getattr(problem, "rhs_arguments", None)
+                              or inspect.signature(problem.rhs).parameters)
         # Local mass matrices' Cholesky factors: N(0, M) = sum over cells of N(0, M_e).
         phi = np.asarray(V.phi)
         dx = np.asarray(V.dx)
@@ -444,27 +443,31 @@ class StatFEM(eqx.Module):
         """``A^{-1} b`` on the free dofs."""
         return _prior_mean(self)
 
-    def sample_prior(self, key, num_samples: int | None = None) -> jax.Array:
-        """Draws of ``x = A^{-1} (b + xi)``, shape ``(dim,)`` or ``(num_samples, dim)``."""
+    def sample_prior(self, num_samples: int | None = None, *, key) -> jax.Array:
+        """Draws of ``x = A^{-1} (b + xi)``, shape ``(dim,)`` or ``(num_samples, dim)``; ``key`` is
+        keyword-only."""
         if num_samples is None:
             return _sample_prior(self, key, None)
         if int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"StatFEM.sample_prior: num_samples must be a positive integer, got {num_samples}")
         return _sample_prior(self, key, int(num_samples))
 
-    def simulate_data(self, key, x, num_replicates: int = 1) -> jax.Array:
-        """Synthetic data ``rho obs(H u) + d + e`` for the state ``x``, shape ``(J, m)``."""
+    def simulate_data(self, x, num_replicates: int = 1, *, key) -> jax.Array:
+        """Synthetic data ``rho obs(H u) + d + e`` for the state ``x``, shape ``(J, m)``; ``key`` is
+        keyword-only."""
         x = self._check_x(x, "simulate_data")
         if int(num_replicates) != num_replicates or num_replicates < 1:
             raise ValueError(f"StatFEM.simulate_data: num_replicates must be a positive integer, got {num_replicates}")
         return _simulate_data(self, key, x, int(num_replicates))
 
 
+@solver_errors()
 @eqx.filter_jit
 def _assemble_system(model: StatFEM) -> "LinearSystem":
     return model._system()
 
 
+@solver_errors()
 @eqx.filter_jit
 def _call(model, method, *args):
     sys = model._system()
@@ -473,6 +476,7 @@ def _call(model, method, *args):
     return getattr(sys, method)(*args)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _simulate_data(model, key, x, num_replicates):
     sys = model._system()
@@ -480,19 +484,21 @@ def _simulate_data(model, key, x, num_replicates):
     return sys.predict(x)[None, :] + z @ sys.noise_chol.T
 
 
+@solver_errors()
 @eqx.filter_jit
 def _prior_mean(model):
     sys = model._system()
     return sys.solve(sys.b)
 
 
+@solver_errors()
 @eqx.filter_jit
 def _sample_prior(model, key, num_samples):
     sys = model._system()
     if num_samples is None:
-        return sys.solve(sys.b + sys.sample_forcing_noise(key))
+        return sys.solve(sys.b + sys.sample_forcing_noise(key=key))
     keys = jax.random.split(key, num_samples)
-    return jax.vmap(lambda k: sys.solve(sys.b + sys.sample_forcing_noise(k)))(keys)
+    return jax.vmap(lambda k: sys.solve(sys.b + sys.sample_forcing_noise(key=k)))(keys)
 
 
 class LinearSystem(eqx.Module):
@@ -560,8 +566,8 @@ class LinearSystem(eqx.Module):
             w = self._mass_solve(w)
         return w / self.sigma_f**2
 
-    def sample_forcing_noise(self, key):
-        """A draw of ``xi ~ N(0, G)`` on the free dofs."""
+    def sample_forcing_noise(self, *, key):
+        """A draw of ``xi ~ N(0, G)`` on the free dofs (``key`` keyword-only)."""
         s = self.structure
         dtype = self.b.dtype
         if self.kernel_chol is None and self.M is None:
