@@ -2,7 +2,8 @@
 
     python benchmarks/models.py [--quick]
 
-Prints a table and writes ``benchmarks/results/models.json`` (atomically). Each metric is a
+Prints a table and writes ``benchmarks/results/models.json`` (atomically). ``denoiser`` compares
+the shipped prior's denoiser with the exact Gaussian one at six noise levels (the floor). Each metric is a
 function in ``METRICS`` returning ``{name: value}``. The PDE metrics (``grf_spectrum_rel_err``,
 ``joint_pde_residual``) sample the shipped prior ``poisson-joint-32`` (trained by
 ``benchmarks/train_prior.py`` on DiffusionPDE Poisson pairs: channel 0 the GRF source, channel 1
@@ -27,6 +28,7 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pdegen import fem, models  # noqa: E402
+from pdegen._io import atomic_write, write_json_atomic  # noqa: E402
 from pdegen.fem._datasets import PDETask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "models.json"
@@ -168,7 +170,7 @@ def _figures(samples: np.ndarray, data: np.ndarray, ks, p_exact, p_gen, p_data) 
                 ax.set_title(f"{label} {j}: {name}", fontsize=9)
                 ax.axis("off")
     fig.tight_layout()
-    with models.atomic_write(RESULTS.parent / "models_prior_samples.png") as f:
+    with atomic_write(RESULTS.parent / "models_prior_samples.png") as f:
         fig.savefig(f, format="png", dpi=80)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -178,7 +180,7 @@ def _figures(samples: np.ndarray, data: np.ndarray, ks, p_exact, p_gen, p_data) 
     ax.set(xlabel="radial DCT wavenumber |k|", ylabel="mean power", title="source field a: power spectrum")
     ax.legend()
     fig.tight_layout()
-    with models.atomic_write(RESULTS.parent / "models_prior_spectrum.png") as f:
+    with atomic_write(RESULTS.parent / "models_prior_spectrum.png") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
@@ -234,8 +236,94 @@ def prior_metrics(quick: bool) -> dict:
     }
 
 
+DENOISER_LEVELS = (0.05, 0.1, 0.3, 1.0, 3.0, 10.0)  # sigma / alpha, in units of the normalised data
+
+
+def _time_of_level(sde, level: float) -> float:
+    """The time ``t`` with ``sigma(t) / alpha(t) = level`` (bisection; monotone on every SDE here)."""
+    lo, hi = float(sde.t_min), float(sde.t_max)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if float(sde.scaled_sigma(jnp.asarray(mid))) < level:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _exact_joint_basis(model, grid: int):
+    """Eigen-basis ``(U, lam)`` and mean of the exact joint Gaussian law of DiffusionPDE Poisson pairs
+    ``(a, u = S a)`` in the model's normalised coordinates."""
+    from pdegen import inverse
+
+    L = inverse.grf_sqrt_matrix(grid)
+    S = inverse.solution_operator(fem.PDETask("poisson", grid))
+    m = np.asarray(model.normalisation.mean, np.float64)
+    s = np.asarray(model.normalisation.std, np.float64)
+    J = np.concatenate([L / s[0], (S @ L) / s[1]])
+    U, sv, _ = np.linalg.svd(J, full_matrices=False)
+    keep = sv > 1e-10 * sv.max()
+    mu = np.concatenate([np.full(grid * grid, -m[0] / s[0]), np.full(grid * grid, -m[1] / s[1])])
+    return U[:, keep], sv[keep] ** 2, mu
+
+
+def denoiser_metrics(quick: bool) -> dict:
+    """The shipped prior's denoiser against the exact one (the data are Gaussian: the floor any
+    network can reach). Fresh DiffusionPDE Poisson pairs, normalised as the model does; at each
+    noise level ``sigma/alpha`` in ``DENOISER_LEVELS`` the per-channel MSE of ``E[x0 | x_t]`` of the
+    model over that of the exact Gaussian denoiser (``denoiser_mse_ratio_<channel>_<level>``), and
+    the excess denoising loss: the EDM-weighted loss ``(s^2 + 1) / s^2 ||D(x_t) - x0||^2`` averaged
+    over the model's own training noise distribution, model over exact minus one."""
+    ckpt = models.load_pretrained(PRIOR)
+    model = ckpt.model
+    grid = int(ckpt.metadata["grid"])
+    num = 64 if quick else 256
+    data, _ = fem.generate_dataset("poisson", num, key=jr.key(54321), grid=grid, progress=False)
+    x0 = np.asarray(jax.vmap(model.normalisation.normalise)(jnp.asarray(data, jnp.float32)), np.float64)
+    U, lam, mu = _exact_joint_basis(model, grid)
+
+    def exact_denoise(xt, alpha, sig):
+        s2 = (sig / alpha) ** 2
+        v = xt.reshape(num, -1) / alpha - mu
+        p = v @ U
+        return (mu + (p * (lam / (lam + s2))) @ U.T).reshape(xt.shape)
+
+    denoise = jax.jit(jax.vmap(lambda x, t: model.denoiser(x, t), in_axes=(0, None)))
+    out: dict = {"denoiser_prior": PRIOR, "denoiser_num_examples": num}
+    rng = np.random.default_rng(0)
+    for level in DENOISER_LEVELS:
+        t = _time_of_level(model.sde, level)
+        alpha, sig = float(model.sde.alpha(jnp.asarray(t))), float(model.sde.sigma(jnp.asarray(t)))
+        xt = alpha * x0 + sig * rng.standard_normal(x0.shape)
+        d_model = np.asarray(denoise(jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32)), np.float64)
+        d_exact = exact_denoise(xt, alpha, sig)
+        for c, name in enumerate(("a", "u")):
+            mse_m = np.mean((d_model[:, c] - x0[:, c]) ** 2)
+            mse_e = np.mean((d_exact[:, c] - x0[:, c]) ** 2)
+            out[f"denoiser_mse_ratio_{name}_{level:g}"] = float(mse_m / mse_e)
+    # Excess EDM-weighted loss over the training noise distribution (same draws for both).
+    keys = jr.split(jr.key(7), 4 * num)
+    ts = np.asarray(jax.vmap(lambda k: model.sde.sample_training_time(key=k, dtype=jnp.float64))(keys))
+    idx = rng.integers(0, num, ts.size)
+    alphas = np.asarray(model.sde.alpha(jnp.asarray(ts)))
+    sigmas = np.asarray(model.sde.sigma(jnp.asarray(ts)))
+    eps = rng.standard_normal((ts.size,) + x0.shape[1:])
+    xt = alphas[:, None, None, None] * x0[idx] + sigmas[:, None, None, None] * eps
+    d_model = np.asarray(jax.jit(jax.vmap(model.denoiser))(jnp.asarray(xt, jnp.float32), jnp.asarray(ts, jnp.float32)),
+                         np.float64)
+    s2 = (sigmas / alphas) ** 2
+    weight = (s2 + 1.0) / s2
+    proj = ((xt.reshape(ts.size, -1) / alphas[:, None] - mu) @ U)
+    d_exact = mu + (proj * (lam[None] / (lam[None] + s2[:, None]))) @ U.T
+    err_m = np.mean((d_model.reshape(ts.size, -1) - x0[idx].reshape(ts.size, -1)) ** 2, axis=1)
+    err_e = np.mean((d_exact - x0[idx].reshape(ts.size, -1)) ** 2, axis=1)
+    loss_m, loss_e = float(np.mean(weight * err_m)), float(np.mean(weight * err_e))
+    out.update(denoiser_loss_model=loss_m, denoiser_loss_exact=loss_e, denoiser_excess_loss=loss_m / loss_e - 1.0)
+    return out
+
+
 METRICS = {"gmm": gmm_metrics, "gaussian": gaussian_metrics, "throughput": throughput_metrics,
-           "prior": prior_metrics}
+           "prior": prior_metrics, "denoiser": denoiser_metrics}
 
 
 def main(argv=None) -> int:
@@ -263,7 +351,7 @@ def main(argv=None) -> int:
     print(f"{'metric'.ljust(width)}  value")
     for k, v in results.items():
         print(f"{k.ljust(width)}  {v:.4g}" if isinstance(v, float) else f"{k.ljust(width)}  {v}")
-    models.write_json_atomic(RESULTS, results)
+    write_json_atomic(RESULTS, results)
     print(f"wrote {RESULTS}")
     return 0
 
