@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXTRAS ?= test
 PYTEST_ARGS ?= -n 2 -m "not slow"
 
-.PHONY: demo test test-all bench-quick clean
+.PHONY: demo test test-all lint tutorials bench-quick clean
 
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -26,11 +26,21 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.installed
 	$(VENV)/bin/pdegen demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: lint
 	$(PY) -m pytest -n 2
+
+# The lint gate (code, tests, benchmarks and notebooks): part of `make test`, hence of CI.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Re-run every tutorial in full (PDEGEN_FAST unset) and store its outputs in the notebook.
+tutorials: $(STAMP)
+	$(PY) -m pip install -q -e ".[test,notebooks]"
+	$(PY) tutorials/run_all.py
 
 bench-quick: $(VENV)/.installed
 	$(PY) benchmarks/fem.py --quick

@@ -52,8 +52,16 @@ from pdegen.inverse._invert_cli import compare_methods, format_table  # noqa: E4
 
 # Relative L2 errors in % (forward / inverse), 128x128, 500 observed points, as tabulated by FunDPS.
 PUBLISHED = {
-    "DiffusionPDE (2000 steps)": {"poisson": (4.88, 21.10), "helmholtz": (12.64, 19.07), "darcy": (6.07, 7.87)},
-    "FunDPS (500 steps)": {"poisson": (1.99, 20.47), "helmholtz": (2.13, 17.16), "darcy": (2.49, 5.18)},
+    "DiffusionPDE (2000 steps)": {
+        "poisson": (4.88, 21.10),
+        "helmholtz": (12.64, 19.07),
+        "darcy": (6.07, 7.87),
+    },
+    "FunDPS (500 steps)": {
+        "poisson": (1.99, 20.47),
+        "helmholtz": (2.13, 17.16),
+        "darcy": (2.49, 5.18),
+    },
 }
 TARGET_RATIO = 1.15
 TARGET_COVERAGE = (0.85, 0.95)
@@ -66,62 +74,131 @@ def _average(per, *, task_name, variant, grid, samples, steps, prior_name, extra
     for (method, route), rs in per.items():
         mean = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
         exact, point = method.startswith(("bayes", "map")), method.startswith("map")
-        out.append({
-            "task": task_name, "variant": variant, "method": method, "route": route,
-            "prior": "GRF (exact)" if exact else prior_name, "grid": grid, "sensors": rs[0]["sensors"],
-            "draws": len(rs), "samples": 1 if point else samples, "steps": None if exact else steps,
-            "rel_l2": mean("rel_l2"), "bayes_rel_l2": mean("bayes_rel_l2"),
-            "ratio_to_bayes": mean("rel_l2") / mean("bayes_rel_l2"),
-            "coverage90": None if point else mean("coverage90"),
-            "pde_residual": mean("pde_residual"), "seconds_per_sample": mean("seconds_per_sample"),
-            **{k: mean(k) for k in extra},
-        })
+        out.append(
+            {
+                "task": task_name,
+                "variant": variant,
+                "method": method,
+                "route": route,
+                "prior": "GRF (exact)" if exact else prior_name,
+                "grid": grid,
+                "sensors": rs[0]["sensors"],
+                "draws": len(rs),
+                "samples": 1 if point else samples,
+                "steps": None if exact else steps,
+                "rel_l2": mean("rel_l2"),
+                "bayes_rel_l2": mean("bayes_rel_l2"),
+                "ratio_to_bayes": mean("rel_l2") / mean("bayes_rel_l2"),
+                "coverage90": None if point else mean("coverage90"),
+                "pde_residual": mean("pde_residual"),
+                "seconds_per_sample": mean("seconds_per_sample"),
+                **{k: mean(k) for k in extra},
+            }
+        )
     return out
 
 
-def run_rows(prior, prior_name, task_name, grid, methods, *, draws, samples, steps, route=None, options=None,
-             sensor_fraction=0.03, noise=0.0, variant="noise-free"):
+def run_rows(
+    prior,
+    prior_name,
+    task_name,
+    grid,
+    methods,
+    *,
+    draws,
+    samples,
+    steps,
+    route=None,
+    options=None,
+    sensor_fraction=0.03,
+    noise=0.0,
+    variant="noise-free",
+):
     per_method: dict = {}
     for index in range(draws):
-        task = inverse.make_task(task_name, grid=grid, sensor_fraction=sensor_fraction, index=index, noise=noise)
-        rows, _ = compare_methods(prior, task, methods, key=jax.random.key(100 + index), num_samples=samples,
-                                  num_steps=steps, route=route, options=options, progress=False,
-                                  batch_size=max(1, samples // 2))
-        print(f"\n{task_name} {grid}x{grid}, {task.num_sensors} sensors, {variant}, draw {index}, prior {prior_name}")
+        task = inverse.make_task(
+            task_name, grid=grid, sensor_fraction=sensor_fraction, index=index, noise=noise
+        )
+        rows, _ = compare_methods(
+            prior,
+            task,
+            methods,
+            key=jax.random.key(100 + index),
+            num_samples=samples,
+            num_steps=steps,
+            route=route,
+            options=options,
+            progress=False,
+            batch_size=max(1, samples // 2),
+        )
+        print(
+            f"\n{task_name} {grid}x{grid}, {task.num_sensors} sensors, {variant}, draw {index}, prior {prior_name}"
+        )
         print(format_table(rows))
         bayes = next(r for r in rows if r["method"] == "bayes")
         for r in rows:
             r["bayes_rel_l2"] = bayes["rel_l2"]
             r["sensors"] = task.num_sensors
             per_method.setdefault((r["method"], r["route"]), []).append(r)
-    return _average(per_method, task_name=task_name, variant=variant, grid=grid, samples=samples, steps=steps,
-                    prior_name=prior_name)
+    return _average(
+        per_method,
+        task_name=task_name,
+        variant=variant,
+        grid=grid,
+        samples=samples,
+        steps=steps,
+        prior_name=prior_name,
+    )
 
 
-def model_error_rows(task_name, grid, *, draws, samples, steps, discrepancy=0.3, length=0.2, noise=0.01):
+def model_error_rows(
+    task_name, grid, *, draws, samples, steps, discrepancy=0.3, length=0.2, noise=0.01
+):
     """Data with a smooth model error: plain vs statFEM likelihood, exact and guided (exact GRF score)."""
     prior = inverse.gaussian_prior(grid)
     per: dict = {}
     for index in range(draws):
-        task = inverse.make_task(task_name, grid=grid, index=index, noise=noise, discrepancy=discrepancy,
-                                 discrepancy_length=length)
+        task = inverse.make_task(
+            task_name,
+            grid=grid,
+            index=index,
+            noise=noise,
+            discrepancy=discrepancy,
+            discrepancy_length=length,
+        )
         oracle = inverse.default_likelihood(task)
         fitted = inverse.fit_likelihood(task, fit=("sigma_d", "ell_d"))
         key = jax.random.key(300 + index)
-        runs = [("bayes", "bayes", None), ("bayes-statfem", "bayes", oracle), ("bayes-statfem-fitted", "bayes", fitted),
-                ("map-statfem", "map", oracle), ("tmpd", "tmpd", None), ("statfem", "statfem", oracle),
-                ("statfem-fitted", "statfem", fitted)]
+        runs = [
+            ("bayes", "bayes", None),
+            ("bayes-statfem", "bayes", oracle),
+            ("bayes-statfem-fitted", "bayes", fitted),
+            ("map-statfem", "map", oracle),
+            ("tmpd", "tmpd", None),
+            ("statfem", "statfem", oracle),
+            ("statfem-fitted", "statfem", fitted),
+        ]
         rows = []
         for label, method, lik in runs:
-            post = inverse.sample_posterior(prior, task, method=method, key=key, num_samples=samples, num_steps=steps,
-                                            likelihood=lik, batch_size=max(1, samples // 2))
+            post = inverse.sample_posterior(
+                prior,
+                task,
+                method=method,
+                key=key,
+                num_samples=samples,
+                num_steps=steps,
+                likelihood=lik,
+                batch_size=max(1, samples // 2),
+            )
             row = inverse.evaluate(post, task)
             row["method"] = label
             rows.append(row)
         bayes = rows[0]["rel_l2"]
-        print(f"\n{task_name} {grid}x{grid}, {task.num_sensors} sensors, model error {discrepancy} (length {length}), "
-              f"noise {noise}, draw {index}: sigma_d true {task.discrepancy_std:.3g} fitted {fitted.sigma_d:.3g}, "
-              f"ell_d true {length} fitted {fitted.ell_d:.3g}")
+        print(
+            f"\n{task_name} {grid}x{grid}, {task.num_sensors} sensors, model error {discrepancy} (length {length}), "
+            f"noise {noise}, draw {index}: sigma_d true {task.discrepancy_std:.3g} fitted {fitted.sigma_d:.3g}, "
+            f"ell_d true {length} fitted {fitted.ell_d:.3g}"
+        )
         for r in rows:
             r["ratio_to_bayes"] = r["rel_l2"] / bayes
         print(format_table(rows))
@@ -131,9 +208,16 @@ def model_error_rows(task_name, grid, *, draws, samples, steps, discrepancy=0.3,
             r["fitted_sigma_d_ratio"] = fitted.sigma_d / task.discrepancy_std
             r["fitted_ell_d"] = fitted.ell_d
             per.setdefault((r["method"], r["route"]), []).append(r)
-    return _average(per, task_name=task_name, variant=f"model error {discrepancy} (length {length}), noise {noise}",
-                    grid=grid, samples=samples, steps=steps, prior_name="exact-grf",
-                    extra=("fitted_sigma_d_ratio", "fitted_ell_d"))
+    return _average(
+        per,
+        task_name=task_name,
+        variant=f"model error {discrepancy} (length {length}), noise {noise}",
+        grid=grid,
+        samples=samples,
+        steps=steps,
+        prior_name="exact-grf",
+        extra=("fitted_sigma_d_ratio", "fitted_ell_d"),
+    )
 
 
 def darcy_rows(grid, *, draws):
@@ -147,13 +231,30 @@ def darcy_rows(grid, *, draws):
             c = task.target_index
             errs.append(float(inverse.relative_l2(res.field[c], task.truth[c])))
             seconds.append(res.seconds)
-            print(f"{task_name} {grid}x{grid}, {task.num_sensors} sensors, draw {index}: map rel L2 {errs[-1]:.3f} "
-                  f"({res.seconds:.1f} s)")
-        out.append({"task": task_name, "variant": "noise-free", "method": "map", "route": "solve",
-                    "prior": "GRF (thresholded)", "grid": grid, "sensors": task.num_sensors, "draws": draws,
-                    "samples": 1, "steps": None, "rel_l2": float(np.mean(errs)), "bayes_rel_l2": None,
-                    "ratio_to_bayes": None, "coverage90": None, "pde_residual": None,
-                    "seconds_per_sample": float(np.mean(seconds))})
+            print(
+                f"{task_name} {grid}x{grid}, {task.num_sensors} sensors, draw {index}: map rel L2 {errs[-1]:.3f} "
+                f"({res.seconds:.1f} s)"
+            )
+        out.append(
+            {
+                "task": task_name,
+                "variant": "noise-free",
+                "method": "map",
+                "route": "solve",
+                "prior": "GRF (thresholded)",
+                "grid": grid,
+                "sensors": task.num_sensors,
+                "draws": draws,
+                "samples": 1,
+                "steps": None,
+                "rel_l2": float(np.mean(errs)),
+                "bayes_rel_l2": None,
+                "ratio_to_bayes": None,
+                "coverage90": None,
+                "pde_residual": None,
+                "seconds_per_sample": float(np.mean(seconds)),
+            }
+        )
     return out
 
 
@@ -163,13 +264,13 @@ MESH_METHODS = ("bayes", "map", "tmpd", "pigdm", "dps")
 MESH_BIAS = {
     "bayes": "exact Gaussian posterior (knows the prior and the linear forward map): the floor; mean and std exact",
     "bayes-samples": "reference: the empirical mean / std of the exact posterior's own samples (same count as the "
-                     "samplers): what a perfect sampler scores with that many samples",
+    "samplers): what a perfect sampler scores with that many samples",
     "map": "the posterior mode by L-BFGS in white-noise coordinates (= the exact mean for a linear map); a point, "
-           "no interval",
+    "no interval",
     "tmpd": "Tweedie moment projection (full: m VJPs + m x m solve per step): exact for a Gaussian prior and a "
-            "linear map up to the sampler's discretisation",
+    "linear map up to the sampler's discretisation",
     "pigdm": "pseudoinverse guidance: isotropic Tweedie covariance with the prior variance along the observed "
-             "directions (exact scalar data_variance)",
+    "directions (exact scalar data_variance)",
     "dps": "point estimate of the Tweedie mean, no covariance; the DPS step rule (scale 1) instead of a likelihood",
 }
 MESH_SEED = 20260601
@@ -185,10 +286,17 @@ def _l_shape_mesh():
     def inside(p):  # (-1, 1)^2 without [0, 1)^2
         return (np.abs(p[:, 0]) < 1) & (np.abs(p[:, 1]) < 1) & ~((p[:, 0] >= 0) & (p[:, 1] >= 0))
 
-    return mesh, ((-1.0, 1.0), (-1.0, 1.0)), inside, "fem.l_shaped(4): (-1, 1)^2 without [0, 1)^2, uniform refinement"
+    return (
+        mesh,
+        ((-1.0, 1.0), (-1.0, 1.0)),
+        inside,
+        "fem.l_shaped(4): (-1, 1)^2 without [0, 1)^2, uniform refinement",
+    )
 
 
-def _graded_square_mesh(n: int = 25, jitter: float = 0.3, grading: float = 1.5, seed: int = MESH_SEED):
+def _graded_square_mesh(
+    n: int = 25, jitter: float = 0.3, grading: float = 1.5, seed: int = MESH_SEED
+):
     """``fem.delaunay`` of an ``n x n`` grid of the unit square: interior points jittered by
     ``+-jitter h`` (uniform, both coordinates), then ``x -> x**grading`` (cells cluster at x = 0)."""
     rng = np.random.default_rng(seed)
@@ -204,9 +312,15 @@ def _graded_square_mesh(n: int = 25, jitter: float = 0.3, grading: float = 1.5, 
     def inside(p):
         return ((p > 0) & (p < 1)).all(1)
 
-    return mesh, ((0.0, 1.0), (0.0, 1.0)), inside, (
-        f"fem.delaunay of a {n}x{n} grid of (0, 1)^2, interior jittered by +-{jitter} h (uniform), "
-        f"x -> x**{grading} (seed {seed})")
+    return (
+        mesh,
+        ((0.0, 1.0), (0.0, 1.0)),
+        inside,
+        (
+            f"fem.delaunay of a {n}x{n} grid of (0, 1)^2, interior jittered by +-{jitter} h (uniform), "
+            f"x -> x**{grading} (seed {seed})"
+        ),
+    )
 
 
 MESHES = {"l-shape": _l_shape_mesh, "graded-square": _graded_square_mesh}
@@ -228,8 +342,19 @@ def _mean_std(values):
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-def mesh_rows(mesh_name, *, draws, samples, steps, sensor_fraction=0.02, noise_fraction=0.01, length_scale=0.3,
-              sigma=1.0, calibration_draws=5, seed=MESH_SEED):
+def mesh_rows(
+    mesh_name,
+    *,
+    draws,
+    samples,
+    steps,
+    sensor_fraction=0.02,
+    noise_fraction=0.01,
+    length_scale=0.3,
+    sigma=1.0,
+    calibration_draws=5,
+    seed=MESH_SEED,
+):
     """One mesh of the mesh block: rows (mean +- std over ``draws``) per method, and the settings."""
     t_setup = time.perf_counter()
     mesh, box, inside, mesh_note = MESHES[mesh_name]()
@@ -246,27 +371,47 @@ def mesh_rows(mesh_name, *, draws, samples, steps, sensor_fraction=0.02, noise_f
     noise_std = noise_fraction * float(np.mean(cal_rms))
     lik0 = inverse.gaussian_likelihood(fwd, np.asarray(fwd(cal[0])), noise_std=noise_std)
     setup_seconds = time.perf_counter() - t_setup
-    print(f"\n{mesh_name}: {mesh.npoints} nodes, {mesh.ncells} cells, {m} sensors, noise_std {noise_std:.3e} "
-          f"(1% of clean RMS {np.mean(cal_rms):.3e}), prior {prior.name}, setup {setup_seconds:.1f} s")
+    print(
+        f"\n{mesh_name}: {mesh.npoints} nodes, {mesh.ncells} cells, {m} sensors, noise_std {noise_std:.3e} "
+        f"(1% of clean RMS {np.mean(cal_rms):.3e}), prior {prior.name}, setup {setup_seconds:.1f} s"
+    )
 
     per: dict = {name: [] for name in ("bayes", "bayes-samples") + MESH_METHODS[1:]}
     t_draws = time.perf_counter()
     for i in range(draws):
         truth = prior.sample(jax.random.fold_in(jax.random.key(seed + 3), i), 1)[0]
         clean = np.asarray(fwd(truth))
-        noise = noise_std * np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(seed + 4), i), clean.shape))
+        noise = noise_std * np.asarray(
+            jax.random.normal(jax.random.fold_in(jax.random.key(seed + 4), i), clean.shape)
+        )
         lik = lik0.with_data(clean + noise)
         key = jax.random.fold_in(jax.random.key(seed + 5), i)
         results, spread = {}, {}
         for method in MESH_METHODS:
-            post = inverse.sample_posterior(prior, lik, method=method, key=key, num_samples=samples, num_steps=steps,
-                                            batch_size=max(1, samples // 2))
+            post = inverse.sample_posterior(
+                prior,
+                lik,
+                method=method,
+                key=key,
+                num_samples=samples,
+                num_steps=steps,
+                batch_size=max(1, samples // 2),
+            )
             results[method] = inverse.field_metrics(post, truth, likelihood=lik)
             spread[method] = float(jnp.sqrt(jnp.mean(post.std**2)))
-            if method == "bayes":  # the exact posterior's own samples, as a finite-sample sampler would see them
+            if (
+                method == "bayes"
+            ):  # the exact posterior's own samples, as a finite-sample sampler would see them
                 s_ = post.samples
-                ref = inverse.FieldPosterior(s_, s_.mean(0), s_.std(0, ddof=1), "bayes-samples",
-                                             post.seconds_per_sample, 0.0, {})
+                ref = inverse.FieldPosterior(
+                    s_,
+                    s_.mean(0),
+                    s_.std(0, ddof=1),
+                    "bayes-samples",
+                    post.seconds_per_sample,
+                    0.0,
+                    {},
+                )
                 results["bayes-samples"] = inverse.field_metrics(ref, truth, likelihood=lik)
                 spread["bayes-samples"] = float(jnp.sqrt(jnp.mean(ref.std**2)))
         floor = results["bayes"]["rel_l2"]
@@ -283,34 +428,74 @@ def mesh_rows(mesh_name, *, draws, samples, steps, sensor_fraction=0.02, noise_f
 
     rows = []
     for name, rs in per.items():
-        row = {"mesh": mesh_name, "method": name, "inductive_bias": MESH_BIAS[name], "draws": len(rs),
-               "samples": 1 if name == "map" else samples, "steps": steps if name in ("tmpd", "pigdm", "dps") else None}
-        for k in ("rel_l2", "ratio_to_bayes", "coverage90", "spread_ratio", "data_misfit", "seconds_per_sample"):
+        row = {
+            "mesh": mesh_name,
+            "method": name,
+            "inductive_bias": MESH_BIAS[name],
+            "draws": len(rs),
+            "samples": 1 if name == "map" else samples,
+            "steps": steps if name in ("tmpd", "pigdm", "dps") else None,
+        }
+        for k in (
+            "rel_l2",
+            "ratio_to_bayes",
+            "coverage90",
+            "spread_ratio",
+            "data_misfit",
+            "seconds_per_sample",
+        ):
             row[k], row[k + "_std"] = _mean_std([r[k] for r in rs])
-        row["per_draw"] = {k: [r[k] if np.isfinite(r[k]) else None for r in rs]
-                           for k in ("rel_l2", "ratio_to_bayes", "coverage90", "spread_ratio", "data_misfit",
-                                     "seconds_per_sample")}
+        row["per_draw"] = {
+            k: [r[k] if np.isfinite(r[k]) else None for r in rs]
+            for k in (
+                "rel_l2",
+                "ratio_to_bayes",
+                "coverage90",
+                "spread_ratio",
+                "data_misfit",
+                "seconds_per_sample",
+            )
+        }
         rows.append(row)
     verdict = {}
     for name in ("tmpd", "pigdm"):
         r = next(x for x in rows if x["method"] == name)
-        verdict[name] = {"ratio_to_bayes": r["ratio_to_bayes"], "coverage90": r["coverage90"],
-                         "ratio_met": r["ratio_to_bayes"] <= TARGET_RATIO,
-                         "coverage_met": TARGET_COVERAGE[0] <= r["coverage90"] <= TARGET_COVERAGE[1]}
+        verdict[name] = {
+            "ratio_to_bayes": r["ratio_to_bayes"],
+            "coverage90": r["coverage90"],
+            "ratio_met": r["ratio_to_bayes"] <= TARGET_RATIO,
+            "coverage_met": TARGET_COVERAGE[0] <= r["coverage90"] <= TARGET_COVERAGE[1],
+        }
     verdict["met"] = all(v["ratio_met"] and v["coverage_met"] for v in verdict.values())
     settings = {
-        "mesh": mesh_note, "nodes": mesh.npoints, "cells": mesh.ncells, "h_max": float(mesh.h),
-        "sensors": m, "sensor_rule": f"{sensor_fraction:.0%} of the nodes (rounded), uniform random points inside the "
-                                     f"domain (seed {seed + 1}), the same for every draw",
+        "mesh": mesh_note,
+        "nodes": mesh.npoints,
+        "cells": mesh.ncells,
+        "h_max": float(mesh.h),
+        "sensors": m,
+        "sensor_rule": f"{sensor_fraction:.0%} of the nodes (rounded), uniform random points inside the "
+        f"domain (seed {seed + 1}), the same for every draw",
         "sensor_points": points.tolist(),
         "pde": "Poisson source inversion: -Lap u = a, u = 0 on the boundary; observe u at the sensors, recover a",
-        "prior": {"kind": "matern_prior", "length_scale": length_scale, "sigma": sigma, "name": prior.name},
+        "prior": {
+            "kind": "matern_prior",
+            "length_scale": length_scale,
+            "sigma": sigma,
+            "name": prior.name,
+        },
         "truth": "a ~ prior (prior.sample), one per draw",
-        "noise_std": noise_std, "noise_rule": f"{noise_fraction:.0%} of the clean data's RMS averaged over "
-                                              f"{calibration_draws} calibration draws (not evaluated)",
-        "calibration_rms": cal_rms, "draws": draws, "samples": samples, "steps": steps,
-        "sampler": "euler_maruyama", "batch_size": max(1, samples // 2), "seed": seed,
-        "setup_seconds": setup_seconds, "draw_seconds": draw_seconds,
+        "noise_std": noise_std,
+        "noise_rule": f"{noise_fraction:.0%} of the clean data's RMS averaged over "
+        f"{calibration_draws} calibration draws (not evaluated)",
+        "calibration_rms": cal_rms,
+        "draws": draws,
+        "samples": samples,
+        "steps": steps,
+        "sampler": "euler_maruyama",
+        "batch_size": max(1, samples // 2),
+        "seed": seed,
+        "setup_seconds": setup_seconds,
+        "draw_seconds": draw_seconds,
     }
     return rows, settings, verdict
 
@@ -320,14 +505,18 @@ def format_mesh_table(rows) -> str:
         v, s = r[k], r[k + "_std"]
         return "-" if v is None else f"{v:{fmt}} +- {s:{fmt}}"
 
-    head = (f"{'method':<14}{'rel L2 (mean)':>16}{'/ bayes':>16}{'coverage90':>14}{'spread':>14}{'misfit':>15}"
-            f"{'s/sample':>17}")
+    head = (
+        f"{'method':<14}{'rel L2 (mean)':>16}{'/ bayes':>16}{'coverage90':>14}{'spread':>14}{'misfit':>15}"
+        f"{'s/sample':>17}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['method']:<14}{pm(r, 'rel_l2', '.3f'):>16}{pm(r, 'ratio_to_bayes', '.3f'):>16}"
-                     f"{pm(r, 'coverage90', '.2f'):>14}{pm(r, 'spread_ratio', '.2f'):>14}"
-                     f"{pm(r, 'data_misfit', '.2f'):>15}"
-                     f"{pm(r, 'seconds_per_sample', '.3f'):>17}")
+        lines.append(
+            f"{r['method']:<14}{pm(r, 'rel_l2', '.3f'):>16}{pm(r, 'ratio_to_bayes', '.3f'):>16}"
+            f"{pm(r, 'coverage90', '.2f'):>14}{pm(r, 'spread_ratio', '.2f'):>14}"
+            f"{pm(r, 'data_misfit', '.2f'):>15}"
+            f"{pm(r, 'seconds_per_sample', '.3f'):>17}"
+        )
     return "\n".join(lines)
 
 
@@ -345,12 +534,20 @@ def run_mesh_block(args) -> dict:
         machine["note"] = "other jobs may share the CPU cores (see loadavg); seconds are wall times"
         return {
             "description": "Inverse problems on meshes: Poisson source inversion with a Matern prior, guided diffusion "
-                           "against the exact posterior",
-            "partial": partial, "quick": args.quick, "methods": list(MESH_METHODS), **out,
-            "target": {"methods": ["tmpd", "pigdm"], "ratio_to_bayes": TARGET_RATIO, "coverage90": TARGET_COVERAGE,
-                       "rule": "mean over draws of the per-draw ratio rel_l2 / bayes rel_l2 <= ratio_to_bayes, and "
-                               "mean coverage90 within coverage90, on every mesh"},
-            "all_targets_met": bool(out["verdict"]) and all(v["met"] for v in out["verdict"].values()),
+            "against the exact posterior",
+            "partial": partial,
+            "quick": args.quick,
+            "methods": list(MESH_METHODS),
+            **out,
+            "target": {
+                "methods": ["tmpd", "pigdm"],
+                "ratio_to_bayes": TARGET_RATIO,
+                "coverage90": TARGET_COVERAGE,
+                "rule": "mean over draws of the per-draw ratio rel_l2 / bayes rel_l2 <= ratio_to_bayes, and "
+                "mean coverage90 within coverage90, on every mesh",
+            },
+            "all_targets_met": bool(out["verdict"])
+            and all(v["met"] for v in out["verdict"].values()),
             "notes": [
                 "rel_l2: of the posterior mean against the truth; ratio_to_bayes: per draw, then mean +- std over "
                 "draws.",
@@ -369,42 +566,65 @@ def run_mesh_block(args) -> dict:
                 "reused).",
                 "Nothing is tuned per mesh: default method settings, same sample and step counts on both meshes.",
             ],
-            "machine": machine, "seconds": time.perf_counter() - t0,
+            "machine": machine,
+            "seconds": time.perf_counter() - t0,
         }
 
     for name in MESHES:
-        rows, settings, verdict = mesh_rows(name, draws=args.mesh_draws, samples=samples, steps=steps)
+        rows, settings, verdict = mesh_rows(
+            name, draws=args.mesh_draws, samples=samples, steps=steps
+        )
         out["rows"] += rows
         out["settings"][name] = settings
         out["verdict"][name] = verdict
-        print(f"\n{name}: {settings['nodes']} nodes, {settings['sensors']} sensors, {args.mesh_draws} draws, "
-              f"{samples} samples, {steps} steps (mean +- std over draws)")
+        print(
+            f"\n{name}: {settings['nodes']} nodes, {settings['sensors']} sensors, {args.mesh_draws} draws, "
+            f"{samples} samples, {steps} steps (mean +- std over draws)"
+        )
         print(format_mesh_table(rows))
         write_results("inverse_mesh", payload(partial=True))
     final = payload(partial=False)
     path = write_results("inverse_mesh", final)
-    print(f"\nmesh targets (TMPD and PiGDM: ratio to bayes <= {TARGET_RATIO}, coverage90 in {list(TARGET_COVERAGE)}):")
+    print(
+        f"\nmesh targets (TMPD and PiGDM: ratio to bayes <= {TARGET_RATIO}, coverage90 in {list(TARGET_COVERAGE)}):"
+    )
     for name, v in out["verdict"].items():
         for method in ("tmpd", "pigdm"):
             t = v[method]
-            print(f"  {name:<14} {method:<6} ratio {t['ratio_to_bayes']:.3f} "
-                  f"({'met' if t['ratio_met'] else 'missed'}), "
-                  f"coverage {t['coverage90']:.3f} ({'met' if t['coverage_met'] else 'missed'})")
+            print(
+                f"  {name:<14} {method:<6} ratio {t['ratio_to_bayes']:.3f} "
+                f"({'met' if t['ratio_met'] else 'missed'}), "
+                f"coverage {t['coverage90']:.3f} ({'met' if t['coverage_met'] else 'missed'})"
+            )
     print(f"wrote {path} in {final['seconds']:.0f} s")
     return final
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="one draw per task, fewer methods; mesh block: 8 samples, 100 steps (still 10 draws)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one draw per task, fewer methods; mesh block: 8 samples, 100 steps (still 10 draws)",
+    )
     p.add_argument("--grid", type=int, default=64)
     p.add_argument("--samples", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 100; mesh block 200, quick 100)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps (default 100; mesh block 200, quick 100)",
+    )
     p.add_argument("--no-learned", action="store_true", help="skip the shipped learned prior")
-    p.add_argument("--block", choices=("all", "mesh"), default="all",
-                   help="'mesh': only the mesh block (writes inverse_mesh.json); 'all': everything")
-    p.add_argument("--mesh-draws", type=int, default=10, help="draws per mesh in the mesh block (>= 2)")
+    p.add_argument(
+        "--block",
+        choices=("all", "mesh"),
+        default="all",
+        help="'mesh': only the mesh block (writes inverse_mesh.json); 'all': everything",
+    )
+    p.add_argument(
+        "--mesh-draws", type=int, default=10, help="draws per mesh in the mesh block (>= 2)"
+    )
     args = p.parse_args(argv)
     if args.mesh_draws < 2:
         p.error("--mesh-draws must be >= 2 (the rows report a std over draws)")
@@ -414,22 +634,54 @@ def main(argv=None) -> int:
     grid_steps = args.steps or 100
     draws = 1 if args.quick else 3
     samples = args.samples or (8 if args.quick else 16)
-    methods = ["bayes", "map", "tmpd", "dps"] if args.quick else ["bayes", "map", "tmpd", "tmpd-diagonal", "dps", "pigdm"]
+    methods = (
+        ["bayes", "map", "tmpd", "dps"]
+        if args.quick
+        else ["bayes", "map", "tmpd", "tmpd-diagonal", "dps", "pigdm"]
+    )
     t0 = time.perf_counter()
     rows = []
     exact = inverse.gaussian_prior(args.grid)
-    for task_name in ("poisson-forward", "poisson-inverse", "helmholtz-forward", "helmholtz-inverse"):
-        rows += run_rows(exact, "exact-grf", task_name, args.grid, methods, draws=draws, samples=samples,
-                         steps=grid_steps)
+    for task_name in (
+        "poisson-forward",
+        "poisson-inverse",
+        "helmholtz-forward",
+        "helmholtz-inverse",
+    ):
+        rows += run_rows(
+            exact,
+            "exact-grf",
+            task_name,
+            args.grid,
+            methods,
+            draws=draws,
+            samples=samples,
+            steps=grid_steps,
+        )
         write_results("inverse", _payload(args, rows, t0, partial=True))
-    noisy = ("poisson-inverse", "helmholtz-forward") if args.quick else (
-        "poisson-forward", "poisson-inverse", "helmholtz-forward", "helmholtz-inverse")
+    noisy = (
+        ("poisson-inverse", "helmholtz-forward")
+        if args.quick
+        else ("poisson-forward", "poisson-inverse", "helmholtz-forward", "helmholtz-inverse")
+    )
     for task_name in noisy:
-        rows += run_rows(exact, "exact-grf", task_name, args.grid, ["bayes", "tmpd", "pigdm"], draws=draws,
-                         samples=samples, steps=grid_steps, noise=0.05, variant="noise 0.05")
+        rows += run_rows(
+            exact,
+            "exact-grf",
+            task_name,
+            args.grid,
+            ["bayes", "tmpd", "pigdm"],
+            draws=draws,
+            samples=samples,
+            steps=grid_steps,
+            noise=0.05,
+            variant="noise 0.05",
+        )
     write_results("inverse", _payload(args, rows, t0, partial=True))
     for task_name in ("poisson-inverse", "poisson-forward"):
-        rows += model_error_rows(task_name, args.grid, draws=draws, samples=samples, steps=grid_steps)
+        rows += model_error_rows(
+            task_name, args.grid, draws=draws, samples=samples, steps=grid_steps
+        )
         write_results("inverse", _payload(args, rows, t0, partial=True))
     rows += darcy_rows(args.grid, draws=draws)
     write_results("inverse", _payload(args, rows, t0, partial=True))
@@ -440,17 +692,33 @@ def main(argv=None) -> int:
     shipped = [n for n in available_pretrained() if "poisson" in n]
     if shipped and not args.no_learned:
         prior = inverse.prior_from_model(load_pretrained(shipped[0]), name=shipped[0])
-        learned = ["bayes", "dps", "diffusionpde"] if args.quick else ["bayes", "tmpd", "pigdm", "dps", "diffusionpde"]
-        for task_name in ("poisson-inverse",) if args.quick else ("poisson-inverse", "poisson-forward"):
-            rows += run_rows(prior, shipped[0], task_name, prior.grid, learned, draws=draws,
-                             samples=4 if args.quick else samples, steps=grid_steps)
+        learned = (
+            ["bayes", "dps", "diffusionpde"]
+            if args.quick
+            else ["bayes", "tmpd", "pigdm", "dps", "diffusionpde"]
+        )
+        for task_name in (
+            ("poisson-inverse",) if args.quick else ("poisson-inverse", "poisson-forward")
+        ):
+            rows += run_rows(
+                prior,
+                shipped[0],
+                task_name,
+                prior.grid,
+                learned,
+                draws=draws,
+                samples=4 if args.quick else samples,
+                steps=grid_steps,
+            )
     path = write_results("inverse", _payload(args, rows, t0, partial=False))
     targets = _payload(args, rows, t0, partial=False)["targets"]
     print("\ntargets (best diffusion method per task):")
     for t in targets:
-        print(f"  {t['task']:<18} {t['best_method']:<14} ratio {t['ratio_to_bayes']:.3f} "
-              f"({'met' if t['ratio_met'] else 'missed'}), coverage {t['coverage90']:.2f} "
-              f"({'met' if t['coverage_met'] else 'missed'})")
+        print(
+            f"  {t['task']:<18} {t['best_method']:<14} ratio {t['ratio_to_bayes']:.3f} "
+            f"({'met' if t['ratio_met'] else 'missed'}), coverage {t['coverage90']:.2f} "
+            f"({'met' if t['coverage_met'] else 'missed'})"
+        )
     print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
     run_mesh_block(args)
     return 0
@@ -461,23 +729,56 @@ def _payload(args, rows, t0, partial):
     for name, table in PUBLISHED.items():
         for pde, (fwd, inv) in table.items():
             for direction, value in (("forward", fwd), ("inverse", inv)):
-                references.append({"task": f"{pde}-{direction}", "method": name, "grid": 128, "sensors": 500,
-                                   "rel_l2": value / 100.0, "source": "published (FunDPS table)"})
+                references.append(
+                    {
+                        "task": f"{pde}-{direction}",
+                        "method": name,
+                        "grid": 128,
+                        "sensors": 500,
+                        "rel_l2": value / 100.0,
+                        "source": "published (FunDPS table)",
+                    }
+                )
     targets = []
-    for task_name in ("poisson-forward", "poisson-inverse", "helmholtz-forward", "helmholtz-inverse"):
-        cand = [r for r in rows if r["task"] == task_name and r["method"] not in ("bayes", "map")
-                and r["grid"] == args.grid and r.get("variant") == "noise-free"]
+    for task_name in (
+        "poisson-forward",
+        "poisson-inverse",
+        "helmholtz-forward",
+        "helmholtz-inverse",
+    ):
+        cand = [
+            r
+            for r in rows
+            if r["task"] == task_name
+            and r["method"] not in ("bayes", "map")
+            and r["grid"] == args.grid
+            and r.get("variant") == "noise-free"
+        ]
         if not cand:
             continue
         best = min(cand, key=lambda r: r["ratio_to_bayes"])
-        targets.append({"task": task_name, "grid": args.grid, "best_method": best["method"], "prior": best["prior"],
-                        "ratio_to_bayes": best["ratio_to_bayes"], "coverage90": best["coverage90"],
-                        "ratio_met": best["ratio_to_bayes"] <= TARGET_RATIO,
-                        "coverage_met": TARGET_COVERAGE[0] <= best["coverage90"] <= TARGET_COVERAGE[1]})
+        targets.append(
+            {
+                "task": task_name,
+                "grid": args.grid,
+                "best_method": best["method"],
+                "prior": best["prior"],
+                "ratio_to_bayes": best["ratio_to_bayes"],
+                "coverage90": best["coverage90"],
+                "ratio_met": best["ratio_to_bayes"] <= TARGET_RATIO,
+                "coverage_met": TARGET_COVERAGE[0] <= best["coverage90"] <= TARGET_COVERAGE[1],
+            }
+        )
     payload = {
         "description": __doc__.strip().splitlines()[0],
-        "partial": partial, "quick": args.quick, "grid": args.grid, "sensor_fraction": 0.03, "noise": "noise-free",
-        "rows": rows, "references": references, "targets": targets,
+        "partial": partial,
+        "quick": args.quick,
+        "grid": args.grid,
+        "sensor_fraction": 0.03,
+        "noise": "noise-free",
+        "rows": rows,
+        "references": references,
+        "targets": targets,
         "target": {"ratio_to_bayes": TARGET_RATIO, "coverage90": TARGET_COVERAGE},
         "notes": [
             "Darcy: no exact posterior and no shipped Darcy prior; the MAP baseline (GRF prior, smooth threshold) "

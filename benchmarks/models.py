@@ -39,8 +39,13 @@ COV = np.array([[1.0, 0.6], [0.6, 0.5]])
 
 def _mlp_model(data, key, sde, parameterisation, width):
     net = models.ScoreMLP(data.shape[1], width=width, depth=3, embed_dim=16, key=key)
-    return models.DiffusionModel(net, sde, models.Normalisation.fit(data), (data.shape[1],),
-                                 parameterisation=parameterisation)
+    return models.DiffusionModel(
+        net,
+        sde,
+        models.Normalisation.fit(data),
+        (data.shape[1],),
+        parameterisation=parameterisation,
+    )
 
 
 def _gmm(n, rng):
@@ -61,20 +66,39 @@ def gmm_metrics(quick: bool) -> dict:
     rng = np.random.default_rng(0)
     data = _gmm(8192, rng)
     model = _mlp_model(data, jr.key(0), models.EDMSDE(), "denoiser", 128)
-    config = models.TrainConfig(steps=2000 if quick else 8000, batch_size=256, learning_rate=2e-3,
-                                warmup_steps=100, ema_decay=0.995)
-    trained = models.train(model, data, key=jr.key(1), config=config, progress=False).state.ema_model
-    samples = np.asarray(models.sample_model(trained, 1000, key=jr.key(2), method="edm_heun", num_steps=40))
-    return {"gmm_mmd": _mmd(samples, _gmm(1000, rng)), "gmm_mmd_data_vs_data": _mmd(_gmm(1000, rng), _gmm(1000, rng))}
+    config = models.TrainConfig(
+        steps=2000 if quick else 8000,
+        batch_size=256,
+        learning_rate=2e-3,
+        warmup_steps=100,
+        ema_decay=0.995,
+    )
+    trained = models.train(
+        model, data, key=jr.key(1), config=config, progress=False
+    ).state.ema_model
+    samples = np.asarray(
+        models.sample_model(trained, 1000, key=jr.key(2), method="edm_heun", num_steps=40)
+    )
+    return {
+        "gmm_mmd": _mmd(samples, _gmm(1000, rng)),
+        "gmm_mmd_data_vs_data": _mmd(_gmm(1000, rng), _gmm(1000, rng)),
+    }
 
 
 def gaussian_metrics(quick: bool) -> dict:
     """Relative L2 error of sigma * score against the exact score, data N(mu, Sigma), t in [0.05, 1]."""
     data = np.random.default_rng(1).multivariate_normal(MU, COV, size=4096)
     model = _mlp_model(data, jr.key(3), models.VPSDE(), "epsilon", 64)
-    config = models.TrainConfig(steps=1500 if quick else 6000, batch_size=256, learning_rate=3e-3,
-                                warmup_steps=50, ema_decay=0.99)
-    trained = models.train(model, data, key=jr.key(4), config=config, progress=False).state.ema_model
+    config = models.TrainConfig(
+        steps=1500 if quick else 6000,
+        batch_size=256,
+        learning_rate=3e-3,
+        warmup_steps=50,
+        ema_decay=0.99,
+    )
+    trained = models.train(
+        model, data, key=jr.key(4), config=config, progress=False
+    ).state.ema_model
     std = np.asarray(trained.normalisation.std)
     cov_n = jnp.asarray(COV / np.outer(std, std))
     mean_n = jnp.asarray((MU - np.asarray(trained.normalisation.mean)) / std)
@@ -95,7 +119,9 @@ def throughput_metrics(quick: bool) -> dict:
     size, batch = 64, 8
     net = models.UNet(1, base_channels=8, channel_mults=(1, 2, 2), key=jr.key(6))
     data = np.random.default_rng(2).normal(size=(64, 1, size, size)).astype(np.float32)
-    model = models.DiffusionModel(net, models.VPSDE(), models.Normalisation.fit(data), (1, size, size))
+    model = models.DiffusionModel(
+        net, models.VPSDE(), models.Normalisation.fit(data), (1, size, size)
+    )
     steps = 10 if quick else 50
     config = models.TrainConfig(steps=steps + 2, batch_size=batch, warmup_steps=1)
     # Same config (hence the same cached optimiser and compiled step) for warm-up and timing.
@@ -105,15 +131,18 @@ def throughput_metrics(quick: bool) -> dict:
     train_time = time.perf_counter() - t0
     n, num_steps = 4, 18
     sample = lambda: jax.block_until_ready(  # noqa: E731
-        models.sample_model(model, n, key=jr.key(8), method="edm_heun", num_steps=num_steps))
+        models.sample_model(model, n, key=jr.key(8), method="edm_heun", num_steps=num_steps)
+    )
     sample()  # compile
     t0 = time.perf_counter()
     sample()
     sample_time = time.perf_counter() - t0
-    return {"train_samples_per_second": (steps + 2) * batch / train_time,
-            "sample_seconds_per_field": sample_time / n,
-            "unet_parameters": models.count_parameters(net),
-            "sample_method": f"edm_heun, {num_steps} steps ({2 * num_steps} network evaluations)"}
+    return {
+        "train_samples_per_second": (steps + 2) * batch / train_time,
+        "sample_seconds_per_field": sample_time / n,
+        "unet_parameters": models.count_parameters(net),
+        "sample_method": f"edm_heun, {num_steps} steps ({2 * num_steps} network evaluations)",
+    }
 
 
 def radial_power_spectrum(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +169,9 @@ def shell_average(per_mode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _prior_samples(num: int):
     ckpt = models.load_pretrained(PRIOR)
-    options = dict(ckpt.metadata.get("recommended_sampler", {"method": "edm_heun", "num_steps": 18}))
+    options = dict(
+        ckpt.metadata.get("recommended_sampler", {"method": "edm_heun", "num_steps": 18})
+    )
     method = options.pop("method")
     t0 = time.perf_counter()
     out = models.sample_model(ckpt.model, num, key=jr.key(11), method=method, **options)
@@ -177,7 +208,11 @@ def _figures(samples: np.ndarray, data: np.ndarray, ks, p_exact, p_gen, p_data) 
     ax.loglog(ks, p_exact, "k-", label="exact GRF spectrum")
     ax.loglog(ks, p_data, "o", ms=3, label=f"data ({data.shape[0]} fields)")
     ax.loglog(ks, p_gen, "s", ms=3, label=f"{PRIOR} samples ({samples.shape[0]})")
-    ax.set(xlabel="radial DCT wavenumber |k|", ylabel="mean power", title="source field a: power spectrum")
+    ax.set(
+        xlabel="radial DCT wavenumber |k|",
+        ylabel="mean power",
+        title="source field a: power spectrum",
+    )
     ax.legend()
     fig.tight_layout()
     with atomic_write(RESULTS.parent / "models_prior_spectrum.png") as f:
@@ -212,7 +247,9 @@ def prior_metrics(quick: bool) -> dict:
     task = PDETask("poisson", grid)
     res_gen = _relative_residuals(task, samples)
     res_data = _relative_residuals(task, data)
-    res_shuffled = _relative_residuals(task, np.stack([data[:, 0], np.roll(data[:, 1], 1, axis=0)], axis=1))
+    res_shuffled = _relative_residuals(
+        task, np.stack([data[:, 0], np.roll(data[:, 1], 1, axis=0)], axis=1)
+    )
     solve = jax.jit(jax.vmap(lambda a: task.problem.solve(**task.theta(a))))
     u_exact = np.asarray(solve(jnp.asarray(samples[:, 0].reshape(num, -1))))
     u_gen = samples[:, 1].reshape(num, -1)
@@ -279,7 +316,9 @@ def denoiser_metrics(quick: bool) -> dict:
     grid = int(ckpt.metadata["grid"])
     num = 64 if quick else 256
     data, _ = fem.generate_dataset("poisson", num, key=jr.key(54321), grid=grid, progress=False)
-    x0 = np.asarray(jax.vmap(model.normalisation.normalise)(jnp.asarray(data, jnp.float32)), np.float64)
+    x0 = np.asarray(
+        jax.vmap(model.normalisation.normalise)(jnp.asarray(data, jnp.float32)), np.float64
+    )
     U, lam, mu = _exact_joint_basis(model, grid)
 
     def exact_denoise(xt, alpha, sig):
@@ -295,7 +334,9 @@ def denoiser_metrics(quick: bool) -> dict:
         t = _time_of_level(model.sde, level)
         alpha, sig = float(model.sde.alpha(jnp.asarray(t))), float(model.sde.sigma(jnp.asarray(t)))
         xt = alpha * x0 + sig * rng.standard_normal(x0.shape)
-        d_model = np.asarray(denoise(jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32)), np.float64)
+        d_model = np.asarray(
+            denoise(jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32)), np.float64
+        )
         d_exact = exact_denoise(xt, alpha, sig)
         for c, name in enumerate(("a", "u")):
             mse_m = np.mean((d_model[:, c] - x0[:, c]) ** 2)
@@ -303,37 +344,61 @@ def denoiser_metrics(quick: bool) -> dict:
             out[f"denoiser_mse_ratio_{name}_{level:g}"] = float(mse_m / mse_e)
     # Excess EDM-weighted loss over the training noise distribution (same draws for both).
     keys = jr.split(jr.key(7), 4 * num)
-    ts = np.asarray(jax.vmap(lambda k: model.sde.sample_training_time(key=k, dtype=jnp.float64))(keys))
+    ts = np.asarray(
+        jax.vmap(lambda k: model.sde.sample_training_time(key=k, dtype=jnp.float64))(keys)
+    )
     idx = rng.integers(0, num, ts.size)
     alphas = np.asarray(model.sde.alpha(jnp.asarray(ts)))
     sigmas = np.asarray(model.sde.sigma(jnp.asarray(ts)))
     eps = rng.standard_normal((ts.size,) + x0.shape[1:])
     xt = alphas[:, None, None, None] * x0[idx] + sigmas[:, None, None, None] * eps
-    d_model = np.asarray(jax.jit(jax.vmap(model.denoiser))(jnp.asarray(xt, jnp.float32), jnp.asarray(ts, jnp.float32)),
-                         np.float64)
+    d_model = np.asarray(
+        jax.jit(jax.vmap(model.denoiser))(
+            jnp.asarray(xt, jnp.float32), jnp.asarray(ts, jnp.float32)
+        ),
+        np.float64,
+    )
     s2 = (sigmas / alphas) ** 2
     weight = (s2 + 1.0) / s2
-    proj = ((xt.reshape(ts.size, -1) / alphas[:, None] - mu) @ U)
+    proj = (xt.reshape(ts.size, -1) / alphas[:, None] - mu) @ U
     d_exact = mu + (proj * (lam[None] / (lam[None] + s2[:, None]))) @ U.T
     err_m = np.mean((d_model.reshape(ts.size, -1) - x0[idx].reshape(ts.size, -1)) ** 2, axis=1)
     err_e = np.mean((d_exact - x0[idx].reshape(ts.size, -1)) ** 2, axis=1)
     loss_m, loss_e = float(np.mean(weight * err_m)), float(np.mean(weight * err_e))
-    out.update(denoiser_loss_model=loss_m, denoiser_loss_exact=loss_e, denoiser_excess_loss=loss_m / loss_e - 1.0)
+    out.update(
+        denoiser_loss_model=loss_m,
+        denoiser_loss_exact=loss_e,
+        denoiser_excess_loss=loss_m / loss_e - 1.0,
+    )
     return out
 
 
-METRICS = {"gmm": gmm_metrics, "gaussian": gaussian_metrics, "throughput": throughput_metrics,
-           "prior": prior_metrics, "denoiser": denoiser_metrics}
+METRICS = {
+    "gmm": gmm_metrics,
+    "gaussian": gaussian_metrics,
+    "throughput": throughput_metrics,
+    "prior": prior_metrics,
+    "denoiser": denoiser_metrics,
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short version (a few minutes)")
-    parser.add_argument("--only", nargs="+", choices=sorted(METRICS), default=None,
-                        help="run these metric groups only and update them in the existing JSON")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(METRICS),
+        default=None,
+        help="run these metric groups only and update them in the existing JSON",
+    )
     args = parser.parse_args(argv)
-    results = {"quick": args.quick, "platform": platform.platform(), "devices": str(jax.devices()),
-               "jax": jax.__version__}
+    results = {
+        "quick": args.quick,
+        "platform": platform.platform(),
+        "devices": str(jax.devices()),
+        "jax": jax.__version__,
+    }
     timings = {}
     if args.only:
         old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

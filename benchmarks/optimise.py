@@ -47,8 +47,14 @@ VARIANTS = {
     "dds": dict(method="dds"),
     "dds-grad": dict(method="dds", gradient_informed=True, num_steps=8, batch_size=16),
     "dds-coordwise": dict(method="dds", network="coordinatewise", width=32),
-    "dds-coordwise-grad": dict(method="dds", network="coordinatewise", width=32,
-                               gradient_informed=True, num_steps=8, batch_size=16),
+    "dds-coordwise-grad": dict(
+        method="dds",
+        network="coordinatewise",
+        width=32,
+        gradient_informed=True,
+        num_steps=8,
+        batch_size=16,
+    ),
     "dds-norefine": dict(method="dds", refine_steps=0),
     "pis": dict(method="pis"),
     "adam": dict(method="adam"),
@@ -89,11 +95,18 @@ def summarise(rows):
             continue
         best = max(ours, key=lambda r: r["success_rate"])
         rival = max(theirs, key=lambda r: r["success_rate"])
-        out.append(dict(function=name, dim=dim, method=best["method"],
-                        success_rate=best["success_rate"], best_baseline=rival["method"],
-                        baseline_success_rate=rival["success_rate"],
-                        baselines=sorted(r["method"] for r in theirs),
-                        beats_every_baseline=best["success_rate"] > rival["success_rate"]))
+        out.append(
+            dict(
+                function=name,
+                dim=dim,
+                method=best["method"],
+                success_rate=best["success_rate"],
+                best_baseline=rival["method"],
+                baseline_success_rate=rival["success_rate"],
+                baselines=sorted(r["method"] for r in theirs),
+                beats_every_baseline=best["success_rate"] > rival["success_rate"],
+            )
+        )
     return out
 
 
@@ -122,8 +135,10 @@ def main(argv=None):
         plan += [(name, dim, m, seeds) for name in fns for m in methods]
     mode = "quick" if args.quick else "full"
     rows = []
-    header = (f"{'function':16s} {'d':>3s} {'method':18s} {'success':>8s} {'median gap':>11s} "
-              f"{'evals':>7s} {'time/s':>7s}")
+    header = (
+        f"{'function':16s} {'d':>3s} {'method':18s} {'success':>8s} {'median gap':>11s} "
+        f"{'evals':>7s} {'time/s':>7s}"
+    )
     print(header)
     print("-" * len(header))
     started = time.perf_counter()
@@ -135,30 +150,48 @@ def main(argv=None):
         res = minimise(prob.fn, prob.domain, key=keys, max_evaluations=budget, **VARIANTS[m])
         secs = time.perf_counter() - t0
         gaps = np.abs(np.asarray(res.value) - prob.minimum)
-        row = dict(function=name, dim=dim, method=m, seeds=seeds,
-                   success_rate=float(np.mean(gaps < TOLERANCE)),
-                   median_gap=float(np.median(gaps)), budget=budget,
-                   evaluations=int(res.num_evaluations), seconds=secs,
-                   gaps=gaps.tolist(), tolerance=TOLERANCE)
+        row = dict(
+            function=name,
+            dim=dim,
+            method=m,
+            seeds=seeds,
+            success_rate=float(np.mean(gaps < TOLERANCE)),
+            median_gap=float(np.median(gaps)),
+            budget=budget,
+            evaluations=int(res.num_evaluations),
+            seconds=secs,
+            gaps=gaps.tolist(),
+            tolerance=TOLERANCE,
+        )
         rows.append(row)
-        print(f"{name:16s} {dim:3d} {m:18s} {row['success_rate']:8.2f} "
-              f"{row['median_gap']:11.3g} {row['evaluations']:7d} {secs:7.1f}", flush=True)
+        print(
+            f"{name:16s} {dim:3d} {m:18s} {row['success_rate']:8.2f} "
+            f"{row['median_gap']:11.3g} {row['evaluations']:7d} {secs:7.1f}",
+            flush=True,
+        )
         data = _load(args.out)
         runs = data.get("runs", {})
-        runs[mode] = {"tolerance": TOLERANCE, "budgets": {str(k): v for k, v in BUDGETS.items()},
-                      "variants": VARIANTS, "seconds": time.perf_counter() - started,
-                      "polish": "dds/pis, langevin and random: successive-halving Adam polish "
-                                "of the 8 best points (refine_steps=40, 641 evaluations); "
-                                "adam: restarts of 200 Adam steps; cmaes: IPOP restarts",
-                      "command": " ".join(["python", "benchmarks/optimise.py", *(argv or [])]),
-                      "rows": rows, "summary": summarise(rows)}
+        runs[mode] = {
+            "tolerance": TOLERANCE,
+            "budgets": {str(k): v for k, v in BUDGETS.items()},
+            "variants": VARIANTS,
+            "seconds": time.perf_counter() - started,
+            "polish": "dds/pis, langevin and random: successive-halving Adam polish "
+            "of the 8 best points (refine_steps=40, 641 evaluations); "
+            "adam: restarts of 200 Adam steps; cmaes: IPOP restarts",
+            "command": " ".join(["python", "benchmarks/optimise.py", *(argv or [])]),
+            "rows": rows,
+            "summary": summarise(rows),
+        }
         write_json_atomic(args.out, {"runs": runs})
     print()
     for item in summarise(rows):
         verdict = "beats" if item["beats_every_baseline"] else "does not beat"
-        print(f"{item['function']:16s} d={item['dim']:<3d} {item['method']} "
-              f"{item['success_rate']:.2f} {verdict} every baseline (best "
-              f"{item['best_baseline']} {item['baseline_success_rate']:.2f})")
+        print(
+            f"{item['function']:16s} d={item['dim']:<3d} {item['method']} "
+            f"{item['success_rate']:.2f} {verdict} every baseline (best "
+            f"{item['best_baseline']} {item['baseline_success_rate']:.2f})"
+        )
     return 0
 
 

@@ -95,7 +95,9 @@ def make_block(kernel, idx):
             carry, _ = lax.scan(inner, carry, jax.random.split(k, THIN))
             return carry, carry[0].position[idx]
 
-        (state, moments), trace = lax.scan(outer, (state, moments), jax.random.split(key, BLOCK // THIN))
+        (state, moments), trace = lax.scan(
+            outer, (state, moments), jax.random.split(key, BLOCK // THIN)
+        )
         return state, moments, trace
 
     return jax.jit(jax.vmap(one_chain))
@@ -132,7 +134,11 @@ def bench_sampler(name, model, y, energy, exact_mean, exact_var, budget_s, key, 
     # compile (excluded from the timings): warm-up blocks and the sampling block
     t0 = time.perf_counter()
     res = statfem.run_chains(kernel, x0, 1, 1, key=jax.random.fold_in(key, 2))
-    zeros = (jnp.zeros(NUM_CHAINS), jnp.zeros((NUM_CHAINS, model.dim)), jnp.zeros((NUM_CHAINS, model.dim)))
+    zeros = (
+        jnp.zeros(NUM_CHAINS),
+        jnp.zeros((NUM_CHAINS, model.dim)),
+        jnp.zeros((NUM_CHAINS, model.dim)),
+    )
     jax.block_until_ready(block(jax.random.split(key, NUM_CHAINS), res.state, zeros))
     compile_s = time.perf_counter() - t0
 
@@ -145,8 +151,9 @@ def bench_sampler(name, model, y, energy, exact_mean, exact_var, budget_s, key, 
     traces = []
     mean_err = var_err = math.inf
     while True:
-        state, moments, trace = block(jax.random.split(jax.random.fold_in(key, 10 + steps), NUM_CHAINS),
-                                      state, moments)
+        state, moments, trace = block(
+            jax.random.split(jax.random.fold_in(key, 10 + steps), NUM_CHAINS), state, moments
+        )
         steps += BLOCK
         if len(traces) < 200:
             traces.append(trace)
@@ -169,7 +176,9 @@ def bench_sampler(name, model, y, energy, exact_mean, exact_var, budget_s, key, 
         # needs a few of these (from a prior start) before its variance can be within tolerance
         "slowest_mode_relaxation_steps": relaxation_steps,
         "slowest_mode_relaxation_seconds": relaxation_steps * sample_s / (warmup + steps),
-        "acceptance": float(np.mean(np.asarray(res.acceptance_rate))) if kernel.target_acceptance else 1.0,
+        "acceptance": float(np.mean(np.asarray(res.acceptance_rate)))
+        if kernel.target_acceptance
+        else 1.0,
         "setup_s": setup_s,
         "compile_s": compile_s,
         "warmup_steps": warmup,
@@ -180,7 +189,8 @@ def bench_sampler(name, model, y, energy, exact_mean, exact_var, budget_s, key, 
         "ess_min": float(ess.min()),
         "ess_per_second": float(ess.min() / sample_s),
         # a variance error of 10% needs an ESS of about 2 / 0.1^2 = 200
-        "estimated_seconds_from_ess": setup_s + ESS_NEEDED / max(float(ess.min()) / sample_s, 1e-12),
+        "estimated_seconds_from_ess": setup_s
+        + ESS_NEEDED / max(float(ess.min()) / sample_s, 1e-12),
     }
     if reached is not None:
         total_steps = warmup + reached["steps"]
@@ -217,25 +227,45 @@ def bench_ipla(case, key, num_particles, num_steps):
     def energy(theta, x):
         return model.replace(coefficients=dict(f=theta)).energy(x, y)
 
-    lml = jax.jit(lambda t: statfem.log_marginal_likelihood(model.replace(coefficients=dict(f=t)), y))
+    lml = jax.jit(
+        lambda t: statfem.log_marginal_likelihood(model.replace(coefficients=dict(f=t)), y)
+    )
     t0 = time.perf_counter()
     mmle = scipy.optimize.minimize_scalar(lambda t: -float(lml(t)), bracket=(0.5, 1.5), tol=1e-8).x
     mmle_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pre = statfem.prior_preconditioner(model, dense=model.dim <= 1500)
     m0 = model.prior_mean()
-    lam = float(statfem.largest_curvature(lambda x: energy(jnp.asarray(1.0), x), m0, preconditioner=pre,
-                                          num_iterations=60))
+    lam = float(
+        statfem.largest_curvature(
+            lambda x: energy(jnp.asarray(1.0), x), m0, preconditioner=pre, num_iterations=60
+        )
+    )
     g = jax.grad(lambda t: energy(t, m0))
     c = float((g(1.001) - g(0.999)) / 0.002)
     particles = model.sample_prior(num_particles, key=jax.random.fold_in(key, 1))
-    res = statfem.run_ipla(energy, 0.5, particles, num_steps, 0.5 / lam, key=jax.random.fold_in(key, 2),
-                           theta_step_size=0.5 / c, preconditioner=pre)
+    res = statfem.run_ipla(
+        energy,
+        0.5,
+        particles,
+        num_steps,
+        0.5 / lam,
+        key=jax.random.fold_in(key, 2),
+        theta_step_size=0.5 / c,
+        preconditioner=pre,
+    )
     est = float(res.estimate)
     return {
-        "particles": num_particles, "steps": num_steps, "estimate": est, "theta_true": 1.0,
-        "abs_error_vs_truth": abs(est - 1.0), "mmle": float(mmle), "abs_error_vs_mmle": abs(est - float(mmle)),
-        "theta_std": float(res.theta_std), "seconds": time.perf_counter() - t0, "mmle_seconds": mmle_s,
+        "particles": num_particles,
+        "steps": num_steps,
+        "estimate": est,
+        "theta_true": 1.0,
+        "abs_error_vs_truth": abs(est - 1.0),
+        "mmle": float(mmle),
+        "abs_error_vs_mmle": abs(est - float(mmle)),
+        "theta_std": float(res.theta_std),
+        "seconds": time.perf_counter() - t0,
+        "mmle_seconds": mmle_s,
     }
 
 
@@ -248,8 +278,14 @@ def main(argv=None) -> int:
     budgets = {32: 8.0, 64: 20.0} if args.quick else {32: 60.0, 64: 120.0, 128: 240.0}
     samplers = [s for s in args.samplers.split(",") if s]
     key = jax.random.key(0)
-    results = {"machine": machine_info(), "quick": args.quick, "mean_tolerance": MEAN_TOL,
-               "variance_tolerance": VAR_TOL, "chains": NUM_CHAINS, "grids": {}}
+    results = {
+        "machine": machine_info(),
+        "quick": args.quick,
+        "mean_tolerance": MEAN_TOL,
+        "variance_tolerance": VAR_TOL,
+        "chains": NUM_CHAINS,
+        "grids": {},
+    }
     rows = []
     for grid in grids:
         case = statfem.ula_statfem_case(grid, key=jax.random.fold_in(key, grid))
@@ -267,24 +303,43 @@ def main(argv=None) -> int:
         energy = model.energy_fn(y)
         lambda_min = 1.0 / largest_eigenvalue(post.cov_apply, model.dim, jax.random.fold_in(key, 5))
         lambda_max = float(statfem.largest_curvature(energy, post.mean, num_iterations=100))
-        g = {"dim": model.dim, "posterior_precision_eigenvalues": [lambda_min, lambda_max],
-             "posterior_condition_number": lambda_max / lambda_min, "exact": {"mean_s": t_mean, "mean_and_variance_s": t_var,
-                                         "100_samples_s": t_samples,
-                                         "mean_vs_truth_rel_error": rel(post.mean, model.restrict(case.truth))},
-             "samplers": {}}
+        g = {
+            "dim": model.dim,
+            "posterior_precision_eigenvalues": [lambda_min, lambda_max],
+            "posterior_condition_number": lambda_max / lambda_min,
+            "exact": {
+                "mean_s": t_mean,
+                "mean_and_variance_s": t_var,
+                "100_samples_s": t_samples,
+                "mean_vs_truth_rel_error": rel(post.mean, model.restrict(case.truth)),
+            },
+            "samplers": {},
+        }
         for name in samplers:
             budget = budgets[grid]
             if name == "ula":
                 done = [r["seconds_to_tolerance"] for r in g["samplers"].values() if r["reached"]]
                 budget = max(budget, ULA_BUDGET_FACTOR * min(done)) if done else budget
-            r = bench_sampler(name, model, y, energy, post.mean, exact_var, budget,
-                              jax.random.fold_in(key, 1000 + grid), lambda_min)
+            r = bench_sampler(
+                name,
+                model,
+                y,
+                energy,
+                post.mean,
+                exact_var,
+                budget,
+                jax.random.fold_in(key, 1000 + grid),
+                lambda_min,
+            )
             r["budget_s"] = budget
             g["samplers"][name] = r
-            print(f"{grid}x{grid} {name:12s} reached={r['reached']!s:5s} "
-                  f"t={r['seconds_to_tolerance'] or r['lower_bound_seconds']:.2f}s "
-                  f"mean_err={r['mean_rel_error']:.4f} var_err={r['variance_rel_error']:.3f} "
-                  f"ess/s={r['ess_per_second']:.2f}", flush=True)
+            print(
+                f"{grid}x{grid} {name:12s} reached={r['reached']!s:5s} "
+                f"t={r['seconds_to_tolerance'] or r['lower_bound_seconds']:.2f}s "
+                f"mean_err={r['mean_rel_error']:.4f} var_err={r['variance_rel_error']:.3f} "
+                f"ess/s={r['ess_per_second']:.2f}",
+                flush=True,
+            )
         ula_t = g["samplers"].get("ula", {})
         base = ula_t.get("seconds_to_tolerance") or ula_t.get("lower_bound_seconds")
         for name, r in g["samplers"].items():
@@ -293,7 +348,9 @@ def main(argv=None) -> int:
                 r["speedup_vs_ula"] = base / t
                 r["speedup_is_lower_bound"] = not ula_t.get("reached", False)
             if ula_t:
-                r["speedup_vs_ula_estimated"] = ula_t["estimated_seconds_from_ess"] / (t or r["estimated_seconds_from_ess"])
+                r["speedup_vs_ula_estimated"] = ula_t["estimated_seconds_from_ess"] / (
+                    t or r["estimated_seconds_from_ess"]
+                )
             rows.append((grid, name, r))
         n_particles, n_steps = (16, 400) if args.quick else (32, 3000)
         if grid == 32 or not args.quick:
@@ -303,9 +360,11 @@ def main(argv=None) -> int:
         path = write_results("statfem", results)  # keep finished grids even if a later one fails
 
     print("\nstatFEM samplers: time to mean error < 1% and variance error < 10% (4 chains)")
-    header = f"{'grid':>5} {'sampler':12} {'reached':>7} {'seconds':>9} {'grad evals':>11} " \
-             f"{'ess/s':>8} {'acc':>5} {'est. s (ESS)':>12} {'speedup vs ULA':>15} {'(ESS est.)':>10} " \
-             f"{'relax steps':>11} {'relax s':>9}"
+    header = (
+        f"{'grid':>5} {'sampler':12} {'reached':>7} {'seconds':>9} {'grad evals':>11} "
+        f"{'ess/s':>8} {'acc':>5} {'est. s (ESS)':>12} {'speedup vs ULA':>15} {'(ESS est.)':>10} "
+        f"{'relax steps':>11} {'relax s':>9}"
+    )
     print(header)
     print("-" * len(header))
     for grid, name, r in rows:
@@ -314,33 +373,47 @@ def main(argv=None) -> int:
         ge = r["gradient_evaluations_to_tolerance"]
         ge_txt = str(ge) if ge is not None else f">{r['lower_bound_gradient_evaluations']}"
         sp = r.get("speedup_vs_ula")
-        sp_txt = "" if sp is None else (f">{sp:.0f}x" if r.get("speedup_is_lower_bound") else f"{sp:.1f}x")
-        print(f"{grid:>5} {name:12} {str(r['reached']):>7} {secs_txt:>9} {ge_txt:>11} "
-              f"{r['ess_per_second']:>8.2f} {r['acceptance']:>5.2f} {r['estimated_seconds_from_ess']:>12.1f} "
-              f"{sp_txt:>15} {r.get('speedup_vs_ula_estimated', float('nan')):>9.1f}x "
-              f"{r['slowest_mode_relaxation_steps']:>11.3g} {r['slowest_mode_relaxation_seconds']:>9.3g}")
-    print("seconds: measured to both tolerances ('>' = not reached within the budget: a lower bound);\n"
-          "est. s (ESS): set-up + 200 / (min ESS per second), an extrapolation for chains that did not finish;\n"
-          "speedup vs ULA: ULA seconds (or its lower bound, marked '>') / sampler seconds;\n"
-          "(ESS est.): ULA's ESS-extrapolated seconds / the sampler's seconds (measured, else extrapolated;\n"
-          "  unreliable for chains that have not mixed, whose ESS sits at its floor of about 2);\n"
-          "relax steps / s: 1 / (h lambda_min(P Q)), the slowest mode's e-folding time in steps and in seconds\n"
-          "  at the measured speed (Q the posterior precision, P the preconditioner).")
+        sp_txt = (
+            ""
+            if sp is None
+            else (f">{sp:.0f}x" if r.get("speedup_is_lower_bound") else f"{sp:.1f}x")
+        )
+        print(
+            f"{grid:>5} {name:12} {str(r['reached']):>7} {secs_txt:>9} {ge_txt:>11} "
+            f"{r['ess_per_second']:>8.2f} {r['acceptance']:>5.2f} {r['estimated_seconds_from_ess']:>12.1f} "
+            f"{sp_txt:>15} {r.get('speedup_vs_ula_estimated', float('nan')):>9.1f}x "
+            f"{r['slowest_mode_relaxation_steps']:>11.3g} {r['slowest_mode_relaxation_seconds']:>9.3g}"
+        )
+    print(
+        "seconds: measured to both tolerances ('>' = not reached within the budget: a lower bound);\n"
+        "est. s (ESS): set-up + 200 / (min ESS per second), an extrapolation for chains that did not finish;\n"
+        "speedup vs ULA: ULA seconds (or its lower bound, marked '>') / sampler seconds;\n"
+        "(ESS est.): ULA's ESS-extrapolated seconds / the sampler's seconds (measured, else extrapolated;\n"
+        "  unreliable for chains that have not mixed, whose ESS sits at its floor of about 2);\n"
+        "relax steps / s: 1 / (h lambda_min(P Q)), the slowest mode's e-folding time in steps and in seconds\n"
+        "  at the measured speed (Q the posterior precision, P the preconditioner)."
+    )
     for grid, g in results["grids"].items():
         lo, hi = g["posterior_precision_eigenvalues"]
-        print(f"  {grid}x{grid}: posterior precision eigenvalues in [{lo:.3g}, {hi:.3g}], "
-              f"condition number {hi / lo:.3g}")
+        print(
+            f"  {grid}x{grid}: posterior precision eigenvalues in [{lo:.3g}, {hi:.3g}], "
+            f"condition number {hi / lo:.3g}"
+        )
     print("\nexact posterior cost (Woodbury, solves only):")
     for grid, g in results["grids"].items():
         e = g["exact"]
-        print(f"  {grid}x{grid} (dim {g['dim']}): mean {e['mean_s']:.2f}s, mean+variance "
-              f"{e['mean_and_variance_s']:.2f}s, 100 samples {e['100_samples_s']:.2f}s; "
-              f"exact mean vs truth {e['mean_vs_truth_rel_error']:.3%}")
+        print(
+            f"  {grid}x{grid} (dim {g['dim']}): mean {e['mean_s']:.2f}s, mean+variance "
+            f"{e['mean_and_variance_s']:.2f}s, 100 samples {e['100_samples_s']:.2f}s; "
+            f"exact mean vs truth {e['mean_vs_truth_rel_error']:.3%}"
+        )
         if "ipla" in g:
             i = g["ipla"]
-            print(f"  {grid}x{grid} IPLA ({i['particles']} particles, {i['steps']} steps): theta "
-                  f"{i['estimate']:.4f} (truth 1, MMLE {i['mmle']:.4f}), |err| {i['abs_error_vs_truth']:.4f}, "
-                  f"{i['seconds']:.1f}s")
+            print(
+                f"  {grid}x{grid} IPLA ({i['particles']} particles, {i['steps']} steps): theta "
+                f"{i['estimate']:.4f} (truth 1, MMLE {i['mmle']:.4f}), |err| {i['abs_error_vs_truth']:.4f}, "
+                f"{i['seconds']:.1f}s"
+            )
     print(f"\nwrote {path}")
     return 0
 

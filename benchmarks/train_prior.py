@@ -42,17 +42,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default=DEFAULT_NAME, help=f"model name (default {DEFAULT_NAME})")
     p.add_argument("--out", default=None, help="export folder (default pdegen/data/<name>)")
-    p.add_argument("--work-dir", default=None, help="training checkpoints (default build/train_prior/<name>)")
+    p.add_argument(
+        "--work-dir", default=None, help="training checkpoints (default build/train_prior/<name>)"
+    )
     p.add_argument("--grid", type=int, default=32, help="nodes per side (default 32)")
     p.add_argument("--n-train", type=int, default=4000, help="training pairs (default 4000)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 1%%)")
+    p.add_argument(
+        "--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 1%%)"
+    )
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--base-channels", type=int, default=8)
     p.add_argument("--channel-mults", default="1,2,4,4")
-    p.add_argument("--seed", type=int, default=0, help="seed of data (key seed) and training (seed + 1)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of data (key seed) and training (seed + 1)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     for name in ("grid", "n_train", "steps", "batch_size", "base_channels"):
@@ -67,8 +73,9 @@ def training_data(args, work: Path) -> tuple[np.ndarray, dict]:
     if path.is_file():
         with np.load(path) as f:
             return f["fields"], {"cached": str(path.name)}
-    fields, meta = fem.generate_dataset("poisson", args.n_train, key=jr.key(args.seed), grid=args.grid,
-                                        progress=not args.quiet)
+    fields, meta = fem.generate_dataset(
+        "poisson", args.n_train, key=jr.key(args.seed), grid=args.grid, progress=not args.quiet
+    )
     with atomic_write(path) as f:
         np.savez(f, fields=fields)
     return fields, meta
@@ -85,8 +92,13 @@ def write_loss_plot(path: Path, losses: np.ndarray, title: str) -> None:
     ax.plot(steps, losses, lw=0.5, alpha=0.4, label="batch loss")
     window = max(1, len(losses) // 30)
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    ax.plot(steps[window - 1:], smooth, lw=1.5, label=f"running mean ({window} steps)")
-    ax.set(xlabel="step", ylabel="denoising score-matching loss (EDM weighting)", yscale="log", title=title)
+    ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"running mean ({window} steps)")
+    ax.set(
+        xlabel="step",
+        ylabel="denoising score-matching loss (EDM weighting)",
+        yscale="log",
+        title=title,
+    )
     ax.legend()
     fig.tight_layout()
     with atomic_write(path) as f:
@@ -108,14 +120,27 @@ def main(argv=None) -> int:
     net_key, train_key = jr.split(jr.key(args.seed + 1))
     mults = tuple(int(m) for m in args.channel_mults.split(","))
     net = models.UNet(2, base_channels=args.base_channels, channel_mults=mults, key=net_key)
-    model = models.DiffusionModel(net, models.EDMSDE(), models.Normalisation.fit(data), tuple(data.shape[1:]),
-                                  parameterisation="denoiser")
-    config = models.TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                                warmup_steps=min(args.warmup, args.steps), ema_decay=args.ema,
-                                checkpoint_every=max(1, min(250, args.steps)), log_every=min(50, args.steps))
+    model = models.DiffusionModel(
+        net,
+        models.EDMSDE(),
+        models.Normalisation.fit(data),
+        tuple(data.shape[1:]),
+        parameterisation="denoiser",
+    )
+    config = models.TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=min(args.warmup, args.steps),
+        ema_decay=args.ema,
+        checkpoint_every=max(1, min(250, args.steps)),
+        log_every=min(50, args.steps),
+    )
     print(f"U-Net with {models.count_parameters(net)} float32 parameters; {config}")
     t0 = time.perf_counter()
-    result = models.train(model, data, key=train_key, config=config, out_dir=work, progress=not args.quiet)
+    result = models.train(
+        model, data, key=train_key, config=config, out_dir=work, progress=not args.quiet
+    )
     train_seconds = time.perf_counter() - t0
     step = int(result.state.step)
     # Wall time summed over all sessions of this run (a resumed run adds to it).
@@ -125,21 +150,32 @@ def main(argv=None) -> int:
     write_json_atomic(log_path, sessions)
     total_seconds = float(sum(s["seconds"] for s in sessions))
     losses = np.asarray(result.losses)
-    print(f"trained to step {step} in {train_seconds:.0f} s this session; final loss "
-          f"{np.mean(losses[-50:]):.4g} (mean of the last 50 steps)")
+    print(
+        f"trained to step {step} in {train_seconds:.0f} s this session; final loss "
+        f"{np.mean(losses[-50:]):.4g} (mean of the last 50 steps)"
+    )
 
     grid = int(data.shape[-1])
     metadata = {
         "name": args.name,
-        "description": ("Joint prior over DiffusionPDE Poisson pairs (a, u) on a unit-square grid: channel 0 "
-                        "the GRF source a (alpha=2, tau=3), channel 1 the P1 FEM solution u of "
-                        "Laplacian(u) = a with u = 0 on the boundary; images (channel, y, x), row 0 at y = 0."),
+        "description": (
+            "Joint prior over DiffusionPDE Poisson pairs (a, u) on a unit-square grid: channel 0 "
+            "the GRF source a (alpha=2, tau=3), channel 1 the P1 FEM solution u of "
+            "Laplacian(u) = a with u = 0 on the boundary; images (channel, y, x), row 0 at y = 0."
+        ),
         "channels": ["a", "u"],
         "grid": grid,
         "task": "poisson",
-        "data": {"generator": "pdegen.fem.generate_dataset", "task": "poisson", "n": int(data.shape[0]),
-                 "grid": grid, "seed": args.seed, "alpha": 2.0, "tau": 3.0,
-                 **{k: v for k, v in data_meta.items() if k in ("mean_relative_residual", "cached")}},
+        "data": {
+            "generator": "pdegen.fem.generate_dataset",
+            "task": "poisson",
+            "n": int(data.shape[0]),
+            "grid": grid,
+            "seed": args.seed,
+            "alpha": 2.0,
+            "tau": 3.0,
+            **{k: v for k, v in data_meta.items() if k in ("mean_relative_residual", "cached")},
+        },
         "train": dataclasses.asdict(config),
         "train_wall_seconds": round(total_seconds, 1),
         "train_platform": f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}",
@@ -152,7 +188,9 @@ def main(argv=None) -> int:
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"exported {args.name!r} ({size / 1e6:.2f} MB) to {out}")
     plot = RESULTS / f"train_prior_{args.name}_loss.png"
-    write_loss_plot(plot, losses, f"{args.name}: {step} steps, batch {args.batch_size}, {data.shape[0]} pairs")
+    write_loss_plot(
+        plot, losses, f"{args.name}: {step} steps, batch {args.batch_size}, {data.shape[0]} pairs"
+    )
     print(f"loss curve: {plot}")
     return 0
 

@@ -19,8 +19,15 @@ import os
 import re
 import zipfile
 
-__all__ = ["ConvergenceError", "NonFiniteError", "UserError", "check_memory", "format_bytes",
-           "memory_limit_bytes", "user_error_message"]
+__all__ = [
+    "ConvergenceError",
+    "NonFiniteError",
+    "UserError",
+    "check_memory",
+    "format_bytes",
+    "memory_limit_bytes",
+    "user_error_message",
+]
 
 
 class UserError(ValueError):
@@ -36,6 +43,7 @@ class ConvergenceError(UserError):
 
 
 # ---------------------------------------------------------------------------------- memory
+
 
 def memory_limit_bytes() -> int:
     """The memory this process may use: physical memory, or a smaller cgroup limit."""
@@ -71,15 +79,28 @@ def check_memory(nbytes: float, what: str, fix: str) -> None:
     what to do (``"use --grid 1300 or less"``)."""
     limit = memory_limit_bytes()
     if nbytes > limit:
-        raise UserError(f"{what} needs about {format_bytes(nbytes)} of memory; this machine has "
-                        f"{format_bytes(limit)}: {fix}")
+        raise UserError(
+            f"{what} needs about {format_bytes(nbytes)} of memory; this machine has "
+            f"{format_bytes(limit)}: {fix}"
+        )
 
 
 # ------------------------------------------------------------------------ classification
 
 # Size options named in an out-of-memory message when the command has them.
-_SIZE_OPTIONS = ("grid", "n", "batch_size", "samples", "chains", "sensors", "replicates", "steps",
-                 "dim", "budget", "channels")
+_SIZE_OPTIONS = (
+    "grid",
+    "n",
+    "batch_size",
+    "samples",
+    "chains",
+    "sensors",
+    "replicates",
+    "steps",
+    "dim",
+    "budget",
+    "channels",
+)
 # Input-file options named when a file turns out empty or truncated.
 _INPUT_OPTIONS = ("data", "mesh", "checkpoint", "sensors", "truth")
 
@@ -91,9 +112,21 @@ _FILE_HINTS = {
     PermissionError: "choose a path you may read and write",
 }
 
-_USER_TYPES = (ValueError, FloatingPointError, MemoryError, FileNotFoundError, FileExistsError,
-               IsADirectoryError, NotADirectoryError, PermissionError, EOFError, zipfile.BadZipFile)
-_INNER_ERROR = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|BadZipFile)):\s*(.*\S)\s*$")
+_USER_TYPES = (
+    ValueError,
+    FloatingPointError,
+    MemoryError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    EOFError,
+    zipfile.BadZipFile,
+)
+_INNER_ERROR = re.compile(
+    r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|BadZipFile)):\s*(.*\S)\s*$"
+)
 
 
 def _one_line(text: str, limit: int = 1200) -> str:
@@ -162,8 +195,11 @@ def _is_user_error_name(name: str) -> bool:
     import sys
 
     candidates = [getattr(builtins, name, None), getattr(zipfile, name, None)]
-    candidates += [getattr(mod, name, None) for mod_name, mod in list(sys.modules.items())
-                   if mod is not None and (mod_name == "pdegen" or mod_name.startswith("pdegen."))]
+    candidates += [
+        getattr(mod, name, None)
+        for mod_name, mod in list(sys.modules.items())
+        if mod is not None and (mod_name == "pdegen" or mod_name.startswith("pdegen."))
+    ]
     return any(isinstance(c, type) and issubclass(c, _USER_TYPES) for c in candidates)
 
 
@@ -187,8 +223,10 @@ def user_error_message(err: BaseException, args=None) -> str | None:
         files = _input_files(args)
         where = f" reading {' or '.join(files)}" if files else ""
         what = "ends too early" if isinstance(err, EOFError) else "is not a valid archive"
-        return _one_line(f"a file {what}{where} ({type(err).__name__}: {err}): the file is empty, "
-                         f"truncated or not what the option expects; write it again")
+        return _one_line(
+            f"a file {what}{where} ({type(err).__name__}: {err}): the file is empty, "
+            f"truncated or not what the option expects; write it again"
+        )
     if isinstance(err, OSError):
         if isinstance(err, tuple(_FILE_HINTS)) or err.errno is not None:
             return _one_line(_os_error_message(err))

@@ -57,7 +57,9 @@ def atomic_path(path: str | os.PathLike):
     on success it is moved onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp"
+    )
     os.close(fd)
     try:
         yield tmp
@@ -102,6 +104,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = Fa
 
 # ------------------------------------------------------------------------------ output paths
 
+
 def _first_existing_parent(path: Path) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     while not parent.exists() and parent != parent.parent:
@@ -115,12 +118,16 @@ def _check_parents(path: Path, flag: str) -> None:
         if str(parent) in ("", ".") or not os.path.lexists(parent):
             continue
         if not parent.is_dir():
-            raise FileExistsError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder; "
-                                  f"choose another {flag}")
+            raise FileExistsError(
+                f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder; "
+                f"choose another {flag}"
+            )
     base = _first_existing_parent(path)
     if not os.access(base, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag} {str(path)!r}: cannot write into {str(base)!r} (no permission); "
-                              f"choose another {flag}")
+        raise PermissionError(
+            f"{flag} {str(path)!r}: cannot write into {str(base)!r} (no permission); "
+            f"choose another {flag}"
+        )
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -132,12 +139,16 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise ValueError(f"{flag}: give an output folder, got {path!r}")
     p = Path(path)
     if os.path.lexists(p) and not p.is_dir():
-        raise FileExistsError(f"{flag} {str(p)!r} is an existing file, not a folder; give a folder "
-                              f"path (it is created if missing)")
+        raise FileExistsError(
+            f"{flag} {str(p)!r} is an existing file, not a folder; give a folder "
+            f"path (it is created if missing)"
+        )
     if p.is_dir():
         if not os.access(p, os.W_OK | os.X_OK):
-            raise PermissionError(f"{flag} {str(p)!r}: cannot write into this folder (no "
-                                  f"permission); choose another {flag}")
+            raise PermissionError(
+                f"{flag} {str(p)!r}: cannot write into this folder (no "
+                f"permission); choose another {flag}"
+            )
         return p
     _check_parents(p, flag)
     return p

@@ -56,11 +56,15 @@ def _check_solve_args(args) -> None:
         if args.grid < 2:
             raise UserError(f"--grid must be >= 2 nodes per side, got {args.grid}")
         per_node = _SOLVE_BYTES_PER_DOF * (4 if args.element == "P2" else 1)
-        check_memory(args.grid**2 * per_node, f"--grid {args.grid} ({args.grid**2:.3g} nodes, "
-                     f"element {args.element})", f"use --grid {_largest_grid(per_node)} or less")
+        check_memory(
+            args.grid**2 * per_node,
+            f"--grid {args.grid} ({args.grid**2:.3g} nodes, element {args.element})",
+            f"use --grid {_largest_grid(per_node)} or less",
+        )
 
 
 # ---------------------------------------------------------------------------- solve
+
 
 def _build_problem(args):
     import jax.numpy as jnp
@@ -71,7 +75,9 @@ def _build_problem(args):
     if args.mesh:
         mesh = fem.read_mesh(args.mesh)
     else:
-        mesh = fem.unit_square(args.grid, cell_type="quad" if args.element.startswith("Q") else "triangle")
+        mesh = fem.unit_square(
+            args.grid, cell_type="quad" if args.element.startswith("Q") else "triangle"
+        )
     V = fem.FunctionSpace(mesh, args.element)
     x0, y0 = mesh.points.mean(axis=0)
     if args.problem == "poisson":
@@ -120,10 +126,12 @@ def cmd_solve(args) -> int:
     if not bool(jnp.all(jnp.isfinite(u))):
         from ._errors import NonFiniteError
 
-        raise NonFiniteError(f"the {args.problem} solution is not finite (NaN / inf): the system is singular "
-                             f"for these settings (element {args.element}"
-                             + (f", --k {args.k:g}" if args.problem == "helmholtz" else "")
-                             + "); change them; nothing was written")
+        raise NonFiniteError(
+            f"the {args.problem} solution is not finite (NaN / inf): the system is singular "
+            f"for these settings (element {args.element}"
+            + (f", --k {args.k:g}" if args.problem == "helmholtz" else "")
+            + "); change them; nothing was written"
+        )
 
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.problem)
@@ -142,14 +150,17 @@ def cmd_solve(args) -> int:
         plot_field(mesh, abs(point_u), ax=axes[0, 1], title="|u|")
     elif args.problem == "darcy":
         import matplotlib.tri as mtri
+
         from pdegen.fem._plot import _triangles
 
         tri = mtri.Triangulation(mesh.points[:, 0], mesh.points[:, 1], _triangles(mesh))
         a = jnp.asarray(theta["kappa"])
         a_tri = a if mesh.cell_type == "triangle" else jnp.concatenate([a, a])
         im = axes[0, 0].tripcolor(tri, facecolors=a_tri, cmap="cividis")
-        axes[0, 0].set_aspect("equal"); axes[0, 0].set_title("permeability a", fontsize=9)
-        axes[0, 0].set_xticks([]); axes[0, 0].set_yticks([])
+        axes[0, 0].set_aspect("equal")
+        axes[0, 0].set_title("permeability a", fontsize=9)
+        axes[0, 0].set_xticks([])
+        axes[0, 0].set_yticks([])
         fig.colorbar(im, ax=axes[0, 0], fraction=0.046, pad=0.04)
         plot_field(mesh, point_u, ax=axes[0, 1], title="u")
     else:
@@ -158,15 +169,22 @@ def cmd_solve(args) -> int:
     save_figure(fig, stem + ".png")
     plt.close(fig)
     summary = {
-        "problem": args.problem, "equation": label, "element": args.element,
+        "problem": args.problem,
+        "equation": label,
+        "element": args.element,
         "mesh": args.mesh or f"unit square, {args.grid}x{args.grid} nodes",
-        "ncells": mesh.ncells, "ndofs": V.ndofs, "solve_seconds": t_solve,
-        "first_call_seconds_incl_compile": t_first, "relative_residual": rel_res,
+        "ncells": mesh.ncells,
+        "ndofs": V.ndofs,
+        "solve_seconds": t_solve,
+        "first_call_seconds_incl_compile": t_first,
+        "relative_residual": rel_res,
         "files": [stem + ext for ext in (".vtu", ".xdmf", ".png")],
     }
     _write_json(stem + ".json", summary)
     print(f"pdegen solve {args.problem}: {label}")
-    print(f"  mesh      {summary['mesh']} ({mesh.ncells} {mesh.cell_type}s), element {args.element}")
+    print(
+        f"  mesh      {summary['mesh']} ({mesh.ncells} {mesh.cell_type}s), element {args.element}"
+    )
     print(f"  dofs      {V.ndofs}")
     print(f"  time      {t_solve * 1e3:.1f} ms (first call incl. compilation {t_first:.2f} s)")
     print(f"  residual  {rel_res:.2e} (relative, ||A u - b|| / ||b||)")
@@ -175,12 +193,17 @@ def cmd_solve(args) -> int:
 
 
 def _add_solve(sub):
-    p = sub.add_parser("solve", help="solve a PDE on a built-in grid or a mesh file",
-                       description="Solve Poisson, Helmholtz (impedance boundary) or Darcy; write "
-                       "VTU/XDMF (ParaView), a PNG figure and a JSON summary.")
+    p = sub.add_parser(
+        "solve",
+        help="solve a PDE on a built-in grid or a mesh file",
+        description="Solve Poisson, Helmholtz (impedance boundary) or Darcy; write "
+        "VTU/XDMF (ParaView), a PNG figure and a JSON summary.",
+    )
     p.add_argument("problem", choices=["poisson", "helmholtz", "darcy"])
     p.add_argument("--mesh", help="mesh file readable by meshio (.msh, .xdmf, .vtu, ...)")
-    p.add_argument("--grid", type=int, default=64, help="nodes per side of the built-in unit square")
+    p.add_argument(
+        "--grid", type=int, default=64, help="nodes per side of the built-in unit square"
+    )
     p.add_argument("--element", default="P1", choices=["P1", "P2", "Q1"])
     p.add_argument("--k", type=float, default=20.0, help="Helmholtz wavenumber")
     p.add_argument("--out", default="out/solve", help="output folder")
@@ -198,8 +221,14 @@ def cmd_data(args) -> int:
     from pdegen import fem
     from pdegen.fem._plot import save_figure
 
-    fields, meta = fem.generate_dataset(args.task, args.n, key=jax.random.key(args.seed), grid=args.grid,
-                                        batch_size=args.batch_size, progress=not args.quiet)
+    fields, meta = fem.generate_dataset(
+        args.task,
+        args.n,
+        key=jax.random.key(args.seed),
+        grid=args.grid,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
     meta["seed"] = args.seed
     fem.save_dataset(args.out, fields, meta)
     k = min(4, args.n)
@@ -207,7 +236,8 @@ def cmd_data(args) -> int:
     for i in range(k):
         for c, name in enumerate(meta["channels"]):
             im = axes[c, i].imshow(fields[i, c], origin="lower", cmap="viridis" if c else "cividis")
-            axes[c, i].set_xticks([]); axes[c, i].set_yticks([])
+            axes[c, i].set_xticks([])
+            axes[c, i].set_yticks([])
             axes[c, i].set_title(f"{name} #{i}", fontsize=8)
             fig.colorbar(im, ax=axes[c, i], fraction=0.046, pad=0.04)
     fig.suptitle(meta["equation"], fontsize=8)
@@ -216,22 +246,31 @@ def cmd_data(args) -> int:
     plt.close(fig)
     print(f"pdegen data {args.task}: {meta['equation']}")
     print(f"  pairs     {args.n} on a {args.grid}x{args.grid} grid, seed {args.seed}")
-    print(f"  time      {meta['seconds']:.2f} s ({meta['seconds'] / args.n * 1e3:.1f} ms per pair, "
-          f"{meta['devices']} device(s), solver {meta['solver']})")
-    print(f"  residual  mean {meta['mean_relative_residual']:.1e}, max {meta['max_relative_residual']:.1e} (relative FEM residual)")
+    print(
+        f"  time      {meta['seconds']:.2f} s ({meta['seconds'] / args.n * 1e3:.1f} ms per pair, "
+        f"{meta['devices']} device(s), solver {meta['solver']})"
+    )
+    print(
+        f"  residual  mean {meta['mean_relative_residual']:.1e}, max {meta['max_relative_residual']:.1e} (relative FEM residual)"
+    )
     print(f"  wrote     {args.out}, {args.out[:-4]}.json, {png}")
     return 0
 
 
 def _add_data(sub):
-    p = sub.add_parser("data", help="generate (coefficient, solution) pairs for a DiffusionPDE task",
-                       description="Generate N pairs (a, u) on a grid; writes .npz + .json metadata + a PNG.")
+    p = sub.add_parser(
+        "data",
+        help="generate (coefficient, solution) pairs for a DiffusionPDE task",
+        description="Generate N pairs (a, u) on a grid; writes .npz + .json metadata + a PNG.",
+    )
     p.add_argument("task", choices=["poisson", "helmholtz", "darcy"])
     p.add_argument("--n", type=int, default=100, help="number of pairs")
     p.add_argument("--grid", type=int, default=64, help="nodes per side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", default=None, help="output .npz path (default out/data/<task>-<grid>.npz)")
+    p.add_argument(
+        "--out", default=None, help="output .npz path (default out/data/<task>-<grid>.npz)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_data)
 
@@ -249,17 +288,23 @@ def _check_data_args(args) -> None:
     from ._errors import UserError, check_memory
     from ._io import check_output_file
 
-    for flag, value, low in (("--n", args.n, 1), ("--grid", args.grid, 3), ("--batch-size", args.batch_size, 1)):
+    for flag, value, low in (
+        ("--n", args.n, 1),
+        ("--grid", args.grid, 3),
+        ("--batch-size", args.batch_size, 1),
+    ):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     for path in (args.out, args.out[:-4] + ".json", args.out[:-4] + ".png"):
         check_output_file(path)
     nodes = args.grid**2
     per_node = 16 * args.n + _DATA_BYTES_PER_NODE_IN_BATCH * min(args.batch_size, args.n)
-    check_memory(nodes * per_node, f"--n {args.n} pairs on --grid {args.grid} ({nodes:.3g} nodes, "
-                 f"--batch-size {args.batch_size})",
-                 f"use --grid {_largest_grid(per_node)} or less, or fewer pairs / a smaller batch")
-
+    check_memory(
+        nodes * per_node,
+        f"--n {args.n} pairs on --grid {args.grid} ({nodes:.3g} nodes, "
+        f"--batch-size {args.batch_size})",
+        f"use --grid {_largest_grid(per_node)} or less, or fewer pairs / a smaller batch",
+    )
 
 
 def _add_demo(sub):
@@ -271,7 +316,9 @@ def _add_demo(sub):
 def build_parser() -> argparse.ArgumentParser:
     from pdegen import __version__
 
-    parser = argparse.ArgumentParser(prog="pdegen", description="PDE-constrained generative modelling in JAX")
+    parser = argparse.ArgumentParser(
+        prog="pdegen", description="PDE-constrained generative modelling in JAX"
+    )
     parser.add_argument("--version", action="version", version=f"pdegen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
@@ -360,7 +407,7 @@ def main(argv=None) -> int:
         _close_progress_bars()
         prefix = f"pdegen {command}: "
         while message.startswith(prefix):  # messages that already name the command
-            message = message[len(prefix):]
+            message = message[len(prefix) :]
         print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
         return 2
 

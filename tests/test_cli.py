@@ -11,7 +11,9 @@ import pytest
 from pdegen.cli import main
 
 
-@pytest.mark.parametrize("problem,element", [("poisson", "P1"), ("darcy", "Q1"), ("helmholtz", "P1")])
+@pytest.mark.parametrize(
+    "problem,element", [("poisson", "P1"), ("darcy", "Q1"), ("helmholtz", "P1")]
+)
 def test_solve_writes_fields_figure_and_summary(tmp_path, capsys, problem, element):
     out = tmp_path / "solve"
     assert main(["solve", problem, "--grid", "9", "--element", element, "--out", str(out)]) == 0
@@ -53,11 +55,29 @@ def test_data_writes_pairs_metadata_and_figure(tmp_path, capsys):
 
 def test_optimise_writes_result_and_convergence_plot(tmp_path, capsys):
     out = tmp_path / "opt"
-    assert main(["optimise", "--function", "rastrigin", "--dim", "2", "--method", "random",
-                 "--budget", "300", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "optimise",
+                "--function",
+                "rastrigin",
+                "--dim",
+                "2",
+                "--method",
+                "random",
+                "--budget",
+                "300",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "result.json").read_text())
     assert result["num_evaluations"] <= 300 and result["gap"] >= 0
-    assert result["best_values"] == sorted(result["best_values"], reverse=True)  # best-so-far never rises
+    assert result["best_values"] == sorted(
+        result["best_values"], reverse=True
+    )  # best-so-far never rises
     assert (out / "convergence.png").is_file()
     assert main(["optimise", "--dim", "0", "--out", str(out)]) == 2
     assert "dim" in capsys.readouterr().err

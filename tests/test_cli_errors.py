@@ -29,14 +29,26 @@ SENTINEL = b"previous output\n"
 
 def _env(tmp_path):
     env = dict(os.environ)
-    env.update(MPLBACKEND="Agg", JAX_PLATFORMS="cpu", PYTHONWARNINGS="ignore",
-               PDEGEN_CACHE_DIR=str(tmp_path / "jax-cache"), TF_CPP_MIN_LOG_LEVEL="3")
+    env.update(
+        MPLBACKEND="Agg",
+        JAX_PLATFORMS="cpu",
+        PYTHONWARNINGS="ignore",
+        PDEGEN_CACHE_DIR=str(tmp_path / "jax-cache"),
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
     return env
 
 
 def _pdegen(tmp_path, args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "pdegen.cli", *args], cwd=tmp_path, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pdegen.cli", *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _snapshot(folder):
@@ -64,7 +76,9 @@ def inputs(tmp_path_factory):
     (d / "truncated.npz").write_bytes(raw[: len(raw) // 2])
     (d / "random.npz").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
     fem.write_mesh(d / "domain.msh", fem.l_shaped(2))
-    np.savetxt(d / "outside.csv", [[0.5, 0.5], [-0.5, -0.5]], delimiter=",", header="x,y", comments="")
+    np.savetxt(
+        d / "outside.csv", [[0.5, 0.5], [-0.5, -0.5]], delimiter=",", header="x,y", comments=""
+    )
     np.savetxt(d / "data2.csv", [0.1, 0.2])
     (d / "binary.csv").write_bytes(rng.integers(128, 256, 512, dtype=np.uint8).tobytes())
     return d
@@ -75,17 +89,39 @@ def inputs(tmp_path_factory):
 BAD_INPUTS = {
     "statfem huge step size (diverges)": (
         "statfem --sampler ula --step-size 1e6 --grid 6 --steps 20 --sensors 5 --no-progress --out {out}",
-        "dir", "--step-size 1e+06 is unstable for ula"),
-    "statfem out is a file": ("statfem --grid 6 --steps 20 --sensors 5 --out {out}", "file", "existing file"),
-    "train out is a file": ("train --data {in}/good.npz --steps 2 --out {out}", "file", "existing file"),
+        "dir",
+        "--step-size 1e+06 is unstable for ula",
+    ),
+    "statfem out is a file": (
+        "statfem --grid 6 --steps 20 --sensors 5 --out {out}",
+        "file",
+        "existing file",
+    ),
+    "train out is a file": (
+        "train --data {in}/good.npz --steps 2 --out {out}",
+        "file",
+        "existing file",
+    ),
     "solve out is a file": ("solve poisson --grid 5 --out {out}", "file", "existing file"),
     "optimise out is a file": ("optimise --budget 2000 --out {out}", "file", "existing file"),
     "invert out is a file": ("invert --samples 1 --steps 2 --out {out}", "file", "existing file"),
-    "solve out below a file": ("solve poisson --grid 5 --out {out}/sub", "file", "is a file, not a folder"),
+    "solve out below a file": (
+        "solve poisson --grid 5 --out {out}/sub",
+        "file",
+        "is a file, not a folder",
+    ),
     "data out is a folder": ("data poisson --n 2 --grid 5 --out {out}", "dir.npz", "is a folder"),
     "train empty npz": ("train --data {in}/empty.npz --steps 2 --out {out}", "dir", "empty.npz"),
-    "train truncated npz": ("train --data {in}/truncated.npz --steps 2 --out {out}", "dir", "truncated.npz"),
-    "train random-bytes npz": ("train --data {in}/random.npz --steps 2 --out {out}", "dir", "random.npz"),
+    "train truncated npz": (
+        "train --data {in}/truncated.npz --steps 2 --out {out}",
+        "dir",
+        "truncated.npz",
+    ),
+    "train random-bytes npz": (
+        "train --data {in}/random.npz --steps 2 --out {out}",
+        "dir",
+        "random.npz",
+    ),
     "train missing data": ("train --data {in}/nope.npz --steps 2 --out {out}", "dir", "nope.npz"),
     "solve missing mesh": ("solve poisson --mesh {in}/nope.msh --out {out}", "dir", "nope.msh"),
     "sample missing checkpoint": ("sample --checkpoint {in}/nope --out {out}", "dir", "nope"),
@@ -93,15 +129,36 @@ BAD_INPUTS = {
     "data huge grid": ("data poisson --n 2 --grid 100000 --out {out}", "npz", "--grid 100000"),
     "statfem huge grid": ("statfem --grid 100000 --out {out}", "dir", "--grid 100000"),
     "invert mesh sensors outside": (
-        ("invert --mesh {in}/domain.msh --sensors {in}/outside.csv --data {in}/data2.csv --noise 0.01 "
-         "--quiet --out {out}"), "dir", "does not fit the mesh"),
+        (
+            "invert --mesh {in}/domain.msh --sensors {in}/outside.csv --data {in}/data2.csv --noise 0.01 "
+            "--quiet --out {out}"
+        ),
+        "dir",
+        "does not fit the mesh",
+    ),
     "invert mesh binary sensors": (
-        ("invert --mesh {in}/domain.msh --sensors {in}/binary.csv --data {in}/data2.csv --noise 0.01 "
-         "--quiet --out {out}"), "dir", "not a text file"),
-    "invert prior/task grid mismatch": ("invert --grid 16 --method bayes tmpd --quiet --out {out}", "dir",
-                                        "generates 32x32 fields"),
-    "optimise negative budget": ("optimise --budget -5 --out {out}", "dir", "--budget must be a positive"),
-    "optimise budget below one iteration": ("optimise --budget 200 --out {out}", "dir", "1025 evaluations"),
+        (
+            "invert --mesh {in}/domain.msh --sensors {in}/binary.csv --data {in}/data2.csv --noise 0.01 "
+            "--quiet --out {out}"
+        ),
+        "dir",
+        "not a text file",
+    ),
+    "invert prior/task grid mismatch": (
+        "invert --grid 16 --method bayes tmpd --quiet --out {out}",
+        "dir",
+        "generates 32x32 fields",
+    ),
+    "optimise negative budget": (
+        "optimise --budget -5 --out {out}",
+        "dir",
+        "--budget must be a positive",
+    ),
+    "optimise budget below one iteration": (
+        "optimise --budget 200 --out {out}",
+        "dir",
+        "1025 evaluations",
+    ),
 }
 
 
@@ -139,10 +196,28 @@ def test_bad_input_is_one_line_exit_2_and_leaves_output_alone(inputs, tmp_path, 
 
 def test_ctrl_c_exits_130_with_one_line_and_no_partial_files(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "pdegen.cli", "statfem", "--grid", "6", "--sensors", "5",
-                             "--steps", "2000000", "--no-progress", "--out", str(out)],
-                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pdegen.cli",
+            "statfem",
+            "--grid",
+            "6",
+            "--sensors",
+            "5",
+            "--steps",
+            "2000000",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         for line in proc.stdout:  # wait until the chains run
@@ -160,6 +235,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_partial_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------ in process
+
 
 def test_programming_error_keeps_its_traceback(monkeypatch):
     def broken(args):
@@ -188,7 +264,9 @@ def _callback_error(exc):
         raise exc
 
     try:
-        jax.jit(lambda x: jax.pure_callback(cb, jax.ShapeDtypeStruct((), jnp.float64), x))(1.0).block_until_ready()
+        jax.jit(lambda x: jax.pure_callback(cb, jax.ShapeDtypeStruct((), jnp.float64), x))(
+            1.0
+        ).block_until_ready()
     except Exception as err:  # noqa: BLE001
         return err
     raise AssertionError("no error")
@@ -201,33 +279,67 @@ def test_which_exceptions_are_user_errors():
     assert "--grid 4096" in user_error_message(MemoryError("Unable to allocate 74.5 GiB"), args)
     assert "--n 10" in user_error_message(MemoryError(), args)
     assert repr(__file__) in user_error_message(EOFError("No data left in file"), args)
-    assert "not a valid archive" in user_error_message(zipfile.BadZipFile("File is not a zip file"), args)
-    assert user_error_message(FileNotFoundError(2, "No such file or directory", "x.msh")) == \
-        "no such file or directory: 'x.msh' (check the path)"
-    assert "permission denied: 'o'" in user_error_message(PermissionError(13, "Permission denied", "o"))
-    assert user_error_message(FileExistsError("--out 'o' is an existing file")) == "--out 'o' is an existing file"
+    assert "not a valid archive" in user_error_message(
+        zipfile.BadZipFile("File is not a zip file"), args
+    )
+    assert (
+        user_error_message(FileNotFoundError(2, "No such file or directory", "x.msh"))
+        == "no such file or directory: 'x.msh' (check the path)"
+    )
+    assert "permission denied: 'o'" in user_error_message(
+        PermissionError(13, "Permission denied", "o")
+    )
+    assert (
+        user_error_message(FileExistsError("--out 'o' is an existing file"))
+        == "--out 'o' is an existing file"
+    )
     assert user_error_message(NonFiniteError("chains diverged")) == "chains diverged"
     assert user_error_message(FloatingPointError("nan")) == "nan"
     wrapped = _callback_error(ValueError("sensor 3 lies outside the mesh"))
     assert type(wrapped).__name__ == "JaxRuntimeError"
     assert user_error_message(wrapped) == "sensor 3 lies outside the mesh"
-    assert user_error_message(_callback_error(NonFiniteError("diverged"))) == "diverged"  # a pdegen class
-    for programming in (TypeError("x"), RuntimeError("x"), KeyError("x"), AttributeError("x"),
-                        _callback_error(TypeError("bug")), KeyboardInterrupt(), OSError("no errno")):
+    assert (
+        user_error_message(_callback_error(NonFiniteError("diverged"))) == "diverged"
+    )  # a pdegen class
+    for programming in (
+        TypeError("x"),
+        RuntimeError("x"),
+        KeyError("x"),
+        AttributeError("x"),
+        _callback_error(TypeError("bug")),
+        KeyboardInterrupt(),
+        OSError("no errno"),
+    ):
         assert user_error_message(programming, args) is None, programming
 
 
 def test_strict_json_writer(tmp_path):
-    path = write_json_atomic(tmp_path / "r.json", {
-        "nan": float("nan"), "inf": [float("inf"), -np.inf, 1.5], "np": np.float32(2.0), "i": np.int64(3),
-        "arr": np.array([1.0, np.nan]), "t": (1, 2), 4: True})
+    path = write_json_atomic(
+        tmp_path / "r.json",
+        {
+            "nan": float("nan"),
+            "inf": [float("inf"), -np.inf, 1.5],
+            "np": np.float32(2.0),
+            "i": np.int64(3),
+            "arr": np.array([1.0, np.nan]),
+            "t": (1, 2),
+            4: True,
+        },
+    )
 
     def reject(token):
         raise ValueError(f"non-strict JSON token {token}")
 
     data = json.loads(path.read_text(), parse_constant=reject)
-    assert data == {"nan": None, "inf": [None, None, 1.5], "np": 2.0, "i": 3, "arr": [1.0, None], "t": [1, 2],
-                    "4": True}
+    assert data == {
+        "nan": None,
+        "inf": [None, None, 1.5],
+        "np": 2.0,
+        "i": 3,
+        "arr": [1.0, None],
+        "t": [1, 2],
+        "4": True,
+    }
     assert json_safe({"x": float("nan")}) == {"x": None}
     with pytest.raises(TypeError):  # not JSON at all: nothing is written
         write_json_atomic(tmp_path / "bad.json", {"x": object()})
@@ -251,8 +363,11 @@ def test_statfem_refuses_diverged_chains_before_writing():
 
     args = argparse.Namespace(sampler="ula", chains=2, steps=10, step_size=1e-3)
     pos = np.array([[0.0, 1.0], [np.nan, 1.0]])
-    res = argparse.Namespace(state=argparse.Namespace(position=pos), step_size=np.array([1e-3, 1e-3]),
-                             acceptance_rate=np.array([1.0, 1.0]))
+    res = argparse.Namespace(
+        state=argparse.Namespace(position=pos),
+        step_size=np.array([1e-3, 1e-3]),
+        acceptance_rate=np.array([1.0, 1.0]),
+    )
     with pytest.raises(NonFiniteError, match="1 of 2 chains diverged"):
         statfem_cli.check_chains(args, res, np.zeros(2), np.ones(2))
     args.sampler = "mala"
@@ -274,6 +389,14 @@ def test_optimise_minimum_budget_is_the_library_minimum(method, gradient):
     prob = test_function("rastrigin", 2)
     minimum = cost_plan(method, gradient)["minimum"]
     with pytest.raises(ValueError, match="too small"):
-        minimise(prob.fn, prob.domain, key=jax.random.key(0), method=method, max_evaluations=minimum - 1,
-                 gradient_informed=gradient, batch_size=SETTINGS["batch_size"], num_steps=SETTINGS["num_steps"],
-                 num_temperatures=SETTINGS["num_temperatures"])
+        minimise(
+            prob.fn,
+            prob.domain,
+            key=jax.random.key(0),
+            method=method,
+            max_evaluations=minimum - 1,
+            gradient_informed=gradient,
+            batch_size=SETTINGS["batch_size"],
+            num_steps=SETTINGS["num_steps"],
+            num_temperatures=SETTINGS["num_temperatures"],
+        )

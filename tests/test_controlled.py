@@ -4,7 +4,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 import pytest
 
@@ -29,14 +28,25 @@ def gaussian_log_density(x):
 @pytest.mark.parametrize(
     "builder,loss",
     # fast: both samplers and both losses once; slow: the other two pairings
-    [(PIS, "log_variance"), (DDS, "kl"),
-     pytest.param(PIS, "kl", marks=pytest.mark.slow),
-     pytest.param(DDS, "log_variance", marks=pytest.mark.slow)],
+    [
+        (PIS, "log_variance"),
+        (DDS, "kl"),
+        pytest.param(PIS, "kl", marks=pytest.mark.slow),
+        pytest.param(DDS, "log_variance", marks=pytest.mark.slow),
+    ],
 )
 def test_gaussian_log_normaliser_and_moments(builder, loss, getkey):
     model = builder(2, key=getkey(), num_steps=16, sigma=2.0)
-    model, losses = train(model, gaussian_log_density, key=getkey(), num_steps=150,
-                          batch_size=64, learning_rate=3e-3, loss=loss, progress=False)
+    model, losses = train(
+        model,
+        gaussian_log_density,
+        key=getkey(),
+        num_steps=150,
+        batch_size=64,
+        learning_rate=3e-3,
+        loss=loss,
+        progress=False,
+    )
     x, log_w = sample(model, gaussian_log_density, 2000, key=getkey())
     est = log_normaliser(log_w)
     # ELBO is a lower bound (up to Monte Carlo error); IW estimate within 0.05 nats
@@ -60,8 +70,10 @@ def test_untrained_model_is_reference(getkey):
     # zero-initialised output layers: the untrained sampler is the reference, so for the
     # reference's own terminal law the weights are exactly constant and log Z exact.
     sigma = 1.3
+
     def log_density(x):
         return -0.5 * jnp.sum(x**2) / sigma**2
+
     true = math.log(2 * math.pi * sigma**2)
     for builder in (PIS, DDS):
         model = builder(2, key=getkey(), num_steps=8, sigma=sigma)
@@ -77,8 +89,16 @@ def test_mixture_modes_found(getkey):
         return jax.nn.logsumexp(-0.5 * d2 / 0.4**2)
 
     model = DDS(2, key=getkey(), num_steps=16, sigma=2.5)
-    model, _ = train(model, log_density, key=getkey(), num_steps=120, batch_size=64,
-                     learning_rate=3e-3, loss="log_variance", progress=False)
+    model, _ = train(
+        model,
+        log_density,
+        key=getkey(),
+        num_steps=120,
+        batch_size=64,
+        learning_rate=3e-3,
+        loss="log_variance",
+        progress=False,
+    )
     x, log_w = sample(model, log_density, 1000, key=getkey())
     nearest = jnp.argmin(jnp.sum((x[:, None, :] - centres[None]) ** 2, axis=2), axis=1)
     fractions = np.bincount(np.asarray(nearest), minlength=3) / x.shape[0]
@@ -93,5 +113,4 @@ def test_bad_arguments(getkey):
     with pytest.raises(ValueError, match="network"):
         DDS(2, key=getkey(), network="transformer")
     with pytest.raises(ValueError, match="loss"):
-        train(DDS(2, key=getkey()), gaussian_log_density, key=getkey(), loss="elbo",
-              progress=False)
+        train(DDS(2, key=getkey()), gaussian_log_density, key=getkey(), loss="elbo", progress=False)

@@ -96,7 +96,9 @@ def test_boundary_mass_and_load_match_skfem(element, cell_type):
     facets = V.boundary_facets(left)
     assert 0 < facets.size < V.boundary_facets().size
     fbl = skfem.FacetBasis(V.mesh.skfem, V.basis.elem, facets=facets, intorder=V.quadrature_order)
-    _close(fem.boundary_mass(V, _coef_jnp, where=left).todense(), skfem.asm(_sk_bmass, fbl).toarray())
+    _close(
+        fem.boundary_mass(V, _coef_jnp, where=left).todense(), skfem.asm(_sk_bmass, fbl).toarray()
+    )
 
 
 def test_stiffness_symmetric_with_constant_kernel():
@@ -112,7 +114,9 @@ def test_assembly_is_traceable():
     V = _space("P1", "triangle")
     kappa = jnp.asarray(_coef_np(V.dof_coordinates.T))
     f = jax.jit(lambda k: fem.stiffness(V, k).data)
-    np.testing.assert_allclose(np.asarray(f(kappa)), np.asarray(fem.stiffness(V, kappa).data), atol=1e-14)
+    np.testing.assert_allclose(
+        np.asarray(f(kappa)), np.asarray(fem.stiffness(V, kappa).data), atol=1e-14
+    )
     # stiffness is linear in kappa: d/dkappa of sum(data) is the linear map's row sums
     g = jax.grad(lambda k: jnp.sum(fem.stiffness(V, k).data ** 2))(kappa)
     assert g.shape == kappa.shape and bool(jnp.all(jnp.isfinite(g)))

@@ -19,13 +19,18 @@ def _rate(hs, errs):
 
 # ---------------------------------------------------------------------------- convergence
 
+
 def _poisson_case():
     exact = lambda x: jnp.sin(pi * x[0]) * jnp.exp(x[1]) + x[0] * x[1]  # noqa: E731
     kappa = lambda x: 1.0 + 0.5 * x[0] + x[1] ** 2  # noqa: E731
 
     def exact_grad(x):
-        return jnp.stack([pi * jnp.cos(pi * x[0]) * jnp.exp(x[1]) + x[1],
-                          jnp.sin(pi * x[0]) * jnp.exp(x[1]) + x[0]])
+        return jnp.stack(
+            [
+                pi * jnp.cos(pi * x[0]) * jnp.exp(x[1]) + x[1],
+                jnp.sin(pi * x[0]) * jnp.exp(x[1]) + x[0],
+            ]
+        )
 
     def f(x):
         # -div(kappa grad u) = -(dk/dx u_x + dk/dy u_y) - kappa lap u
@@ -36,11 +41,14 @@ def _poisson_case():
     return exact, exact_grad, kappa, f
 
 
-@pytest.mark.parametrize("element,cell_type,sizes", [
-    ("P1", "triangle", (9, 17, 33)),
-    ("P2", "triangle", (5, 9, 17)),
-    ("Q1", "quad", (9, 17, 33)),
-])
+@pytest.mark.parametrize(
+    "element,cell_type,sizes",
+    [
+        ("P1", "triangle", (9, 17, 33)),
+        ("P2", "triangle", (5, 9, 17)),
+        ("Q1", "quad", (9, 17, 33)),
+    ],
+)
 def test_poisson_variable_coefficient_rates(element, cell_type, sizes):
     exact, exact_grad, kappa, f = _poisson_case()
     hs, l2, h1 = [], [], []
@@ -48,17 +56,22 @@ def test_poisson_variable_coefficient_rates(element, cell_type, sizes):
         V = fem.FunctionSpace(fem.unit_square(n, cell_type=cell_type), element)
         u = fem.Poisson(V, dirichlet=exact).solve(kappa=kappa, f=f)
         e0, e1 = V.errors(u, exact, exact_grad)
-        hs.append(1.0 / (n - 1)); l2.append(float(e0)); h1.append(float(e1))
+        hs.append(1.0 / (n - 1))
+        l2.append(float(e0))
+        h1.append(float(e1))
     degree = 2 if element == "P2" else 1
     assert abs(_rate(hs, l2) - (degree + 1)) < 0.1
     assert abs(_rate(hs, h1) - degree) < 0.1
 
 
-@pytest.mark.parametrize("element,cell_type,sizes", [
-    ("P1", "triangle", (9, 17, 33)),
-    ("P2", "triangle", (5, 9, 17)),
-    ("Q1", "quad", (9, 17, 33)),
-])
+@pytest.mark.parametrize(
+    "element,cell_type,sizes",
+    [
+        ("P1", "triangle", (9, 17, 33)),
+        ("P2", "triangle", (5, 9, 17)),
+        ("Q1", "quad", (9, 17, 33)),
+    ],
+)
 def test_helmholtz_dirichlet_with_contrast_rates(element, cell_type, sizes):
     k = 3.0
     exact = lambda x: jnp.sin(2 * x[0]) * jnp.cos(x[1])  # noqa: E731
@@ -68,16 +81,20 @@ def test_helmholtz_dirichlet_with_contrast_rates(element, cell_type, sizes):
     for n in sizes:
         V = fem.FunctionSpace(fem.unit_square(n, cell_type=cell_type), element)
         u = fem.Helmholtz(V, dirichlet=exact).solve(k=k, q=q, f=f)
-        hs.append(1.0 / (n - 1)); l2.append(float(V.errors(u, exact)[0]))
+        hs.append(1.0 / (n - 1))
+        l2.append(float(V.errors(u, exact)[0]))
     degree = 2 if element == "P2" else 1
     assert abs(_rate(hs, l2) - (degree + 1)) < 0.1
 
 
-@pytest.mark.parametrize("element,cell_type,sizes", [
-    ("P1", "triangle", (17, 33, 65)),
-    ("P2", "triangle", (9, 17, 33)),
-    ("Q1", "quad", (17, 33, 65)),
-])
+@pytest.mark.parametrize(
+    "element,cell_type,sizes",
+    [
+        ("P1", "triangle", (17, 33, 65)),
+        ("P2", "triangle", (9, 17, 33)),
+        ("Q1", "quad", (17, 33, 65)),
+    ],
+)
 def test_helmholtz_impedance_plane_wave_rates(element, cell_type, sizes):
     k, d = 5.0, (0.6, 0.8)
     c = lambda v: v.astype(jnp.complex128)  # noqa: E731  (strict promotion: cast before i*)
@@ -93,7 +110,9 @@ def test_helmholtz_impedance_plane_wave_rates(element, cell_type, sizes):
         u = fem.Helmholtz(V, boundary="impedance").solve(k=k, h=h)
         assert jnp.iscomplexobj(u)
         e0, e1 = V.errors(u, exact, exact_grad)
-        hs.append(1.0 / (n - 1)); l2.append(float(e0)); h1.append(float(e1))
+        hs.append(1.0 / (n - 1))
+        l2.append(float(e0))
+        h1.append(float(e1))
     degree = 2 if element == "P2" else 1
     assert abs(_rate(hs, l2) - (degree + 1)) < 0.1
     assert abs(_rate(hs, h1) - degree) < 0.1
@@ -115,8 +134,9 @@ def test_l_shaped_singular_solution_rates():
         theta, phi = angles(x)
         ur = (2 / 3) * r ** (-1 / 3) * jnp.sin(2 * phi / 3)
         ut = (2 / 3) * r ** (-1 / 3) * jnp.cos(2 * phi / 3)  # (1/r) du/dphi
-        return jnp.stack([ur * jnp.cos(theta) - ut * jnp.sin(theta),
-                          ur * jnp.sin(theta) + ut * jnp.cos(theta)])
+        return jnp.stack(
+            [ur * jnp.cos(theta) - ut * jnp.sin(theta), ur * jnp.sin(theta) + ut * jnp.cos(theta)]
+        )
 
     hs, l2, h1 = [], [], []
     for refinements in (2, 3, 4, 5):
@@ -124,7 +144,9 @@ def test_l_shaped_singular_solution_rates():
         V = fem.FunctionSpace(mesh, "P1")
         u = fem.Poisson(V, dirichlet=exact).solve(kappa=1.0, f=0.0)
         e0, e1 = V.errors(u, exact, exact_grad)
-        hs.append(mesh.h); l2.append(float(e0)); h1.append(float(e1))
+        hs.append(mesh.h)
+        l2.append(float(e0))
+        h1.append(float(e1))
     # The corner singularity limits the rates to 2/3 (H1) and 4/3 (L2) under uniform refinement.
     assert abs(_rate(hs[1:], h1[1:]) - 2 / 3) < 0.1
     assert abs(_rate(hs[1:], l2[1:]) - 4 / 3) < 0.15
@@ -132,7 +154,10 @@ def test_l_shaped_singular_solution_rates():
 
 # ---------------------------------------------------------------------------- scikit-fem
 
-@pytest.mark.parametrize("element,cell_type", [("P1", "triangle"), ("P2", "triangle"), ("Q1", "quad")])
+
+@pytest.mark.parametrize(
+    "element,cell_type", [("P1", "triangle"), ("P2", "triangle"), ("Q1", "quad")]
+)
 def test_matrices_equal_scikit_fem(element, cell_type):
     mesh = fem.unit_square(7, cell_type=cell_type)
     V = fem.FunctionSpace(mesh, element)
@@ -167,18 +192,25 @@ def test_matrices_equal_scikit_fem(element, cell_type):
     K_nodal = a_nodal.assemble(basis, k=basis.interpolate(np.asarray(kn))).toarray()
     assert np.allclose(fem.stiffness(V, kn).todense(), K_nodal, atol=1e-12, rtol=0)
     # Boundary mass against a FacetBasis on all boundary facets.
-    fb = skfem.FacetBasis(mesh.skfem, V._skfem_element, facets=mesh.skfem.boundary_facets(),
-                          intorder=V.quadrature_order)
+    fb = skfem.FacetBasis(
+        mesh.skfem,
+        V._skfem_element,
+        facets=mesh.skfem.boundary_facets(),
+        intorder=V.quadrature_order,
+    )
 
     @skfem.BilinearForm
     def bm(u, v, w):
         return (1.0 + w.x[0]) * u * v
 
     B_ref = bm.assemble(fb).toarray()
-    assert np.allclose(fem.boundary_mass(V, lambda x: 1.0 + x[0]).todense(), B_ref, atol=1e-12, rtol=0)
+    assert np.allclose(
+        fem.boundary_mass(V, lambda x: 1.0 + x[0]).todense(), B_ref, atol=1e-12, rtol=0
+    )
 
 
 # ---------------------------------------------------------------------------- gradients
+
 
 def _fd_check(fun, x, direction, eps=1e-6):
     g = jax.grad(fun)(x)
@@ -202,8 +234,15 @@ def test_gradients_match_finite_differences(method, getkey):
     assert _fd_check(obj_g, jnp.asarray(0.3), jnp.asarray(1.0)) < 1e-6
 
 
-@pytest.mark.parametrize("boundary,method", [("dirichlet", "direct"), ("dirichlet", "gmres"),
-                                              ("impedance", "direct"), ("impedance", "bicgstab")])
+@pytest.mark.parametrize(
+    "boundary,method",
+    [
+        ("dirichlet", "direct"),
+        ("dirichlet", "gmres"),
+        ("impedance", "direct"),
+        ("impedance", "bicgstab"),
+    ],
+)
 def test_helmholtz_gradients_wavenumber_and_contrast(boundary, method, getkey):
     V = fem.FunctionSpace(fem.unit_square(9), "P1")
     Hh = fem.Helmholtz(V, boundary=boundary, method=method, rtol=1e-13)
@@ -215,6 +254,7 @@ def test_helmholtz_gradients_wavenumber_and_contrast(boundary, method, getkey):
 
 
 # ---------------------------------------------------------------------------- batching, jit
+
 
 @pytest.mark.parametrize("method", ["direct", "cg"])
 def test_vmap_equals_loop(method, getkey):
@@ -259,11 +299,15 @@ def test_krylov_non_convergence_raises():
 
 # ---------------------------------------------------------------------------- observation
 
-@pytest.mark.parametrize("element,cell_type,fn", [
-    ("P1", "triangle", lambda x: 1.0 + 2 * x[0] - 3 * x[1]),
-    ("P2", "triangle", lambda x: x[0] ** 2 - x[0] * x[1] + 0.5 * x[1] ** 2),
-    ("Q1", "quad", lambda x: 1.0 + x[0] + x[1] + x[0] * x[1]),
-])
+
+@pytest.mark.parametrize(
+    "element,cell_type,fn",
+    [
+        ("P1", "triangle", lambda x: 1.0 + 2 * x[0] - 3 * x[1]),
+        ("P2", "triangle", lambda x: x[0] ** 2 - x[0] * x[1] + 0.5 * x[1] ** 2),
+        ("Q1", "quad", lambda x: 1.0 + x[0] + x[1] + x[0] * x[1]),
+    ],
+)
 def test_point_observation_is_exact_for_the_element_space(element, cell_type, fn, getkey):
     V = fem.FunctionSpace(fem.unit_square(6, cell_type=cell_type), element)
     pts = jax.random.uniform(getkey(), (20, 2))
@@ -273,6 +317,7 @@ def test_point_observation_is_exact_for_the_element_space(element, cell_type, fn
 
 
 # ---------------------------------------------------------------------------- meshes
+
 
 def test_grid_node_order_and_image_round_trip():
     mesh = fem.rectangle(5, 3, x1=2.0)
@@ -305,8 +350,11 @@ def test_meshio_round_trip(tmp_path, ext):
     c = np.arange(mesh.ncells, dtype=float)
     path = tmp_path / f"m{ext}"
     if ext == ".msh":
-        meshio.write(path, meshio.Mesh(np.c_[mesh.points, np.zeros(mesh.npoints)],
-                                       [("triangle", mesh.cells)]), file_format="gmsh")
+        meshio.write(
+            path,
+            meshio.Mesh(np.c_[mesh.points, np.zeros(mesh.npoints)], [("triangle", mesh.cells)]),
+            file_format="gmsh",
+        )
     else:
         fem.write_mesh(path, mesh, point_data={"u": u}, cell_data={"c": c})
         back = meshio.read(path)
@@ -318,6 +366,7 @@ def test_meshio_round_trip(tmp_path, ext):
 
 
 # ---------------------------------------------------------------------------- bad input
+
 
 def test_bad_meshes_are_rejected():
     pts = np.array([[0.0, 0], [1, 0], [0, 1], [1, 1]])

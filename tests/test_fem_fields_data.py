@@ -45,7 +45,8 @@ def test_matern_variance_and_correlation():
     V = fem.FunctionSpace(mesh, "P1")
     ell, sigma = 0.25, 1.5
     u = jax.vmap(lambda k: fem.matern_field(V, key=k, length_scale=ell, sigma=sigma))(
-        jax.random.split(jax.random.key(2), 800))
+        jax.random.split(jax.random.key(2), 800)
+    )
     interior = np.flatnonzero(np.abs(mesh.points - 0.5).max(axis=1) <= 0.15)
     var = float(u[:, interior].var(axis=0).mean())
     assert abs(var / sigma**2 - 1) < 0.15
@@ -84,8 +85,9 @@ def test_random_sensors_and_observation(getkey):
 
 @pytest.mark.parametrize("task", ["poisson", "helmholtz", "darcy"])
 def test_dataset_pairs_satisfy_the_pde(task):
-    fields, meta = fem.generate_dataset(task, 3, key=jax.random.key(0), grid=12, progress=False,
-                                        dtype=np.float64)
+    fields, meta = fem.generate_dataset(
+        task, 3, key=jax.random.key(0), grid=12, progress=False, dtype=np.float64
+    )
     assert fields.shape == (3, 2, 12, 12)
     t = fem.PDETask(task, 12)
     for a_img, u_img in fields:
@@ -101,8 +103,9 @@ def test_poisson_pairs_against_an_independent_scipy_solve():
     import skfem
     from skfem.models.poisson import laplace, mass
 
-    fields, _ = fem.generate_dataset("poisson", 2, key=jax.random.key(1), grid=10, progress=False,
-                                     dtype=np.float64)
+    fields, _ = fem.generate_dataset(
+        "poisson", 2, key=jax.random.key(1), grid=10, progress=False, dtype=np.float64
+    )
     mesh = fem.unit_square(10)
     basis = skfem.Basis(mesh.skfem, skfem.ElementTriP1(), intorder=3)
     K, M = laplace.assemble(basis), mass.assemble(basis)
@@ -154,6 +157,10 @@ def test_sharded_generation_equals_single_device():
             assert err < 1e-8, (task, err)
         print("OK")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

@@ -35,9 +35,14 @@ def _source(x):
     return jnp.exp(x[1]) - x[0]
 
 
-@pytest.mark.parametrize("cell_type,element", [
-    ("triangle", "P1"), ("quad", "Q1"), pytest.param("triangle", "P2", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "cell_type,element",
+    [
+        ("triangle", "P1"),
+        ("quad", "Q1"),
+        pytest.param("triangle", "P2", marks=pytest.mark.slow),
+    ],
+)
 def test_poisson_residual_matches_pdegen(cell_type, element):
     V, u, kappa = _setup(cell_type, element, n=4 if element == "P2" else 5)
     f = V.interpolate(_source)
@@ -65,8 +70,12 @@ def test_poisson_residual_matches_pdegen(cell_type, element):
     bc = fem.DirichletBC(V, _g)
     g2 = 2.0 * bc.values()
     wrapped = jaxfem_residual(problem, V, dirichlet=bc)(u, theta, g=g2)
-    np.testing.assert_allclose(wrapped, pde.residual(u, kappa=kappa, f=f, reaction=reaction, g=g2),
-                               rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(
+        wrapped,
+        pde.residual(u, kappa=kappa, f=f, reaction=reaction, g=g2),
+        rtol=0,
+        atol=1e-10 * scale,
+    )
 
 
 def test_node_ordering_is_mapped():
@@ -74,11 +83,14 @@ def test_node_ordering_is_mapped():
     V, u, kappa = _setup("quad", "Q1")
     problem = jaxfem_poisson(V)
     jmesh = to_jaxfem_mesh(V)
-    perm = np.random.default_rng(0).permutation(V.ndofs)  # jax-fem node i sits at pdegen dof perm[i]
+    perm = np.random.default_rng(0).permutation(
+        V.ndofs
+    )  # jax-fem node i sits at pdegen dof perm[i]
     inverse = np.argsort(perm)
     shuffled = type(jmesh)(jmesh.points[perm], inverse[jmesh.cells], ele_type=jmesh.ele_type)
-    renumbered = type(problem)(mesh=shuffled, vec=1, dim=2, ele_type=jmesh.ele_type,
-                               gauss_order=V.quadrature_order)
+    renumbered = type(problem)(
+        mesh=shuffled, vec=1, dim=2, ele_type=jmesh.ele_type, gauss_order=V.quadrature_order
+    )
     kappa_fn = lambda x: 1.0 + x[0] ** 2 + 0.5 * x[1]  # noqa: E731  (ordering-free coefficients)
     r = jaxfem_residual(renumbered, V)(u, renumbered.coefficients(kappa=kappa_fn, f=_source))
     pde = fem.Poisson(V, dirichlet=None)
@@ -114,8 +126,9 @@ def test_wrapped_residual_is_differentiable():
     grad_jaxfem = jax.grad(objective_jaxfem)(kappa)
     grad_pdegen = jax.grad(objective_pdegen)(kappa)
     assert float(jnp.max(jnp.abs(grad_pdegen))) > 1e-3
-    np.testing.assert_allclose(grad_jaxfem, grad_pdegen, rtol=0,
-                               atol=1e-10 * float(jnp.max(jnp.abs(grad_pdegen))))
+    np.testing.assert_allclose(
+        grad_jaxfem, grad_pdegen, rtol=0, atol=1e-10 * float(jnp.max(jnp.abs(grad_pdegen)))
+    )
 
 
 def test_errors():

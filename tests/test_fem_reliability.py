@@ -35,6 +35,7 @@ def _one_line(err):
 
 # ---------------------------------------------------------------------------- direct solve errors
 
+
 @pytest.mark.parametrize("which", ["exact", "working_precision"])
 def test_singular_direct_solve_is_a_one_line_value_error(which, caplog):
     A, b = (_zero_row_matrix(), jnp.ones(4)) if which == "exact" else _singular_system()
@@ -60,7 +61,9 @@ def test_singular_direct_solve_under_jit_and_grad():
     # Under your own jit JAX wraps the host error; the one-line message is its last line ...
     with pytest.raises(jax.errors.JaxRuntimeError) as raw:
         jax.block_until_ready(solve(A.data))
-    assert "LinearSolveError: linear_solve(method='direct'): the matrix is singular" in str(raw.value)
+    assert "LinearSolveError: linear_solve(method='direct'): the matrix is singular" in str(
+        raw.value
+    )
     # ... and fem.solver_errors() (context manager or decorator) re-raises it as such.
     with pytest.raises(fem.LinearSolveError, match="the matrix is singular") as info:
         with fem.solver_errors():
@@ -82,7 +85,9 @@ def test_problem_solve_reports_a_singular_system_cleanly():
     with pytest.raises(ValueError, match="singular"):  # under grad too (Problem.solve is jitted)
         jax.grad(lambda k: jnp.sum(P.solve(kappa=k, f=1.0)))(jnp.ones(V.ndofs))
     # a well-posed solve after a failure still works, and other errors pass through unchanged
-    assert jnp.all(jnp.isfinite(fem.Poisson(V, dirichlet=None).solve(kappa=1.0, reaction=1.0, f=1.0)))
+    assert jnp.all(
+        jnp.isfinite(fem.Poisson(V, dirichlet=None).solve(kappa=1.0, reaction=1.0, f=1.0))
+    )
     with pytest.raises(KeyError):
         with fem.solver_errors():
             raise KeyError("unrelated")
@@ -90,10 +95,16 @@ def test_problem_solve_reports_a_singular_system_cleanly():
 
 def test_statfem_reports_a_singular_model_cleanly():
     V = fem.FunctionSpace(fem.unit_square(6), "P1")
-    model = statfem.StatFEM(fem.Poisson(V, dirichlet=None), np.array([[0.5, 0.5]]),
-                            coefficients={"kappa": 1.0, "f": 1.0})
-    for call in (model.prior_mean, lambda: model.sample_prior(2, key=jax.random.key(0)),
-                 lambda: statfem.exact_posterior(model, jnp.zeros((1, 1)))):
+    model = statfem.StatFEM(
+        fem.Poisson(V, dirichlet=None),
+        np.array([[0.5, 0.5]]),
+        coefficients={"kappa": 1.0, "f": 1.0},
+    )
+    for call in (
+        model.prior_mean,
+        lambda: model.sample_prior(2, key=jax.random.key(0)),
+        lambda: statfem.exact_posterior(model, jnp.zeros((1, 1))),
+    ):
         with pytest.raises(fem.LinearSolveError, match="singular") as info:
             call()
         _one_line(info.value)
@@ -102,12 +113,15 @@ def test_statfem_reports_a_singular_model_cleanly():
 def test_non_finite_right_hand_side_is_reported():
     V = fem.FunctionSpace(fem.unit_square(5), "P1")
     A = fem.stiffness(V) + fem.mass(V)
-    with pytest.raises(fem.LinearSolveError, match="non-finite solution: the right-hand side") as info:
+    with pytest.raises(
+        fem.LinearSolveError, match="non-finite solution: the right-hand side"
+    ) as info:
         fem.linear_solve(A, jnp.full(V.ndofs, jnp.nan), method="direct")
     _one_line(info.value)
 
 
 # ---------------------------------------------------------------------------- Krylov
+
 
 def test_krylov_non_convergence_reports_maxiter_and_residual():
     V = fem.FunctionSpace(fem.unit_square(17), "P1")
@@ -116,7 +130,9 @@ def test_krylov_non_convergence_reports_maxiter_and_residual():
         with pytest.raises(fem.LinearSolveError) as info:
             P.solve(kappa=1.0, f=1.0)
         text = _one_line(info.value)
-        assert text.startswith(f"linear_solve(method={method!r}) did not converge: relative residual")
+        assert text.startswith(
+            f"linear_solve(method={method!r}) did not converge: relative residual"
+        )
         assert "after maxiter=3 iterations" in text
 
 
@@ -167,6 +183,7 @@ def test_complex_krylov_matches_direct(method):
 
 # ---------------------------------------------------------------------------- LU cache
 
+
 def test_lu_cache_is_keyed_by_content():
     fem.clear_solver_cache()
     V = fem.FunctionSpace(fem.unit_square(7), "P1")
@@ -216,6 +233,7 @@ def test_lu_cache_is_bounded():
 
 # ---------------------------------------------------------------------------- mesh files
 
+
 def _quadratic(x):
     return x[0] ** 2 - x[0] * x[1] + 0.5 * x[1] ** 2 + 1.0
 
@@ -229,7 +247,9 @@ def test_write_mesh_round_trips_fields_of_any_element(tmp_path, ext, element):
     lin = mesh.points[:, 0] + 2 * mesh.points[:, 1]  # vertex values of a linear field
     cells = np.arange(mesh.ncells, dtype=float)
     path = tmp_path / f"field{ext}"
-    fem.write_mesh(path, V, point_data={"u": u, "lin": lin, "w": u * (1 + 2j)}, cell_data={"c": cells})
+    fem.write_mesh(
+        path, V, point_data={"u": u, "lin": lin, "w": u * (1 + 2j)}, cell_data={"c": cells}
+    )
     back = meshio.read(path)
     pts = back.points[:, :2]
     kind = "triangle6" if element == "P2" else "triangle"
@@ -242,7 +262,9 @@ def test_write_mesh_round_trips_fields_of_any_element(tmp_path, ext, element):
     if element == "P2":  # VTK node order: corners, then the midpoints of edges 01, 12, 20
         c = back.cells[0].data
         for i in range(3):
-            np.testing.assert_allclose(pts[c[:, 3 + i]], 0.5 * (pts[c[:, i]] + pts[c[:, (i + 1) % 3]]))
+            np.testing.assert_allclose(
+                pts[c[:, 3 + i]], 0.5 * (pts[c[:, i]] + pts[c[:, (i + 1) % 3]])
+            )
     m2 = fem.read_mesh(path)  # the linear mesh, either way
     assert np.allclose(m2.points, mesh.points) and np.array_equal(m2.cells, mesh.cells)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
@@ -275,20 +297,32 @@ def test_unreadable_mesh_files_give_clear_errors(tmp_path):
     for ext in (".msh", ".vtu", ".xdmf"):
         empty = tmp_path / f"empty{ext}"
         empty.write_text("")
-        with pytest.raises(ValueError, match=r"read_mesh: '.*empty\..*' is empty \(0 bytes\)") as info:
+        with pytest.raises(
+            ValueError, match=r"read_mesh: '.*empty\..*' is empty \(0 bytes\)"
+        ) as info:
             fem.read_mesh(empty)
         _one_line(info.value)
     nodes = tmp_path / "nodes.msh"
-    nodes.write_text("$MeshFormat\n2.2 0 8\n$EndMeshFormat\n$Nodes\n3\n1 0 0 0\n2 1 0 0\n3 0 1 0\n"
-                     "$EndNodes\n$Elements\n0\n$EndElements\n")
+    nodes.write_text(
+        "$MeshFormat\n2.2 0 8\n$EndMeshFormat\n$Nodes\n3\n1 0 0 0\n2 1 0 0\n3 0 1 0\n"
+        "$EndNodes\n$Elements\n0\n$EndElements\n"
+    )
     with pytest.raises(ValueError, match=r"nodes\.msh' contains no cells \(only 3 points\)"):
         fem.read_mesh(nodes)
     lines = tmp_path / "lines.vtu"
-    meshio.write(lines, meshio.Mesh(np.random.default_rng(0).random((3, 3)), [("line", np.array([[0, 1], [1, 2]]))]))
+    meshio.write(
+        lines,
+        meshio.Mesh(
+            np.random.default_rng(0).random((3, 3)), [("line", np.array([[0, 1], [1, 2]]))]
+        ),
+    )
     with pytest.raises(ValueError, match=r"has no triangle or quad cells \(found \['line'\]\)"):
         fem.read_mesh(lines)
-    for name, text in (("junk.msh", "$MeshFormat\n4.1 0 8\n$EndMeshFormat\n$Nodes\nfoo\n"),
-                       ("junk.vtu", "<VTKFile>nonsense"), ("junk.xdmf", "not xml")):
+    for name, text in (
+        ("junk.msh", "$MeshFormat\n4.1 0 8\n$EndMeshFormat\n$Nodes\nfoo\n"),
+        ("junk.vtu", "<VTKFile>nonsense"),
+        ("junk.xdmf", "not xml"),
+    ):
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match="is not a readable mesh file") as info:
             fem.read_mesh(tmp_path / name)
@@ -299,6 +333,7 @@ def test_unreadable_mesh_files_give_clear_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- API consistency
 
+
 def test_keys_are_keyword_only(key):
     mesh = fem.unit_square(5)
     V = fem.FunctionSpace(mesh, "P1")
@@ -306,12 +341,14 @@ def test_keys_are_keyword_only(key):
     assert fem.matern_field(V, key=key, length_scale=0.3).shape == (V.ndofs,)
     assert fem.random_sensors(mesh, key=key, count=3).shape == (3,)
     assert fem.add_noise(jnp.zeros(3), 0.1, key=key).shape == (3,)
-    calls = [lambda: fem.gaussian_random_field(key, mesh),
-             lambda: fem.matern_field(key, V, length_scale=0.3),
-             lambda: fem.random_sensors(key, mesh, count=3),
-             lambda: fem.add_noise(key, jnp.zeros(3), 0.1),
-             lambda: statfem.ula_statfem_case(key, 5),
-             lambda: statfem.run_chain(statfem.ula(lambda x: jnp.sum(x**2), 0.1), key, jnp.zeros(2), 10)]
+    calls = [
+        lambda: fem.gaussian_random_field(key, mesh),
+        lambda: fem.matern_field(key, V, length_scale=0.3),
+        lambda: fem.random_sensors(key, mesh, count=3),
+        lambda: fem.add_noise(key, jnp.zeros(3), 0.1),
+        lambda: statfem.ula_statfem_case(key, 5),
+        lambda: statfem.run_chain(statfem.ula(lambda x: jnp.sum(x**2), 0.1), key, jnp.zeros(2), 10),
+    ]
     for call in calls:  # the old positional form fails loudly (Python's or pdegen's TypeError)
         with pytest.raises(TypeError, match="key|positional"):
             call()

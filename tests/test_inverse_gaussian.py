@@ -35,8 +35,12 @@ def test_functional_operators_and_field_shapes():
     L, mean, G, y = _dense_problem()
     post_m = gaussian_posterior(mean, L, G, y, noise_std=0.2)
     post_f = gaussian_posterior(
-        mean.reshape(3, 4), lambda z: (L @ z).reshape(3, 4), lambda x: G @ x.ravel(), y,
-        noise_std=0.2, z_shape=(12,),
+        mean.reshape(3, 4),
+        lambda z: (L @ z).reshape(3, 4),
+        lambda x: G @ x.ravel(),
+        y,
+        noise_std=0.2,
+        z_shape=(12,),
     )
     assert post_f.mean.shape == (3, 4)
     assert jnp.allclose(post_f.mean.ravel(), post_m.mean, atol=1e-10)
@@ -58,7 +62,9 @@ def test_coverage_of_truth_drawn_from_prior(getkey):
     for _ in range(40):
         x = mean + L @ jax.random.normal(getkey(), (40,))
         y = G @ x + 0.3 * jax.random.normal(getkey(), (10,))
-        covs.append(gaussian_posterior(mean, L, G, y, noise_std=0.3).credible_interval_coverage(x, 0.9))
+        covs.append(
+            gaussian_posterior(mean, L, G, y, noise_std=0.3).credible_interval_coverage(x, 0.9)
+        )
     assert abs(float(jnp.mean(jnp.stack(covs))) - 0.9) < 0.04
 
 

@@ -76,12 +76,15 @@ def test_tmpd_full_reproduces_exact_gaussian_posterior(key):
     assert jnp.max(jnp.abs(xu.mean(0) - post_mean)) > 0.2
 
 
-@pytest.mark.parametrize("make", [
-    lambda s, H, y: dps(s, SDE, H, y, scale=1.0),
-    lambda s, H, y: pigdm(s, SDE, H, y, noise_std=NOISE),
-    lambda s, H, y: tmpd(s, SDE, H, y, noise_std=NOISE, variant="diagonal"),
-    lambda s, H, y: tmpd(s, SDE, H, y, noise_std=NOISE, variant="rowsum"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s, H, y: dps(s, SDE, H, y, scale=1.0),
+        lambda s, H, y: pigdm(s, SDE, H, y, noise_std=NOISE),
+        lambda s, H, y: tmpd(s, SDE, H, y, noise_std=NOISE, variant="diagonal"),
+        lambda s, H, y: tmpd(s, SDE, H, y, noise_std=NOISE, variant="rowsum"),
+    ],
+)
 def test_guidance_reduces_data_misfit(make, key):
     score, H, y, *_ = _problem()
     misfit = lambda xs: float(jnp.mean(jnp.sum((xs @ H.T - y[None, :]) ** 2, axis=1)))  # noqa: E731

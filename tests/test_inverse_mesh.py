@@ -60,10 +60,19 @@ def test_tmpd_matches_exact_posterior_on_mesh(which, lshape_from_gmsh):
     mesh = lshape_from_gmsh if which == "lshape" else _graded_mesh()
     V, prior, truth, points, lik = _problem(mesh, num_sensors=12)
     assert lik.linear
-    exact = inverse.sample_posterior(prior, lik, method="bayes", key=jax.random.key(0), num_samples=4)
+    exact = inverse.sample_posterior(
+        prior, lik, method="bayes", key=jax.random.key(0), num_samples=4
+    )
     n = 128
-    post = inverse.sample_posterior(prior, lik, method=inverse.TMPD(), key=jax.random.key(1), num_samples=n,
-                                    num_steps=100, batch_size=64)
+    post = inverse.sample_posterior(
+        prior,
+        lik,
+        method=inverse.TMPD(),
+        key=jax.random.key(1),
+        num_samples=n,
+        num_steps=100,
+        batch_size=64,
+    )
     # Mean: the sampling error of n samples is std / sqrt(n) per node; allow for the sampler's bias.
     z = (post.mean - exact.mean) / exact.std
     assert float(jnp.sqrt(jnp.mean(z**2))) < 2.0 / np.sqrt(n)
@@ -71,7 +80,9 @@ def test_tmpd_matches_exact_posterior_on_mesh(which, lshape_from_gmsh):
     ratio = jnp.mean(post.std**2) / jnp.mean(exact.std**2)
     assert 0.85 < float(ratio) < 1.15
     centred = post.samples - post.mean[None]
-    exact_samples = inverse.exact_posterior(prior, lik, key=jax.random.key(2), num_samples=4000).samples
+    exact_samples = inverse.exact_posterior(
+        prior, lik, key=jax.random.key(2), num_samples=4000
+    ).samples
     ce = exact_samples - exact_samples.mean(0)[None]
     idx = np.array([3, 40, 90, 150, 200])
     cov_s = centred[:, idx].T @ centred[:, idx] / (n - 1)
@@ -89,9 +100,12 @@ def test_tmpd_matches_exact_posterior_on_mesh(which, lshape_from_gmsh):
 @pytest.mark.parametrize("method", [inverse.PiGDM(), inverse.DPS()])
 def test_pigdm_and_dps_reduce_the_misfit(method, lshape_from_gmsh):
     V, prior, truth, points, lik = _problem(lshape_from_gmsh, num_sensors=12, seed=3)
-    unguided = inverse.sample_posterior(prior, lik, method="unguided", key=jax.random.key(0), num_samples=16,
-                                        num_steps=100)
-    post = inverse.sample_posterior(prior, lik, method=method, key=jax.random.key(0), num_samples=16, num_steps=100)
+    unguided = inverse.sample_posterior(
+        prior, lik, method="unguided", key=jax.random.key(0), num_samples=16, num_steps=100
+    )
+    post = inverse.sample_posterior(
+        prior, lik, method=method, key=jax.random.key(0), num_samples=16, num_steps=100
+    )
     before, after = lik.misfit(unguided.mean), lik.misfit(post.mean)
     assert after < 0.2 * before, (before, after)
     m = inverse.field_metrics(post, truth, likelihood=lik)
@@ -112,7 +126,9 @@ def test_learned_prior_on_lshape_fits_the_data(lshape_from_gmsh):
     X, Y = np.meshgrid(gx, gx)
     img = 2.0 * X - 3.0 * Y
     pts = np.asarray(mesh.points)
-    np.testing.assert_allclose(np.asarray(T @ jnp.asarray(img.ravel())), 2 * pts[:, 0] - 3 * pts[:, 1], atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(T @ jnp.asarray(img.ravel())), 2 * pts[:, 0] - 3 * pts[:, 1], atol=1e-12
+    )
     # Data: a smooth source observed through the Poisson solve at 10 sensors, 1% noise.
     truth = jnp.asarray(0.5 * np.sin(2 * pts[:, 0]) * np.cos(1.5 * pts[:, 1]))
     points = _interior_points(mesh, 10, 5)
@@ -120,8 +136,12 @@ def test_learned_prior_on_lshape_fits_the_data(lshape_from_gmsh):
     clean = forward(truth)
     noise = 0.01 * float(jnp.sqrt(jnp.mean(clean**2)))
     lik = inverse.gaussian_likelihood(forward, clean, noise_std=noise)
-    post = inverse.sample_posterior(prior, lik, method="pigdm", key=jax.random.key(0), num_samples=2, num_steps=25)
-    assert lik.misfit(post.mean) < 3.0 < lik.misfit(prior.offset)  # the prior's mean field misses the data
+    post = inverse.sample_posterior(
+        prior, lik, method="pigdm", key=jax.random.key(0), num_samples=2, num_steps=25
+    )
+    assert (
+        lik.misfit(post.mean) < 3.0 < lik.misfit(prior.offset)
+    )  # the prior's mean field misses the data
 
 
 def test_darcy_on_unstructured_mesh_map_dps_and_gradient():
@@ -145,20 +165,28 @@ def test_darcy_on_unstructured_mesh_map_dps_and_gradient():
     assert float(jnp.abs(fd - g @ direction)) < 1e-6 * max(abs(float(fd)), 1.0)
     with pytest.raises(ValueError, match="linear"):
         inverse.sample_posterior(prior, lik, method="bayes", key=jax.random.key(0))
-    map_post = inverse.sample_posterior(prior, lik, method=inverse.MAP(steps=200), key=jax.random.key(0))
+    map_post = inverse.sample_posterior(
+        prior, lik, method=inverse.MAP(steps=200), key=jax.random.key(0)
+    )
     assert lik.misfit(map_post.mean) < 3.0
-    dps = inverse.sample_posterior(prior, lik, method="dps", key=jax.random.key(0), num_samples=2, num_steps=20)
+    dps = inverse.sample_posterior(
+        prior, lik, method="dps", key=jax.random.key(0), num_samples=2, num_steps=20
+    )
     prior_fit = lik.misfit(prior.offset)
     assert np.all(np.isfinite(np.asarray(dps.samples))) and lik.misfit(dps.mean) < prior_fit
 
 
 def test_region_average_and_full_observation():
     V = fem.FunctionSpace(fem.unit_square(9), "P1")
-    H = fem.region_average(V, [lambda x: x[0] < 0.5, lambda x: (x[0] - 0.5) ** 2 + (x[1] - 0.5) ** 2 < 0.3**2])
+    H = fem.region_average(
+        V, [lambda x: x[0] < 0.5, lambda x: (x[0] - 0.5) ** 2 + (x[1] - 0.5) ** 2 < 0.3**2]
+    )
     u = V.interpolate(lambda x: 1.0 + 2.0 * x[0])
     avg = np.asarray(H @ u)
     assert avg[0] == pytest.approx(1.5, rel=1e-10)  # mean of 1 + 2x over x < 1/2
-    assert avg[1] == pytest.approx(2.0, rel=2e-2)  # symmetric about x = 1/2 (up to the quadrature of the disc)
+    assert avg[1] == pytest.approx(
+        2.0, rel=2e-2
+    )  # symmetric about x = 1/2 (up to the quadrature of the disc)
     with pytest.raises(ValueError, match="region 0"):
         fem.region_average(V, [lambda x: x[0] > 2.0])
     identity = fem.full_observation(V)
@@ -171,7 +199,9 @@ def test_benchmark_tasks_as_prior_likelihood_pairs():
         task = inverse.make_task(name, grid=12)
         prior, lik = inverse.task_problem(task)
         key = jax.random.key(0)
-        old = inverse.sample_posterior(inverse.gaussian_prior(12), task, method="bayes", key=key, num_samples=4)
+        old = inverse.sample_posterior(
+            inverse.gaussian_prior(12), task, method="bayes", key=key, num_samples=4
+        )
         new = inverse.sample_posterior(prior, lik, method="bayes", key=key, num_samples=4)
         np.testing.assert_allclose(np.asarray(new.mean), np.asarray(old.mean[0]).ravel(), atol=1e-9)
         np.testing.assert_allclose(np.asarray(new.std), np.asarray(old.std[0]).ravel(), atol=1e-9)
@@ -184,9 +214,12 @@ def test_benchmark_tasks_tmpd_as_before(name):
     task = inverse.make_task(name, grid=32)
     prior, lik = inverse.task_problem(task)
     key = jax.random.key(0)
-    old = inverse.sample_posterior(inverse.gaussian_prior(32), task, method="tmpd", key=key, num_samples=16,
-                                   num_steps=100)
-    new = inverse.sample_posterior(prior, lik, method="tmpd", key=key, num_samples=16, num_steps=100)
+    old = inverse.sample_posterior(
+        inverse.gaussian_prior(32), task, method="tmpd", key=key, num_samples=16, num_steps=100
+    )
+    new = inverse.sample_posterior(
+        prior, lik, method="tmpd", key=key, num_samples=16, num_steps=100
+    )
     truth = task.truth[0].ravel()
     e_old = float(inverse.relative_l2(old.mean[0].ravel(), truth))
     e_new = float(inverse.relative_l2(new.mean, truth))
@@ -205,7 +238,9 @@ class TestBadInput:
     def test_sensors_outside_the_mesh(self, setup):
         mesh, V, param = setup
         with pytest.raises(ValueError, match="outside"):
-            inverse.pde_forward(param, np.array([[0.5, 0.5], [-0.5, -0.5]]))  # (0.5, 0.5) is in the cut-out quadrant
+            inverse.pde_forward(
+                param, np.array([[0.5, 0.5], [-0.5, -0.5]])
+            )  # (0.5, 0.5) is in the cut-out quadrant
 
     def test_data_length_and_nan(self, setup):
         mesh, V, param = setup
@@ -217,12 +252,15 @@ class TestBadInput:
         with pytest.raises(ValueError, match="exactly one"):
             inverse.gaussian_likelihood(fwd, np.zeros(2))
         with pytest.raises(ValueError, match="positive definite"):
-            inverse.gaussian_likelihood(fwd, np.zeros(2), noise_cov=np.array([[1.0, 2.0], [2.0, 1.0]]))
+            inverse.gaussian_likelihood(
+                fwd, np.zeros(2), noise_cov=np.array([[1.0, 2.0], [2.0, 1.0]])
+            )
 
     def test_prior_that_does_not_fit_the_mesh(self, setup):
         mesh, V, param = setup
-        lik = inverse.gaussian_likelihood(inverse.pde_forward(param, np.array([[-0.5, -0.5]])), np.zeros(1),
-                                          noise_std=0.1)
+        lik = inverse.gaussian_likelihood(
+            inverse.pde_forward(param, np.array([[-0.5, -0.5]])), np.zeros(1), noise_std=0.1
+        )
         other = inverse.matern_prior(fem.FunctionSpace(fem.unit_square(5), "P1"), length_scale=0.3)
         with pytest.raises(ValueError, match="nodal values"):
             inverse.sample_posterior(other, lik, method="tmpd", key=jax.random.key(0))
@@ -231,7 +269,10 @@ class TestBadInput:
 
     def test_mixed_cell_types(self, tmp_path):
         pts = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [2, 0, 0], [2, 1, 0]], float)
-        m = meshio.Mesh(pts, [("triangle", np.array([[0, 1, 2], [0, 2, 3]])), ("quad", np.array([[1, 4, 5, 2]]))])
+        m = meshio.Mesh(
+            pts,
+            [("triangle", np.array([[0, 1, 2], [0, 2, 3]])), ("quad", np.array([[1, 4, 5, 2]]))],
+        )
         path = tmp_path / "mixed.vtu"
         meshio.write(path, m)
         with pytest.raises(ValueError, match="mixes triangles and quads"):
@@ -239,8 +280,9 @@ class TestBadInput:
 
     def test_unknown_method(self, setup):
         mesh, V, param = setup
-        lik = inverse.gaussian_likelihood(inverse.pde_forward(param, np.array([[-0.5, -0.5]])), np.zeros(1),
-                                          noise_std=0.1)
+        lik = inverse.gaussian_likelihood(
+            inverse.pde_forward(param, np.array([[-0.5, -0.5]])), np.zeros(1), noise_std=0.1
+        )
         prior = inverse.matern_prior(V, length_scale=0.3)
         with pytest.raises(ValueError, match="method must be"):
             inverse.sample_posterior(prior, lik, method="magic", key=jax.random.key(0))

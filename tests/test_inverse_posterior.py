@@ -34,7 +34,10 @@ def _dense_reference(task):
     g = task.grid
     d = g * g
     std = fem.grf_mode_std((g, g)).reshape(-1)
-    basis = np.stack([scipy.fft.idctn(e.reshape(g, g), type=2, norm="ortho").reshape(-1) for e in np.eye(d)], axis=1)
+    basis = np.stack(
+        [scipy.fft.idctn(e.reshape(g, g), type=2, norm="ortho").reshape(-1) for e in np.eye(d)],
+        axis=1,
+    )
     L = basis * std  # a = L z
     C = L @ L.T
     problem, theta = task.physics.problem, task.physics.theta
@@ -53,7 +56,9 @@ def test_bayes_posterior_matches_dense_computation(name, key):
     mean, cov, S = _dense_reference(task)
     post = bayes_posterior(task, key=key, num_samples=4)
     assert np.allclose(np.asarray(post.mean[0]).reshape(-1), mean, atol=1e-8 * np.abs(mean).max())
-    assert np.allclose(np.asarray(post.std[0]).reshape(-1), np.sqrt(np.diag(cov)), rtol=1e-6, atol=1e-12)
+    assert np.allclose(
+        np.asarray(post.std[0]).reshape(-1), np.sqrt(np.diag(cov)), rtol=1e-6, atol=1e-12
+    )
     assert np.allclose(np.asarray(post.mean[1]).reshape(-1), S @ mean, rtol=1e-6, atol=1e-12)
     if task.target == "u":  # exact std of u = S a
         std_u = np.sqrt(np.maximum(np.diag(S @ cov @ S.T), 0))
@@ -65,8 +70,15 @@ def test_tmpd_full_reproduces_exact_posterior(key):
     task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15, noise=0.05)
     mean, cov, _ = _dense_reference(task)
     n = 256
-    post = sample_posterior(gaussian_prior(GRID), task, method="tmpd", key=key, num_samples=n, num_steps=200,
-                            batch_size=n)
+    post = sample_posterior(
+        gaussian_prior(GRID),
+        task,
+        method="tmpd",
+        key=key,
+        num_samples=n,
+        num_steps=200,
+        batch_size=n,
+    )
     a = np.asarray(post.samples[:, 0]).reshape(n, -1)
     sd = np.sqrt(np.diag(cov))
     # Mean: within 4 Monte Carlo standard errors plus 5% of the posterior std (discretisation).
@@ -84,7 +96,10 @@ def test_tmpd_full_reproduces_exact_posterior(key):
 def _prior_cov(g):
     d = g * g
     std = fem.grf_mode_std((g, g)).reshape(-1)
-    basis = np.stack([scipy.fft.idctn(e.reshape(g, g), type=2, norm="ortho").reshape(-1) for e in np.eye(d)], axis=1)
+    basis = np.stack(
+        [scipy.fft.idctn(e.reshape(g, g), type=2, norm="ortho").reshape(-1) for e in np.eye(d)],
+        axis=1,
+    )
     return (basis * std) @ (basis * std).T
 
 
@@ -121,18 +136,23 @@ def test_physics_guidance_lowers_the_pde_residual(key):
     prior = _imperfect_joint_prior(task)
     kw = dict(key=key, num_samples=8, num_steps=100, batch_size=8, route="joint")
     plain = sample_posterior(prior, task, method="unguided", **kw)
-    guided = sample_posterior(prior, task, method="unguided", physics_weight=1.0, physics_fraction=0.3, **kw)
+    guided = sample_posterior(
+        prior, task, method="unguided", physics_weight=1.0, physics_fraction=0.3, **kw
+    )
     r_plain = evaluate(plain, task)["pde_residual"]
     r_guided = evaluate(guided, task)["pde_residual"]
     assert r_guided < 0.3 * r_plain, (r_guided, r_plain)
     # The weight is relative to the energy's curvature: even near the stability limit (2) the
     # fields keep their prior scale instead of blowing up.
-    strong = sample_posterior(prior, task, method="unguided", physics_weight=1.8, physics_fraction=0.3, **kw)
+    strong = sample_posterior(
+        prior, task, method="unguided", physics_weight=1.8, physics_fraction=0.3, **kw
+    )
     spread = lambda post: float(jnp.std(post.samples[:, 0]))  # noqa: E731
     assert 0.5 < spread(strong) / spread(plain) < 2.0, (spread(strong), spread(plain))
     # Projection: u <- solve(a) makes the residual vanish and reports the state before it.
-    projected = sample_posterior(prior, task, method="unguided", physics_weight=1.0, physics_fraction=0.3,
-                                 project=True, **kw)
+    projected = sample_posterior(
+        prior, task, method="unguided", physics_weight=1.0, physics_fraction=0.3, project=True, **kw
+    )
     row = evaluate(projected, task)
     assert row["pde_residual"] < 1e-8
     assert row["before_projection"]["pde_residual"] == pytest.approx(r_guided, rel=1e-6)
@@ -143,16 +163,22 @@ def _tiny_model(channels, grid):
     from pdegen.models import EDMSDE, DiffusionModel, Normalisation, UNet
 
     net = UNet(channels, base_channels=4, channel_mults=(1,), groups=2, key=jr.key(0))
-    norm = Normalisation((0.0,) * channels, (0.05, 0.002)[:channels] if channels <= 2 else (1.0,) * channels)
+    norm = Normalisation(
+        (0.0,) * channels, (0.05, 0.002)[:channels] if channels <= 2 else (1.0,) * channels
+    )
     return DiffusionModel(net, EDMSDE(), norm, (channels, grid, grid))
 
 
 def test_priors_that_do_not_fit_the_task_are_rejected(key):
     task = make_task("poisson-inverse", grid=GRID)
-    with pytest.raises(ValueError, match=r"prior: generates 4x4 fields but task poisson-inverse is on a 8x8 grid"):
+    with pytest.raises(
+        ValueError, match=r"prior: generates 4x4 fields but task poisson-inverse is on a 8x8 grid"
+    ):
         sample_posterior(prior_from_model(_tiny_model(2, 4)), task, method="dps", key=key)
     with pytest.raises(ValueError, match="route='joint' needs a joint prior"):
-        sample_posterior(prior_from_model(_tiny_model(1, GRID)), task, method="dps", route="joint", key=key)
+        sample_posterior(
+            prior_from_model(_tiny_model(1, GRID)), task, method="dps", route="joint", key=key
+        )
     with pytest.raises(ValueError, match="3 channels"):
         prior_from_model(_tiny_model(3, GRID))
     with pytest.raises(ValueError, match="y must have shape"):
@@ -166,8 +192,29 @@ def test_priors_that_do_not_fit_the_task_are_rejected(key):
 def test_invert_cli_runs(tmp_path, capsys):
     from pdegen.cli import main
 
-    rc = main(["invert", "--task", "poisson-inverse", "--prior", "exact", "--grid", str(GRID), "--method", "bayes",
-               "tmpd-rowsum", "--samples", "2", "--steps", "5", "--sensors", "0.15", "--quiet", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "invert",
+            "--task",
+            "poisson-inverse",
+            "--prior",
+            "exact",
+            "--grid",
+            str(GRID),
+            "--method",
+            "bayes",
+            "tmpd-rowsum",
+            "--samples",
+            "2",
+            "--steps",
+            "5",
+            "--sensors",
+            "0.15",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "tmpd-rowsum" in out and "rel L2" in out
@@ -193,9 +240,28 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
     config = TrainConfig(steps=1, batch_size=2, warmup_steps=0, checkpoint_every=1, log_every=1)
     state = init_train_state(_tiny_model(2, GRID), make_optimizer(config))
-    save_checkpoint(tmp_path / "ckpt", state, {"train": dataclasses.asdict(config), "losses": [], "key": [0, 0]})
-    rc = main(["demo", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "demo"), "--samples", "2",
-               "--steps", "3", "--sensors", "0.15", "--methods", "bayes", "diffusionpde", "--quiet"])
+    save_checkpoint(
+        tmp_path / "ckpt", state, {"train": dataclasses.asdict(config), "losses": [], "key": [0, 0]}
+    )
+    rc = main(
+        [
+            "demo",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--out",
+            str(tmp_path / "demo"),
+            "--samples",
+            "2",
+            "--steps",
+            "3",
+            "--sensors",
+            "0.15",
+            "--methods",
+            "bayes",
+            "diffusionpde",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "bayes" in out and "diffusionpde" in out

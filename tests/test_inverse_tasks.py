@@ -50,7 +50,9 @@ def test_noisy_variant():
 
 
 def test_sensors_as_points_snap_to_nodes():
-    task = make_task("poisson-inverse", grid=GRID, sensors=np.array([[0.5, 0.5], [0.0, 0.0], [0.99, 0.3]]))
+    task = make_task(
+        "poisson-inverse", grid=GRID, sensors=np.array([[0.5, 0.5], [0.0, 0.0], [0.99, 0.3]])
+    )
     assert task.num_sensors == 3
     assert np.allclose(task.points[0], [0.0, 0.0])
 

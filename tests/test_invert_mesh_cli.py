@@ -22,8 +22,20 @@ from pdegen.inverse._files import plot_field_posterior, read_points, read_values
 
 NOISE = 0.002
 # Ten sensors inside the L-shaped domain (-1, 1)^2 minus the quadrant (0, 1)^2.
-SENSORS = np.array([[-0.5, -0.5], [-0.8, 0.5], [-0.3, 0.7], [-0.6, -0.2], [0.2, -0.3], [0.6, -0.6],
-                    [0.8, -0.2], [-0.2, -0.8], [0.4, -0.9], [-0.9, -0.9]])
+SENSORS = np.array(
+    [
+        [-0.5, -0.5],
+        [-0.8, 0.5],
+        [-0.3, 0.7],
+        [-0.6, -0.2],
+        [0.2, -0.3],
+        [0.6, -0.6],
+        [0.8, -0.2],
+        [-0.2, -0.8],
+        [0.4, -0.9],
+        [-0.9, -0.9],
+    ]
+)
 
 
 def _strict_loads(text: str):
@@ -58,19 +70,41 @@ def problem(tmp_path_factory):
     rng = np.random.default_rng(0)
     for pde in ("poisson", "helmholtz", "darcy"):
         u = np.asarray(_parameter(pde, space).solve(truth))
-        np.savetxt(folder / f"{pde}.csv", H @ u + NOISE * rng.standard_normal(len(SENSORS)),
-                   header="u", comments="")
+        np.savetxt(
+            folder / f"{pde}.csv",
+            H @ u + NOISE * rng.standard_normal(len(SENSORS)),
+            header="u",
+            comments="",
+        )
     return folder, mesh
 
 
 def _args(folder, out, *, pde="poisson", data=None, sensors="sensors.csv", extra=()):
-    return ["invert", "--mesh", str(folder / "domain.msh"), "--pde", pde,
-            "--sensors", str(folder / sensors), "--data", str(folder / (data or f"{pde}.csv")),
-            "--noise", str(NOISE), "--samples", "4", "--steps", "10", "--quiet", "--out", str(out),
-            *extra]
+    return [
+        "invert",
+        "--mesh",
+        str(folder / "domain.msh"),
+        "--pde",
+        pde,
+        "--sensors",
+        str(folder / sensors),
+        "--data",
+        str(folder / (data or f"{pde}.csv")),
+        "--noise",
+        str(NOISE),
+        "--samples",
+        "4",
+        "--steps",
+        "10",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------------------------ end to end
+
 
 def test_mesh_mode_writes_fields_figures_and_summary(problem, tmp_path, capsys):
     import jax
@@ -79,8 +113,11 @@ def test_mesh_mode_writes_fields_figures_and_summary(problem, tmp_path, capsys):
 
     folder, mesh = problem
     out = tmp_path / "out"
-    args = _args(folder, out, extra=["--method", "bayes", "pigdm", "map", "--truth",
-                                     str(folder / "truth.csv")])
+    args = _args(
+        folder,
+        out,
+        extra=["--method", "bayes", "pigdm", "map", "--truth", str(folder / "truth.csv")],
+    )
     assert main(args) == 0
     printed = capsys.readouterr().out
     for word in ("bayes", "pigdm", "map", "misfit", "std@sensors", "s/sample"):
@@ -107,8 +144,11 @@ def test_mesh_mode_writes_fields_figures_and_summary(problem, tmp_path, capsys):
     # The same problem through the library: -Lap u = a, Matern(0.2, 1), noise std NOISE.
     space = fem.FunctionSpace(mesh, "P1")
     prior = inverse.matern_prior(space, length_scale=0.2, sigma=1.0)
-    lik = inverse.gaussian_likelihood(inverse.pde_forward(_parameter("poisson", space), SENSORS),
-                                      read_values(folder / "poisson.csv"), noise_std=NOISE)
+    lik = inverse.gaussian_likelihood(
+        inverse.pde_forward(_parameter("poisson", space), SENSORS),
+        read_values(folder / "poisson.csv"),
+        noise_std=NOISE,
+    )
     exact = inverse.exact_posterior(prior, lik, key=jax.random.key(0), num_samples=2)
     written = meshio.read(out / "bayes.vtu").point_data
     np.testing.assert_allclose(written["mean"], np.asarray(exact.mean), rtol=1e-7, atol=1e-9)
@@ -136,9 +176,29 @@ def test_mesh_mode_on_a_quad_mesh_with_npy_inputs(tmp_path):
     np.save(tmp_path / "points.npy", points)
     np.save(tmp_path / "y.npy", np.array([0.01, 0.02, 0.015]))
     out = tmp_path / "out"
-    assert main(["invert", "--mesh", str(tmp_path / "square.vtu"), "--sensors",
-                 str(tmp_path / "points.npy"), "--data", str(tmp_path / "y.npy"), "--noise", "0.01",
-                 "--method", "bayes", "--samples", "2", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "invert",
+                "--mesh",
+                str(tmp_path / "square.vtu"),
+                "--sensors",
+                str(tmp_path / "points.npy"),
+                "--data",
+                str(tmp_path / "y.npy"),
+                "--noise",
+                "0.01",
+                "--method",
+                "bayes",
+                "--samples",
+                "2",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     written = meshio.read(out / "bayes.vtu")
     assert [c.type for c in written.cells] == ["quad"]
     assert written.point_data["mean"].shape == (mesh.npoints,)
@@ -146,10 +206,13 @@ def test_mesh_mode_on_a_quad_mesh_with_npy_inputs(tmp_path):
 
 # ------------------------------------------------------------------------------------ bad input
 
+
 def _mixed_mesh(path):
     pts = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [2, 0, 0], [2, 1, 0]], np.float64)
-    meshio.write(path, meshio.Mesh(pts, [("triangle", np.array([[1, 4, 5]])),
-                                         ("quad", np.array([[0, 1, 2, 3]]))]))
+    meshio.write(
+        path,
+        meshio.Mesh(pts, [("triangle", np.array([[1, 4, 5]])), ("quad", np.array([[0, 1, 2, 3]]))]),
+    )
 
 
 BAD_INPUTS = {
@@ -164,8 +227,10 @@ BAD_INPUTS = {
     "bayes nonlinear": (dict(pde="darcy", extra=["--method", "bayes"]), "nonlinear"),
     "task method": (dict(extra=["--method", "diffusionpde"]), "task-mode method"),
     "zero noise": (dict(extra=["--noise", "0"]), "--noise must be"),
-    "learned bayes": (dict(extra=["--prior", "poisson-joint-32", "--method", "bayes"]),
-                      "needs a Gaussian prior"),
+    "learned bayes": (
+        dict(extra=["--prior", "poisson-joint-32", "--method", "bayes"]),
+        "needs a Gaussian prior",
+    ),
     "unknown prior": (dict(extra=["--prior", "nonsense", "--method", "pigdm"]), "nonsense"),
 }
 
@@ -203,8 +268,16 @@ def test_task_mode_rejects_a_sensor_file(capsys):
 
 # ------------------------------------------------------------------------------- readers, writers
 
-@pytest.mark.parametrize("text", ["x,y\n0.1,0.2\n0.3,0.4\n", "0.1 0.2\n0.3 0.4\n",
-                                  "# sensors\nx y\n\n0.1\t0.2\n0.3 0.4\n", "0.1, 0.2\n0.3, 0.4\n"])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x,y\n0.1,0.2\n0.3,0.4\n",
+        "0.1 0.2\n0.3 0.4\n",
+        "# sensors\nx y\n\n0.1\t0.2\n0.3 0.4\n",
+        "0.1, 0.2\n0.3, 0.4\n",
+    ],
+)
 def test_read_points_with_and_without_header(tmp_path, text):
     path = tmp_path / "s.csv"
     path.write_text(text)
@@ -225,16 +298,19 @@ def test_readers_accept_npy(tmp_path):
     np.testing.assert_array_equal(read_values(tmp_path / "y.npy"), [0.0, 1.0, 2.0])
 
 
-@pytest.mark.parametrize("reader,text,message", [
-    (read_points, "", "empty"),
-    (read_points, "x,y\n", "empty"),
-    (read_points, "1,2,3\n4,5,6\n", "two columns"),
-    (read_points, "1,2\nnan,3\n", "NaN or inf at rows [1]"),
-    (read_points, "1,2\n3\n", "line 2 has 1 values"),
-    (read_points, "1,2\nfoo,bar\n", "line 2: expected numbers"),
-    (read_values, "1,2\n3,4\n", "one column"),
-    (read_values, "y\n1\ninf\n", "NaN or inf at entries [1]"),
-])
+@pytest.mark.parametrize(
+    "reader,text,message",
+    [
+        (read_points, "", "empty"),
+        (read_points, "x,y\n", "empty"),
+        (read_points, "1,2,3\n4,5,6\n", "two columns"),
+        (read_points, "1,2\nnan,3\n", "NaN or inf at rows [1]"),
+        (read_points, "1,2\n3\n", "line 2 has 1 values"),
+        (read_points, "1,2\nfoo,bar\n", "line 2: expected numbers"),
+        (read_values, "1,2\n3,4\n", "one column"),
+        (read_values, "y\n1\ninf\n", "NaN or inf at entries [1]"),
+    ],
+)
 def test_reader_errors_name_the_file(tmp_path, reader, text, message):
     path = tmp_path / "bad.csv"
     path.write_text(text)
@@ -269,8 +345,14 @@ def test_write_and_plot_posterior_on_a_quad_mesh(tmp_path):
 def test_plot_posterior_point_estimate_and_bad_shapes(tmp_path):
     mesh = fem.unit_square(5, cell_type="quad")
     truth = mesh.points[:, 0]
-    png = plot_field_posterior(tmp_path / "p.png", mesh, _posterior(mesh, truth),
-                               sensors=[[0.5, 0.5]], truth=truth, title="four panels")
+    png = plot_field_posterior(
+        tmp_path / "p.png",
+        mesh,
+        _posterior(mesh, truth),
+        sensors=[[0.5, 0.5]],
+        truth=truth,
+        title="four panels",
+    )
     point = plot_field_posterior(tmp_path / "m.png", mesh, _posterior(mesh, truth, "map", 1))
     assert os.path.getsize(png) > 10_000 and os.path.getsize(point) > 5_000
     with pytest.raises(ValueError, match="truth must have shape"):

@@ -17,11 +17,48 @@ def run(argv):
 def test_train_then_sample(tmp_path):
     data = np.random.default_rng(0).normal(size=(64, 2)) * np.array([[2.0, 0.5]])
     np.savez(tmp_path / "d.npz", fields=data)
-    assert run(["train", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "ck"), "--steps", "4",
-                "--batch-size", "8", "--channels", "16", "--depth", "2", "--quiet"]) == 0
-    assert (tmp_path / "ck" / "metadata.json").is_file() and (tmp_path / "ck" / "loss.png").is_file()
-    assert run(["sample", "--checkpoint", str(tmp_path / "ck"), "--n", "6", "--out", str(tmp_path / "s"),
-                "--method", "ddim", "--steps", "3"]) == 0
+    assert (
+        run(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--out",
+                str(tmp_path / "ck"),
+                "--steps",
+                "4",
+                "--batch-size",
+                "8",
+                "--channels",
+                "16",
+                "--depth",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "ck" / "metadata.json").is_file() and (
+        tmp_path / "ck" / "loss.png"
+    ).is_file()
+    assert (
+        run(
+            [
+                "sample",
+                "--checkpoint",
+                str(tmp_path / "ck"),
+                "--n",
+                "6",
+                "--out",
+                str(tmp_path / "s"),
+                "--method",
+                "ddim",
+                "--steps",
+                "3",
+            ]
+        )
+        == 0
+    )
     with np.load(tmp_path / "s" / "samples.npz") as f:
         assert f["samples"].shape == (6, 2) and np.all(np.isfinite(f["samples"]))
     assert (tmp_path / "s" / "samples.png").stat().st_size > 0

@@ -41,14 +41,20 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", [
-    "quick",
-    pytest.param("full", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "quick",
+        pytest.param("full", marks=pytest.mark.slow),
+    ],
+)
 def test_sharded_training_matches_single_device(mode):
     # quick: sharded training == one device, sharded sampling runs (padding 5 -> 6, trimmed);
     # full: also sharded samples == one-device samples.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

@@ -34,8 +34,9 @@ def test_shipped_prior_metadata_and_size():
 def test_shipped_prior_samples_satisfy_the_pde_roughly():
     ckpt = models.load_pretrained(NAME)
     n = 6
-    pairs = np.asarray(models.sample_model(ckpt.model, n, key=jr.key(0), method="ddim", num_steps=12),
-                       np.float64)
+    pairs = np.asarray(
+        models.sample_model(ckpt.model, n, key=jr.key(0), method="ddim", num_steps=12), np.float64
+    )
     assert pairs.shape == (n, 2, 32, 32) and np.all(np.isfinite(pairs))
     task = PDETask("poisson", 32)
     a = jnp.asarray(pairs[:, 0].reshape(n, -1))
@@ -47,7 +48,10 @@ def test_shipped_prior_samples_satisfy_the_pde_roughly():
     solved = np.asarray(jax.vmap(lambda f: task.problem.solve(**task.theta(f)))(a))
     rel = lambda x: np.linalg.norm(np.asarray(u) - x, axis=1) / np.linalg.norm(x, axis=1)  # noqa: E731
     matched, mismatched = rel(solved), rel(np.roll(solved, 1, axis=0))
-    assert np.median(matched) < 0.6 and np.median(matched) < 0.5 * np.median(mismatched), (matched, mismatched)
+    assert np.median(matched) < 0.6 and np.median(matched) < 0.5 * np.median(mismatched), (
+        matched,
+        mismatched,
+    )
     # The relative FEM residual is finite and bounded (white noise of u's size added to u scores
     # ~70, 1% of it ~0.7); small-scale roughness keeps it far above solver accuracy when unguided.
     residual = np.asarray(jax.jit(jax.vmap(task.residual))(a, u))

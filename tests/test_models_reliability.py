@@ -26,8 +26,13 @@ def mlp_setup(key, *, steps=8, checkpoint_every=3, log_every=2):
     data = np.random.default_rng(2).normal(size=(32, 3)) * np.array([[1.0, 2.0, 0.5]])
     net = models.ScoreMLP(3, width=16, depth=3, embed_dim=16, key=key)
     model = models.DiffusionModel(net, models.VPSDE(), models.Normalisation.fit(data), (3,))
-    config = models.TrainConfig(steps=steps, batch_size=4, warmup_steps=2, checkpoint_every=checkpoint_every,
-                                log_every=log_every)
+    config = models.TrainConfig(
+        steps=steps,
+        batch_size=4,
+        warmup_steps=2,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+    )
     return data, model, config
 
 
@@ -70,11 +75,14 @@ def strict_json(path):
 
 # --- resume after a kill ------------------------------------------------------------------------
 
+
 def test_resume_after_kill_between_log_steps(key, tmp_path, monkeypatch):
     # Checkpoints at steps 3 and 6, losses logged every 2 steps: the kill comes right after the
     # checkpoint at step 3, i.e. in the middle of a logging window (3 is not a multiple of 2).
     data, model, config = mlp_setup(key)
-    full = models.train(model, data, key=key, config=config, out_dir=tmp_path / "full", progress=False)
+    full = models.train(
+        model, data, key=key, config=config, out_dir=tmp_path / "full", progress=False
+    )
     assert len(full.losses) == 8 and np.all(np.isfinite(full.losses))
 
     def kill_after_step_3(state):
@@ -84,11 +92,15 @@ def test_resume_after_kill_between_log_steps(key, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         patch_train_step(m, kill_after_step_3)
         with pytest.raises(Killed):
-            models.train(model, data, key=key, config=config, out_dir=tmp_path / "part", progress=False)
+            models.train(
+                model, data, key=key, config=config, out_dir=tmp_path / "part", progress=False
+            )
     meta = strict_json(tmp_path / "part" / "metadata.json")
     assert meta["step"] == 3
     assert np.array_equal(meta["losses"], full.losses[:3])  # the checkpoint holds every step's loss
-    resumed = models.train(model, data, key=jr.key(999), config=config, out_dir=tmp_path / "part", progress=False)
+    resumed = models.train(
+        model, data, key=jr.key(999), config=config, out_dir=tmp_path / "part", progress=False
+    )
     assert int(resumed.state.step) == 8
     assert_bitwise_equal(resumed.state, full.state)
     assert np.array_equal(resumed.losses, full.losses)
@@ -106,11 +118,18 @@ def test_resume_of_a_checkpoint_with_a_loss_gap_keeps_steps_aligned(key, tmp_pat
     (out / "metadata.json").write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="2 entries for 3 steps"):
         resumed = models.train(model, data, key=key, config=config, out_dir=out, progress=False)
-    assert len(resumed.losses) == 8 and np.isnan(resumed.losses[0]) and np.all(np.isfinite(resumed.losses[1:]))
-    assert strict_json(out / "metadata.json")["losses"][0] is None  # strict JSON: NaN written as null
+    assert (
+        len(resumed.losses) == 8
+        and np.isnan(resumed.losses[0])
+        and np.all(np.isfinite(resumed.losses[1:]))
+    )
+    assert (
+        strict_json(out / "metadata.json")["losses"][0] is None
+    )  # strict JSON: NaN written as null
 
 
 # --- bad data ------------------------------------------------------------------------------------
+
 
 def forbid_training(monkeypatch):
     def fail(*args, **kwargs):
@@ -134,7 +153,9 @@ def test_bad_arrays_fail_before_training(key, tmp_path, monkeypatch):
     ]
     for bad, err, match in cases:
         with pytest.raises(err, match=match):
-            models.train(model, bad, key=key, config=config, out_dir=tmp_path / "ck", progress=False)
+            models.train(
+                model, bad, key=key, config=config, out_dir=tmp_path / "ck", progress=False
+            )
     assert not (tmp_path / "ck").exists()
     with pytest.raises(ValueError, match="has 1 example"):
         models.check_data(data[:1], min_examples=2)
@@ -172,18 +193,36 @@ def test_cli_train_rejects_bad_data_before_any_work(tmp_path, monkeypatch):
     np.savez(tmp_path / "one.npz", fields=np.zeros((1, 2)))
     np.savez(tmp_path / "scalar.npz", fields=np.float64(1.0))
     expected = {name: "not a pdegen data set" for name in files}
-    expected.update({"nan.npz": "contains 1 NaN", "empty-array.npz": "is empty", "one.npz": "at least 2", "complex.npz": "real numbers",
-                     "scalar.npz": "expected arrays"})
+    expected.update(
+        {
+            "nan.npz": "contains 1 NaN",
+            "empty-array.npz": "is empty",
+            "one.npz": "at least 2",
+            "complex.npz": "real numbers",
+            "scalar.npz": "expected arrays",
+        }
+    )
     for name, match in expected.items():
         with pytest.raises(ValueError, match=match) as info:
-            run_cli(["train", "--data", str(tmp_path / name), "--out", str(tmp_path / "ck"), "--steps", "2",
-                     "--quiet"])
+            run_cli(
+                [
+                    "train",
+                    "--data",
+                    str(tmp_path / name),
+                    "--out",
+                    str(tmp_path / "ck"),
+                    "--steps",
+                    "2",
+                    "--quiet",
+                ]
+            )
         message = str(info.value)
         assert name in message and "Normalisation" not in message and "allow_pickle" not in message
     assert not (tmp_path / "ck").exists()
 
 
 # --- output folder ------------------------------------------------------------------------------
+
 
 def test_out_that_is_a_file_fails_at_the_start(key, tmp_path, monkeypatch):
     data, model, config = mlp_setup(key)
@@ -203,19 +242,32 @@ def test_out_that_is_a_file_fails_at_the_start(key, tmp_path, monkeypatch):
 
 # --- divergence ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("poison_at, log_every, match", [
-    (5, 2, "loss became NaN at step 6 of 8"),               # found at the log step 6
-    (6, 4, "state holds NaN or infinite values after step 6"),  # losses fine; found before saving
-])
-def test_divergence_stops_and_keeps_last_good_checkpoint(poison_at, log_every, match, key, tmp_path, monkeypatch):
+
+@pytest.mark.parametrize(
+    "poison_at, log_every, match",
+    [
+        (5, 2, "loss became NaN at step 6 of 8"),  # found at the log step 6
+        (
+            6,
+            4,
+            "state holds NaN or infinite values after step 6",
+        ),  # losses fine; found before saving
+    ],
+)
+def test_divergence_stops_and_keeps_last_good_checkpoint(
+    poison_at, log_every, match, key, tmp_path, monkeypatch
+):
     data, model, config = mlp_setup(key, log_every=log_every)
     out = tmp_path / "ck"
 
     def poison(state):
         if int(state.step) == poison_at:
             nan = jnp.float32(jnp.nan)
-            return eqx.tree_at(lambda s: s.model, state,
-                               jtu.tree_map(lambda x: x * nan if eqx.is_inexact_array(x) else x, state.model))
+            return eqx.tree_at(
+                lambda s: s.model,
+                state,
+                jtu.tree_map(lambda x: x * nan if eqx.is_inexact_array(x) else x, state.model),
+            )
         return None
 
     patch_train_step(monkeypatch, poison)
@@ -233,8 +285,12 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(poison_at, log_every, m
 
 def test_divergence_from_a_huge_learning_rate(key, tmp_path):
     data, model, _ = mlp_setup(key)
-    config = models.TrainConfig(steps=8, batch_size=4, warmup_steps=0, learning_rate=1e38, log_every=2)
-    with pytest.raises(models.TrainingDivergedError, match=r"at step \d of 8.*no checkpoint was written"):
+    config = models.TrainConfig(
+        steps=8, batch_size=4, warmup_steps=0, learning_rate=1e38, log_every=2
+    )
+    with pytest.raises(
+        models.TrainingDivergedError, match=r"at step \d of 8.*no checkpoint was written"
+    ):
         models.train(model, data, key=key, config=config, out_dir=tmp_path / "ck", progress=False)
     assert not (tmp_path / "ck" / "metadata.json").exists()
 
@@ -242,9 +298,13 @@ def test_divergence_from_a_huge_learning_rate(key, tmp_path):
 def test_save_checkpoint_refuses_non_finite_state(key, tmp_path):
     _, model, config = mlp_setup(key)
     state = models.init_train_state(model, models.make_optimizer(config))
-    bad = eqx.tree_at(lambda s: s.ema_model, state,
-                      jtu.tree_map(lambda x: x * jnp.float32(jnp.inf) if eqx.is_inexact_array(x) else x,
-                                   state.ema_model))
+    bad = eqx.tree_at(
+        lambda s: s.ema_model,
+        state,
+        jtu.tree_map(
+            lambda x: x * jnp.float32(jnp.inf) if eqx.is_inexact_array(x) else x, state.ema_model
+        ),
+    )
     with pytest.raises(ValueError, match="NaN or infinite"):
         models.save_checkpoint(tmp_path / "ck", bad, {})
     assert not (tmp_path / "ck").exists()
@@ -252,25 +312,65 @@ def test_save_checkpoint_refuses_non_finite_state(key, tmp_path):
 
 # --- only process 0 writes ----------------------------------------------------------------------
 
+
 def test_process_other_than_0_writes_nothing(key, tmp_path, monkeypatch):
     data, model, config = mlp_setup(key, steps=4)
     models.export_model(tmp_path / "exported", model, {}, step=0)  # as process 0, to sample from
     monkeypatch.setattr(jax, "process_index", lambda *args, **kwargs: 1)
     assert not models.is_writer()
-    result = models.train(model, data, key=key, config=config, out_dir=tmp_path / "ck", progress=False)
+    result = models.train(
+        model, data, key=key, config=config, out_dir=tmp_path / "ck", progress=False
+    )
     assert int(result.state.step) == 4 and len(result.losses) == 4
     state = result.state
     models.save_checkpoint(tmp_path / "ck2", state, {})
     models.export_model(tmp_path / "ex2", state.ema_model, {}, step=4)
     np.savez(tmp_path / "d.npz", fields=data)
-    assert run_cli(["train", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "ck3"), "--steps", "2",
-                    "--batch-size", "4", "--channels", "8", "--depth", "2", "--quiet"]) == 0
-    assert run_cli(["sample", "--checkpoint", str(tmp_path / "exported"), "--n", "2", "--out",
-                    str(tmp_path / "s"), "--method", "ddim", "--steps", "2", "--quiet"]) == 0
+    assert (
+        run_cli(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--out",
+                str(tmp_path / "ck3"),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--channels",
+                "8",
+                "--depth",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        run_cli(
+            [
+                "sample",
+                "--checkpoint",
+                str(tmp_path / "exported"),
+                "--n",
+                "2",
+                "--out",
+                str(tmp_path / "s"),
+                "--method",
+                "ddim",
+                "--steps",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert sorted(os.listdir(tmp_path)) == ["d.npz", "exported"]
 
 
 # --- sampling: progress and a labelled figure ----------------------------------------------------
+
 
 def test_plot_samples_labels_every_channel():
     import matplotlib.pyplot as plt
@@ -311,12 +411,22 @@ def test_batched_sampling_equals_one_batch(key):
 
 def test_cli_sample_shows_progress_and_writes_a_labelled_figure(tmp_path, capsys, monkeypatch):
     # Weights filled in from the abstract network: eager initialisation compiles many small kernels.
-    abstract = eqx.filter_eval_shape(models.UNet, 2, base_channels=4, channel_mults=(1, 2), key=jr.key(0))
+    abstract = eqx.filter_eval_shape(
+        models.UNet, 2, base_channels=4, channel_mults=(1, 2), key=jr.key(0)
+    )
     rng = np.random.default_rng(0)
-    net = jtu.tree_map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype)
-                       if isinstance(s, jax.ShapeDtypeStruct) else s, abstract)
+    net = jtu.tree_map(
+        lambda s: (
+            jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype)
+            if isinstance(s, jax.ShapeDtypeStruct)
+            else s
+        ),
+        abstract,
+    )
     model = models.DiffusionModel(net, models.VPSDE(), models.Normalisation.identity(2), (2, 8, 8))
-    models.export_model(tmp_path / "tiny", model, {"name": "tiny-unet", "channels": ["a", "u"]}, step=7)
+    models.export_model(
+        tmp_path / "tiny", model, {"name": "tiny-unet", "channels": ["a", "u"]}, step=7
+    )
     figures = []
     save = _cli._save_figure
 
@@ -325,23 +435,62 @@ def test_cli_sample_shows_progress_and_writes_a_labelled_figure(tmp_path, capsys
         save(path, fig)
 
     monkeypatch.setattr(_cli, "_save_figure", keep)
-    assert run_cli(["sample", "--checkpoint", str(tmp_path / "tiny"), "--n", "3", "--batch-size", "2",
-                    "--out", str(tmp_path / "s"), "--method", "ddim", "--steps", "2"]) == 0
+    assert (
+        run_cli(
+            [
+                "sample",
+                "--checkpoint",
+                str(tmp_path / "tiny"),
+                "--n",
+                "3",
+                "--batch-size",
+                "2",
+                "--out",
+                str(tmp_path / "s"),
+                "--method",
+                "ddim",
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "sampling 3 from tiny-unet (trained 7 steps)" in captured.out
     assert "sample" in captured.err and "3/3" in captured.err  # the tqdm bar, updated per batch
     with np.load(tmp_path / "s" / "samples.npz") as f:
         assert f["samples"].shape == (3, 2, 8, 8) and np.all(np.isfinite(f["samples"]))
     assert (tmp_path / "s" / "samples.png").stat().st_size > 0
-    (titles, suptitle), = figures
+    ((titles, suptitle),) = figures
     assert "a #0" in titles and "u #2" in titles
-    assert "tiny-unet" in suptitle and "trained 7 steps" in suptitle and "2 sampler steps" in suptitle
+    assert (
+        "tiny-unet" in suptitle and "trained 7 steps" in suptitle and "2 sampler steps" in suptitle
+    )
 
 
 def test_cli_train_stores_channel_names_for_sample(tmp_path):
     fields = np.random.default_rng(0).normal(size=(16, 2))
     np.savez(tmp_path / "d.npz", fields=fields, meta=np.array(json.dumps({"channels": ["a", "u"]})))
-    assert run_cli(["train", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "ck"), "--steps", "2",
-                    "--batch-size", "4", "--channels", "8", "--depth", "2", "--quiet"]) == 0
+    assert (
+        run_cli(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--out",
+                str(tmp_path / "ck"),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--channels",
+                "8",
+                "--depth",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     meta = strict_json(tmp_path / "ck" / "metadata.json")
     assert meta["channels"] == ["a", "u"] and meta["data"] == str(tmp_path / "d.npz")

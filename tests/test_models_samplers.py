@@ -58,12 +58,17 @@ DETERMINISTIC = [
     ("edm_heun", models.VPSDE(), {}, 1.8),
     pytest.param("edm_heun", models.VESDE(), {}, 1.8, marks=pytest.mark.slow),
     ("edm_heun", models.EDMSDE(), {}, 1.8),
-    pytest.param("ddim", models.VPSDE(schedule="cosine", t_max=0.999), {}, 0.9, marks=pytest.mark.slow),
+    pytest.param(
+        "ddim", models.VPSDE(schedule="cosine", t_max=0.999), {}, 0.9, marks=pytest.mark.slow
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, sde, options, order", DETERMINISTIC,
-                         ids=["pf-vp", "heun-vp", "heun-ve", "heun-edm", "ddim-vpcos"])
+@pytest.mark.parametrize(
+    "name, sde, options, order",
+    DETERMINISTIC,
+    ids=["pf-vp", "heun-vp", "heun-ve", "heun-edm", "ddim-vpcos"],
+)
 def test_deterministic_sampler_converges_to_exact_flow(name, sde, options, order, key):
     steps = [8, 16, 32, 64]
     errors = []
@@ -93,11 +98,15 @@ STOCHASTIC = [
 ]
 
 
-@pytest.mark.parametrize("name, sde, options", STOCHASTIC,
-                         ids=["em-vp", "em-ve", "pc-vp", "ddpm-vp"])
+@pytest.mark.parametrize(
+    "name, sde, options", STOCHASTIC, ids=["em-vp", "em-ve", "pc-vp", "ddpm-vp"]
+)
 def test_stochastic_sampler_moments_improve_with_steps(name, sde, options, key):
     # 8000 samples: Monte Carlo error of the moments ~0.03, below the 64-step tolerance.
-    errors = [moment_error(sde, run(models.SAMPLERS[name], sde, n, 8000, key, **options)[1]) for n in (4, 16, 64)]
+    errors = [
+        moment_error(sde, run(models.SAMPLERS[name], sde, n, 8000, key, **options)[1])
+        for n in (4, 16, 64)
+    ]
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 0.5 * errors[1] and errors[2] < 0.15, errors
 
@@ -110,8 +119,9 @@ def test_sample_batches_and_denoise_final(key):
     assert float(jnp.min(jnp.abs(x[:1] - x[1:]))) > 0
     x2 = models.sample(gaussian_score(sde), sde, (2,), 5, key=key, method="edm_heun", num_steps=8)
     assert jnp.array_equal(x, x2)
-    d = models.sample(gaussian_score(sde), sde, (2,), 3, key=key, method="ddim", num_steps=8,
-                      denoise_final=True)
+    d = models.sample(
+        gaussian_score(sde), sde, (2,), 3, key=key, method="ddim", num_steps=8, denoise_final=True
+    )
     assert d.shape == (3, 2) and bool(jnp.all(jnp.isfinite(d)))
     x = models.sample(gaussian_score(sde), sde, (2,), 2, key=key, method="probability_flow")
     assert bool(jnp.all(jnp.isfinite(x)))

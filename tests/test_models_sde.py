@@ -15,7 +15,9 @@ SDES = [
 ]
 
 
-@pytest.mark.parametrize("sde", SDES, ids=lambda s: s.config()["kind"] + s.config().get("schedule", ""))
+@pytest.mark.parametrize(
+    "sde", SDES, ids=lambda s: s.config()["kind"] + s.config().get("schedule", "")
+)
 def test_forward_sde_matches_marginals(sde):
     # d log alpha / dt = f and d sigma^2/dt = 2 f sigma^2 + g^2 along the whole time range.
     for frac in (0.05, 0.3, 0.7, 0.95):
@@ -35,7 +37,9 @@ def test_vp_is_variance_preserving():
     assert float(SDES[0].alpha(1.0)) < 1e-2  # the prior N(0, I) is reached
 
 
-@pytest.mark.parametrize("sde", SDES, ids=lambda s: s.config()["kind"] + s.config().get("schedule", ""))
+@pytest.mark.parametrize(
+    "sde", SDES, ids=lambda s: s.config()["kind"] + s.config().get("schedule", "")
+)
 def test_conversions_and_tweedie_on_gaussian(sde, getkey):
     # For x0 ~ N(mu, c^2 I): score, noise and denoiser conversions agree and Tweedie is exact.
     mu, c = jnp.array([0.7, -1.2, 0.1]), 0.8

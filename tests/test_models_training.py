@@ -19,19 +19,28 @@ COV = np.array([[1.0, 0.6], [0.6, 0.5]])
 
 def mlp_model(data, *, key, sde=None, parameterisation="epsilon", width=64):
     net = models.ScoreMLP(data.shape[1], width=width, depth=3, embed_dim=16, key=key)
-    return models.DiffusionModel(net, sde or models.VPSDE(), models.Normalisation.fit(data),
-                                 (data.shape[1],), parameterisation=parameterisation)
+    return models.DiffusionModel(
+        net,
+        sde or models.VPSDE(),
+        models.Normalisation.fit(data),
+        (data.shape[1],),
+        parameterisation=parameterisation,
+    )
 
 
 @functools.lru_cache(maxsize=1)
 def _tiny_unet(channels):
     # Abstract (shapes and dtypes only): eager initialisation compiles many small kernels.
-    return eqx.filter_eval_shape(models.UNet, channels, base_channels=4, channel_mults=(1, 2), key=jr.key(0))
+    return eqx.filter_eval_shape(
+        models.UNet, channels, base_channels=4, channel_mults=(1, 2), key=jr.key(0)
+    )
 
 
 def tiny_unet_model(channels=2, size=8, *, key):
     net = _tiny_unet(channels)
-    return models.DiffusionModel(net, models.VPSDE(), models.Normalisation.identity(channels), (channels, size, size))
+    return models.DiffusionModel(
+        net, models.VPSDE(), models.Normalisation.identity(channels), (channels, size, size)
+    )
 
 
 def test_parameters_are_float32_under_x64(key):
@@ -48,15 +57,21 @@ def test_parameters_are_float32_under_x64(key):
         model.check_compatible((3, 8, 8))
 
 
-@pytest.mark.parametrize("steps, score_tol, cov_tol", [
-    pytest.param(1500, 0.1, 0.15, marks=pytest.mark.slow),
-    (300, 0.2, 0.25),
-], ids=["full", "quick"])
+@pytest.mark.parametrize(
+    "steps, score_tol, cov_tol",
+    [
+        pytest.param(1500, 0.1, 0.15, marks=pytest.mark.slow),
+        (300, 0.2, 0.25),
+    ],
+    ids=["full", "quick"],
+)
 def test_gaussian_score_learned(steps, score_tol, cov_tol, key):
     # Data N(mu, Sigma): the exact score of p_t is known; the trained network must match it.
     data = np.random.default_rng(0).multivariate_normal(MU, COV, size=4096)
     model = mlp_model(data, key=key)
-    config = models.TrainConfig(steps=steps, batch_size=256, learning_rate=3e-3, warmup_steps=50, ema_decay=0.99)
+    config = models.TrainConfig(
+        steps=steps, batch_size=256, learning_rate=3e-3, warmup_steps=50, ema_decay=0.99
+    )
     result = models.train(model, data, key=key, config=config, progress=False)
     trained = result.state.ema_model
     norm = trained.normalisation
@@ -78,7 +93,9 @@ def test_gaussian_score_learned(steps, score_tol, cov_tol, key):
     rel = np.sqrt(num / den)
     assert rel < score_tol, rel
     num = 2000 if steps > 1000 else 1000
-    samples = np.asarray(models.sample_model(trained, num, key=key, method="edm_heun", num_steps=20))
+    samples = np.asarray(
+        models.sample_model(trained, num, key=key, method="edm_heun", num_steps=20)
+    )
     assert np.linalg.norm(np.cov(samples.T) - COV) / np.linalg.norm(COV) < cov_tol
     assert np.linalg.norm(samples.mean(0) - MU) < 0.1
 
@@ -98,17 +115,25 @@ def mmd(x, y, bandwidth=0.5):
     return float(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
 
 
-@pytest.mark.parametrize("steps, width, weight_tol, mmd_factor", [
-    pytest.param(2000, 128, 0.06, 3.0, marks=pytest.mark.slow),
-    (500, 64, 0.1, 6.0),
-], ids=["full", "quick"])
+@pytest.mark.parametrize(
+    "steps, width, weight_tol, mmd_factor",
+    [
+        pytest.param(2000, 128, 0.06, 3.0, marks=pytest.mark.slow),
+        (500, 64, 0.1, 6.0),
+    ],
+    ids=["full", "quick"],
+)
 def test_gaussian_mixture_modes_and_mmd(steps, width, weight_tol, mmd_factor, key):
     rng = np.random.default_rng(1)
     data, centres, weights = gmm(8192, rng)
     model = mlp_model(data, key=key, sde=models.EDMSDE(), parameterisation="denoiser", width=width)
-    config = models.TrainConfig(steps=steps, batch_size=256, learning_rate=2e-3, warmup_steps=100, ema_decay=0.995)
+    config = models.TrainConfig(
+        steps=steps, batch_size=256, learning_rate=2e-3, warmup_steps=100, ema_decay=0.995
+    )
     trained = models.train(model, data, key=key, config=config, progress=False).state.ema_model
-    samples = np.asarray(models.sample_model(trained, 1000, key=jr.key(7), method="edm_heun", num_steps=40))
+    samples = np.asarray(
+        models.sample_model(trained, 1000, key=jr.key(7), method="edm_heun", num_steps=40)
+    )
     labels = np.argmin(((samples[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
     found = np.bincount(labels, minlength=3) / len(labels)
     assert np.max(np.abs(found - weights)) < weight_tol, found
@@ -120,7 +145,9 @@ def test_gaussian_mixture_modes_and_mmd(steps, width, weight_tol, mmd_factor, ke
 def small_setup(key):
     data = np.random.default_rng(2).normal(size=(32, 3)) * np.array([[1.0, 2.0, 0.5]])
     model = mlp_model(data, key=key, width=16)
-    config = models.TrainConfig(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3, log_every=2)
+    config = models.TrainConfig(
+        steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3, log_every=2
+    )
     return data, model, config
 
 
@@ -135,11 +162,17 @@ def assert_trees_equal(a, b):
 
 def test_checkpoint_round_trip_and_exact_resume(key, tmp_path):
     data, model, config = small_setup(key)
-    full = models.train(model, data, key=key, config=config, out_dir=tmp_path / "full", progress=False)
+    full = models.train(
+        model, data, key=key, config=config, out_dir=tmp_path / "full", progress=False
+    )
     # Interrupted after 3 steps (a checkpoint is written), then resumed from the folder.
-    part = models.train(model, data, key=key, config=config, out_dir=tmp_path / "part", progress=False, stop_after=3)
+    part = models.train(
+        model, data, key=key, config=config, out_dir=tmp_path / "part", progress=False, stop_after=3
+    )
     assert int(part.state.step) == 3
-    resumed = models.train(model, data, key=jr.key(999), config=config, out_dir=tmp_path / "part", progress=False)
+    resumed = models.train(
+        model, data, key=jr.key(999), config=config, out_dir=tmp_path / "part", progress=False
+    )
     assert int(resumed.state.step) == 6
     assert_trees_equal(eqx_params(full.state), eqx_params(resumed.state))
     assert np.array_equal(full.losses, resumed.losses)
@@ -184,8 +217,14 @@ def test_bad_inputs(key, tmp_path):
     with pytest.raises(ValueError, match="load_pretrained.*available"):
         models.load_pretrained("no-such-model")
     out = tmp_path / "ck"
-    models.train(model, data, key=key, config=models.TrainConfig(steps=2, batch_size=4, warmup_steps=1),
-                 out_dir=out, progress=False)
+    models.train(
+        model,
+        data,
+        key=key,
+        config=models.TrainConfig(steps=2, batch_size=4, warmup_steps=1),
+        out_dir=out,
+        progress=False,
+    )
     state_file = next(out.glob("state-*.eqx"))
     raw = bytearray(state_file.read_bytes())
     raw[len(raw) // 2] ^= 0xFF

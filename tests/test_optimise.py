@@ -9,8 +9,9 @@ import pytest
 from pdegen.inverse import TEST_FUNCTIONS, minimise, test_function
 
 # A small diffusion optimiser (cheap to compile) used by the fast tests.
-SMALL = dict(method="dds", batch_size=32, num_steps=12, num_temperatures=4,
-             gradient_informed=False, width=32)
+SMALL = dict(
+    method="dds", batch_size=32, num_steps=12, num_temperatures=4, gradient_informed=False, width=32
+)
 
 
 @pytest.mark.parametrize("name", TEST_FUNCTIONS)
@@ -20,7 +21,8 @@ def test_known_minima(name):
         x = jnp.asarray(prob.minimiser)
         pert = x[None, :] + 1e-2 * jr.normal(jr.key(0), (64, dim), dtype=x.dtype)
         value, grad, nearby = jax.jit(
-            lambda x, p: (prob.fn(x), jax.grad(prob.fn)(x), jax.vmap(prob.fn)(p)))(x, pert)
+            lambda x, p: (prob.fn(x), jax.grad(prob.fn)(x), jax.vmap(prob.fn)(p))
+        )(x, pert)
         np.testing.assert_allclose(float(value), prob.minimum, atol=1e-8)
         # the minimiser is a stationary point and nearby random points are not better
         assert float(jnp.max(jnp.abs(grad))) < 1e-5
@@ -31,8 +33,14 @@ def test_known_minima(name):
 @pytest.fixture(scope="module")
 def rastrigin_runs():
     prob = test_function("rastrigin", 2)
-    res, extras = minimise(prob.fn, prob.domain, key=jr.split(jr.key(0), 4),
-                           max_evaluations=4000, return_extras=True, **SMALL)
+    res, extras = minimise(
+        prob.fn,
+        prob.domain,
+        key=jr.split(jr.key(0), 4),
+        max_evaluations=4000,
+        return_extras=True,
+        **SMALL,
+    )
     return prob, res, extras
 
 
@@ -54,8 +62,7 @@ def test_optimiser_finds_rastrigin_minimum_2d(rastrigin_runs):
 
 def test_optimiser_finds_ackley_minimum_2d():
     prob = test_function("ackley", 2)
-    res = minimise(prob.fn, prob.domain, key=jr.split(jr.key(1), 4), max_evaluations=4000,
-                   **SMALL)
+    res = minimise(prob.fn, prob.domain, key=jr.split(jr.key(1), 4), max_evaluations=4000, **SMALL)
     _check_success(prob, res, 4000, 3)
 
 
@@ -74,14 +81,21 @@ def test_lower_temperature_concentrates(rastrigin_runs):
 @pytest.mark.parametrize("name", ["rastrigin", "ackley"])
 def test_optimiser_succeeds_on_most_seeds_2d(name):
     prob = test_function(name, 2)
-    res = minimise(prob.fn, prob.domain, key=jr.split(jr.key(2026), 20), max_evaluations=4000,
-                   **SMALL)
+    res = minimise(
+        prob.fn, prob.domain, key=jr.split(jr.key(2026), 20), max_evaluations=4000, **SMALL
+    )
     _check_success(prob, res, 4000, 17)
 
 
 def test_polish_converges_one_basin_and_counts_its_evaluations():
-    from pdegen.inverse._optimise import (_make_box, _objective_z, _polish, _polish_evaluations,
-                                          _polish_plan, _refine)
+    from pdegen.inverse._optimise import (
+        _make_box,
+        _objective_z,
+        _polish,
+        _polish_evaluations,
+        _polish_plan,
+        _refine,
+    )
 
     prob = test_function("rastrigin", 10)
     box = _make_box(prob.domain)
@@ -101,8 +115,9 @@ def test_polish_converges_one_basin_and_counts_its_evaluations():
     assert float(vals[0]) < 1e-6, vals
     np.testing.assert_allclose(float(prob.fn(box.to_x(pts[0]))), float(vals[0]), atol=1e-12)
     # the same budget as 40 steps from each point stops short of the tolerance
-    _, vals_parallel, _ = jax.jit(lambda z, v: _refine(fz, z, v, steps=40,
-                                                       learning_rate=0.02))(z, v)
+    _, vals_parallel, _ = jax.jit(lambda z, v: _refine(fz, z, v, steps=40, learning_rate=0.02))(
+        z, v
+    )
     assert float(vals_parallel[0]) > 10 * float(vals[0])
 
 
@@ -111,15 +126,25 @@ def test_polish_converges_one_basin_and_counts_its_evaluations():
 )
 def test_other_methods_run_within_budget(method):
     prob = test_function("styblinski_tang", 2)
-    res = minimise(prob.fn, prob.domain, key=jr.key(1), method=method, max_evaluations=800,
-                   batch_size=16, num_steps=4, num_temperatures=2, refine_steps=10, width=16,
-                   adam_steps_per_restart=20, num_initial=64)
+    res = minimise(
+        prob.fn,
+        prob.domain,
+        key=jr.key(1),
+        method=method,
+        max_evaluations=800,
+        batch_size=16,
+        num_steps=4,
+        num_temperatures=2,
+        refine_steps=10,
+        width=16,
+        adam_steps_per_restart=20,
+        num_initial=64,
+    )
     assert res.num_evaluations <= 800
     assert res.x.shape == (2,) and np.isfinite(res.value)
     assert np.all(prob.lower <= res.x) and np.all(res.x <= prob.upper)
     assert res.value <= float(prob.fn(jnp.zeros(2)))
-    np.testing.assert_allclose(float(prob.fn(jnp.asarray(res.x))), res.value, rtol=1e-6,
-                               atol=1e-9)
+    np.testing.assert_allclose(float(prob.fn(jnp.asarray(res.x))), res.value, rtol=1e-6, atol=1e-9)
 
 
 def test_random_search_small_budget_skips_the_polish():

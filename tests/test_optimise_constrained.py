@@ -22,16 +22,26 @@ def ring_model():
     data = np.stack([np.cos(angle), np.sin(angle)], 1) + 0.03 * rng.normal(size=(2048, 2))
     net = models.ScoreMLP(2, width=64, depth=3, embed_dim=16, key=jr.key(0))
     model = models.DiffusionModel(net, models.VPSDE(), models.Normalisation.fit(data), (2,))
-    config = models.TrainConfig(steps=800, batch_size=128, learning_rate=3e-3, warmup_steps=50,
-                                ema_decay=0.99)
+    config = models.TrainConfig(
+        steps=800, batch_size=128, learning_rate=3e-3, warmup_steps=50, ema_decay=0.99
+    )
     return models.train(model, data, key=jr.key(1), config=config, progress=False).state.ema_model
 
 
 def test_constraint_tightens_with_beta_on_the_data_support(ring_model):
     means, radial = [], []
     for beta in (0.0, 3.0, 30.0):
-        x = np.asarray(sample_constrained(ring_model, h, beta=beta, num_samples=256,
-                                          key=jr.key(2), num_steps=100, langevin_steps=100))
+        x = np.asarray(
+            sample_constrained(
+                ring_model,
+                h,
+                beta=beta,
+                num_samples=256,
+                key=jr.key(2),
+                num_steps=100,
+                langevin_steps=100,
+            )
+        )
         assert x.shape == (256, 2) and np.all(np.isfinite(x))
         means.append(np.mean(np.sum((x - CENTRE) ** 2, axis=1)))
         radial.append(np.median(np.abs(np.linalg.norm(x, axis=1) - 1.0)))
@@ -75,17 +85,32 @@ def test_field_constraint_moves_towards_target_and_stays_physical():
     solve = solution_operator(task.physics)
     gaps, residuals, changes, spreads = [], [], [], []
     for beta in (0.0, 30.0):
-        x = np.asarray(sample_constrained(model, h, beta=beta, num_samples=4, key=jr.key(5),
-                                          sampler="ddim", num_steps=20, langevin_steps=0,
-                                          denoise_final=True))
+        x = np.asarray(
+            sample_constrained(
+                model,
+                h,
+                beta=beta,
+                num_samples=4,
+                key=jr.key(5),
+                sampler="ddim",
+                num_steps=20,
+                langevin_steps=0,
+                denoise_final=True,
+            )
+        )
         assert x.shape == (4, 2, grid, grid) and np.all(np.isfinite(x))
         means = np.asarray(jax.vmap(sub_square_mean)(jnp.asarray(x)))
         gaps.append(np.mean(np.abs(means - target)) / scale)
-        residuals.append(np.median(jax.vmap(task.residual)(jnp.asarray(x[:, 0]),
-                                                           jnp.asarray(x[:, 1]))))
+        residuals.append(
+            np.median(jax.vmap(task.residual)(jnp.asarray(x[:, 0]), jnp.asarray(x[:, 1])))
+        )
         u_of_a = x[:, 0].reshape(4, -1) @ solve.T
-        changes.append(np.median(np.linalg.norm(x[:, 1].reshape(4, -1) - u_of_a, axis=1)
-                                 / np.linalg.norm(u_of_a, axis=1)))
+        changes.append(
+            np.median(
+                np.linalg.norm(x[:, 1].reshape(4, -1) - u_of_a, axis=1)
+                / np.linalg.norm(u_of_a, axis=1)
+            )
+        )
         spreads.append(np.std(x[:, 0]))
     # prior samples sit about 1.5-2 u-scales from the target; the tilt closes most of the gap
     assert gaps[0] > 1.0, gaps

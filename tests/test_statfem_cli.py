@@ -16,8 +16,24 @@ def parse(argv):
 
 def test_statfem_command_writes_figures_and_errors(tmp_path):
     out = tmp_path / "run"
-    args = parse(["statfem", "--grid", "9", "--sampler", "pula", "--steps", "400", "--chains", "4",
-                  "--sensors", "20", "--out", str(out), "--no-progress"])
+    args = parse(
+        [
+            "statfem",
+            "--grid",
+            "9",
+            "--sampler",
+            "pula",
+            "--steps",
+            "400",
+            "--chains",
+            "4",
+            "--sensors",
+            "20",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     for name in ("posterior.png", "samples.png", "statfem.json"):
         assert (out / name).stat().st_size > 0

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from test_statfem_model import dense_parts, make_model
 
 from pdegen import fem
 from pdegen.fem import statfem
-from test_statfem_model import dense_parts, make_model
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +33,27 @@ def test_exact_posterior_matches_dense_precision_form(setup):
     mean = C @ (Af.T @ np.linalg.solve(G, bf) + rho * H.T @ np.linalg.solve(S, Y.sum(0)))
     post = statfem.exact_posterior(model, y)
     np.testing.assert_allclose(np.asarray(post.mean), mean, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(post.covariance()), C, rtol=1e-6, atol=1e-9 * np.abs(C).max())
+    np.testing.assert_allclose(
+        np.asarray(post.covariance()), C, rtol=1e-6, atol=1e-9 * np.abs(C).max()
+    )
     np.testing.assert_allclose(np.asarray(post.variance(block_size=16)), np.diagonal(C), rtol=1e-6)
     Ainv = np.linalg.inv(Af)
-    np.testing.assert_allclose(np.asarray(post.prior_covariance()), Ainv @ G @ Ainv.T, rtol=1e-6,
-                               atol=1e-9 * np.abs(C).max())
-    np.testing.assert_allclose(np.asarray(statfem.posterior_precision(model, y)), Q, rtol=1e-8,
-                               atol=1e-8 * np.abs(Q).max())
+    np.testing.assert_allclose(
+        np.asarray(post.prior_covariance()),
+        Ainv @ G @ Ainv.T,
+        rtol=1e-6,
+        atol=1e-9 * np.abs(C).max(),
+    )
+    np.testing.assert_allclose(
+        np.asarray(statfem.posterior_precision(model, y)), Q, rtol=1e-8, atol=1e-8 * np.abs(Q).max()
+    )
     v = np.random.default_rng(0).normal(size=model.dim)
-    np.testing.assert_allclose(np.asarray(post.cov_apply(jnp.asarray(v))), C @ v, rtol=1e-6,
-                               atol=1e-9 * np.abs(C @ v).max())
+    np.testing.assert_allclose(
+        np.asarray(post.cov_apply(jnp.asarray(v))),
+        C @ v,
+        rtol=1e-6,
+        atol=1e-9 * np.abs(C @ v).max(),
+    )
 
 
 def test_matheron_samples_have_posterior_moments(setup, getkey):
@@ -79,7 +90,8 @@ def test_log_marginal_likelihood_gradient_matches_finite_differences(setup):
 
     def f(p):
         return statfem.log_marginal_likelihood(
-            model.replace(rho=p[0], coefficients=dict(kappa=jnp.exp(p[1]) * kq)), y)
+            model.replace(rho=p[0], coefficients=dict(kappa=jnp.exp(p[1]) * kq)), y
+        )
 
     p0 = jnp.array([float(model.rho), 0.05])
     g = np.asarray(jax.jit(jax.grad(f))(p0))
@@ -100,11 +112,15 @@ def test_fit_hyperparameters_recovers_rho_and_noise(getkey):
     fit = statfem.fit_hyperparameters(start, y, num_steps=800, learning_rate=0.05)
     lml = np.asarray(fit.log_marginal_likelihood)
     assert lml[-1] > lml[0]
-    assert float(statfem.log_marginal_likelihood(fit.model, y)) == pytest.approx(lml[-1], rel=1e-6, abs=1e-6)
+    assert float(statfem.log_marginal_likelihood(fit.model, y)) == pytest.approx(
+        lml[-1], rel=1e-6, abs=1e-6
+    )
     assert abs(float(fit.parameters["rho"]) / truth["rho"] - 1) < 0.05
     assert abs(float(fit.parameters["sigma_e"]) / truth["sigma_e"] - 1) < 0.15
     # the fitted values are a stationary point: the gradient of the log marginal likelihood vanishes
-    g = jax.grad(lambda r: statfem.log_marginal_likelihood(fit.model.replace(rho=r), y))(fit.model.rho)
+    g = jax.grad(lambda r: statfem.log_marginal_likelihood(fit.model.replace(rho=r), y))(
+        fit.model.rho
+    )
     assert abs(float(g)) * float(fit.model.rho) < 1e-2
 
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from test_statfem_model import make_model
 
 from pdegen.fem import statfem
-from test_statfem_model import make_model
 
 
 def mmle(log_lik, bracket):
@@ -22,17 +22,31 @@ def mmle(log_lik, bracket):
 @pytest.fixture(scope="module")
 def forcing_problem():
     theta_true = 2.0
-    model = make_model(n=9, m=20, sigma_f=0.05, sigma_e=2e-3, sigma_d=0.0, rho=1.0,
-                       coefficients=dict(kappa=1.0, f=theta_true))
+    model = make_model(
+        n=9,
+        m=20,
+        sigma_f=0.05,
+        sigma_e=2e-3,
+        sigma_d=0.0,
+        rho=1.0,
+        coefficients=dict(kappa=1.0, f=theta_true),
+    )
     x = model.sample_prior(key=jax.random.key(0))
     y = model.simulate_data(x, num_replicates=5, key=jax.random.key(1))
-    est, sd = mmle(lambda t: statfem.log_marginal_likelihood(model.replace(coefficients=dict(f=t)), y),
-                   (1.0, 3.0))
+    est, sd = mmle(
+        lambda t: statfem.log_marginal_likelihood(model.replace(coefficients=dict(f=t)), y),
+        (1.0, 3.0),
+    )
     return dict(model=model, y=y, theta_true=theta_true, mmle=est, mmle_sd=sd)
 
 
-@pytest.mark.parametrize("size", [dict(particles=(4, 16), steps=1200),
-                                  pytest.param(dict(particles=(4, 40), steps=2000), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "size",
+    [
+        dict(particles=(4, 16), steps=1200),
+        pytest.param(dict(particles=(4, 40), steps=2000), marks=pytest.mark.slow),
+    ],
+)
 def test_ipla_recovers_the_forcing_and_concentrates_at_the_mmle(forcing_problem, size):
     p = forcing_problem
     model, y = p["model"], p["y"]
@@ -44,15 +58,26 @@ def test_ipla_recovers_the_forcing_and_concentrates_at_the_mmle(forcing_problem,
 
     pre = statfem.prior_preconditioner(model, dense=True)  # C0 does not depend on the forcing
     x_ref = model.prior_mean()
-    lam = float(statfem.largest_curvature(lambda x: energy(jnp.asarray(2.0), x), x_ref, preconditioner=pre))
+    lam = float(
+        statfem.largest_curvature(lambda x: energy(jnp.asarray(2.0), x), x_ref, preconditioner=pre)
+    )
     g = jax.grad(lambda t: energy(t, x_ref))
     c = float((g(2.001) - g(1.999)) / 0.002)  # curvature in theta per particle
     out = {}
     steps = size["steps"]
     for N in size["particles"]:
         particles = model.sample_prior(N, key=jax.random.key(3))
-        out[N] = statfem.run_ipla(energy, 1.0, particles, steps, 0.5 / lam, key=jax.random.key(4),
-                                  theta_step_size=0.5 / c, preconditioner=pre, average_fraction=0.6)
+        out[N] = statfem.run_ipla(
+            energy,
+            1.0,
+            particles,
+            steps,
+            0.5 / lam,
+            key=jax.random.key(4),
+            theta_step_size=0.5 / c,
+            preconditioner=pre,
+            average_fraction=0.6,
+        )
     small, big = (out[N] for N in size["particles"])
     assert big.theta_trajectory.shape == (steps + 1,)
     assert float(big.theta_trajectory[0]) == 1.0
@@ -72,12 +97,23 @@ def test_ipla_estimates_a_diffusivity_scale(size):
     # slow: the particles need ~1000 steps to follow theta from the start; the fast suite checks
     # IPLA on the forcing amplitude
     theta_true = 0.5
-    model = make_model(n=9, m=20, sigma_f=0.05, sigma_e=2e-3, sigma_d=0.0, rho=1.0,
-                       coefficients=dict(kappa=float(np.exp(theta_true)), f=1.0))
+    model = make_model(
+        n=9,
+        m=20,
+        sigma_f=0.05,
+        sigma_e=2e-3,
+        sigma_d=0.0,
+        rho=1.0,
+        coefficients=dict(kappa=float(np.exp(theta_true)), f=1.0),
+    )
     x = model.sample_prior(key=jax.random.key(5))
     y = model.simulate_data(x, num_replicates=5, key=jax.random.key(6))
-    est, sd = mmle(lambda t: statfem.log_marginal_likelihood(
-        model.replace(coefficients=dict(kappa=jnp.exp(t))), y), (0.0, 1.0))
+    est, sd = mmle(
+        lambda t: statfem.log_marginal_likelihood(
+            model.replace(coefficients=dict(kappa=jnp.exp(t))), y
+        ),
+        (0.0, 1.0),
+    )
 
     # here log |det A(theta)| matters: use the normalised log joint density
     def energy(theta, x):
@@ -85,12 +121,22 @@ def test_ipla_estimates_a_diffusivity_scale(size):
 
     start = model.replace(coefficients=dict(kappa=1.0))
     pre = statfem.prior_preconditioner(start, dense=True)
-    lam = float(statfem.largest_curvature(lambda x: energy(jnp.asarray(0.0), x), x, preconditioner=pre))
+    lam = float(
+        statfem.largest_curvature(lambda x: energy(jnp.asarray(0.0), x), x, preconditioner=pre)
+    )
     g = jax.grad(lambda t: energy(t, x))
     c = float((g(0.501) - g(0.499)) / 0.002)
     N = size["particles"]
-    res = statfem.run_ipla(energy, 0.0, start.sample_prior(N, key=jax.random.key(8)), size["steps"],
-                           0.2 / lam, key=jax.random.key(7), theta_step_size=0.5 / c, preconditioner=pre)
+    res = statfem.run_ipla(
+        energy,
+        0.0,
+        start.sample_prior(N, key=jax.random.key(8)),
+        size["steps"],
+        0.2 / lam,
+        key=jax.random.key(7),
+        theta_step_size=0.5 / c,
+        preconditioner=pre,
+    )
     assert abs(float(res.estimate) - theta_true) < 0.15
     assert abs(float(res.estimate) - est) < 3 * sd / np.sqrt(N)
 
@@ -104,7 +150,14 @@ def test_ipla_bad_input():
     with pytest.raises(ValueError, match="particles"):
         kernel.init(0.0, jnp.zeros(3))
     with pytest.raises(ValueError, match="average_fraction"):
-        statfem.run_ipla(lambda t, x: jnp.sum(x**2), 0.0, jnp.zeros((2, 3)), 10, 0.1, key=jax.random.key(0),
-                         average_fraction=0.0)
+        statfem.run_ipla(
+            lambda t, x: jnp.sum(x**2),
+            0.0,
+            jnp.zeros((2, 3)),
+            10,
+            0.1,
+            key=jax.random.key(0),
+            average_fraction=0.0,
+        )
     with pytest.raises(TypeError, match="preconditioner"):
         statfem.ipla(lambda t, x: 0.0, 0.1, preconditioner=np.eye(2))

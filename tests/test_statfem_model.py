@@ -19,8 +19,14 @@ def make_model(n=9, m=12, seed=0, **kw):
     V = fem.FunctionSpace(fem.unit_square(n), "P1")
     rng = np.random.default_rng(seed)
     sensors = rng.uniform(0.1, 0.9, size=(m, 2))
-    params = dict(coefficients=dict(kappa=kappa_fn, f=1.0), sigma_f=0.2, sigma_e=2e-3,
-                  sigma_d=3e-3, ell_d=0.3, rho=0.9)
+    params = dict(
+        coefficients=dict(kappa=kappa_fn, f=1.0),
+        sigma_f=0.2,
+        sigma_e=2e-3,
+        sigma_d=3e-3,
+        ell_d=0.3,
+        rho=0.9,
+    )
     params.update(kw)
     return statfem.StatFEM(fem.Poisson(V), sensors, **params)
 
@@ -41,8 +47,9 @@ def dense_parts(model, mass_kind="lumped"):
     H = np.asarray(V.point_observation(np.asarray(model.sensors)).todense())[:, free]
     pts = np.asarray(model.sensors)
     r2 = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
-    S = float(model.sigma_d) ** 2 * np.exp(-0.5 * r2 / float(model.ell_d) ** 2) \
-        + float(model.sigma_e) ** 2 * np.eye(len(pts))
+    S = float(model.sigma_d) ** 2 * np.exp(-0.5 * r2 / float(model.ell_d) ** 2) + float(
+        model.sigma_e
+    ) ** 2 * np.eye(len(pts))
     return Af, bf, G, H, S
 
 
@@ -56,14 +63,18 @@ def test_log_densities_match_dense_gaussians(mass_kind, getkey):
     x = np.asarray(model.sample_prior(key=getkey()))
     y = np.asarray(model.simulate_data(jnp.asarray(x), num_replicates=3, key=getkey()))
     lp = float(model.log_prior(jnp.asarray(x)))
-    assert lp == pytest.approx(scipy.stats.multivariate_normal(m0, C0).logpdf(x), rel=1e-9, abs=1e-7)
+    assert lp == pytest.approx(
+        scipy.stats.multivariate_normal(m0, C0).logpdf(x), rel=1e-9, abs=1e-7
+    )
     ll = float(model.log_likelihood(jnp.asarray(x), jnp.asarray(y)))
     ref = sum(scipy.stats.multivariate_normal(float(model.rho) * H @ x, S).logpdf(yj) for yj in y)
     assert ll == pytest.approx(ref, rel=1e-9)
     # the energy is the negative log posterior up to a constant
     r = Af @ x - bf
     phi = 0.5 * r @ np.linalg.solve(G, r) + sum(
-        0.5 * (yj - float(model.rho) * H @ x) @ np.linalg.solve(S, yj - float(model.rho) * H @ x) for yj in y)
+        0.5 * (yj - float(model.rho) * H @ x) @ np.linalg.solve(S, yj - float(model.rho) * H @ x)
+        for yj in y
+    )
     assert float(model.energy(jnp.asarray(x), jnp.asarray(y))) == pytest.approx(phi, rel=1e-9)
     np.testing.assert_allclose(np.asarray(model.prior_mean()), m0, rtol=1e-9, atol=1e-12)
 
@@ -75,9 +86,15 @@ def _fd_check(f, x, v, eps=1e-6):
     return exact, fd
 
 
-@pytest.mark.parametrize("variant", [dict(mass="lumped"), dict(mass="consistent"),
-                                     dict(mass="lumped", kernel="matern32", ell_f=0.3),
-                                     dict(observation=jax.nn.sigmoid)])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(mass="lumped"),
+        dict(mass="consistent"),
+        dict(mass="lumped", kernel="matern32", ell_f=0.3),
+        dict(observation=jax.nn.sigmoid),
+    ],
+)
 def test_energy_gradient_in_state_matches_finite_differences(variant, getkey):
     model = make_model(**variant)
     x = model.prior_mean() + 0.01 * jax.random.normal(getkey(), (model.dim,))
@@ -101,8 +118,10 @@ def test_log_joint_gradient_in_parameters_matches_finite_differences(getkey):
     @jax.jit
     def f(p):
         named = dict(zip(NAMES, p))
-        mod = model.replace(coefficients=dict(kappa=jnp.exp(named["kappa_scale"]) * kq, f=named["forcing"]),
-                            **{k: named[k] for k in NAMES[:6]})
+        mod = model.replace(
+            coefficients=dict(kappa=jnp.exp(named["kappa_scale"]) * kq, f=named["forcing"]),
+            **{k: named[k] for k in NAMES[:6]},
+        )
         return mod.log_joint(x, y)
 
     p0 = jnp.array([float(getattr(model, k)) for k in NAMES[:6]] + [0.1, 1.3])
@@ -114,8 +133,10 @@ def test_log_joint_gradient_in_parameters_matches_finite_differences(getkey):
         assert abs(g[i] - fd) <= 1e-6 * max(abs(g[i]), 1.0), (name, g[i], fd)
 
 
-@pytest.mark.parametrize("variant", [dict(mass="lumped"), dict(mass="consistent"),
-                                     dict(kernel="squared_exponential", ell_f=0.25)])
+@pytest.mark.parametrize(
+    "variant",
+    [dict(mass="lumped"), dict(mass="consistent"), dict(kernel="squared_exponential", ell_f=0.25)],
+)
 def test_prior_samples_have_the_prior_covariance(variant, getkey):
     model = make_model(n=7, **variant)
     N = 1500
@@ -144,8 +165,12 @@ def test_prior_samples_have_the_prior_covariance(variant, getkey):
 def test_dirichlet_dofs_are_fixed_and_lifted():
     V = fem.FunctionSpace(fem.unit_square(8), "P1")
     problem = fem.Poisson(V, dirichlet=lambda x: x[0] + 2 * x[1])
-    model = statfem.StatFEM(problem, np.array([[0.3, 0.4], [0.6, 0.7]]),
-                            coefficients=dict(kappa=1.0, f=1.0), sigma_f=0.1)
+    model = statfem.StatFEM(
+        problem,
+        np.array([[0.3, 0.4], [0.6, 0.7]]),
+        coefficients=dict(kappa=1.0, f=1.0),
+        sigma_f=0.1,
+    )
     assert model.dim == V.ndofs - V.boundary_dofs().size
     u = model.embed(model.prior_mean())
     ref = problem.solve(kappa=1.0, f=1.0)
@@ -157,7 +182,9 @@ def test_sparse_logabsdet_and_gradient(getkey):
     V = fem.FunctionSpace(fem.unit_square(6), "P1")
     A = fem.stiffness(V) + fem.mass(V, 3.0)
     dense = np.asarray(A.todense())
-    assert float(statfem.sparse_logabsdet(A)) == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-12)
+    assert float(statfem.sparse_logabsdet(A)) == pytest.approx(
+        np.linalg.slogdet(dense)[1], rel=1e-12
+    )
     g = jax.grad(lambda d: statfem.sparse_logabsdet(fem.SparseMatrix(d, A.pattern)))(A.data)
     inv = np.linalg.inv(dense)
     np.testing.assert_allclose(np.asarray(g), inv[A.pattern.cols, A.pattern.rows], rtol=1e-10)
@@ -166,10 +193,15 @@ def test_sparse_logabsdet_and_gradient(getkey):
 def test_kernel_matrix_values():
     pts = jnp.array([[0.0, 0.0], [0.3, 0.4]])
     r = 0.5
-    for kind, ref in [("squared_exponential", np.exp(-0.5 * r**2 / 0.2**2)),
-                      ("matern12", np.exp(-r / 0.2)),
-                      ("matern32", (1 + np.sqrt(3) * r / 0.2) * np.exp(-np.sqrt(3) * r / 0.2)),
-                      ("matern52", (1 + np.sqrt(5) * r / 0.2 + 5 * r**2 / (3 * 0.04)) * np.exp(-np.sqrt(5) * r / 0.2))]:
+    for kind, ref in [
+        ("squared_exponential", np.exp(-0.5 * r**2 / 0.2**2)),
+        ("matern12", np.exp(-r / 0.2)),
+        ("matern32", (1 + np.sqrt(3) * r / 0.2) * np.exp(-np.sqrt(3) * r / 0.2)),
+        (
+            "matern52",
+            (1 + np.sqrt(5) * r / 0.2 + 5 * r**2 / (3 * 0.04)) * np.exp(-np.sqrt(5) * r / 0.2),
+        ),
+    ]:
         K = statfem.kernel_matrix(pts, pts, sigma=2.0, length=0.2, kind=kind)
         assert float(K[0, 1]) == pytest.approx(4.0 * ref, rel=1e-12)
         assert float(K[0, 0]) == pytest.approx(4.0)

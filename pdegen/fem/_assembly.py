@@ -43,7 +43,9 @@ def stiffness(space: FunctionSpace, kappa=1.0) -> SparseMatrix:
     if G is not None:  # affine elements: one weight per cell times precomputed gradient products
         local = jnp.sum(w, axis=1)[:, None, None] * jnp.asarray(G, dtype=dtype)
     else:
-        local = jnp.einsum("eq,eidq,ejdq->eij", w, space.dphi.astype(dtype), space.dphi.astype(dtype))
+        local = jnp.einsum(
+            "eq,eidq,ejdq->eij", w, space.dphi.astype(dtype), space.dphi.astype(dtype)
+        )
     return assemble_local(space, local)
 
 
@@ -62,9 +64,12 @@ def lumped_mass(space: FunctionSpace, coefficient=1.0) -> jax.Array:
     _check_space(space, "lumped_mass")
     c = space.at_quadrature(coefficient, "lumped_mass(coefficient=...)")
     dtype = result_dtype(c.dtype, space.dx.dtype)
-    local = jnp.einsum("eq,eiq->ei", c.astype(dtype) * space.dx.astype(dtype), space.phi.astype(dtype))
-    return jax.ops.segment_sum(local.reshape(-1), jnp.asarray(space.element_dofs.reshape(-1)),
-                               num_segments=space.ndofs)
+    local = jnp.einsum(
+        "eq,eiq->ei", c.astype(dtype) * space.dx.astype(dtype), space.phi.astype(dtype)
+    )
+    return jax.ops.segment_sum(
+        local.reshape(-1), jnp.asarray(space.element_dofs.reshape(-1)), num_segments=space.ndofs
+    )
 
 
 def load(space: FunctionSpace, f=1.0) -> jax.Array:
@@ -72,7 +77,9 @@ def load(space: FunctionSpace, f=1.0) -> jax.Array:
     _check_space(space, "load")
     fq = space.at_quadrature(f, "load(f=...)")
     dtype = result_dtype(fq.dtype, space.dx.dtype)
-    local = jnp.einsum("eq,eiq->ei", fq.astype(dtype) * space.dx.astype(dtype), space.phi.astype(dtype))
+    local = jnp.einsum(
+        "eq,eiq->ei", fq.astype(dtype) * space.dx.astype(dtype), space.phi.astype(dtype)
+    )
     return _gather_sum(space, local)
 
 
@@ -116,7 +123,9 @@ def boundary_mass(space: FunctionSpace, coefficient=1.0, *, where=None) -> Spars
     dtype = result_dtype(c.dtype, dx.dtype)
     phi = jnp.asarray(q.phi).astype(dtype)
     local = jnp.einsum("eq,eiq,ejq->eij", c.astype(dtype) * dx.astype(dtype), phi, phi)
-    data = jax.ops.segment_sum(local.reshape(-1), jnp.asarray(q.slots), num_segments=space.pattern.nnz)
+    data = jax.ops.segment_sum(
+        local.reshape(-1), jnp.asarray(q.slots), num_segments=space.pattern.nnz
+    )
     return SparseMatrix(data, space.pattern)
 
 
@@ -127,9 +136,12 @@ def boundary_load(space: FunctionSpace, g=1.0, *, where=None) -> jax.Array:
     gq = _boundary_values(space, q, g, "boundary_load(g=...)")
     dx = jnp.asarray(q.dx)
     dtype = result_dtype(gq.dtype, dx.dtype)
-    local = jnp.einsum("eq,eiq->ei", gq.astype(dtype) * dx.astype(dtype), jnp.asarray(q.phi).astype(dtype))
-    return jax.ops.segment_sum(local.reshape(-1), jnp.asarray(q.element_dofs.reshape(-1)),
-                               num_segments=space.ndofs)
+    local = jnp.einsum(
+        "eq,eiq->ei", gq.astype(dtype) * dx.astype(dtype), jnp.asarray(q.phi).astype(dtype)
+    )
+    return jax.ops.segment_sum(
+        local.reshape(-1), jnp.asarray(q.element_dofs.reshape(-1)), num_segments=space.ndofs
+    )
 
 
 class DirichletBC:

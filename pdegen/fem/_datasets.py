@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-
 import time
 import zipfile
 
@@ -22,9 +21,9 @@ from ._space import FunctionSpace
 TASKS = {
     "poisson": "Laplacian(u) = a on the unit square, u = 0 on the boundary; a a GRF (alpha=2, tau=3)",
     "helmholtz": "Laplacian(u) + k^2 u = a with k = 1 on the unit square, u = 0 on the boundary; "
-                 "a a GRF (alpha=2, tau=3)",
+    "a a GRF (alpha=2, tau=3)",
     "darcy": "-div(a grad u) = 1 on the unit square, u = 0 on the boundary; a = 12 where a GRF "
-             "(alpha=2, tau=3) is >= 0, else 3",
+    "(alpha=2, tau=3) is >= 0, else 3",
 }
 CHANNELS = ["a", "u"]
 FORMAT_VERSION = 1
@@ -37,8 +36,15 @@ class PDETask:
     returns the relative FEM residual of a pair. ``pair`` is ``jit``/``vmap``/``grad``-able.
     """
 
-    def __init__(self, task: str, grid: int = 64, *, method: str = "auto", alpha: float = 2.0,
-                 tau: float = 3.0):
+    def __init__(
+        self,
+        task: str,
+        grid: int = 64,
+        *,
+        method: str = "auto",
+        alpha: float = 2.0,
+        tau: float = 3.0,
+    ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
         if int(grid) != grid or grid < 3:
@@ -77,8 +83,18 @@ class PDETask:
         return self.parameter.residual(a, u, smooth=False)
 
 
-def generate_dataset(task: str, n: int, *, key, grid: int = 64, batch_size: int = 64,
-                     progress: bool = True, dtype=np.float32, devices=None, method: str | None = None):
+def generate_dataset(
+    task: str,
+    n: int,
+    *,
+    key,
+    grid: int = 64,
+    batch_size: int = 64,
+    progress: bool = True,
+    dtype=np.float32,
+    devices=None,
+    method: str | None = None,
+):
     """Generate ``n`` pairs ``(a, u)`` as images: an array ``(n, 2, grid, grid)`` and metadata.
 
     Sample ``i`` uses ``jax.random.split(key, n)[i]``, so results do not depend on ``batch_size``
@@ -89,7 +105,9 @@ def generate_dataset(task: str, n: int, *, key, grid: int = 64, batch_size: int 
     if int(n) != n or n < 1:
         raise ValueError(f"generate_dataset: n must be a positive integer, got {n}")
     if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"generate_dataset: batch_size must be a positive integer, got {batch_size}")
+        raise ValueError(
+            f"generate_dataset: batch_size must be a positive integer, got {batch_size}"
+        )
     devices = list(devices) if devices is not None else jax.devices()
     sharded = len(devices) > 1
     if method is None:
@@ -113,7 +131,7 @@ def generate_dataset(task: str, n: int, *, key, grid: int = 64, batch_size: int 
     bar = _progress(int(n), f"pdegen data {task}", progress)
     t0 = time.perf_counter()
     for start in range(0, int(n), batch_size):
-        ks = keys[start:start + batch_size]
+        ks = keys[start : start + batch_size]
         m = ks.shape[0]
         if sharded:
             pad = (-m) % len(devices)
@@ -122,9 +140,9 @@ def generate_dataset(task: str, n: int, *, key, grid: int = 64, batch_size: int 
             ks = jax.device_put(ks, sharding)
         a, u, res = batch(ks)
         a, u, res = np.asarray(a)[:m], np.asarray(u)[:m], np.asarray(res)[:m]
-        out[start:start + m, 0] = a.reshape(m, t.grid, t.grid)
-        out[start:start + m, 1] = u.reshape(m, t.grid, t.grid)
-        residuals[start:start + m] = res
+        out[start : start + m, 0] = a.reshape(m, t.grid, t.grid)
+        out[start : start + m, 1] = u.reshape(m, t.grid, t.grid)
+        residuals[start : start + m] = res
         bar.update(m)
     bar.close()
     seconds = time.perf_counter() - t0
@@ -183,7 +201,9 @@ def save_dataset(path, fields, meta: dict) -> str:
         raise ValueError(f"save_dataset: path must end with .npz, got {path!r}")
     fields = np.asarray(fields)
     if fields.ndim != 4 or fields.shape[1] != len(meta.get("channels", CHANNELS)):
-        raise ValueError(f"save_dataset: fields must have shape (n, channels, ny, nx), got {fields.shape}")
+        raise ValueError(
+            f"save_dataset: fields must have shape (n, channels, ny, nx), got {fields.shape}"
+        )
     text = json.dumps(json_safe(meta), indent=2, allow_nan=False)
     _atomic_write_bytes(path, lambda fh: np.savez(fh, fields=fields, meta=np.array(text)))
     _atomic_write_bytes(path[:-4] + ".json", lambda fh: fh.write(text.encode()))
@@ -200,9 +220,13 @@ def load_dataset(path):
             entries = dict(z) if hasattr(z, "files") else None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         reason = type(err).__name__ if "pickle" in str(err) else f"{type(err).__name__}: {err}"
-        raise ValueError(f"load_dataset: {path!r} is not a pdegen data set (.npz) or is corrupt ({reason})") from None
+        raise ValueError(
+            f"load_dataset: {path!r} is not a pdegen data set (.npz) or is corrupt ({reason})"
+        ) from None
     if entries is None or "fields" not in entries or "meta" not in entries:
-        raise ValueError(f"load_dataset: {path!r} is not a readable pdegen data set (no 'fields'/'meta')")
+        raise ValueError(
+            f"load_dataset: {path!r} is not a readable pdegen data set (no 'fields'/'meta')"
+        )
     fields = entries["fields"]
     try:
         meta = json.loads(str(entries["meta"]))
@@ -210,7 +234,9 @@ def load_dataset(path):
         raise ValueError(f"load_dataset: {path!r} has unreadable metadata ({err})") from err
     expected = (meta.get("n"), len(meta.get("channels", [])), meta.get("grid"), meta.get("grid"))
     if fields.shape != expected:
-        raise ValueError(f"load_dataset: {path!r} holds fields of shape {fields.shape}, metadata says {expected}")
+        raise ValueError(
+            f"load_dataset: {path!r} holds fields of shape {fields.shape}, metadata says {expected}"
+        )
     if not np.all(np.isfinite(fields)):
         raise ValueError(f"load_dataset: {path!r} contains NaN or inf")
     return fields, meta

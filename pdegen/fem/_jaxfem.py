@@ -100,7 +100,8 @@ def _jaxfem_cells(space: FunctionSpace) -> np.ndarray:
     expected = np.concatenate(expected, axis=1)
     scale = np.ptp(x, axis=0).max()
     if (_signed_areas(x, cells[:, :nv]) <= 0).any() or not np.allclose(
-            x[cells], expected, rtol=0.0, atol=1e-10 * scale):
+        x[cells], expected, rtol=0.0, atol=1e-10 * scale
+    ):
         raise RuntimeError(  # pragma: no cover - guards against a change of scikit-fem's dof layout
             f"to_jaxfem_mesh: the local dof layout of {space.element} does not match jax-fem's "
             "node ordering"
@@ -123,8 +124,9 @@ def to_jaxfem_mesh(mesh_or_space):
     ele_type = _element_type(space, "to_jaxfem_mesh")
     _, generate_mesh = _jax_fem()
     cells = _jaxfem_cells(space)
-    return generate_mesh.Mesh(np.array(space.dof_coordinates, dtype=np.float64), cells,
-                              ele_type=ele_type)
+    return generate_mesh.Mesh(
+        np.array(space.dof_coordinates, dtype=np.float64), cells, ele_type=ele_type
+    )
 
 
 def _node_to_dof(points: np.ndarray, space: FunctionSpace, fn: str) -> np.ndarray:
@@ -180,7 +182,9 @@ def jaxfem_poisson(mesh_or_space, *, dirichlet=None, dirichlet_where=None, gauss
     if gauss_order is None:
         gauss_order = space.quadrature_order
     if not isinstance(gauss_order, (int, np.integer)) or gauss_order < 0:
-        raise ValueError(f"jaxfem_poisson: gauss_order must be a non-negative int, got {gauss_order!r}")
+        raise ValueError(
+            f"jaxfem_poisson: gauss_order must be a non-negative int, got {gauss_order!r}"
+        )
 
     bc_info = None
     if dirichlet is not None:
@@ -223,8 +227,10 @@ def jaxfem_poisson(mesh_or_space, *, dirichlet=None, dirichlet_where=None, gauss
 
         def coefficients(self, kappa=1.0, f=0.0, reaction=0.0):
             """``(kappa, f, reaction)`` at the quadrature points, each ``(ncells, nquad)``."""
-            return tuple(self._at_quadrature(c, name)
-                         for c, name in ((kappa, "kappa"), (f, "f"), (reaction, "reaction")))
+            return tuple(
+                self._at_quadrature(c, name)
+                for c, name in ((kappa, "kappa"), (f, "f"), (reaction, "reaction"))
+            )
 
         def set_params(self, params):
             """``params``: a dict with any of ``kappa``, ``f``, ``reaction`` (see coefficients)."""
@@ -262,8 +268,14 @@ def jaxfem_poisson(mesh_or_space, *, dirichlet=None, dirichlet_where=None, gauss
                 f"(2, {fe.num_cells}, {fe.num_quads}); got shape {v.shape}"
             )
 
-    return PoissonProblem(mesh=mesh, vec=1, dim=2, ele_type=mesh.ele_type,
-                          gauss_order=int(gauss_order), dirichlet_bc_info=bc_info)
+    return PoissonProblem(
+        mesh=mesh,
+        vec=1,
+        dim=2,
+        ele_type=mesh.ele_type,
+        gauss_order=int(gauss_order),
+        dirichlet_bc_info=bc_info,
+    )
 
 
 def _compiled_weak_residual(problem):
@@ -276,8 +288,9 @@ def _compiled_weak_residual(problem):
     def weak_residual(u, variables, node_to_dof, dof_to_node):
         # jax-fem relies on NumPy-style promotion; keep the caller's strict settings out of it.
         with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-            r_nodes = problem.compute_residual_vars([u[node_to_dof][:, None]], variables,
-                                                    problem.internal_vars_surfaces)[0]
+            r_nodes = problem.compute_residual_vars(
+                [u[node_to_dof][:, None]], variables, problem.internal_vars_surfaces
+            )[0]
         return r_nodes[:, 0][dof_to_node].astype(u.dtype)
 
     problem._pdegen_weak_residual = weak_residual
@@ -303,10 +316,14 @@ def jaxfem_residual(problem, space: FunctionSpace, *, dirichlet=None):
     """
     problem_module, _ = _jax_fem()
     if not isinstance(problem, problem_module.Problem):
-        raise TypeError(f"jaxfem_residual: problem must be a jax_fem.problem.Problem, got "
-                        f"{type(problem).__name__}")
+        raise TypeError(
+            f"jaxfem_residual: problem must be a jax_fem.problem.Problem, got "
+            f"{type(problem).__name__}"
+        )
     if not isinstance(space, FunctionSpace):
-        raise TypeError(f"jaxfem_residual: space must be a FunctionSpace, got {type(space).__name__}")
+        raise TypeError(
+            f"jaxfem_residual: space must be a FunctionSpace, got {type(space).__name__}"
+        )
     if problem.num_vars != 1 or problem.fes[0].vec != 1 or problem.dim != 2:
         raise ValueError(
             "jaxfem_residual: only problems with one scalar variable (vec=1) in 2-D are supported, "

@@ -76,7 +76,9 @@ class Mesh:
         scale = np.ptp(points, axis=0).max() ** 2
         tiny = np.abs(area) <= 1e-14 * scale
         if tiny.any():
-            raise ValueError(f"Mesh: cells {np.flatnonzero(tiny)[:10].tolist()} have zero area (degenerate)")
+            raise ValueError(
+                f"Mesh: cells {np.flatnonzero(tiny)[:10].tolist()} have zero area (degenerate)"
+            )
         if (area < 0).any():
             if reorient:
                 cells[area < 0] = cells[area < 0, ::-1]
@@ -168,7 +170,7 @@ class Mesh:
 
     # -- conversions -----------------------------------------------------------------
     @classmethod
-    def from_skfem(cls, mesh) -> "Mesh":
+    def from_skfem(cls, mesh) -> Mesh:
         """From a scikit-fem ``MeshTri``/``MeshQuad`` (e.g. ``MeshTri().refined(3)``)."""
         if not isinstance(mesh, (skfem.MeshTri, skfem.MeshQuad)):
             raise TypeError(
@@ -177,15 +179,25 @@ class Mesh:
             )
         return cls(mesh.p.T, mesh.t.T, reorient=True)
 
-    def refined(self, times: int = 1) -> "Mesh":
+    def refined(self, times: int = 1) -> Mesh:
         """Uniformly refined copy (through scikit-fem); grid structure is not kept."""
         return Mesh.from_skfem(self.skfem.refined(times))
 
 
 # ---------------------------------------------------------------------------- builders
 
-def rectangle(nx: int, ny: int | None = None, *, x0=0.0, x1=1.0, y0=0.0, y1=1.0,
-              cell_type: str = "triangle", diagonal: str = "right") -> Mesh:
+
+def rectangle(
+    nx: int,
+    ny: int | None = None,
+    *,
+    x0=0.0,
+    x1=1.0,
+    y0=0.0,
+    y1=1.0,
+    cell_type: str = "triangle",
+    diagonal: str = "right",
+) -> Mesh:
     """Structured mesh of ``[x0, x1] x [y0, y1]`` with ``nx x ny`` nodes.
 
     Node ``j * nx + i`` is at ``(x_i, y_j)``, so nodal values reshape to an ``(ny, nx)`` image
@@ -257,8 +269,14 @@ def delaunay(points, *, min_angle_area: float = 1e-10) -> Mesh:
 
 _MESHIO_CELL = {"triangle": "triangle", "quad": "quad"}
 # meshio cell types read as 2-D cells: the first 3 (triangles) or 4 (quads) nodes are the corners
-_READ_CELLS = {"triangle": ("triangle", 3), "triangle6": ("triangle", 3), "triangle7": ("triangle", 3),
-               "quad": ("quad", 4), "quad8": ("quad", 4), "quad9": ("quad", 4)}
+_READ_CELLS = {
+    "triangle": ("triangle", 3),
+    "triangle6": ("triangle", 3),
+    "triangle7": ("triangle", 3),
+    "quad": ("quad", 4),
+    "quad8": ("quad", 4),
+    "quad9": ("quad", 4),
+}
 # meshio's higher-order cells for degree-2 spaces (VTK node order: corners, edge midpoints, centre)
 _HIGHER_ORDER_CELL = {"triangle": "triangle6", "quad": "quad9"}
 # formats whose meshio writer and reader round-trip those cells with point data (tested)
@@ -289,8 +307,10 @@ def read_mesh(path) -> Mesh:
     if os.path.isdir(path):
         raise ValueError(f"read_mesh: {path!r} is a directory, not a mesh file")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"read_mesh: {path!r} is empty (0 bytes); expected a mesh file "
-                         "(gmsh .msh, .xdmf, .vtu, ...)")
+        raise ValueError(
+            f"read_mesh: {path!r} is empty (0 bytes); expected a mesh file "
+            "(gmsh .msh, .xdmf, .vtu, ...)"
+        )
     chatter = io.StringIO()  # meshio prints to the console before some failures
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
@@ -314,11 +334,15 @@ def read_mesh(path) -> Mesh:
         )
     kinds = {_READ_CELLS[t][0] for t, _ in blocks}
     if len(kinds) > 1:
-        raise ValueError(f"read_mesh: {path!r} mixes triangles and quads; pdegen needs one cell type")
+        raise ValueError(
+            f"read_mesh: {path!r} mixes triangles and quads; pdegen needs one cell type"
+        )
     cells = np.concatenate([np.asarray(d)[:, : _READ_CELLS[t][1]] for t, d in blocks])
     pts = np.asarray(m.points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] not in (2, 3):
-        raise ValueError(f"read_mesh: {path!r} has points of shape {pts.shape}; expected 2-D or 3-D points")
+        raise ValueError(
+            f"read_mesh: {path!r} has points of shape {pts.shape}; expected 2-D or 3-D points"
+        )
     if pts.shape[1] == 3:
         if np.ptp(pts[:, 2]) > 1e-12 * max(np.ptp(pts[:, :2]), 1.0):
             raise ValueError(f"read_mesh: {path!r} is not planar (z varies); pdegen meshes are 2-D")
@@ -368,8 +392,14 @@ def _lift_vertex_values(space, values):
     return out
 
 
-def write_mesh(path, mesh, *, point_data: dict | None = None, cell_data: dict | None = None,
-               higher_order: bool | None = None):
+def write_mesh(
+    path,
+    mesh,
+    *,
+    point_data: dict | None = None,
+    cell_data: dict | None = None,
+    higher_order: bool | None = None,
+):
     """Write a mesh with optional point / cell fields through meshio (format from the extension).
 
     Args:
@@ -397,16 +427,22 @@ def write_mesh(path, mesh, *, point_data: dict | None = None, cell_data: dict | 
     if space is not None:
         mesh = space.mesh
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"write_mesh: mesh must be a Mesh or a FunctionSpace, got {type(mesh).__name__}")
+        raise TypeError(
+            f"write_mesh: mesh must be a Mesh or a FunctionSpace, got {type(mesh).__name__}"
+        )
     base, ext = os.path.splitext(os.path.basename(path))
     ext = ext.lower()
     if not base or not ext:
-        raise ValueError(f"write_mesh: path {path!r} needs a file name with an extension (.msh, .vtu, .xdmf, ...)")
+        raise ValueError(
+            f"write_mesh: path {path!r} needs a file name with an extension (.msh, .vtu, .xdmf, ...)"
+        )
     degree2 = space is not None and space.degree == 2
     if higher_order is None:
         higher_order = degree2 and ext in _HIGHER_ORDER_EXTENSIONS
     elif higher_order and not degree2:
-        raise ValueError("write_mesh: higher_order=True needs a P2 / Q2 FunctionSpace as the mesh argument")
+        raise ValueError(
+            "write_mesh: higher_order=True needs a P2 / Q2 FunctionSpace as the mesh argument"
+        )
     vertex_dofs, ho_cells = _dof_layout(space) if space is not None else (None, None)
 
     def as_points(name, v):
@@ -420,17 +456,25 @@ def write_mesh(path, mesh, *, point_data: dict | None = None, cell_data: dict | 
             return v[vertex_dofs]
         if n == mesh.npoints:
             return _lift_vertex_values(space, v) if higher_order else v
-        hint = "" if space is not None else (
-            "; for a field of a P2 / Q2 space pass the FunctionSpace instead of the mesh"
+        hint = (
+            ""
+            if space is not None
+            else ("; for a field of a P2 / Q2 space pass the FunctionSpace instead of the mesh")
         )
-        expected = f"{mesh.npoints} (vertices)" + (f" or {space.ndofs} (dofs)" if space is not None else "")
-        raise ValueError(f"write_mesh: point_data[{name!r}] has {n} values, expected {expected}{hint}")
+        expected = f"{mesh.npoints} (vertices)" + (
+            f" or {space.ndofs} (dofs)" if space is not None else ""
+        )
+        raise ValueError(
+            f"write_mesh: point_data[{name!r}] has {n} values, expected {expected}{hint}"
+        )
 
     point_data = {k: as_points(k, v) for k, v in (point_data or {}).items()}
     cell_data = {k: np.asarray(v) for k, v in (cell_data or {}).items()}
     for name, v in cell_data.items():
         if v.ndim == 0 or v.shape[0] != mesh.ncells:
-            raise ValueError(f"write_mesh: cell_data[{name!r}] has shape {v.shape}, expected ({mesh.ncells}, ...)")
+            raise ValueError(
+                f"write_mesh: cell_data[{name!r}] has shape {v.shape}, expected ({mesh.ncells}, ...)"
+            )
 
     def split(kind, d):
         out = {}
@@ -438,7 +482,9 @@ def write_mesh(path, mesh, *, point_data: dict | None = None, cell_data: dict | 
             parts = {k + "_real": v.real, k + "_imag": v.imag} if np.iscomplexobj(v) else {k: v}
             for name, arr in parts.items():
                 if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
-                    raise TypeError(f"write_mesh: {kind}[{k!r}] must be numeric, got dtype {arr.dtype}")
+                    raise TypeError(
+                        f"write_mesh: {kind}[{k!r}] must be numeric, got dtype {arr.dtype}"
+                    )
                 if ext == ".msh":
                     arr = _gmsh_components(kind, name, arr)
                 out[name] = arr
@@ -491,6 +537,8 @@ def _gmsh_components(kind, name, arr):
         t[:, :2, :2] = flat.reshape(-1, 2, 2)
         return t.reshape(-1, 9)
     if width not in (1, 3, 9):
-        raise ValueError(f"write_mesh: {kind}[{name!r}] has {width} components; gmsh .msh files hold "
-                         "1 (scalar), 2 or 3 (vector) or 4 or 9 (tensor) components; use .vtu / .xdmf")
+        raise ValueError(
+            f"write_mesh: {kind}[{name!r}] has {width} components; gmsh .msh files hold "
+            "1 (scalar), 2 or 3 (vector) or 4 or 9 (tensor) components; use .vtu / .xdmf"
+        )
     return flat

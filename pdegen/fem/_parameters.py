@@ -28,9 +28,13 @@ class ParameterMap:
 
     def __init__(self, problem, **fixed):
         if not hasattr(problem, "solve") or not hasattr(problem, "space"):
-            raise TypeError(f"{type(self).__name__}: problem must be a pdegen.fem problem, got {type(problem).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: problem must be a pdegen.fem problem, got {type(problem).__name__}"
+            )
         if problem.space.mesh.npoints != problem.space.ndofs:
-            raise ValueError(f"{type(self).__name__}: the problem's space must have one dof per mesh vertex (P1 / Q1)")
+            raise ValueError(
+                f"{type(self).__name__}: the problem's space must have one dof per mesh vertex (P1 / Q1)"
+            )
         self.problem = problem
         self.fixed = dict(fixed)
 
@@ -63,7 +67,9 @@ class ParameterMap:
     def _check(self, a):
         a = jnp.asarray(a)
         if a.shape != (self.size,):
-            raise ValueError(f"{type(self).__name__}: a must have shape ({self.size},) (nodal values), got {a.shape}")
+            raise ValueError(
+                f"{type(self).__name__}: a must have shape ({self.size},) (nodal values), got {a.shape}"
+            )
         return a
 
     def solve(self, a, *, smooth: bool = True) -> jax.Array:
@@ -126,16 +132,28 @@ class ThresholdPermeability(ParameterMap):
     is their midpoint), else ``low``. Its smooth surrogate clips the cell mean to ``[low, high]``:
     cells with mixed corners get an intermediate value and gradients exist."""
 
-    def __init__(self, problem, *, low: float = 3.0, high: float = 12.0, threshold: float | None = None,
-                 f=1.0, **fixed):
+    def __init__(
+        self,
+        problem,
+        *,
+        low: float = 3.0,
+        high: float = 12.0,
+        threshold: float | None = None,
+        f=1.0,
+        **fixed,
+    ):
         if not 0 < low < high:
-            raise ValueError(f"ThresholdPermeability: need 0 < low < high, got low={low}, high={high}")
+            raise ValueError(
+                f"ThresholdPermeability: need 0 < low < high, got low={low}, high={high}"
+            )
         super().__init__(problem, f=f, **fixed)
         self.low, self.high = float(low), float(high)
         self.threshold = 0.5 * (self.low + self.high) if threshold is None else float(threshold)
 
     def coefficients(self, a) -> dict:
-        return dict(kappa=jnp.where(_cell_mean(self.mesh, a) >= self.threshold, self.high, self.low))
+        return dict(
+            kappa=jnp.where(_cell_mean(self.mesh, a) >= self.threshold, self.high, self.low)
+        )
 
     def smooth_coefficients(self, a) -> dict:
         return dict(kappa=jnp.clip(_cell_mean(self.mesh, a), self.low, self.high))

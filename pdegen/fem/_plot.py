@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-
 import numpy as np
 
 from .._io import atomic_path
@@ -22,12 +21,23 @@ def vertex_values(mesh: Mesh, values) -> np.ndarray:
     """Values at the mesh vertices from nodal values of a P1/Q1 or P2/Q2 space (vertex dofs come first)."""
     v = np.asarray(values)
     if v.ndim != 1 or v.shape[0] < mesh.npoints:
-        raise ValueError(f"vertex_values: expected at least {mesh.npoints} nodal values, got shape {v.shape}")
+        raise ValueError(
+            f"vertex_values: expected at least {mesh.npoints} nodal values, got shape {v.shape}"
+        )
     return v[: mesh.npoints]
 
 
-def plot_field(mesh: Mesh, values, *, ax=None, title: str | None = None, cmap: str = "viridis",
-               colorbar: bool = True, points=None, **kwargs):
+def plot_field(
+    mesh: Mesh,
+    values,
+    *,
+    ax=None,
+    title: str | None = None,
+    cmap: str = "viridis",
+    colorbar: bool = True,
+    points=None,
+    **kwargs,
+):
     """Plot nodal values (vertex values are used) with ``tripcolor``; optional sensor ``points`` (m, 2)."""
     import matplotlib.pyplot as plt
     import matplotlib.tri as mtri

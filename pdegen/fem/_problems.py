@@ -11,8 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._assembly import (DirichletBC, _boundary_values, boundary_load, boundary_mass, load, mass,
-                        stiffness)
+from ._assembly import (
+    DirichletBC,
+    _boundary_values,
+    boundary_load,
+    boundary_mass,
+    load,
+    mass,
+    stiffness,
+)
 from ._solve import _is_traced, linear_solve, solver_errors
 from ._space import FunctionSpace
 from ._sparse import result_dtype
@@ -39,7 +46,9 @@ def _check_positive(name, x):
         return
     _check_finite(name, v)
     if np.iscomplexobj(v) or np.any(v <= 0):
-        raise ValueError(f"{name} must be real and positive everywhere; min is {np.min(np.real(v)):g}")
+        raise ValueError(
+            f"{name} must be real and positive everywhere; min is {np.min(np.real(v)):g}"
+        )
 
 
 class _Problem:
@@ -47,12 +56,24 @@ class _Problem:
     bc: DirichletBC | None
     symmetric_positive_definite = False
 
-    def __init__(self, space: FunctionSpace, *, dirichlet=0.0, dirichlet_where=None,
-                 method: str = "auto", rtol: float = 1e-10, maxiter: int | None = None):
+    def __init__(
+        self,
+        space: FunctionSpace,
+        *,
+        dirichlet=0.0,
+        dirichlet_where=None,
+        method: str = "auto",
+        rtol: float = 1e-10,
+        maxiter: int | None = None,
+    ):
         if not isinstance(space, FunctionSpace):
-            raise TypeError(f"{type(self).__name__}: space must be a FunctionSpace, got {type(space).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: space must be a FunctionSpace, got {type(space).__name__}"
+            )
         self.space = space
-        self.bc = None if dirichlet is None else DirichletBC(space, dirichlet, where=dirichlet_where)
+        self.bc = (
+            None if dirichlet is None else DirichletBC(space, dirichlet, where=dirichlet_where)
+        )
         self.solver_options = dict(method=method, rtol=rtol, maxiter=maxiter)
 
     @property
@@ -147,8 +168,12 @@ class _Problem:
 
     def _solve_arrays(self, g, theta):
         A, b = self._system(g=g, **theta)
-        return linear_solve(A, b, symmetric_positive_definite=self.symmetric_positive_definite,
-                            **self.solver_options)
+        return linear_solve(
+            A,
+            b,
+            symmetric_positive_definite=self.symmetric_positive_definite,
+            **self.solver_options,
+        )
 
     def solve(self, *, g=None, **theta) -> jax.Array:
         """The finite-element solution, shape ``(ndofs,)``; gradients by one adjoint solve.
@@ -221,7 +246,9 @@ class Darcy(Poisson):
         field = jnp.asarray(field)
         mesh = self.space.mesh
         if field.shape != (mesh.npoints,):
-            raise ValueError(f"Darcy.permeability: field must have shape ({mesh.npoints},), got {field.shape}")
+            raise ValueError(
+                f"Darcy.permeability: field must have shape ({mesh.npoints},), got {field.shape}"
+            )
         cell_mean = jnp.mean(field[mesh.cells], axis=1)
         return jnp.where(cell_mean >= 0, high, low)
 
@@ -239,17 +266,36 @@ class Helmholtz(_Problem):
     _rhs_args = ("f", "h", "k")
     _boundary_args = ("h",)
 
-    def __init__(self, space: FunctionSpace, *, boundary: str = "dirichlet", dirichlet=0.0,
-                 dirichlet_where=None, impedance_where=None, method: str = "auto",
-                 rtol: float = 1e-10, maxiter: int | None = None):
+    def __init__(
+        self,
+        space: FunctionSpace,
+        *,
+        boundary: str = "dirichlet",
+        dirichlet=0.0,
+        dirichlet_where=None,
+        impedance_where=None,
+        method: str = "auto",
+        rtol: float = 1e-10,
+        maxiter: int | None = None,
+    ):
         if boundary not in ("dirichlet", "impedance"):
-            raise ValueError(f"Helmholtz: boundary must be 'dirichlet' or 'impedance', got {boundary!r}")
+            raise ValueError(
+                f"Helmholtz: boundary must be 'dirichlet' or 'impedance', got {boundary!r}"
+            )
         self.boundary = boundary
         self.impedance_where = impedance_where
-        super().__init__(space, dirichlet=dirichlet if boundary == "dirichlet" else None,
-                         dirichlet_where=dirichlet_where, method=method, rtol=rtol, maxiter=maxiter)
+        super().__init__(
+            space,
+            dirichlet=dirichlet if boundary == "dirichlet" else None,
+            dirichlet_where=dirichlet_where,
+            method=method,
+            rtol=rtol,
+            maxiter=maxiter,
+        )
         if method == "cg":
-            raise ValueError("Helmholtz: the system is indefinite; use method='direct', 'gmres' or 'bicgstab'")
+            raise ValueError(
+                "Helmholtz: the system is indefinite; use method='direct', 'gmres' or 'bicgstab'"
+            )
 
     def operator(self, k=1.0, q=0.0):
         _check_finite("Helmholtz: k", k)
@@ -257,7 +303,9 @@ class Helmholtz(_Problem):
         k = jnp.asarray(k)
         if k.ndim != 0:
             raise ValueError(f"Helmholtz: k must be a scalar wavenumber, got shape {k.shape}")
-        A = stiffness(self.space) - mass(self.space, (1.0 + self.space.at_quadrature(q, "q")) * k**2)
+        A = stiffness(self.space) - mass(
+            self.space, (1.0 + self.space.at_quadrature(q, "q")) * k**2
+        )
         if self.boundary == "impedance":
             ck = k.astype(result_dtype(k.dtype, np.complex64))
             A = A + boundary_mass(self.space, -1j * ck, where=self.impedance_where)

@@ -19,11 +19,15 @@ from ._sparse import SparseMatrix, default_float_dtype
 def _grid_shape(shape_or_mesh) -> tuple[tuple[int, int], Mesh | None]:
     if isinstance(shape_or_mesh, Mesh):
         if shape_or_mesh.grid_shape is None:
-            raise ValueError("gaussian_random_field: the mesh must be a structured grid (fem.unit_square/rectangle)")
+            raise ValueError(
+                "gaussian_random_field: the mesh must be a structured grid (fem.unit_square/rectangle)"
+            )
         return shape_or_mesh.grid_shape, shape_or_mesh
     shape = tuple(int(s) for s in shape_or_mesh)
     if len(shape) != 2 or min(shape) < 2:
-        raise ValueError(f"gaussian_random_field: shape must be (ny, nx) with both >= 2, got {shape_or_mesh}")
+        raise ValueError(
+            f"gaussian_random_field: shape must be (ny, nx) with both >= 2, got {shape_or_mesh}"
+        )
     return shape, None
 
 
@@ -58,8 +62,9 @@ def grf_from_white_noise(xi, *, alpha: float = 2.0, tau: float = 3.0) -> jax.Arr
     return jax.scipy.fft.idctn(std * xi, type=2, norm="ortho")
 
 
-def gaussian_random_field(shape_or_mesh, *, key, alpha: float = 2.0, tau: float = 3.0,
-                          dtype=None) -> jax.Array:
+def gaussian_random_field(
+    shape_or_mesh, *, key, alpha: float = 2.0, tau: float = 3.0, dtype=None
+) -> jax.Array:
     """A zero-mean Gaussian random field with covariance ``~ (-Laplacian + tau^2)^(-alpha)``.
 
     The DCT generator of the FNO and DiffusionPDE data sets (Neumann cosine modes).
@@ -81,7 +86,9 @@ def gaussian_random_field(shape_or_mesh, *, key, alpha: float = 2.0, tau: float 
     return mesh.from_image(field) if mesh is not None else field
 
 
-def matern_field(space: FunctionSpace, *, key, length_scale: float, sigma: float = 1.0) -> jax.Array:
+def matern_field(
+    space: FunctionSpace, *, key, length_scale: float, sigma: float = 1.0
+) -> jax.Array:
     """A Matérn field (smoothness ``nu = 1``) on any mesh, by the SPDE approach.
 
     Solves ``(kappa^2 - Laplacian) u = W`` with ``kappa = sqrt(8) / length_scale``, natural

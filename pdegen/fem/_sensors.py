@@ -11,8 +11,14 @@ from ._space import FunctionSpace
 from ._sparse import SparseMatrix, SparsityPattern, default_float_dtype
 
 
-def random_sensors(mesh: Mesh, *, key, fraction: float | None = None, count: int | None = None,
-                   interior: bool = False) -> np.ndarray:
+def random_sensors(
+    mesh: Mesh,
+    *,
+    key,
+    fraction: float | None = None,
+    count: int | None = None,
+    interior: bool = False,
+) -> np.ndarray:
     """Sorted indices of randomly chosen mesh nodes (a fixed ``key``, keyword-only, gives a fixed mask).
 
     Give either ``fraction`` in (0, 1] (DiffusionPDE observes about 3% of the grid) or ``count``.
@@ -30,7 +36,9 @@ def random_sensors(mesh: Mesh, *, key, fraction: float | None = None, count: int
             raise ValueError(f"random_sensors: fraction must lie in (0, 1], got {fraction}")
         count = max(1, int(round(fraction * mesh.npoints)))
     if int(count) != count or not 1 <= count <= candidates.size:
-        raise ValueError(f"random_sensors: count must be an integer in [1, {candidates.size}], got {count}")
+        raise ValueError(
+            f"random_sensors: count must be an integer in [1, {candidates.size}], got {count}"
+        )
     perm = np.asarray(jax.random.permutation(key, candidates.size))
     return np.sort(candidates[perm[: int(count)]])
 
@@ -39,9 +47,13 @@ def node_observation(space: FunctionSpace, nodes) -> SparseMatrix:
     """``H`` with ``H @ u = u[nodes]`` for a P1/Q1 space (vertex dofs), shape ``(m, ndofs)``."""
     nodes = np.asarray(nodes, dtype=np.int64)
     if nodes.ndim != 1 or nodes.size == 0:
-        raise ValueError(f"node_observation: nodes must be a non-empty 1-D index array, got shape {nodes.shape}")
+        raise ValueError(
+            f"node_observation: nodes must be a non-empty 1-D index array, got shape {nodes.shape}"
+        )
     if nodes.min() < 0 or nodes.max() >= space.mesh.npoints:
-        raise ValueError(f"node_observation: node indices must lie in [0, {space.mesh.npoints - 1}]")
+        raise ValueError(
+            f"node_observation: node indices must lie in [0, {space.mesh.npoints - 1}]"
+        )
     pattern = SparsityPattern(np.arange(nodes.size), nodes, (nodes.size, space.ndofs))
     return SparseMatrix(jnp.ones(nodes.size), pattern)
 
@@ -59,7 +71,9 @@ def misfit_energy(u, H, y, noise_std: float) -> jax.Array:
     u = jnp.asarray(u)
     y = jnp.asarray(y)
     if H.shape[1] != u.shape[-1]:
-        raise ValueError(f"misfit_energy: H has {H.shape[1]} columns but u has {u.shape[-1]} entries")
+        raise ValueError(
+            f"misfit_energy: H has {H.shape[1]} columns but u has {u.shape[-1]} entries"
+        )
     if y.shape != (H.shape[0],):
         raise ValueError(f"misfit_energy: y must have shape ({H.shape[0]},), got {y.shape}")
     if not noise_std > 0:

@@ -35,6 +35,7 @@ METHODS = ("auto", "direct", "cg", "bicgstab", "gmres")
 
 # ---------------------------------------------------------------------------- errors
 
+
 class LinearSolveError(ValueError):
     """A linear solve failed: a singular matrix, non-finite values, or a Krylov method that did
     not converge (the message gives the iterations actually run and the final residual)."""
@@ -113,6 +114,7 @@ class _Solver:
 
 # ---------------------------------------------------------------------------- direct (host)
 
+
 def _pattern_digest(pattern: SparsityPattern) -> bytes:
     """Content digest of a pattern's CSR structure (cached on the pattern; verified on each hit)."""
     digest = getattr(pattern, "_content_digest", None)
@@ -145,8 +147,11 @@ class _FactorCache:
 
     def get(self, pattern: SparsityPattern, data: np.ndarray):
         data = np.ascontiguousarray(data)
-        key = (_pattern_digest(pattern), data.dtype.str,
-               hashlib.blake2b(data.data, digest_size=16).digest())
+        key = (
+            _pattern_digest(pattern),
+            data.dtype.str,
+            hashlib.blake2b(data.data, digest_size=16).digest(),
+        )
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None and _same_matrix(entry, pattern, data):
@@ -163,8 +168,12 @@ class _FactorCache:
 
     def info(self) -> dict:
         with self._lock:
-            return {"entries": len(self._cache), "maxsize": self.size, "hits": self.hits,
-                    "misses": self.misses}
+            return {
+                "entries": len(self._cache),
+                "maxsize": self.size,
+                "hits": self.hits,
+                "misses": self.misses,
+            }
 
     def clear(self):
         with self._lock:
@@ -174,9 +183,14 @@ class _FactorCache:
 
 def _same_matrix(entry, pattern, data) -> bool:
     indptr, cols, values, _ = entry
-    return (indptr.shape == pattern.indptr.shape and np.array_equal(indptr, pattern.indptr)
-            and cols.shape == pattern.cols.shape and np.array_equal(cols, pattern.cols)
-            and values.shape == data.shape and np.array_equal(values, data))
+    return (
+        indptr.shape == pattern.indptr.shape
+        and np.array_equal(indptr, pattern.indptr)
+        and cols.shape == pattern.cols.shape
+        and np.array_equal(cols, pattern.cols)
+        and values.shape == data.shape
+        and np.array_equal(values, data)
+    )
 
 
 def _factorise(pattern: SparsityPattern, data: np.ndarray):
@@ -188,8 +202,10 @@ def _factorise(pattern: SparsityPattern, data: np.ndarray):
     try:
         lu = spla.splu(at)
     except RuntimeError as err:  # an exactly zero pivot
-        _fail(f"linear_solve(method='direct'): the matrix is singular (SuperLU: {err}); check the "
-              "boundary conditions and that the coefficients are positive")
+        _fail(
+            f"linear_solve(method='direct'): the matrix is singular (SuperLU: {err}); check the "
+            "boundary conditions and that the coefficients are positive"
+        )
     # Singular to working precision (e.g. a pure-Neumann Laplacian): a pivot of the partially
     # pivoted LU that is rounding noise relative to the largest entry of its column of the matrix
     # (column-relative, so a badly scaled but regular matrix, e.g. a tiny diffusivity next to
@@ -200,9 +216,11 @@ def _factorise(pattern: SparsityPattern, data: np.ndarray):
     eps = np.finfo(np.result_type(data.dtype, np.float32)).eps
     worst = int(np.argmin(ratio)) if ratio.size else 0
     if ratio.size and not ratio[worst] > n * eps:
-        _fail(f"linear_solve(method='direct'): the matrix is singular to working precision (an LU pivot "
-              f"is {ratio[worst]:.1e} of its column's largest entry); check the boundary conditions "
-              "and that the coefficients are positive")
+        _fail(
+            f"linear_solve(method='direct'): the matrix is singular to working precision (an LU pivot "
+            f"is {ratio[worst]:.1e} of its column's largest entry); check the boundary conditions "
+            "and that the coefficients are positive"
+        )
     return lu
 
 
@@ -246,8 +264,11 @@ def _host_solve(pattern, transpose, data, b):
             rhs = b_full[i].astype(np.result_type(lu.L.dtype, b_full.dtype))
             out_flat[i] = lu.solve(rhs, trans=trans)
     if not np.all(np.isfinite(out)):
-        what = "the right-hand side contains NaN or inf" if not np.all(np.isfinite(b)) else \
-            "the solution overflowed (the matrix is nearly singular)"
+        what = (
+            "the right-hand side contains NaN or inf"
+            if not np.all(np.isfinite(b))
+            else "the solution overflowed (the matrix is nearly singular)"
+        )
         _fail(f"linear_solve(method='direct'): non-finite solution: {what}")
     return out
 
@@ -311,8 +332,11 @@ def _restarted(cycle, matvec, b, tol, maxiter, max_restarts):
     init = (x0, jnp.zeros((), i32), status0, jnp.zeros((), i32), jnp.asarray(False))
     x, k, status, _, broke = lax.while_loop(cond, body, init)
     # Out of restarts: a persistent breakdown, or a residual that stopped decreasing.
-    status = jnp.where(status < 0, jnp.where(k >= maxiter, _MAXITER, jnp.where(broke, _BREAKDOWN, _STAGNATED)),
-                       status)
+    status = jnp.where(
+        status < 0,
+        jnp.where(k >= maxiter, _MAXITER, jnp.where(broke, _BREAKDOWN, _STAGNATED)),
+        status,
+    )
     return x, k, status
 
 
@@ -367,7 +391,9 @@ def _bicgstab(matvec, b, precond, tol, maxiter):
             rho = _vdot(rhat, r)
             scale = _norm(rhat) * _norm(r)
             broke = ~(jnp.abs(rho) > eps**2 * scale)
-            beta = (rho / jnp.where(broke, one, rho_prev)) * (alpha / jnp.where(omega == 0, one, omega))
+            beta = (rho / jnp.where(broke, one, rho_prev)) * (
+                alpha / jnp.where(omega == 0, one, omega)
+            )
             p = r + beta * (p - omega * v)
             phat = precond(p)
             v = matvec(phat)
@@ -379,7 +405,9 @@ def _bicgstab(matvec, b, precond, tol, maxiter):
             shat = precond(s_)
             t = matvec(shat)
             tt = jnp.real(_vdot(t, t))
-            omega = jnp.where(s_done | ~(tt > 0), 0.0, _vdot(t, s_) / jnp.where(tt > 0, tt, 1.0).astype(b.dtype))
+            omega = jnp.where(
+                s_done | ~(tt > 0), 0.0, _vdot(t, s_) / jnp.where(tt > 0, tt, 1.0).astype(b.dtype)
+            )
             broke = broke | (~s_done & ~(jnp.abs(omega) > 0))
             x_new = x + alpha * phat + omega * shat
             r_new = s_ - omega * t
@@ -448,7 +476,9 @@ def _gmres(matvec, b, precond, tol, maxiter, restart):
                 new_a = cs[i] * a + sn[i] * bb
                 new_b = -jnp.conj(sn[i]) * a + cs[i] * bb
                 live = i.astype(j.dtype) < j
-                return h.at[i].set(jnp.where(live, new_a, a)).at[i + 1].set(jnp.where(live, new_b, bb))
+                return (
+                    h.at[i].set(jnp.where(live, new_a, a)).at[i + 1].set(jnp.where(live, new_b, bb))
+                )
 
             h = lax.fori_loop(0, m, rotate, h)
             c, s_, rr = _givens(h[j], hn)  # c is real-valued, held in dtype
@@ -460,9 +490,13 @@ def _gmres(matvec, b, precond, tol, maxiter, restart):
             g = g.at[j].set(c * gj).at[j + 1].set(-jnp.conj(s_) * gj)
             return V, R, cs, sn, g, j + 1, k + 1
 
-        V, R, cs, sn, g, j, k = lax.while_loop(cond, body, (V, R, cs, sn, g, jnp.zeros((), jnp.int32), k0))
+        V, R, cs, sn, g, j, k = lax.while_loop(
+            cond, body, (V, R, cs, sn, g, jnp.zeros((), jnp.int32), k0)
+        )
         live = idx[:m] < j
-        Rl = jnp.where(live[:, None] & live[None, :], R, 0) + jnp.diag(jnp.where(live, 0, 1).astype(dtype))
+        Rl = jnp.where(live[:, None] & live[None, :], R, 0) + jnp.diag(
+            jnp.where(live, 0, 1).astype(dtype)
+        )
         y = jax.scipy.linalg.solve_triangular(Rl, jnp.where(live, g[:m], 0), lower=False)
         x = x + precond(V[:m].T @ y)
         return x, k, jnp.asarray(False)
@@ -471,8 +505,10 @@ def _gmres(matvec, b, precond, tol, maxiter, restart):
 
 
 _REASONS = {
-    "cg": ("the matrix is not symmetric positive definite (p^T A p <= 0); use method='gmres', "
-           "'bicgstab' or 'direct'"),
+    "cg": (
+        "the matrix is not symmetric positive definite (p^T A p <= 0); use method='gmres', "
+        "'bicgstab' or 'direct'"
+    ),
     "bicgstab": "BiCGSTAB broke down repeatedly; use method='gmres' (or 'cg' if A is SPD) or 'direct'",
     "gmres": "GMRES made no progress; use method='direct'",
 }
@@ -481,26 +517,44 @@ _REASONS = {
 def _krylov_message(method, status, iters, res, rtol, maxiter) -> str:
     head = f"linear_solve(method={method!r})"
     if not np.isfinite(res):
-        return (f"{head}: non-finite iterate after {iters} iterations (the matrix or right-hand "
-                "side contains NaN or inf, or the iteration diverged); use method='direct'")
+        return (
+            f"{head}: non-finite iterate after {iters} iterations (the matrix or right-hand "
+            "side contains NaN or inf, or the iteration diverged); use method='direct'"
+        )
     if status == _MAXITER:
-        return (f"{head} did not converge: relative residual {res:.2e} > rtol={rtol:g} after "
-                f"maxiter={maxiter} iterations; increase maxiter, loosen rtol, or use method='direct'")
+        return (
+            f"{head} did not converge: relative residual {res:.2e} > rtol={rtol:g} after "
+            f"maxiter={maxiter} iterations; increase maxiter, loosen rtol, or use method='direct'"
+        )
     if status == _STAGNATED:
-        return (f"{head} stagnated after {iters} of maxiter={maxiter} iterations at relative residual "
-                f"{res:.2e} > rtol={rtol:g} (below what this precision reaches?); loosen rtol or use "
-                "method='direct'")
-    return (f"{head} stopped after {iters} of maxiter={maxiter} iterations at relative residual "
-            f"{res:.2e} > rtol={rtol:g}: {_REASONS[method]}")
+        return (
+            f"{head} stagnated after {iters} of maxiter={maxiter} iterations at relative residual "
+            f"{res:.2e} > rtol={rtol:g} (below what this precision reaches?); loosen rtol or use "
+            "method='direct'"
+        )
+    return (
+        f"{head} stopped after {iters} of maxiter={maxiter} iterations at relative residual "
+        f"{res:.2e} > rtol={rtol:g}: {_REASONS[method]}"
+    )
 
 
 def _raise_krylov_failure(solver, x, status, iters, res):
-    status, iters, res = (np.broadcast_to(np.asarray(a), np.shape(status)) for a in (status, iters, res))
+    status, iters, res = (
+        np.broadcast_to(np.asarray(a), np.shape(status)) for a in (status, iters, res)
+    )
     bad = (status != _CONVERGED) | ~np.isfinite(res)
     if np.any(bad):
         i = tuple(np.argwhere(bad)[0])
-        _fail(_krylov_message(solver.method, int(status[i]), int(iters[i]), float(res[i]),
-                              solver.rtol, solver.maxiter))
+        _fail(
+            _krylov_message(
+                solver.method,
+                int(status[i]),
+                int(iters[i]),
+                float(res[i]),
+                solver.rtol,
+                solver.maxiter,
+            )
+        )
     return x
 
 
@@ -514,16 +568,24 @@ def _check_krylov(solver, x, status, iters, res):
         bad = jnp.any(status != _CONVERGED) | ~jnp.all(jnp.isfinite(res))
 
         def report(x):
-            return jax.pure_callback(functools.partial(_raise_krylov_failure, solver),
-                                     jax.ShapeDtypeStruct(x.shape, x.dtype), x, status, iters, res,
-                                     vmap_method="broadcast_all")
+            return jax.pure_callback(
+                functools.partial(_raise_krylov_failure, solver),
+                jax.ShapeDtypeStruct(x.shape, x.dtype),
+                x,
+                status,
+                iters,
+                res,
+                vmap_method="broadcast_all",
+            )
 
         return lax.cond(bad, report, lambda x: x, x)
 
     @check.def_vmap
     def check_batched(axis_size, in_batched, x, status, iters, res):
-        args = [a if batched else jnp.broadcast_to(a, (axis_size,) + jnp.shape(a))
-                for a, batched in zip((x, status, iters, res), in_batched, strict=True)]
+        args = [
+            a if batched else jnp.broadcast_to(a, (axis_size,) + jnp.shape(a))
+            for a, batched in zip((x, status, iters, res), in_batched, strict=True)
+        ]
         return check(*args), True
 
     return check(x, status, iters, res)
@@ -555,6 +617,7 @@ def _krylov_solve(solver: _Solver, data, b, transpose):
 
 
 # ---------------------------------------------------------------------------- adjoint
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _solve(solver: _Solver, data, b):
@@ -645,7 +708,9 @@ def linear_solve(
     if A.transposed:
         # Solve with the transposed matrix: swap the roles through the structural transpose.
         if A.pattern.transpose_perm is None:
-            raise ValueError("linear_solve: transposed solves need a structurally symmetric pattern")
+            raise ValueError(
+                "linear_solve: transposed solves need a structurally symmetric pattern"
+            )
         data = data[..., A.pattern.transpose_perm]
     # Evaluated now (eagerly, or under an eager grad / vmap), a failure is a one-line
     # LinearSolveError; while staged into a jit nothing runs here and this is a no-op.

@@ -27,8 +27,11 @@ def _evaluate(fn, x):
         return jnp.asarray(fn(x))
     try:
         return jnp.asarray(jax.jit(fn)(x))
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
-            jax.errors.TracerBoolConversionError):
+    except (
+        jax.errors.TracerArrayConversionError,
+        jax.errors.ConcretizationTypeError,
+        jax.errors.TracerBoolConversionError,
+    ):
         return jnp.asarray(fn(x))
 
 
@@ -88,7 +91,9 @@ class FunctionSpace:
         self.quadrature_points = q.x  # (2, ncells, nquad), host
         rows = np.repeat(self.element_dofs[:, :, None], self.element_dofs.shape[1], axis=2)
         cols = np.repeat(self.element_dofs[:, None, :], self.element_dofs.shape[1], axis=1)
-        self.pattern, self._coo_to_slot = SparsityPattern.from_coo(rows, cols, (self.ndofs, self.ndofs))
+        self.pattern, self._coo_to_slot = SparsityPattern.from_coo(
+            rows, cols, (self.ndofs, self.ndofs)
+        )
 
     def __repr__(self):
         return f"FunctionSpace({self.element}, ndofs={self.ndofs}, mesh={self.mesh!r})"
@@ -182,7 +187,9 @@ class FunctionSpace:
             mid = self.mesh.skfem.p[:, self.mesh.skfem.facets[:, facets]].mean(axis=1)
             keep = np.asarray(where(mid), dtype=bool)
             if keep.shape != facets.shape:
-                raise ValueError(f"boundary: where(x) must return {facets.size} booleans, got {keep.shape}")
+                raise ValueError(
+                    f"boundary: where(x) must return {facets.size} booleans, got {keep.shape}"
+                )
             return facets[keep]
         sel = np.asarray(where, dtype=np.int64)
         if not np.isin(sel, facets).all():

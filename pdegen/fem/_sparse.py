@@ -59,7 +59,11 @@ class SparsityPattern:
         pos = np.searchsorted(linear, diag_lin)
         pos = np.minimum(pos, max(self.nnz - 1, 0))
         present = self.nnz > 0 and True
-        self.diagonal = np.where(present & (linear[pos] == diag_lin), pos, -1) if self.nnz else -np.ones(n, np.int64)
+        self.diagonal = (
+            np.where(present & (linear[pos] == diag_lin), pos, -1)
+            if self.nnz
+            else -np.ones(n, np.int64)
+        )
         self.transpose_perm = None
         if nrows == ncols and self.nnz:
             tlin = cols * ncols + rows
@@ -68,7 +72,7 @@ class SparsityPattern:
                 self.transpose_perm = tpos
 
     @classmethod
-    def from_coo(cls, rows, cols, shape) -> tuple["SparsityPattern", np.ndarray]:
+    def from_coo(cls, rows, cols, shape) -> tuple[SparsityPattern, np.ndarray]:
         """Pattern of possibly repeated COO entries, and the map from each COO entry to its slot."""
         rows = np.asarray(rows, dtype=np.int64).ravel()
         cols = np.asarray(cols, dtype=np.int64).ravel()
@@ -111,7 +115,7 @@ class SparseMatrix(eqx.Module):
         return self.data.dtype
 
     @property
-    def T(self) -> "SparseMatrix":
+    def T(self) -> SparseMatrix:
         return SparseMatrix(self.data, self.pattern, not self.transposed)
 
     def matvec(self, x: jax.Array) -> jax.Array:
@@ -138,7 +142,9 @@ class SparseMatrix(eqx.Module):
         if other.transposed != self.transposed:
             raise ValueError("SparseMatrix addition: both operands must have the same orientation")
         dtype = result_dtype(self.data.dtype, other.data.dtype)
-        return SparseMatrix(self.data.astype(dtype) + other.data.astype(dtype), self.pattern, self.transposed)
+        return SparseMatrix(
+            self.data.astype(dtype) + other.data.astype(dtype), self.pattern, self.transposed
+        )
 
     def __sub__(self, other):
         return self + other * -1.0
@@ -148,7 +154,9 @@ class SparseMatrix(eqx.Module):
         if scalar.ndim != 0:
             raise ValueError("SparseMatrix * s: s must be a scalar")
         dtype = result_dtype(self.data.dtype, scalar.dtype)
-        return SparseMatrix(self.data.astype(dtype) * scalar.astype(dtype), self.pattern, self.transposed)
+        return SparseMatrix(
+            self.data.astype(dtype) * scalar.astype(dtype), self.pattern, self.transposed
+        )
 
     __rmul__ = __mul__
 

@@ -35,10 +35,21 @@ from ._guidance import energy_guidance
 __all__ = ["sample_constrained"]
 
 
-def sample_constrained(model, constraint: Callable, *, beta: float, num_samples: int, key,
-                       num_steps: int = 200, corrector_steps: int = 1, langevin_steps: int = 200,
-                       langevin_step_size: float = 1e-3, guidance_start: float | None = None,
-                       denoise_final: bool = False, sampler: str = "predictor_corrector"):
+def sample_constrained(
+    model,
+    constraint: Callable,
+    *,
+    beta: float,
+    num_samples: int,
+    key,
+    num_steps: int = 200,
+    corrector_steps: int = 1,
+    langevin_steps: int = 200,
+    langevin_step_size: float = 1e-3,
+    guidance_start: float | None = None,
+    denoise_final: bool = False,
+    sampler: str = "predictor_corrector",
+):
     """Samples ``(num_samples, *model.data_shape)`` (physical units) of ``p_data exp(-beta h)``.
 
     ``model`` is a trained :class:`pdegen.models.DiffusionModel`; ``constraint`` ``h(x)`` takes
@@ -60,10 +71,14 @@ def sample_constrained(model, constraint: Callable, *, beta: float, num_samples:
     if not beta >= 0:
         raise ValueError(f"sample_constrained(beta=...): must be >= 0, got {beta}")
     if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"sample_constrained(num_samples=...): must be a positive int, got {num_samples!r}")
+        raise ValueError(
+            f"sample_constrained(num_samples=...): must be a positive int, got {num_samples!r}"
+        )
     if sampler not in models.SAMPLERS:
-        raise ValueError(f"sample_constrained(sampler=...): expected one of "
-                         f"{sorted(models.SAMPLERS)}, got {sampler!r}")
+        raise ValueError(
+            f"sample_constrained(sampler=...): expected one of "
+            f"{sorted(models.SAMPLERS)}, got {sampler!r}"
+        )
     if langevin_steps < 0 or not langevin_step_size > 0:
         raise ValueError("sample_constrained: need langevin_steps >= 0 and langevin_step_size > 0")
     norm = model.normalisation
@@ -74,8 +89,10 @@ def sample_constrained(model, constraint: Callable, *, beta: float, num_samples:
 
     test = jax.eval_shape(constraint, jax.ShapeDtypeStruct(model.data_shape, jnp.float64))
     if test.shape != ():
-        raise ValueError(f"sample_constrained(constraint=...): h must return a scalar for one "
-                         f"example of shape {model.data_shape}, got shape {test.shape}")
+        raise ValueError(
+            f"sample_constrained(constraint=...): h must return a scalar for one "
+            f"example of shape {model.data_shape}, got shape {test.shape}"
+        )
     score = model.score
     if guidance_start is None:
         guidance_start = float(sde.time_from_scaled_sigma(jnp.asarray(4.0)))
@@ -86,8 +103,17 @@ def sample_constrained(model, constraint: Callable, *, beta: float, num_samples:
     k1, k2 = jr.split(key)
     dtype = jnp.zeros((), dtype=float).dtype
     options = {"corrector_steps": corrector_steps} if sampler == "predictor_corrector" else {}
-    z = models.sample(guided, sde, model.data_shape, num_samples, key=k1, method=sampler,
-                      num_steps=num_steps, dtype=dtype, **options)
+    z = models.sample(
+        guided,
+        sde,
+        model.data_shape,
+        num_samples,
+        key=k1,
+        method=sampler,
+        num_steps=num_steps,
+        dtype=dtype,
+        **options,
+    )
     t_min = jnp.asarray(sde.t_min, dtype=dtype)
 
     def drift(x):
@@ -96,7 +122,9 @@ def sample_constrained(model, constraint: Callable, *, beta: float, num_samples:
     def langevin(x, k):
         def body(x, kk):
             noise = jr.normal(kk, x.shape, dtype=x.dtype)
-            return x + langevin_step_size * drift(x) + jnp.sqrt(2 * langevin_step_size) * noise, None
+            return x + langevin_step_size * drift(x) + jnp.sqrt(
+                2 * langevin_step_size
+            ) * noise, None
 
         return jax.lax.scan(body, x, jr.split(k, langevin_steps))[0]
 

@@ -52,14 +52,20 @@ class FieldPosterior(NamedTuple):
 def check_problem(prior, likelihood) -> None:
     """Raise a clear error if ``prior`` and ``likelihood`` do not describe the same unknown field."""
     if not isinstance(prior, Prior):
-        raise TypeError(f"prior must be a pdegen.inverse.Prior (matern_prior, grf_prior, learned_prior), "
-                        f"got {type(prior).__name__}")
+        raise TypeError(
+            f"prior must be a pdegen.inverse.Prior (matern_prior, grf_prior, learned_prior), "
+            f"got {type(prior).__name__}"
+        )
     if not isinstance(likelihood, GaussianLikelihood):
-        raise TypeError(f"likelihood must be a pdegen.inverse.GaussianLikelihood (gaussian_likelihood), "
-                        f"got {type(likelihood).__name__}")
+        raise TypeError(
+            f"likelihood must be a pdegen.inverse.GaussianLikelihood (gaussian_likelihood), "
+            f"got {type(likelihood).__name__}"
+        )
     if prior.size != likelihood.size:
-        raise ValueError(f"prior: its field has {prior.size} nodal values but the likelihood's forward map takes "
-                         f"{likelihood.size}; build the prior on the likelihood's mesh")
+        raise ValueError(
+            f"prior: its field has {prior.size} nodal values but the likelihood's forward map takes "
+            f"{likelihood.size}; build the prior on the likelihood's mesh"
+        )
 
 
 class _Observe(eqx.Module):
@@ -71,7 +77,9 @@ class _Observe(eqx.Module):
 
     def __call__(self, x):
         a = self.prior.to_field(x)
-        pred = self.likelihood.whitener @ self.likelihood.forward(a).astype(self.likelihood.whitener.dtype)
+        pred = self.likelihood.whitener @ self.likelihood.forward(a).astype(
+            self.likelihood.whitener.dtype
+        )
         return (self.factor * pred).astype(x.dtype)
 
 
@@ -92,12 +100,18 @@ def _sample_batch(method, observe, y, noise_std, data_variance, keys, num_steps,
     prior = observe.prior
     sde = prior.sde
     dtype = jnp.dtype(prior.dtype)
-    problem = GuidanceProblem(prior.score, sde, observe, y, noise_std, data_variance, _step_weight(sde, num_steps))
+    problem = GuidanceProblem(
+        prior.score, sde, observe, y, noise_std, data_variance, _step_weight(sde, num_steps)
+    )
     guided = method.guide(problem)
     run = models.SAMPLERS[sampler]
-    x = jax.vmap(lambda k: run(guided, sde, prior.shape, key=k, num_steps=num_steps, dtype=dtype))(keys)
+    x = jax.vmap(lambda k: run(guided, sde, prior.shape, key=k, num_steps=num_steps, dtype=dtype))(
+        keys
+    )
     t = jnp.asarray(sde.t_min, dtype)
-    x = jax.vmap(lambda xi: sde.tweedie_denoiser(prior.score, xi, t))(x)  # the prior's Tweedie estimate
+    x = jax.vmap(lambda xi: sde.tweedie_denoiser(prior.score, xi, t))(
+        x
+    )  # the prior's Tweedie estimate
     return jax.vmap(prior.to_field)(x)
 
 
@@ -122,7 +136,7 @@ def sample_in_batches(run, key, num_samples: int, batch_size: int | None, progre
     keys = jax.random.split(key, num_samples)
     batches, times = [], []
     for start in range(0, num_samples, batch_size):
-        kb = keys[start:start + batch_size]
+        kb = keys[start : start + batch_size]
         n = kb.shape[0]
         if n < batch_size:  # pad to the compiled batch size
             kb = jnp.concatenate([kb, keys[: batch_size - n]])
@@ -138,9 +152,19 @@ def sample_in_batches(run, key, num_samples: int, batch_size: int | None, progre
     return np.concatenate(batches), float(per_sample), float(compile_s)
 
 
-def sample_field_posterior(prior: Prior, likelihood: GaussianLikelihood, *, method="tmpd", key, num_samples: int = 8,
-                           num_steps: int = 200, sampler: str = "euler_maruyama", batch_size: int | None = None,
-                           progress=None, data_scale: float | None = None) -> FieldPosterior:
+def sample_field_posterior(
+    prior: Prior,
+    likelihood: GaussianLikelihood,
+    *,
+    method="tmpd",
+    key,
+    num_samples: int = 8,
+    num_steps: int = 200,
+    sampler: str = "euler_maruyama",
+    batch_size: int | None = None,
+    progress=None,
+    data_scale: float | None = None,
+) -> FieldPosterior:
     """Posterior of the unknown field for a (prior, likelihood) pair; see :func:`sample_posterior`.
 
     ``data_scale`` (data units) sets the unit in which guidance measures the data (DPS's step is
@@ -154,15 +178,36 @@ def sample_field_posterior(prior: Prior, likelihood: GaussianLikelihood, *, meth
     elif isinstance(method, MAP):
         post = map_posterior(prior, likelihood, steps=method.steps)
     else:
-        return _guided_posterior(prior, likelihood, method, key=key, num_samples=num_samples, num_steps=num_steps,
-                                 sampler=sampler, batch_size=batch_size, progress=progress, data_scale=data_scale)
+        return _guided_posterior(
+            prior,
+            likelihood,
+            method,
+            key=key,
+            num_samples=num_samples,
+            num_steps=num_steps,
+            sampler=sampler,
+            batch_size=batch_size,
+            progress=progress,
+            data_scale=data_scale,
+        )
     if progress is not None:
         progress.update(num_samples)
     return post
 
 
-def _guided_posterior(prior, likelihood, method: Method, *, key, num_samples, num_steps, sampler, batch_size,
-                      progress, data_scale) -> FieldPosterior:
+def _guided_posterior(
+    prior,
+    likelihood,
+    method: Method,
+    *,
+    key,
+    num_samples,
+    num_steps,
+    sampler,
+    batch_size,
+    progress,
+    data_scale,
+) -> FieldPosterior:
     if sampler not in models.SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(models.SAMPLERS)}, got {sampler!r}")
     if not isinstance(num_steps, int) or num_steps < 2:
@@ -170,7 +215,9 @@ def _guided_posterior(prior, likelihood, method: Method, *, key, num_samples, nu
     dtype = jnp.dtype(prior.dtype)
     yw = np.asarray(likelihood.whitener @ likelihood.y, np.float64)
     if data_scale is None:
-        factor = 1.0 / max(float(np.sqrt(np.mean(yw**2))), 1e-12)  # whitened data scaled to unit RMS
+        factor = 1.0 / max(
+            float(np.sqrt(np.mean(yw**2))), 1e-12
+        )  # whitened data scaled to unit RMS
     elif float(data_scale) > 0 and math.isfinite(float(data_scale)):
         factor = likelihood.noise_std / float(data_scale)  # the data in units of data_scale
     else:
@@ -184,36 +231,60 @@ def _guided_posterior(prior, likelihood, method: Method, *, key, num_samples, nu
     run = lambda kb: _sample_batch(method, observe, y_n, noise, dv, kb, num_steps, sampler)  # noqa: E731
     samples, per_sample, compile_s = sample_in_batches(run, key, num_samples, batch_size, progress)
     if not np.all(np.isfinite(samples)):
-        raise FloatingPointError(f"sample_posterior: {method.label} produced non-finite fields; try more num_steps "
-                                 f"or another method")
+        raise FloatingPointError(
+            f"sample_posterior: {method.label} produced non-finite fields; try more num_steps "
+            f"or another method"
+        )
     samples = jnp.asarray(samples)
     std = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros(samples.shape[1])
-    return FieldPosterior(samples, samples.mean(0), std, method.label, float(per_sample), float(compile_s),
-                          {"data_variance": data_variance, "prior": prior.name})
+    return FieldPosterior(
+        samples,
+        samples.mean(0),
+        std,
+        method.label,
+        float(per_sample),
+        float(compile_s),
+        {"data_variance": data_variance, "prior": prior.name},
+    )
 
 
 def _whitened_linear(likelihood: GaussianLikelihood):
     if not likelihood.linear or not isinstance(likelihood.forward, LinearForward):
-        raise ValueError("the exact Gaussian posterior needs a linear forward map (this likelihood's is nonlinear; "
-                         "use method='map', 'dps' or 'pigdm')")
+        raise ValueError(
+            "the exact Gaussian posterior needs a linear forward map (this likelihood's is nonlinear; "
+            "use method='map', 'dps' or 'pigdm')"
+        )
     W = likelihood.whitener
     G = likelihood.forward
     return (lambda a: W @ G(a)), W @ likelihood.y
 
 
-def exact_posterior(prior: Prior, likelihood: GaussianLikelihood, *, key, num_samples: int = 8) -> FieldPosterior:
+def exact_posterior(
+    prior: Prior, likelihood: GaussianLikelihood, *, key, num_samples: int = 8
+) -> FieldPosterior:
     """The exact posterior of a Gaussian prior and a linear forward map (Matheron samples, exact
     mean and pointwise std): the Bayes-optimal floor every method is measured against."""
     check_problem(prior, likelihood)
     if not prior.gaussian:
-        raise ValueError(f"the exact posterior needs a Gaussian prior (matern_prior, grf_prior); {prior.name!r} is learned")
+        raise ValueError(
+            f"the exact posterior needs a Gaussian prior (matern_prior, grf_prior); {prior.name!r} is learned"
+        )
     forward_w, y_w = _whitened_linear(likelihood)
     t0 = time.perf_counter()
-    post = gaussian_posterior(prior.offset, prior.sqrt, forward_w, y_w, noise_std=1.0, z_shape=prior.z_shape)
+    post = gaussian_posterior(
+        prior.offset, prior.sqrt, forward_w, y_w, noise_std=1.0, z_shape=prior.z_shape
+    )
     samples = jax.block_until_ready(post.sample(key, num_samples))
     seconds = (time.perf_counter() - t0) / num_samples
-    return FieldPosterior(samples, post.mean, post.std, "bayes", float(seconds), 0.0,
-                          {"log_evidence": float(post.log_evidence), "prior_std": post.prior_std})
+    return FieldPosterior(
+        samples,
+        post.mean,
+        post.std,
+        "bayes",
+        float(seconds),
+        0.0,
+        {"log_evidence": float(post.log_evidence), "prior_std": post.prior_std},
+    )
 
 
 @eqx.filter_jit
@@ -227,30 +298,38 @@ def _map_run(prior, likelihood, steps):
     return lbfgs_minimise(objective, jnp.zeros(prior.z_shape, jnp.float64), steps)
 
 
-def map_posterior(prior: Prior, likelihood: GaussianLikelihood, *, steps: int = 2000) -> FieldPosterior:
+def map_posterior(
+    prior: Prior, likelihood: GaussianLikelihood, *, steps: int = 2000
+) -> FieldPosterior:
     """The MAP estimate under a Gaussian prior: ``argmin 0.5 ||z||^2 + 0.5 ||W (y - G(m + L z))||^2`` by
     L-BFGS (optax) in white-noise coordinates; any differentiable forward map (a nonlinear PDE
     solve differentiates by adjoint solves). A point estimate: one sample, zero spread."""
     check_problem(prior, likelihood)
     if not prior.gaussian:
-        raise ValueError(f"MAP needs a Gaussian prior (matern_prior, grf_prior); {prior.name!r} is learned")
+        raise ValueError(
+            f"MAP needs a Gaussian prior (matern_prior, grf_prior); {prior.name!r} is learned"
+        )
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"map: steps must be a positive int, got {steps!r}")
 
     t0 = time.perf_counter()
-    with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32 / int64 indices under x64
+    with jax.numpy_dtype_promotion(
+        "standard"
+    ):  # optax's L-BFGS mixes int32 / int64 indices under x64
         z, values = _map_run(prior, likelihood, steps)
     z = jax.block_until_ready(z)
     seconds = time.perf_counter() - t0
     if not bool(jnp.all(jnp.isfinite(z))):
         raise FloatingPointError("map: the optimisation diverged (non-finite estimate)")
     a = prior.offset + prior.sqrt(z)
-    return FieldPosterior(a[None], a, jnp.zeros_like(a), "map", float(seconds), 0.0,
-                          {"objective": np.asarray(values)})
+    return FieldPosterior(
+        a[None], a, jnp.zeros_like(a), "map", float(seconds), 0.0, {"objective": np.asarray(values)}
+    )
 
 
-def field_metrics(post: FieldPosterior, truth, *, likelihood: GaussianLikelihood | None = None,
-                  level: float = 0.9) -> dict:
+def field_metrics(
+    post: FieldPosterior, truth, *, likelihood: GaussianLikelihood | None = None, level: float = 0.9
+) -> dict:
     """``rel_l2`` of the posterior mean, ``coverage90`` of the central ``level`` interval (``nan`` for a
     point estimate), ``data_misfit`` (RMS whitened residual of the mean: about 1 at the noise
     level) and ``seconds_per_sample``."""
@@ -260,12 +339,16 @@ def field_metrics(post: FieldPosterior, truth, *, likelihood: GaussianLikelihood
     out = {
         "method": post.method,
         "rel_l2": float(relative_l2(post.mean, truth)),
-        "coverage90": (float("nan") if post.method == "map" else
-                       float(credible_interval_coverage(post.mean, interval_std(post, level), truth, level))),
+        "coverage90": (
+            float("nan")
+            if post.method == "map"
+            else float(
+                credible_interval_coverage(post.mean, interval_std(post, level), truth, level)
+            )
+        ),
         "seconds_per_sample": post.seconds_per_sample,
         "num_samples": int(post.samples.shape[0]),
     }
     if likelihood is not None:
         out["data_misfit"] = likelihood.misfit(post.mean)
     return out
-

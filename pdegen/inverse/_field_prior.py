@@ -54,7 +54,9 @@ class FieldPrior:
         return x * s + m
 
 
-def prior_from_model(model, *, channels: tuple | None = None, name: str | None = None) -> FieldPrior:
+def prior_from_model(
+    model, *, channels: tuple | None = None, name: str | None = None
+) -> FieldPrior:
     """A :class:`FieldPrior` from a :class:`pdegen.models.DiffusionModel` or a loaded checkpoint.
 
     The model must generate images ``(C, g, g)``; ``C = 2`` is read as channels ``(a, u)``,
@@ -69,19 +71,39 @@ def prior_from_model(model, *, channels: tuple | None = None, name: str | None =
         )
     if channels is None:
         if shape[0] not in (1, 2):
-            raise ValueError(f"prior_from_model: the model has {shape[0]} channels; expected 1 (a) or 2 (a, u)")
+            raise ValueError(
+                f"prior_from_model: the model has {shape[0]} channels; expected 1 (a) or 2 (a, u)"
+            )
         channels = CHANNELS[: shape[0]]
     channels = tuple(channels)
     if len(channels) != shape[0]:
-        raise ValueError(f"prior_from_model: channels {channels} do not match the model's {shape[0]} channel(s)")
+        raise ValueError(
+            f"prior_from_model: channels {channels} do not match the model's {shape[0]} channel(s)"
+        )
     dtype = str(jnp.dtype(getattr(model.network, "dtype", "float32")))
-    return FieldPrior(score=model, sde=model.sde, channels=channels, grid=shape[1],
-                      mean=tuple(model.normalisation.mean), std=tuple(model.normalisation.std),
-                      name=name or f"model {shape}", exact=False, dtype=dtype)
+    return FieldPrior(
+        score=model,
+        sde=model.sde,
+        channels=channels,
+        grid=shape[1],
+        mean=tuple(model.normalisation.mean),
+        std=tuple(model.normalisation.std),
+        name=name or f"model {shape}",
+        exact=False,
+        dtype=dtype,
+    )
 
 
-def gaussian_prior(grid: int, *, pde: str = "poisson", channels: tuple = ("a",), alpha: float = 2.0,
-                   tau: float = 3.0, sde: AbstractSDE | None = None, max_joint_grid: int = 40) -> FieldPrior:
+def gaussian_prior(
+    grid: int,
+    *,
+    pde: str = "poisson",
+    channels: tuple = ("a",),
+    alpha: float = 2.0,
+    tau: float = 3.0,
+    sde: AbstractSDE | None = None,
+    max_joint_grid: int = 40,
+) -> FieldPrior:
     """The exact score of the tasks' GRF prior (float64), as a :class:`FieldPrior`.
 
     ``channels=("a",)``: the GRF over ``a`` (DCT-diagonal score, any grid). ``channels=("a", "u")``:
@@ -94,14 +116,28 @@ def gaussian_prior(grid: int, *, pde: str = "poisson", channels: tuple = ("a",),
     sd_a = float(np.sqrt(np.sum(std**2) / grid**2))
     if channels == ("a",):
         score = GaussianScore(sde, jnp.asarray(std / sd_a), None, None, (1, grid, grid), "dct")
-        return FieldPrior(score, sde, channels, grid, (0.0,), (sd_a,), name="exact GRF score", exact=True,
-                          dtype="float64", grf=(float(alpha), float(tau)))
+        return FieldPrior(
+            score,
+            sde,
+            channels,
+            grid,
+            (0.0,),
+            (sd_a,),
+            name="exact GRF score",
+            exact=True,
+            dtype="float64",
+            grf=(float(alpha), float(tau)),
+        )
     if channels != CHANNELS:
         raise ValueError(f"gaussian_prior: channels must be ('a',) or ('a', 'u'), got {channels}")
     if pde not in LINEAR_PDES:
-        raise ValueError(f"gaussian_prior: a joint Gaussian prior needs a linear PDE {LINEAR_PDES}, got {pde!r}")
+        raise ValueError(
+            f"gaussian_prior: a joint Gaussian prior needs a linear PDE {LINEAR_PDES}, got {pde!r}"
+        )
     if grid > max_joint_grid:
-        raise ValueError(f"gaussian_prior: the joint Gaussian prior is dense; grid must be <= {max_joint_grid}, got {grid}")
+        raise ValueError(
+            f"gaussian_prior: the joint Gaussian prior is dense; grid must be <= {max_joint_grid}, got {grid}"
+        )
     S = solution_operator(physics_for(pde, grid))
     L = grf_sqrt_matrix(grid, alpha=alpha, tau=tau)
     SL = S @ L
@@ -109,13 +145,31 @@ def gaussian_prior(grid: int, *, pde: str = "poisson", channels: tuple = ("a",),
     J = np.concatenate([L / sd_a, SL / sd_u])  # normalised joint square root, (2 d, d)
     U, sv, _ = np.linalg.svd(J, full_matrices=False)
     keep = sv > 1e-10 * sv.max()
-    score = GaussianScore(sde, None, jnp.asarray(U[:, keep]), jnp.asarray(sv[keep] ** 2), (2, grid, grid), "eigen")
-    return FieldPrior(score, sde, channels, grid, (0.0, 0.0), (sd_a, sd_u), name="exact joint GRF score",
-                      exact=True, dtype="float64", grf=(float(alpha), float(tau)))
+    score = GaussianScore(
+        sde, None, jnp.asarray(U[:, keep]), jnp.asarray(sv[keep] ** 2), (2, grid, grid), "eigen"
+    )
+    return FieldPrior(
+        score,
+        sde,
+        channels,
+        grid,
+        (0.0, 0.0),
+        (sd_a, sd_u),
+        name="exact joint GRF score",
+        exact=True,
+        dtype="float64",
+        grf=(float(alpha), float(tau)),
+    )
 
 
-def dense_gaussian_prior(cov, grid: int, *, channels: tuple = CHANNELS, sde: AbstractSDE | None = None,
-                         name: str = "Gaussian prior") -> FieldPrior:
+def dense_gaussian_prior(
+    cov,
+    grid: int,
+    *,
+    channels: tuple = CHANNELS,
+    sde: AbstractSDE | None = None,
+    name: str = "Gaussian prior",
+) -> FieldPrior:
     """A zero-mean Gaussian prior with a given dense covariance of the flattened ``(C, g, g)`` field
     (normalised units), with its exact score. For tests and small examples."""
     sde = VPSDE() if sde is None else sde
@@ -125,15 +179,28 @@ def dense_gaussian_prior(cov, grid: int, *, channels: tuple = CHANNELS, sde: Abs
         raise ValueError(f"dense_gaussian_prior: cov must have shape ({d}, {d}), got {cov.shape}")
     w, V = np.linalg.eigh(0.5 * (cov + cov.T))
     w = np.maximum(w, 0.0)
-    score = GaussianScore(sde, None, jnp.asarray(V), jnp.asarray(w), (len(channels), grid, grid), "eigen")
-    return FieldPrior(score, sde, tuple(channels), grid, (0.0,) * len(channels), (1.0,) * len(channels),
-                      name=name, exact=False, dtype="float64")
+    score = GaussianScore(
+        sde, None, jnp.asarray(V), jnp.asarray(w), (len(channels), grid, grid), "eigen"
+    )
+    return FieldPrior(
+        score,
+        sde,
+        tuple(channels),
+        grid,
+        (0.0,) * len(channels),
+        (1.0,) * len(channels),
+        name=name,
+        exact=False,
+        dtype="float64",
+    )
 
 
 def check_prior_fits(prior: FieldPrior, task: InverseTask, route: str) -> None:
     """Raise a ``ValueError`` naming ``prior`` if its grid or channels do not fit ``task``/``route``."""
     if not isinstance(prior, FieldPrior):
-        raise TypeError(f"prior must be a FieldPrior (see prior_from_model, gaussian_prior), got {type(prior).__name__}")
+        raise TypeError(
+            f"prior must be a FieldPrior (see prior_from_model, gaussian_prior), got {type(prior).__name__}"
+        )
     if prior.grid != task.grid:
         raise ValueError(
             f"prior: generates {prior.grid}x{prior.grid} fields but task {task.name} is on a "
@@ -147,13 +214,23 @@ def check_prior_fits(prior: FieldPrior, task: InverseTask, route: str) -> None:
             f"use route='solve'"
         )
     if route == "solve" and prior.channels[0] != "a":
-        raise ValueError(f"prior: route='solve' needs channel 'a' first, got {tuple(prior.channels)}")
+        raise ValueError(
+            f"prior: route='solve' needs channel 'a' first, got {tuple(prior.channels)}"
+        )
 
 
 def as_mesh_prior(prior: FieldPrior, task: InverseTask) -> Prior:
     """Channel ``a`` of a grid prior as a :class:`Prior` on the task's mesh (the grid's nodes are
     the mesh's, in image order), for the general posterior path."""
     check_prior_fits(prior, task, "solve")
-    return Prior(prior.score, prior.sde, jnp.full(task.mesh.npoints, float(prior.mean[0])), float(prior.std[0]),
-                 None, prior.data_shape, 0, name=prior.name, dtype=prior.dtype)
-
+    return Prior(
+        prior.score,
+        prior.sde,
+        jnp.full(task.mesh.npoints, float(prior.mean[0])),
+        float(prior.std[0]),
+        None,
+        prior.data_shape,
+        0,
+        name=prior.name,
+        dtype=prior.dtype,
+    )

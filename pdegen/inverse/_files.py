@@ -23,6 +23,7 @@ __all__ = ["read_points", "read_values", "write_posterior", "plot_field_posterio
 
 # ------------------------------------------------------------------------------------- reading
 
+
 def _split(line: str) -> list[str]:
     return [f.strip() for f in line.split(",")] if "," in line else line.split()
 
@@ -39,13 +40,16 @@ def _parse_text(path: str, what: str) -> np.ndarray:
             rows.append([float(v) for v in fields])
         except ValueError:
             if rows or header_seen:
-                raise ValueError(f"{what}: {path!r} line {lineno}: expected numbers, "
-                                 f"got {text[:60]!r}") from None
+                raise ValueError(
+                    f"{what}: {path!r} line {lineno}: expected numbers, got {text[:60]!r}"
+                ) from None
             header_seen = True
             continue
         if len(rows[-1]) != len(rows[0]):
-            raise ValueError(f"{what}: {path!r} line {lineno} has {len(rows[-1])} values, "
-                             f"the first data line has {len(rows[0])}")
+            raise ValueError(
+                f"{what}: {path!r} line {lineno} has {len(rows[-1])} values, "
+                f"the first data line has {len(rows[0])}"
+            )
     if not rows:
         raise ValueError(f"{what}: {path!r} holds no numbers (empty file)")
     return np.asarray(rows, np.float64)
@@ -58,8 +62,10 @@ def _read_lines(path: str, what: str):
             try:
                 line = f.readline()
             except UnicodeDecodeError:
-                raise ValueError(f"{what}: {path!r} is not a text file (CSV or whitespace-separated "
-                                 f"numbers) nor a .npy array") from None
+                raise ValueError(
+                    f"{what}: {path!r} is not a text file (CSV or whitespace-separated "
+                    f"numbers) nor a .npy array"
+                ) from None
             if not line:
                 return
             yield line
@@ -93,8 +99,10 @@ def _check_finite(arr: np.ndarray, path: str, what: str, unit: str) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.flatnonzero(bad.reshape(arr.shape[0], -1).any(axis=1))
-        raise ValueError(f"{what}: {path!r} contains NaN or inf at {unit} "
-                         f"{rows[:10].tolist()} (0-based, header excluded)")
+        raise ValueError(
+            f"{what}: {path!r} contains NaN or inf at {unit} "
+            f"{rows[:10].tolist()} (0-based, header excluded)"
+        )
 
 
 def read_points(path) -> np.ndarray:
@@ -108,8 +116,10 @@ def read_points(path) -> np.ndarray:
     """
     path, arr = _read_table(path, "read_points")
     if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"read_points: {path!r} must hold sensor coordinates as two columns "
-                         f"(x, y), got shape {arr.shape}")
+        raise ValueError(
+            f"read_points: {path!r} must hold sensor coordinates as two columns "
+            f"(x, y), got shape {arr.shape}"
+        )
     _check_finite(arr, path, "read_points", "rows")
     return arr
 
@@ -127,19 +137,23 @@ def read_values(path) -> np.ndarray:
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
     if arr.ndim != 1:
-        raise ValueError(f"read_values: {path!r} must hold one column (or one row) of data, "
-                         f"got shape {arr.shape}")
+        raise ValueError(
+            f"read_values: {path!r} must hold one column (or one row) of data, "
+            f"got shape {arr.shape}"
+        )
     _check_finite(arr, path, "read_values", "entries")
     return arr
 
 
 # ------------------------------------------------------------------------------------- writing
 
+
 def _nodal(values, mesh: fem.Mesh, name: str) -> np.ndarray:
     v = np.asarray(values, np.float64)
     if v.shape != (mesh.npoints,):
-        raise ValueError(f"{name} must have shape ({mesh.npoints},) (one value per mesh node), "
-                         f"got {v.shape}")
+        raise ValueError(
+            f"{name} must have shape ({mesh.npoints},) (one value per mesh node), got {v.shape}"
+        )
     return v
 
 
@@ -156,8 +170,9 @@ def _point_fields(mesh: fem.Mesh, post, truth, max_samples: int) -> dict:
     return fields
 
 
-def write_posterior(out_dir, mesh: fem.Mesh, post, *, stem: str = "posterior", truth=None,
-                    max_samples: int = 8) -> list[str]:
+def write_posterior(
+    out_dir, mesh: fem.Mesh, post, *, stem: str = "posterior", truth=None, max_samples: int = 8
+) -> list[str]:
     """Write ``post`` (a :class:`FieldPosterior` of nodal values on ``mesh``) for ParaView.
 
     Files ``<stem>.xdmf`` (with its ``<stem>.h5``) and ``<stem>.vtu`` in ``out_dir``, with point
@@ -165,8 +180,9 @@ def write_posterior(out_dir, mesh: fem.Mesh, post, *, stem: str = "posterior", t
     ``truth`` and ``error`` (``mean - truth``). Returns the paths written.
     """
     if not isinstance(mesh, fem.Mesh):
-        raise TypeError(f"write_posterior: mesh must be a pdegen.fem.Mesh, "
-                        f"got {type(mesh).__name__}")
+        raise TypeError(
+            f"write_posterior: mesh must be a pdegen.fem.Mesh, got {type(mesh).__name__}"
+        )
     if not isinstance(max_samples, int) or max_samples < 0:
         raise ValueError(f"write_posterior: max_samples must be an int >= 0, got {max_samples!r}")
     if not stem or os.sep in stem or stem.startswith("."):
@@ -181,6 +197,7 @@ def write_posterior(out_dir, mesh: fem.Mesh, post, *, stem: str = "posterior", t
 
 # ------------------------------------------------------------------------------------ plotting
 
+
 def _panels(mesh, post, truth):
     """``(values, title, options)`` per panel; ``values`` ``None`` for a text-only panel."""
     mean = _nodal(post.mean, mesh, "post.mean")
@@ -189,8 +206,9 @@ def _panels(mesh, post, truth):
     lo, hi = float(both.min()), float(both.max())
     label = "MAP estimate" if post.method == "map" else "posterior mean"
     # Sensors go on the std panel, or on the estimate when there is no spread to show.
-    panels = [(mean, f"{post.method}: {label}", dict(cmap="cividis", vmin=lo, vmax=hi,
-                                                     sensors=point))]
+    panels = [
+        (mean, f"{post.method}: {label}", dict(cmap="cividis", vmin=lo, vmax=hi, sensors=point))
+    ]
     if point:
         panels.append((None, f"{post.method}: a point estimate\n(no posterior spread)", {}))
     else:
@@ -200,13 +218,19 @@ def _panels(mesh, post, truth):
         err = np.abs(mean - truth)
         rel = np.linalg.norm(mean - truth) / max(np.linalg.norm(truth), 1e-300)
         panels.append((truth, "truth", dict(cmap="cividis", vmin=lo, vmax=hi)))
-        panels.append((err, f"|{'estimate' if point else 'mean'} - truth| (rel. L2 {rel:.3f})",
-                       dict(cmap="Reds", vmin=0.0)))
+        panels.append(
+            (
+                err,
+                f"|{'estimate' if point else 'mean'} - truth| (rel. L2 {rel:.3f})",
+                dict(cmap="Reds", vmin=0.0),
+            )
+        )
     return panels
 
 
-def plot_field_posterior(path, mesh: fem.Mesh, post, *, sensors=None, truth=None,
-                         title: str = "") -> str:
+def plot_field_posterior(
+    path, mesh: fem.Mesh, post, *, sensors=None, truth=None, title: str = ""
+) -> str:
     """A PNG of ``post`` on ``mesh``: the posterior mean and std (``sensors`` ``(m, 2)`` drawn as
     markers on the std), and the truth and the error ``|mean - truth|`` when ``truth`` is given.
     Quads are drawn as two triangles. Written atomically; returns ``path``."""
@@ -218,14 +242,16 @@ def plot_field_posterior(path, mesh: fem.Mesh, post, *, sensors=None, truth=None
     from pdegen.fem import plot_field, save_figure
 
     if not isinstance(mesh, fem.Mesh):
-        raise TypeError(f"plot_field_posterior: mesh must be a pdegen.fem.Mesh, "
-                        f"got {type(mesh).__name__}")
+        raise TypeError(
+            f"plot_field_posterior: mesh must be a pdegen.fem.Mesh, got {type(mesh).__name__}"
+        )
     truth = None if truth is None else _nodal(truth, mesh, "truth")
     if sensors is not None:
         sensors = np.asarray(sensors, np.float64)
         if sensors.ndim != 2 or sensors.shape[1] != 2:
-            raise ValueError(f"plot_field_posterior: sensors must have shape (m, 2), "
-                             f"got {sensors.shape}")
+            raise ValueError(
+                f"plot_field_posterior: sensors must have shape (m, 2), got {sensors.shape}"
+            )
     panels = _panels(mesh, post, truth)
     ncols = 2
     nrows = (len(panels) + 1) // 2
@@ -238,8 +264,16 @@ def plot_field_posterior(path, mesh: fem.Mesh, post, *, sensors=None, truth=None
         pts = sensors if opts.pop("sensors", False) else None
         plot_field(mesh, values, ax=ax, title=ttl, **opts)
         if pts is not None:
-            ax.plot(pts[:, 0], pts[:, 1], "o", ms=4, mfc="none", mec="cyan", mew=1.0,
-                    label=f"{pts.shape[0]} sensors")
+            ax.plot(
+                pts[:, 0],
+                pts[:, 1],
+                "o",
+                ms=4,
+                mfc="none",
+                mec="cyan",
+                mew=1.0,
+                label=f"{pts.shape[0]} sensors",
+            )
             ax.legend(loc="lower left", fontsize=7, framealpha=0.6)
     if title:
         fig.suptitle(title, fontsize=9)

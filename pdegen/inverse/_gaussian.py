@@ -9,7 +9,8 @@ fields with many thousands of unknowns are cheap when ``m`` is a few hundred.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,9 @@ def _linear_fn(op, in_shape, name):
         for s in in_shape:
             size *= s
         if op.shape[1] != size:
-            raise ValueError(f"{name} has {op.shape[1]} columns, expected {size} (input shape {in_shape})")
+            raise ValueError(
+                f"{name} has {op.shape[1]} columns, expected {size} (input shape {in_shape})"
+            )
         return lambda v: op @ jnp.ravel(v)
     raise TypeError(f"{name} must be a matrix, a sparse matrix with @, or a linear function")
 
@@ -76,8 +79,9 @@ class GaussianPosterior(NamedTuple):
         return jnp.mean(jnp.abs(truth - self.mean) <= half)
 
 
-def gaussian_posterior(prior_mean, prior_sqrt, forward, y, *, noise_std: float,
-                       z_shape: tuple[int, ...] | None = None) -> GaussianPosterior:
+def gaussian_posterior(
+    prior_mean, prior_sqrt, forward, y, *, noise_std: float, z_shape: tuple[int, ...] | None = None
+) -> GaussianPosterior:
     """Exact posterior of ``x = prior_mean + L z``, ``y = G x + N(0, noise_std^2 I)``.
 
     Args:
@@ -96,14 +100,19 @@ def gaussian_posterior(prior_mean, prior_sqrt, forward, y, *, noise_std: float,
         raise ValueError(f"gaussian_posterior: noise_std must be > 0, got {noise_std}")
     if z_shape is None:
         z_shape = (prior_sqrt.shape[1],) if hasattr(prior_sqrt, "shape") else prior_mean.shape
-    L = prior_sqrt if callable(prior_sqrt) and not hasattr(prior_sqrt, "shape") else (
-        lambda z: (prior_sqrt @ z).reshape(prior_mean.shape))
+    L = (
+        prior_sqrt
+        if callable(prior_sqrt) and not hasattr(prior_sqrt, "shape")
+        else (lambda z: (prior_sqrt @ z).reshape(prior_mean.shape))
+    )
     G = _linear_fn(forward, prior_mean.shape, "gaussian_posterior: forward")
     dtype = prior_mean.dtype
     z0 = jnp.zeros(z_shape, dtype)
     y0 = G(prior_mean)
     if y0.shape != y.shape:
-        raise ValueError(f"gaussian_posterior: forward maps to shape {y0.shape}, but y has shape {y.shape}")
+        raise ValueError(
+            f"gaussian_posterior: forward maps to shape {y0.shape}, but y has shape {y.shape}"
+        )
 
     # Columns of L^T G^T: one VJP each (G and L are linear, so VJPs at any point are exact).
     _, vjp_G = jax.vjp(G, prior_mean)

@@ -14,7 +14,8 @@ Observation models ``y = A(x_0) + e``, ``e ~ N(0, noise_std^2 I)``: ``A`` is a d
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -38,7 +39,9 @@ def _as_operator(observe, shape):
                 f"(shape {shape})"
             )
         return lambda x: observe @ jnp.ravel(x)
-    raise TypeError("observe must be a matrix (m, d), a sparse matrix with @, or a callable x0 -> y")
+    raise TypeError(
+        "observe must be a matrix (m, d), a sparse matrix with @, or a callable x0 -> y"
+    )
 
 
 def tweedie_mean(score_fn: ScoreFn, sde, x, t):
@@ -61,7 +64,9 @@ def _check_observations(y, noise_std):
     return y
 
 
-def dps(score_fn: ScoreFn, sde, observe, y, *, scale: float = 1.0, noise_std: float = 0.0) -> ScoreFn:
+def dps(
+    score_fn: ScoreFn, sde, observe, y, *, scale: float = 1.0, noise_std: float = 0.0
+) -> ScoreFn:
     """Diffusion posterior sampling (Chung et al. 2023).
 
     Adds ``-scale * grad_x ||y - A(m(x))|| / ||y - A(m(x))||``-style guidance: precisely
@@ -102,8 +107,9 @@ def _gaussian_guidance(score_fn, sde, observe, y, noise_std, covariance_term):
     return guided
 
 
-def pigdm(score_fn: ScoreFn, sde, observe, y, *, noise_std: float = 0.0,
-          data_variance: float = 1.0) -> ScoreFn:
+def pigdm(
+    score_fn: ScoreFn, sde, observe, y, *, noise_std: float = 0.0, data_variance: float = 1.0
+) -> ScoreFn:
     """Pseudoinverse-guided diffusion (Song et al. 2023): ``p(y|x_t) ~ N(A m, r_t^2 A A^T + s^2 I)``
     with ``r_t^2 = data_variance * sigma_t^2 / (alpha_t^2 data_variance + sigma_t^2)`` (the posterior
     variance of ``x_0`` under an isotropic Gaussian prior). ``A A^T`` is formed densely (``m`` VJPs)."""
@@ -122,8 +128,16 @@ def pigdm(score_fn: ScoreFn, sde, observe, y, *, noise_std: float = 0.0,
     return _gaussian_guidance(score_fn, sde, observe, y, noise_std, covariance)
 
 
-def tmpd(score_fn: ScoreFn, sde, observe, y, *, noise_std: float = 0.0,
-         variant: str = "full", jitter: float = 1e-10) -> ScoreFn:
+def tmpd(
+    score_fn: ScoreFn,
+    sde,
+    observe,
+    y,
+    *,
+    noise_std: float = 0.0,
+    variant: str = "full",
+    jitter: float = 1e-10,
+) -> ScoreFn:
     """Tweedie moment projected diffusion (Boys et al. 2024).
 
     ``p(y | x_t) ~ N(A m_{0|t}, A C_{0|t} A^T + noise_std^2 I)`` with ``C_{0|t} = (sigma_t^2 / alpha_t)
@@ -165,9 +179,14 @@ def tmpd(score_fn: ScoreFn, sde, observe, y, *, noise_std: float = 0.0,
     return _gaussian_guidance(score_fn, sde, observe, y, noise_std, covariance)
 
 
-def energy_guidance(score_fn: ScoreFn, sde, energy: Callable[[jax.Array], jax.Array], *,
-                    weight: float | Callable[[jax.Array], jax.Array] = 1.0,
-                    start: float = 1.0) -> ScoreFn:
+def energy_guidance(
+    score_fn: ScoreFn,
+    sde,
+    energy: Callable[[jax.Array], jax.Array],
+    *,
+    weight: float | Callable[[jax.Array], jax.Array] = 1.0,
+    start: float = 1.0,
+) -> ScoreFn:
     """Guidance by an energy of the denoised estimate: ``score - w(t) grad_x U(E[x_0|x_t])``.
 
     ``energy`` is any differentiable ``U(x0) -> scalar`` (a PDE residual energy from
@@ -199,7 +218,7 @@ class StatFEMLikelihood(NamedTuple):
     sigma_e: float = 1e-2
 
     @classmethod
-    def from_model(cls, model) -> "StatFEMLikelihood":
+    def from_model(cls, model) -> StatFEMLikelihood:
         """The observation part of a :class:`pdegen.fem.statfem.StatFEM` model."""
         return cls(*(float(getattr(model, k)) for k in ("rho", "sigma_d", "ell_d", "sigma_e")))
 
@@ -209,7 +228,9 @@ class StatFEMLikelihood(NamedTuple):
 
         sensors = jnp.asarray(sensors)
         if sensors.ndim != 2 or sensors.shape[1] != 2:
-            raise ValueError(f"StatFEMLikelihood: sensors must be points (m, 2), got shape {sensors.shape}")
+            raise ValueError(
+                f"StatFEMLikelihood: sensors must be points (m, 2), got shape {sensors.shape}"
+            )
         m = sensors.shape[0]
         Cd = kernel_matrix(sensors, sensors, sigma=self.sigma_d, length=self.ell_d)
         return Cd + self.sigma_e**2 * jnp.eye(m, dtype=Cd.dtype)
@@ -220,11 +241,13 @@ class StatFEMLikelihood(NamedTuple):
         cov = np.asarray(self.covariance(sensors), np.float64) / float(scale) ** 2
         return np.linalg.inv(np.linalg.cholesky(cov))
 
-    def check(self) -> "StatFEMLikelihood":
+    def check(self) -> StatFEMLikelihood:
         for name in ("sigma_d", "ell_d", "sigma_e"):
             v = float(getattr(self, name))
             if not (v >= 0 if name == "sigma_d" else v > 0) or not math.isfinite(v):
-                raise ValueError(f"StatFEMLikelihood: {name} must be {'>= 0' if name == 'sigma_d' else '> 0'}, got {v}")
+                raise ValueError(
+                    f"StatFEMLikelihood: {name} must be {'>= 0' if name == 'sigma_d' else '> 0'}, got {v}"
+                )
         if not math.isfinite(float(self.rho)) or float(self.rho) == 0:
             raise ValueError(f"StatFEMLikelihood: rho must be finite and non-zero, got {self.rho}")
         return self
@@ -247,8 +270,18 @@ def whitened_observation(observe, y, likelihood: StatFEMLikelihood, sensors):
     return observe_w, solve(y)
 
 
-def statfem_guidance(score_fn: ScoreFn, sde, observe, y, *, sensors, likelihood: StatFEMLikelihood | None = None,
-                     model=None, guidance: str = "tmpd", variant: str = "full") -> ScoreFn:
+def statfem_guidance(
+    score_fn: ScoreFn,
+    sde,
+    observe,
+    y,
+    *,
+    sensors,
+    likelihood: StatFEMLikelihood | None = None,
+    model=None,
+    guidance: str = "tmpd",
+    variant: str = "full",
+) -> ScoreFn:
     """statFEM-likelihood guidance: TMPD or PiGDM under the model-error-aware likelihood
     ``y = rho A(x_0) + d + e``, ``d + e ~ N(0, C_d + sigma_e^2 I)``.
 

@@ -11,8 +11,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["register", "run_invert", "run_invert_mesh", "run_demo", "compare_methods",
-           "format_table", "DEMO_METHODS"]
+__all__ = [
+    "register",
+    "run_invert",
+    "run_invert_mesh",
+    "run_demo",
+    "compare_methods",
+    "format_table",
+    "DEMO_METHODS",
+]
 
 DEMO_METHODS = ("bayes", "map", "pigdm", "dps", "diffusionpde")
 TASK_METHODS = ("bayes", "tmpd")
@@ -34,7 +41,9 @@ def _enable_compilation_cache():
     """Persist compiled samplers between runs (the demo is mostly compilation on a first run)."""
     import jax
 
-    folder = os.environ.get("PDEGEN_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pdegen", "jax"))
+    folder = os.environ.get(
+        "PDEGEN_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pdegen", "jax")
+    )
     try:
         os.makedirs(folder, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", folder)
@@ -58,8 +67,13 @@ def find_shipped_prior(pde: str = "poisson") -> str:
     return matching[0]
 
 
-def load_prior(prior: str | None = None, checkpoint: str | None = None, *, grid: int | None = None,
-               pde: str = "poisson"):
+def load_prior(
+    prior: str | None = None,
+    checkpoint: str | None = None,
+    *,
+    grid: int | None = None,
+    pde: str = "poisson",
+):
     """A :class:`FieldPrior` from ``--checkpoint PATH``, ``--prior NAME`` / ``exact`` / ``exact-joint``."""
     from pdegen.models import load_checkpoint, load_pretrained
 
@@ -77,9 +91,21 @@ def load_prior(prior: str | None = None, checkpoint: str | None = None, *, grid:
     return prior_from_model(load_pretrained(name), name=name)
 
 
-def compare_methods(prior, task, methods, *, key, num_samples: int = 4, num_steps: int = 100,
-                    sampler: str = "euler_maruyama", route: str | None = None, project: bool = False,
-                    options: dict | None = None, progress: bool = True, batch_size: int | None = None):
+def compare_methods(
+    prior,
+    task,
+    methods,
+    *,
+    key,
+    num_samples: int = 4,
+    num_steps: int = 100,
+    sampler: str = "euler_maruyama",
+    route: str | None = None,
+    project: bool = False,
+    options: dict | None = None,
+    progress: bool = True,
+    batch_size: int | None = None,
+):
     """Run ``methods`` on one task; returns ``(rows, posteriors)`` with one metrics dict per method."""
     import jax
 
@@ -91,8 +117,12 @@ def compare_methods(prior, task, methods, *, key, num_samples: int = 4, num_step
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_samples * len(methods), desc=f"{task.name} {task.grid}x{task.grid}", unit="sample",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=num_samples * len(methods),
+            desc=f"{task.name} {task.grid}x{task.grid}",
+            unit="sample",
+            dynamic_ncols=True,
+        )
     rows, posts = [], {}
     try:
         for i, method in enumerate(methods):
@@ -101,9 +131,20 @@ def compare_methods(prior, task, methods, *, key, num_samples: int = 4, num_step
             kw = dict(METHOD_DEFAULTS.get(method, {}))
             kw.update(options.get(method, {}))
             t0 = time.perf_counter()
-            post = sample_posterior(prior, task, method=method, key=jax.random.fold_in(key, i), num_samples=num_samples,
-                                    num_steps=num_steps, sampler=sampler, route=route, project=project,
-                                    progress=bar, batch_size=batch_size, **kw)
+            post = sample_posterior(
+                prior,
+                task,
+                method=method,
+                key=jax.random.fold_in(key, i),
+                num_samples=num_samples,
+                num_steps=num_steps,
+                sampler=sampler,
+                route=route,
+                project=project,
+                progress=bar,
+                batch_size=batch_size,
+                **kw,
+            )
             row = evaluate(post, task)
             row["wall_seconds"] = time.perf_counter() - t0
             row["compile_seconds"] = post.compile_seconds
@@ -123,8 +164,10 @@ def format_table(rows) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = r.get("ratio_to_bayes", float("nan"))
-        lines.append(f"{r['method']:<21}{r['route']:<7}{r['rel_l2']:>9.3f}{ratio:>9.2f}{r['coverage90']:>9.2f}"
-                     f"{r['pde_residual']:>10.1e}{r['seconds_per_sample']:>10.3f}")
+        lines.append(
+            f"{r['method']:<21}{r['route']:<7}{r['rel_l2']:>9.3f}{ratio:>9.2f}{r['coverage90']:>9.2f}"
+            f"{r['pde_residual']:>10.1e}{r['seconds_per_sample']:>10.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -166,15 +209,34 @@ def plot_posteriors(task, posts, path, *, title: str = ""):
         rel = np.linalg.norm(mean - truth[c]) / np.linalg.norm(truth[c])
         point = p.method == "map"  # a point estimate: no spread to show
         label = "MAP estimate" if point else "posterior mean"
-        show(axes[i, 0], mean, f"{m}: {label} (rel. L2 {rel:.3f})", cmap="cividis", vmin=vmin, vmax=vmax)
+        show(
+            axes[i, 0],
+            mean,
+            f"{m}: {label} (rel. L2 {rel:.3f})",
+            cmap="cividis",
+            vmin=vmin,
+            vmax=vmax,
+        )
         if point:
             axes[i, 1].axis("off")
-            axes[i, 1].text(0.5, 0.5, f"{m}: a point estimate\n(no posterior spread)", fontsize=8, ha="center",
-                            va="center")
+            axes[i, 1].text(
+                0.5,
+                0.5,
+                f"{m}: a point estimate\n(no posterior spread)",
+                fontsize=8,
+                ha="center",
+                va="center",
+            )
         else:
             show(axes[i, 1], std, f"{m}: posterior std", cmap="magma")
-        show(axes[i, 2], np.abs(mean - truth[c]), f"{m}: |{'estimate' if point else 'mean'} - truth|", cmap="Reds",
-             vmin=0, vmax=emax)
+        show(
+            axes[i, 2],
+            np.abs(mean - truth[c]),
+            f"{m}: |{'estimate' if point else 'mean'} - truth|",
+            cmap="Reds",
+            vmin=0,
+            vmax=emax,
+        )
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
     plt.close(fig)
@@ -184,11 +246,23 @@ def plot_posteriors(task, posts, path, *, title: str = ""):
 def _write_outputs(out, task, rows, posts, settings, stem):
     from pdegen._io import write_json_atomic
 
-    png = plot_posteriors(task, posts, os.path.join(out, stem + ".png"),
-                          title=f"{task.name}, {task.grid}x{task.grid}, {task.num_sensors} sensors\n"
-                                f"prior: {settings.get('prior')}")
-    payload = {"task": task.name, "grid": task.grid, "sensors": task.num_sensors, "noise_std": task.noise_std,
-               "seed": task.seed, "index": task.index, "settings": settings, "rows": rows}
+    png = plot_posteriors(
+        task,
+        posts,
+        os.path.join(out, stem + ".png"),
+        title=f"{task.name}, {task.grid}x{task.grid}, {task.num_sensors} sensors\n"
+        f"prior: {settings.get('prior')}",
+    )
+    payload = {
+        "task": task.name,
+        "grid": task.grid,
+        "sensors": task.num_sensors,
+        "noise_std": task.noise_std,
+        "seed": task.seed,
+        "index": task.index,
+        "settings": settings,
+        "rows": rows,
+    }
     write_json_atomic(os.path.join(out, stem + ".json"), payload)
     return png, os.path.join(out, stem + ".json")
 
@@ -199,11 +273,14 @@ def _task_sensor_fraction(value) -> float:
     try:
         fraction = float(value)
     except ValueError:
-        raise ValueError(f"--sensors: in task mode give the fraction of grid nodes observed "
-                         f"(e.g. 0.03), got {value!r}; a file of sensor coordinates needs --mesh"
-                         ) from None
+        raise ValueError(
+            f"--sensors: in task mode give the fraction of grid nodes observed "
+            f"(e.g. 0.03), got {value!r}; a file of sensor coordinates needs --mesh"
+        ) from None
     if not 0 < fraction <= 1:
-        raise ValueError(f"--sensors: the fraction of grid nodes observed must be in (0, 1], got {value}")
+        raise ValueError(
+            f"--sensors: the fraction of grid nodes observed must be in (0, 1], got {value}"
+        )
     return fraction
 
 
@@ -246,18 +323,26 @@ def check_prior_fits_task(prior, methods, route, *, grid) -> None:
     if not sampled:
         return
     if prior.grid != grid:
-        raise ValueError(f"--grid {grid}: the prior {prior.name} generates {prior.grid}x{prior.grid} fields, "
-                         f"so --method {' '.join(sampled)} cannot run on a {grid}x{grid} task; drop --grid "
-                         f"(the prior's grid is the default), use --prior exact, or a prior trained on "
-                         f"{grid}x{grid} fields (--checkpoint)")
+        raise ValueError(
+            f"--grid {grid}: the prior {prior.name} generates {prior.grid}x{prior.grid} fields, "
+            f"so --method {' '.join(sampled)} cannot run on a {grid}x{grid} task; drop --grid "
+            f"(the prior's grid is the default), use --prior exact, or a prior trained on "
+            f"{grid}x{grid} fields (--checkpoint)"
+        )
     for m in sampled:
-        r = route or ("joint" if tuple(prior.channels) == CHANNELS and m == "diffusionpde" else "solve")
+        r = route or (
+            "joint" if tuple(prior.channels) == CHANNELS and m == "diffusionpde" else "solve"
+        )
         if r == "joint" and tuple(prior.channels) != CHANNELS:
-            raise ValueError(f"--route joint (for --method {m}) needs a joint prior over {CHANNELS}; "
-                             f"{prior.name} has channels {tuple(prior.channels)}; use --route solve")
+            raise ValueError(
+                f"--route joint (for --method {m}) needs a joint prior over {CHANNELS}; "
+                f"{prior.name} has channels {tuple(prior.channels)}; use --route solve"
+            )
         if r == "solve" and prior.channels[0] != "a":
-            raise ValueError(f"--method {m}: the prior {prior.name} must have channel 'a' first, "
-                             f"got {tuple(prior.channels)}")
+            raise ValueError(
+                f"--method {m}: the prior {prior.name} must have channel 'a' first, "
+                f"got {tuple(prior.channels)}"
+            )
 
 
 def run_invert(args) -> int:
@@ -280,19 +365,51 @@ def run_invert(args) -> int:
     grid = prior.grid if args.grid is None else args.grid
     methods = args.method or list(TASK_METHODS)
     check_prior_fits_task(prior, methods, args.route, grid=grid)
-    task = make_task(args.task, grid=grid, sensor_fraction=sensors, noise=noise, seed=args.seed,
-                     index=args.index, discrepancy=args.discrepancy, discrepancy_length=args.discrepancy_length)
-    options = {m: {k: v for k, v in (("scale", args.scale), ("physics_weight", args.physics_weight)) if v is not None}
-               for m in methods}
+    task = make_task(
+        args.task,
+        grid=grid,
+        sensor_fraction=sensors,
+        noise=noise,
+        seed=args.seed,
+        index=args.index,
+        discrepancy=args.discrepancy,
+        discrepancy_length=args.discrepancy_length,
+    )
+    options = {
+        m: {
+            k: v
+            for k, v in (("scale", args.scale), ("physics_weight", args.physics_weight))
+            if v is not None
+        }
+        for m in methods
+    }
     t0 = time.perf_counter()
-    rows, posts = compare_methods(prior, task, methods, key=jax.random.key(args.seed), num_samples=args.samples,
-                                  num_steps=args.steps, sampler=args.sampler, route=args.route, project=args.project,
-                                  options=options, progress=not args.quiet)
-    settings = {"prior": prior.name, "samples": args.samples, "steps": args.steps, "sampler": args.sampler,
-                "route": args.route, "project": args.project}
+    rows, posts = compare_methods(
+        prior,
+        task,
+        methods,
+        key=jax.random.key(args.seed),
+        num_samples=args.samples,
+        num_steps=args.steps,
+        sampler=args.sampler,
+        route=args.route,
+        project=args.project,
+        options=options,
+        progress=not args.quiet,
+    )
+    settings = {
+        "prior": prior.name,
+        "samples": args.samples,
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "route": args.route,
+        "project": args.project,
+    }
     png, js = _write_outputs(args.out, task, rows, posts, settings, task.name)
-    print(f"pdegen invert {task.name}: {task.grid}x{task.grid} grid, {task.num_sensors} sensors on {task.observed}, "
-          f"recover {task.target}; prior {prior.name}")
+    print(
+        f"pdegen invert {task.name}: {task.grid}x{task.grid} grid, {task.num_sensors} sensors on {task.observed}, "
+        f"recover {task.target}; prior {prior.name}"
+    )
     print(format_table(rows))
     print(f"wrote {png}, {js} ({time.perf_counter() - t0:.1f} s)")
     return 0
@@ -335,13 +452,16 @@ def check_mesh_options(args) -> list:
     names = _field_method_names()
     for m in methods:
         if m not in names:
-            raise ValueError(f"--method {m} is a task-mode method; with --mesh use "
-                             f"{', '.join(names)}")
+            raise ValueError(
+                f"--method {m} is a task-mode method; with --mesh use {', '.join(names)}"
+            )
     if len(set(methods)) != len(methods):
         raise ValueError(f"--method lists a method twice: {' '.join(methods)}")
     if args.noise is None:
-        raise ValueError("--noise: with --mesh give the noise standard deviation of the data in "
-                         "data units (> 0), e.g. --noise 0.01")
+        raise ValueError(
+            "--noise: with --mesh give the noise standard deviation of the data in "
+            "data units (> 0), e.g. --noise 0.01"
+        )
     _positive("--noise", args.noise)
     for flag, value in (("--length-scale", args.length_scale), ("--prior-std", args.prior_std)):
         _positive(flag, value)
@@ -353,17 +473,23 @@ def check_mesh_options(args) -> list:
     if args.rank is not None and args.rank < 1:
         raise ValueError(f"--rank must be >= 1, got {args.rank}")
     if args.pde in NONLINEAR_PDES and "bayes" in methods:
-        raise ValueError(f"--method bayes: the exact posterior needs a linear forward map, but "
-                         f"--pde {args.pde} is nonlinear in a ({MESH_PDES[args.pde]}); use map, "
-                         f"pigdm, tmpd or dps")
+        raise ValueError(
+            f"--method bayes: the exact posterior needs a linear forward map, but "
+            f"--pde {args.pde} is nonlinear in a ({MESH_PDES[args.pde]}); use map, "
+            f"pigdm, tmpd or dps"
+        )
     if args.prior in ("exact", "exact-joint"):
-        raise ValueError(f"--prior {args.prior} is for task mode; with --mesh use --prior matern "
-                         f"(a Gaussian prior on any mesh) or a shipped prior name")
+        raise ValueError(
+            f"--prior {args.prior} is for task mode; with --mesh use --prior matern "
+            f"(a Gaussian prior on any mesh) or a shipped prior name"
+        )
     if _is_learned(args):
         closed = [m for m in methods if m in GAUSSIAN_ONLY_METHODS]
         if closed:
-            raise ValueError(f"--method {' '.join(closed)} needs a Gaussian prior (--prior matern);"
-                             f" a learned prior has no closed form: use pigdm, tmpd or dps")
+            raise ValueError(
+                f"--method {' '.join(closed)} needs a Gaussian prior (--prior matern);"
+                f" a learned prior has no closed form: use pigdm, tmpd or dps"
+            )
     return methods
 
 
@@ -380,8 +506,13 @@ class MeshInputs(NamedTuple):
 
 
 def _require_files(args) -> None:
-    for flag, path in (("--mesh", args.mesh), ("--sensors", args.sensors), ("--data", args.data),
-                       ("--truth", args.truth), ("--checkpoint", args.checkpoint)):
+    for flag, path in (
+        ("--mesh", args.mesh),
+        ("--sensors", args.sensors),
+        ("--data", args.data),
+        ("--truth", args.truth),
+        ("--checkpoint", args.checkpoint),
+    ):
         if path is None:
             if flag in ("--sensors", "--data"):
                 raise ValueError(f"{flag} FILE is required with --mesh")
@@ -398,16 +529,21 @@ def _check_prior_fits(args, npoints: int) -> None:
             names = available_pretrained()
             if args.prior not in names:
                 listing = ", ".join(names) if names else "none installed"
-                raise ValueError(f"--prior {args.prior!r}: not 'matern' nor a shipped prior "
-                                 f"({listing}); or pass --checkpoint PATH")
+                raise ValueError(
+                    f"--prior {args.prior!r}: not 'matern' nor a shipped prior "
+                    f"({listing}); or pass --checkpoint PATH"
+                )
         return
     if args.rank is None and npoints > MAX_DENSE_NODES:
-        raise ValueError(f"--prior matern: the mesh has {npoints} nodes, too many for a dense "
-                         f"covariance (at most {MAX_DENSE_NODES}); give --rank (e.g. --rank 500) "
-                         f"for a truncated prior")
+        raise ValueError(
+            f"--prior matern: the mesh has {npoints} nodes, too many for a dense "
+            f"covariance (at most {MAX_DENSE_NODES}); give --rank (e.g. --rank 500) "
+            f"for a truncated prior"
+        )
     if args.rank is not None and args.rank >= npoints:
-        raise ValueError(f"--rank must be below the number of mesh nodes ({npoints}), "
-                         f"got {args.rank}")
+        raise ValueError(
+            f"--rank must be below the number of mesh nodes ({npoints}), got {args.rank}"
+        )
 
 
 def _read_mesh(path):
@@ -432,8 +568,10 @@ def _read_mesh(path):
             detail = f"{detail} {err}"
         elif not isinstance(err, SystemExit):
             detail = f"{detail} {type(err).__name__}: {err}"
-        raise ValueError(f"--mesh {path!r}: not a readable mesh file (gmsh .msh, .xdmf, .vtu, "
-                         f"...): {detail.strip()}") from None
+        raise ValueError(
+            f"--mesh {path!r}: not a readable mesh file (gmsh .msh, .xdmf, .vtu, "
+            f"...): {detail.strip()}"
+        ) from None
 
 
 def read_mesh_inputs(args) -> MeshInputs:
@@ -448,21 +586,26 @@ def read_mesh_inputs(args) -> MeshInputs:
     points = read_points(args.sensors)
     y = read_values(args.data)
     if y.shape[0] != points.shape[0]:
-        raise ValueError(f"--data {args.data!r} has {y.shape[0]} values but --sensors "
-                         f"{args.sensors!r} has {points.shape[0]} points (one value per sensor, "
-                         f"in the same order)")
+        raise ValueError(
+            f"--data {args.data!r} has {y.shape[0]} values but --sensors "
+            f"{args.sensors!r} has {points.shape[0]} points (one value per sensor, "
+            f"in the same order)"
+        )
     truth = None
     if args.truth is not None:
         truth = read_values(args.truth)
         if truth.shape[0] != mesh.npoints:
-            raise ValueError(f"--truth {args.truth!r} has {truth.shape[0]} values; the mesh has "
-                             f"{mesh.npoints} nodes (one value per node)")
+            raise ValueError(
+                f"--truth {args.truth!r} has {truth.shape[0]} values; the mesh has "
+                f"{mesh.npoints} nodes (one value per node)"
+            )
     space = fem.FunctionSpace(mesh, "P1" if mesh.cell_type == "triangle" else "Q1")
     try:
         observation = space.point_observation(points)
     except ValueError as err:
-        raise ValueError(f"--sensors {args.sensors!r} does not fit the mesh {args.mesh!r}: "
-                         f"{err}") from None
+        raise ValueError(
+            f"--sensors {args.sensors!r} does not fit the mesh {args.mesh!r}: {err}"
+        ) from None
     return MeshInputs(mesh, space, points, observation, y, truth)
 
 
@@ -484,8 +627,9 @@ def mesh_prior(args, inputs: MeshInputs):
     from . import _priors
 
     if not _is_learned(args):
-        return _priors.matern_prior(inputs.space, length_scale=args.length_scale,
-                                    sigma=args.prior_std, rank=args.rank)
+        return _priors.matern_prior(
+            inputs.space, length_scale=args.length_scale, sigma=args.prior_std, rank=args.rank
+        )
     from pdegen.models import load_checkpoint, load_pretrained
 
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else load_pretrained(args.prior)
@@ -548,9 +692,16 @@ def _sample(args, name: str, key, prior, likelihood):
 
     bar = _progress_bar(args, name)
     try:
-        return sample_posterior(prior, likelihood, method=_method_object(name, args), key=key,
-                                num_samples=args.samples, num_steps=args.steps,
-                                sampler=args.sampler, progress=bar)
+        return sample_posterior(
+            prior,
+            likelihood,
+            method=_method_object(name, args),
+            key=key,
+            num_samples=args.samples,
+            num_steps=args.steps,
+            sampler=args.sampler,
+            progress=bar,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -576,8 +727,11 @@ def run_mesh_methods(args, methods, prior, likelihood, inputs: MeshInputs):
         row = mesh_row(name, post, likelihood, inputs, wall)
         rows.append(row)
         posts[name] = post
-        print(f"{tag} {row['num_samples']} sample(s) in {wall:.1f} s "
-              f"({post.seconds_per_sample:.3g} s/sample), misfit {row['misfit']:.3f}", flush=True)
+        print(
+            f"{tag} {row['num_samples']} sample(s) in {wall:.1f} s "
+            f"({post.seconds_per_sample:.3g} s/sample), misfit {row['misfit']:.3f}",
+            flush=True,
+        )
     return rows, posts
 
 
@@ -590,8 +744,10 @@ def format_mesh_table(rows) -> str:
         if "error" in r:
             lines.append(f"{r['method']:<15}failed: {r['error'][:60]}")
             continue
-        line = (f"{r['method']:<15}{r['misfit']:>9.3f}{r['std_at_sensors']:>13.3g}"
-                f"{r['mean_std']:>11.3g}{r['seconds_per_sample']:>10.3g}")
+        line = (
+            f"{r['method']:<15}{r['misfit']:>9.3f}{r['std_at_sensors']:>13.3g}"
+            f"{r['mean_std']:>11.3g}{r['seconds_per_sample']:>10.3g}"
+        )
         if truth:
             line += f"{r['rel_l2']:>9.3f}{r['coverage90']:>9.2f}"
         lines.append(line)
@@ -623,11 +779,19 @@ def _write_mesh_outputs(args, inputs: MeshInputs, prior, rows, posts) -> list:
             continue
         stem = row["method"]
         row["files"] = write_posterior(args.out, inputs.mesh, post, stem=stem, truth=inputs.truth)
-        title = (f"{args.pde}: {_equation(args)}\nprior {prior.name}, "
-                 f"{inputs.points.shape[0]} sensors, noise std {args.noise:g}, "
-                 f"misfit {row['misfit']:.3f}")
-        png = plot_field_posterior(os.path.join(args.out, stem + ".png"), inputs.mesh, post,
-                                   sensors=inputs.points, truth=inputs.truth, title=title)
+        title = (
+            f"{args.pde}: {_equation(args)}\nprior {prior.name}, "
+            f"{inputs.points.shape[0]} sensors, noise std {args.noise:g}, "
+            f"misfit {row['misfit']:.3f}"
+        )
+        png = plot_field_posterior(
+            os.path.join(args.out, stem + ".png"),
+            inputs.mesh,
+            post,
+            sensors=inputs.points,
+            truth=inputs.truth,
+            title=title,
+        )
         row["files"].append(png)
         files += row["files"]
     return files
@@ -642,16 +806,26 @@ def _mesh_summary(args, inputs: MeshInputs, prior, rows) -> dict:
     if args.pde == "helmholtz":
         pde["wavenumber"] = args.wavenumber
     return {
-        "mesh": os.path.abspath(args.mesh), "npoints": mesh.npoints, "ncells": mesh.ncells,
+        "mesh": os.path.abspath(args.mesh),
+        "npoints": mesh.npoints,
+        "ncells": mesh.ncells,
         "cell_type": mesh.cell_type,
-        "sensors": {"file": os.path.abspath(args.sensors), "count": int(inputs.points.shape[0]),
-                    "points": inputs.points.tolist()},
-        "data": os.path.abspath(args.data), "noise_std": args.noise,
+        "sensors": {
+            "file": os.path.abspath(args.sensors),
+            "count": int(inputs.points.shape[0]),
+            "points": inputs.points.tolist(),
+        },
+        "data": os.path.abspath(args.data),
+        "noise_std": args.noise,
         "truth": os.path.abspath(args.truth) if args.truth else None,
         "pde": pde,
         "prior": prior_info,
-        "settings": {"samples": args.samples, "steps": args.steps, "sampler": args.sampler,
-                     "seed": args.seed},
+        "settings": {
+            "samples": args.samples,
+            "steps": args.steps,
+            "sampler": args.sampler,
+            "seed": args.seed,
+        },
         "methods": {r["method"]: r for r in rows},
     }
 
@@ -669,8 +843,11 @@ def run_invert_mesh(args) -> int:
     _enable_compilation_cache()
     t_start = time.perf_counter()
     mesh = inputs.mesh
-    print(f"pdegen invert: {args.mesh} ({mesh.npoints} nodes, {mesh.ncells} {mesh.cell_type}s), "
-          f"{inputs.points.shape[0]} sensors, noise std {args.noise:g}", flush=True)
+    print(
+        f"pdegen invert: {args.mesh} ({mesh.npoints} nodes, {mesh.ncells} {mesh.cell_type}s), "
+        f"{inputs.points.shape[0]} sensors, noise std {args.noise:g}",
+        flush=True,
+    )
     print(f"  pde    {args.pde}: {_equation(args)}; recover a", flush=True)
     prior, likelihood = build_mesh_problem(args, inputs)
     print(f"  prior  {prior.name}; set up in {time.perf_counter() - t_start:.1f} s", flush=True)
@@ -682,33 +859,52 @@ def run_invert_mesh(args) -> int:
     summary = os.path.join(args.out, "summary.json")
     write_json_atomic(summary, strict_json(_mesh_summary(args, inputs, prior, rows)))
     print(format_mesh_table(rows))
-    print("  misfit: RMS whitened residual of the posterior mean (about 1 or below: fits the data "
-          "to the noise level);\n  std@sensors / mean std: posterior std at the sensors / over "
-          "the mesh nodes")
-    print(f"wrote {len(files) + 1} files to {args.out} (summary.json, <method>.xdmf/.h5/.vtu/.png) "
-          f"in {time.perf_counter() - t_start:.1f} s")
+    print(
+        "  misfit: RMS whitened residual of the posterior mean (about 1 or below: fits the data "
+        "to the noise level);\n  std@sensors / mean std: posterior std at the sensors / over "
+        "the mesh nodes"
+    )
+    print(
+        f"wrote {len(files) + 1} files to {args.out} (summary.json, <method>.xdmf/.h5/.vtu/.png) "
+        f"in {time.perf_counter() - t_start:.1f} s"
+    )
     return 0
 
 
 def _add_mesh_options(p) -> None:
-    g = p.add_argument_group("mesh mode (your own problem; --task and the task-mode options are "
-                             "not used)")
-    g.add_argument("--mesh", default=None,
-                   help="mesh file (gmsh .msh, .xdmf, .vtu, ...): switches to mesh mode")
-    g.add_argument("--pde", choices=tuple(MESH_PDES), default="poisson",
-                   help="; ".join(f"{k}: {v}" for k, v in MESH_PDES.items()))
-    g.add_argument("--data", default=None,
-                   help="observed u at the sensors (CSV one column, or .npy)")
-    g.add_argument("--truth", default=None,
-                   help="optional true a at the mesh nodes (synthetic studies): adds rel. L2 "
-                        "and coverage")
+    g = p.add_argument_group(
+        "mesh mode (your own problem; --task and the task-mode options are not used)"
+    )
+    g.add_argument(
+        "--mesh",
+        default=None,
+        help="mesh file (gmsh .msh, .xdmf, .vtu, ...): switches to mesh mode",
+    )
+    g.add_argument(
+        "--pde",
+        choices=tuple(MESH_PDES),
+        default="poisson",
+        help="; ".join(f"{k}: {v}" for k, v in MESH_PDES.items()),
+    )
+    g.add_argument(
+        "--data", default=None, help="observed u at the sensors (CSV one column, or .npy)"
+    )
+    g.add_argument(
+        "--truth",
+        default=None,
+        help="optional true a at the mesh nodes (synthetic studies): adds rel. L2 and coverage",
+    )
     g.add_argument("--wavenumber", type=float, default=1.0, help="Helmholtz wavenumber k")
-    g.add_argument("--length-scale", type=float, default=0.2,
-                   help="Matern prior correlation length")
+    g.add_argument(
+        "--length-scale", type=float, default=0.2, help="Matern prior correlation length"
+    )
     g.add_argument("--prior-std", type=float, default=1.0, help="Matern prior standard deviation")
-    g.add_argument("--rank", type=int, default=None,
-                   help=f"Matern prior: keep the leading modes (needed above {MAX_DENSE_NODES} "
-                        f"nodes)")
+    g.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help=f"Matern prior: keep the leading modes (needed above {MAX_DENSE_NODES} nodes)",
+    )
 
 
 def run_demo(args) -> int:
@@ -730,19 +926,42 @@ def run_demo(args) -> int:
     t_start = time.perf_counter()
     prior = load_prior(None, args.checkpoint, pde="poisson")
     if tuple(prior.channels) != ("a", "u"):
-        raise ValueError(f"the demo needs a joint (a, u) prior; {prior.name} has channels {prior.channels}")
-    task = make_task("poisson-inverse", grid=prior.grid, sensor_fraction=args.sensors, seed=args.seed)
-    print(f"pdegen demo: Poisson inverse problem (recover the source a from u at {task.num_sensors} sensors, "
-          f"{100 * task.num_sensors / task.grid**2:.1f}% of a {task.grid}x{task.grid} grid, noise-free)")
-    print(f"  prior: {prior.name} (joint (a, u) diffusion model); {args.samples} posterior samples per method, "
-          f"{args.steps} steps")
-    rows, posts = compare_methods(prior, task, args.methods, key=jax.random.key(args.seed), num_samples=args.samples,
-                                  num_steps=args.steps, progress=not args.quiet, batch_size=args.batch_size)
-    settings = {"prior": prior.name, "samples": args.samples, "steps": args.steps, "sampler": "euler_maruyama"}
+        raise ValueError(
+            f"the demo needs a joint (a, u) prior; {prior.name} has channels {prior.channels}"
+        )
+    task = make_task(
+        "poisson-inverse", grid=prior.grid, sensor_fraction=args.sensors, seed=args.seed
+    )
+    print(
+        f"pdegen demo: Poisson inverse problem (recover the source a from u at {task.num_sensors} sensors, "
+        f"{100 * task.num_sensors / task.grid**2:.1f}% of a {task.grid}x{task.grid} grid, noise-free)"
+    )
+    print(
+        f"  prior: {prior.name} (joint (a, u) diffusion model); {args.samples} posterior samples per method, "
+        f"{args.steps} steps"
+    )
+    rows, posts = compare_methods(
+        prior,
+        task,
+        args.methods,
+        key=jax.random.key(args.seed),
+        num_samples=args.samples,
+        num_steps=args.steps,
+        progress=not args.quiet,
+        batch_size=args.batch_size,
+    )
+    settings = {
+        "prior": prior.name,
+        "samples": args.samples,
+        "steps": args.steps,
+        "sampler": "euler_maruyama",
+    }
     png, js = _write_outputs(args.out, task, rows, posts, settings, "demo")
     print(format_table(rows))
-    print("  rel L2: of the posterior mean of a; / Bayes: ratio to the exact Gaussian posterior under the true GRF "
-          "prior;\n  cover90: fraction of nodes inside the 90% interval; residual: relative FEM residual of (a, u)")
+    print(
+        "  rel L2: of the posterior mean of a; / Bayes: ratio to the exact Gaussian posterior under the true GRF "
+        "prior;\n  cover90: fraction of nodes inside the 90% interval; residual: relative FEM residual of (a, u)"
+    )
     print(f"wrote {png}, {js} in {time.perf_counter() - t_start:.0f} s")
     return 0
 
@@ -751,8 +970,12 @@ def _add_common(p, *, sensors: bool = True):
     p.add_argument("--samples", type=int, default=8, help="posterior samples per method")
     p.add_argument("--steps", type=int, default=200, help="sampler steps")
     if sensors:
-        p.add_argument("--sensors", type=float, default=TASK_SENSOR_FRACTION,
-                       help="fraction of grid nodes observed")
+        p.add_argument(
+            "--sensors",
+            type=float,
+            default=TASK_SENSOR_FRACTION,
+            help="fraction of grid nodes observed",
+        )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -764,45 +987,78 @@ def register(subparsers) -> None:
     from ._tasks import DIRECTIONS, PDES
 
     p = subparsers.add_parser(
-        "invert", help="posterior sampling for a benchmark task or your own mesh, sensors and data",
+        "invert",
+        help="posterior sampling for a benchmark task or your own mesh, sensors and data",
         description="Task mode (--task): posterior sampling on a DiffusionPDE-style task; prints a "
-                    "table and writes a figure and JSON. Mesh mode (--mesh FILE --sensors CSV "
-                    "--data CSV --noise STD): recover the unknown field a of --pde on your mesh "
-                    "from point data; writes per method XDMF/VTU fields and a PNG, and "
-                    "summary.json.")
-    p.add_argument("--task", default="poisson-inverse",
-                   choices=[f"{a}-{b}" for a in PDES for b in DIRECTIONS],
-                   help="task mode: the benchmark task")
-    p.add_argument("--method", nargs="+", default=None, choices=METHODS,
-                   help=f"methods (default: {' '.join(TASK_METHODS)}; with --mesh "
-                        f"{' '.join(MESH_METHODS_DEFAULT)}; mesh mode accepts "
-                        f"{', '.join(_field_method_names())})")
-    p.add_argument("--prior", default=None,
-                   help="task mode: shipped prior name, 'exact' (exact GRF score over a) or "
-                        "'exact-joint' (default: shipped); mesh mode: 'matern' (default) or a "
-                        "shipped prior name")
+        "table and writes a figure and JSON. Mesh mode (--mesh FILE --sensors CSV "
+        "--data CSV --noise STD): recover the unknown field a of --pde on your mesh "
+        "from point data; writes per method XDMF/VTU fields and a PNG, and "
+        "summary.json.",
+    )
+    p.add_argument(
+        "--task",
+        default="poisson-inverse",
+        choices=[f"{a}-{b}" for a in PDES for b in DIRECTIONS],
+        help="task mode: the benchmark task",
+    )
+    p.add_argument(
+        "--method",
+        nargs="+",
+        default=None,
+        choices=METHODS,
+        help=f"methods (default: {' '.join(TASK_METHODS)}; with --mesh "
+        f"{' '.join(MESH_METHODS_DEFAULT)}; mesh mode accepts "
+        f"{', '.join(_field_method_names())})",
+    )
+    p.add_argument(
+        "--prior",
+        default=None,
+        help="task mode: shipped prior name, 'exact' (exact GRF score over a) or "
+        "'exact-joint' (default: shipped); mesh mode: 'matern' (default) or a "
+        "shipped prior name",
+    )
     p.add_argument("--checkpoint", default=None, help="checkpoint folder of a trained prior")
-    p.add_argument("--sensors", default=None,
-                   help=f"task mode: fraction of grid nodes observed (default "
-                        f"{TASK_SENSOR_FRACTION}); mesh mode: sensor coordinates (CSV x,y or .npy)")
-    p.add_argument("--noise", type=float, default=None,
-                   help="task mode: relative observation noise (default 0: noise-free); mesh "
-                        "mode: the noise standard deviation in data units (required)")
+    p.add_argument(
+        "--sensors",
+        default=None,
+        help=f"task mode: fraction of grid nodes observed (default "
+        f"{TASK_SENSOR_FRACTION}); mesh mode: sensor coordinates (CSV x,y or .npy)",
+    )
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=None,
+        help="task mode: relative observation noise (default 0: noise-free); mesh "
+        "mode: the noise standard deviation in data units (required)",
+    )
     _add_mesh_options(p)
     task = p.add_argument_group("task mode only")
     task.add_argument("--grid", type=int, default=None, help="grid (default: the prior's)")
-    task.add_argument("--route", choices=ROUTES, default=None,
-                      help="solve: FEM forward model; joint: PDE residual")
-    task.add_argument("--discrepancy", type=float, default=0.0,
-                      help="relative size of a smooth model error added to the data (statFEM; "
-                           "0: none)")
-    task.add_argument("--discrepancy-length", type=float, default=0.2,
-                      help="length scale of the model error")
+    task.add_argument(
+        "--route",
+        choices=ROUTES,
+        default=None,
+        help="solve: FEM forward model; joint: PDE residual",
+    )
+    task.add_argument(
+        "--discrepancy",
+        type=float,
+        default=0.0,
+        help="relative size of a smooth model error added to the data (statFEM; 0: none)",
+    )
+    task.add_argument(
+        "--discrepancy-length", type=float, default=0.2, help="length scale of the model error"
+    )
     task.add_argument("--index", type=int, default=0, help="test draw")
-    task.add_argument("--physics-weight", type=float, default=None,
-                      help="PDE-residual guidance weight (joint route)")
-    task.add_argument("--project", action="store_true",
-                      help="replace u by solve(a) and report the effect")
+    task.add_argument(
+        "--physics-weight",
+        type=float,
+        default=None,
+        help="PDE-residual guidance weight (joint route)",
+    )
+    task.add_argument(
+        "--project", action="store_true", help="replace u by solve(a) and report the effect"
+    )
     p.add_argument("--sampler", choices=SAMPLERS, default="euler_maruyama")
     p.add_argument("--scale", type=float, default=None, help="DPS/DiffusionPDE observation step")
     p.add_argument("--out", default="out/invert")
@@ -814,13 +1070,24 @@ def add_demo(subparsers) -> None:
     """The ``demo`` subcommand (registered by :mod:`pdegen.cli`)."""
     from ._task_posterior import METHODS
 
-    p = subparsers.add_parser("demo", help="the main demo: Poisson inverse problem on the shipped prior",
-                              description="Recover the Poisson source a from ~3% sensors of u with several "
-                                          "guided-diffusion methods and the exact Bayes posterior.")
+    p = subparsers.add_parser(
+        "demo",
+        help="the main demo: Poisson inverse problem on the shipped prior",
+        description="Recover the Poisson source a from ~3% sensors of u with several "
+        "guided-diffusion methods and the exact Bayes posterior.",
+    )
     p.add_argument("--out", default="out/demo", help="output folder")
-    p.add_argument("--checkpoint", default=None, help="use this trained (a, u) prior instead of the shipped one")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="use this trained (a, u) prior instead of the shipped one",
+    )
     p.add_argument("--methods", nargs="+", default=list(DEMO_METHODS), choices=METHODS)
-    p.add_argument("--batch-size", type=int, default=2,
-                   help="samples per compiled batch (timings exclude the first batch, which compiles)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=2,
+        help="samples per compiled batch (timings exclude the first batch, which compiles)",
+    )
     _add_common(p)
     p.set_defaults(func=run_demo, samples=4, steps=100)

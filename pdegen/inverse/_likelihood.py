@@ -12,7 +12,8 @@ Jacobian products at the cost of a matrix product.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -54,8 +55,10 @@ def pde_forward(parameter: fem.ParameterMap, observation) -> PDEForward:
     ``V.point_observation(points)``, :func:`pdegen.fem.region_average`), or point coordinates
     ``(m, 2)`` (point sensors)."""
     if not isinstance(parameter, fem.ParameterMap):
-        raise TypeError(f"pde_forward: parameter must be a pdegen.fem.ParameterMap (fem.Source, fem.LogPermeability, "
-                        f"...), got {type(parameter).__name__}")
+        raise TypeError(
+            f"pde_forward: parameter must be a pdegen.fem.ParameterMap (fem.Source, fem.LogPermeability, "
+            f"...), got {type(parameter).__name__}"
+        )
     n = parameter.size
     points = None
     if not isinstance(observation, fem.SparseMatrix):
@@ -66,10 +69,14 @@ def pde_forward(parameter: fem.ParameterMap, observation) -> PDEForward:
         elif obs.ndim == 2:
             observation = jnp.asarray(obs)
         else:
-            raise ValueError(f"pde_forward: observation must be a matrix (m, {n}) or sensor points (m, 2), "
-                             f"got shape {obs.shape}")
+            raise ValueError(
+                f"pde_forward: observation must be a matrix (m, {n}) or sensor points (m, 2), "
+                f"got shape {obs.shape}"
+            )
     if observation.shape[1] != n:
-        raise ValueError(f"pde_forward: observation has {observation.shape[1]} columns, the mesh has {n} nodes")
+        raise ValueError(
+            f"pde_forward: observation has {observation.shape[1]} columns, the mesh has {n} nodes"
+        )
     return PDEForward(parameter, observation, points)
 
 
@@ -119,7 +126,7 @@ class GaussianLikelihood(eqx.Module):
         """RMS of the whitened residual: about 1 when ``a`` fits the data to the noise level."""
         return float(jnp.sqrt(jnp.mean(self.whitened_residual(jnp.asarray(a)) ** 2)))
 
-    def with_data(self, y) -> "GaussianLikelihood":
+    def with_data(self, y) -> GaussianLikelihood:
         """The same likelihood with other data (compiled samplers are reused)."""
         return eqx.tree_at(lambda lik: lik.y, self, _check_data(y, self.num_data, self.y.dtype))
 
@@ -129,8 +136,10 @@ def _check_data(y, m, dtype=None):
     if y.ndim != 1:
         raise ValueError(f"likelihood: y must be a vector of data, got shape {y.shape}")
     if y.shape[0] != m:
-        raise ValueError(f"likelihood: y has {y.shape[0]} values but the forward map predicts {m} "
-                         f"(one per sensor / observation row)")
+        raise ValueError(
+            f"likelihood: y has {y.shape[0]} values but the forward map predicts {m} "
+            f"(one per sensor / observation row)"
+        )
     if not np.all(np.isfinite(y)):
         bad = np.flatnonzero(~np.isfinite(y))
         raise ValueError(f"likelihood: y contains NaN or inf at {bad[:10].tolist()}")
@@ -140,15 +149,22 @@ def _check_data(y, m, dtype=None):
 def _as_forward(forward, size):
     if isinstance(forward, (PDEForward, LinearForward)):
         return forward, forward.size if isinstance(forward, PDEForward) else forward.matrix.shape[1]
-    if isinstance(forward, fem.SparseMatrix) or (hasattr(forward, "shape") and len(getattr(forward, "shape", ())) == 2
-                                                  and not callable(forward)):
+    if isinstance(forward, fem.SparseMatrix) or (
+        hasattr(forward, "shape")
+        and len(getattr(forward, "shape", ())) == 2
+        and not callable(forward)
+    ):
         G = jnp.asarray(forward.todense() if isinstance(forward, fem.SparseMatrix) else forward)
         return LinearForward(G, jnp.zeros(G.shape[0], G.dtype)), int(G.shape[1])
     if callable(forward):
         if size is None:
-            raise ValueError("gaussian_likelihood: give size= (the number of unknowns) with a plain function forward")
+            raise ValueError(
+                "gaussian_likelihood: give size= (the number of unknowns) with a plain function forward"
+            )
         return forward, int(size)
-    raise TypeError(f"gaussian_likelihood: forward must be a PDEForward, a matrix or a function, got {type(forward).__name__}")
+    raise TypeError(
+        f"gaussian_likelihood: forward must be a PDEForward, a matrix or a function, got {type(forward).__name__}"
+    )
 
 
 def is_affine(fn, size: int, *, key=None, rtol: float = 1e-7) -> bool:
@@ -157,9 +173,13 @@ def is_affine(fn, size: int, *, key=None, rtol: float = 1e-7) -> bool:
     k1, k2 = jax.random.split(key)
     x1 = jax.random.normal(k1, (size,), jnp.float64)
     x2 = jax.random.normal(k2, (size,), jnp.float64)
-    f0, f1, f2, f12 = (np.asarray(fn(v), np.float64) for v in (jnp.zeros(size, jnp.float64), x1, x2, x1 + x2))
+    f0, f1, f2, f12 = (
+        np.asarray(fn(v), np.float64) for v in (jnp.zeros(size, jnp.float64), x1, x2, x1 + x2)
+    )
     lhs, rhs = f12 - f2, f1 - f0
-    return bool(np.linalg.norm(lhs - rhs) <= rtol * max(np.linalg.norm(rhs), np.linalg.norm(lhs), 1e-300))
+    return bool(
+        np.linalg.norm(lhs - rhs) <= rtol * max(np.linalg.norm(rhs), np.linalg.norm(lhs), 1e-300)
+    )
 
 
 def materialise(fn, size: int) -> LinearForward:
@@ -171,9 +191,17 @@ def materialise(fn, size: int) -> LinearForward:
     return LinearForward(rows, offset)
 
 
-def gaussian_likelihood(forward, y, *, noise_std: float | None = None, noise_cov=None,
-                        model_error: StatFEMLikelihood | None = None, points=None, linear: bool | None = None,
-                        size: int | None = None) -> GaussianLikelihood:
+def gaussian_likelihood(
+    forward,
+    y,
+    *,
+    noise_std: float | None = None,
+    noise_cov=None,
+    model_error: StatFEMLikelihood | None = None,
+    points=None,
+    linear: bool | None = None,
+    size: int | None = None,
+) -> GaussianLikelihood:
     """A Gaussian likelihood ``y = G(a) + e`` that every method of :func:`sample_posterior` accepts.
 
     Args:
@@ -195,7 +223,9 @@ def gaussian_likelihood(forward, y, *, noise_std: float | None = None, noise_cov
     """
     G, n = _as_forward(forward, size)
     if sum(v is not None for v in (noise_std, noise_cov, model_error)) != 1:
-        raise ValueError("gaussian_likelihood: give exactly one of noise_std=, noise_cov= and model_error=")
+        raise ValueError(
+            "gaussian_likelihood: give exactly one of noise_std=, noise_cov= and model_error="
+        )
     y0 = jnp.asarray(G(jnp.zeros(n, jnp.float64)))
     if y0.ndim != 1:
         raise ValueError(f"gaussian_likelihood: forward must return a vector, got shape {y0.shape}")
@@ -206,34 +236,50 @@ def gaussian_likelihood(forward, y, *, noise_std: float | None = None, noise_cov
     if points is not None:
         points = np.asarray(points, np.float64)
         if points.shape != (m, 2):
-            raise ValueError(f"gaussian_likelihood: points must have shape ({m}, 2), got {points.shape}")
+            raise ValueError(
+                f"gaussian_likelihood: points must have shape ({m}, 2), got {points.shape}"
+            )
     if noise_std is not None:
         if not (float(noise_std) > 0 and math.isfinite(float(noise_std))):
-            raise ValueError(f"gaussian_likelihood: noise_std must be > 0 and finite, got {noise_std}")
+            raise ValueError(
+                f"gaussian_likelihood: noise_std must be > 0 and finite, got {noise_std}"
+            )
         cov = float(noise_std) ** 2 * np.eye(m)
     elif noise_cov is not None:
         cov = np.asarray(noise_cov, np.float64)
         if cov.shape != (m, m):
-            raise ValueError(f"gaussian_likelihood: noise_cov must have shape ({m}, {m}), got {cov.shape}")
+            raise ValueError(
+                f"gaussian_likelihood: noise_cov must have shape ({m}, {m}), got {cov.shape}"
+            )
     else:
         model_error = StatFEMLikelihood(*model_error).check()
         if points is None:
-            raise ValueError("gaussian_likelihood: model_error needs the sensor coordinates, points=(m, 2)")
+            raise ValueError(
+                "gaussian_likelihood: model_error needs the sensor coordinates, points=(m, 2)"
+            )
         cov = np.asarray(model_error.covariance(jnp.asarray(points)), np.float64)
     if not np.all(np.isfinite(cov)):
         raise ValueError("gaussian_likelihood: the noise covariance contains NaN or inf")
     try:
         chol = np.linalg.cholesky(0.5 * (cov + cov.T))
     except np.linalg.LinAlgError:
-        raise ValueError("gaussian_likelihood: the noise covariance is not positive definite") from None
+        raise ValueError(
+            "gaussian_likelihood: the noise covariance is not positive definite"
+        ) from None
     W = np.linalg.inv(chol)
     if linear is None:
-        linear = bool(getattr(G, "linear", False)) or isinstance(G, LinearForward) or is_affine(G, n)
+        linear = (
+            bool(getattr(G, "linear", False)) or isinstance(G, LinearForward) or is_affine(G, n)
+        )
     if linear and not isinstance(G, LinearForward):
         G = materialise(G, n)
     if model_error is not None and float(model_error.rho) != 1.0:
         rho = float(model_error.rho)
-        G = LinearForward(rho * G.matrix, rho * G.offset) if isinstance(G, LinearForward) else _Scaled(G, rho)
+        G = (
+            LinearForward(rho * G.matrix, rho * G.offset)
+            if isinstance(G, LinearForward)
+            else _Scaled(G, rho)
+        )
     noise = float(np.sqrt(np.trace(cov) / m))
     return GaussianLikelihood(G, y, jnp.asarray(W), n, bool(linear), noise, points)
 

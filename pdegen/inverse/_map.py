@@ -28,6 +28,7 @@ from ._operators import noise_floor, sensor_operator
 from ._results import Posterior
 from ._tasks import InverseTask
 
+
 class MAPResult(NamedTuple):
     """A MAP estimate: the joint field ``(2, g, g)`` (``a``, ``u = solve(a)``), the white-noise
     coordinates ``z``, the objective per iteration and the wall time (compilation included)."""
@@ -49,8 +50,16 @@ def _coefficient(physics: fem.PDETask, z, *, alpha, tau, sharpness):
     return parameter.low + (parameter.high - parameter.low) * jax.nn.sigmoid(sharpness * field / sd)
 
 
-def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | None = None, steps: int | None = None,
-                 alpha: float | None = None, tau: float | None = None, sharpness: float = 4.0) -> MAPResult:
+def map_estimate(
+    task: InverseTask,
+    *,
+    y=None,
+    likelihood: StatFEMLikelihood | None = None,
+    steps: int | None = None,
+    alpha: float | None = None,
+    tau: float | None = None,
+    sharpness: float = 4.0,
+) -> MAPResult:
     """The MAP estimate of ``task``'s coefficient under the GRF prior (any PDE of the tasks).
 
     Args:
@@ -82,10 +91,22 @@ def map_estimate(task: InverseTask, *, y=None, likelihood: StatFEMLikelihood | N
     # Linear observation of a (any PDE, or u of a linear PDE): a dense matrix; Darcy's u: the sensors.
     obs = jnp.asarray(task.sensors if _solves(task) else sensor_operator(task))
     t0 = time.perf_counter()
-    with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32 / int64 indices under x64
-        z, values = _run_map(jnp.zeros((g, g), jnp.float64), W, y, jnp.asarray(rho, jnp.float64), obs,
-                             physics=task.physics, solves=_solves(task), steps=steps, alpha=float(alpha),
-                             tau=float(tau), sharpness=float(sharpness))
+    with jax.numpy_dtype_promotion(
+        "standard"
+    ):  # optax's L-BFGS mixes int32 / int64 indices under x64
+        z, values = _run_map(
+            jnp.zeros((g, g), jnp.float64),
+            W,
+            y,
+            jnp.asarray(rho, jnp.float64),
+            obs,
+            physics=task.physics,
+            solves=_solves(task),
+            steps=steps,
+            alpha=float(alpha),
+            tau=float(tau),
+            sharpness=float(sharpness),
+        )
     z = jax.block_until_ready(z)
     seconds = time.perf_counter() - t0
     if not bool(jnp.all(jnp.isfinite(z))):
@@ -100,7 +121,9 @@ def _solves(task: InverseTask) -> bool:
     return task.observed == "u" and not task.linear
 
 
-@functools.partial(jax.jit, static_argnames=("physics", "solves", "steps", "alpha", "tau", "sharpness"))
+@functools.partial(
+    jax.jit, static_argnames=("physics", "solves", "steps", "alpha", "tau", "sharpness")
+)
 def _run_map(z0, W, y, rho, obs, *, physics, solves, steps, alpha, tau, sharpness):
     """L-BFGS on the MAP objective of a task family (compiled once per family: the draw's data are
     arguments). ``solves``: the data see ``u`` of a nonlinear PDE (``obs`` holds sensor indices);
@@ -150,5 +173,13 @@ def map_posterior(task: InverseTask, *, y=None, likelihood=None, **options):
     """:func:`map_estimate` as a :class:`pdegen.inverse.Posterior` (one sample, zero spread)."""
     res = map_estimate(task, y=y, likelihood=likelihood, **options)
     mean = res.field
-    return Posterior(mean[None], mean, jnp.zeros_like(mean), "map", "solve", res.seconds, 0.0,
-                     {"objective": np.asarray(res.objective), "likelihood": likelihood})
+    return Posterior(
+        mean[None],
+        mean,
+        jnp.zeros_like(mean),
+        "map",
+        "solve",
+        res.seconds,
+        0.0,
+        {"objective": np.asarray(res.objective), "likelihood": likelihood},
+    )

@@ -11,7 +11,8 @@ Names are accepted for convenience (``"tmpd"``, ``"pigdm"``, ...; :data:`FIELD_M
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, NamedTuple
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -126,8 +127,14 @@ class MAP(Method):
 
 
 FIELD_METHODS = {
-    "bayes": Exact(), "map": MAP(), "tmpd": TMPD(), "tmpd-diagonal": TMPD("diagonal"),
-    "tmpd-rowsum": TMPD("rowsum"), "pigdm": PiGDM(), "dps": DPS(), "unguided": Unguided(),
+    "bayes": Exact(),
+    "map": MAP(),
+    "tmpd": TMPD(),
+    "tmpd-diagonal": TMPD("diagonal"),
+    "tmpd-rowsum": TMPD("rowsum"),
+    "pigdm": PiGDM(),
+    "dps": DPS(),
+    "unguided": Unguided(),
 }
 
 
@@ -137,5 +144,7 @@ def as_method(method) -> Method:
         return method
     if isinstance(method, str) and method in FIELD_METHODS:
         return FIELD_METHODS[method]
-    raise ValueError(f"method must be a pdegen.inverse method object (TMPD(), PiGDM(), DPS(), ...) or one of "
-                     f"{sorted(FIELD_METHODS)}, got {method!r}")
+    raise ValueError(
+        f"method must be a pdegen.inverse method object (TMPD(), PiGDM(), DPS(), ...) or one of "
+        f"{sorted(FIELD_METHODS)}, got {method!r}"
+    )

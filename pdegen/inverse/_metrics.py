@@ -58,8 +58,13 @@ def evaluate(post: Posterior, task: InverseTask, *, level: float = 0.9) -> dict:
         "route": post.route,
         "rel_l2": float(relative_l2(post.mean[c], task.truth[c])),
         "sample_rel_l2": float(jnp.mean(relative_l2(post.samples[:, c], task.truth[c]))),
-        "coverage90": (float("nan") if post.method == "map" else
-                       free_coverage(post.mean[c], interval_std(post, level)[c], task.truth[c], task, level)),
+        "coverage90": (
+            float("nan")
+            if post.method == "map"
+            else free_coverage(
+                post.mean[c], interval_std(post, level)[c], task.truth[c], task, level
+            )
+        ),
         "pde_residual": float(jnp.mean(res)),
         "data_misfit": float(jnp.linalg.norm(task.y - y_hat) / jnp.linalg.norm(task.y)),
         "seconds_per_sample": post.seconds_per_sample,

@@ -20,7 +20,9 @@ def grf_sqrt_matrix(grid: int, *, alpha: float = 2.0, tau: float = 3.0) -> np.nd
     """Dense ``L`` with ``a = L z`` (``z`` white noise): the GRF of the tasks, ``(g^2, g^2)``."""
     d = grid * grid
     eye = jnp.eye(d).reshape(d, grid, grid)
-    cols = jax.jit(jax.vmap(lambda e: fem.grf_from_white_noise(e, alpha=alpha, tau=tau).reshape(-1)))(eye)
+    cols = jax.jit(
+        jax.vmap(lambda e: fem.grf_from_white_noise(e, alpha=alpha, tau=tau).reshape(-1))
+    )(eye)
     return np.asarray(cols).T
 
 

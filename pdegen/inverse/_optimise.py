@@ -90,20 +90,25 @@ def _make_box(domain, dim_hint=None) -> _Box:
     if hasattr(domain, "lower") and hasattr(domain, "upper"):
         domain = (domain.lower, domain.upper)
     if not (isinstance(domain, (tuple, list)) and len(domain) == 2):
-        raise ValueError("minimise(domain=...): expected (lower, upper) arrays of shape (d,), "
-                         f"got {type(domain).__name__}")
+        raise ValueError(
+            "minimise(domain=...): expected (lower, upper) arrays of shape (d,), "
+            f"got {type(domain).__name__}"
+        )
     lower = np.atleast_1d(np.asarray(domain[0], dtype=np.float64))
     upper = np.atleast_1d(np.asarray(domain[1], dtype=np.float64))
     if lower.ndim != 1 or upper.ndim != 1 or lower.shape != upper.shape:
-        raise ValueError("minimise(domain=...): lower and upper must both have shape (d,), got "
-                         f"{lower.shape} and {upper.shape}")
+        raise ValueError(
+            "minimise(domain=...): lower and upper must both have shape (d,), got "
+            f"{lower.shape} and {upper.shape}"
+        )
     if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
         raise ValueError("minimise(domain=...): bounds must be finite")
     if not np.all(upper > lower):
         raise ValueError("minimise(domain=...): need upper > lower in every coordinate")
     dt = _dtype()
-    return _Box(jnp.asarray(0.5 * (lower + upper), dtype=dt),
-                jnp.asarray(0.5 * (upper - lower), dtype=dt))
+    return _Box(
+        jnp.asarray(0.5 * (lower + upper), dtype=dt), jnp.asarray(0.5 * (upper - lower), dtype=dt)
+    )
 
 
 def _check_objective(f, box: _Box):
@@ -112,15 +117,21 @@ def _check_objective(f, box: _Box):
     try:
         out = jax.eval_shape(f, jax.ShapeDtypeStruct(box.centre.shape, box.centre.dtype))
     except Exception as err:  # noqa: BLE001 -- re-raised with context
-        raise ValueError(f"minimise(f=...): f failed on a point of shape {box.centre.shape} "
-                         f"(the domain's dimension): {err}") from err
+        raise ValueError(
+            f"minimise(f=...): f failed on a point of shape {box.centre.shape} "
+            f"(the domain's dimension): {err}"
+        ) from err
     if out.shape != ():
-        raise ValueError(f"minimise(f=...): f must return a scalar for one point of shape "
-                         f"{box.centre.shape}, got shape {out.shape}")
+        raise ValueError(
+            f"minimise(f=...): f must return a scalar for one point of shape "
+            f"{box.centre.shape}, got shape {out.shape}"
+        )
     value = f(box.centre)
     if not bool(jnp.isfinite(value)):
-        raise ValueError(f"minimise(f=...): f is not finite at the domain centre ({value}); "
-                         "the objective must be finite on the whole domain")
+        raise ValueError(
+            f"minimise(f=...): f is not finite at the domain centre ({value}); "
+            "the objective must be finite on the whole domain"
+        )
 
 
 def _objective_z(f, box: _Box):
@@ -185,11 +196,22 @@ def _evaluations_per_iteration(gradient_informed, loss, batch_size, num_steps):
     return batch_size * ((2 * num_steps if gradient_informed else 0) + 2)
 
 
-def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size: int = 32,
-                        num_steps: int = 16, network: str = "mlp",
-                        gradient_informed: bool = False, loss: str = "log_variance",
-                        width: int = 64, depth: int = 2, sigma: float = 0.6,
-                        learning_rate: float = 1e-2, num_best: int = 8):
+def diffusion_optimiser(
+    f: Callable,
+    domain,
+    *,
+    method: str = "dds",
+    batch_size: int = 32,
+    num_steps: int = 16,
+    network: str = "mlp",
+    gradient_informed: bool = False,
+    loss: str = "log_variance",
+    width: int = 64,
+    depth: int = 2,
+    sigma: float = 0.6,
+    learning_rate: float = 1e-2,
+    num_best: int = 8,
+):
     """Low-temperature controlled-diffusion optimiser as a pure ``(init, step)`` pair.
 
     ``state = init(key, temperature)``; ``state, info = step(key, state)`` runs one training
@@ -203,10 +225,13 @@ def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size:
     that the reference law of the diffusion follows the samples as they concentrate.
     """
     if method not in ("dds", "pis"):
-        raise ValueError(f"diffusion_optimiser(method=...): expected 'dds' or 'pis', got {method!r}")
+        raise ValueError(
+            f"diffusion_optimiser(method=...): expected 'dds' or 'pis', got {method!r}"
+        )
     if loss not in ("kl", "log_variance"):
-        raise ValueError(f"diffusion_optimiser(loss=...): expected 'kl' or 'log_variance', "
-                         f"got {loss!r}")
+        raise ValueError(
+            f"diffusion_optimiser(loss=...): expected 'kl' or 'log_variance', got {loss!r}"
+        )
     box = _make_box(domain)
     dim = box.centre.shape[0]
     fz = _objective_z(f, box)
@@ -215,18 +240,31 @@ def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size:
     dt = _dtype()
 
     def build(key):
-        return builder(dim, key=key, sigma=sigma, num_steps=num_steps, network=network,
-                       gradient_informed=gradient_informed, width=width, depth=depth)
+        return builder(
+            dim,
+            key=key,
+            sigma=sigma,
+            num_steps=num_steps,
+            network=network,
+            gradient_informed=gradient_informed,
+            width=width,
+            depth=depth,
+        )
 
     static = eqx.partition(build(jr.key(0)), eqx.is_inexact_array)[1]
 
     def init(key, temperature):
         params = eqx.filter(build(key), eqx.is_inexact_array)
         return DiffusionOptimiserState(
-            params, optimiser.init(params), jnp.asarray(temperature, dtype=dt),
-            jnp.zeros((num_best, dim), dtype=dt), jnp.full((num_best,), jnp.inf, dtype=dt),
+            params,
+            optimiser.init(params),
+            jnp.asarray(temperature, dtype=dt),
+            jnp.zeros((num_best, dim), dtype=dt),
+            jnp.full((num_best,), jnp.inf, dtype=dt),
             jnp.zeros((), dtype=jnp.int64 if dt == jnp.float64 else jnp.int32),
-            jnp.zeros((dim,), dtype=dt), jnp.ones((dim,), dtype=dt))
+            jnp.zeros((dim,), dtype=dt),
+            jnp.ones((dim,), dtype=dt),
+        )
 
     per_step = _evaluations_per_iteration(gradient_informed, loss, batch_size, num_steps)
 
@@ -240,8 +278,14 @@ def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size:
 
         model = eqx.combine(state.params, static)
         model, opt_state, value, paths = training_step(
-            model, state.opt_state, key=key, log_density=log_density, optimiser=optimiser,
-            batch_size=batch_size, loss=loss)
+            model,
+            state.opt_state,
+            key=key,
+            log_density=log_density,
+            optimiser=optimiser,
+            batch_size=batch_size,
+            loss=loss,
+        )
         z_end = centre[None, :] + scale[None, :] * paths.samples
         # recover f from the stored log density: no extra evaluations
         wall = jax.vmap(_wall)(z_end)
@@ -251,14 +295,29 @@ def diffusion_optimiser(f: Callable, domain, *, method: str = "dds", batch_size:
         z_clip = jnp.clip(z_end, -1.0, 1.0)
         points, values = _merge_best(state.best_points, state.best_values, z_clip, f_end)
         n_eval = state.num_evaluations + per_step
-        new = DiffusionOptimiserState(eqx.filter(model, eqx.is_inexact_array), opt_state,
-                                      temperature, points, values, n_eval, centre, scale)
+        new = DiffusionOptimiserState(
+            eqx.filter(model, eqx.is_inexact_array),
+            opt_state,
+            temperature,
+            points,
+            values,
+            n_eval,
+            centre,
+            scale,
+        )
         inside = jnp.isfinite(f_end)
-        mean_inside = (jnp.sum(jnp.where(inside, f_end, 0.0))
-                       / jnp.maximum(jnp.sum(inside), 1).astype(f_end.dtype))
-        info = DiffusionOptimiserInfo(value, mean_inside, jnp.mean(jnp.std(z_clip, axis=0)),
-                                      values[0], n_eval, jnp.mean(z_clip, axis=0),
-                                      jnp.std(z_clip, axis=0))
+        mean_inside = jnp.sum(jnp.where(inside, f_end, 0.0)) / jnp.maximum(
+            jnp.sum(inside), 1
+        ).astype(f_end.dtype)
+        info = DiffusionOptimiserInfo(
+            value,
+            mean_inside,
+            jnp.mean(jnp.std(z_clip, axis=0)),
+            values[0],
+            n_eval,
+            jnp.mean(z_clip, axis=0),
+            jnp.std(z_clip, axis=0),
+        )
         return new, info
 
     return init, step, per_step
@@ -274,7 +333,9 @@ def _local_learning_rate(points, values, max_learning_rate):
     (about ``learning_rate`` per coordinate) do not throw points out of a narrow basin."""
     ok = jnp.isfinite(values)
     d2 = jnp.sum((points - points[:1]) ** 2, axis=1)
-    spread = jnp.sqrt(jnp.sum(jnp.where(ok, d2, 0.0)) / jnp.maximum(jnp.sum(ok), 1).astype(d2.dtype))
+    spread = jnp.sqrt(
+        jnp.sum(jnp.where(ok, d2, 0.0)) / jnp.maximum(jnp.sum(ok), 1).astype(d2.dtype)
+    )
     return jnp.clip(2.0 * spread, 1e-4, max_learning_rate)
 
 
@@ -371,10 +432,10 @@ def _polish(fz, points, values, *, steps: int, learning_rate):
             keep = jnp.argsort(own)[:size]
             before = plan.sizes[r - 1]
             z, own = z[keep], own[keep]
-            state = jax.tree.map(lambda a: a[keep] if a.ndim and a.shape[0] == before else a,
-                                 state)
-        (z, state, bp, bv, own), traj = jax.lax.scan(body, (z, state, bp, bv, own), None,
-                                                     length=n_steps)
+            state = jax.tree.map(lambda a: a[keep] if a.ndim and a.shape[0] == before else a, state)
+        (z, state, bp, bv, own), traj = jax.lax.scan(
+            body, (z, state, bp, bv, own), None, length=n_steps
+        )
         trajs.append(traj)
     bp, bv = _merge_best(bp, bv, z, jax.vmap(fz)(z))
     return bp, bv, jnp.concatenate(trajs)
@@ -399,9 +460,23 @@ def _initial_temperature(fz, dim, key, n):
 # --------------------------------------------------------------------------- drivers
 
 
-def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
-                   final_temperature_ratio, iterations_per_temperature, refine_steps,
-                   refine_learning_rate, num_initial, progress, adaptive_frame, **cfg):
+def _run_diffusion(
+    f,
+    box,
+    keys,
+    *,
+    method,
+    max_evaluations,
+    num_temperatures,
+    final_temperature_ratio,
+    iterations_per_temperature,
+    refine_steps,
+    refine_learning_rate,
+    num_initial,
+    progress,
+    adaptive_frame,
+    **cfg,
+):
     dim = box.centre.shape[0]
     sigma = cfg["sigma"]
     fz = _objective_z(f, box)
@@ -421,15 +496,17 @@ def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
                     f"minimise(max_evaluations={max_evaluations}): too small for method "
                     f"{method!r}: one iteration costs {per_step} evaluations "
                     f"({num_temperatures} temperatures, refinement {refine_cost}); raise the "
-                    "budget or lower batch_size / num_steps / num_temperatures")
+                    "budget or lower batch_size / num_steps / num_temperatures"
+                )
 
     def start(key):
         k_t, k_init = jr.split(key)
         t0, z0, v0 = _initial_temperature(fz, dim, k_t, num_initial)
         state = init(k_init, t0)
         pts, vals = _merge_best(state.best_points, state.best_values, z0, v0)
-        state = state._replace(best_points=pts, best_values=vals,
-                               num_evaluations=state.num_evaluations + num_initial)
+        state = state._replace(
+            best_points=pts, best_values=vals, num_evaluations=state.num_evaluations + num_initial
+        )
         return state, t0
 
     def stage(state, key, temperature):
@@ -437,18 +514,23 @@ def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
 
         def body(s, k):
             s, info = step(k, s)
-            return s, (info.best_value, info.mean_value, info.spread, info.sample_mean,
-                       info.sample_std)
+            return s, (
+                info.best_value,
+                info.mean_value,
+                info.spread,
+                info.sample_mean,
+                info.sample_std,
+            )
 
-        state, (bv, mv, sp, mean, std) = jax.lax.scan(body, state,
-                                                      jr.split(key, iterations_per_temperature))
+        state, (bv, mv, sp, mean, std) = jax.lax.scan(
+            body, state, jr.split(key, iterations_per_temperature)
+        )
         if adaptive_frame:
             # next temperature: reference law N(mean, std^2) of the last samples (averaged over
             # the last quarter of the stage), never growing and never below 1e-4 of the box
             q = max(iterations_per_temperature // 4, 1)
             centre = jnp.mean(mean[-q:], axis=0)
-            width = jnp.sqrt(jnp.mean(std[-q:] ** 2 + (mean[-q:] - centre[None, :]) ** 2,
-                                      axis=0))
+            width = jnp.sqrt(jnp.mean(std[-q:] ** 2 + (mean[-q:] - centre[None, :]) ** 2, axis=0))
             scale = jnp.clip(width / sigma, 1e-4, state.frame_scale)
             state = state._replace(frame_centre=centre, frame_scale=scale)
         return state, (bv, mv, sp)
@@ -457,8 +539,7 @@ def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
     stage_b = jax.jit(jax.vmap(stage))
     states, t0 = start_b(keys)
     n = keys.shape[0]
-    ratios = final_temperature_ratio ** (np.arange(num_temperatures)
-                                         / max(num_temperatures - 1, 1))
+    ratios = final_temperature_ratio ** (np.arange(num_temperatures) / max(num_temperatures - 1, 1))
     best_traj = [np.asarray(states.best_values[:, 0])[:, None]]
     eval_traj = [np.array([num_initial])]
     stage_means, stage_spreads = [], []
@@ -468,19 +549,30 @@ def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
         temps = t0 * jnp.asarray(ratios[i], dtype=t0.dtype)
         states, (bv, mv, sp) = stage_b(states, stage_keys[:, i], temps)
         best_traj.append(np.asarray(bv))
-        done = num_initial + per_step * (i * iterations_per_temperature
-                                         + np.arange(1, iterations_per_temperature + 1))
+        done = num_initial + per_step * (
+            i * iterations_per_temperature + np.arange(1, iterations_per_temperature + 1)
+        )
         eval_traj.append(done)
         stage_means.append(np.asarray(mv[:, -1]))
         stage_spreads.append(np.asarray(sp[:, -1]))
-        bar.set_postfix(T=f"{float(jnp.median(temps)):.3g}",
-                        best=f"{float(np.median(np.asarray(bv[:, -1]))):.4g}")
+        bar.set_postfix(
+            T=f"{float(jnp.median(temps)):.3g}",
+            best=f"{float(np.median(np.asarray(bv[:, -1]))):.4g}",
+        )
     points, values = states.best_points, states.best_values
     n_used = num_initial + per_step * iterations_per_temperature * num_temperatures
     if refine_steps:
-        ref = jax.jit(jax.vmap(lambda p, v: _polish(
-            fz, p, v, steps=refine_steps,
-            learning_rate=_local_learning_rate(p, v, refine_learning_rate))))
+        ref = jax.jit(
+            jax.vmap(
+                lambda p, v: _polish(
+                    fz,
+                    p,
+                    v,
+                    steps=refine_steps,
+                    learning_rate=_local_learning_rate(p, v, refine_learning_rate),
+                )
+            )
+        )
         points, values, rtraj = ref(points, values)
         best_traj.append(np.asarray(rtraj))
         best_traj.append(np.asarray(values[:, :1]))
@@ -489,9 +581,11 @@ def _run_diffusion(f, box, keys, *, method, max_evaluations, num_temperatures,
     traj = np.minimum.accumulate(np.concatenate(best_traj, axis=1), axis=1)
     evals = np.concatenate(eval_traj)
     xs = jax.vmap(jax.vmap(box.to_x))(points)
-    extras = {"stage_mean_values": np.stack(stage_means, 1),
-              "stage_spreads": np.stack(stage_spreads, 1),
-              "temperatures": np.asarray(t0)[:, None] * ratios[None, :]}
+    extras = {
+        "stage_mean_values": np.stack(stage_means, 1),
+        "stage_spreads": np.stack(stage_spreads, 1),
+        "temperatures": np.asarray(t0)[:, None] * ratios[None, :],
+    }
     del n
     return xs, values, np.broadcast_to(evals, traj.shape), traj, n_used, extras
 
@@ -511,12 +605,19 @@ def _run_adam(f, box, keys, *, max_evaluations, steps_per_restart, learning_rate
     n_used = 2 * restarts * steps_per_restart + restarts
     traj = np.concatenate([np.asarray(traj), np.asarray(vals[:, :1])], axis=1)
     evals = np.append(evals, n_used)
-    return (jax.vmap(jax.vmap(box.to_x))(pts[:, :8]), vals[:, :8],
-            np.broadcast_to(evals, traj.shape), np.minimum.accumulate(traj, axis=1), n_used, {})
+    return (
+        jax.vmap(jax.vmap(box.to_x))(pts[:, :8]),
+        vals[:, :8],
+        np.broadcast_to(evals, traj.shape),
+        np.minimum.accumulate(traj, axis=1),
+        n_used,
+        {},
+    )
 
 
-def _run_random(f, box, keys, *, max_evaluations, refine_steps, refine_learning_rate,
-                chunk=256, **_):
+def _run_random(
+    f, box, keys, *, max_evaluations, refine_steps, refine_learning_rate, chunk=256, **_
+):
     """Uniform search in chunks of ``chunk`` points, then the same polish of the 8 best points
     as the diffusion optimiser (``refine_steps``; 0 for pure random search). A budget below
     twice the polish's cost is spent on the search alone."""
@@ -538,9 +639,13 @@ def _run_random(f, box, keys, *, max_evaluations, refine_steps, refine_learning_
         init = (jnp.zeros((8, dim), dtype=_dtype()), jnp.full((8,), jnp.inf, dtype=_dtype()))
         (bp, bv), traj = jax.lax.scan(body, init, jr.split(key, n_chunks))
         if plan.sizes:
-            bp, bv, rtraj = _polish(fz, bp, bv, steps=refine_steps,
-                                    learning_rate=_local_learning_rate(bp, bv,
-                                                                       refine_learning_rate))
+            bp, bv, rtraj = _polish(
+                fz,
+                bp,
+                bv,
+                steps=refine_steps,
+                learning_rate=_local_learning_rate(bp, bv, refine_learning_rate),
+            )
             traj = jnp.concatenate([traj, rtraj, bv[:1]])
         return bp, bv, traj
 
@@ -550,12 +655,30 @@ def _run_random(f, box, keys, *, max_evaluations, refine_steps, refine_learning_
     if plan.sizes:
         evals = np.concatenate([evals, _polish_evaluations(plan, n_used)])
         n_used += plan.cost
-    return (jax.vmap(jax.vmap(box.to_x))(pts), vals, np.broadcast_to(evals, traj.shape),
-            np.minimum.accumulate(np.asarray(traj), axis=1), n_used, {})
+    return (
+        jax.vmap(jax.vmap(box.to_x))(pts),
+        vals,
+        np.broadcast_to(evals, traj.shape),
+        np.minimum.accumulate(np.asarray(traj), axis=1),
+        n_used,
+        {},
+    )
 
 
-def _run_langevin(f, box, keys, *, max_evaluations, num_chains, final_temperature_ratio,
-                  refine_steps, refine_learning_rate, num_initial, step_size, **_):
+def _run_langevin(
+    f,
+    box,
+    keys,
+    *,
+    max_evaluations,
+    num_chains,
+    final_temperature_ratio,
+    refine_steps,
+    refine_learning_rate,
+    num_initial,
+    step_size,
+    **_,
+):
     """Annealed unadjusted Langevin in normalised coordinates on ``f/T + wall``; the step is
     ``h = step_size * T / T_0`` (so the drift is a T-independent clipped gradient step and the
     noise shrinks like sqrt(T))."""
@@ -568,14 +691,19 @@ def _run_langevin(f, box, keys, *, max_evaluations, num_chains, final_temperatur
     if steps < 1:
         raise ValueError(f"minimise(max_evaluations={max_evaluations}): too small for langevin")
     vg = jax.vmap(jax.value_and_grad(fz))
-    ratios = jnp.asarray(final_temperature_ratio ** (np.arange(steps) / max(steps - 1, 1)),
-                         dtype=_dtype())
+    ratios = jnp.asarray(
+        final_temperature_ratio ** (np.arange(steps) / max(steps - 1, 1)), dtype=_dtype()
+    )
 
     def one(key):
         k_t, k_z, k_run = jr.split(key, 3)
         t0, zi, vi = _initial_temperature(fz, dim, k_t, num_initial)
-        bp, bv = _merge_best(jnp.zeros((num_best, dim), dtype=_dtype()),
-                             jnp.full((num_best,), jnp.inf, dtype=_dtype()), zi, vi)
+        bp, bv = _merge_best(
+            jnp.zeros((num_best, dim), dtype=_dtype()),
+            jnp.full((num_best,), jnp.inf, dtype=_dtype()),
+            zi,
+            vi,
+        )
         z = jr.uniform(k_z, (num_chains, dim), dtype=_dtype(), minval=-1.0, maxval=1.0)
 
         def body(carry, inp):
@@ -592,9 +720,13 @@ def _run_langevin(f, box, keys, *, max_evaluations, num_chains, final_temperatur
 
         (z, bp, bv), traj = jax.lax.scan(body, (z, bp, bv), (jr.split(k_run, steps), ratios))
         if refine_steps:
-            bp, bv, rtraj = _polish(fz, bp, bv, steps=refine_steps,
-                                    learning_rate=_local_learning_rate(bp, bv,
-                                                                       refine_learning_rate))
+            bp, bv, rtraj = _polish(
+                fz,
+                bp,
+                bv,
+                steps=refine_steps,
+                learning_rate=_local_learning_rate(bp, bv, refine_learning_rate),
+            )
             traj = jnp.concatenate([traj, rtraj, bv[:1]])
         return bp, bv, traj
 
@@ -604,8 +736,14 @@ def _run_langevin(f, box, keys, *, max_evaluations, num_chains, final_temperatur
     if refine_steps:
         evals = np.concatenate([evals, _polish_evaluations(plan, n_used)])
         n_used += refine_cost
-    return (jax.vmap(jax.vmap(box.to_x))(pts), vals, np.broadcast_to(evals, traj.shape),
-            np.minimum.accumulate(np.asarray(traj), axis=1), n_used, {})
+    return (
+        jax.vmap(jax.vmap(box.to_x))(pts),
+        vals,
+        np.broadcast_to(evals, traj.shape),
+        np.minimum.accumulate(np.asarray(traj), axis=1),
+        n_used,
+        {},
+    )
 
 
 def _run_cmaes(f, box, keys, *, max_evaluations, **_):
@@ -639,10 +777,18 @@ def _run_cmaes(f, box, keys, *, max_evaluations, **_):
         while remaining > popsize:  # IPOP restarts until the budget is spent
             x0 = rng.uniform(lower, upper)
             es = cma.CMAEvolutionStrategy(
-                x0, 0.3 * float(np.max(upper - lower)),
-                {"bounds": [lower.tolist(), upper.tolist()], "maxfevals": remaining,
-                 "popsize": popsize, "verbose": -9, "seed": int(rng.integers(1, 2**30)),
-                 "tolfun": 1e-12, "tolx": 1e-12})
+                x0,
+                0.3 * float(np.max(upper - lower)),
+                {
+                    "bounds": [lower.tolist(), upper.tolist()],
+                    "maxfevals": remaining,
+                    "popsize": popsize,
+                    "verbose": -9,
+                    "seed": int(rng.integers(1, 2**30)),
+                    "tolfun": 1e-12,
+                    "tolx": 1e-12,
+                },
+            )
             start = len(history)
             while not es.stop():
                 X = es.ask()
@@ -659,9 +805,14 @@ def _run_cmaes(f, box, keys, *, max_evaluations, **_):
     traj = np.stack([t[:m] for t in trajs])
     evals = np.arange(1, m + 1)
     dt = _dtype()
-    return (jnp.asarray(np.stack(out_x), dtype=dt)[:, None, :],
-            jnp.asarray(np.asarray(out_v), dtype=dt)[:, None],
-            np.broadcast_to(evals, traj.shape), traj, int(m), {})
+    return (
+        jnp.asarray(np.stack(out_x), dtype=dt)[:, None, :],
+        jnp.asarray(np.asarray(out_v), dtype=dt)[:, None],
+        np.broadcast_to(evals, traj.shape),
+        traj,
+        int(m),
+        {},
+    )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -675,16 +826,35 @@ def _thin(evals, traj, max_points=400):
     return evals[..., idx], traj[..., idx]
 
 
-def minimise(f: Callable, domain, *, key, method: str = "dds", max_evaluations: int | None = None,
-             num_temperatures: int = 4, final_temperature_ratio: float = 1e-3,
-             iterations_per_temperature: int | None = None, batch_size: int = 32,
-             num_steps: int = 16, network: str = "mlp", gradient_informed: bool = False,
-             loss: str = "log_variance", width: int = 64, depth: int = 2, sigma: float = 0.6,
-             learning_rate: float = 1e-2, refine_steps: int = 40,
-             refine_learning_rate: float = 2e-2, num_initial: int = 256, num_chains: int = 32,
-             langevin_step_size: float = 1e-3, adam_steps_per_restart: int = 200,
-             adaptive_frame: bool = True, progress: bool = False,
-             return_extras: bool = False):
+def minimise(
+    f: Callable,
+    domain,
+    *,
+    key,
+    method: str = "dds",
+    max_evaluations: int | None = None,
+    num_temperatures: int = 4,
+    final_temperature_ratio: float = 1e-3,
+    iterations_per_temperature: int | None = None,
+    batch_size: int = 32,
+    num_steps: int = 16,
+    network: str = "mlp",
+    gradient_informed: bool = False,
+    loss: str = "log_variance",
+    width: int = 64,
+    depth: int = 2,
+    sigma: float = 0.6,
+    learning_rate: float = 1e-2,
+    refine_steps: int = 40,
+    refine_learning_rate: float = 2e-2,
+    num_initial: int = 256,
+    num_chains: int = 32,
+    langevin_step_size: float = 1e-3,
+    adam_steps_per_restart: int = 200,
+    adaptive_frame: bool = True,
+    progress: bool = False,
+    return_extras: bool = False,
+):
     """Minimise ``f`` over the box ``domain = (lower, upper)`` (arrays of shape ``(d,)``).
 
     ``method``: ``"dds"`` / ``"pis"`` (annealed low-temperature controlled diffusion, see the
@@ -712,12 +882,15 @@ def minimise(f: Callable, domain, *, key, method: str = "dds", max_evaluations: 
     _check_objective(f, box)
     keys = jnp.asarray(key)
     if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        raise TypeError("minimise(key=...): expected a typed PRNG key from jax.random.key, "
-                        f"got dtype {keys.dtype}")
+        raise TypeError(
+            "minimise(key=...): expected a typed PRNG key from jax.random.key, "
+            f"got dtype {keys.dtype}"
+        )
     single = keys.ndim == 0
     if keys.ndim > 1:
-        raise ValueError(f"minimise(key=...): expected one key or a 1-D array of keys, got shape "
-                         f"{keys.shape}")
+        raise ValueError(
+            f"minimise(key=...): expected one key or a 1-D array of keys, got shape {keys.shape}"
+        )
     keys = keys[None] if single else keys
     if max_evaluations is not None and max_evaluations < 1:
         raise ValueError(f"minimise(max_evaluations=...): must be positive, got {max_evaluations}")
@@ -725,39 +898,74 @@ def minimise(f: Callable, domain, *, key, method: str = "dds", max_evaluations: 
         if max_evaluations is None:
             raise ValueError(f"minimise(method={method!r}) needs max_evaluations")
     if not 0 < final_temperature_ratio <= 1:
-        raise ValueError("minimise(final_temperature_ratio=...): must be in (0, 1], got "
-                         f"{final_temperature_ratio}")
-    common = dict(max_evaluations=max_evaluations, refine_steps=refine_steps,
-                  refine_learning_rate=refine_learning_rate, num_initial=num_initial,
-                  final_temperature_ratio=final_temperature_ratio)
+        raise ValueError(
+            "minimise(final_temperature_ratio=...): must be in (0, 1], got "
+            f"{final_temperature_ratio}"
+        )
+    common = dict(
+        max_evaluations=max_evaluations,
+        refine_steps=refine_steps,
+        refine_learning_rate=refine_learning_rate,
+        num_initial=num_initial,
+        final_temperature_ratio=final_temperature_ratio,
+    )
     if method in ("dds", "pis"):
-        out = _run_diffusion(f, box, keys, method=method, num_temperatures=num_temperatures,
-                             iterations_per_temperature=iterations_per_temperature,
-                             progress=progress, batch_size=batch_size, num_steps=num_steps,
-                             network=network, gradient_informed=gradient_informed, loss=loss,
-                             width=width, depth=depth, sigma=sigma, learning_rate=learning_rate,
-                             adaptive_frame=adaptive_frame, **common)
+        out = _run_diffusion(
+            f,
+            box,
+            keys,
+            method=method,
+            num_temperatures=num_temperatures,
+            iterations_per_temperature=iterations_per_temperature,
+            progress=progress,
+            batch_size=batch_size,
+            num_steps=num_steps,
+            network=network,
+            gradient_informed=gradient_informed,
+            loss=loss,
+            width=width,
+            depth=depth,
+            sigma=sigma,
+            learning_rate=learning_rate,
+            adaptive_frame=adaptive_frame,
+            **common,
+        )
     elif method == "adam":
-        out = _run_adam(f, box, keys, max_evaluations=max_evaluations,
-                        steps_per_restart=adam_steps_per_restart,
-                        learning_rate=refine_learning_rate)
+        out = _run_adam(
+            f,
+            box,
+            keys,
+            max_evaluations=max_evaluations,
+            steps_per_restart=adam_steps_per_restart,
+            learning_rate=refine_learning_rate,
+        )
     elif method == "random":
-        out = _run_random(f, box, keys, max_evaluations=max_evaluations,
-                          refine_steps=refine_steps, refine_learning_rate=refine_learning_rate)
+        out = _run_random(
+            f,
+            box,
+            keys,
+            max_evaluations=max_evaluations,
+            refine_steps=refine_steps,
+            refine_learning_rate=refine_learning_rate,
+        )
     elif method == "langevin":
-        out = _run_langevin(f, box, keys, num_chains=num_chains,
-                            step_size=langevin_step_size, **common)
+        out = _run_langevin(
+            f, box, keys, num_chains=num_chains, step_size=langevin_step_size, **common
+        )
     else:
         out = _run_cmaes(f, box, keys, max_evaluations=max_evaluations)
     points, values, evals, traj, n_used, extras = out
     values = np.asarray(values)
     if not np.all(np.isfinite(values[:, 0])):
-        raise ValueError("minimise(f=...): the objective returned non-finite values at every "
-                         "point tried; f must be finite on the domain")
+        raise ValueError(
+            "minimise(f=...): the objective returned non-finite values at every "
+            "point tried; f must be finite on the domain"
+        )
     evals, traj = _thin(np.asarray(evals), np.asarray(traj))
     points = np.asarray(points)
-    res = OptimiseResult(points[:, 0], values[:, 0], points, values, evals, traj, int(n_used),
-                         method)
+    res = OptimiseResult(
+        points[:, 0], values[:, 0], points, values, evals, traj, int(n_used), method
+    )
     if single:
         res = OptimiseResult(*(v[0] if isinstance(v, np.ndarray) else v for v in res))
         extras = {k: v[0] for k, v in extras.items()}

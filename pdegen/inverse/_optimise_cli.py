@@ -21,19 +21,29 @@ def register(subparsers) -> argparse.ArgumentParser:
     from ._optimise import METHODS
     from ._test_functions import TEST_FUNCTIONS
 
-    p = subparsers.add_parser("optimise", help="global optimisation by low-temperature sampling",
-                              description="Minimise a test function with DDS/PIS or a baseline.")
+    p = subparsers.add_parser(
+        "optimise",
+        help="global optimisation by low-temperature sampling",
+        description="Minimise a test function with DDS/PIS or a baseline.",
+    )
     p.add_argument("--function", default="rastrigin", choices=TEST_FUNCTIONS)
     p.add_argument("--dim", type=int, default=2)
     p.add_argument("--method", default="dds", choices=METHODS)
     p.add_argument("--network", default="mlp", choices=["mlp", "coordinatewise"])
-    p.add_argument("--gradient", action="store_true",
-                   help="gradient-informed network (grad log pi input; costs one gradient "
-                        "evaluation per path step)")
-    p.add_argument("--budget", type=int, default=20000,
-                   help="maximum function evaluations (dds/pis need at least 1025: 256 initial "
-                        "points, 4 temperatures of at least one 32-evaluation iteration, and the "
-                        "641-evaluation polish of the 8 best points)")
+    p.add_argument(
+        "--gradient",
+        action="store_true",
+        help="gradient-informed network (grad log pi input; costs one gradient "
+        "evaluation per path step)",
+    )
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=20000,
+        help="maximum function evaluations (dds/pis need at least 1025: 256 initial "
+        "points, 4 temperatures of at least one 32-evaluation iteration, and the "
+        "641-evaluation polish of the 8 best points)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="optimise_out", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -42,8 +52,17 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 # The settings `run` passes to `minimise`.
-SETTINGS = dict(batch_size=32, num_steps=16, num_temperatures=4, num_initial=256, refine_steps=40,
-                num_best=8, num_chains=32, adam_steps_per_restart=200, loss="log_variance")
+SETTINGS = dict(
+    batch_size=32,
+    num_steps=16,
+    num_temperatures=4,
+    num_initial=256,
+    refine_steps=40,
+    num_best=8,
+    num_chains=32,
+    adam_steps_per_restart=200,
+    loss="log_variance",
+)
 
 
 def cost_plan(method: str, gradient: bool) -> dict:
@@ -55,12 +74,22 @@ def cost_plan(method: str, gradient: bool) -> dict:
     polish = _polish_plan(s["num_best"], s["refine_steps"]).cost
     if method in ("dds", "pis"):
         per = _evaluations_per_iteration(gradient, s["loss"], s["batch_size"], s["num_steps"])
-        return dict(initial=s["num_initial"], per_iteration=per, iterations=s["num_temperatures"],
-                    polish=polish, minimum=s["num_initial"] + per * s["num_temperatures"] + polish)
+        return dict(
+            initial=s["num_initial"],
+            per_iteration=per,
+            iterations=s["num_temperatures"],
+            polish=polish,
+            minimum=s["num_initial"] + per * s["num_temperatures"] + polish,
+        )
     if method == "langevin":
         per = 2 * s["num_chains"]
-        return dict(initial=s["num_initial"], per_iteration=per, iterations=1, polish=polish,
-                    minimum=s["num_initial"] + per + polish)
+        return dict(
+            initial=s["num_initial"],
+            per_iteration=per,
+            iterations=1,
+            polish=polish,
+            minimum=s["num_initial"] + per + polish,
+        )
     if method == "adam":  # one restart of value-and-gradient steps plus the final value
         return dict(minimum=2 * s["adam_steps_per_restart"] + 1)
     return dict(minimum=1)  # random (the polish is dropped below twice its cost), cmaes
@@ -71,26 +100,34 @@ def check_options(args) -> dict:
     if args.dim < 1:
         raise UserError(f"--dim must be >= 1, got {args.dim}")
     if args.dim > 10_000:
-        raise UserError(f"--dim {args.dim}: at most 10000 dimensions (the test functions are "
-                        f"benchmarks; a network over {args.dim} inputs does not fit a budget)")
+        raise UserError(
+            f"--dim {args.dim}: at most 10000 dimensions (the test functions are "
+            f"benchmarks; a network over {args.dim} inputs does not fit a budget)"
+        )
     if args.function == "rosenbrock" and args.dim < 2:
         raise UserError("--function rosenbrock needs --dim >= 2")
     if args.method == "cmaes":
         import importlib.util
 
         if importlib.util.find_spec("cma") is None:
-            raise UserError("--method cmaes needs the `cma` package: pip install cma (or choose "
-                            "another --method)")
+            raise UserError(
+                "--method cmaes needs the `cma` package: pip install cma (or choose "
+                "another --method)"
+            )
     plan = cost_plan(args.method, args.gradient)
     if args.budget < 1:
-        raise UserError(f"--budget must be a positive number of function evaluations, got {args.budget}; "
-                        f"--method {args.method} needs at least {plan['minimum']} (default 20000)")
+        raise UserError(
+            f"--budget must be a positive number of function evaluations, got {args.budget}; "
+            f"--method {args.method} needs at least {plan['minimum']} (default 20000)"
+        )
     if args.budget < plan["minimum"]:
         if "per_iteration" in plan:
-            parts = (f"{plan['initial']} initial points + {plan['iterations']} x "
-                     f"{plan['per_iteration']} (one iteration"
-                     + (" per temperature" if args.method in ("dds", "pis") else "")
-                     + f") + {plan['polish']} for the polish of the 8 best points")
+            parts = (
+                f"{plan['initial']} initial points + {plan['iterations']} x "
+                f"{plan['per_iteration']} (one iteration"
+                + (" per temperature" if args.method in ("dds", "pis") else "")
+                + f") + {plan['polish']} for the polish of the 8 best points"
+            )
             if args.gradient and args.method in ("dds", "pis"):
                 factor = plan["per_iteration"] / cost_plan(args.method, False)["per_iteration"]
                 parts += f"; --gradient makes each iteration cost {factor:g}x more"
@@ -98,9 +135,11 @@ def check_options(args) -> dict:
             parts = "one restart of 200 Adam steps (value and gradient) and its final value"
         else:
             parts = "at least one evaluation"
-        raise UserError(f"--budget {args.budget} is below the minimum of --method {args.method}: "
-                        f"{plan['minimum']} evaluations ({parts}); use --budget {plan['minimum']} or "
-                        f"more (default 20000)")
+        raise UserError(
+            f"--budget {args.budget} is below the minimum of --method {args.method}: "
+            f"{plan['minimum']} evaluations ({parts}); use --budget {plan['minimum']} or "
+            f"more (default 20000)"
+        )
     return plan
 
 
@@ -122,31 +161,53 @@ def run(args) -> int:
     prob = test_function(args.function, args.dim)  # ValueError -> "pdegen optimise: error: ..."
     s = SETTINGS
     if args.method in ("dds", "pis"):
-        iters = (args.budget - plan["initial"] - plan["polish"]) // (plan["per_iteration"] * s["num_temperatures"])
-        what = (f"{s['num_temperatures']} temperatures x {iters} iterations of {plan['per_iteration']} "
-                f"evaluations, then a {plan['polish']}-evaluation polish of the 8 best points (Adam, "
-                f"compiled and run after the annealing bar)")
+        iters = (args.budget - plan["initial"] - plan["polish"]) // (
+            plan["per_iteration"] * s["num_temperatures"]
+        )
+        what = (
+            f"{s['num_temperatures']} temperatures x {iters} iterations of {plan['per_iteration']} "
+            f"evaluations, then a {plan['polish']}-evaluation polish of the 8 best points (Adam, "
+            f"compiled and run after the annealing bar)"
+        )
     elif args.method in ("langevin", "random"):
-        what = "search, then the polish of the 8 best points" if args.budget >= 2 * plan.get("polish", 641) \
+        what = (
+            "search, then the polish of the 8 best points"
+            if args.budget >= 2 * plan.get("polish", 641)
             else "search"
+        )
     else:
         what = args.method
-    print(f"pdegen optimise: {prob.name} d={args.dim}, {args.method}, budget {args.budget}: {what}",
-          flush=True)
+    print(
+        f"pdegen optimise: {prob.name} d={args.dim}, {args.method}, budget {args.budget}: {what}",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    res = minimise(prob.fn, prob.domain, key=jr.key(args.seed), method=args.method,
-                   max_evaluations=args.budget, network=args.network,
-                   gradient_informed=args.gradient, batch_size=s["batch_size"], num_steps=s["num_steps"],
-                   num_temperatures=s["num_temperatures"], progress=not args.quiet)
+    res = minimise(
+        prob.fn,
+        prob.domain,
+        key=jr.key(args.seed),
+        method=args.method,
+        max_evaluations=args.budget,
+        network=args.network,
+        gradient_informed=args.gradient,
+        batch_size=s["batch_size"],
+        num_steps=s["num_steps"],
+        num_temperatures=s["num_temperatures"],
+        progress=not args.quiet,
+    )
     seconds = time.perf_counter() - t0
     x = np.asarray(res.x)
     if not (np.all(np.isfinite(x)) and np.isfinite(float(res.value))):
-        raise NonFiniteError(f"--method {args.method}: the optimiser ended at a non-finite point or value "
-                             f"(f = {float(res.value)}); try another --method or --seed; nothing was written")
+        raise NonFiniteError(
+            f"--method {args.method}: the optimiser ended at a non-finite point or value "
+            f"(f = {float(res.value)}); try another --method or --seed; nothing was written"
+        )
     gap = float(res.value) - prob.minimum
-    print(f"{prob.name} d={args.dim} method={args.method}: f = {float(res.value):.6g} "
-          f"(f* = {prob.minimum:.6g}, gap {gap:.3g}) after {res.num_evaluations} evaluations, "
-          f"{seconds:.1f} s")
+    print(
+        f"{prob.name} d={args.dim} method={args.method}: f = {float(res.value):.6g} "
+        f"(f* = {prob.minimum:.6g}, gap {gap:.3g}) after {res.num_evaluations} evaluations, "
+        f"{seconds:.1f} s"
+    )
     print("x =", np.array2string(x, precision=5))
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
@@ -159,14 +220,26 @@ def run(args) -> int:
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    write_json_atomic(os.path.join(out, "result.json"), {
-        "function": prob.name, "dim": args.dim, "method": args.method,
-        "network": args.network, "gradient_informed": args.gradient,
-        "seed": args.seed, "budget": args.budget, "minimum_budget": plan["minimum"],
-        "x": x.tolist(), "value": float(res.value), "minimum": prob.minimum, "gap": gap,
-        "num_evaluations": int(res.num_evaluations), "seconds": seconds,
-        "evaluations": np.asarray(res.evaluations).tolist(),
-        "best_values": np.asarray(res.best_values).tolist(),
-    })
+    write_json_atomic(
+        os.path.join(out, "result.json"),
+        {
+            "function": prob.name,
+            "dim": args.dim,
+            "method": args.method,
+            "network": args.network,
+            "gradient_informed": args.gradient,
+            "seed": args.seed,
+            "budget": args.budget,
+            "minimum_budget": plan["minimum"],
+            "x": x.tolist(),
+            "value": float(res.value),
+            "minimum": prob.minimum,
+            "gap": gap,
+            "num_evaluations": int(res.num_evaluations),
+            "seconds": seconds,
+            "evaluations": np.asarray(res.evaluations).tolist(),
+            "best_values": np.asarray(res.best_values).tolist(),
+        },
+    )
     print(f"wrote {png} and {os.path.join(out, 'result.json')}")
     return 0

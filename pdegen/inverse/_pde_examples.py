@@ -54,9 +54,17 @@ class SourceInversion(NamedTuple):
     num_sources: int
 
 
-def source_inversion(*, num_sources: int = 2, grid: int = 17, num_sensors: int = 16,
-                     width: float = 0.05, known_strengths: bool = False, true_parameters=None,
-                     sensors=None, seed: int = 0) -> SourceInversion:
+def source_inversion(
+    *,
+    num_sources: int = 2,
+    grid: int = 17,
+    num_sensors: int = 16,
+    width: float = 0.05,
+    known_strengths: bool = False,
+    true_parameters=None,
+    sensors=None,
+    seed: int = 0,
+) -> SourceInversion:
     """Build a :class:`SourceInversion` task on a ``grid x grid`` P1 mesh.
 
     Sources are ``s exp(-|x - p|^2 / (2 width^2))`` with ``p`` in ``[0.15, 0.85]^2`` and
@@ -69,7 +77,9 @@ def source_inversion(*, num_sources: int = 2, grid: int = 17, num_sensors: int =
     >>> res = minimise(task.objective, task.domain, key=jax.random.key(0), max_evaluations=8000)
     """
     if not isinstance(num_sources, int) or num_sources < 1:
-        raise ValueError(f"source_inversion(num_sources=...): need a positive int, got {num_sources!r}")
+        raise ValueError(
+            f"source_inversion(num_sources=...): need a positive int, got {num_sources!r}"
+        )
     if not isinstance(grid, int) or grid < 5:
         raise ValueError(f"source_inversion(grid=...): need an int >= 5, got {grid!r}")
     if not width > 0:
@@ -81,8 +91,10 @@ def source_inversion(*, num_sources: int = 2, grid: int = 17, num_sensors: int =
         true_parameters = rng.uniform(lower, upper)
     true_parameters = np.asarray(true_parameters, dtype=np.float64)
     if true_parameters.shape != (3 * num_sources,):
-        raise ValueError(f"source_inversion(true_parameters=...): expected shape ({3 * num_sources},), "
-                         f"got {true_parameters.shape}")
+        raise ValueError(
+            f"source_inversion(true_parameters=...): expected shape ({3 * num_sources},), "
+            f"got {true_parameters.shape}"
+        )
     if sensors is None:
         side = math.isqrt(num_sensors)
         if side * side == num_sensors:
@@ -105,8 +117,10 @@ def source_inversion(*, num_sources: int = 2, grid: int = 17, num_sensors: int =
     def source(theta):
         theta = jnp.asarray(theta, dtype=dtype)
         if theta.shape != (n_per * num_sources,):
-            raise ValueError(f"source_inversion: theta must have shape ({n_per * num_sources},), "
-                             f"got {theta.shape}")
+            raise ValueError(
+                f"source_inversion: theta must have shape ({n_per * num_sources},), "
+                f"got {theta.shape}"
+            )
         p = theta.reshape(num_sources, n_per)
         if known_strengths:
             p = jnp.concatenate([p, true_strengths.astype(dtype)], axis=1)
@@ -152,9 +166,21 @@ def source_inversion(*, num_sources: int = 2, grid: int = 17, num_sensors: int =
         out = np.min(errs, axis=0)
         return out if np.ndim(theta) > 1 else float(out[0])
 
-    return SourceInversion(objective, (lower, upper), true_parameters, sensors, y, space, problem,
-                           source, solve, relative_misfit, misfit_energy, parameter_error,
-                           num_sources)
+    return SourceInversion(
+        objective,
+        (lower, upper),
+        true_parameters,
+        sensors,
+        y,
+        space,
+        problem,
+        source,
+        solve,
+        relative_misfit,
+        misfit_energy,
+        parameter_error,
+        num_sources,
+    )
 
 
 def _permutations(n):

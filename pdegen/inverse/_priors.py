@@ -67,7 +67,9 @@ class GaussianScore(eqx.Module):
     def sqrt(self, z):
         """A square root of the covariance: ``x = sqrt(z)`` has the prior's law for white ``z``."""
         if self.kind == "dct":
-            return jax.scipy.fft.idctn(self.mode_std.astype(z.dtype) * z, type=2, norm="ortho")[None]
+            return jax.scipy.fft.idctn(self.mode_std.astype(z.dtype) * z, type=2, norm="ortho")[
+                None
+            ]
         w = jnp.sqrt(jnp.maximum(self.values.astype(z.dtype), 0.0))
         return (self.basis.astype(z.dtype) @ (w * z)).reshape(self.shape)
 
@@ -137,15 +139,25 @@ class Prior(eqx.Module):
 
     def _need_gaussian(self, what):
         if not self.gaussian:
-            raise ValueError(f"Prior.{what}: prior {self.name!r} is not Gaussian (a learned prior has no closed form)")
+            raise ValueError(
+                f"Prior.{what}: prior {self.name!r} is not Gaussian (a learned prior has no closed form)"
+            )
 
 
 def _unit_std(cov_diag) -> float:
     return float(np.sqrt(np.mean(np.asarray(cov_diag))))
 
 
-def matern_prior(space: fem.FunctionSpace, *, length_scale: float, sigma: float = 1.0, mean=0.0,
-                 rank: int | None = None, sde: AbstractSDE | None = None, max_dense: int = 6000) -> Prior:
+def matern_prior(
+    space: fem.FunctionSpace,
+    *,
+    length_scale: float,
+    sigma: float = 1.0,
+    mean=0.0,
+    rank: int | None = None,
+    sde: AbstractSDE | None = None,
+    max_dense: int = 6000,
+) -> Prior:
     """The Matérn prior of :func:`pdegen.fem.matern_field` (``nu = 1``, SPDE approach) on ``space``.
 
     Covariance ``C = sigma^2 4 pi kappa^2 A^-1 M A^-1`` with ``A = kappa^2 M + K`` (``M`` the lumped
@@ -166,7 +178,9 @@ def matern_prior(space: fem.FunctionSpace, *, length_scale: float, sigma: float 
     import scipy.sparse.linalg as spla
 
     if not isinstance(space, fem.FunctionSpace):
-        raise TypeError(f"matern_prior: space must be a pdegen.fem.FunctionSpace, got {type(space).__name__}")
+        raise TypeError(
+            f"matern_prior: space must be a pdegen.fem.FunctionSpace, got {type(space).__name__}"
+        )
     if space.ndofs != space.mesh.npoints:
         raise ValueError("matern_prior: space must have one dof per mesh node (P1 or Q1)")
     if not length_scale > 0 or not math.isfinite(length_scale):
@@ -175,10 +189,14 @@ def matern_prior(space: fem.FunctionSpace, *, length_scale: float, sigma: float 
         raise ValueError(f"matern_prior: sigma must be > 0, got {sigma}")
     n = space.ndofs
     if rank is not None and (int(rank) != rank or not 1 <= rank < n):
-        raise ValueError(f"matern_prior: rank must be an integer in [1, {n - 1}] or None, got {rank}")
+        raise ValueError(
+            f"matern_prior: rank must be an integer in [1, {n - 1}] or None, got {rank}"
+        )
     if rank is None and n > max_dense:
-        raise ValueError(f"matern_prior: {n} nodes is too many for a dense covariance (max_dense={max_dense}); "
-                         f"give rank= (e.g. rank=500) for a truncated Karhunen-Loeve prior")
+        raise ValueError(
+            f"matern_prior: {n} nodes is too many for a dense covariance (max_dense={max_dense}); "
+            f"give rank= (e.g. rank=500) for a truncated Karhunen-Loeve prior"
+        )
     mean = np.broadcast_to(np.asarray(mean, np.float64), (n,)).copy()
     if not np.all(np.isfinite(mean)):
         raise ValueError("matern_prior: mean contains NaN or inf")
@@ -192,7 +210,9 @@ def matern_prior(space: fem.FunctionSpace, *, length_scale: float, sigma: float 
         w, V = sla.eigh(0.5 * (C + C.T))
     else:
         lu = spla.splu(A)
-        op = spla.LinearOperator((n, n), matvec=lambda v: amp2 * lu.solve(c * lu.solve(np.ravel(v))), dtype=np.float64)
+        op = spla.LinearOperator(
+            (n, n), matvec=lambda v: amp2 * lu.solve(c * lu.solve(np.ravel(v))), dtype=np.float64
+        )
         w, V = spla.eigsh(op, k=int(rank), which="LM")
     keep = w > 1e-12 * w.max()
     w, V = w[keep], V[:, keep]
@@ -200,25 +220,47 @@ def matern_prior(space: fem.FunctionSpace, *, length_scale: float, sigma: float 
     scale = _unit_std(var)
     sde = VPSDE() if sde is None else sde
     score = GaussianScore(sde, None, jnp.asarray(V), jnp.asarray(w / scale**2), (n,), "eigen")
-    return Prior(score, sde, jnp.asarray(mean), scale, None, (n,), 0,
-                 name=f"Matern(l={length_scale:g}, sigma={sigma:g})", dtype="float64")
+    return Prior(
+        score,
+        sde,
+        jnp.asarray(mean),
+        scale,
+        None,
+        (n,),
+        0,
+        name=f"Matern(l={length_scale:g}, sigma={sigma:g})",
+        dtype="float64",
+    )
 
 
-def grf_prior(mesh: fem.Mesh, *, alpha: float = 2.0, tau: float = 3.0, sde: AbstractSDE | None = None) -> Prior:
+def grf_prior(
+    mesh: fem.Mesh, *, alpha: float = 2.0, tau: float = 3.0, sde: AbstractSDE | None = None
+) -> Prior:
     """The DCT Gaussian random field of the benchmark tasks (:func:`pdegen.fem.gaussian_random_field`)
     on a structured grid mesh (:func:`pdegen.fem.unit_square` / ``rectangle``), with its exact score."""
     if not isinstance(mesh, fem.Mesh):
         raise TypeError(f"grf_prior: mesh must be a pdegen.fem.Mesh, got {type(mesh).__name__}")
     if mesh.grid_shape is None:
-        raise ValueError("grf_prior: the DCT field lives on a structured grid (fem.unit_square / fem.rectangle); "
-                         "use matern_prior on other meshes")
+        raise ValueError(
+            "grf_prior: the DCT field lives on a structured grid (fem.unit_square / fem.rectangle); "
+            "use matern_prior on other meshes"
+        )
     std = fem.grf_mode_std(mesh.grid_shape, alpha=alpha, tau=tau)
     scale = float(np.sqrt(np.sum(std**2) / std.size))
     sde = VPSDE() if sde is None else sde
     shape = (1,) + tuple(mesh.grid_shape)
     score = GaussianScore(sde, jnp.asarray(std / scale), None, None, shape, "dct")
-    return Prior(score, sde, jnp.zeros(mesh.npoints), scale, None, shape, 0,
-                 name=f"GRF(alpha={alpha:g}, tau={tau:g})", dtype="float64")
+    return Prior(
+        score,
+        sde,
+        jnp.zeros(mesh.npoints),
+        scale,
+        None,
+        shape,
+        0,
+        name=f"GRF(alpha={alpha:g}, tau={tau:g})",
+        dtype="float64",
+    )
 
 
 def grid_transfer(grid: int | tuple, mesh: fem.Mesh, *, box=None) -> fem.SparseMatrix:
@@ -240,18 +282,27 @@ def grid_transfer(grid: int | tuple, mesh: fem.Mesh, *, box=None) -> fem.SparseM
     if not (x1 > x0 and y1 > y0):
         raise ValueError(f"grid_transfer: box must have x1 > x0 and y1 > y0, got {box}")
     tol = 1e-9 * max(x1 - x0, y1 - y0)
-    outside = (pts[:, 0] < x0 - tol) | (pts[:, 0] > x1 + tol) | (pts[:, 1] < y0 - tol) | (pts[:, 1] > y1 + tol)
+    outside = (
+        (pts[:, 0] < x0 - tol)
+        | (pts[:, 0] > x1 + tol)
+        | (pts[:, 1] < y0 - tol)
+        | (pts[:, 1] > y1 + tol)
+    )
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
-        raise ValueError(f"grid_transfer: the prior's field on box {tuple(box)} does not cover the mesh: "
-                         f"{int(outside.sum())} nodes lie outside it, e.g. node {i} at {pts[i].tolist()}")
+        raise ValueError(
+            f"grid_transfer: the prior's field on box {tuple(box)} does not cover the mesh: "
+            f"{int(outside.sum())} nodes lie outside it, e.g. node {i} at {pts[i].tolist()}"
+        )
     fx = np.clip((pts[:, 0] - x0) / (x1 - x0) * (nx - 1), 0, nx - 1)
     fy = np.clip((pts[:, 1] - y0) / (y1 - y0) * (ny - 1), 0, ny - 1)
     i0 = np.minimum(np.floor(fx).astype(np.int64), nx - 2)
     j0 = np.minimum(np.floor(fy).astype(np.int64), ny - 2)
     tx, ty = fx - i0, fy - j0
     rows = np.repeat(np.arange(pts.shape[0]), 4)
-    cols = np.stack([j0 * nx + i0, j0 * nx + i0 + 1, (j0 + 1) * nx + i0, (j0 + 1) * nx + i0 + 1], 1).ravel()
+    cols = np.stack(
+        [j0 * nx + i0, j0 * nx + i0 + 1, (j0 + 1) * nx + i0, (j0 + 1) * nx + i0 + 1], 1
+    ).ravel()
     vals = np.stack([(1 - tx) * (1 - ty), tx * (1 - ty), (1 - tx) * ty, tx * ty], 1).ravel()
     pattern, slots = fem.SparsityPattern.from_coo(rows, cols, (pts.shape[0], ny * nx))
     data = np.zeros(pattern.nnz)
@@ -265,11 +316,15 @@ def unwrap_model(model, name, caller: str):
         name = name or model.metadata.get("name")
         model = model.model
     if not isinstance(model, DiffusionModel):
-        raise TypeError(f"{caller}: model must be a DiffusionModel or a Checkpoint, got {type(model).__name__}")
+        raise TypeError(
+            f"{caller}: model must be a DiffusionModel or a Checkpoint, got {type(model).__name__}"
+        )
     return model, name
 
 
-def learned_prior(model, mesh: fem.Mesh, *, channel: str | int = 0, box=None, name: str | None = None) -> Prior:
+def learned_prior(
+    model, mesh: fem.Mesh, *, channel: str | int = 0, box=None, name: str | None = None
+) -> Prior:
     """A trained diffusion model over ``(C, g, g)`` images as a prior on the nodal values of a
     field on ``mesh``: channel ``channel`` of the image, interpolated bilinearly at the mesh nodes
     (:func:`grid_transfer`; the image covers ``box``, by default the mesh's bounding box, so a
@@ -284,11 +339,15 @@ def learned_prior(model, mesh: fem.Mesh, *, channel: str | int = 0, box=None, na
     model, name = unwrap_model(model, name, "learned_prior")
     shape = tuple(model.data_shape)
     if len(shape) != 3:
-        raise ValueError(f"learned_prior: the model generates examples of shape {shape}; expected images (C, ny, nx)")
+        raise ValueError(
+            f"learned_prior: the model generates examples of shape {shape}; expected images (C, ny, nx)"
+        )
     if isinstance(channel, str):
         names = ("a", "u")[: shape[0]]
         if channel not in names:
-            raise ValueError(f"learned_prior: channel must be one of {names} or an index, got {channel!r}")
+            raise ValueError(
+                f"learned_prior: channel must be one of {names} or an index, got {channel!r}"
+            )
         channel = names.index(channel)
     if not 0 <= int(channel) < shape[0]:
         raise ValueError(f"learned_prior: channel must lie in [0, {shape[0] - 1}], got {channel}")
@@ -297,5 +356,14 @@ def learned_prior(model, mesh: fem.Mesh, *, channel: str | int = 0, box=None, na
     mean = float(np.asarray(model.normalisation.mean)[channel])
     std = float(np.asarray(model.normalisation.std)[channel])
     dtype = str(jnp.dtype(getattr(model.network, "dtype", "float32")))
-    return Prior(model, model.sde, jnp.full(mesh.npoints, mean), std, T, shape, channel,
-                 name=name or f"learned {shape}", dtype=dtype)
+    return Prior(
+        model,
+        model.sde,
+        jnp.full(mesh.npoints, mean),
+        std,
+        T,
+        shape,
+        channel,
+        name=name or f"learned {shape}",
+        dtype=dtype,
+    )

@@ -25,8 +25,14 @@ def sample_posterior(prior, likelihood, *, method="tmpd", key, num_samples: int 
       joint ``(a, u)`` fields, with the options of :func:`sample_task_posterior`.
     """
     if isinstance(likelihood, GaussianLikelihood):
-        return sample_field_posterior(prior, likelihood, method=method, key=key, num_samples=num_samples, **options)
+        return sample_field_posterior(
+            prior, likelihood, method=method, key=key, num_samples=num_samples, **options
+        )
     if isinstance(likelihood, InverseTask):
-        return sample_task_posterior(prior, likelihood, method=method, key=key, num_samples=num_samples, **options)
-    raise TypeError(f"sample_posterior: likelihood must be a GaussianLikelihood (gaussian_likelihood) or a benchmark "
-                    f"InverseTask (make_task), got {type(likelihood).__name__}")
+        return sample_task_posterior(
+            prior, likelihood, method=method, key=key, num_samples=num_samples, **options
+        )
+    raise TypeError(
+        f"sample_posterior: likelihood must be a GaussianLikelihood (gaussian_likelihood) or a benchmark "
+        f"InverseTask (make_task), got {type(likelihood).__name__}"
+    )

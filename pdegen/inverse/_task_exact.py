@@ -25,13 +25,33 @@ def _bayes_arrays(G, y, key, noise_std, num_samples, alpha, tau):
     """Compiled once per (grid, sensors, samples, GRF): the noise level is traced, so noisy draws
     of a family share the program."""
     g = int(round(math.sqrt(G.shape[1])))
-    post = gaussian_posterior(jnp.zeros((g, g), G.dtype), lambda z: fem.grf_from_white_noise(z, alpha=alpha, tau=tau),
-                              G, y, noise_std=noise_std)
-    return post.mean, post.std, post.sample(key, num_samples), post.cross, post.chol, post.log_evidence
+    post = gaussian_posterior(
+        jnp.zeros((g, g), G.dtype),
+        lambda z: fem.grf_from_white_noise(z, alpha=alpha, tau=tau),
+        G,
+        y,
+        noise_std=noise_std,
+    )
+    return (
+        post.mean,
+        post.std,
+        post.sample(key, num_samples),
+        post.cross,
+        post.chol,
+        post.log_evidence,
+    )
 
 
-def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alpha: float | None = None,
-                    tau: float | None = None, likelihood: StatFEMLikelihood | None = None) -> Posterior:
+def bayes_posterior(
+    task: InverseTask,
+    *,
+    key,
+    num_samples: int = 8,
+    y=None,
+    alpha: float | None = None,
+    tau: float | None = None,
+    likelihood: StatFEMLikelihood | None = None,
+) -> Posterior:
     """The exact Gaussian posterior under the tasks' GRF prior (Poisson, Helmholtz): the Bayes floor.
 
     ``a = L z`` with the DCT square root ``L``; ``y = G a + e`` with ``G`` the sensor rows of the
@@ -44,7 +64,9 @@ def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alp
     the GRF prior (default: the one the task's data were drawn from).
     """
     if not task.linear:
-        raise ValueError(f"bayes_posterior: no exact Gaussian posterior for {task.pde!r} (nonlinear in a)")
+        raise ValueError(
+            f"bayes_posterior: no exact Gaussian posterior for {task.pde!r} (nonlinear in a)"
+        )
     alpha = task.physics.alpha if alpha is None else float(alpha)
     tau = task.physics.tau if tau is None else float(tau)
     y = task.y if y is None else task.check_observations(y)
@@ -61,7 +83,14 @@ def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alp
         noise_std = 1.0
     t0 = time.perf_counter()
     mean_a, std_a, a_samples, cross, chol, log_evidence = _bayes_arrays(
-        jnp.asarray(G), jnp.asarray(y_used), key, jnp.asarray(noise_std, jnp.float64), num_samples, alpha, tau)
+        jnp.asarray(G),
+        jnp.asarray(y_used),
+        key,
+        jnp.asarray(noise_std, jnp.float64),
+        num_samples,
+        alpha,
+        tau,
+    )
     Sj = jnp.asarray(S)
     u_samples = (a_samples.reshape(num_samples, -1) @ Sj.T).reshape(a_samples.shape)
     mean_u = (Sj @ mean_a.reshape(-1)).reshape(g, g)
@@ -79,20 +108,40 @@ def bayes_posterior(task: InverseTask, *, key, num_samples: int = 8, y=None, alp
     samples = jnp.stack([a_samples, u_samples], axis=1)
     mean = jnp.stack([mean_a, mean_u])
     std = jnp.stack([std_a, std_u])
-    return Posterior(samples, mean, std, "bayes", "exact", float(seconds), 0.0,
-                     {"log_evidence": float(log_evidence), "likelihood": likelihood})
+    return Posterior(
+        samples,
+        mean,
+        std,
+        "bayes",
+        "exact",
+        float(seconds),
+        0.0,
+        {"log_evidence": float(log_evidence), "likelihood": likelihood},
+    )
 
 
 def default_likelihood(task: InverseTask) -> StatFEMLikelihood:
     """The statFEM likelihood that matches how ``task``'s data were made: ``rho = 1``, its discrepancy
     (``sigma_d``, ``ell_d``) and the methods' noise level (:func:`fit_likelihood` estimates them
     from the data instead)."""
-    return StatFEMLikelihood(rho=1.0, sigma_d=float(task.discrepancy_std), ell_d=float(task.discrepancy_length),
-                             sigma_e=noise_floor(task))
+    return StatFEMLikelihood(
+        rho=1.0,
+        sigma_d=float(task.discrepancy_std),
+        ell_d=float(task.discrepancy_length),
+        sigma_e=noise_floor(task),
+    )
 
 
-def fit_likelihood(task: InverseTask, *, y=None, fit=("sigma_d", "ell_d"), init: StatFEMLikelihood | None = None,
-                   steps: int = 200, alpha: float = 2.0, tau: float = 3.0) -> StatFEMLikelihood:
+def fit_likelihood(
+    task: InverseTask,
+    *,
+    y=None,
+    fit=("sigma_d", "ell_d"),
+    init: StatFEMLikelihood | None = None,
+    steps: int = 200,
+    alpha: float = 2.0,
+    tau: float = 3.0,
+) -> StatFEMLikelihood:
     """Empirical Bayes for the statFEM observation model under the tasks' GRF prior (linear PDEs).
 
     Maximises the marginal likelihood ``log N(y; 0, rho^2 G C G^T + C_d(sigma_d, ell_d) + sigma_e^2 I)``
@@ -105,9 +154,13 @@ def fit_likelihood(task: InverseTask, *, y=None, fit=("sigma_d", "ell_d"), init:
     names = ("rho", "sigma_d", "ell_d", "sigma_e")
     unknown = set(fit) - set(names)
     if unknown:
-        raise ValueError(f"fit_likelihood: fit must name parameters among {names}, got {sorted(unknown)}")
+        raise ValueError(
+            f"fit_likelihood: fit must name parameters among {names}, got {sorted(unknown)}"
+        )
     if not task.linear:
-        raise ValueError(f"fit_likelihood: needs a linear PDE (Gaussian marginal likelihood), got {task.pde!r}")
+        raise ValueError(
+            f"fit_likelihood: needs a linear PDE (Gaussian marginal likelihood), got {task.pde!r}"
+        )
     y = jnp.asarray(task.y if y is None else task.check_observations(y), jnp.float64)
     GL = sensor_operator(task) @ grf_sqrt_matrix(task.grid, alpha=alpha, tau=tau)
     K = jnp.asarray(GL @ GL.T)
@@ -120,8 +173,12 @@ def fit_likelihood(task: InverseTask, *, y=None, fit=("sigma_d", "ell_d"), init:
     if "sigma_d" in fit and fixed[1] == 0:
         fixed[1] = 0.1 * rms
     mask = tuple(k in fit for k in names)
-    with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32 / int64 indices under x64
-        theta = _fit_statfem_likelihood(jnp.zeros(4), jnp.asarray(fixed), K, y, pts, mask=mask, steps=int(steps))
+    with jax.numpy_dtype_promotion(
+        "standard"
+    ):  # optax's L-BFGS mixes int32 / int64 indices under x64
+        theta = _fit_statfem_likelihood(
+            jnp.zeros(4), jnp.asarray(fixed), K, y, pts, mask=mask, steps=int(steps)
+        )
     if not bool(jnp.all(jnp.isfinite(theta))):
         raise RuntimeError("fit_likelihood: the optimisation diverged (non-finite parameters)")
     values = fixed * np.exp(np.where(mask, np.asarray(theta), 0.0))

@@ -45,8 +45,19 @@ from ._results import Posterior
 from ._task_exact import bayes_posterior, default_likelihood
 from ._tasks import InverseTask
 
-POSTERIOR_METHODS = ("bayes", "map", "tmpd", "tmpd-diagonal", "tmpd-rowsum", "statfem", "statfem-pigdm", "dps",
-                     "pigdm", "diffusionpde", "unguided")
+POSTERIOR_METHODS = (
+    "bayes",
+    "map",
+    "tmpd",
+    "tmpd-diagonal",
+    "tmpd-rowsum",
+    "statfem",
+    "statfem-pigdm",
+    "dps",
+    "pigdm",
+    "diffusionpde",
+    "unguided",
+)
 METHODS = POSTERIOR_METHODS
 STATFEM_METHODS = ("statfem", "statfem-pigdm")
 SAMPLERS = ("euler_maruyama", "ddim")
@@ -56,8 +67,13 @@ def _method_object(method: str, *, scale: float, data_variance: float | None):
     """The :mod:`pdegen.inverse` method object of a task-mode method name (statFEM methods are
     TMPD / PiGDM; the likelihood carries the model error)."""
     return {
-        "tmpd": TMPD(), "tmpd-diagonal": TMPD("diagonal"), "tmpd-rowsum": TMPD("rowsum"), "statfem": TMPD(),
-        "pigdm": PiGDM(data_variance), "statfem-pigdm": PiGDM(data_variance), "dps": DPS(float(scale)),
+        "tmpd": TMPD(),
+        "tmpd-diagonal": TMPD("diagonal"),
+        "tmpd-rowsum": TMPD("rowsum"),
+        "statfem": TMPD(),
+        "pigdm": PiGDM(data_variance),
+        "statfem-pigdm": PiGDM(data_variance),
+        "dps": DPS(float(scale)),
         "diffusionpde": DPS(float(scale)),  # on the solve route the PDE is exact: DPS
         "unguided": Unguided(),
     }[method]
@@ -78,24 +94,58 @@ def _task_likelihood(task: InverseTask, y, likelihood: StatFEMLikelihood | None)
     forward = H if task.observed == "a" else pde_forward(task.physics.parameter, H)
     linear = task.observed == "a" or task.linear
     if likelihood is None:
-        return gaussian_likelihood(forward, y, noise_std=noise_floor(task), points=task.points, linear=linear)
-    return gaussian_likelihood(forward, y, model_error=likelihood, points=task.points, linear=linear)
+        return gaussian_likelihood(
+            forward, y, noise_std=noise_floor(task), points=task.points, linear=linear
+        )
+    return gaussian_likelihood(
+        forward, y, model_error=likelihood, points=task.points, linear=linear
+    )
 
 
-def _solve_route(prior: FieldPrior, task: InverseTask, method: str, y, likelihood, *, key, num_samples, num_steps,
-                 sampler, scale, batch_size, data_variance, progress) -> Posterior:
+def _solve_route(
+    prior: FieldPrior,
+    task: InverseTask,
+    method: str,
+    y,
+    likelihood,
+    *,
+    key,
+    num_samples,
+    num_steps,
+    sampler,
+    scale,
+    batch_size,
+    data_variance,
+    progress,
+) -> Posterior:
     field_prior = as_mesh_prior(prior, task)
     lik = _task_likelihood(task, y, likelihood if method in STATFEM_METHODS else None)
-    post = sample_field_posterior(field_prior, lik, method=_method_object(method, scale=scale, data_variance=data_variance),
-                                  key=key, num_samples=num_samples, num_steps=num_steps, sampler=sampler,
-                                  batch_size=batch_size, progress=progress,
-                                  data_scale=channel_rms(task.pde, task.grid, task.observed))
+    post = sample_field_posterior(
+        field_prior,
+        lik,
+        method=_method_object(method, scale=scale, data_variance=data_variance),
+        key=key,
+        num_samples=num_samples,
+        num_steps=num_steps,
+        sampler=sampler,
+        batch_size=batch_size,
+        progress=progress,
+        data_scale=channel_rms(task.pde, task.grid, task.observed),
+    )
     a = task.mesh.to_image(post.samples)
     samples = jnp.stack([a, _solve_batch(task, a)], axis=1)
     std = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros(samples.shape[1:])
     info = {"steady_state_timing": not np.isnan(post.compile_seconds), **post.info}
-    return Posterior(samples, samples.mean(0), std, method, "solve", post.seconds_per_sample, post.compile_seconds,
-                     info)
+    return Posterior(
+        samples,
+        samples.mean(0),
+        std,
+        method,
+        "solve",
+        post.seconds_per_sample,
+        post.compile_seconds,
+        info,
+    )
 
 
 # ------------------------------------------------------------------------------ joint route
@@ -135,14 +185,18 @@ def _residual_function(physics, mean, std):
 
     def residual(x0):
         phys = x0.astype(jnp.float64) * s + m
-        r, _ = physics.parameter.residual_vector(mesh.from_image(phys[0]), mesh.from_image(phys[1]), smooth=True)
+        r, _ = physics.parameter.residual_vector(
+            mesh.from_image(phys[0]), mesh.from_image(phys[1]), smooth=True
+        )
         return r.real if jnp.iscomplexobj(r) else r
 
     return residual
 
 
 @functools.lru_cache(maxsize=32)
-def residual_curvature(physics: fem.PDETask, mean: tuple, std: tuple, iterations: int = 30) -> float:
+def residual_curvature(
+    physics: fem.PDETask, mean: tuple, std: tuple, iterations: int = 30
+) -> float:
     """Largest eigenvalue of ``J^T J`` (``J`` the Jacobian of the residual in normalised units, at the
     channel means) by power iteration: it makes the physics energy's step size grid-independent."""
     residual = _residual_function(physics, mean, std)
@@ -161,7 +215,9 @@ def residual_curvature(physics: fem.PDETask, mean: tuple, std: tuple, iterations
 
 
 @functools.lru_cache(maxsize=32)
-def physics_preconditioner(physics: fem.PDETask, mean: tuple, std: tuple, iterations: int = 30) -> tuple:
+def physics_preconditioner(
+    physics: fem.PDETask, mean: tuple, std: tuple, iterations: int = 30
+) -> tuple:
     """Per-channel step sizes ``(p_a, p_u)`` for the gradient of ``E = 0.5 ||u - solve(a)||^2`` (normalised units).
 
     With ``B = (std_a / std_u) d solve / d a`` the gradient is ``(-B^T e, e)``; scaled by
@@ -272,7 +328,9 @@ def _joint_guided(score, sde, A, y, W, S, spec: _Spec):
         target, noise = W @ y, jnp.asarray(1.0, y.dtype)
     if spec.method == "diffusionpde":
         return _diffusionpde(score, sde, observe, target, spec)
-    problem = GuidanceProblem(score, sde, observe, target, noise, spec.data_variance, _step_weight(sde, spec))
+    problem = GuidanceProblem(
+        score, sde, observe, target, noise, spec.data_variance, _step_weight(sde, spec)
+    )
     guided = _method_object(spec.method, scale=spec.scale, data_variance=None).guide(problem)
     if spec.physics_weight > 0:
         guided = _with_physics(guided, score, sde, spec, S)
@@ -284,9 +342,13 @@ def _sample_joint_batch(score, sde, A, y, W, S, keys, spec: _Spec):
     guided = _joint_guided(score, sde, A, y, W, S, spec)
     run = MODEL_SAMPLERS[spec.sampler]
     dtype = jnp.dtype(spec.dtype)
-    x = jax.vmap(lambda k: run(guided, sde, spec.shape, key=k, num_steps=spec.num_steps, dtype=dtype))(keys)
+    x = jax.vmap(
+        lambda k: run(guided, sde, spec.shape, key=k, num_steps=spec.num_steps, dtype=dtype)
+    )(keys)
     t = jnp.asarray(sde.t_min, x.dtype)
-    return jax.vmap(lambda xi: sde.tweedie_denoiser(score, xi, t))(x)  # the prior's Tweedie estimate
+    return jax.vmap(lambda xi: sde.tweedie_denoiser(score, xi, t))(
+        x
+    )  # the prior's Tweedie estimate
 
 
 def switch_time(sde: AbstractSDE, sampler: str, num_steps: int, fraction: float) -> float:
@@ -312,14 +374,32 @@ def _joint_data_variance(prior: FieldPrior, A_n) -> float:
     """PiGDM's data variance along the rows of ``A_n`` (normalised joint state)."""
     if not isinstance(prior.score, GaussianScore):
         return 1.0
-    as_prior = Prior(prior.score, prior.sde, jnp.zeros(1), 1.0, None, prior.data_shape, 0, dtype="float64")
+    as_prior = Prior(
+        prior.score, prior.sde, jnp.zeros(1), 1.0, None, prior.data_shape, 0, dtype="float64"
+    )
     An = jnp.asarray(A_n, jnp.float64)
     return observed_prior_variance(as_prior, lambda x: An @ x.reshape(-1), prior.data_shape)
 
 
-def _joint_route(prior: FieldPrior, task: InverseTask, method: str, y, likelihood, *, key, num_samples, num_steps,
-                 sampler, scale, physics_weight, physics_fraction, project, batch_size, data_variance,
-                 progress) -> Posterior:
+def _joint_route(
+    prior: FieldPrior,
+    task: InverseTask,
+    method: str,
+    y,
+    likelihood,
+    *,
+    key,
+    num_samples,
+    num_steps,
+    sampler,
+    scale,
+    physics_weight,
+    physics_fraction,
+    project,
+    batch_size,
+    data_variance,
+    progress,
+) -> Posterior:
     dtype = prior.dtype
     obs_scale = channel_rms(task.pde, task.grid, task.observed)  # guidance steps are unit-free
     A, offset = _joint_observation(prior, task)
@@ -329,25 +409,47 @@ def _joint_route(prior: FieldPrior, task: InverseTask, method: str, y, likelihoo
         W = jnp.asarray(likelihood.whitener(task.points, scale=obs_scale), jnp.dtype(dtype))
     A_n = rho * A / obs_scale
     if data_variance is None and method in ("pigdm", "statfem-pigdm"):
-        data_variance = _joint_data_variance(prior, A_n if W is None else np.asarray(W, np.float64) @ A_n)
+        data_variance = _joint_data_variance(
+            prior, A_n if W is None else np.asarray(W, np.float64) @ A_n
+        )
     mean, std = tuple(float(v) for v in prior.mean), tuple(float(v) for v in prior.std)
-    spec = _Spec(method=method, sampler=sampler, num_steps=num_steps, shape=prior.data_shape, dtype=dtype,
-                 noise_std=noise_floor(task) / obs_scale, scale=float(scale), physics_weight=float(physics_weight),
-                 physics_start=switch_time(prior.sde, sampler, num_steps, physics_fraction),
-                 time_grid=tuple(float(t) for t in np.asarray(prior.sde.time_grid(num_steps, jnp.float64))),
-                 physics=task.physics, mean=mean, std=std,
-                 data_variance=1.0 if data_variance is None else float(data_variance))
+    spec = _Spec(
+        method=method,
+        sampler=sampler,
+        num_steps=num_steps,
+        shape=prior.data_shape,
+        dtype=dtype,
+        noise_std=noise_floor(task) / obs_scale,
+        scale=float(scale),
+        physics_weight=float(physics_weight),
+        physics_start=switch_time(prior.sde, sampler, num_steps, physics_fraction),
+        time_grid=tuple(float(t) for t in np.asarray(prior.sde.time_grid(num_steps, jnp.float64))),
+        physics=task.physics,
+        mean=mean,
+        std=std,
+        data_variance=1.0 if data_variance is None else float(data_variance),
+    )
     S = None
     if physics_weight > 0:
-        spec = dataclasses.replace(spec, residual_lambda=residual_curvature(task.physics, mean, std),
-                                   physics_precondition=physics_preconditioner(task.physics, mean, std))
+        spec = dataclasses.replace(
+            spec,
+            residual_lambda=residual_curvature(task.physics, mean, std),
+            physics_precondition=physics_preconditioner(task.physics, mean, std),
+        )
         if task.linear and method != "diffusionpde":
             S = jnp.asarray(solution_operator(task.physics))
     jd = jnp.dtype(dtype)
     A_j = jnp.asarray(A_n, jd)
     y_j = jnp.asarray((np.asarray(y) - rho * offset) / obs_scale, jd)
     run = lambda kb: _sample_joint_batch(prior.score, prior.sde, A_j, y_j, W, S, kb, spec)  # noqa: E731
-    x, seconds_per_sample, compile_seconds = sample_in_batches(run, key, num_samples, batch_size, progress)
+    x, seconds_per_sample, compile_seconds = sample_in_batches(
+        run, key, num_samples, batch_size, progress
+    )
+    if not np.all(np.isfinite(x)):
+        raise FloatingPointError(
+            f"sample_posterior: {method} (joint route) produced non-finite fields; lower "
+            f"physics_weight (stable below 2) or the observation step, or use more num_steps"
+        )
     x = jnp.asarray(x)
     phys = jax.vmap(prior.to_physical)(x)
     a, u = phys[:, 0], phys[:, 1]
@@ -358,15 +460,38 @@ def _joint_route(prior: FieldPrior, task: InverseTask, method: str, y, likelihoo
     samples = jnp.stack([a, u], axis=1)
     mean_ = samples.mean(0)
     std_ = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros_like(mean_)
-    return Posterior(samples, mean_, std_, method, "joint", float(seconds_per_sample), float(compile_seconds), info)
+    return Posterior(
+        samples,
+        mean_,
+        std_,
+        method,
+        "joint",
+        float(seconds_per_sample),
+        float(compile_seconds),
+        info,
+    )
 
 
-def sample_task_posterior(prior: FieldPrior, task: InverseTask, *, method: str = "tmpd", key, num_samples: int = 8,
-                          route: str | None = None, num_steps: int = 200, sampler: str = "euler_maruyama",
-                          scale: float = 1.0, physics_weight: float | None = None, physics_fraction: float = 0.2,
-                          project: bool = False, batch_size: int | None = None,
-                          likelihood: StatFEMLikelihood | None = None, data_variance: float | None = None,
-                          progress=None, y=None) -> Posterior:
+def sample_task_posterior(
+    prior: FieldPrior,
+    task: InverseTask,
+    *,
+    method: str = "tmpd",
+    key,
+    num_samples: int = 8,
+    route: str | None = None,
+    num_steps: int = 200,
+    sampler: str = "euler_maruyama",
+    scale: float = 1.0,
+    physics_weight: float | None = None,
+    physics_fraction: float = 0.2,
+    project: bool = False,
+    batch_size: int | None = None,
+    likelihood: StatFEMLikelihood | None = None,
+    data_variance: float | None = None,
+    progress=None,
+    y=None,
+) -> Posterior:
     """Posterior samples of the joint field ``(a, u)`` for a benchmark ``task`` under a grid ``prior``.
 
     Args:
@@ -404,9 +529,15 @@ def sample_task_posterior(prior: FieldPrior, task: InverseTask, *, method: str =
         likelihood = default_likelihood(task)
     if method in ("bayes", "map"):
         # The closed forms use the GRF of an exact prior, else the GRF the task's data came from.
-        grf = dict(zip(("alpha", "tau"), prior.grf)) if isinstance(prior, FieldPrior) and prior.grf else {}
+        grf = (
+            dict(zip(("alpha", "tau"), prior.grf))
+            if isinstance(prior, FieldPrior) and prior.grf
+            else {}
+        )
         if method == "bayes":
-            post = bayes_posterior(task, key=key, num_samples=num_samples, y=y, likelihood=likelihood, **grf)
+            post = bayes_posterior(
+                task, key=key, num_samples=num_samples, y=y, likelihood=likelihood, **grf
+            )
         else:
             from ._map import map_posterior
 
@@ -415,7 +546,9 @@ def sample_task_posterior(prior: FieldPrior, task: InverseTask, *, method: str =
             progress.update(num_samples)
         return post
     if route is None:
-        route = "joint" if tuple(prior.channels) == CHANNELS and method == "diffusionpde" else "solve"
+        route = (
+            "joint" if tuple(prior.channels) == CHANNELS and method == "diffusionpde" else "solve"
+        )
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     check_prior_fits(prior, task, route)
@@ -427,9 +560,26 @@ def sample_task_posterior(prior: FieldPrior, task: InverseTask, *, method: str =
         physics_weight = 1.0 if method == "diffusionpde" else 0.0
     if physics_weight < 0:
         raise ValueError(f"physics_weight must be >= 0, got {physics_weight}")
-    common = dict(key=key, num_samples=num_samples, num_steps=num_steps, sampler=sampler, scale=scale,
-                  batch_size=batch_size, data_variance=data_variance, progress=progress)
+    common = dict(
+        key=key,
+        num_samples=num_samples,
+        num_steps=num_steps,
+        sampler=sampler,
+        scale=scale,
+        batch_size=batch_size,
+        data_variance=data_variance,
+        progress=progress,
+    )
     if route == "solve":
         return _solve_route(prior, task, method, y, likelihood, **common)
-    return _joint_route(prior, task, method, y, likelihood, physics_weight=physics_weight,
-                        physics_fraction=physics_fraction, project=project, **common)
+    return _joint_route(
+        prior,
+        task,
+        method,
+        y,
+        likelihood,
+        physics_weight=physics_weight,
+        physics_fraction=physics_fraction,
+        project=project,
+        **common,
+    )

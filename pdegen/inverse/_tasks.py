@@ -25,13 +25,18 @@ from pdegen import fem
 PDES = ("poisson", "helmholtz", "darcy")
 DIRECTIONS = ("forward", "inverse")
 CHANNELS = ("a", "u")
-LINEAR_PDES = ("poisson", "helmholtz")  # u depends linearly on a: an exact Gaussian posterior exists
+LINEAR_PDES = (
+    "poisson",
+    "helmholtz",
+)  # u depends linearly on a: an exact Gaussian posterior exists
 
 
 def parse_task_name(name: str) -> tuple[str, str]:
     """``"poisson-inverse"`` -> ``("poisson", "inverse")`` (a bare PDE name means ``inverse``)."""
     if not isinstance(name, str):
-        raise TypeError(f"task must be a string such as 'poisson-inverse', got {type(name).__name__}")
+        raise TypeError(
+            f"task must be a string such as 'poisson-inverse', got {type(name).__name__}"
+        )
     pde, _, direction = name.partition("-")
     direction = direction or "inverse"
     if pde not in PDES or direction not in DIRECTIONS:
@@ -175,7 +180,9 @@ class InverseTask:
     def residual_vector(self, a, u) -> jax.Array:
         """Weak residual and a reference scale ``(r, ||b||)`` for images; differentiable in both
         (the smooth coefficient map)."""
-        r, b = self.physics.parameter.residual_vector(self.mesh.from_image(a), self.mesh.from_image(u), smooth=True)
+        r, b = self.physics.parameter.residual_vector(
+            self.mesh.from_image(a), self.mesh.from_image(u), smooth=True
+        )
         return r, jnp.linalg.norm(b)
 
 
@@ -186,9 +193,18 @@ def physics_for(pde: str, grid: int) -> fem.PDETask:
     return fem.PDETask(pde, grid)
 
 
-def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction: float = 0.03,
-              sensors=None, noise: float = 0.0, discrepancy: float = 0.0, discrepancy_length: float = 0.2,
-              seed: int = 0, index: int = 0) -> InverseTask:
+def make_task(
+    task: str = "poisson-inverse",
+    *,
+    grid: int = 32,
+    sensor_fraction: float = 0.03,
+    sensors=None,
+    noise: float = 0.0,
+    discrepancy: float = 0.0,
+    discrepancy_length: float = 0.2,
+    seed: int = 0,
+    index: int = 0,
+) -> InverseTask:
     """Build one DiffusionPDE-style task with fixed seeds.
 
     Args:
@@ -222,7 +238,9 @@ def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction:
     root = jax.random.key(int(seed))
     if sensors is None:
         if not 0 < sensor_fraction <= 1:
-            raise ValueError(f"make_task: sensor_fraction must lie in (0, 1], got {sensor_fraction}")
+            raise ValueError(
+                f"make_task: sensor_fraction must lie in (0, 1], got {sensor_fraction}"
+            )
         count = max(1, int(round(sensor_fraction * mesh.npoints)))
         nodes = fem.random_sensors(mesh, key=jax.random.fold_in(root, 2**20), count=count)
     else:
@@ -243,14 +261,27 @@ def make_task(task: str = "poisson-inverse", *, grid: int = 32, sensor_fraction:
         pts = jnp.asarray(np.asarray(mesh.points)[np.asarray(nodes)])
         K = kernel_matrix(pts, pts, sigma=discrepancy_std, length=float(discrepancy_length))
         chol = jnp.linalg.cholesky(K + 1e-10 * discrepancy_std**2 * jnp.eye(K.shape[0]))
-        z = jax.random.normal(jax.random.fold_in(root, 2**22 + int(index)), (K.shape[0],), chol.dtype)
+        z = jax.random.normal(
+            jax.random.fold_in(root, 2**22 + int(index)), (K.shape[0],), chol.dtype
+        )
         y = y + chol @ z
     if noise > 0:
         noise_std = float(noise) * rms
         y = fem.add_noise(y, noise_std, key=jax.random.fold_in(root, 2**21 + int(index)))
-    return InverseTask(pde=pde, direction=direction, grid=grid, sensors=np.asarray(nodes), truth=truth,
-                       y=y, noise_std=noise_std, seed=int(seed), index=int(index), physics=physics,
-                       discrepancy_std=discrepancy_std, discrepancy_length=float(discrepancy_length))
+    return InverseTask(
+        pde=pde,
+        direction=direction,
+        grid=grid,
+        sensors=np.asarray(nodes),
+        truth=truth,
+        y=y,
+        noise_std=noise_std,
+        seed=int(seed),
+        index=int(index),
+        physics=physics,
+        discrepancy_std=discrepancy_std,
+        discrepancy_length=float(discrepancy_length),
+    )
 
 
 def _sensor_nodes(sensors, physics) -> np.ndarray:
@@ -258,10 +289,14 @@ def _sensor_nodes(sensors, physics) -> np.ndarray:
     mesh = physics.mesh
     if s.ndim == 1 and np.issubdtype(s.dtype, np.integer):
         if s.size == 0 or s.min() < 0 or s.max() >= mesh.npoints:
-            raise ValueError(f"make_task: sensors (node indices) must be non-empty and lie in [0, {mesh.npoints - 1}]")
+            raise ValueError(
+                f"make_task: sensors (node indices) must be non-empty and lie in [0, {mesh.npoints - 1}]"
+            )
         return np.unique(s)
     if s.ndim != 2 or s.shape[1] != 2:
-        raise ValueError(f"make_task: sensors must be node indices (m,) or points (m, 2), got shape {s.shape}")
+        raise ValueError(
+            f"make_task: sensors must be node indices (m,) or points (m, 2), got shape {s.shape}"
+        )
     if not np.all(np.isfinite(s)):
         raise ValueError("make_task: sensors contain NaN or inf")
     # point_observation raises a clear error for points outside the domain.
@@ -283,8 +318,10 @@ def make_tasks(task: str = "poisson-inverse", num: int = 1, **options) -> list[I
 def relative_l2(estimate, truth) -> jax.Array:
     """``||estimate - truth|| / ||truth||`` over all entries (or the last two axes of a batch)."""
     estimate, truth = jnp.asarray(estimate), jnp.asarray(truth)
-    if estimate.shape[-truth.ndim:] != truth.shape:
-        raise ValueError(f"relative_l2: estimate shape {estimate.shape} does not end with truth shape {truth.shape}")
+    if estimate.shape[-truth.ndim :] != truth.shape:
+        raise ValueError(
+            f"relative_l2: estimate shape {estimate.shape} does not end with truth shape {truth.shape}"
+        )
     axes = tuple(range(-truth.ndim, 0))
     diff = estimate - jnp.broadcast_to(truth, estimate.shape)
     return jnp.sqrt(jnp.sum(diff**2, axis=axes) / jnp.sum(truth**2))
@@ -298,7 +335,9 @@ def credible_interval_coverage(mean, std, truth, level: float = 0.9) -> jax.Arra
         raise ValueError(f"credible_interval_coverage: level must lie in (0, 1), got {level}")
     mean, std, truth = jnp.asarray(mean), jnp.asarray(std), jnp.asarray(truth)
     if not mean.shape == std.shape == truth.shape:
-        raise ValueError(f"credible_interval_coverage: mean {mean.shape}, std {std.shape} and truth {truth.shape} must match")
+        raise ValueError(
+            f"credible_interval_coverage: mean {mean.shape}, std {std.shape} and truth {truth.shape} must match"
+        )
     z = norm.ppf(0.5 + level / 2.0)
     return jnp.mean(jnp.abs(truth - mean) <= z * std)
 

@@ -33,8 +33,10 @@ CARRILLO_OFFSET = 0.0
 
 def _check_point(x, name: str):
     if x.ndim != 1 or x.shape[0] < 1:
-        raise ValueError(f"{name}(x): x must have shape (d,) with d >= 1, got shape {x.shape}; "
-                         "use jax.vmap for batches")
+        raise ValueError(
+            f"{name}(x): x must have shape (d,) with d >= 1, got shape {x.shape}; "
+            "use jax.vmap for batches"
+        )
 
 
 def ackley(x):
@@ -45,8 +47,7 @@ def ackley(x):
     # double-where keeps the gradient finite at the minimiser
     safe = jnp.where(ms > 0, ms, jnp.ones_like(ms))
     root = jnp.where(ms > 0, jnp.sqrt(safe), jnp.zeros_like(ms))
-    return (-20.0 * jnp.exp(-0.2 * root) - jnp.exp(jnp.mean(jnp.cos(2 * jnp.pi * x)))
-            + 20.0 + math.e)
+    return -20.0 * jnp.exp(-0.2 * root) - jnp.exp(jnp.mean(jnp.cos(2 * jnp.pi * x))) + 20.0 + math.e
 
 
 def rastrigin(x):
@@ -122,8 +123,12 @@ _SPECS = {
     "ackley": (ackley, (-32.768, 32.768), 0.0, lambda d: 0.0),
     "rastrigin": (rastrigin, (-5.12, 5.12), 0.0, lambda d: 0.0),
     "levy": (levy, (-10.0, 10.0), 1.0, lambda d: 0.0),
-    "styblinski_tang": (styblinski_tang, (-5.0, 5.0), STYBLINSKI_TANG_MINIMISER,
-                        lambda d: STYBLINSKI_TANG_MINIMUM_PER_DIM * d),
+    "styblinski_tang": (
+        styblinski_tang,
+        (-5.0, 5.0),
+        STYBLINSKI_TANG_MINIMISER,
+        lambda d: STYBLINSKI_TANG_MINIMUM_PER_DIM * d,
+    ),
     "rosenbrock": (rosenbrock, (-5.0, 10.0), 1.0, lambda d: 0.0),
     "carrillo": (carrillo, (-5.12, 5.12), CARRILLO_SHIFT, lambda d: CARRILLO_OFFSET),
 }
@@ -146,8 +151,9 @@ def test_function(name: str, dim: int) -> TestFunction:
         raise ValueError("test_function(dim=...): rosenbrock needs dim >= 2")
     fn, (lo, hi), xstar, fstar = _SPECS[name]
     dim = int(dim)
-    return TestFunction(name, fn, np.full(dim, lo), np.full(dim, hi), np.full(dim, xstar),
-                        float(fstar(dim)))
+    return TestFunction(
+        name, fn, np.full(dim, lo), np.full(dim, hi), np.full(dim, xstar), float(fstar(dim))
+    )
 
 
 test_function.__test__ = False  # not a pytest test

@@ -49,7 +49,10 @@ def is_writer() -> bool:
 
 @eqx.filter_jit
 def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))]
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -87,8 +90,13 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, metadata: d
     with atomic_write(directory / name) as f:
         eqx.tree_serialise_leaves(f, state)
     meta = dict(metadata)
-    meta.update(format=FORMAT, step=step, state_file=name, state_sha256=_sha256(directory / name),
-                model=state.model.config())
+    meta.update(
+        format=FORMAT,
+        step=step,
+        state_file=name,
+        state_sha256=_sha256(directory / name),
+        model=state.model.config(),
+    )
     write_json_atomic(directory / METADATA, meta)
     for old in directory.glob("state-*.eqx"):
         if old.name != name:
@@ -108,19 +116,27 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"load_checkpoint(path=...): {str(meta_path)!r} is not valid JSON ({err})") from err
+        raise ValueError(
+            f"load_checkpoint(path=...): {str(meta_path)!r} is not valid JSON ({err})"
+        ) from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"load_checkpoint(path=...): {str(meta_path)!r} is not a {FORMAT} metadata file")
+        raise ValueError(
+            f"load_checkpoint(path=...): {str(meta_path)!r} is not a {FORMAT} metadata file"
+        )
     return meta
 
 
-def load_train_state(directory: str | os.PathLike, skeleton: TrainState, meta: dict | None = None) -> TrainState:
+def load_train_state(
+    directory: str | os.PathLike, skeleton: TrainState, meta: dict | None = None
+) -> TrainState:
     """Deserialise the state file into the structure of ``skeleton``, after a checksum check."""
     directory = Path(directory)
     meta = read_metadata(directory) if meta is None else meta
     state_path = directory / meta["state_file"]
     if not state_path.is_file():
-        raise FileNotFoundError(f"load_checkpoint(path=...): state file {str(state_path)!r} is missing")
+        raise FileNotFoundError(
+            f"load_checkpoint(path=...): state file {str(state_path)!r} is missing"
+        )
     if _sha256(state_path) != meta["state_sha256"]:
         raise ValueError(
             f"load_checkpoint(path=...): state file {str(state_path)!r} is corrupt (SHA-256 does not match metadata)"
@@ -128,7 +144,9 @@ def load_train_state(directory: str | os.PathLike, skeleton: TrainState, meta: d
     try:
         return eqx.tree_deserialise_leaves(state_path, skeleton)
     except Exception as err:  # noqa: BLE001 - equinox/numpy raise various errors on bad bytes
-        raise ValueError(f"load_checkpoint(path=...): cannot read {str(state_path)!r} ({err})") from err
+        raise ValueError(
+            f"load_checkpoint(path=...): cannot read {str(state_path)!r} ({err})"
+        ) from err
 
 
 def skeleton_state(meta: dict, optimizer) -> TrainState:
@@ -151,7 +169,9 @@ def skeleton_model(meta: dict) -> DiffusionModel:
     return eqx.filter_eval_shape(lambda: model_from_config(meta["model"], key=jr.key(0)))
 
 
-def export_model(directory: str | os.PathLike, model: DiffusionModel, metadata: dict, *, step: int) -> Path:
+def export_model(
+    directory: str | os.PathLike, model: DiffusionModel, metadata: dict, *, step: int
+) -> Path:
     """Write an inference-only checkpoint (the model's weights, no optimiser state) atomically.
 
     The folder then holds ``model-<step>.eqx`` and ``metadata.json`` (``contents: "model"``);
@@ -161,7 +181,9 @@ def export_model(directory: str | os.PathLike, model: DiffusionModel, metadata: 
     """
     directory = Path(directory)
     if not all_finite(model):
-        raise ValueError("export_model(model=...): the model holds NaN or infinite weights; not written")
+        raise ValueError(
+            "export_model(model=...): the model holds NaN or infinite weights; not written"
+        )
     if not is_writer():
         return directory
     directory.mkdir(parents=True, exist_ok=True)
@@ -169,8 +191,14 @@ def export_model(directory: str | os.PathLike, model: DiffusionModel, metadata: 
     with atomic_write(directory / name) as f:
         eqx.tree_serialise_leaves(f, model)
     meta = dict(metadata)
-    meta.update(format=FORMAT, contents="model", step=int(step), state_file=name,
-                state_sha256=_sha256(directory / name), model=model.config())
+    meta.update(
+        format=FORMAT,
+        contents="model",
+        step=int(step),
+        state_file=name,
+        state_sha256=_sha256(directory / name),
+        model=model.config(),
+    )
     write_json_atomic(directory / METADATA, meta)
     for old in [*directory.glob("state-*.eqx"), *directory.glob("model-*.eqx")]:
         if old.name != name:
@@ -212,7 +240,9 @@ def load_checkpoint(path: str | os.PathLike, *, ema: bool = True) -> Checkpoint:
     try:
         config = TrainConfig(**meta["train"])
     except (KeyError, TypeError) as err:
-        raise ValueError(f"load_checkpoint(path=...): malformed training config in metadata ({err!r})") from err
+        raise ValueError(
+            f"load_checkpoint(path=...): malformed training config in metadata ({err!r})"
+        ) from err
     state = load_train_state(path, skeleton_state(meta, make_optimizer(config)), meta)
     model = state.ema_model if ema else state.model
     return Checkpoint(model, model.sde, model.normalisation, int(state.step), meta)
@@ -234,7 +264,9 @@ def load_pretrained(name: str, *, ema: bool = True) -> Checkpoint:
     names = available_pretrained()
     if name not in names:
         listing = ", ".join(repr(n) for n in names) if names else "none are installed"
-        raise ValueError(f"load_pretrained(name={name!r}): unknown pretrained model; available: {listing}")
+        raise ValueError(
+            f"load_pretrained(name={name!r}): unknown pretrained model; available: {listing}"
+        )
     root = importlib.resources.files("pdegen") / "data" / name
     with importlib.resources.as_file(root) as folder:
         return load_checkpoint(folder, ema=ema)

@@ -173,19 +173,24 @@ class ControlMLP(eqx.Module):
     dim: int = eqx.field(static=True)
     gradient_informed: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, *, width: int = 64, depth: int = 2,
-                 gradient_informed: bool = True, key):
+    def __init__(
+        self, dim: int, *, width: int = 64, depth: int = 2, gradient_informed: bool = True, key
+    ):
         k1, k2 = jr.split(key)
         emb = _time_embedding(0.0).shape[0]
         self.dim = dim
         self.gradient_informed = gradient_informed
-        self.drift = _zero_last_layer(eqx.nn.MLP(dim + emb, dim, width, depth,
-                                                 activation=jax.nn.gelu, key=k1,
-                                                 dtype=_PARAM_DTYPE))
+        self.drift = _zero_last_layer(
+            eqx.nn.MLP(
+                dim + emb, dim, width, depth, activation=jax.nn.gelu, key=k1, dtype=_PARAM_DTYPE
+            )
+        )
         if gradient_informed:
-            self.gradient_scale = _zero_last_layer(eqx.nn.MLP(emb, dim, width, depth,
-                                                              activation=jax.nn.gelu, key=k2,
-                                                              dtype=_PARAM_DTYPE))
+            self.gradient_scale = _zero_last_layer(
+                eqx.nn.MLP(
+                    emb, dim, width, depth, activation=jax.nn.gelu, key=k2, dtype=_PARAM_DTYPE
+                )
+            )
         else:
             self.gradient_scale = None
 
@@ -219,20 +224,29 @@ class CoordinatewiseControl(eqx.Module):
         self.gradient_informed = gradient_informed
         n_in = emb + (6 if gradient_informed else 3)
         n_out = 2 if gradient_informed else 1
-        self.mlp = _zero_last_layer(eqx.nn.MLP(n_in, n_out, width, depth, activation=jax.nn.gelu,
-                                               key=key, dtype=_PARAM_DTYPE))
+        self.mlp = _zero_last_layer(
+            eqx.nn.MLP(
+                n_in, n_out, width, depth, activation=jax.nn.gelu, key=key, dtype=_PARAM_DTYPE
+            )
+        )
 
     def __call__(self, t, x, grad_log_density=None):
         d = x.shape[0]
         emb = jnp.broadcast_to(_time_embedding(t)[None, :], (d, _time_embedding(t).shape[0]))
         xf = x.astype(_PARAM_DTYPE)
-        feats = [xf[:, None], jnp.broadcast_to(jnp.mean(xf)[None, None], (d, 1)),
-                 jnp.broadcast_to(jnp.mean(xf**2)[None, None], (d, 1))]
+        feats = [
+            xf[:, None],
+            jnp.broadcast_to(jnp.mean(xf)[None, None], (d, 1)),
+            jnp.broadcast_to(jnp.mean(xf**2)[None, None], (d, 1)),
+        ]
         if self.gradient_informed:
             g = _clip_gradient(grad_log_density).astype(_PARAM_DTYPE)
             gl = jnp.sign(g) * jnp.log1p(jnp.abs(g))
-            feats += [gl[:, None], jnp.broadcast_to(jnp.mean(gl)[None, None], (d, 1)),
-                      jnp.broadcast_to(jnp.mean(jnp.abs(gl))[None, None], (d, 1))]
+            feats += [
+                gl[:, None],
+                jnp.broadcast_to(jnp.mean(gl)[None, None], (d, 1)),
+                jnp.broadcast_to(jnp.mean(jnp.abs(gl))[None, None], (d, 1)),
+            ]
         out = jax.vmap(self.mlp)(jnp.concatenate(feats + [emb], axis=1))
         drift = out[:, 0]
         if self.gradient_informed:
@@ -257,11 +271,13 @@ class ControlledDiffusion(eqx.Module):
 
 def _make_network(dim, network, gradient_informed, width, depth, key):
     if network == "mlp":
-        return ControlMLP(dim, width=width, depth=depth, gradient_informed=gradient_informed,
-                          key=key)
+        return ControlMLP(
+            dim, width=width, depth=depth, gradient_informed=gradient_informed, key=key
+        )
     if network == "coordinatewise":
-        return CoordinatewiseControl(width=width, depth=depth,
-                                     gradient_informed=gradient_informed, key=key)
+        return CoordinatewiseControl(
+            width=width, depth=depth, gradient_informed=gradient_informed, key=key
+        )
     raise ValueError(f"network must be 'mlp' or 'coordinatewise', got {network!r}")
 
 
@@ -274,8 +290,17 @@ def _check_common(dim, num_steps, sigma):
         raise ValueError(f"sigma must be positive, got {sigma!r}")
 
 
-def PIS(dim: int, *, key, sigma: float = 1.0, num_steps: int = 64, network: str = "mlp",
-        gradient_informed: bool = True, width: int = 64, depth: int = 2) -> ControlledDiffusion:
+def PIS(
+    dim: int,
+    *,
+    key,
+    sigma: float = 1.0,
+    num_steps: int = 64,
+    network: str = "mlp",
+    gradient_informed: bool = True,
+    width: int = 64,
+    depth: int = 2,
+) -> ControlledDiffusion:
     """Path Integral Sampler: Brownian reference from 0 with a learned drift.
 
     ``network`` is ``"mlp"`` (dense) or ``"coordinatewise"`` (shared per-coordinate MLP).
@@ -284,21 +309,36 @@ def PIS(dim: int, *, key, sigma: float = 1.0, num_steps: int = 64, network: str 
     """
     _check_common(dim, num_steps, sigma)
     ref = BrownianReference(sigma=float(sigma), num_steps=num_steps)
-    return ControlledDiffusion(ref, _make_network(dim, network, gradient_informed, width, depth,
-                                                  key), dim)
+    return ControlledDiffusion(
+        ref, _make_network(dim, network, gradient_informed, width, depth, key), dim
+    )
 
 
-def DDS(dim: int, *, key, sigma: float = 1.0, num_steps: int = 64, network: str = "mlp",
-        gradient_informed: bool = True, width: int = 64, depth: int = 2,
-        beta_min: float = 0.1, beta_max: float = 10.0) -> ControlledDiffusion:
+def DDS(
+    dim: int,
+    *,
+    key,
+    sigma: float = 1.0,
+    num_steps: int = 64,
+    network: str = "mlp",
+    gradient_informed: bool = True,
+    width: int = 64,
+    depth: int = 2,
+    beta_min: float = 0.1,
+    beta_max: float = 10.0,
+) -> ControlledDiffusion:
     """Denoising Diffusion Sampler: OU reference from ``N(0, sigma^2)``, exponential integrator."""
     _check_common(dim, num_steps, sigma)
     if not 0 <= beta_min <= beta_max or beta_max <= 0:
-        raise ValueError(f"need 0 <= beta_min <= beta_max, beta_max > 0; got {beta_min}, {beta_max}")
-    ref = OrnsteinUhlenbeckReference(sigma=float(sigma), num_steps=num_steps,
-                                     beta_min=float(beta_min), beta_max=float(beta_max))
-    return ControlledDiffusion(ref, _make_network(dim, network, gradient_informed, width, depth,
-                                                  key), dim)
+        raise ValueError(
+            f"need 0 <= beta_min <= beta_max, beta_max > 0; got {beta_min}, {beta_max}"
+        )
+    ref = OrnsteinUhlenbeckReference(
+        sigma=float(sigma), num_steps=num_steps, beta_min=float(beta_min), beta_max=float(beta_max)
+    )
+    return ControlledDiffusion(
+        ref, _make_network(dim, network, gradient_informed, width, depth, key), dim
+    )
 
 
 # --------------------------------------------------------------------------- simulation
@@ -324,8 +364,7 @@ class Paths(NamedTuple):
         return self.positions[:, -1, :]
 
 
-def _simulate_one(model: ControlledDiffusion, log_density: Callable, key,
-                  stop_path_gradient: bool):
+def _simulate_one(model: ControlledDiffusion, log_density: Callable, key, stop_path_gradient: bool):
     a, b, s, t = model.reference.coefficients()
     k0, key = jr.split(key)
     x0 = model.reference.initial_sample(model.dim, key=k0)
@@ -356,8 +395,14 @@ def _simulate_one(model: ControlledDiffusion, log_density: Callable, key,
     return Paths(positions, gs, logp, cost, mart, log_w)
 
 
-def simulate(model: ControlledDiffusion, log_density: Callable, num_samples: int, *, key,
-             stop_path_gradient: bool = False) -> Paths:
+def simulate(
+    model: ControlledDiffusion,
+    log_density: Callable,
+    num_samples: int,
+    *,
+    key,
+    stop_path_gradient: bool = False,
+) -> Paths:
     """Simulate ``num_samples`` controlled paths targeting ``exp(log_density)``.
 
     ``log_density(x)`` takes one point of shape ``(dim,)`` and returns a scalar; it must be
@@ -401,8 +446,7 @@ def kl_loss(model: ControlledDiffusion, log_density: Callable, num_samples: int,
     return jnp.mean(paths.log_weights + paths.martingale) * -1.0, paths
 
 
-def log_variance_loss(model: ControlledDiffusion, log_density: Callable, num_samples: int, *,
-                      key):
+def log_variance_loss(model: ControlledDiffusion, log_density: Callable, num_samples: int, *, key):
     """Log-variance loss: variance of the log weights of detached on-policy paths."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
     frozen = eqx.combine(jax.lax.stop_gradient(params), static)
@@ -448,8 +492,9 @@ def _get_loss(loss: str):
     return _LOSSES[loss]
 
 
-def training_step(model, opt_state, *, key, log_density, optimiser, batch_size: int,
-                  loss: str = "kl"):
+def training_step(
+    model, opt_state, *, key, log_density, optimiser, batch_size: int, loss: str = "kl"
+):
     """One optimisation step; pure, jittable. Returns ``(model, opt_state, loss, paths)``."""
     loss_fn = _get_loss(loss)
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -466,9 +511,18 @@ def training_step(model, opt_state, *, key, log_density, optimiser, batch_size: 
     return eqx.combine(params, static), opt_state, value, paths
 
 
-def train(model: ControlledDiffusion, log_density: Callable, *, key, num_steps: int = 1000,
-          batch_size: int = 128, learning_rate: float = 1e-3, loss: str = "kl",
-          optimiser: optax.GradientTransformation | None = None, progress: bool = True):
+def train(
+    model: ControlledDiffusion,
+    log_density: Callable,
+    *,
+    key,
+    num_steps: int = 1000,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    loss: str = "kl",
+    optimiser: optax.GradientTransformation | None = None,
+    progress: bool = True,
+):
     """Fit the control with optax (Adam by default); tqdm progress bar.
 
     Returns ``(model, losses)`` with ``losses`` a NumPy array of shape ``(num_steps,)``.
@@ -482,9 +536,15 @@ def train(model: ControlledDiffusion, log_density: Callable, *, key, num_steps: 
 
     @eqx.filter_jit
     def step(model, opt_state, key):
-        model, opt_state, value, _ = training_step(model, opt_state, key=key,
-                                                   log_density=log_density, optimiser=optimiser,
-                                                   batch_size=batch_size, loss=loss)
+        model, opt_state, value, _ = training_step(
+            model,
+            opt_state,
+            key=key,
+            log_density=log_density,
+            optimiser=optimiser,
+            batch_size=batch_size,
+            loss=loss,
+        )
         return model, opt_state, value
 
     losses = np.empty(num_steps)

@@ -49,7 +49,12 @@ def shard_batch(tree, mesh: Mesh):
     for leaf in jtu.tree_leaves(tree):
         if hasattr(leaf, "shape") and leaf.ndim > 0:
             check_batch_divisible(leaf.shape[0], mesh, name="batch leading axis")
-    return jtu.tree_map(lambda a: jax.device_put(a, sharding) if eqx.is_array(a) or isinstance(a, np.ndarray) else a, tree)
+    return jtu.tree_map(
+        lambda a: (
+            jax.device_put(a, sharding) if eqx.is_array(a) or isinstance(a, np.ndarray) else a
+        ),
+        tree,
+    )
 
 
 def replicate(tree, mesh: Mesh):

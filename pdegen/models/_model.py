@@ -27,7 +27,9 @@ class Normalisation(eqx.Module):
 
     def __check_init__(self):
         if len(self.mean) != len(self.std):
-            raise ValueError(f"Normalisation: mean and std lengths differ ({len(self.mean)} vs {len(self.std)})")
+            raise ValueError(
+                f"Normalisation: mean and std lengths differ ({len(self.mean)} vs {len(self.std)})"
+            )
         if any(not (s > 0 and math.isfinite(s)) for s in self.std):
             raise ValueError(f"Normalisation(std=...) must be positive and finite, got {self.std}")
 
@@ -40,7 +42,9 @@ class Normalisation(eqx.Module):
         """Per-channel mean/std of a data set of shape ``(N, C, ...)``."""
         data = np.asarray(data, dtype=np.float64)
         if data.ndim < 2:
-            raise ValueError(f"Normalisation.fit(data=...) needs shape (N, C, ...), got {data.shape}")
+            raise ValueError(
+                f"Normalisation.fit(data=...) needs shape (N, C, ...), got {data.shape}"
+            )
         axes = (0,) + tuple(range(2, data.ndim))
         mean = data.mean(axis=axes)
         std = np.maximum(data.std(axis=axes), min_std)
@@ -139,17 +143,26 @@ class DiffusionModel(eqx.Module):
         """
         shape = tuple(int(s) for s in shape)
         want = tuple(self.data_shape)
-        if shape[-len(want):] != want or len(shape) not in (len(want), len(want) + 1):
-            chan = f"{want[0]} channel(s) of shape {want[1:]}" if len(want) > 1 else f"vectors of length {want[0]}"
+        if shape[-len(want) :] != want or len(shape) not in (len(want), len(want) + 1):
+            chan = (
+                f"{want[0]} channel(s) of shape {want[1:]}"
+                if len(want) > 1
+                else f"vectors of length {want[0]}"
+            )
             raise ValueError(
                 f"`{name}` has shape {shape} but this model expects examples of shape {want} "
                 f"({chan}), optionally with a leading batch axis"
             )
 
     def config(self) -> dict:
-        return {"network": self.network.config(), "sde": self.sde.config(),
-                "normalisation": self.normalisation.config(), "data_shape": list(self.data_shape),
-                "parameterisation": self.parameterisation, "sigma_data": self.sigma_data}
+        return {
+            "network": self.network.config(),
+            "sde": self.sde.config(),
+            "normalisation": self.normalisation.config(),
+            "data_shape": list(self.data_shape),
+            "parameterisation": self.parameterisation,
+            "sigma_data": self.sigma_data,
+        }
 
 
 def model_from_config(config: dict, *, key: Array | None = None) -> DiffusionModel:
@@ -158,7 +171,9 @@ def model_from_config(config: dict, *, key: Array | None = None) -> DiffusionMod
     from ._sde import sde_from_config
 
     try:
-        norm = Normalisation(tuple(config["normalisation"]["mean"]), tuple(config["normalisation"]["std"]))
+        norm = Normalisation(
+            tuple(config["normalisation"]["mean"]), tuple(config["normalisation"]["std"])
+        )
         return DiffusionModel(
             network=network_from_config(config["network"], key=key),
             sde=sde_from_config(config["sde"]),
@@ -168,4 +183,6 @@ def model_from_config(config: dict, *, key: Array | None = None) -> DiffusionMod
             sigma_data=float(config["sigma_data"]),
         )
     except (KeyError, TypeError) as err:
-        raise ValueError(f"model_from_config(config=...): malformed model config ({err!r})") from err
+        raise ValueError(
+            f"model_from_config(config=...): malformed model config ({err!r})"
+        ) from err

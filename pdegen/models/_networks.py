@@ -85,23 +85,45 @@ class ScoreMLP(eqx.Module):
     embedding_kind: str = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
 
-    def __init__(self, data_dim: int, width: int = 128, depth: int = 3, embed_dim: int = 32,
-                 embedding: str = "sinusoidal", dtype: Any = "float32", *, key: Array):
+    def __init__(
+        self,
+        data_dim: int,
+        width: int = 128,
+        depth: int = 3,
+        embed_dim: int = 32,
+        embedding: str = "sinusoidal",
+        dtype: Any = "float32",
+        *,
+        key: Array,
+    ):
         if data_dim < 1 or width < 1 or depth < 1:
-            raise ValueError(f"ScoreMLP needs positive data_dim, width, depth; got {data_dim}, {width}, {depth}")
+            raise ValueError(
+                f"ScoreMLP needs positive data_dim, width, depth; got {data_dim}, {width}, {depth}"
+            )
         dt = jnp.dtype(dtype)
         keys = jr.split(key, 2 * depth + 2)
         self.embedding = _make_embedding(embedding, embed_dim, key=keys[0], dtype=dt)
         sizes = [data_dim] + [width] * depth
-        self.layers = [eqx.nn.Linear(sizes[i], sizes[i + 1], key=keys[1 + i], dtype=dt) for i in range(depth)]
-        self.embed_layers = [eqx.nn.Linear(embed_dim, width, key=keys[1 + depth + i], dtype=dt) for i in range(depth)]
+        self.layers = [
+            eqx.nn.Linear(sizes[i], sizes[i + 1], key=keys[1 + i], dtype=dt) for i in range(depth)
+        ]
+        self.embed_layers = [
+            eqx.nn.Linear(embed_dim, width, key=keys[1 + depth + i], dtype=dt) for i in range(depth)
+        ]
         self.out = eqx.nn.Linear(width, data_dim, key=keys[-1], dtype=dt)
         self.data_dim, self.width, self.depth, self.embed_dim = data_dim, width, depth, embed_dim
         self.embedding_kind, self.dtype = embedding, dt.name
 
     def config(self) -> dict:
-        return {"kind": "mlp", "data_dim": self.data_dim, "width": self.width, "depth": self.depth,
-                "embed_dim": self.embed_dim, "embedding": self.embedding_kind, "dtype": self.dtype}
+        return {
+            "kind": "mlp",
+            "data_dim": self.data_dim,
+            "width": self.width,
+            "depth": self.depth,
+            "embed_dim": self.embed_dim,
+            "embedding": self.embedding_kind,
+            "dtype": self.dtype,
+        }
 
     def __call__(self, x: Array, noise_label: Array) -> Array:
         dt = jnp.dtype(self.dtype)
@@ -187,10 +209,21 @@ class UNet(eqx.Module):
     embedding_kind: str = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
 
-    def __init__(self, in_channels: int, out_channels: int | None = None, base_channels: int = 32,
-                 channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
-                 attention: bool = False, attention_heads: int = 1, groups: int = 8,
-                 embedding: str = "sinusoidal", dtype: Any = "float32", *, key: Array):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention: bool = False,
+        attention_heads: int = 1,
+        groups: int = 8,
+        embedding: str = "sinusoidal",
+        dtype: Any = "float32",
+        *,
+        key: Array,
+    ):
         channel_mults = tuple(int(m) for m in channel_mults)
         if in_channels < 1 or base_channels < 1 or num_res_blocks < 1 or not channel_mults:
             raise ValueError(
@@ -201,9 +234,17 @@ class UNet(eqx.Module):
         dt = jnp.dtype(dtype)
         embed_dim = 4 * base_channels
         keys = iter(jr.split(key, 64 + 8 * len(channel_mults) * (num_res_blocks + 2)))
-        self.embedding = _make_embedding(embedding, base_channels + base_channels % 2, key=next(keys), dtype=dt)
-        self.embed_mlp = eqx.nn.MLP(base_channels + base_channels % 2, embed_dim, embed_dim, 1,
-                                    activation=jax.nn.silu, key=next(keys))
+        self.embedding = _make_embedding(
+            embedding, base_channels + base_channels % 2, key=next(keys), dtype=dt
+        )
+        self.embed_mlp = eqx.nn.MLP(
+            base_channels + base_channels % 2,
+            embed_dim,
+            embed_dim,
+            1,
+            activation=jax.nn.silu,
+            key=next(keys),
+        )
         self.conv_in = eqx.nn.Conv2d(in_channels, base_channels, 3, padding=1, key=next(keys))
         chans = [base_channels * m for m in channel_mults]
         skip_chans = [base_channels]
@@ -235,20 +276,41 @@ class UNet(eqx.Module):
         self.norm_out = eqx.nn.GroupNorm(_groups(cur, groups), cur)
         conv_out = eqx.nn.Conv2d(cur, out_channels, 3, padding=1, key=next(keys))
         self.conv_out = eqx.tree_at(lambda c: c.weight, conv_out, jnp.zeros_like(conv_out.weight))
-        self.in_channels, self.out_channels, self.base_channels = in_channels, out_channels, base_channels
+        self.in_channels, self.out_channels, self.base_channels = (
+            in_channels,
+            out_channels,
+            base_channels,
+        )
         self.channel_mults, self.num_res_blocks = channel_mults, num_res_blocks
         self.attention, self.attention_heads, self.groups = attention, attention_heads, groups
         self.embedding_kind, self.dtype = embedding, dt.name
         # Parameters in `dtype` (float32 by default) even when float64 is enabled.
-        for name in ("embedding", "embed_mlp", "conv_in", "down", "mid", "up", "norm_out", "conv_out"):
+        for name in (
+            "embedding",
+            "embed_mlp",
+            "conv_in",
+            "down",
+            "mid",
+            "up",
+            "norm_out",
+            "conv_out",
+        ):
             setattr(self, name, _cast_params(getattr(self, name), dt))
 
     def config(self) -> dict:
-        return {"kind": "unet", "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "base_channels": self.base_channels, "channel_mults": list(self.channel_mults),
-                "num_res_blocks": self.num_res_blocks, "attention": self.attention,
-                "attention_heads": self.attention_heads, "groups": self.groups,
-                "embedding": self.embedding_kind, "dtype": self.dtype}
+        return {
+            "kind": "unet",
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "base_channels": self.base_channels,
+            "channel_mults": list(self.channel_mults),
+            "num_res_blocks": self.num_res_blocks,
+            "attention": self.attention,
+            "attention_heads": self.attention_heads,
+            "groups": self.groups,
+            "embedding": self.embedding_kind,
+            "dtype": self.dtype,
+        }
 
     @property
     def size_divisor(self) -> int:
@@ -259,7 +321,9 @@ class UNet(eqx.Module):
         if x.ndim != 3 or x.shape[0] != self.in_channels:
             raise ValueError(f"UNet expects x of shape ({self.in_channels}, H, W), got {x.shape}")
         if x.shape[1] % self.size_divisor or x.shape[2] % self.size_divisor:
-            raise ValueError(f"UNet needs H and W divisible by {self.size_divisor}, got {x.shape[1:]}")
+            raise ValueError(
+                f"UNet needs H and W divisible by {self.size_divisor}, got {x.shape[1:]}"
+            )
         h = x.astype(dt)
         emb = self.embed_mlp(self.embedding(jnp.asarray(noise_label).astype(dt)))
         h = self.conv_in(h)

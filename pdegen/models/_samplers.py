@@ -44,9 +44,17 @@ def _finish(score_fn, sde, x, t, denoise_final):
     return sde.tweedie_denoiser(score_fn, x, t) if denoise_final else x
 
 
-def euler_maruyama(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], *, key: Array,
-                   num_steps: int = 500, x_init: Array | None = None, denoise_final: bool = False,
-                   dtype: Any = None) -> Array:
+def euler_maruyama(
+    score_fn: ScoreFn,
+    sde: AbstractSDE,
+    shape: tuple[int, ...],
+    *,
+    key: Array,
+    num_steps: int = 500,
+    x_init: Array | None = None,
+    denoise_final: bool = False,
+    dtype: Any = None,
+) -> Array:
     """Euler–Maruyama on the reverse SDE ``dx = [f x - g^2 score] dt + g dW``, on ``sde.time_grid``."""
     _check_steps(num_steps)
     init_key, key = jr.split(key)
@@ -64,9 +72,19 @@ def euler_maruyama(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], 
     return _finish(score_fn, sde, x, ts[-1], denoise_final)
 
 
-def predictor_corrector(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], *, key: Array,
-                        num_steps: int = 500, corrector_steps: int = 1, snr: float = 0.16,
-                        x_init: Array | None = None, denoise_final: bool = False, dtype: Any = None) -> Array:
+def predictor_corrector(
+    score_fn: ScoreFn,
+    sde: AbstractSDE,
+    shape: tuple[int, ...],
+    *,
+    key: Array,
+    num_steps: int = 500,
+    corrector_steps: int = 1,
+    snr: float = 0.16,
+    x_init: Array | None = None,
+    denoise_final: bool = False,
+    dtype: Any = None,
+) -> Array:
     """Euler–Maruyama predictor + Langevin corrector (Song et al. 2021, Algorithms 2-3).
 
     The corrector step size is ``2 r (snr sigma(t'))^2`` with ``r = alpha(t')^2/alpha(t)^2``:
@@ -89,22 +107,39 @@ def predictor_corrector(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, .
         t, t_next, k = inputs
         pk, ck = jr.split(k)
         dt = t_next - t
-        x = x + sde.reverse_drift(score_fn, x, t) * dt + sde.diffusion(t) * jnp.sqrt(-dt) * jr.normal(pk, x.shape, dtype)
+        x = (
+            x
+            + sde.reverse_drift(score_fn, x, t) * dt
+            + sde.diffusion(t) * jnp.sqrt(-dt) * jr.normal(pk, x.shape, dtype)
+        )
         ratio = (sde.alpha(t_next) / sde.alpha(t)).astype(dtype) ** 2
         step = 2.0 * ratio * (snr * sde.sigma(t_next).astype(dtype)) ** 2
         if corrector_steps:
             n = corrector_steps
-            x, _ = jax.lax.scan(corrector, x, (jnp.full((n,), t_next), jnp.full((n,), step), jr.split(ck, n)))
+            x, _ = jax.lax.scan(
+                corrector, x, (jnp.full((n,), t_next), jnp.full((n,), step), jr.split(ck, n))
+            )
         return x, None
 
     x, _ = jax.lax.scan(body, x, (ts[:-1], ts[1:], jr.split(key, num_steps)))
     return _finish(score_fn, sde, x, ts[-1], denoise_final)
 
 
-def probability_flow(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], *, key: Array,
-                     num_steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5,
-                     solver: diffrax.AbstractSolver | None = None, max_steps: int = 4096,
-                     x_init: Array | None = None, denoise_final: bool = False, dtype: Any = None) -> Array:
+def probability_flow(
+    score_fn: ScoreFn,
+    sde: AbstractSDE,
+    shape: tuple[int, ...],
+    *,
+    key: Array,
+    num_steps: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    solver: diffrax.AbstractSolver | None = None,
+    max_steps: int = 4096,
+    x_init: Array | None = None,
+    denoise_final: bool = False,
+    dtype: Any = None,
+) -> Array:
     """Probability-flow ODE ``dx/dt = f x - g^2 score / 2`` solved with diffrax.
 
     ``num_steps=None``: adaptive ``Tsit5`` with tolerances ``rtol``/``atol``; otherwise a fixed
@@ -112,7 +147,9 @@ def probability_flow(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...]
     """
     init_key, _ = jr.split(key)
     x, dtype = _start(sde, shape, init_key, x_init, dtype)
-    term = diffrax.ODETerm(lambda t, y, args: sde.reverse_drift(score_fn, y, t, probability_flow=True))
+    term = diffrax.ODETerm(
+        lambda t, y, args: sde.reverse_drift(score_fn, y, t, probability_flow=True)
+    )
     t0 = jnp.asarray(sde.t_max, dtype)
     t1 = jnp.asarray(sde.t_min, dtype)
     if num_steps is None:
@@ -125,13 +162,32 @@ def probability_flow(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...]
         controller = diffrax.StepTo(ts=sde.time_grid(num_steps, dtype))
         dt0 = None
         max_steps = num_steps + 1
-    sol = diffrax.diffeqsolve(term, solver, t0, t1, dt0, x, stepsize_controller=controller,
-                              max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        t0,
+        t1,
+        dt0,
+        x,
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        saveat=diffrax.SaveAt(t1=True),
+    )
     return _finish(score_fn, sde, sol.ys[-1], t1, denoise_final)
 
 
-def ddim(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], *, key: Array, num_steps: int = 100,
-         eta: float = 0.0, x_init: Array | None = None, denoise_final: bool = False, dtype: Any = None) -> Array:
+def ddim(
+    score_fn: ScoreFn,
+    sde: AbstractSDE,
+    shape: tuple[int, ...],
+    *,
+    key: Array,
+    num_steps: int = 100,
+    eta: float = 0.0,
+    x_init: Array | None = None,
+    denoise_final: bool = False,
+    dtype: Any = None,
+) -> Array:
     """DDIM (Song, Meng, Ermon 2021) for any SDE, written for ``x / alpha`` with noise ``s = sigma/alpha``.
 
     ``x'/alpha' = D + sqrt(s'^2 - c^2) eps_hat + c z``, ``c = eta s' sqrt(1 - s'^2/s^2)``;
@@ -155,7 +211,9 @@ def ddim(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], *, key: Ar
     return _finish(score_fn, sde, x, ts[-1], denoise_final)
 
 
-def edm_noise_levels(sde: AbstractSDE, num_steps: int, rho: float = 7.0, dtype: Any = None) -> Array:
+def edm_noise_levels(
+    sde: AbstractSDE, num_steps: int, rho: float = 7.0, dtype: Any = None
+) -> Array:
     """Karras et al. noise levels ``s_0 > ... > s_N`` of ``x/alpha`` from ``t_max`` to ``t_min``."""
     dtype = jnp.result_type(float) if dtype is None else dtype
     s_max = sde.scaled_sigma(jnp.asarray(sde.t_max, dtype))
@@ -164,9 +222,19 @@ def edm_noise_levels(sde: AbstractSDE, num_steps: int, rho: float = 7.0, dtype: 
     return (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
 
 
-def edm_heun(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], *, key: Array, num_steps: int = 18,
-             rho: float = 7.0, s_churn: float = 0.0, x_init: Array | None = None,
-             denoise_final: bool = False, dtype: Any = None) -> Array:
+def edm_heun(
+    score_fn: ScoreFn,
+    sde: AbstractSDE,
+    shape: tuple[int, ...],
+    *,
+    key: Array,
+    num_steps: int = 18,
+    rho: float = 7.0,
+    s_churn: float = 0.0,
+    x_init: Array | None = None,
+    denoise_final: bool = False,
+    dtype: Any = None,
+) -> Array:
     """EDM Heun sampler (Karras et al. 2022, Algorithm 2) on ``x/alpha`` for any SDE.
 
     Deterministic for ``s_churn=0`` (2 score evaluations per step); ``s_churn > 0`` adds noise.
@@ -212,9 +280,19 @@ def _batched(score_fn, sde, shape, keys, sampler, options):
     return jax.vmap(lambda k: sampler(score_fn, sde, shape, key=k, **options))(keys)
 
 
-def sample(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], num_samples: int, *, key: Array,
-           method: str | Callable[..., Array] = "euler_maruyama", mesh=None, batch_size: int | None = None,
-           progress: bool = False, **options) -> Array:
+def sample(
+    score_fn: ScoreFn,
+    sde: AbstractSDE,
+    shape: tuple[int, ...],
+    num_samples: int,
+    *,
+    key: Array,
+    method: str | Callable[..., Array] = "euler_maruyama",
+    mesh=None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    **options,
+) -> Array:
     """``num_samples`` independent samples ``(num_samples, *shape)``, one key each.
 
     ``method`` names a sampler in ``SAMPLERS`` or is a sampler function; ``options`` go to it.
@@ -225,12 +303,16 @@ def sample(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], num_samp
     """
     if isinstance(method, str):
         if method not in SAMPLERS:
-            raise ValueError(f"sample(method={method!r}): unknown sampler; choose from {sorted(SAMPLERS)}")
+            raise ValueError(
+                f"sample(method={method!r}): unknown sampler; choose from {sorted(SAMPLERS)}"
+            )
         method = SAMPLERS[method]
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"sample(num_samples=...) must be a positive int, got {num_samples!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"sample(batch_size=...) must be a positive int or None, got {batch_size!r}")
+        raise ValueError(
+            f"sample(batch_size=...) must be a positive int or None, got {batch_size!r}"
+        )
     mesh = make_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
     size = num_samples if batch_size is None else min(batch_size, num_samples)
@@ -246,9 +328,11 @@ def sample(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], num_samp
     outs = []
     try:
         for start in range(0, num_samples, size):
-            chunk = keys[start:start + size]
+            chunk = keys[start : start + size]
             m = chunk.shape[0]
-            if m < size:  # pad the last batch (results dropped) so that one compiled program serves all
+            if (
+                m < size
+            ):  # pad the last batch (results dropped) so that one compiled program serves all
                 chunk = jnp.concatenate([chunk, jnp.repeat(chunk[:1], size - m, axis=0)])
             chunk = jax.device_put(chunk, batch_sharding(mesh))
             out = _batched(score_fn, sde, shape, chunk, method, options)
@@ -262,13 +346,33 @@ def sample(score_fn: ScoreFn, sde: AbstractSDE, shape: tuple[int, ...], num_samp
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
 
 
-def sample_model(model, num_samples: int, *, key: Array, method: str | Callable[..., Array] = "edm_heun",
-                 mesh=None, dtype: Any = "float32", batch_size: int | None = None, progress: bool = False,
-                 **options) -> Array:
+def sample_model(
+    model,
+    num_samples: int,
+    *,
+    key: Array,
+    method: str | Callable[..., Array] = "edm_heun",
+    mesh=None,
+    dtype: Any = "float32",
+    batch_size: int | None = None,
+    progress: bool = False,
+    **options,
+) -> Array:
     """Samples in physical units ``(num_samples, *model.data_shape)`` from a :class:`DiffusionModel`.
 
     ``batch_size`` and ``progress`` as in :func:`sample`; ``options`` go to the sampler.
     """
-    x = sample(model, model.sde, model.data_shape, num_samples, key=key, method=method, mesh=mesh,
-               dtype=dtype, batch_size=batch_size, progress=progress, **options)
+    x = sample(
+        model,
+        model.sde,
+        model.data_shape,
+        num_samples,
+        key=key,
+        method=method,
+        mesh=mesh,
+        dtype=dtype,
+        batch_size=batch_size,
+        progress=progress,
+        **options,
+    )
     return jax.vmap(model.normalisation.unnormalise)(x)

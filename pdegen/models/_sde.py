@@ -130,7 +130,9 @@ class AbstractSDE(eqx.Module):
         """``E[x0 | x_t]`` from a score function ``score_fn(x, t)``."""
         return self.denoiser_from_score(x, t, score_fn(x, t))
 
-    def reverse_drift(self, score_fn, x: Array, t: Array, *, probability_flow: bool = False) -> Array:
+    def reverse_drift(
+        self, score_fn, x: Array, t: Array, *, probability_flow: bool = False
+    ) -> Array:
         """Drift of the reverse-time SDE (or of the probability-flow ODE)."""
         t = _as_float(t, x)
         g2 = self.diffusion(t) ** 2
@@ -155,13 +157,17 @@ class VPSDE(AbstractSDE):
 
     def __check_init__(self):
         if self.schedule not in ("linear", "cosine"):
-            raise ValueError(f"VPSDE(schedule=...) must be 'linear' or 'cosine', got {self.schedule!r}")
+            raise ValueError(
+                f"VPSDE(schedule=...) must be 'linear' or 'cosine', got {self.schedule!r}"
+            )
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"VPSDE needs 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
         if self.schedule == "cosine" and self.t_max >= 1.0:
             raise ValueError("VPSDE(schedule='cosine') needs t_max < 1 (alpha(1) = 0); try 0.999")
         if not 0.0 < self.beta_min < self.beta_max:
-            raise ValueError(f"VPSDE needs 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+            raise ValueError(
+                f"VPSDE needs 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}"
+            )
 
     def _theta(self, t):
         s = self.cosine_offset
@@ -206,9 +212,15 @@ class VPSDE(AbstractSDE):
         return theta * 2.0 * (1.0 + self.cosine_offset) / math.pi - self.cosine_offset
 
     def config(self):
-        return {"kind": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max,
-                "schedule": self.schedule, "cosine_offset": self.cosine_offset,
-                "t_min": self.t_min, "t_max": self.t_max}
+        return {
+            "kind": "vp",
+            "beta_min": self.beta_min,
+            "beta_max": self.beta_max,
+            "schedule": self.schedule,
+            "cosine_offset": self.cosine_offset,
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+        }
 
 
 class VESDE(AbstractSDE):
@@ -221,7 +233,9 @@ class VESDE(AbstractSDE):
 
     def __check_init__(self):
         if not 0.0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+            raise ValueError(
+                f"VESDE needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"VESDE needs 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
 
@@ -241,8 +255,13 @@ class VESDE(AbstractSDE):
         return jnp.log(scaled_sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
     def config(self):
-        return {"kind": "ve", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
-                "t_min": self.t_min, "t_max": self.t_max}
+        return {
+            "kind": "ve",
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+        }
 
 
 class EDMSDE(AbstractSDE):
@@ -259,7 +278,9 @@ class EDMSDE(AbstractSDE):
 
     def __check_init__(self):
         if not 0.0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"EDMSDE needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+            raise ValueError(
+                f"EDMSDE needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
 
     @property
     def t_min(self) -> float:
@@ -297,8 +318,13 @@ class EDMSDE(AbstractSDE):
         return jnp.exp(self.p_mean + self.p_std * jr.normal(key, (), dtype))
 
     def config(self):
-        return {"kind": "edm", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
-                "p_mean": self.p_mean, "p_std": self.p_std}
+        return {
+            "kind": "edm",
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "p_mean": self.p_mean,
+            "p_std": self.p_std,
+        }
 
 
 _SDE_KINDS = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}

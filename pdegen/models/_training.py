@@ -56,7 +56,9 @@ class TrainConfig:
         if self.warmup_steps < 0:
             raise ValueError(f"TrainConfig(warmup_steps=...) must be >= 0, got {self.warmup_steps}")
         if not self.learning_rate > 0:
-            raise ValueError(f"TrainConfig(learning_rate=...) must be > 0, got {self.learning_rate}")
+            raise ValueError(
+                f"TrainConfig(learning_rate=...) must be > 0, got {self.learning_rate}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig(ema_decay=...) must be in [0, 1), got {self.ema_decay}")
         if not self.grad_clip > 0:
@@ -116,8 +118,13 @@ def init_train_state(model: DiffusionModel, optimizer: optax.GradientTransformat
 
 
 @eqx.filter_jit
-def train_step(state: TrainState, batch: Array, key: Array, optimizer: optax.GradientTransformation,
-               ema_decay: float) -> tuple[TrainState, Array]:
+def train_step(
+    state: TrainState,
+    batch: Array,
+    key: Array,
+    optimizer: optax.GradientTransformation,
+    ema_decay: float,
+) -> tuple[TrainState, Array]:
     """One optimiser step on ``batch`` ``(B, *data_shape)``; the step's key is ``fold_in(key, step)``.
 
     Returns the new state and the batch loss. ``key`` is the run's base key, so the result of
@@ -138,7 +145,7 @@ def train_step(state: TrainState, batch: Array, key: Array, optimizer: optax.Gra
     count = state.step.astype(jnp.float32)
     decay = jnp.minimum(jnp.float32(ema_decay), (1.0 + count) / (10.0 + count))
     ema_params = jtu.tree_map(
-        lambda e, p: (decay.astype(p.dtype) * e + (1.0 - decay.astype(p.dtype)) * p),
+        lambda e, p: decay.astype(p.dtype) * e + (1.0 - decay.astype(p.dtype)) * p,
         eqx.filter(state.ema_model, eqx.is_inexact_array),
         eqx.filter(model, eqx.is_inexact_array),
     )
@@ -186,7 +193,9 @@ def load_data(source, *, key: str = "fields") -> np.ndarray:
                     return np.asarray(loaded[key])
         except (EOFError, zipfile.BadZipFile, zlib.error, ValueError, OSError) as err:
             raise ValueError(f"{bad}: {_data_error_reason(err)}") from None
-        raise ValueError(f"load_data(key={key!r}): {str(path)!r} has no array {key!r}; it has {names}")
+        raise ValueError(
+            f"load_data(key={key!r}): {str(path)!r} has no array {key!r}; it has {names}"
+        )
     return np.asarray(source)
 
 
@@ -201,13 +210,21 @@ def _check_data(data, label: str, *, min_examples: int = 1) -> np.ndarray:
     data = np.asarray(data)
     _check_dtype(data, label)
     if data.ndim < 2:
-        raise ValueError(f"{label} must be an array of examples (N, ...) with 2 or more axes, got shape {data.shape}")
+        raise ValueError(
+            f"{label} must be an array of examples (N, ...) with 2 or more axes, got shape {data.shape}"
+        )
     if data.shape[0] == 0:
-        raise ValueError(f"{label} is empty (shape {data.shape}); at least {min_examples} example(s) are needed")
+        raise ValueError(
+            f"{label} is empty (shape {data.shape}); at least {min_examples} example(s) are needed"
+        )
     if any(s == 0 for s in data.shape[1:]):
-        raise ValueError(f"{label} has shape {data.shape}: every axis after the first must be non-empty")
+        raise ValueError(
+            f"{label} has shape {data.shape}: every axis after the first must be non-empty"
+        )
     if data.shape[0] < min_examples:
-        raise ValueError(f"{label} has {data.shape[0]} example(s); at least {min_examples} are needed")
+        raise ValueError(
+            f"{label} has {data.shape[0]} example(s); at least {min_examples} are needed"
+        )
     finite = np.isfinite(data)
     if not finite.all():
         bad = int(finite.size - np.count_nonzero(finite))
@@ -224,12 +241,16 @@ def check_data(data, *, name: str = "data", min_examples: int = 1) -> np.ndarray
     return _check_data(data, f"`{name}`", min_examples=min_examples)
 
 
-def validate_data(data, model: DiffusionModel, *, name: str = "data", min_examples: int = 1) -> np.ndarray:
+def validate_data(
+    data, model: DiffusionModel, *, name: str = "data", min_examples: int = 1
+) -> np.ndarray:
     """Check a data set ``(N, *model.data_shape)``: shape, numeric dtype, size, all finite."""
     return _validate(data, model, f"`{name}`", name, min_examples)
 
 
-def _validate(data, model: DiffusionModel, label: str, name: str, min_examples: int = 1) -> np.ndarray:
+def _validate(
+    data, model: DiffusionModel, label: str, name: str, min_examples: int = 1
+) -> np.ndarray:
     data = np.asarray(data)
     _check_dtype(data, label)
     if data.ndim != len(model.data_shape) + 1:
@@ -265,7 +286,7 @@ def _write_loss_plot(path: Path, losses: np.ndarray) -> None:
     window = max(1, len(losses) // 50)
     if len(losses) >= window:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, lw=1.5, label=f"running mean ({window})")
+        ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"running mean ({window})")
     ax.set_xlabel("step")
     ax.set_ylabel("denoising score-matching loss")
     ax.set_yscale("log")
@@ -295,9 +316,19 @@ def _stored_losses(meta: dict, step: int, out: Path) -> list[float]:
     return losses
 
 
-def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = TrainConfig(),
-          out_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-          mesh=None, stop_after: int | None = None, metadata: dict | None = None) -> TrainResult:
+def train(
+    model: DiffusionModel,
+    data,
+    *,
+    key: Array,
+    config: TrainConfig = TrainConfig(),
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    mesh=None,
+    stop_after: int | None = None,
+    metadata: dict | None = None,
+) -> TrainResult:
     """Train ``model`` by denoising score matching on ``data`` ``(N, *model.data_shape)``.
 
     Data are in physical units (an array, or a ``.npz`` / ``.npy`` file read with
@@ -352,7 +383,10 @@ def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = Trai
         losses = _stored_losses(meta, saved_step, out)
     train_key, data_key = jr.split(key)
     dtype = jnp.dtype(getattr(model.network, "dtype", "float32"))
-    norm = np.asarray(model.normalisation.mean, np.float64), np.asarray(model.normalisation.std, np.float64)
+    norm = (
+        np.asarray(model.normalisation.mean, np.float64),
+        np.asarray(model.normalisation.std, np.float64),
+    )
     extra = (1,) * (data.ndim - 2)
     mean = norm[0].reshape((1, -1) + extra)
     std = norm[1].reshape((1, -1) + extra)
@@ -395,8 +429,12 @@ def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = Trai
     def save(st, done: int) -> None:
         nonlocal saved_step
         if is_writer():
-            meta = {**(metadata or {}), "train": dataclasses.asdict(config), "losses": list(losses),
-                    "key": np.asarray(jr.key_data(key)).tolist()}
+            meta = {
+                **(metadata or {}),
+                "train": dataclasses.asdict(config),
+                "losses": list(losses),
+                "key": np.asarray(jr.key_data(key)).tolist(),
+            }
             save_checkpoint(out, st, meta)
             _write_loss_plot(out / "loss.png", np.asarray(losses))
         saved_step = done
@@ -412,7 +450,9 @@ def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = Trai
         for step in range(start, end):
             idx = batch_indices(data_key, step, data.shape[0], config.batch_size)
             batch = ((data[idx] - mean) / std).astype(dtype)
-            state, loss = train_step(state, shard_batch(batch, mesh), train_key, optimizer, config.ema_decay)
+            state, loss = train_step(
+                state, shard_batch(batch, mesh), train_key, optimizer, config.ema_decay
+            )
             pending.append(loss)
             done = step + 1
             log = done % config.log_every == 0 or done == end
@@ -421,7 +461,7 @@ def train(model: DiffusionModel, data, *, key: Array, config: TrainConfig = Trai
                 flush()  # before a checkpoint too: it holds the loss of every step so far
                 check_state(state, done)
             if log and bar is not None:
-                bar.set_postfix(loss=f"{np.mean(losses[-config.log_every:]):.4g}")
+                bar.set_postfix(loss=f"{np.mean(losses[-config.log_every :]):.4g}")
             if bar is not None:
                 bar.update(1)
             if checkpoint:

@@ -48,8 +48,9 @@ class StatFEMCase(NamedTuple):
     fine_mesh: Mesh
 
 
-def sample_w(space: FunctionSpace, *, key, sigma: float = 0.2, length: float = 0.2,
-             dense_limit: int = 2500) -> jax.Array:
+def sample_w(
+    space: FunctionSpace, *, key, sigma: float = 0.2, length: float = 0.2, dense_limit: int = 2500
+) -> jax.Array:
     """A GP draw on the nodes: dense squared exponential on small meshes, SPDE Matérn otherwise."""
     n = space.ndofs
     if n <= dense_limit:
@@ -66,11 +67,23 @@ def _base_log_diffusivity(x):
     return jnp.log(1.0 + 0.3 * jnp.sin(math.pi * (x[0] + x[1])))
 
 
-def ula_statfem_case(grid: int = 32, *, key, num_sensors: int = 128, num_replicates: int = 1,
-                     sigma_f: float = 0.1, sigma_e: float = 5e-4, rho: float = 1.0,
-                     sigma_d: float = 0.0, ell_d: float = 0.2, mass: str = "lumped",
-                     w_sigma: float = 0.2, w_length: float = 0.2, fine_factor: int = 2,
-                     dense_limit: int = 2500) -> StatFEMCase:
+def ula_statfem_case(
+    grid: int = 32,
+    *,
+    key,
+    num_sensors: int = 128,
+    num_replicates: int = 1,
+    sigma_f: float = 0.1,
+    sigma_e: float = 5e-4,
+    rho: float = 1.0,
+    sigma_d: float = 0.0,
+    ell_d: float = 0.2,
+    mass: str = "lumped",
+    w_sigma: float = 0.2,
+    w_length: float = 0.2,
+    fine_factor: int = 2,
+    dense_limit: int = 2500,
+) -> StatFEMCase:
     """Build the ULA-statFEM case with synthetic data from a finer "truth".
 
     Args:
@@ -86,11 +99,17 @@ def ula_statfem_case(grid: int = 32, *, key, num_sensors: int = 128, num_replica
     if int(grid) != grid or grid < 3:
         raise ValueError(f"ula_statfem_case: grid must be an integer >= 3, got {grid}")
     if int(num_sensors) != num_sensors or num_sensors < 1:
-        raise ValueError(f"ula_statfem_case: num_sensors must be a positive integer, got {num_sensors}")
+        raise ValueError(
+            f"ula_statfem_case: num_sensors must be a positive integer, got {num_sensors}"
+        )
     if int(num_replicates) != num_replicates or num_replicates < 1:
-        raise ValueError(f"ula_statfem_case: num_replicates must be a positive integer, got {num_replicates}")
+        raise ValueError(
+            f"ula_statfem_case: num_replicates must be a positive integer, got {num_replicates}"
+        )
     if int(fine_factor) != fine_factor or fine_factor < 1:
-        raise ValueError(f"ula_statfem_case: fine_factor must be a positive integer, got {fine_factor}")
+        raise ValueError(
+            f"ula_statfem_case: fine_factor must be a positive integer, got {fine_factor}"
+        )
     k_w, k_s, k_d, k_e = jax.random.split(key, 4)
     mesh = unit_square(int(grid))
     V = FunctionSpace(mesh, "P1")
@@ -113,7 +132,9 @@ def ula_statfem_case(grid: int = 32, *, key, num_sensors: int = 128, num_replica
         # the same diffusivity on the fine grid: base exactly, w linearly interpolated
         theta_fine = jnp.exp(_base_log_diffusivity(x_fine) + coarse_to_fine @ w)
         u_fine = fine_problem.solve(kappa=theta_fine, f=1.0)
-        y = rho * (H_fine @ u_fine)[None, :] + sigma_e * jax.random.normal(k_e, (J, m), u_fine.dtype)
+        y = rho * (H_fine @ u_fine)[None, :] + sigma_e * jax.random.normal(
+            k_e, (J, m), u_fine.dtype
+        )
         if sigma_d > 0:
             pts = jnp.asarray(sensors)
             Cd = kernel_matrix(pts, pts, sigma=sigma_d, length=ell_d)
@@ -122,6 +143,15 @@ def ula_statfem_case(grid: int = 32, *, key, num_sensors: int = 128, num_replica
         return w, theta, fine_to_coarse @ u_fine, y
 
     w, theta, truth, y = simulate(k_w, k_d, k_e, H_fine, coarse_to_fine, fine_to_coarse)
-    model = StatFEM(Poisson(V), sensors, coefficients=dict(kappa=theta, f=1.0), sigma_f=sigma_f,
-                    mass=mass, rho=rho, sigma_d=sigma_d, ell_d=ell_d, sigma_e=sigma_e)
+    model = StatFEM(
+        Poisson(V),
+        sensors,
+        coefficients=dict(kappa=theta, f=1.0),
+        sigma_f=sigma_f,
+        mass=mass,
+        rho=rho,
+        sigma_d=sigma_d,
+        ell_d=ell_d,
+        sigma_e=sigma_e,
+    )
     return StatFEMCase(model, y, mesh, V, sensors, theta, w, truth, fine)

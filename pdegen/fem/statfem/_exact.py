@@ -51,7 +51,9 @@ def _observation_prior(sys: LinearSystem):
     Hf = sys.dense_observation()
     m0 = sys.solve(sys.b)
     cross = _prior_cov_columns(sys, Hf)  # C0 Hf^T, (n, m)
-    mu_o = sys.H @ (sys.lift + jnp.zeros(sys.structure.ndofs, m0.dtype).at[sys.structure.free].set(m0))
+    mu_o = sys.H @ (
+        sys.lift + jnp.zeros(sys.structure.ndofs, m0.dtype).at[sys.structure.free].set(m0)
+    )
     P_o = Hf @ cross
     return m0, mu_o, 0.5 * (P_o + P_o.T), cross
 
@@ -60,7 +62,11 @@ def _gaussian_logpdf_chol(r, chol):
     """``log N(r; 0, L L^T)`` for ``r`` of shape (m,)."""
     w = jax.scipy.linalg.solve_triangular(chol, r, lower=True)
     m = r.shape[0]
-    return -0.5 * jnp.dot(w, w) - jnp.sum(jnp.log(jnp.diagonal(chol))) - 0.5 * m * math.log(2 * math.pi)
+    return (
+        -0.5 * jnp.dot(w, w)
+        - jnp.sum(jnp.log(jnp.diagonal(chol)))
+        - 0.5 * m * math.log(2 * math.pi)
+    )
 
 
 def _lml_from_moments(mu_o, P_o, rho, S, Y):
@@ -75,8 +81,12 @@ def _lml_from_moments(mu_o, P_o, rho, S, Y):
         D = (Y - ybar[None, :]).T
         w = jax.scipy.linalg.solve_triangular(chol_S, D, lower=True)
         logdet_S = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol_S)))
-        out = (out - 0.5 * jnp.sum(w * w) - 0.5 * (J - 1) * (logdet_S + m * math.log(2 * math.pi))
-               - 0.5 * m * math.log(J))
+        out = (
+            out
+            - 0.5 * jnp.sum(w * w)
+            - 0.5 * (J - 1) * (logdet_S + m * math.log(2 * math.pi))
+            - 0.5 * m * math.log(J)
+        )
     return out
 
 
@@ -145,7 +155,9 @@ class ExactPosterior(eqx.Module):
     def sample(self, num_samples: int | None = None, *, key) -> jax.Array:
         """Exact posterior draws, ``(dim,)`` or ``(num_samples, dim)``; ``key`` is keyword-only."""
         if num_samples is not None and (int(num_samples) != num_samples or num_samples < 1):
-            raise ValueError(f"ExactPosterior.sample: num_samples must be a positive integer, got {num_samples}")
+            raise ValueError(
+                f"ExactPosterior.sample: num_samples must be a positive integer, got {num_samples}"
+            )
         return _posterior_sample(self, key, None if num_samples is None else int(num_samples))
 
     def prior_covariance(self) -> jax.Array:
@@ -230,9 +242,17 @@ def _exact_posterior(model, Y):
     mean = m0 + cross @ jax.scipy.linalg.cho_solve((chol_W, True), ybar - rho * mu_o)
     Ht = rho * sys.dense_observation()
     offset = rho * (sys.H @ sys.lift)
-    return ExactPosterior(mean=mean, prior_mean=m0, cross=cross, chol_W=chol_W, Ht=Ht,
-                          offset=offset, ybar=ybar, noise_chol=sys.noise_chol / math.sqrt(J),
-                          system=sys)
+    return ExactPosterior(
+        mean=mean,
+        prior_mean=m0,
+        cross=cross,
+        chol_W=chol_W,
+        Ht=Ht,
+        offset=offset,
+        ybar=ybar,
+        noise_chol=sys.noise_chol / math.sqrt(J),
+        system=sys,
+    )
 
 
 def posterior_precision(model: StatFEM, y) -> jax.Array:
@@ -246,8 +266,8 @@ def posterior_precision(model: StatFEM, y) -> jax.Array:
 def _posterior_precision(model, Y):
     sys = model.system()
     n = model.dim
-    I = jnp.eye(n, dtype=sys.b.dtype)
-    A = jax.vmap(sys.apply_A)(I).T  # columns A e_k
+    eye = jnp.eye(n, dtype=sys.b.dtype)
+    A = jax.vmap(sys.apply_A)(eye).T  # columns A e_k
     GinvA = jax.vmap(sys.solve_G, in_axes=1, out_axes=1)(A)
     Ht = model.rho * sys.dense_observation()
     SinvH = jax.scipy.linalg.cho_solve((sys.noise_chol, True), Ht)
@@ -265,9 +285,15 @@ def ula_stationary_covariance(precision, step_size, preconditioner=None) -> jax.
     Q = jnp.asarray(precision)
     if Q.ndim != 2 or Q.shape[0] != Q.shape[1]:
         raise ValueError(f"ula_stationary_covariance: precision must be square, got {Q.shape}")
-    P = jnp.eye(Q.shape[0], dtype=Q.dtype) if preconditioner is None else jnp.asarray(preconditioner)
+    P = (
+        jnp.eye(Q.shape[0], dtype=Q.dtype)
+        if preconditioner is None
+        else jnp.asarray(preconditioner)
+    )
     if P.shape != Q.shape:
-        raise ValueError(f"ula_stationary_covariance: preconditioner must have shape {Q.shape}, got {P.shape}")
+        raise ValueError(
+            f"ula_stationary_covariance: preconditioner must have shape {Q.shape}, got {P.shape}"
+        )
     return _ula_stationary_covariance(Q, P, jnp.asarray(step_size, Q.dtype))
 
 
@@ -280,6 +306,7 @@ def _ula_stationary_covariance(Q, P, step_size):
 
 # ---------------------------------------------------------------------------- preconditioners
 
+
 def prior_preconditioner(model: StatFEM, *, dense: bool = False) -> Preconditioner:
     """``P = C0 = A^{-1} G A^{-T}``: action by two solves, square-root draw by one.
 
@@ -288,7 +315,9 @@ def prior_preconditioner(model: StatFEM, *, dense: bool = False) -> Precondition
     (it only uses the prior).
     """
     if not isinstance(model, StatFEM):
-        raise TypeError(f"prior_preconditioner: model must be a StatFEM, got {type(model).__name__}")
+        raise TypeError(
+            f"prior_preconditioner: model must be a StatFEM, got {type(model).__name__}"
+        )
     if dense:
         return dense_preconditioner(_dense_prior_covariance_of(model))
     sys = model.system()
@@ -340,9 +369,15 @@ class HyperparameterFit(NamedTuple):
     log_marginal_likelihood: jax.Array  # history, one value per step
 
 
-def fit_hyperparameters(model: StatFEM, y, *, parameters=("rho", "sigma_d", "ell_d", "sigma_e"),
-                        num_steps: int = 500, learning_rate: float = 0.05,
-                        optimizer: optax.GradientTransformation | None = None) -> HyperparameterFit:
+def fit_hyperparameters(
+    model: StatFEM,
+    y,
+    *,
+    parameters=("rho", "sigma_d", "ell_d", "sigma_e"),
+    num_steps: int = 500,
+    learning_rate: float = 0.05,
+    optimizer: optax.GradientTransformation | None = None,
+) -> HyperparameterFit:
     """Maximise the log marginal likelihood over hyperparameters (log-parameterised, optax).
 
     ``parameters``: any of ``'rho'`` (must start > 0), ``'sigma_d'`` (> 0), ``'ell_d'``,
@@ -352,7 +387,11 @@ def fit_hyperparameters(model: StatFEM, y, *, parameters=("rho", "sigma_d", "ell
     _check_model(model, "fit_hyperparameters")
     Y = model.check_data(y, "fit_hyperparameters")
     parameters = tuple(parameters)
-    if not parameters or any(p not in HYPERPARAMETERS for p in parameters) or len(set(parameters)) != len(parameters):
+    if (
+        not parameters
+        or any(p not in HYPERPARAMETERS for p in parameters)
+        or len(set(parameters)) != len(parameters)
+    ):
         raise ValueError(
             f"fit_hyperparameters: parameters must be distinct names from {HYPERPARAMETERS}, got {parameters}"
         )
@@ -360,8 +399,10 @@ def fit_hyperparameters(model: StatFEM, y, *, parameters=("rho", "sigma_d", "ell
         raise ValueError(f"fit_hyperparameters: num_steps must be >= 1, got {num_steps}")
     for p in parameters:
         if not float(getattr(model, p)) > 0:
-            raise ValueError(f"fit_hyperparameters: the initial {p} must be > 0 (log-parameterised), "
-                             f"got {float(getattr(model, p))}")
+            raise ValueError(
+                f"fit_hyperparameters: the initial {p} must be > 0 (log-parameterised), "
+                f"got {float(getattr(model, p))}"
+            )
     _, mu_o, P_o, _ = eqx.filter_jit(_observation_prior)(model.system())
     P_o = P_o / model.sigma_f**2  # P_o is proportional to sigma_f^2
     init = {p: jnp.log(getattr(model, p)) for p in parameters}
@@ -374,8 +415,9 @@ def fit_hyperparameters(model: StatFEM, y, *, parameters=("rho", "sigma_d", "ell
         v.update({k: jnp.exp(val) for k, val in logp.items()})
         from ._model import kernel_matrix
 
-        S = (v["sigma_e"] ** 2 * jnp.eye(m, dtype=P_o.dtype)
-             + kernel_matrix(sensors, sensors, sigma=v["sigma_d"], length=v["ell_d"]))
+        S = v["sigma_e"] ** 2 * jnp.eye(m, dtype=P_o.dtype) + kernel_matrix(
+            sensors, sensors, sigma=v["sigma_d"], length=v["ell_d"]
+        )
         return -_lml_from_moments(mu_o, v["sigma_f"] ** 2 * P_o, v["rho"], S, Y)
 
     opt = optimizer if optimizer is not None else optax.adam(learning_rate)
@@ -394,5 +436,6 @@ def fit_hyperparameters(model: StatFEM, y, *, parameters=("rho", "sigma_d", "ell
         lambda p0, s0: jax.lax.scan(step, (p0, s0), None, length=int(num_steps))
     )(init, state0)
     values = {k: jnp.exp(v) for k, v in params.items()}
-    return HyperparameterFit(model=model.replace(**values), parameters=values,
-                             log_marginal_likelihood=history)
+    return HyperparameterFit(
+        model=model.replace(**values), parameters=values, log_marginal_likelihood=history
+    )

@@ -15,7 +15,8 @@ stiff statFEM prior tractable). The theta-marginal of the stationary law is prop
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,13 @@ class IPLA(NamedTuple):
     step: Callable
 
 
-def ipla(energy_fn: Callable, step_size: float, *, theta_step_size: float | None = None,
-         preconditioner: Preconditioner | None = None) -> IPLA:
+def ipla(
+    energy_fn: Callable,
+    step_size: float,
+    *,
+    theta_step_size: float | None = None,
+    preconditioner: Preconditioner | None = None,
+) -> IPLA:
     """The IPLA kernel for ``energy_fn(theta, x) -> scalar`` (``theta`` a scalar or a vector)."""
     for name, h in (("step_size", step_size), ("theta_step_size", theta_step_size)):
         if h is not None and not isinstance(h, jax.core.Tracer) and not float(h) > 0:
@@ -73,14 +79,21 @@ def ipla(energy_fn: Callable, step_size: float, *, theta_step_size: float | None
         N = P.shape[0]
         (g_theta, g_x), e = grad_total(theta, P)
         k_theta, k_x = jax.random.split(key)
-        theta_new = (theta - gamma_theta / N * g_theta
-                     + math.sqrt(2.0 / N) * jnp.sqrt(gamma_theta) * jax.random.normal(k_theta, theta.shape, theta.dtype))
+        theta_new = (
+            theta
+            - gamma_theta / N * g_theta
+            + math.sqrt(2.0 / N)
+            * jnp.sqrt(gamma_theta)
+            * jax.random.normal(k_theta, theta.shape, theta.dtype)
+        )
         if preconditioner is None:
             drift = g_x
             noise = jax.random.normal(k_x, P.shape, P.dtype)
         else:
             drift = jax.vmap(preconditioner.apply)(g_x)
-            noise = jax.vmap(lambda k: preconditioner.sample(key=k))(jax.random.split(k_x, N)).astype(P.dtype)
+            noise = jax.vmap(lambda k: preconditioner.sample(key=k))(
+                jax.random.split(k_x, N)
+            ).astype(P.dtype)
         P_new = P - gamma * drift + jnp.sqrt(2.0 * gamma) * noise
         return IPLAState(theta_new, P_new), IPLAInfo(g_theta / N, jnp.mean(e))
 
@@ -106,9 +119,18 @@ class IPLAResult(NamedTuple):
 
 
 @solver_errors()  # a failed linear solve inside the energy is a one-line LinearSolveError
-def run_ipla(energy_fn: Callable, theta0, particles0, num_steps: int, step_size: float, *, key,
-             theta_step_size: float | None = None, preconditioner: Preconditioner | None = None,
-             average_fraction: float = 0.5) -> IPLAResult:
+def run_ipla(
+    energy_fn: Callable,
+    theta0,
+    particles0,
+    num_steps: int,
+    step_size: float,
+    *,
+    key,
+    theta_step_size: float | None = None,
+    preconditioner: Preconditioner | None = None,
+    average_fraction: float = 0.5,
+) -> IPLAResult:
     """Run IPLA for ``num_steps`` with ``lax.scan``; the estimate averages the last part of the run.
 
     ``key`` (keyword-only) is the PRNG key of the run.
@@ -117,7 +139,9 @@ def run_ipla(energy_fn: Callable, theta0, particles0, num_steps: int, step_size:
         raise ValueError(f"run_ipla: num_steps must be >= 1, got {num_steps}")
     if not 0 < average_fraction <= 1:
         raise ValueError(f"run_ipla: average_fraction must lie in (0, 1], got {average_fraction}")
-    kernel = ipla(energy_fn, step_size, theta_step_size=theta_step_size, preconditioner=preconditioner)
+    kernel = ipla(
+        energy_fn, step_size, theta_step_size=theta_step_size, preconditioner=preconditioner
+    )
     state = kernel.init(theta0, particles0)
 
     def body(st, k):
@@ -129,4 +153,6 @@ def run_ipla(energy_fn: Callable, theta0, particles0, num_steps: int, step_size:
     traj = jnp.concatenate([first[None], thetas], axis=0)
     start = int(num_steps) - max(1, int(round(average_fraction * int(num_steps))))
     window = thetas[start:]
-    return IPLAResult(traj, jnp.mean(window, axis=0), jnp.std(window, axis=0), state.particles, energies)
+    return IPLAResult(
+        traj, jnp.mean(window, axis=0), jnp.std(window, axis=0), state.particles, energies
+    )

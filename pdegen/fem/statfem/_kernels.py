@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +77,10 @@ def _check_step_size(name, step_size):
 
 def _check_preconditioner(name, preconditioner):
     if preconditioner is not None and not isinstance(preconditioner, Preconditioner):
-        raise TypeError(f"{name}: preconditioner must be a Preconditioner (apply, sample) or None, "
-                        f"got {type(preconditioner).__name__}")
+        raise TypeError(
+            f"{name}: preconditioner must be a Preconditioner (apply, sample) or None, "
+            f"got {type(preconditioner).__name__}"
+        )
 
 
 def _langevin_parts(energy_fn, preconditioner):
@@ -101,8 +104,9 @@ def _langevin_parts(energy_fn, preconditioner):
     return value_and_grad, precondition, noise, init
 
 
-def ula(energy_fn: Callable, step_size: float, *,
-        preconditioner: Preconditioner | None = None) -> SamplingAlgorithm:
+def ula(
+    energy_fn: Callable, step_size: float, *, preconditioner: Preconditioner | None = None
+) -> SamplingAlgorithm:
     """The unadjusted Langevin algorithm ``x' = x - h P grad U(x) + sqrt(2 h) N(0, P)``.
 
     ``energy_fn(x) -> scalar`` is ``U = -log target``; ``P = I`` without a preconditioner. Stable for
@@ -114,11 +118,17 @@ def ula(energy_fn: Callable, step_size: float, *,
 
     def init(x0):
         e, g, pg = init_parts(x0)
-        return LangevinState(jnp.asarray(x0), e, g, pg, jnp.asarray(step_size, jnp.asarray(x0).dtype))
+        return LangevinState(
+            jnp.asarray(x0), e, g, pg, jnp.asarray(step_size, jnp.asarray(x0).dtype)
+        )
 
     def step(state, *, key):
         h = state.step_size
-        x = state.position - h * state.preconditioned_gradient + jnp.sqrt(2.0 * h) * noise(key, state.position)
+        x = (
+            state.position
+            - h * state.preconditioned_gradient
+            + jnp.sqrt(2.0 * h) * noise(key, state.position)
+        )
         e, g = value_and_grad(x)
         new = LangevinState(x, e, g, precondition(g), h)
         one = jnp.ones((), x.dtype)
@@ -128,8 +138,13 @@ def ula(energy_fn: Callable, step_size: float, *,
     return SamplingAlgorithm(init, step, name, None, 1, math.inf)
 
 
-def mala(energy_fn: Callable, step_size: float, *, preconditioner: Preconditioner | None = None,
-         target_acceptance: float = 0.574) -> SamplingAlgorithm:
+def mala(
+    energy_fn: Callable,
+    step_size: float,
+    *,
+    preconditioner: Preconditioner | None = None,
+    target_acceptance: float = 0.574,
+) -> SamplingAlgorithm:
     """Metropolis-adjusted Langevin with the proposal of :func:`ula` (preconditioned if given).
 
     The log proposal ratio is ``-0.5 (x - x')^T (g + g') - h/4 (g'^T P g' - g^T P g)``, which needs
@@ -143,7 +158,9 @@ def mala(energy_fn: Callable, step_size: float, *, preconditioner: Preconditione
 
     def init(x0):
         e, g, pg = init_parts(x0)
-        return LangevinState(jnp.asarray(x0), e, g, pg, jnp.asarray(step_size, jnp.asarray(x0).dtype))
+        return LangevinState(
+            jnp.asarray(x0), e, g, pg, jnp.asarray(step_size, jnp.asarray(x0).dtype)
+        )
 
     def step(state, *, key):
         k_prop, k_acc = jax.random.split(key)
@@ -152,15 +169,21 @@ def mala(energy_fn: Callable, step_size: float, *, preconditioner: Preconditione
         xp = x - h * state.preconditioned_gradient + jnp.sqrt(2.0 * h) * noise(k_prop, x)
         ep, gp = value_and_grad(xp)
         pgp = precondition(gp)
-        log_ratio = (state.energy - ep
-                     - 0.5 * jnp.dot(x - xp, state.gradient + gp)
-                     - 0.25 * h * (jnp.dot(gp, pgp) - jnp.dot(state.gradient, state.preconditioned_gradient)))
+        log_ratio = (
+            state.energy
+            - ep
+            - 0.5 * jnp.dot(x - xp, state.gradient + gp)
+            - 0.25 * h * (jnp.dot(gp, pgp) - jnp.dot(state.gradient, state.preconditioned_gradient))
+        )
         log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
         prob = jnp.minimum(1.0, jnp.exp(log_ratio))
         accept = jnp.log(jax.random.uniform(k_acc, (), x.dtype)) < log_ratio
         new = LangevinState(
-            jnp.where(accept, xp, x), jnp.where(accept, ep, state.energy),
-            jnp.where(accept, gp, state.gradient), jnp.where(accept, pgp, state.preconditioned_gradient), h,
+            jnp.where(accept, xp, x),
+            jnp.where(accept, ep, state.energy),
+            jnp.where(accept, gp, state.gradient),
+            jnp.where(accept, pgp, state.preconditioned_gradient),
+            h,
         )
         return new, SamplerInfo(prob, accept, new.energy)
 
@@ -168,8 +191,14 @@ def mala(energy_fn: Callable, step_size: float, *, preconditioner: Preconditione
     return SamplingAlgorithm(init, step, name, float(target_acceptance), 1, math.inf)
 
 
-def pcn(likelihood_energy_fn: Callable, step_size: float, *, prior_mean, prior: Preconditioner,
-        target_acceptance: float = 0.25) -> SamplingAlgorithm:
+def pcn(
+    likelihood_energy_fn: Callable,
+    step_size: float,
+    *,
+    prior_mean,
+    prior: Preconditioner,
+    target_acceptance: float = 0.25,
+) -> SamplingAlgorithm:
     """Preconditioned Crank-Nicolson for a Gaussian prior ``N(prior_mean, C)`` times a likelihood.
 
     ``x' = m + sqrt(1 - beta^2) (x - m) + beta N(0, C)``, accepted with probability
@@ -203,20 +232,33 @@ def pcn(likelihood_energy_fn: Callable, step_size: float, *, prior_mean, prior: 
         log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
         prob = jnp.minimum(1.0, jnp.exp(log_ratio))
         accept = jnp.log(jax.random.uniform(k_acc, (), x.dtype)) < log_ratio
-        new = PCNState(jnp.where(accept, xp, x), jnp.where(accept, ep, state.energy), state.step_size)
+        new = PCNState(
+            jnp.where(accept, xp, x), jnp.where(accept, ep, state.energy), state.step_size
+        )
         return new, SamplerInfo(prob, accept, new.energy)
 
     return SamplingAlgorithm(init, step, "pcn", float(target_acceptance), 0, 1.0)
 
 
-def largest_curvature(energy_fn: Callable, x, *, preconditioner: Preconditioner | None = None,
-                      num_iterations: int = 100, key=None) -> jax.Array:
+def largest_curvature(
+    energy_fn: Callable,
+    x,
+    *,
+    preconditioner: Preconditioner | None = None,
+    num_iterations: int = 100,
+    key=None,
+) -> jax.Array:
     """Largest eigenvalue of ``P hess U(x)`` by power iteration (Hessian-vector products).
 
     ULA/MALA are stable for step sizes below ``2 / largest_curvature``.
     """
-    return _largest_curvature(energy_fn, preconditioner, int(num_iterations), jnp.asarray(x),
-                              jax.random.key(0) if key is None else key)
+    return _largest_curvature(
+        energy_fn,
+        preconditioner,
+        int(num_iterations),
+        jnp.asarray(x),
+        jax.random.key(0) if key is None else key,
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -239,6 +281,7 @@ def _largest_curvature(energy_fn, preconditioner, num_iterations, x, key):
 
 # ---------------------------------------------------------------------------- adaptation
 
+
 class DualAveragingState(NamedTuple):
     log_step: jax.Array
     log_step_average: jax.Array
@@ -254,19 +297,30 @@ def dual_averaging_init(step_size) -> DualAveragingState:
     return DualAveragingState(ls, ls, z, z, ls + math.log(10.0))
 
 
-def dual_averaging_update(state: DualAveragingState, acceptance, target, *, gamma=0.05, t0=10.0,
-                          kappa=0.75, max_step_size=math.inf) -> DualAveragingState:
+def dual_averaging_update(
+    state: DualAveragingState,
+    acceptance,
+    target,
+    *,
+    gamma=0.05,
+    t0=10.0,
+    kappa=0.75,
+    max_step_size=math.inf,
+) -> DualAveragingState:
     t = state.iteration + 1.0
     eta = 1.0 / (t + t0)
     err = (1.0 - eta) * state.error_average + eta * (target - acceptance)
     log_step = state.mu - jnp.sqrt(t) / gamma * err
-    log_step = jnp.minimum(log_step, math.log(max_step_size)) if math.isfinite(max_step_size) else log_step
+    log_step = (
+        jnp.minimum(log_step, math.log(max_step_size)) if math.isfinite(max_step_size) else log_step
+    )
     w = t ** (-kappa)
     avg = w * log_step + (1.0 - w) * state.log_step_average
     return DualAveragingState(log_step, avg, err, t, state.mu)
 
 
 # ---------------------------------------------------------------------------- chains
+
 
 class ChainResult(NamedTuple):
     """Output of :func:`run_chain` (leading chain axis for :func:`run_chains`).
@@ -297,7 +351,9 @@ class _Moments(NamedTuple):
 
 
 def _moments_init(x):
-    return _Moments(jnp.zeros((), x.dtype), jnp.zeros_like(x), jnp.zeros_like(x), jnp.zeros((), x.dtype))
+    return _Moments(
+        jnp.zeros((), x.dtype), jnp.zeros_like(x), jnp.zeros_like(x), jnp.zeros((), x.dtype)
+    )
 
 
 def _moments_update(mom, x, acc):
@@ -312,8 +368,9 @@ def _warmup_scan(kernel, target, key, state, da, n):
         st, d = carry
         st, info = kernel.step(st, key=k)
         if target is not None:
-            d = dual_averaging_update(d, info.acceptance_probability, target,
-                                      max_step_size=kernel.max_step_size)
+            d = dual_averaging_update(
+                d, info.acceptance_probability, target, max_step_size=kernel.max_step_size
+            )
             st = st._replace(step_size=jnp.exp(d.log_step).astype(st.step_size.dtype))
         return (st, d), None
 
@@ -337,13 +394,17 @@ def _sample_scan(kernel, trace_fn, thin, key, state, mom, n):
 
 def _resolve(kernel, target_acceptance, num_steps, num_warmup, thin, fn):
     if not isinstance(kernel, SamplingAlgorithm):
-        raise TypeError(f"{fn}: kernel must be a SamplingAlgorithm (ula, mala, pcn), got {type(kernel).__name__}")
+        raise TypeError(
+            f"{fn}: kernel must be a SamplingAlgorithm (ula, mala, pcn), got {type(kernel).__name__}"
+        )
     if int(num_steps) < 1 or int(num_steps) != num_steps:
         raise ValueError(f"{fn}: num_steps must be a positive integer, got {num_steps}")
     if int(num_warmup) < 0 or int(num_warmup) != num_warmup:
         raise ValueError(f"{fn}: num_warmup must be a non-negative integer, got {num_warmup}")
     if int(thin) < 1 or num_steps % thin:
-        raise ValueError(f"{fn}: thin must be a positive divisor of num_steps={num_steps}, got {thin}")
+        raise ValueError(
+            f"{fn}: thin must be a positive divisor of num_steps={num_steps}, got {thin}"
+        )
     target = kernel.target_acceptance if target_acceptance is None else float(target_acceptance)
     if target_acceptance is not None and not 0 < target < 1:
         raise ValueError(f"{fn}: target_acceptance must lie in (0, 1), got {target_acceptance}")
@@ -352,9 +413,18 @@ def _resolve(kernel, target_acceptance, num_steps, num_warmup, thin, fn):
 
 def _finish(kernel, state, mom, trace, num_steps, num_warmup):
     var = mom.m2 / jnp.maximum(mom.count, 1.0)
-    ngrad = kernel.gradients_per_step * (num_steps + num_warmup) + (1 if kernel.gradients_per_step else 0)
-    return ChainResult(trace, mom.mean, var, mom.acceptance / jnp.maximum(mom.count, 1.0),
-                       state.step_size, state, jnp.asarray(ngrad))
+    ngrad = kernel.gradients_per_step * (num_steps + num_warmup) + (
+        1 if kernel.gradients_per_step else 0
+    )
+    return ChainResult(
+        trace,
+        mom.mean,
+        var,
+        mom.acceptance / jnp.maximum(mom.count, 1.0),
+        state.step_size,
+        state,
+        jnp.asarray(ngrad),
+    )
 
 
 def _after_warmup(state, da, target, num_warmup):
@@ -364,9 +434,17 @@ def _after_warmup(state, da, target, num_warmup):
 
 
 @solver_errors()  # a failed linear solve inside the energy is a one-line LinearSolveError
-def run_chain(kernel: SamplingAlgorithm, x0, num_steps: int, num_warmup: int = 0, *, key,
-              target_acceptance: float | None = None, thin: int = 1,
-              trace_fn: Callable | None = None) -> ChainResult:
+def run_chain(
+    kernel: SamplingAlgorithm,
+    x0,
+    num_steps: int,
+    num_warmup: int = 0,
+    *,
+    key,
+    target_acceptance: float | None = None,
+    thin: int = 1,
+    trace_fn: Callable | None = None,
+) -> ChainResult:
     """Run one chain with ``lax.scan``: ``num_warmup`` adaptation steps, then ``num_steps``.
 
     Metropolis-adjusted kernels adapt their step size toward ``target_acceptance`` (default: the
@@ -381,8 +459,9 @@ def run_chain(kernel: SamplingAlgorithm, x0, num_steps: int, num_warmup: int = 0
     if num_warmup:
         state, da = _warmup_scan(kernel, target, k_warm, state, da, int(num_warmup))
     state = _after_warmup(state, da, target, num_warmup)
-    state, mom, trace = _sample_scan(kernel, trace_fn, int(thin), k_run, state,
-                                     _moments_init(state.position), int(num_steps))
+    state, mom, trace = _sample_scan(
+        kernel, trace_fn, int(thin), k_run, state, _moments_init(state.position), int(num_steps)
+    )
     return _finish(kernel, state, mom, trace, num_steps, num_warmup)
 
 
@@ -409,12 +488,16 @@ def _block_function(kernel, target, thin, block, trace_fn, adapted):
             st, d, mo = carry
             new, info = kernel.step(st, key=k)
             if target is not None:
-                d_new = dual_averaging_update(d, info.acceptance_probability, target,
-                                              max_step_size=kernel.max_step_size)
+                d_new = dual_averaging_update(
+                    d, info.acceptance_probability, target, max_step_size=kernel.max_step_size
+                )
                 adapt = jnp.logical_not(sampling)
                 d = jax.tree.map(lambda a, b: jnp.where(adapt, a, b), d_new, d)
-                new = new._replace(step_size=jnp.where(
-                    adapt, jnp.exp(d_new.log_step).astype(new.step_size.dtype), new.step_size))
+                new = new._replace(
+                    step_size=jnp.where(
+                        adapt, jnp.exp(d_new.log_step).astype(new.step_size.dtype), new.step_size
+                    )
+                )
             mo_new = _moments_update(mo, new.position, info.acceptance_probability)
             mo = jax.tree.map(lambda a, b: jnp.where(sampling, a, b), mo_new, mo)
             return new, d, mo
@@ -432,17 +515,27 @@ def _block_function(kernel, target, thin, block, trace_fn, adapted):
 
         nouter = block // thin
         (state, da, mom), trace = lax.scan(
-            outer, (state, da, mom), (jnp.arange(nouter), jax.random.split(key, nouter)))
+            outer, (state, da, mom), (jnp.arange(nouter), jax.random.split(key, nouter))
+        )
         return state, da, mom, trace
 
     return jax.jit(jax.vmap(one_chain, in_axes=(0, 0, 0, 0, None, None)))
 
 
 @solver_errors()
-def run_chains(kernel: SamplingAlgorithm, x0, num_steps: int, num_warmup: int = 0, *, key,
-               target_acceptance: float | None = None, thin: int = 1,
-               trace_fn: Callable | None = None, progress: bool = False,
-               block_size: int = 250) -> ChainResult:
+def run_chains(
+    kernel: SamplingAlgorithm,
+    x0,
+    num_steps: int,
+    num_warmup: int = 0,
+    *,
+    key,
+    target_acceptance: float | None = None,
+    thin: int = 1,
+    trace_fn: Callable | None = None,
+    progress: bool = False,
+    block_size: int = 250,
+) -> ChainResult:
     """Run ``x0.shape[0]`` independent chains with ``vmap`` (fields get a leading chain axis).
 
     The chains advance in jitted blocks of about ``block_size`` steps (rounded to a multiple of
@@ -461,7 +554,9 @@ def run_chains(kernel: SamplingAlgorithm, x0, num_steps: int, num_warmup: int = 
     if int(block_size) < 1:
         raise ValueError(f"run_chains: block_size must be >= 1, got {block_size}")
     block = max(1, int(round(int(block_size) / thin))) * thin
-    fn = _block_function(kernel, target, thin, block, trace_fn, target is not None and num_warmup > 0)
+    fn = _block_function(
+        kernel, target, thin, block, trace_fn, target is not None and num_warmup > 0
+    )
     state, da, mom = _init_chains(kernel, x0)
     bar = None
     if progress:
@@ -503,7 +598,9 @@ def _init_chains(kernel, x0):
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def _finish_chains(kernel, state, mom, trace, num_steps, num_warmup):
-    return jax.vmap(lambda s, m, t: _finish(kernel, s, m, t, num_steps, num_warmup))(state, mom, trace)
+    return jax.vmap(lambda s, m, t: _finish(kernel, s, m, t, num_steps, num_warmup))(
+        state, mom, trace
+    )
 
 
 def pool_chains(result: ChainResult) -> tuple[jax.Array, jax.Array]:
@@ -519,6 +616,7 @@ def _pool(means, variances):
 
 
 # ---------------------------------------------------------------------------- diagnostics
+
 
 def _autocovariance(x, axis):
     """Biased autocovariance along ``axis`` by FFT (zero padded)."""
@@ -539,9 +637,13 @@ def effective_sample_size(samples) -> jax.Array:
     """
     x = jnp.asarray(samples)
     if x.ndim < 2:
-        raise ValueError(f"effective_sample_size: samples must have shape (num_chains, num_draws, ...), got {x.shape}")
+        raise ValueError(
+            f"effective_sample_size: samples must have shape (num_chains, num_draws, ...), got {x.shape}"
+        )
     if x.shape[1] < 4:
-        raise ValueError(f"effective_sample_size: need at least 4 draws per chain, got {x.shape[1]}")
+        raise ValueError(
+            f"effective_sample_size: need at least 4 draws per chain, got {x.shape[1]}"
+        )
     return _effective_sample_size(x)
 
 
@@ -557,7 +659,7 @@ def _effective_sample_size(x):
     rho = 1.0 - (within[None] - jnp.mean(gamma, axis=0)) / var_plus[None]  # (N, ...)
     rho = rho.at[0].set(1.0)
     K = N // 2
-    pairs = rho[0:2 * K:2] + rho[1:2 * K:2]  # (K, ...)
+    pairs = rho[0 : 2 * K : 2] + rho[1 : 2 * K : 2]  # (K, ...)
     positive = jnp.cumprod((pairs > 0).astype(pairs.dtype), axis=0)
     pairs = pairs * positive
     pairs = lax.cummin(pairs, axis=0)

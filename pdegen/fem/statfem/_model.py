@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -79,6 +80,7 @@ def kernel_matrix(points_a, points_b, *, sigma=1.0, length=1.0, kind="squared_ex
 
 # ---------------------------------------------------------------------------- sparse log-det
 
+
 def _csc_of(pattern: SparsityPattern, data: np.ndarray) -> sp.csc_matrix:
     return sp.csr_matrix((data, pattern.cols, pattern.indptr), shape=pattern.shape).tocsc()
 
@@ -107,7 +109,9 @@ def _host_logdet_grad(pattern, data):
 def _logabsdet(pattern, data):
     return jax.pure_callback(
         functools.partial(_host_logabsdet, pattern),
-        jax.ShapeDtypeStruct(data.shape[:-1], data.dtype), data, vmap_method="sequential",
+        jax.ShapeDtypeStruct(data.shape[:-1], data.dtype),
+        data,
+        vmap_method="sequential",
     )
 
 
@@ -118,7 +122,9 @@ def _logabsdet_fwd(pattern, data):
 def _logabsdet_bwd(pattern, data, g):
     grad = jax.pure_callback(
         functools.partial(_host_logdet_grad, pattern),
-        jax.ShapeDtypeStruct(data.shape, data.dtype), data, vmap_method="sequential",
+        jax.ShapeDtypeStruct(data.shape, data.dtype),
+        data,
+        vmap_method="sequential",
     )
     return (g[..., None] * grad,)
 
@@ -140,6 +146,7 @@ def sparse_logabsdet(A: SparseMatrix) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------- structure
+
 
 class _Structure:
     """Host-side data that never changes: free dofs, Dirichlet lift, local mass factors."""
@@ -172,10 +179,13 @@ class _Structure:
         self.H = V.point_observation(sensors)
         self.zero_bc = None if bc is None else DirichletBC(V, 0.0, dofs=self.dirichlet)
         # pdegen problems name their arguments; other problem objects by their signatures
-        self.operator_args = tuple(getattr(problem, "operator_arguments", None)
-                                   or inspect.signature(problem.operator).parameters)
-        self.rhs_args = tuple(getattr(problem, "rhs_arguments", None)
-                              or inspect.signature(problem.rhs).parameters)
+        self.operator_args = tuple(
+            getattr(problem, "operator_arguments", None)
+            or inspect.signature(problem.operator).parameters
+        )
+        self.rhs_args = tuple(
+            getattr(problem, "rhs_arguments", None) or inspect.signature(problem.rhs).parameters
+        )
         # Local mass matrices' Cholesky factors: N(0, M) = sum over cells of N(0, M_e).
         phi = np.asarray(V.phi)
         dx = np.asarray(V.dx)
@@ -195,6 +205,7 @@ def _embed(structure, x):
 
 
 # ---------------------------------------------------------------------------- the model
+
 
 class StatFEM(eqx.Module):
     """The statFEM model on a pdegen problem (``fem.Poisson``, ``fem.Darcy``, real ``fem.Helmholtz``).
@@ -245,9 +256,23 @@ class StatFEM(eqx.Module):
     ell_d: jax.Array
     sigma_e: jax.Array
 
-    def __init__(self, problem, sensors, *, coefficients=None, sigma_f=1.0, mass="lumped",
-                 kernel=None, ell_f=0.2, rho=1.0, sigma_d=0.0, ell_d=0.2, sigma_e=1e-2,
-                 observation=None, _structure=None):
+    def __init__(
+        self,
+        problem,
+        sensors,
+        *,
+        coefficients=None,
+        sigma_f=1.0,
+        mass="lumped",
+        kernel=None,
+        ell_f=0.2,
+        rho=1.0,
+        sigma_d=0.0,
+        ell_d=0.2,
+        sigma_e=1e-2,
+        observation=None,
+        _structure=None,
+    ):
         space = getattr(problem, "space", None)
         if space is None or not hasattr(problem, "operator") or not hasattr(problem, "rhs"):
             raise TypeError(
@@ -255,17 +280,24 @@ class StatFEM(eqx.Module):
                 f"got {type(problem).__name__}"
             )
         if getattr(problem, "boundary", None) == "impedance":
-            raise TypeError("StatFEM: complex (impedance) problems are not supported; use a real problem")
+            raise TypeError(
+                "StatFEM: complex (impedance) problems are not supported; use a real problem"
+            )
         if mass not in MASS_KINDS:
             raise ValueError(f"StatFEM: mass must be one of {MASS_KINDS}, got {mass!r}")
         if kernel is not None and kernel not in KERNELS:
             raise ValueError(f"StatFEM: kernel must be None or one of {KERNELS}, got {kernel!r}")
         if observation is not None and not callable(observation):
             raise TypeError("StatFEM: observation must be a callable (elementwise map) or None")
-        sensors_np = None if isinstance(sensors, jax.core.Tracer) else np.asarray(sensors, np.float64)
-        if sensors_np is not None and (sensors_np.ndim != 2 or sensors_np.shape[1] != 2
-                                       or sensors_np.shape[0] == 0):
-            raise ValueError(f"StatFEM: sensors must have shape (m, 2) with m >= 1, got {sensors_np.shape}")
+        sensors_np = (
+            None if isinstance(sensors, jax.core.Tracer) else np.asarray(sensors, np.float64)
+        )
+        if sensors_np is not None and (
+            sensors_np.ndim != 2 or sensors_np.shape[1] != 2 or sensors_np.shape[0] == 0
+        ):
+            raise ValueError(
+                f"StatFEM: sensors must have shape (m, 2) with m >= 1, got {sensors_np.shape}"
+            )
         structure = _structure if _structure is not None else _Structure(problem, sensors_np)
         coefficients = {} if coefficients is None else dict(coefficients)
         allowed = set(structure.operator_args) | set(structure.rhs_args)
@@ -279,7 +311,9 @@ class StatFEM(eqx.Module):
         for name, value in coefficients.items():
             if callable(value):
                 value = space.at_quadrature(value, f"StatFEM: coefficients[{name!r}]")
-            if not isinstance(value, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(value))):
+            if not isinstance(value, jax.core.Tracer) and not np.all(
+                np.isfinite(np.asarray(value))
+            ):
                 raise ValueError(f"StatFEM: coefficients[{name!r}] contains NaN or inf")
             coeffs[name] = jnp.asarray(value)
         self.problem = problem
@@ -310,17 +344,28 @@ class StatFEM(eqx.Module):
     def free_dofs(self) -> np.ndarray:
         return self.structure.free
 
-    def replace(self, **changes) -> "StatFEM":
+    def replace(self, **changes) -> StatFEM:
         """A copy with some parameters changed (values may be traced), e.g. ``replace(rho=2.0)``.
 
         ``coefficients`` given here are merged into the existing ones.
         """
-        kwargs = dict(coefficients=dict(self.coefficients), sigma_f=self.sigma_f, mass=self.mass_kind,
-                      kernel=self.kernel, ell_f=self.ell_f, rho=self.rho, sigma_d=self.sigma_d,
-                      ell_d=self.ell_d, sigma_e=self.sigma_e, observation=self.observation)
+        kwargs = dict(
+            coefficients=dict(self.coefficients),
+            sigma_f=self.sigma_f,
+            mass=self.mass_kind,
+            kernel=self.kernel,
+            ell_f=self.ell_f,
+            rho=self.rho,
+            sigma_d=self.sigma_d,
+            ell_d=self.ell_d,
+            sigma_e=self.sigma_e,
+            observation=self.observation,
+        )
         bad = set(changes) - set(kwargs)
         if bad:
-            raise ValueError(f"StatFEM.replace: unknown fields {sorted(bad)}; expected some of {sorted(kwargs)}")
+            raise ValueError(
+                f"StatFEM.replace: unknown fields {sorted(bad)}; expected some of {sorted(kwargs)}"
+            )
         if "coefficients" in changes:
             kwargs["coefficients"].update(changes.pop("coefficients"))
         kwargs.update(changes)
@@ -335,13 +380,17 @@ class StatFEM(eqx.Module):
         """Free-dof values of a nodal vector ``u``."""
         u = jnp.asarray(u)
         if u.shape[-1] != self.structure.ndofs:
-            raise ValueError(f"StatFEM.restrict: u must have last dimension {self.structure.ndofs}, got {u.shape}")
+            raise ValueError(
+                f"StatFEM.restrict: u must have last dimension {self.structure.ndofs}, got {u.shape}"
+            )
         return _restrict(self.structure, u)
 
     def _check_x(self, x, fn):
         x = jnp.asarray(x)
         if x.shape != (self.dim,):
-            raise ValueError(f"StatFEM.{fn}: x must have shape ({self.dim},) (free dofs), got {x.shape}")
+            raise ValueError(
+                f"StatFEM.{fn}: x must have shape ({self.dim},) (free dofs), got {x.shape}"
+            )
         return x
 
     def check_data(self, y, fn="log_likelihood") -> jax.Array:
@@ -357,21 +406,23 @@ class StatFEM(eqx.Module):
         return y
 
     # -- assembled system ----------------------------------------------------------------
-    def system(self) -> "LinearSystem":
+    def system(self) -> LinearSystem:
         """Assemble the operators once (reuse the result inside samplers: :meth:`energy_fn`).
 
         Compiled once per model structure; differentiable in the model's parameters.
         """
         return _assemble_system(self)
 
-    def _system(self) -> "LinearSystem":
+    def _system(self) -> LinearSystem:
         s = self.structure
         op = {k: v for k, v in self.coefficients.items() if k in s.operator_args}
         rh = {k: v for k, v in self.coefficients.items() if k in s.rhs_args}
         A = self.problem.operator(**op)
         b = self.problem.rhs(**rh)
         if jnp.iscomplexobj(A.data) or jnp.iscomplexobj(b):
-            raise TypeError("StatFEM: the problem's operator is complex; statFEM needs a real problem")
+            raise TypeError(
+                "StatFEM: the problem's operator is complex; statFEM needs a real problem"
+            )
         dtype = jnp.result_type(A.data.dtype, b.dtype)
         if s.bc is not None:
             A, b = s.bc.apply(A, b)
@@ -395,9 +446,18 @@ class StatFEM(eqx.Module):
         Cd = kernel_matrix(self.sensors, self.sensors, sigma=self.sigma_d, length=self.ell_d)
         S = self.sigma_e**2 * jnp.eye(m, dtype=dtype) + Cd.astype(dtype)
         return LinearSystem(
-            A=A, b=_restrict(s, b), lift=lift, mass_diag=mass_diag, M=M, kernel_chol=kernel_chol,
-            sigma_f=self.sigma_f, rho=self.rho, H=s.H, noise_chol=jnp.linalg.cholesky(S),
-            structure=s, observation=self.observation,
+            A=A,
+            b=_restrict(s, b),
+            lift=lift,
+            mass_diag=mass_diag,
+            M=M,
+            kernel_chol=kernel_chol,
+            sigma_f=self.sigma_f,
+            rho=self.rho,
+            H=s.H,
+            noise_chol=jnp.linalg.cholesky(S),
+            structure=s,
+            observation=self.observation,
         )
 
     # -- densities (all differentiable in x and in the model's parameters) ----------------
@@ -407,8 +467,12 @@ class StatFEM(eqx.Module):
 
     def likelihood_energy(self, x, y) -> jax.Array:
         """``sum_j 0.5 (y_j - rho obs(H u))^T (C_d + sigma_e^2 I)^{-1} (y_j - rho obs(H u))``."""
-        return _call(self, "likelihood_energy", self._check_x(x, "likelihood_energy"),
-                     self.check_data(y, "likelihood_energy"))
+        return _call(
+            self,
+            "likelihood_energy",
+            self._check_x(x, "likelihood_energy"),
+            self.check_data(y, "likelihood_energy"),
+        )
 
     def energy(self, x, y) -> jax.Array:
         """The posterior energy ``Phi(x) = prior_energy + likelihood_energy`` (no constants)."""
@@ -424,7 +488,9 @@ class StatFEM(eqx.Module):
 
     def log_joint(self, x, y) -> jax.Array:
         """``log p(x, y | parameters)``; ``-log_joint`` is the IPLA energy ``U(theta, x)``."""
-        return _call(self, "log_joint", self._check_x(x, "log_joint"), self.check_data(y, "log_joint"))
+        return _call(
+            self, "log_joint", self._check_x(x, "log_joint"), self.check_data(y, "log_joint")
+        )
 
     def energy_fn(self, y) -> Callable:
         """``x -> Phi(x)`` with the operators assembled once (fast inside samplers)."""
@@ -449,7 +515,9 @@ class StatFEM(eqx.Module):
         if num_samples is None:
             return _sample_prior(self, key, None)
         if int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"StatFEM.sample_prior: num_samples must be a positive integer, got {num_samples}")
+            raise ValueError(
+                f"StatFEM.sample_prior: num_samples must be a positive integer, got {num_samples}"
+            )
         return _sample_prior(self, key, int(num_samples))
 
     def simulate_data(self, x, num_replicates: int = 1, *, key) -> jax.Array:
@@ -457,13 +525,15 @@ class StatFEM(eqx.Module):
         keyword-only."""
         x = self._check_x(x, "simulate_data")
         if int(num_replicates) != num_replicates or num_replicates < 1:
-            raise ValueError(f"StatFEM.simulate_data: num_replicates must be a positive integer, got {num_replicates}")
+            raise ValueError(
+                f"StatFEM.simulate_data: num_replicates must be a positive integer, got {num_replicates}"
+            )
         return _simulate_data(self, key, x, int(num_replicates))
 
 
 @solver_errors()
 @eqx.filter_jit
-def _assemble_system(model: StatFEM) -> "LinearSystem":
+def _assemble_system(model: StatFEM) -> LinearSystem:
     return model._system()
 
 
@@ -580,8 +650,9 @@ class LinearSystem(eqx.Module):
         L = jnp.asarray(s.local_mass_chol, dtype)
         z = jax.random.normal(key, L.shape[:2], dtype)
         local = jnp.einsum("eij,ej->ei", L, z)
-        full = jax.ops.segment_sum(local.reshape(-1), jnp.asarray(s.element_dofs.reshape(-1)),
-                                   num_segments=s.ndofs)
+        full = jax.ops.segment_sum(
+            local.reshape(-1), jnp.asarray(s.element_dofs.reshape(-1)), num_segments=s.ndofs
+        )
         return self.sigma_f * _restrict(s, full)
 
     def logdet_G(self):
@@ -623,8 +694,12 @@ class LinearSystem(eqx.Module):
 
     def log_prior(self, x):
         n = self.structure.nfree
-        return (-self.prior_energy(x) - 0.5 * self.logdet_G() - 0.5 * n * math.log(2 * math.pi)
-                + sparse_logabsdet(self.A))
+        return (
+            -self.prior_energy(x)
+            - 0.5 * self.logdet_G()
+            - 0.5 * n * math.log(2 * math.pi)
+            + sparse_logabsdet(self.A)
+        )
 
     def log_likelihood(self, x, y):
         J, m = y.shape
