@@ -286,3 +286,20 @@ class TestBadInput:
         prior = inverse.matern_prior(V, length_scale=0.3)
         with pytest.raises(ValueError, match="method must be"):
             inverse.sample_posterior(prior, lik, method="magic", key=jax.random.key(0))
+
+
+def test_task_mode_takes_a_statfem_likelihood_by_keyword():
+    """``likelihood=`` is task mode's statFEM observation model, not the second argument."""
+    task = inverse.make_task("poisson-inverse", grid=12, discrepancy=0.3)
+    lik = inverse.default_likelihood(task)
+    prior = inverse.gaussian_prior(12)
+    post = inverse.sample_posterior(
+        prior, task, method="bayes", likelihood=lik, key=jax.random.key(0), num_samples=2
+    )
+    plain = inverse.sample_posterior(
+        prior, task, method="bayes", key=jax.random.key(0), num_samples=2
+    )
+    assert np.all(np.isfinite(np.asarray(post.mean)))
+    assert (
+        float(jnp.max(jnp.abs(post.mean - plain.mean))) > 0
+    )  # the model error changes the posterior

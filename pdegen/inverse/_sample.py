@@ -9,30 +9,31 @@ from ._task_posterior import sample_task_posterior
 from ._tasks import InverseTask
 
 
-def sample_posterior(prior, likelihood, *, method="tmpd", key, num_samples: int = 8, **options):
-    """Posterior samples of an unknown field under ``prior`` given the data of ``likelihood``.
+def sample_posterior(prior, problem, /, *, method="tmpd", key, num_samples: int = 8, **options):
+    """Posterior samples of an unknown field under ``prior`` given the data of ``problem``.
 
     Two kinds of problem:
 
     - the user's own: ``prior`` a :class:`Prior` (:func:`matern_prior`, :func:`grf_prior`,
-      :func:`learned_prior`) and ``likelihood`` a :class:`GaussianLikelihood`
+      :func:`learned_prior`) and ``problem`` a :class:`GaussianLikelihood`
       (:func:`gaussian_likelihood`, any PDE, mesh, sensors and noise). ``method``: an object
       (:class:`TMPD`, :class:`PiGDM`, :class:`DPS`, :class:`Unguided`, :class:`Exact`, :class:`MAP`)
       or its name (``"tmpd"``, ``"pigdm"``, ``"dps"``, ``"unguided"``, ``"bayes"``, ``"map"``, ...).
       Options: ``num_steps``, ``sampler``, ``batch_size``, ``progress``, ``data_scale``. Returns a
       :class:`FieldPosterior` of nodal values.
     - a benchmark :class:`InverseTask` (``make_task``) with a :class:`FieldPrior` on its grid: the
-      joint ``(a, u)`` fields, with the options of :func:`sample_task_posterior`.
+      joint ``(a, u)`` fields, with the options of :func:`sample_task_posterior` (among them
+      ``likelihood=``, the statFEM observation model of the ``statfem`` methods).
     """
-    if isinstance(likelihood, GaussianLikelihood):
+    if isinstance(problem, GaussianLikelihood):
         return sample_field_posterior(
-            prior, likelihood, method=method, key=key, num_samples=num_samples, **options
+            prior, problem, method=method, key=key, num_samples=num_samples, **options
         )
-    if isinstance(likelihood, InverseTask):
+    if isinstance(problem, InverseTask):
         return sample_task_posterior(
-            prior, likelihood, method=method, key=key, num_samples=num_samples, **options
+            prior, problem, method=method, key=key, num_samples=num_samples, **options
         )
     raise TypeError(
-        f"sample_posterior: likelihood must be a GaussianLikelihood (gaussian_likelihood) or a benchmark "
-        f"InverseTask (make_task), got {type(likelihood).__name__}"
+        f"sample_posterior: the second argument must be a GaussianLikelihood (gaussian_likelihood) "
+        f"or a benchmark InverseTask (make_task), got {type(problem).__name__}"
     )
