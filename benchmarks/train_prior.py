@@ -1,17 +1,17 @@
 """Train the pretrained prior shipped with pdegen: joint Poisson (a, u) pairs on a 32 x 32 grid.
 
-    python benchmarks/train_prior.py                 # the shipped model (defaults below)
+    python benchmarks/train_prior.py --out build/poisson-joint-32       # the shipped model's recipe
     python benchmarks/train_prior.py --steps 200 --n-train 500 --name my-prior --out /tmp/my-prior
 
 Steps: generate ``--n-train`` DiffusionPDE Poisson pairs with :func:`pdegen.fem.generate_dataset`
 (GRF source ``a``, alpha=2, tau=3; FEM solution ``u`` of ``Laplacian(u) = a``, ``u = 0`` on the
 boundary; channel 0 = a, channel 1 = u), train an EDM-preconditioned U-Net by denoising score
-matching with :func:`pdegen.models.train` in ``--work-dir`` (checkpointed, so an interrupted run
-continues where it stopped when started again with the same options), then export the EMA
-weights alone with :func:`pdegen.models.export_model` into ``--out`` (default
-``pdegen/data/<name>/``, written atomically) and the loss curve to
-``benchmarks/results/train_prior_<name>_loss.png``. Load the result with
-``pdegen.models.load_pretrained(name)``.
+matching with :func:`pdegen.models.train` in ``OUT/checkpoints`` (checkpointed, so an interrupted
+run continues where it stopped when started again with the same options), then export the EMA
+weights alone with :func:`pdegen.models.export_model` into ``OUT/model`` (written atomically) and
+the loss curve to ``OUT/loss.png``. The script writes nowhere but ``--out``. Load the result with
+``pdegen.models.load_checkpoint("OUT/model")``; to ship it, copy ``OUT/model`` to
+``pdegen/data/<name>/`` (then ``pdegen.models.load_pretrained(name)``).
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ import numpy as np  # noqa: E402
 from pdegen import fem, models  # noqa: E402
 from pdegen._io import atomic_write, write_json_atomic  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_NAME = "poisson-joint-32"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default=DEFAULT_NAME, help=f"model name (default {DEFAULT_NAME})")
-    p.add_argument("--out", default=None, help="export folder (default pdegen/data/<name>)")
     p.add_argument(
-        "--work-dir", default=None, help="training checkpoints (default build/train_prior/<name>)"
+        "--out", required=True, help="output folder: OUT/model, OUT/checkpoints, OUT/loss.png"
+    )
+    p.add_argument(
+        "--work-dir", default=None, help="training checkpoints (default OUT/checkpoints)"
     )
     p.add_argument("--grid", type=int, default=32, help="nodes per side (default 32)")
     p.add_argument("--n-train", type=int, default=4000, help="training pairs (default 4000)")
@@ -108,8 +108,9 @@ def write_loss_plot(path: Path, losses: np.ndarray, title: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.out) if args.out else ROOT / "pdegen" / "data" / args.name
-    work = Path(args.work_dir) if args.work_dir else ROOT / "build" / "train_prior" / args.name
+    root = Path(args.out)
+    out = root / "model"
+    work = Path(args.work_dir) if args.work_dir else root / "checkpoints"
     work.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
     models.export_model(out, result.state.ema_model, metadata, step=step)
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"exported {args.name!r} ({size / 1e6:.2f} MB) to {out}")
-    plot = RESULTS / f"train_prior_{args.name}_loss.png"
+    plot = root / "loss.png"
     write_loss_plot(
         plot, losses, f"{args.name}: {step} steps, batch {args.batch_size}, {data.shape[0]} pairs"
     )
