@@ -24,6 +24,7 @@ used only as network inputs along a path cost 1 each.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -573,10 +574,17 @@ def _run_diffusion(
                 )
             )
         )
+        if progress:
+            tqdm.write(
+                f"{method}: polishing the {num_best} best points ({refine_cost} evaluations) ..."
+            )
+        t_polish = time.perf_counter()
         points, values, rtraj = ref(points, values)
         best_traj.append(np.asarray(rtraj))
         best_traj.append(np.asarray(values[:, :1]))
         eval_traj.append(_polish_evaluations(plan, n_used))
+        if progress:
+            tqdm.write(f"{method}: polish done in {time.perf_counter() - t_polish:.1f} s")
         n_used += refine_cost
     traj = np.minimum.accumulate(np.concatenate(best_traj, axis=1), axis=1)
     evals = np.concatenate(eval_traj)
