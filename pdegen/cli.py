@@ -109,7 +109,7 @@ def cmd_solve(args) -> int:
     import matplotlib.pyplot as plt
 
     from pdegen import fem
-    from pdegen.fem._plot import plot_field, save_figure
+    from pdegen.fem import plot_field, save_figure
 
     mesh, V, problem, theta, label = _build_problem(args)
     solve = jax.jit(lambda: problem.solve(**theta))
@@ -149,19 +149,7 @@ def cmd_solve(args) -> int:
         plot_field(mesh, point_u.real, ax=axes[0, 0], title="Re u", cmap="RdBu_r")
         plot_field(mesh, abs(point_u), ax=axes[0, 1], title="|u|")
     elif args.problem == "darcy":
-        import matplotlib.tri as mtri
-
-        from pdegen.fem._plot import _triangles
-
-        tri = mtri.Triangulation(mesh.points[:, 0], mesh.points[:, 1], _triangles(mesh))
-        a = jnp.asarray(theta["kappa"])
-        a_tri = a if mesh.cell_type == "triangle" else jnp.concatenate([a, a])
-        im = axes[0, 0].tripcolor(tri, facecolors=a_tri, cmap="cividis")
-        axes[0, 0].set_aspect("equal")
-        axes[0, 0].set_title("permeability a", fontsize=9)
-        axes[0, 0].set_xticks([])
-        axes[0, 0].set_yticks([])
-        fig.colorbar(im, ax=axes[0, 0], fraction=0.046, pad=0.04)
+        plot_field(mesh, theta["kappa"], ax=axes[0, 0], title="permeability a", cmap="cividis")
         plot_field(mesh, point_u, ax=axes[0, 1], title="u")
     else:
         plot_field(mesh, point_u, ax=axes[0, 0], title="u")
@@ -219,7 +207,7 @@ def cmd_data(args) -> int:
     import matplotlib.pyplot as plt
 
     from pdegen import fem
-    from pdegen.fem._plot import save_figure
+    from pdegen.fem import save_figure
 
     fields, meta = fem.generate_dataset(
         args.task,
@@ -307,12 +295,6 @@ def _check_data_args(args) -> None:
     )
 
 
-def _add_demo(sub):
-    from pdegen.inverse._invert_cli import add_demo
-
-    add_demo(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from pdegen import __version__
 
@@ -321,7 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pdegen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_demo(sub)
     _add_solve(sub)
     _add_data(sub)
     for name in _SUBCOMMAND_MODULES:

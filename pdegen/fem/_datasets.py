@@ -173,20 +173,10 @@ def _version():
     return __version__
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(total, desc, enabled):
-    if not enabled:
-        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="pair")
+    return tqdm(total=total, desc=desc, unit="pair", disable=not enabled)
 
 
 def _atomic_write_bytes(path, write):

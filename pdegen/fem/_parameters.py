@@ -16,11 +16,13 @@ work through :meth:`solve`.
 
 from __future__ import annotations
 
+import abc
+
 import jax
 import jax.numpy as jnp
 
 
-class ParameterMap:
+class ParameterMap(abc.ABC):
     """Base class: ``problem`` (a :class:`pdegen.fem.Poisson`, ``Helmholtz`` or ``Darcy``), the
     keyword arguments held fixed (``fixed``) and the map from ``a`` to the problem's coefficients."""
 
@@ -51,9 +53,9 @@ class ParameterMap:
         """Number of nodal values of the unknown field."""
         return self.mesh.npoints
 
-    def coefficients(self, a) -> dict:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def coefficients(self, a) -> dict:
         """The exact keyword arguments of ``problem.solve`` for nodal values ``a``."""
-        raise NotImplementedError
 
     def from_field(self, field):
         """Nodal values of the unknown made from a zero-mean Gaussian field (data generation):

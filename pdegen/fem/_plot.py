@@ -38,17 +38,23 @@ def plot_field(
     points=None,
     **kwargs,
 ):
-    """Plot nodal values (vertex values are used) with ``tripcolor``; optional sensor ``points`` (m, 2)."""
+    """Plot a field with ``tripcolor``: nodal values (vertex values are used, shaded smoothly) or,
+    with ``ncells`` values, one colour per cell; optional sensor ``points`` (m, 2)."""
     import matplotlib.pyplot as plt
     import matplotlib.tri as mtri
 
-    v = vertex_values(mesh, values)
+    per_cell = np.ndim(values) == 1 and np.shape(values)[0] == mesh.ncells != mesh.npoints
+    v = np.asarray(values) if per_cell else vertex_values(mesh, values)
     if np.iscomplexobj(v):
         v = v.real
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 3.6))
     tri = mtri.Triangulation(mesh.points[:, 0], mesh.points[:, 1], _triangles(mesh))
-    im = ax.tripcolor(tri, v, shading="gouraud", cmap=cmap, **kwargs)
+    if per_cell:  # quads are drawn as two triangles each (see _triangles)
+        faces = v if mesh.cell_type == "triangle" else np.concatenate([v, v])
+        im = ax.tripcolor(tri, facecolors=faces, cmap=cmap, **kwargs)
+    else:
+        im = ax.tripcolor(tri, v, shading="gouraud", cmap=cmap, **kwargs)
     if points is not None:
         p = np.asarray(points)
         ax.plot(p[:, 0], p[:, 1], "k.", ms=2)

@@ -63,6 +63,7 @@ from ._task_exact import default_likelihood as default_likelihood
 from ._task_exact import fit_likelihood as fit_likelihood
 from ._task_posterior import POSTERIOR_METHODS as POSTERIOR_METHODS
 from ._task_posterior import sample_task_posterior as sample_task_posterior
+from ._task_problem import task_likelihood as task_likelihood
 from ._task_problem import task_problem as task_problem
 from ._tasks import InverseTask as InverseTask
 from ._tasks import credible_interval_coverage as credible_interval_coverage

@@ -22,7 +22,7 @@ from pdegen import models
 
 from ._gaussian import gaussian_posterior
 from ._likelihood import GaussianLikelihood, LinearForward
-from ._methods import MAP, Exact, GuidanceProblem, Method, PiGDM, as_method
+from ._methods import MAP, Exact, GuidanceProblem, Method, PiGDM, as_method, step_weight
 from ._metrics import interval_std
 from ._priors import Prior
 from ._tasks import credible_interval_coverage, relative_l2
@@ -83,25 +83,13 @@ class _Observe(eqx.Module):
         return (self.factor * pred).astype(x.dtype)
 
 
-def _step_weight(sde, num_steps: int):
-    ts = sde.time_grid(num_steps, jnp.float64)
-    t_inc = ts[:-1][::-1]
-    dt_inc = (ts[:-1] - ts[1:])[::-1]
-
-    def weight(t):
-        dt = jnp.interp(t, t_inc.astype(t.dtype), dt_inc.astype(t.dtype))
-        return 1.0 / (sde.diffusion(t) ** 2 * dt)
-
-    return weight
-
-
 @eqx.filter_jit
 def _sample_batch(method, observe, y, noise_std, data_variance, keys, num_steps, sampler):
     prior = observe.prior
     sde = prior.sde
     dtype = jnp.dtype(prior.dtype)
     problem = GuidanceProblem(
-        prior.score, sde, observe, y, noise_std, data_variance, _step_weight(sde, num_steps)
+        prior.score, sde, observe, y, noise_std, data_variance, step_weight(sde, num_steps)
     )
     guided = method.guide(problem)
     run = models.SAMPLERS[sampler]
@@ -109,9 +97,8 @@ def _sample_batch(method, observe, y, noise_std, data_variance, keys, num_steps,
         keys
     )
     t = jnp.asarray(sde.t_min, dtype)
-    x = jax.vmap(lambda xi: sde.tweedie_denoiser(prior.score, xi, t))(
-        x
-    )  # the prior's Tweedie estimate
+    # The prior's Tweedie estimate at the last time.
+    x = jax.vmap(lambda xi: sde.tweedie_denoiser(prior.score, xi, t))(x)
     return jax.vmap(prior.to_field)(x)
 
 

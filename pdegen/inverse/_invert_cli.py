@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -49,7 +50,7 @@ def _enable_compilation_cache():
         jax.config.update("jax_compilation_cache_dir", folder)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     except (OSError, AttributeError):  # a read-only home: just compile
-        pass
+        return
 
 
 def find_shipped_prior(pde: str = "poisson") -> str:
@@ -419,12 +420,49 @@ def run_invert(args) -> int:
 # ``pdegen invert --mesh FILE --sensors CSV --data CSV --noise STD``: the user's own problem.
 
 MESH_METHODS_DEFAULT = ("bayes", "pigdm")
+
+
+class MeshPDE(NamedTuple):
+    """What ``--pde NAME`` means: the equation (``{k}`` stands for the wavenumber where it enters),
+    whether ``u`` is linear in ``a``, and the unknown as a :class:`pdegen.fem.ParameterMap`."""
+
+    equation: str
+    linear: bool
+    build: Callable  # (space, wavenumber) -> ParameterMap
+    uses_wavenumber: bool = False
+
+    def label(self, wavenumber: float) -> str:
+        return self.equation.format(k=f"{wavenumber:g}")
+
+
+def _poisson_source(space, wavenumber):
+    from pdegen import fem
+
+    return fem.Source(fem.Poisson(space), sign=1.0)
+
+
+def _helmholtz_source(space, wavenumber):
+    from pdegen import fem
+
+    return fem.Source(fem.Helmholtz(space), sign=1.0, k=float(wavenumber))
+
+
+def _log_permeability(space, wavenumber):
+    from pdegen import fem
+
+    return fem.LogPermeability(fem.Darcy(space), f=1.0)
+
+
 MESH_PDES = {
-    "poisson": "-Lap u = a, u = 0 on the boundary",
-    "helmholtz": "-Lap u - k^2 u = a, u = 0 on the boundary",
-    "darcy": "-div(exp(a) grad u) = 1, u = 0 on the boundary",
+    "poisson": MeshPDE("-Lap u = a, u = 0 on the boundary", True, _poisson_source),
+    "helmholtz": MeshPDE(
+        "-Lap u - k^2 u = a (k = {k}), u = 0 on the boundary",
+        True,
+        _helmholtz_source,
+        uses_wavenumber=True,
+    ),
+    "darcy": MeshPDE("-div(exp(a) grad u) = 1, u = 0 on the boundary", False, _log_permeability),
 }
-NONLINEAR_PDES = ("darcy",)
 GAUSSIAN_ONLY_METHODS = ("bayes", "map")
 MAX_DENSE_NODES = 6000  # matern_prior's dense eigendecomposition limit
 
@@ -472,10 +510,10 @@ def check_mesh_options(args) -> list:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")
     if args.rank is not None and args.rank < 1:
         raise ValueError(f"--rank must be >= 1, got {args.rank}")
-    if args.pde in NONLINEAR_PDES and "bayes" in methods:
+    if not MESH_PDES[args.pde].linear and "bayes" in methods:
         raise ValueError(
             f"--method bayes: the exact posterior needs a linear forward map, but "
-            f"--pde {args.pde} is nonlinear in a ({MESH_PDES[args.pde]}); use map, "
+            f"--pde {args.pde} is nonlinear in a ({_equation(args)}); use map, "
             f"pigdm, tmpd or dps"
         )
     if args.prior in ("exact", "exact-joint"):
@@ -611,15 +649,9 @@ def read_mesh_inputs(args) -> MeshInputs:
 
 def parameter_map(pde: str, space, *, wavenumber: float = 1.0):
     """The unknown ``a`` of ``pde`` as a :class:`pdegen.fem.ParameterMap` (see ``MESH_PDES``)."""
-    from pdegen import fem
-
-    if pde == "poisson":
-        return fem.Source(fem.Poisson(space), sign=1.0)
-    if pde == "helmholtz":
-        return fem.Source(fem.Helmholtz(space), sign=1.0, k=float(wavenumber))
-    if pde == "darcy":
-        return fem.LogPermeability(fem.Darcy(space), f=1.0)
-    raise ValueError(f"--pde must be one of {', '.join(MESH_PDES)}, got {pde!r}")
+    if pde not in MESH_PDES:
+        raise ValueError(f"--pde must be one of {', '.join(MESH_PDES)}, got {pde!r}")
+    return MESH_PDES[pde].build(space, wavenumber)
 
 
 def mesh_prior(args, inputs: MeshInputs):
@@ -763,10 +795,7 @@ def strict_json(obj):
 
 
 def _equation(args) -> str:
-    label = MESH_PDES[args.pde]
-    if args.pde == "helmholtz":
-        label = label.replace("k^2", f"k^2 (k = {args.wavenumber:g})")
-    return label
+    return MESH_PDES[args.pde].label(args.wavenumber)
 
 
 def _write_mesh_outputs(args, inputs: MeshInputs, prior, rows, posts) -> list:
@@ -802,8 +831,9 @@ def _mesh_summary(args, inputs: MeshInputs, prior, rows) -> dict:
     prior_info = {"name": prior.name, "kind": "learned" if _is_learned(args) else "matern"}
     if not _is_learned(args):
         prior_info.update(length_scale=args.length_scale, std=args.prior_std, rank=args.rank)
-    pde = {"name": args.pde, "equation": _equation(args), "linear": args.pde not in NONLINEAR_PDES}
-    if args.pde == "helmholtz":
+    spec = MESH_PDES[args.pde]
+    pde = {"name": args.pde, "equation": _equation(args), "linear": spec.linear}
+    if spec.uses_wavenumber:
         pde["wavenumber"] = args.wavenumber
     return {
         "mesh": os.path.abspath(args.mesh),
@@ -884,7 +914,7 @@ def _add_mesh_options(p) -> None:
         "--pde",
         choices=tuple(MESH_PDES),
         default="poisson",
-        help="; ".join(f"{k}: {v}" for k, v in MESH_PDES.items()),
+        help="; ".join(f"{k}: {v.equation.format(k='k')}" for k, v in MESH_PDES.items()),
     )
     g.add_argument(
         "--data", default=None, help="observed u at the sensors (CSV one column, or .npy)"
@@ -986,6 +1016,8 @@ def register(subparsers) -> None:
     from ._task_posterior import METHODS, SAMPLERS
     from ._tasks import DIRECTIONS, PDES
 
+    add_demo(subparsers)
+
     p = subparsers.add_parser(
         "invert",
         help="posterior sampling for a benchmark task or your own mesh, sensors and data",
@@ -1067,7 +1099,7 @@ def register(subparsers) -> None:
 
 
 def add_demo(subparsers) -> None:
-    """The ``demo`` subcommand (registered by :mod:`pdegen.cli`)."""
+    """The ``demo`` subcommand (registered by :func:`register`)."""
     from ._task_posterior import METHODS
 
     p = subparsers.add_parser(

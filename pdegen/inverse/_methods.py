@@ -43,6 +43,21 @@ class GuidanceProblem(NamedTuple):
     step_weight: Callable
 
 
+def step_weight(sde, num_steps: int):
+    """``t -> 1 / (g(t)^2 dt(t))`` on the sampler's time grid of ``num_steps``: a score correction
+    ``step_weight(t) v`` moves the sampler's state by ``v`` in one step, so guidance steps (DPS's
+    ``scale``) are given in the units of the state."""
+    ts = sde.time_grid(num_steps, jnp.float64)
+    t_inc = ts[:-1][::-1]
+    dt_inc = (ts[:-1] - ts[1:])[::-1]
+
+    def weight(t):
+        dt = jnp.interp(t, t_inc.astype(t.dtype), dt_inc.astype(t.dtype))
+        return 1.0 / (sde.diffusion(t) ** 2 * dt)
+
+    return weight
+
+
 class Method(eqx.Module):
     """Base class of posterior methods."""
 
@@ -86,12 +101,18 @@ class DPS(Method):
 
     scale: float = eqx.field(static=True, default=1.0)
 
-    def guide(self, p: GuidanceProblem):
+    def guide(self, p: GuidanceProblem, *, energy: Callable | None = None):
+        """``energy(m, t)``: an extra energy of the Tweedie mean added to the objective (one
+        network VJP still serves both; the DiffusionPDE recipe adds the PDE residual)."""
+
         def guided(x, t):
             def objective(x_):
                 m = tweedie_mean(p.score, p.sde, x_, t)
                 r = p.observe(m) - p.y
-                return self.scale * jnp.sqrt(jnp.sum(r**2) + p.noise_std**2 * r.size), m
+                total = self.scale * jnp.sqrt(jnp.sum(r**2) + p.noise_std**2 * r.size)
+                if energy is not None:
+                    total = total + energy(m, t).astype(total.dtype)
+                return total, m
 
             (_, m), g = jax.value_and_grad(objective, has_aux=True)(x)
             a, s = p.sde.alpha(t), p.sde.sigma(t)

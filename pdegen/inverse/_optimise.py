@@ -36,7 +36,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ..models._controlled import DDS, PIS, training_step
+from ..models import DDS, PIS
+from ..models import controlled_training_step as training_step
 
 __all__ = [
     "OptimiseResult",

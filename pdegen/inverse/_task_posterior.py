@@ -36,13 +36,13 @@ from pdegen.models import AbstractSDE
 from ._field_posterior import observed_prior_variance, sample_field_posterior, sample_in_batches
 from ._field_prior import CHANNELS, ROUTES, FieldPrior, as_mesh_prior, check_prior_fits
 from ._guidance import StatFEMLikelihood, tweedie_mean
-from ._likelihood import gaussian_likelihood, pde_forward
-from ._methods import DPS, TMPD, GuidanceProblem, PiGDM, Unguided
+from ._methods import DPS, TMPD, GuidanceProblem, PiGDM, Unguided, step_weight
 from ._metrics import summarise
 from ._operators import channel_rms, noise_floor, solution_operator
 from ._priors import GaussianScore, Prior
 from ._results import Posterior
 from ._task_exact import bayes_posterior, default_likelihood
+from ._task_problem import task_likelihood
 from ._tasks import InverseTask
 
 POSTERIOR_METHODS = (
@@ -87,21 +87,6 @@ def _solve_batch(task: InverseTask, a):
     return jnp.stack([task.solve(ai) for ai in a])
 
 
-def _task_likelihood(task: InverseTask, y, likelihood: StatFEMLikelihood | None):
-    """The task's likelihood in the general API: plain Gaussian noise at the methods' level, or the
-    statFEM model-error likelihood."""
-    H = fem.node_observation(task.physics.space, task.sensors)
-    forward = H if task.observed == "a" else pde_forward(task.physics.parameter, H)
-    linear = task.observed == "a" or task.linear
-    if likelihood is None:
-        return gaussian_likelihood(
-            forward, y, noise_std=noise_floor(task), points=task.points, linear=linear
-        )
-    return gaussian_likelihood(
-        forward, y, model_error=likelihood, points=task.points, linear=linear
-    )
-
-
 def _solve_route(
     prior: FieldPrior,
     task: InverseTask,
@@ -119,7 +104,8 @@ def _solve_route(
     progress,
 ) -> Posterior:
     field_prior = as_mesh_prior(prior, task)
-    lik = _task_likelihood(task, y, likelihood if method in STATFEM_METHODS else None)
+    model_error = likelihood if method in STATFEM_METHODS else None
+    lik = task_likelihood(task, y=y, model_error=model_error)
     post = sample_field_posterior(
         field_prior,
         lik,
@@ -162,7 +148,6 @@ class _Spec:
     scale: float
     physics_weight: float
     physics_start: float
-    time_grid: tuple
     physics: Any  # fem.PDETask (shared by the draws of a family)
     mean: tuple
     std: tuple
@@ -254,43 +239,16 @@ def physics_preconditioner(
     return (0.5 / b2, 0.5)
 
 
-def _step_weight(sde: AbstractSDE, spec: _Spec):
-    """``w(t) = 1 / (g(t)^2 dt(t))``: a score correction ``w(t) v`` moves the sampler's state by ``v``
-    in one step, so guidance steps (DPS's ``zeta``) are given in the units of ``x``."""
-    ts = np.asarray(spec.time_grid)
-    t_inc = ts[:-1][::-1].copy()
-    dt_inc = (ts[:-1] - ts[1:])[::-1].copy()
-
-    def weight(t):
-        dt = jnp.interp(t, jnp.asarray(t_inc, t.dtype), jnp.asarray(dt_inc, t.dtype))
-        return 1.0 / (sde.diffusion(t) ** 2 * dt)
-
-    return weight
-
-
-def _diffusionpde(score, sde, observe, y, spec: _Spec):
-    """The DiffusionPDE recipe: DPS's step on ``||y - A(D(x))||`` plus ``zeta_pde`` times the FEM
-    residual energy ``0.5 ||R(D(x))||^2 / lambda`` in the last steps, one network VJP per evaluation."""
+def _residual_energy(spec: _Spec):
+    """The DiffusionPDE recipe's PDE term: ``zeta_pde`` times the FEM residual energy
+    ``0.5 ||R(D(x))||^2 / lambda`` of the Tweedie mean, in the last steps only."""
     residual = _residual_function(spec.physics, spec.mean, spec.std)
-    step = _step_weight(sde, spec)
 
-    def guided(x, t):
-        def objective(x_):
-            m = tweedie_mean(score, sde, x_, t)
-            r = observe(m) - y
-            total = spec.scale * jnp.sqrt(jnp.sum(r**2) + spec.noise_std**2 * r.size)
-            if spec.physics_weight > 0:
-                w = jnp.where(t <= spec.physics_start, spec.physics_weight, 0.0)
-                energy = 0.5 * jnp.sum(residual(m) ** 2) / spec.residual_lambda
-                total = total + (w * energy).astype(total.dtype)
-            return total, m
+    def energy(m, t):
+        w = jnp.where(t <= spec.physics_start, spec.physics_weight, 0.0)
+        return w * (0.5 * jnp.sum(residual(m) ** 2) / spec.residual_lambda)
 
-        (_, m), g = jax.value_and_grad(objective, has_aux=True)(x)
-        a, s = sde.alpha(t), sde.sigma(t)
-        unconditional = (a * m - x) / s**2  # the prior score, from the Tweedie mean
-        return jax.lax.stop_gradient(unconditional) - step(t) * g
-
-    return guided
+    return energy
 
 
 def _with_physics(guided, score, sde, spec: _Spec, S):
@@ -298,7 +256,7 @@ def _with_physics(guided, score, sde, spec: _Spec, S):
     preconditioned by the FEM operator; ``S`` the dense solution operator of a linear PDE, else the
     solve) of the Tweedie estimate, scaled per channel by :func:`physics_preconditioner`; an x-step of
     ``physics_weight`` times it per sampler step, in the last ``physics_fraction`` of the steps."""
-    step = _step_weight(sde, spec)
+    step = step_weight(sde, spec.num_steps)
     mesh = spec.physics.mesh
     pre = np.asarray(spec.physics_precondition, np.float64).reshape(-1, 1, 1)  # (a, u) channels
 
@@ -326,11 +284,12 @@ def _joint_guided(score, sde, A, y, W, S, spec: _Spec):
     else:  # whitened statFEM likelihood: W (rho A x - y), unit noise
         observe = lambda x: W @ (A @ x.reshape(-1))  # noqa: E731
         target, noise = W @ y, jnp.asarray(1.0, y.dtype)
-    if spec.method == "diffusionpde":
-        return _diffusionpde(score, sde, observe, target, spec)
     problem = GuidanceProblem(
-        score, sde, observe, target, noise, spec.data_variance, _step_weight(sde, spec)
+        score, sde, observe, target, noise, spec.data_variance, step_weight(sde, spec.num_steps)
     )
+    if spec.method == "diffusionpde":  # DPS with the PDE residual in the same objective
+        energy = _residual_energy(spec) if spec.physics_weight > 0 else None
+        return DPS(spec.scale).guide(problem, energy=energy)
     guided = _method_object(spec.method, scale=spec.scale, data_variance=None).guide(problem)
     if spec.physics_weight > 0:
         guided = _with_physics(guided, score, sde, spec, S)
@@ -423,7 +382,6 @@ def _joint_route(
         scale=float(scale),
         physics_weight=float(physics_weight),
         physics_start=switch_time(prior.sde, sampler, num_steps, physics_fraction),
-        time_grid=tuple(float(t) for t in np.asarray(prior.sde.time_grid(num_steps, jnp.float64))),
         physics=task.physics,
         mean=mean,
         std=std,

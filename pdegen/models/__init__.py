@@ -21,6 +21,7 @@ from ._controlled import log_variance_loss as log_variance_loss
 from ._controlled import sample as sample_controlled
 from ._controlled import simulate as simulate_controlled
 from ._controlled import train as train_controlled
+from ._controlled import training_step as controlled_training_step
 from ._distributed import batch_sharding as batch_sharding
 from ._distributed import make_mesh as make_mesh
 from ._distributed import replicate as replicate
