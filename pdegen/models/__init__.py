@@ -7,6 +7,7 @@ from ._checkpoint import export_model as export_model
 from ._checkpoint import is_writer as is_writer
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import load_pretrained as load_pretrained
+from ._checkpoint import pretrained_metadata as pretrained_metadata
 from ._checkpoint import save_checkpoint as save_checkpoint
 from ._cli import plot_samples as plot_samples
 from ._controlled import DDS as DDS
@@ -22,6 +23,8 @@ from ._controlled import sample as sample_controlled
 from ._controlled import simulate as simulate_controlled
 from ._controlled import train as train_controlled
 from ._controlled import training_step as controlled_training_step
+from ._denoising import GaussianDenoiser as GaussianDenoiser
+from ._denoising import denoising_loss as denoising_loss
 from ._distributed import batch_sharding as batch_sharding
 from ._distributed import make_mesh as make_mesh
 from ._distributed import replicate as replicate
@@ -50,6 +53,7 @@ from ._sde import VESDE as VESDE
 from ._sde import VPSDE as VPSDE
 from ._sde import AbstractSDE as AbstractSDE
 from ._sde import sde_from_config as sde_from_config
+from ._spectral import SpectralDenoiser as SpectralDenoiser
 from ._training import TrainConfig as TrainConfig
 from ._training import TrainingDivergedError as TrainingDivergedError
 from ._training import TrainResult as TrainResult

@@ -256,6 +256,16 @@ def available_pretrained() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / METADATA).is_file())
 
 
+def pretrained_metadata(name: str) -> dict:
+    """The metadata of the shipped checkpoint ``name`` (what it models, how it was trained and how
+    well), without loading its weights."""
+    names = available_pretrained()
+    if name not in names:
+        listing = ", ".join(repr(n) for n in names) if names else "none are installed"
+        raise ValueError(f"pretrained_metadata(name={name!r}): unknown; available: {listing}")
+    return json.loads((importlib.resources.files("pdegen") / "data" / name / METADATA).read_text())
+
+
 def load_pretrained(name: str, *, ema: bool = True) -> Checkpoint:
     """Load the checkpoint shipped as ``pdegen/data/<name>/``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -101,6 +102,36 @@ class DiffusionModel(eqx.Module):
                 f"DiffusionModel: normalisation has {self.normalisation.channels} channels but data_shape "
                 f"{self.data_shape} has {self.data_shape[0]}"
             )
+        net_sd = getattr(self.network, "sigma_data", None)
+        if net_sd is not None and (
+            self.parameterisation != "denoiser" or float(net_sd) != float(self.sigma_data)
+        ):
+            raise ValueError(
+                f"DiffusionModel: the network assumes the denoiser parameterisation with sigma_data="
+                f"{net_sd}; got parameterisation={self.parameterisation!r}, sigma_data={self.sigma_data}"
+            )
+
+    @property
+    def resolution_free(self) -> bool:
+        """Whether the network's weights serve any grid (e.g. :class:`SpectralDenoiser`)."""
+        return bool(getattr(self.network, "resolution_free", False))
+
+    def at_shape(self, shape: Sequence[int]) -> DiffusionModel:
+        """The same model for examples of ``shape`` (``(C, H, W)`` with the same channels); only
+        for resolution-free networks, otherwise a ``ValueError``."""
+        shape = tuple(int(s) for s in shape)
+        if shape == tuple(self.data_shape):
+            return self
+        if not self.resolution_free:
+            raise ValueError(
+                f"this model's network ({type(self.network).__name__}) was built for examples of shape "
+                f"{tuple(self.data_shape)} and is not resolution-free; got {shape}"
+            )
+        if len(shape) != len(self.data_shape) or shape[0] != self.data_shape[0] or min(shape) < 1:
+            raise ValueError(
+                f"at_shape: need ({self.data_shape[0]}, H, W) with H, W >= 1, got {shape}"
+            )
+        return dataclasses.replace(self, data_shape=shape)
 
     def _precondition(self, x: Array, t: Array):
         t = jnp.asarray(t, x.dtype)
@@ -137,12 +168,16 @@ class DiffusionModel(eqx.Module):
         return self.score(x, t)
 
     def check_compatible(self, shape: Sequence[int], *, name: str = "data") -> None:
-        """Raise ``ValueError`` naming ``name`` unless one example has shape ``data_shape``.
+        """Raise ``ValueError`` naming ``name`` unless one example has shape ``data_shape`` (any
+        ``(C, H, W)`` with the same channels for resolution-free networks).
 
         ``shape`` may include a leading batch axis.
         """
         shape = tuple(int(s) for s in shape)
         want = tuple(self.data_shape)
+        if self.resolution_free and len(shape) in (len(want), len(want) + 1):
+            if shape[-len(want)] == want[0] and min(shape) >= 1:
+                return
         if shape[-len(want) :] != want or len(shape) not in (len(want), len(want) + 1):
             chan = (
                 f"{want[0]} channel(s) of shape {want[1:]}"

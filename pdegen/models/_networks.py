@@ -343,19 +343,23 @@ class UNet(eqx.Module):
         return self.conv_out(jax.nn.silu(self.norm_out(h)))
 
 
-_NETWORK_KINDS = {"unet": UNet, "mlp": ScoreMLP}
+def _network_kinds() -> dict:
+    from ._spectral import SpectralDenoiser
+
+    return {"unet": UNet, "mlp": ScoreMLP, "spectral": SpectralDenoiser}
 
 
 def network_from_config(config: dict, *, key: Array | None = None) -> eqx.Module:
     """Build a network from ``network.config()``; weights are random (``key``, default key 0)."""
-    if not isinstance(config, dict) or config.get("kind") not in _NETWORK_KINDS:
+    kinds = _network_kinds()
+    if not isinstance(config, dict) or config.get("kind") not in kinds:
         raise ValueError(
-            f"network_from_config(config=...) needs a dict with 'kind' in {sorted(_NETWORK_KINDS)}, got {config!r}"
+            f"network_from_config(config=...) needs a dict with 'kind' in {sorted(kinds)}, got {config!r}"
         )
     kwargs = {k: v for k, v in config.items() if k != "kind"}
     if "channel_mults" in kwargs:
         kwargs["channel_mults"] = tuple(kwargs["channel_mults"])
-    return _NETWORK_KINDS[config["kind"]](**kwargs, key=jr.key(0) if key is None else key)
+    return kinds[config["kind"]](**kwargs, key=jr.key(0) if key is None else key)
 
 
 def count_parameters(network: eqx.Module) -> int:

@@ -316,6 +316,28 @@ def _stored_losses(meta: dict, step: int, out: Path) -> list[float]:
     return losses
 
 
+def _training_sets(data, model: DiffusionModel) -> list[np.ndarray]:
+    """The data set(s) of :func:`train`, each checked against the model."""
+    many = isinstance(data, (list, tuple))
+    items = list(data) if many else [data]
+    if not items:
+        raise ValueError("train(data=...): an empty list of data sets")
+    sets = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            label = f"data file {str(item)!r}"
+            item = load_data(item)
+        else:
+            label = f"`data[{i}]`" if many else "`data`"
+        sets.append(_validate(item, model, label, "data"))
+    if len({s.shape[1:] for s in sets}) > 1 and not model.resolution_free:
+        raise ValueError(
+            "train(data=[...]): data sets on different grids need a resolution-free network "
+            f"(e.g. SpectralDenoiser); got shapes {[s.shape[1:] for s in sets]}"
+        )
+    return sets
+
+
 def train(
     model: DiffusionModel,
     data,
@@ -332,7 +354,9 @@ def train(
     """Train ``model`` by denoising score matching on ``data`` ``(N, *model.data_shape)``.
 
     Data are in physical units (an array, or a ``.npz`` / ``.npy`` file read with
-    :func:`load_data`); ``model.normalisation`` maps them to training units. The output folder
+    :func:`load_data`); ``model.normalisation`` maps them to training units. A resolution-free
+    model (:class:`SpectralDenoiser`) may be given a list of data sets on different grids: step
+    ``n`` draws its batch from set ``n mod len(data)``. The output folder
     and the data are checked before any work. With ``out_dir`` a checkpoint is written every
     ``config.checkpoint_every`` steps and at the end (plus ``loss.png``), holding the loss of
     every step so far; with ``resume=True`` an existing checkpoint there is continued exactly
@@ -346,12 +370,7 @@ def train(
     and the last good checkpoint is left as it was. Only process 0 writes files.
     """
     out = check_output_dir(out_dir, "train(out_dir=...)") if out_dir is not None else None
-    if isinstance(data, (str, os.PathLike)):
-        label = f"data file {str(data)!r}"
-        data = load_data(data)
-    else:
-        label = "`data`"
-    data = _validate(data, model, label, "data")
+    sets = _training_sets(data, model)
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jr.wrap_key_data(key)
     optimizer = make_optimizer(config)
@@ -387,7 +406,7 @@ def train(
         np.asarray(model.normalisation.mean, np.float64),
         np.asarray(model.normalisation.std, np.float64),
     )
-    extra = (1,) * (data.ndim - 2)
+    extra = (1,) * (sets[0].ndim - 2)
     mean = norm[0].reshape((1, -1) + extra)
     std = norm[1].reshape((1, -1) + extra)
     state = replicate(state, mesh)
@@ -448,6 +467,7 @@ def train(
         bar = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True)
     try:
         for step in range(start, end):
+            data = sets[step % len(sets)]
             idx = batch_indices(data_key, step, data.shape[0], config.batch_size)
             batch = ((data[idx] - mean) / std).astype(dtype)
             state, loss = train_step(
