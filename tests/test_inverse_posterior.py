@@ -172,7 +172,8 @@ def _tiny_model(channels, grid):
 def test_priors_that_do_not_fit_the_task_are_rejected(key):
     task = make_task("poisson-inverse", grid=GRID)
     with pytest.raises(
-        ValueError, match=r"prior: generates 4x4 fields but task poisson-inverse is on a 8x8 grid"
+        ValueError,
+        match=r"prior: generates 4x4 fields and is not resolution-free, but task poisson-inverse is on a 8x8 grid",
     ):
         sample_posterior(prior_from_model(_tiny_model(2, 4)), task, method="dps", key=key)
     with pytest.raises(ValueError, match="route='joint' needs a joint prior"):

@@ -5,10 +5,13 @@ from ._field_posterior import FieldPosterior as FieldPosterior
 from ._field_posterior import exact_posterior as exact_posterior
 from ._field_posterior import field_metrics as field_metrics
 from ._field_posterior import map_posterior as map_posterior
+from ._field_posterior import observed_prior_variance as observed_prior_variance
 from ._field_prior import FieldPrior as FieldPrior
 from ._field_prior import check_prior_fits as check_prior_fits
 from ._field_prior import dense_gaussian_prior as dense_gaussian_prior
+from ._field_prior import exact_denoiser as exact_denoiser
 from ._field_prior import gaussian_prior as gaussian_prior
+from ._field_prior import prior_at_grid as prior_at_grid
 from ._field_prior import prior_from_model as prior_from_model
 from ._files import plot_field_posterior as plot_field_posterior
 from ._files import read_points as read_points

@@ -102,17 +102,50 @@ def _sample_batch(method, observe, y, noise_std, data_variance, keys, num_steps,
     return jax.vmap(prior.to_field)(x)
 
 
-def observed_prior_variance(prior: Prior, observe, shape) -> float:
-    """``tr(J C J^T) / tr(J J^T)`` with ``J`` the Jacobian of ``observe`` at the zero state and ``C``
-    the prior covariance of the state: PiGDM's data variance (exact for Gaussian priors; ``1`` for
-    learned priors, whose states are normalised to unit variance)."""
-    if not prior.gaussian:
-        return 1.0
-    x0 = jnp.zeros(shape, jnp.float64)
-    J = jax.jacrev(observe)(x0).reshape(-1, x0.size)
-    _, vjp = jax.vjp(prior.score.sqrt, jnp.zeros(prior.z_shape, jnp.float64))
-    JL = jax.vmap(lambda r: jnp.ravel(vjp(r.reshape(shape))[0]))(J)
-    return float(jnp.sum(JL**2) / jnp.maximum(jnp.sum(J**2), 1e-300))
+def observed_prior_variance(
+    prior: Prior,
+    observe,
+    shape,
+    *,
+    key=None,
+    num_samples: int = 64,
+    sampler: str = "euler_maruyama",
+    num_steps: int = 100,
+) -> float:
+    """``tr(J C J^T) / tr(J J^T)``: the prior variance of the state along the rows of ``J``, the
+    Jacobian of ``observe``, with ``C`` the prior covariance of the state (PiGDM's data variance).
+
+    Exact for Gaussian priors (``J`` at the zero state). For learned priors ``C`` is estimated
+    from ``num_samples`` unguided prior samples (``sampler``, ``num_steps``; ``key``, default key 0)
+    and ``J`` taken at their mean."""
+    if prior.gaussian:
+        x0 = jnp.zeros(shape, jnp.float64)
+        J = jax.jacrev(observe)(x0).reshape(-1, x0.size)
+        _, vjp = jax.vjp(prior.score.sqrt, jnp.zeros(prior.z_shape, jnp.float64))
+        JL = jax.vmap(lambda r: jnp.ravel(vjp(r.reshape(shape))[0]))(J)
+        return float(jnp.sum(JL**2) / jnp.maximum(jnp.sum(J**2), 1e-300))
+    if num_samples < 2:
+        raise ValueError(f"observed_prior_variance: num_samples must be >= 2, got {num_samples}")
+    states = _prior_states(prior, shape, key, num_samples, sampler, num_steps)
+    centre = states.mean(0)
+    J = jax.jacrev(observe)(centre).reshape(-1, centre.size).astype(jnp.float64)
+    D = (states - centre[None]).reshape(num_samples, -1).astype(jnp.float64)
+    spread = jnp.sum((D @ J.T) ** 2) / (num_samples - 1)
+    return float(spread / jnp.maximum(jnp.sum(J**2), 1e-300))
+
+
+@eqx.filter_jit
+def _prior_states(prior: Prior, shape, key, num_samples, sampler, num_steps):
+    key = jax.random.key(0) if key is None else key
+    dtype = jnp.dtype(prior.dtype)
+    run = models.SAMPLERS[sampler]
+    t = jnp.asarray(prior.sde.t_min, dtype)
+
+    def one(k):
+        x = run(prior.score, prior.sde, shape, key=k, num_steps=num_steps, dtype=dtype)
+        return prior.sde.tweedie_denoiser(prior.score, x, t)
+
+    return jax.vmap(one)(jax.random.split(key, num_samples))
 
 
 def sample_in_batches(run, key, num_samples: int, batch_size: int | None, progress):
@@ -211,7 +244,12 @@ def _guided_posterior(
         raise ValueError(f"data_scale must be > 0 and finite, got {data_scale}")
     observe = _Observe(prior, likelihood, jnp.asarray(factor, jnp.float64))
     needs_variance = isinstance(method, PiGDM) and method.data_variance is None
-    data_variance = observed_prior_variance(prior, observe, prior.shape) if needs_variance else 1.0
+    data_variance = 1.0
+    if needs_variance:
+        key, sub = jax.random.split(key)
+        data_variance = observed_prior_variance(
+            prior, observe, prior.shape, key=sub, sampler=sampler, num_steps=num_steps
+        )
     y_n = jnp.asarray(factor * yw, dtype)
     noise = jnp.asarray(factor, dtype)
     dv = jnp.asarray(data_variance, dtype)

@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from pdegen import fem
+from pdegen import fem, models
 from pdegen.models import VPSDE, AbstractSDE
 
 from ._operators import grf_sqrt_matrix, solution_operator
@@ -138,16 +138,10 @@ def gaussian_prior(
         raise ValueError(
             f"gaussian_prior: the joint Gaussian prior is dense; grid must be <= {max_joint_grid}, got {grid}"
         )
-    S = solution_operator(physics_for(pde, grid))
-    L = grf_sqrt_matrix(grid, alpha=alpha, tau=tau)
-    SL = S @ L
+    L, SL = _joint_factors(pde, grid, alpha, tau)
     sd_u = float(np.sqrt(np.sum(SL**2) / grid**2))
-    J = np.concatenate([L / sd_a, SL / sd_u])  # normalised joint square root, (2 d, d)
-    U, sv, _ = np.linalg.svd(J, full_matrices=False)
-    keep = sv > 1e-10 * sv.max()
-    score = GaussianScore(
-        sde, None, jnp.asarray(U[:, keep]), jnp.asarray(sv[keep] ** 2), (2, grid, grid), "eigen"
-    )
+    U, values = _eigen(np.concatenate([L / sd_a, SL / sd_u]))  # normalised joint square root
+    score = GaussianScore(sde, None, jnp.asarray(U), jnp.asarray(values), (2, grid, grid), "eigen")
     return FieldPrior(
         score,
         sde,
@@ -160,6 +154,49 @@ def gaussian_prior(
         dtype="float64",
         grf=(float(alpha), float(tau)),
     )
+
+
+def _joint_factors(pde: str, grid: int, alpha: float, tau: float):
+    """``(L, S L)``: square roots of the GRF ``a`` and of ``u = solve(a)``, ``(g^2, g^2)`` each."""
+    S = solution_operator(physics_for(pde, grid))
+    L = grf_sqrt_matrix(grid, alpha=alpha, tau=tau)
+    return L, S @ L
+
+
+def _eigen(J: np.ndarray):
+    """Orthonormal basis and variances of the covariance ``J J^T`` (its non-null part)."""
+    U, sv, _ = np.linalg.svd(J, full_matrices=False)
+    keep = sv > 1e-10 * sv.max()
+    return U[:, keep], sv[keep] ** 2
+
+
+def exact_denoiser(
+    model, *, pde: str = "poisson", alpha: float = 2.0, tau: float = 3.0, grid: int | None = None
+) -> models.GaussianDenoiser:
+    """The exact denoiser of the tasks' data in a model's normalised units: the floor of its
+    denoising loss (:func:`pdegen.models.denoising_loss`).
+
+    One channel: the GRF ``a`` (cosine-diagonal, any grid). Two channels: the joint Gaussian of
+    ``(a, solve(a))`` for a linear ``pde`` (dense: grids up to 64). ``grid``: the grid to evaluate
+    a resolution-free model on (default: the model's own)."""
+    model, _ = unwrap_model(model, None, "exact_denoiser")
+    channels, g = int(model.data_shape[0]), int(grid or model.data_shape[-1])
+    mean = np.asarray(model.normalisation.mean, np.float64)
+    std = np.asarray(model.normalisation.std, np.float64)
+    if channels == 1:
+        mode_std = fem.grf_mode_std((g, g), alpha=alpha, tau=tau)[None] / std[0]
+        return models.GaussianDenoiser.cosine(mode_std, -mean / std)
+    if channels != 2 or pde not in LINEAR_PDES:
+        raise ValueError(
+            f"exact_denoiser: needs a model over a (1 channel) or (a, u) of a linear PDE "
+            f"{LINEAR_PDES}; got {channels} channels, pde={pde!r}"
+        )
+    if g > 64:
+        raise ValueError(f"exact_denoiser: the joint law is dense; grid must be <= 64, got {g}")
+    L, SL = _joint_factors(pde, g, alpha, tau)
+    U, values = _eigen(np.concatenate([L / std[0], SL / std[1]]))
+    offset = np.repeat(-mean / std, g * g).reshape(2, g, g)
+    return models.GaussianDenoiser.eigen(U, values, offset)
 
 
 def dense_gaussian_prior(
@@ -195,6 +232,19 @@ def dense_gaussian_prior(
     )
 
 
+def prior_at_grid(prior: FieldPrior, grid: int) -> FieldPrior:
+    """``prior`` on a ``grid x grid`` grid: itself when it is on it already, the same weights on the
+    new grid for a resolution-free model; otherwise unchanged (:func:`check_prior_fits` then says
+    why it does not fit)."""
+    if not isinstance(prior, FieldPrior) or prior.grid == grid:
+        return prior
+    model = prior.score
+    if isinstance(model, models.DiffusionModel) and model.resolution_free:
+        shape = (len(prior.channels), int(grid), int(grid))
+        return dataclasses.replace(prior, score=model.at_shape(shape), grid=int(grid))
+    return prior
+
+
 def check_prior_fits(prior: FieldPrior, task: InverseTask, route: str) -> None:
     """Raise a ``ValueError`` naming ``prior`` if its grid or channels do not fit ``task``/``route``."""
     if not isinstance(prior, FieldPrior):
@@ -203,8 +253,9 @@ def check_prior_fits(prior: FieldPrior, task: InverseTask, route: str) -> None:
         )
     if prior.grid != task.grid:
         raise ValueError(
-            f"prior: generates {prior.grid}x{prior.grid} fields but task {task.name} is on a "
-            f"{task.grid}x{task.grid} grid; build the task with grid={prior.grid} or use a prior for grid {task.grid}"
+            f"prior: generates {prior.grid}x{prior.grid} fields and is not resolution-free, but task "
+            f"{task.name} is on a {task.grid}x{task.grid} grid; build the task with grid={prior.grid} "
+            f"or use a prior for grid {task.grid} (or a resolution-free one, e.g. 'grf-a')"
         )
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")

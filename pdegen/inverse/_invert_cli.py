@@ -53,17 +53,24 @@ def _enable_compilation_cache():
         return
 
 
-def find_shipped_prior(pde: str = "poisson") -> str:
-    """Name of the shipped joint prior for ``pde``, or a ``ValueError`` naming ``available_pretrained()``."""
-    from pdegen.models import available_pretrained
+def find_shipped_prior(pde: str = "poisson", *, joint: bool = False) -> str:
+    """Name of a shipped prior for ``pde`` tasks: a joint ``(a, u)`` prior of that PDE when ``joint``
+    (or when no prior over ``a`` alone is shipped), else a prior over the source ``a``, which
+    serves every linear PDE through the FEM solve; a ``ValueError`` naming
+    ``available_pretrained()`` when there is none."""
+    from pdegen.models import available_pretrained, pretrained_metadata
 
     names = available_pretrained()
-    matching = [n for n in names if pde in n.lower()]
+    channels = {n: tuple(pretrained_metadata(n).get("channels", ())) for n in names}
+    joint_names = [n for n in names if channels[n] == ("a", "u") and pde in n.lower()]
+    a_names = [n for n in names if channels[n] == ("a",)]
+    matching = joint_names if joint else a_names + joint_names
     if not matching:
         listing = ", ".join(repr(n) for n in names) if names else "none"
+        kind = f"joint (a, u) {pde}" if joint else f"{pde} or source (a)"
         raise ValueError(
-            f"no shipped {pde} prior: pdegen.models.available_pretrained() lists {listing}. "
-            f"Install the package data (pdegen/data/<name>/) or pass --checkpoint PATH to a trained (a, u) prior"
+            f"no shipped {kind} prior: pdegen.models.available_pretrained() lists {listing}. "
+            f"Install the package data (pdegen/data/<name>/) or pass --checkpoint PATH to a trained prior"
         )
     return matching[0]
 
@@ -74,8 +81,10 @@ def load_prior(
     *,
     grid: int | None = None,
     pde: str = "poisson",
+    joint: bool = False,
 ):
-    """A :class:`FieldPrior` from ``--checkpoint PATH``, ``--prior NAME`` / ``exact`` / ``exact-joint``."""
+    """A :class:`FieldPrior` from ``--checkpoint PATH``, ``--prior NAME`` / ``exact`` / ``exact-joint``
+    (default: a shipped prior for ``pde``, joint when ``joint``; see :func:`find_shipped_prior`)."""
     from pdegen.models import load_checkpoint, load_pretrained
 
     from ._field_prior import gaussian_prior, prior_from_model
@@ -88,7 +97,7 @@ def load_prior(
             raise ValueError("--grid is needed with --prior exact")
         channels = ("a",) if prior == "exact" else ("a", "u")
         return gaussian_prior(grid, pde=pde, channels=channels)
-    name = prior or find_shipped_prior(pde)
+    name = prior or find_shipped_prior(pde, joint=joint)
     return prior_from_model(load_pretrained(name), name=name)
 
 
@@ -315,14 +324,16 @@ def check_task_options(args) -> tuple:
     return sensors, noise
 
 
-def check_prior_fits_task(prior, methods, route, *, grid) -> None:
+def check_prior_fits_task(prior, methods, route, *, grid):
     """Before any method runs: every sampling method's prior must generate fields on the task's
-    grid with the channels its route needs (the closed forms ``bayes`` / ``map`` need no prior)."""
-    from ._field_prior import CHANNELS
+    grid (a resolution-free prior is moved to it) with the channels its route needs (the closed
+    forms ``bayes`` / ``map`` need no prior). Returns the prior on the task's grid."""
+    from ._field_prior import CHANNELS, prior_at_grid
 
     sampled = [m for m in methods if m not in ("bayes", "map")]
     if not sampled:
-        return
+        return prior
+    prior = prior_at_grid(prior, grid)
     if prior.grid != grid:
         raise ValueError(
             f"--grid {grid}: the prior {prior.name} generates {prior.grid}x{prior.grid} fields, "
@@ -344,6 +355,7 @@ def check_prior_fits_task(prior, methods, route, *, grid) -> None:
                 f"--method {m}: the prior {prior.name} must have channel 'a' first, "
                 f"got {tuple(prior.channels)}"
             )
+    return prior
 
 
 def run_invert(args) -> int:
@@ -362,10 +374,11 @@ def run_invert(args) -> int:
     if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"--checkpoint: no such folder {args.checkpoint!r}")
     pde, _ = parse_task_name(args.task)
-    prior = load_prior(args.prior, args.checkpoint, grid=args.grid, pde=pde)
-    grid = prior.grid if args.grid is None else args.grid
     methods = args.method or list(TASK_METHODS)
-    check_prior_fits_task(prior, methods, args.route, grid=grid)
+    joint = args.route == "joint" or "diffusionpde" in methods
+    prior = load_prior(args.prior, args.checkpoint, grid=args.grid, pde=pde, joint=joint)
+    grid = prior.grid if args.grid is None else args.grid
+    prior = check_prior_fits_task(prior, methods, args.route, grid=grid)
     task = make_task(
         args.task,
         grid=grid,
@@ -954,7 +967,7 @@ def run_demo(args) -> int:
     if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"--checkpoint: no such folder {args.checkpoint!r}")
     t_start = time.perf_counter()
-    prior = load_prior(None, args.checkpoint, pde="poisson")
+    prior = load_prior(None, args.checkpoint, pde="poisson", joint=True)
     if tuple(prior.channels) != ("a", "u"):
         raise ValueError(
             f"the demo needs a joint (a, u) prior; {prior.name} has channels {prior.channels}"

@@ -34,12 +34,19 @@ from pdegen.models import SAMPLERS as MODEL_SAMPLERS
 from pdegen.models import AbstractSDE
 
 from ._field_posterior import observed_prior_variance, sample_field_posterior, sample_in_batches
-from ._field_prior import CHANNELS, ROUTES, FieldPrior, as_mesh_prior, check_prior_fits
+from ._field_prior import (
+    CHANNELS,
+    ROUTES,
+    FieldPrior,
+    as_mesh_prior,
+    check_prior_fits,
+    prior_at_grid,
+)
 from ._guidance import StatFEMLikelihood, tweedie_mean
 from ._methods import DPS, TMPD, GuidanceProblem, PiGDM, Unguided, step_weight
 from ._metrics import summarise
 from ._operators import channel_rms, noise_floor, solution_operator
-from ._priors import GaussianScore, Prior
+from ._priors import Prior
 from ._results import Posterior
 from ._task_exact import bayes_posterior, default_likelihood
 from ._task_problem import task_likelihood
@@ -329,15 +336,20 @@ def _joint_observation(prior: FieldPrior, task: InverseTask):
     return A, np.full(m, prior.mean[c])
 
 
-def _joint_data_variance(prior: FieldPrior, A_n) -> float:
+def _joint_data_variance(prior: FieldPrior, A_n, *, key, sampler, num_steps) -> float:
     """PiGDM's data variance along the rows of ``A_n`` (normalised joint state)."""
-    if not isinstance(prior.score, GaussianScore):
-        return 1.0
     as_prior = Prior(
-        prior.score, prior.sde, jnp.zeros(1), 1.0, None, prior.data_shape, 0, dtype="float64"
+        prior.score, prior.sde, jnp.zeros(1), 1.0, None, prior.data_shape, 0, dtype=prior.dtype
     )
-    An = jnp.asarray(A_n, jnp.float64)
-    return observed_prior_variance(as_prior, lambda x: An @ x.reshape(-1), prior.data_shape)
+    An = jnp.asarray(A_n, jnp.dtype(prior.dtype))
+    return observed_prior_variance(
+        as_prior,
+        lambda x: An @ x.reshape(-1),
+        prior.data_shape,
+        key=key,
+        sampler=sampler,
+        num_steps=num_steps,
+    )
 
 
 def _joint_route(
@@ -368,8 +380,13 @@ def _joint_route(
         W = jnp.asarray(likelihood.whitener(task.points, scale=obs_scale), jnp.dtype(dtype))
     A_n = rho * A / obs_scale
     if data_variance is None and method in ("pigdm", "statfem-pigdm"):
+        key, sub = jax.random.split(key)
         data_variance = _joint_data_variance(
-            prior, A_n if W is None else np.asarray(W, np.float64) @ A_n
+            prior,
+            A_n if W is None else np.asarray(W, np.float64) @ A_n,
+            key=sub,
+            sampler=sampler,
+            num_steps=num_steps,
         )
     mean, std = tuple(float(v) for v in prior.mean), tuple(float(v) for v in prior.std)
     spec = _Spec(
@@ -453,7 +470,7 @@ def sample_task_posterior(
     """Posterior samples of the joint field ``(a, u)`` for a benchmark ``task`` under a grid ``prior``.
 
     Args:
-        prior: a :class:`FieldPrior` on the task's grid (``bayes`` and ``map`` use the GRF of an
+        prior: a :class:`FieldPrior` on the task's grid, or a resolution-free one (``bayes`` and ``map`` use the GRF of an
             exact prior (:func:`gaussian_prior`), else the GRF the task's data were drawn from).
         task: an :class:`InverseTask` (its observations ``task.y`` unless ``y`` is given).
         method: one of ``METHODS``.
@@ -472,8 +489,8 @@ def sample_task_posterior(
             ``bayes`` and ``map`` when given): a :class:`StatFEMLikelihood` in physical units
             (default :func:`default_likelihood`: the task's own discrepancy and noise level).
         data_variance: PiGDM's prior variance of the field along the observed directions
-            (normalised units). Default: exact for Gaussian priors, 1 for learned ones (their
-            channels are normalised to unit variance).
+            (normalised units). Default: exact for Gaussian priors, estimated from 64 prior samples
+            for learned ones (:func:`observed_prior_variance`).
         progress: a ``tqdm``-like object updated with the number of finished samples.
     """
     if method not in METHODS:
@@ -509,6 +526,7 @@ def sample_task_posterior(
         )
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    prior = prior_at_grid(prior, task.grid)
     check_prior_fits(prior, task, route)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
