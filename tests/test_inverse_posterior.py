@@ -65,15 +65,17 @@ def test_bayes_posterior_matches_dense_computation(name, key):
         assert np.allclose(np.asarray(post.std[1]).reshape(-1), std_u, rtol=1e-5, atol=1e-12)
 
 
-def test_tmpd_full_reproduces_exact_posterior(key):
-    """With the exact GRF score TMPD (full) is exact up to discretisation and Monte Carlo error."""
+@pytest.mark.parametrize("method", ["tmpd", "tmpd-cached"])
+def test_tmpd_full_reproduces_exact_posterior(key, method):
+    """With the exact GRF score TMPD (full, and with its covariance cached, which is exact for a
+    Gaussian prior) is exact up to discretisation and Monte Carlo error."""
     task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15, noise=0.05)
     mean, cov, _ = _dense_reference(task)
     n = 256
     post = sample_posterior(
         gaussian_prior(GRID),
         task,
-        method="tmpd",
+        method=method,
         key=key,
         num_samples=n,
         num_steps=200,

@@ -25,6 +25,7 @@ from ._guidance import energy_guidance as energy_guidance
 from ._guidance import pigdm as pigdm
 from ._guidance import statfem_guidance as statfem_guidance
 from ._guidance import tmpd as tmpd
+from ._guidance import tmpd_cached as tmpd_cached
 from ._guidance import tweedie_mean as tweedie_mean
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._likelihood import LinearForward as LinearForward

@@ -89,7 +89,14 @@ def _sample_batch(method, observe, y, noise_std, data_variance, keys, num_steps,
     sde = prior.sde
     dtype = jnp.dtype(prior.dtype)
     problem = GuidanceProblem(
-        prior.score, sde, observe, y, noise_std, data_variance, step_weight(sde, num_steps)
+        prior.score,
+        sde,
+        observe,
+        y,
+        noise_std,
+        data_variance,
+        step_weight(sde, num_steps),
+        prior.shape,
     )
     guided = method.guide(problem)
     run = models.SAMPLERS[sampler]

@@ -18,7 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._guidance import pigdm, tmpd, tweedie_mean
+from ._guidance import pigdm, tmpd, tmpd_cached, tweedie_mean
 
 
 class GuidanceProblem(NamedTuple):
@@ -32,6 +32,7 @@ class GuidanceProblem(NamedTuple):
         data_variance: prior variance of the state along the rows of the observation's Jacobian.
         step_weight: ``t -> 1 / (g(t)^2 dt)``: a score correction ``step_weight(t) v`` moves the
             sampler's state by ``v`` in one step.
+        shape: the state's shape (for methods that precompute, e.g. ``TMPD("cached")``).
     """
 
     score: Callable
@@ -41,6 +42,7 @@ class GuidanceProblem(NamedTuple):
     noise_std: float
     data_variance: float
     step_weight: Callable
+    shape: tuple | None = None
 
 
 def step_weight(sde, num_steps: int):
@@ -71,15 +73,30 @@ class Method(eqx.Module):
 class TMPD(Method):
     """Tweedie moment projection (Boys et al. 2024): ``p(y|x_t)`` Gaussian with the Tweedie
     covariance; exact for Gaussian priors with a linear forward map. ``variant``: ``"full"``
-    (``m`` network VJPs and an ``m x m`` solve), ``"diagonal"`` or ``"rowsum"`` (one VJP)."""
+    (``m`` network VJPs per step and an ``m x m`` solve), ``"cached"`` (the projected covariance
+    at the zero state computed once at ``num_times`` noise levels, then one VJP per step: for
+    hundreds of sensors), ``"diagonal"`` or ``"rowsum"`` (one VJP)."""
 
     variant: str = eqx.field(static=True, default="full")
+    num_times: int = eqx.field(static=True, default=16)
 
     @property
     def label(self) -> str:
         return "tmpd" if self.variant == "full" else f"tmpd-{self.variant}"
 
     def guide(self, p: GuidanceProblem):
+        if self.variant == "cached":
+            if p.shape is None:
+                raise ValueError("TMPD('cached') needs the state's shape in the GuidanceProblem")
+            return tmpd_cached(
+                p.score,
+                p.sde,
+                p.observe,
+                p.y,
+                shape=p.shape,
+                noise_std=p.noise_std,
+                num_times=self.num_times,
+            )
         return tmpd(p.score, p.sde, p.observe, p.y, noise_std=p.noise_std, variant=self.variant)
 
 
@@ -153,6 +170,7 @@ FIELD_METHODS = {
     "tmpd": TMPD(),
     "tmpd-diagonal": TMPD("diagonal"),
     "tmpd-rowsum": TMPD("rowsum"),
+    "tmpd-cached": TMPD("cached"),
     "pigdm": PiGDM(),
     "dps": DPS(),
     "unguided": Unguided(),

@@ -10,7 +10,7 @@ Two ways for the physics to enter (the ``route``):
   as an energy of the denoised estimate (physics guidance, switched on for the last part of
   sampling), or through the DiffusionPDE recipe.
 
-Methods: ``"dps"``, ``"pigdm"``, ``"tmpd"`` (full), ``"tmpd-diagonal"``, ``"tmpd-rowsum"``,
+Methods: ``"dps"``, ``"pigdm"``, ``"tmpd"`` (full), ``"tmpd-cached"``, ``"tmpd-diagonal"``, ``"tmpd-rowsum"``,
 ``"statfem"`` / ``"statfem-pigdm"`` (TMPD / PiGDM under the model-error-aware statFEM likelihood
 ``y = rho H u + d + e``, :class:`StatFEMLikelihood`), ``"diffusionpde"`` (DPS-type observation misfit
 plus the PDE residual in the last 20% of the steps), ``"unguided"`` (prior samples), ``"map"`` (MAP
@@ -58,6 +58,7 @@ POSTERIOR_METHODS = (
     "tmpd",
     "tmpd-diagonal",
     "tmpd-rowsum",
+    "tmpd-cached",
     "statfem",
     "statfem-pigdm",
     "dps",
@@ -77,6 +78,7 @@ def _method_object(method: str, *, scale: float, data_variance: float | None):
         "tmpd": TMPD(),
         "tmpd-diagonal": TMPD("diagonal"),
         "tmpd-rowsum": TMPD("rowsum"),
+        "tmpd-cached": TMPD("cached"),
         "statfem": TMPD(),
         "pigdm": PiGDM(data_variance),
         "statfem-pigdm": PiGDM(data_variance),
@@ -292,7 +294,14 @@ def _joint_guided(score, sde, A, y, W, S, spec: _Spec):
         observe = lambda x: W @ (A @ x.reshape(-1))  # noqa: E731
         target, noise = W @ y, jnp.asarray(1.0, y.dtype)
     problem = GuidanceProblem(
-        score, sde, observe, target, noise, spec.data_variance, step_weight(sde, spec.num_steps)
+        score,
+        sde,
+        observe,
+        target,
+        noise,
+        spec.data_variance,
+        step_weight(sde, spec.num_steps),
+        spec.shape,
     )
     if spec.method == "diffusionpde":  # DPS with the PDE residual in the same objective
         energy = _residual_energy(spec) if spec.physics_weight > 0 else None
