@@ -21,6 +21,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "jax": jax.__version__,
         "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -288,89 +288,111 @@ def _time_of_level(sde, level: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def _exact_joint_basis(model, grid: int):
-    """Eigen-basis ``(U, lam)`` and mean of the exact joint Gaussian law of DiffusionPDE Poisson pairs
-    ``(a, u = S a)`` in the model's normalised coordinates."""
+BANDS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128))
+
+
+def _band_ratios(samples: np.ndarray, mode_var: np.ndarray) -> dict:
+    """Power of the samples' orthonormal-DCT coefficients over the exact power, per octave band of
+    the radial wavenumber ``|k|`` (the constant mode left out)."""
+    import scipy.fft
+
+    coeffs = scipy.fft.dctn(samples, type=2, norm="ortho", axes=(-2, -1))
+    power = np.mean(coeffs**2, axis=0)
+    n = power.shape[-1]
+    k1, k2 = np.meshgrid(np.arange(n), np.arange(n))
+    radius = np.hypot(k1, k2)
+    out = {}
+    for lo, hi in BANDS:
+        band = (radius >= lo) & (radius < hi)
+        if band.any():
+            out[f"{lo}-{hi}"] = float(power[band].sum() / mode_var[band].sum())
+    return out
+
+
+def _mse_ratios(model, data, ref, key) -> dict:
+    """Per channel and noise level ``sigma/alpha`` in ``DENOISER_LEVELS``: the model's denoiser MSE
+    over the exact one's on the same noisy data."""
+    x0 = np.asarray(jax.vmap(model.normalisation.normalise)(jnp.asarray(data)), np.float64)
+    names = ("a", "u")[: x0.shape[1]]
+    den = jax.jit(jax.vmap(model.denoiser, in_axes=(0, None)))
+    exact = jax.jit(jax.vmap(ref, in_axes=(0, None)))
+    out = {}
+    for i, level in enumerate(DENOISER_LEVELS):
+        t = _time_of_level(model.sde, level)
+        alpha = float(model.sde.alpha(jnp.asarray(t)))
+        sig = float(model.sde.sigma(jnp.asarray(t)))
+        z = np.asarray(jr.normal(jr.fold_in(key, i), x0.shape), np.float64)
+        xt = alpha * x0 + sig * z
+        d_m = np.asarray(den(jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32)), np.float64)
+        d_e = np.asarray(exact(jnp.asarray(xt / alpha), sig / alpha))
+        for c, name in enumerate(names):
+            ratio = np.mean((d_m[:, c] - x0[:, c]) ** 2) / np.mean((d_e[:, c] - x0[:, c]) ** 2)
+            out[f"{name}_{level:g}"] = float(ratio)
+    return out
+
+
+def _fresh(kind: str, num: int, grid: int, seed: int) -> np.ndarray:
+    if kind == "a":
+        keys = jr.split(jr.key(seed), num)
+        fields = jax.vmap(lambda k: fem.gaussian_random_field((grid, grid), key=k))(keys)
+        return np.asarray(fields, np.float64)[:, None]
+    return np.asarray(
+        fem.generate_dataset(kind, num, key=jr.key(seed), grid=grid, progress=False)[0]
+    )
+
+
+def shipped_prior_metrics(name: str, quick: bool) -> dict:
+    """Every measure of one shipped prior against the truth, per grid it serves."""
     from pdegen import inverse
 
-    L = inverse.grf_sqrt_matrix(grid)
-    S = inverse.solution_operator(fem.PDETask("poisson", grid))
-    m = np.asarray(model.normalisation.mean, np.float64)
-    s = np.asarray(model.normalisation.std, np.float64)
-    J = np.concatenate([L / s[0], (S @ L) / s[1]])
-    U, sv, _ = np.linalg.svd(J, full_matrices=False)
-    keep = sv > 1e-10 * sv.max()
-    mu = np.concatenate([np.full(grid * grid, -m[0] / s[0]), np.full(grid * grid, -m[1] / s[1])])
-    return U[:, keep], sv[keep] ** 2, mu
-
-
-def denoiser_metrics(quick: bool) -> dict:
-    """The shipped prior's denoiser against the exact one (the data are Gaussian: the floor any
-    network can reach). Fresh DiffusionPDE Poisson pairs, normalised as the model does; at each
-    noise level ``sigma/alpha`` in ``DENOISER_LEVELS`` the per-channel MSE of ``E[x0 | x_t]`` of the
-    model over that of the exact Gaussian denoiser (``denoiser_mse_ratio_<channel>_<level>``), and
-    the excess denoising loss: the EDM-weighted loss ``(s^2 + 1) / s^2 ||D(x_t) - x0||^2`` averaged
-    over the model's own training noise distribution, model over exact minus one."""
-    ckpt = models.load_pretrained(PRIOR)
-    model = ckpt.model
-    grid = int(ckpt.metadata["grid"])
+    ckpt = models.load_pretrained(name)
+    meta = ckpt.metadata
+    pde = meta.get("task", "poisson")
+    kind = "a" if tuple(meta.get("channels", ())) == ("a",) else pde
+    grids = [int(meta["grid"])]
+    if ckpt.model.resolution_free:
+        grids = sorted({*meta.get("grids_trained", grids), 128})
     num = 64 if quick else 256
-    data, _ = fem.generate_dataset("poisson", num, key=jr.key(54321), grid=grid, progress=False)
-    x0 = np.asarray(
-        jax.vmap(model.normalisation.normalise)(jnp.asarray(data, jnp.float32)), np.float64
-    )
-    U, lam, mu = _exact_joint_basis(model, grid)
-
-    def exact_denoise(xt, alpha, sig):
-        s2 = (sig / alpha) ** 2
-        v = xt.reshape(num, -1) / alpha - mu
-        p = v @ U
-        return (mu + (p * (lam / (lam + s2))) @ U.T).reshape(xt.shape)
-
-    denoise = jax.jit(jax.vmap(lambda x, t: model.denoiser(x, t), in_axes=(0, None)))
-    out: dict = {"denoiser_prior": PRIOR, "denoiser_num_examples": num}
-    rng = np.random.default_rng(0)
-    for level in DENOISER_LEVELS:
-        t = _time_of_level(model.sde, level)
-        alpha, sig = float(model.sde.alpha(jnp.asarray(t))), float(model.sde.sigma(jnp.asarray(t)))
-        xt = alpha * x0 + sig * rng.standard_normal(x0.shape)
-        d_model = np.asarray(
-            denoise(jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32)), np.float64
-        )
-        d_exact = exact_denoise(xt, alpha, sig)
-        for c, name in enumerate(("a", "u")):
-            mse_m = np.mean((d_model[:, c] - x0[:, c]) ** 2)
-            mse_e = np.mean((d_exact[:, c] - x0[:, c]) ** 2)
-            out[f"denoiser_mse_ratio_{name}_{level:g}"] = float(mse_m / mse_e)
-    # Excess EDM-weighted loss over the training noise distribution (same draws for both).
-    keys = jr.split(jr.key(7), 4 * num)
-    ts = np.asarray(
-        jax.vmap(lambda k: model.sde.sample_training_time(key=k, dtype=jnp.float64))(keys)
-    )
-    idx = rng.integers(0, num, ts.size)
-    alphas = np.asarray(model.sde.alpha(jnp.asarray(ts)))
-    sigmas = np.asarray(model.sde.sigma(jnp.asarray(ts)))
-    eps = rng.standard_normal((ts.size,) + x0.shape[1:])
-    xt = alphas[:, None, None, None] * x0[idx] + sigmas[:, None, None, None] * eps
-    d_model = np.asarray(
-        jax.jit(jax.vmap(model.denoiser))(
-            jnp.asarray(xt, jnp.float32), jnp.asarray(ts, jnp.float32)
-        ),
-        np.float64,
-    )
-    s2 = (sigmas / alphas) ** 2
-    weight = (s2 + 1.0) / s2
-    proj = (xt.reshape(ts.size, -1) / alphas[:, None] - mu) @ U
-    d_exact = mu + (proj * (lam[None] / (lam[None] + s2[:, None]))) @ U.T
-    err_m = np.mean((d_model.reshape(ts.size, -1) - x0[idx].reshape(ts.size, -1)) ** 2, axis=1)
-    err_e = np.mean((d_exact - x0[idx].reshape(ts.size, -1)) ** 2, axis=1)
-    loss_m, loss_e = float(np.mean(weight * err_m)), float(np.mean(weight * err_e))
-    out.update(
-        denoiser_loss_model=loss_m,
-        denoiser_loss_exact=loss_e,
-        denoiser_excess_loss=loss_m / loss_e - 1.0,
-    )
+    sampler = dict(meta.get("recommended_sampler", {"method": "edm_heun", "num_steps": 18}))
+    method = sampler.pop("method")
+    out: dict = {"kind": kind, "parameters": models.count_parameters(ckpt.model.network)}
+    for grid in grids:
+        model = ckpt.model.at_shape((ckpt.model.data_shape[0], grid, grid))
+        data = _fresh(kind, num, grid, 777 + grid)
+        row: dict = {}
+        if kind == "a" or grid <= 64:
+            ref = inverse.exact_denoiser(model, pde=pde, grid=grid)
+            row["excess_loss"] = models.denoising_loss(
+                model, data, key=jr.key(5), reference=ref, num_draws=512 if quick else 2048
+            )
+            row["mse_ratio"] = _mse_ratios(model, data[: min(num, 128)], ref, jr.key(6))
+        t0 = time.perf_counter()
+        samples = models.sample_model(model, num, key=jr.key(11), method=method, **sampler)
+        samples = np.asarray(jax.block_until_ready(samples), np.float64)
+        row["sample_seconds_per_field"] = (time.perf_counter() - t0) / num
+        mode_var = fem.grf_mode_std((grid, grid)) ** 2
+        row["a_band_power_ratio"] = _band_ratios(samples[:, 0], mode_var)
+        row["a_pixel_variance_ratio"] = float(samples[:, 0].var() / (mode_var.sum() / grid**2))
+        if kind != "a":
+            task = PDETask(kind, grid)
+            solve = jax.jit(jax.vmap(lambda a: task.problem.solve(**task.theta(a))))
+            u_exact = np.asarray(solve(jnp.asarray(samples[:, 0].reshape(num, -1))))
+            u_gen = samples[:, 1].reshape(num, -1)
+            err = np.linalg.norm(u_gen - u_exact, axis=1) / np.linalg.norm(u_exact, axis=1)
+            row["u_vs_solve_a_rel_l2"] = float(err.mean())
+            row["relative_residual"] = float(_relative_residuals(task, samples).mean())
+        out[str(grid)] = row
+        bands = ", ".join(f"{k}: {v:.2f}" for k, v in row["a_band_power_ratio"].items())
+        excess = row.get("excess_loss", {}).get("excess", float("nan"))
+        print(f"  {name} at {grid}: excess {100 * excess:.1f}%, band powers {bands}", flush=True)
     return out
+
+
+def shipped_metrics(quick: bool) -> dict:
+    """Per shipped prior and grid: excess denoising loss over the exact denoiser, denoiser MSE ratio
+    per channel at six noise levels, sample band powers and pixel variance of ``a`` against the exact
+    GRF, and for joint priors ``u`` against ``solve(a)`` and the relative FEM residual."""
+    return {"shipped": {n: shipped_prior_metrics(n, quick) for n in models.available_pretrained()}}
 
 
 METRICS = {
@@ -378,7 +400,7 @@ METRICS = {
     "gaussian": gaussian_metrics,
     "throughput": throughput_metrics,
     "prior": prior_metrics,
-    "denoiser": denoiser_metrics,
+    "shipped": shipped_metrics,
 }
 
 

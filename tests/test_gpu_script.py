@@ -1,0 +1,29 @@
+"""benchmarks/gpu.sh, the accelerator check, runs end to end on the CPU at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_script_cpu_smoke(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--cpu-smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    assert result["machine"]["device"] and result["grid"] == 16
+    methods = {(r["prior"], r["method"]) for r in result["rows"]}
+    assert ("exact posterior", "bayes") in methods and ("grf-a-128", "pigdm") in methods
+    meta = json.loads((tmp_path / "grf-a-128" / "model" / "metadata.json").read_text())
+    assert set(meta["excess_loss"]) == {"8", "16", "32"}
