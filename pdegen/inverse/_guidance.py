@@ -215,7 +215,12 @@ def tmpd_cached(
             (jv,) = vjp_m(vjp_A(e)[0])
             return scale * jax.jvp(A, (m,), (jv,))[1]
 
-        C = jax.lax.map(acat, eye, batch_size=min(chunk, y.size))
+        # chunks of equal size (zero rows padded), one vmapped VJP batch each
+        size = min(chunk, y.size)
+        count = -(-y.size // size)
+        rows = jnp.zeros((count * size, y.size), eye.dtype).at[: y.size].set(eye)
+        C = jax.lax.map(jax.vmap(acat), rows.reshape(count, size, y.size))
+        C = C.reshape(count * size, y.size)[: y.size]
         w, V = jnp.linalg.eigh(0.5 * (C + C.T))
         return (V * jnp.maximum(w, 0.0)[None]) @ V.T
 
