@@ -17,7 +17,8 @@ map (``tmpd-cached`` computes the projected Tweedie covariance once at the zero 
 VJP per step; ``rowsum`` approximates it by one VJP); PiGDM assumes an
 isotropic prior covariance along the observed directions (its variance from prior samples); DPS
 follows the misfit gradient with a step normalised by the misfit. Writes
-``benchmarks/results/inverse_learned[_<grid>].json``; ``--resume`` keeps rows already there.
+``benchmarks/results/inverse_learned[_<grid>].json`` after every draw; ``--resume`` continues a run
+(same grid, samples and steps) from the draws already there.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pdegen._io import write_json_atomic  # noqa: E402
 from pdegen.inverse._invert_cli import compare_methods  # noqa: E402
 
 TASKS = ("poisson-forward", "poisson-inverse", "helmholtz-forward", "helmholtz-inverse")
-METHODS = ("tmpd-cached", "pigdm", "dps")
+METHODS = ("tmpd-cached", "dps")
 VJPS_PER_STEP = {
     "pigdm": 1,
     "tmpd-rowsum": 1,
@@ -67,38 +68,51 @@ def _mean_std(values):
     return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else 0.0)
 
 
-def task_rows(task_name, priors, methods, *, grid, sensors, draws, samples, steps):
-    """Rows of one task: every prior x method over the same draws, plus the exact posterior."""
-    per: dict = {}
-    for index in range(draws):
-        task = inverse.make_task(
-            task_name, grid=grid, sensor_fraction=sensors / grid**2, index=index
-        )
-        for prior_name, prior in priors.items():
-            wanted = ["bayes", *methods] if prior_name == "exact-grf" else list(methods)
-            rows, _ = compare_methods(
-                prior,
-                task,
-                wanted,
-                key=jax.random.key(1000 + index),
-                num_samples=samples,
-                num_steps=steps,
-                progress=False,
-                batch_size=max(1, min(samples, 8)),
-            )
-            for r in rows:
-                name = "exact posterior" if r["method"] == "bayes" else prior_name
-                per.setdefault((name, r["method"]), []).append(r | {"sensors": task.num_sensors})
-        bayes = per[("exact posterior", "bayes")][-1]["rel_l2"]
-        for rs in per.values():
-            if len(rs) == index + 1:
-                rs[-1]["ratio"] = rs[-1]["rel_l2"] / bayes
-        line = ", ".join(
-            f"{p}/{m} {rs[-1]['ratio']:.2f}" for (p, m), rs in per.items() if m != "bayes"
-        )
-        print(f"  {task_name} draw {index}: {line}", flush=True)
+def draw_records(task_name, index, priors, methods, *, grid, sensors, samples, steps):
+    """Per-draw records of one task draw: every prior x method on the same truth and sensors."""
+    task = inverse.make_task(task_name, grid=grid, sensor_fraction=sensors / grid**2, index=index)
     out = []
-    for (prior_name, method), rs in per.items():
+    for prior_name, prior in priors.items():
+        wanted = ["bayes", *methods] if prior_name == "exact-grf" else list(methods)
+        rows, _ = compare_methods(
+            prior,
+            task,
+            wanted,
+            key=jax.random.key(1000 + index),
+            num_samples=samples,
+            num_steps=steps,
+            progress=False,
+            batch_size=max(1, min(samples, 8)),
+        )
+        for r in rows:
+            out.append(
+                {
+                    "task": task_name,
+                    "draw": index,
+                    "prior": "exact posterior" if r["method"] == "bayes" else prior_name,
+                    "method": r["method"],
+                    "sensors": task.num_sensors,
+                    **{
+                        k: r[k]
+                        for k in ("rel_l2", "coverage90", "data_misfit", "seconds_per_sample")
+                    },
+                }
+            )
+    bayes = next(r["rel_l2"] for r in out if r["method"] == "bayes")
+    for r in out:
+        r["ratio"] = r["rel_l2"] / bayes
+    line = ", ".join(f"{r['prior']}/{r['method']} {r['ratio']:.2f}" for r in out[1:])
+    print(f"  {task_name} draw {index}: {line}", flush=True)
+    return out
+
+
+def aggregate(records, *, grid, samples, steps):
+    """One row per (task, prior, method): mean +- std over its draws."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["task"], r["prior"], r["method"]), []).append(r)
+    out = []
+    for (task_name, prior_name, method), rs in groups.items():
         ratio, ratio_std = _mean_std([r["ratio"] for r in rs])
         cov, cov_std = _mean_std([r["coverage90"] for r in rs])
         rel, rel_std = _mean_std([r["rel_l2"] for r in rs])
@@ -205,51 +219,67 @@ def main(argv=None) -> int:
         "exact-grf": inverse.gaussian_prior(grid, sde=model.model.sde),
         args.prior: inverse.prior_at_grid(inverse.prior_from_model(model, name=args.prior), grid),
     }
-    rows: list = []
     results = Path(args.results_dir) if args.results_dir else RESULTS_DIR
     path = results / f"{name}.json"
+    records: list = []
     if args.resume and path.is_file():
-        rows = json.loads(path.read_text())["rows"]
-    t0 = time.perf_counter()
-    for task_name in tasks:
-        if any(r["task"] == task_name for r in rows):
-            print(f"{task_name}: kept from {path}")
-            continue
-        print(f"{task_name} {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples")
-        rows += task_rows(
-            task_name,
-            priors,
-            methods,
-            grid=grid,
-            sensors=sensors,
-            draws=draws,
-            samples=samples,
-            steps=steps,
+        old = json.loads(path.read_text())
+        same = all(
+            old.get(k) == v for k, v in (("grid", grid), ("samples", samples), ("steps", steps))
         )
-        payload = {
-            "description": __doc__.strip().splitlines()[0],
-            "grid": grid,
-            "sensors": sensors,
-            "draws": draws,
-            "samples": samples,
-            "steps": steps,
-            "sampler": "euler_maruyama",
-            "learned_prior": args.prior,
-            "learned_prior_metadata": {
-                k: model.metadata.get(k)
-                for k in ("excess_loss", "grids_trained", "train_wall_seconds")
-            },
-            "quick": args.quick,
-            "rows": rows,
-            "targets": targets(rows, args.prior),
-            "target": {
-                "ratio_to_bayes": TARGET_RATIO,
-                "coverage90": TARGET_COVERAGE,
-                "dps": TARGET_DPS,
-            },
-            "machine": machine_info(),
-            "seconds_this_run": round(time.perf_counter() - t0, 1),
-        }
+        records = old.get("records", []) if same else []
+    t0 = time.perf_counter()
+    rows: list = []
+    for task_name in tasks:
+        print(f"{task_name} {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples")
+        for index in range(draws):
+            have = {r["method"] for r in records if r["task"] == task_name and r["draw"] == index}
+            if {"bayes", *methods} <= have:
+                continue
+            records = [r for r in records if not (r["task"] == task_name and r["draw"] == index)]
+            records += draw_records(
+                task_name,
+                index,
+                priors,
+                methods,
+                grid=grid,
+                sensors=sensors,
+                samples=samples,
+                steps=steps,
+            )
+            rows = aggregate(records, grid=grid, samples=samples, steps=steps)
+            payload = {
+                "description": __doc__.strip().splitlines()[0],
+                "grid": grid,
+                "sensors": sensors,
+                "draws": draws,
+                "samples": samples,
+                "steps": steps,
+                "sampler": "euler_maruyama",
+                "learned_prior": args.prior,
+                "learned_prior_metadata": {
+                    k: model.metadata.get(k)
+                    for k in ("excess_loss", "grids_trained", "train_wall_seconds")
+                },
+                "quick": args.quick,
+                "complete": False,
+                "rows": rows,
+                "records": records,
+                "targets": targets(rows, args.prior),
+                "target": {
+                    "ratio_to_bayes": TARGET_RATIO,
+                    "coverage90": TARGET_COVERAGE,
+                    "dps": TARGET_DPS,
+                },
+                "machine": machine_info(),
+                "seconds_this_run": round(time.perf_counter() - t0, 1),
+            }
+            write_json_atomic(path, payload, sort_keys=True)
+    rows = aggregate(records, grid=grid, samples=samples, steps=steps)
+    if path.is_file():
+        payload = json.loads(path.read_text())
+        wanted = {(t, i) for t in tasks for i in range(draws)}
+        payload["complete"] = wanted <= {(r["task"], r["draw"]) for r in records}
         write_json_atomic(path, payload, sort_keys=True)
     print(format_rows(rows))
     for t in targets(rows, args.prior):

@@ -113,3 +113,13 @@ def test_resolution_free_prior_on_another_grid_and_unfit_priors():
         inverse.sample_task_posterior(
             prior, task, method="tmpd", route="joint", key=jr.key(0), num_samples=1
         )
+
+
+def test_learned_prior_on_a_mesh_at_another_grid():
+    model = _spectral_a_prior(16)
+    mesh = fem.l_shaped(2)
+    prior = inverse.learned_prior(model, mesh, grid=24)
+    assert prior.shape == (1, 24, 24) and prior.size == mesh.npoints
+    unet = models.load_pretrained("poisson-joint-32")
+    with pytest.raises(ValueError, match="not resolution-free"):
+        inverse.learned_prior(unet, mesh, grid=24)

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 DEMO_METHODS = ("bayes", "map", "pigdm", "dps", "diffusionpde")
-TASK_METHODS = ("bayes", "tmpd")
+TASK_METHODS = ("bayes", "tmpd-cached")
 TASK_SENSOR_FRACTION = 0.03
 # Per-method defaults (observation step for DPS-type guidance; physics weight for the joint route).
 METHOD_DEFAULTS = {

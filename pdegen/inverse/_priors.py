@@ -323,7 +323,13 @@ def unwrap_model(model, name, caller: str):
 
 
 def learned_prior(
-    model, mesh: fem.Mesh, *, channel: str | int = 0, box=None, name: str | None = None
+    model,
+    mesh: fem.Mesh,
+    *,
+    channel: str | int = 0,
+    box=None,
+    name: str | None = None,
+    grid: int | None = None,
 ) -> Prior:
     """A trained diffusion model over ``(C, g, g)`` images as a prior on the nodal values of a
     field on ``mesh``: channel ``channel`` of the image, interpolated bilinearly at the mesh nodes
@@ -335,8 +341,12 @@ def learned_prior(
             (e.g. ``models.load_pretrained("poisson-joint-32")``).
         channel: index of the channel that is the unknown field (or ``"a"`` / ``"u"`` for a joint
             ``(a, u)`` model).
+        grid: the image grid (``grid x grid``) of a resolution-free model such as ``grf-a``
+            (default: the grid it was trained on); other models run on their own grid only.
     """
     model, name = unwrap_model(model, name, "learned_prior")
+    if grid is not None:
+        model = model.at_shape((model.data_shape[0], int(grid), int(grid)))
     shape = tuple(model.data_shape)
     if len(shape) != 3:
         raise ValueError(
