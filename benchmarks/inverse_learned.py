@@ -257,6 +257,7 @@ def main(argv=None) -> int:
                 "steps": steps,
                 "sampler": "euler_maruyama",
                 "learned_prior": args.prior,
+                "sde": priors[args.prior].sde.config(),
                 "learned_prior_metadata": {
                     k: model.metadata.get(k)
                     for k in ("excess_loss", "grids_trained", "train_wall_seconds")

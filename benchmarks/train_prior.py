@@ -87,6 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1.2,
         help="(EDM's -1.2, 1.2 by default; steep spectra need large sigma too: e.g. 1.0, 2.5)",
     )
+    p.add_argument(
+        "--sigma-max",
+        type=float,
+        default=80.0,
+        help="the sampler's largest noise level (EDM's 80 by default; it must exceed the largest "
+        "mode's std of the normalised fields several times: e.g. 160 for a, 320 for joint pairs at 64)",
+    )
     p.add_argument("--network", choices=("unet", "spectral"), default="unet")
     p.add_argument("--base-channels", type=int, default=8, help="U-Net width")
     p.add_argument("--channel-mults", default="1,2,4,4", help="U-Net levels")
@@ -212,7 +219,7 @@ def main(argv=None) -> int:
     net = build_network(args, channels, net_key)
     model = models.DiffusionModel(
         net,
-        models.EDMSDE(p_mean=args.p_mean, p_std=args.p_std),
+        models.EDMSDE(sigma_max=args.sigma_max, p_mean=args.p_mean, p_std=args.p_std),
         models.Normalisation.fit(sets[-1]),
         tuple(sets[-1].shape[1:]),
         parameterisation="denoiser",

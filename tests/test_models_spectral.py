@@ -128,3 +128,13 @@ def test_resolution_errors():
         models.DiffusionModel(
             spectral.network, models.EDMSDE(), spectral.normalisation, (1, 16, 16), "epsilon"
         )
+
+
+def test_at_shape_scales_the_largest_noise_level_per_unit_area():
+    """White pixel noise: on a grid with 4x the pixels the largest modes have 4x the pixel-level
+    variance, so sigma_max doubles (and halves on a quarter of the pixels)."""
+    data = _grf(16, 8, 0)
+    model = _model(data)
+    assert model.at_shape((1, 32, 32)).sde.sigma_max == pytest.approx(2 * model.sde.sigma_max)
+    assert model.at_shape((1, 8, 8)).sde.sigma_max == pytest.approx(0.5 * model.sde.sigma_max)
+    assert model.at_shape((1, 32, 32)).at_shape((1, 16, 16)).sde.sigma_max == model.sde.sigma_max

@@ -118,7 +118,12 @@ class DiffusionModel(eqx.Module):
 
     def at_shape(self, shape: Sequence[int]) -> DiffusionModel:
         """The same model for examples of ``shape`` (``(C, H, W)`` with the same channels); only
-        for resolution-free networks, otherwise a ``ValueError``."""
+        for resolution-free networks, otherwise a ``ValueError``.
+
+        The noise is white per pixel, so a field's largest modes carry a pixel-level variance that
+        grows with the number of pixels; an SDE with a ``sigma_max`` (EDM, VE) has it scaled by
+        ``sqrt(H W / (H0 W0))``, which keeps the largest noise level per unit area (what the
+        sampler must exceed to start from the prior's noise) the same on every grid."""
         shape = tuple(int(s) for s in shape)
         if shape == tuple(self.data_shape):
             return self
@@ -131,7 +136,11 @@ class DiffusionModel(eqx.Module):
             raise ValueError(
                 f"at_shape: need ({self.data_shape[0]}, H, W) with H, W >= 1, got {shape}"
             )
-        return dataclasses.replace(self, data_shape=shape)
+        sde = self.sde
+        if hasattr(sde, "sigma_max"):
+            factor = math.sqrt(math.prod(shape[1:]) / math.prod(self.data_shape[1:]))
+            sde = dataclasses.replace(sde, sigma_max=float(sde.sigma_max) * factor)
+        return dataclasses.replace(self, data_shape=shape, sde=sde)
 
     def _precondition(self, x: Array, t: Array):
         t = jnp.asarray(t, x.dtype)
