@@ -18,7 +18,7 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
           --methods pigdm,dps --out-name gpu_smoke --results-dir "$OUT")
 else
   TRAIN=(--grids 64,128 --eval-grids 32 --steps 3000 --n-train 4000 --batch-size 64 --lr 3e-3
-         --p-mean 1.0 --p-std 2.5)
+         --p-mean 1.0 --p-std 2.5 --sigma-max 320)
   INVERT=(--grid 128 --sensors 500 --draws 10 --samples 16 --steps 100 --out-name gpu_128)
 fi
 "$PY" benchmarks/train_prior.py --data a --network spectral --name grf-a-128 --quiet \

@@ -19,6 +19,7 @@ import platform
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -314,8 +315,8 @@ def _mse_ratios(model, data, ref, key) -> dict:
     over the exact one's on the same noisy data."""
     x0 = np.asarray(jax.vmap(model.normalisation.normalise)(jnp.asarray(data)), np.float64)
     names = ("a", "u")[: x0.shape[1]]
-    den = jax.jit(jax.vmap(model.denoiser, in_axes=(0, None)))
-    exact = jax.jit(jax.vmap(ref, in_axes=(0, None)))
+    den = eqx.filter_jit(lambda m, x, t: jax.vmap(m.denoiser, in_axes=(0, None))(x, t))
+    exact = eqx.filter_jit(lambda r, x, s: jax.vmap(r, in_axes=(0, None))(x, s))
     out = {}
     for i, level in enumerate(DENOISER_LEVELS):
         t = _time_of_level(model.sde, level)
@@ -323,8 +324,10 @@ def _mse_ratios(model, data, ref, key) -> dict:
         sig = float(model.sde.sigma(jnp.asarray(t)))
         z = np.asarray(jr.normal(jr.fold_in(key, i), x0.shape), np.float64)
         xt = alpha * x0 + sig * z
-        d_m = np.asarray(den(jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32)), np.float64)
-        d_e = np.asarray(exact(jnp.asarray(xt / alpha), sig / alpha))
+        d_m = np.asarray(
+            den(model, jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32)), np.float64
+        )
+        d_e = np.asarray(exact(ref, jnp.asarray(xt / alpha), sig / alpha))
         for c, name in enumerate(names):
             ratio = np.mean((d_m[:, c] - x0[:, c]) ** 2) / np.mean((d_e[:, c] - x0[:, c]) ** 2)
             out[f"{name}_{level:g}"] = float(ratio)

@@ -110,8 +110,8 @@ def denoising_loss(
     idx = np.asarray(jr.randint(ki, (num_draws,), 0, data.shape[0]))
     sd2 = model.sigma_data**2
 
-    @jax.jit
-    def losses(x0, t, z):
+    @eqx.filter_jit
+    def losses(model, reference, x0, t, z):  # arguments, not constants folded into the program
         x0 = jax.vmap(model.normalisation.normalise)(x0)
         a = jax.vmap(model.sde.alpha)(t)[:, None, None, None]
         sig = jax.vmap(model.sde.sigma)(t)[:, None, None, None]
@@ -129,7 +129,7 @@ def denoising_loss(
         sl = slice(start, min(start + batch_size, num_draws))
         x0 = jnp.asarray(data[idx[sl]], dt)
         z = jr.normal(jr.fold_in(kz, start), x0.shape, dt)
-        m, e = losses(x0, t[sl].astype(dt), z)
+        m, e = losses(model, reference, x0, t[sl].astype(dt), z)
         lm.append(np.asarray(m, np.float64))
         le.append(np.asarray(e, np.float64))
     loss, floor = float(np.mean(np.concatenate(lm))), float(np.mean(np.concatenate(le)))
