@@ -145,7 +145,7 @@ BAD_INPUTS = {
         "not a text file",
     ),
     "invert prior/task grid mismatch": (
-        "invert --grid 16 --method bayes tmpd --quiet --out {out}",
+        "invert --prior poisson-joint-32 --grid 16 --method bayes tmpd --quiet --out {out}",
         "dir",
         "generates 32x32 fields",
     ),
