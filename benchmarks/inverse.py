@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_results  # noqa: E402
 
 from pdegen import fem, inverse  # noqa: E402
-from pdegen.inverse._invert_cli import compare_methods, format_table  # noqa: E402
 
 # Relative L2 errors in % (forward / inverse), 128x128, 500 observed points, as tabulated by FunDPS.
 PUBLISHED = {
@@ -119,7 +118,7 @@ def run_rows(
         task = inverse.make_task(
             task_name, grid=grid, sensor_fraction=sensor_fraction, index=index, noise=noise
         )
-        rows, _ = compare_methods(
+        rows, _ = inverse.compare_methods(
             prior,
             task,
             methods,
@@ -134,7 +133,7 @@ def run_rows(
         print(
             f"\n{task_name} {grid}x{grid}, {task.num_sensors} sensors, {variant}, draw {index}, prior {prior_name}"
         )
-        print(format_table(rows))
+        print(inverse.format_table(rows))
         bayes = next(r for r in rows if r["method"] == "bayes")
         for r in rows:
             r["bayes_rel_l2"] = bayes["rel_l2"]
@@ -201,7 +200,7 @@ def model_error_rows(
         )
         for r in rows:
             r["ratio_to_bayes"] = r["rel_l2"] / bayes
-        print(format_table(rows))
+        print(inverse.format_table(rows))
         for r in rows:
             r["bayes_rel_l2"] = bayes
             r["sensors"] = task.num_sensors

@@ -40,7 +40,6 @@ from _common import RESULTS_DIR, machine_info  # noqa: E402
 
 from pdegen import inverse, models  # noqa: E402
 from pdegen._io import write_json_atomic  # noqa: E402
-from pdegen.inverse._invert_cli import compare_methods  # noqa: E402
 
 TASKS = ("poisson-forward", "poisson-inverse", "helmholtz-forward", "helmholtz-inverse")
 METHODS = ("tmpd-cached", "dps")
@@ -74,7 +73,7 @@ def draw_records(task_name, index, priors, methods, *, grid, sensors, samples, s
     out = []
     for prior_name, prior in priors.items():
         wanted = ["bayes", *methods] if prior_name == "exact-grf" else list(methods)
-        rows, _ = compare_methods(
+        rows, _ = inverse.compare_methods(
             prior,
             task,
             wanted,

@@ -30,7 +30,6 @@ import numpy as np  # noqa: E402
 
 from pdegen import fem, models  # noqa: E402
 from pdegen._io import atomic_write, write_json_atomic  # noqa: E402
-from pdegen.fem._datasets import PDETask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "models.json"
 PRIOR = "poisson-joint-32"
@@ -180,7 +179,7 @@ def _prior_samples(num: int):
     return ckpt, out, time.perf_counter() - t0, f"{method} {options}"
 
 
-def _relative_residuals(task: PDETask, pairs: np.ndarray) -> np.ndarray:
+def _relative_residuals(task: fem.PDETask, pairs: np.ndarray) -> np.ndarray:
     n = pairs.shape[0]
     a = jnp.asarray(pairs[:, 0].reshape(n, -1), jnp.float64)
     u = jnp.asarray(pairs[:, 1].reshape(n, -1), jnp.float64)
@@ -245,7 +244,7 @@ def prior_metrics(quick: bool) -> dict:
         return float(np.mean(np.abs(p - p_exact) / p_exact))
 
     low = ks <= grid // 4
-    task = PDETask("poisson", grid)
+    task = fem.PDETask("poisson", grid)
     res_gen = _relative_residuals(task, samples)
     res_data = _relative_residuals(task, data)
     res_shuffled = _relative_residuals(
@@ -377,7 +376,7 @@ def shipped_prior_metrics(name: str, quick: bool) -> dict:
         row["a_band_power_ratio"] = _band_ratios(samples[:, 0], mode_var)
         row["a_pixel_variance_ratio"] = float(samples[:, 0].var() / (mode_var.sum() / grid**2))
         if kind != "a":
-            task = PDETask(kind, grid)
+            task = fem.PDETask(kind, grid)
             solve = jax.jit(jax.vmap(lambda a: task.problem.solve(**task.theta(a))))
             u_exact = np.asarray(solve(jnp.asarray(samples[:, 0].reshape(num, -1))))
             u_gen = samples[:, 1].reshape(num, -1)

@@ -27,6 +27,8 @@ from ._guidance import statfem_guidance as statfem_guidance
 from ._guidance import tmpd as tmpd
 from ._guidance import tmpd_cached as tmpd_cached
 from ._guidance import tweedie_mean as tweedie_mean
+from ._invert_cli import compare_methods as compare_methods
+from ._invert_cli import format_table as format_table
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._likelihood import LinearForward as LinearForward
 from ._likelihood import PDEForward as PDEForward
