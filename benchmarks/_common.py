@@ -54,3 +54,21 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     write_json_atomic(path, data, sort_keys=True)
     return path
+
+
+def prior_data(kind: str, n: int, grid: int, seed: int, *, progress: bool = False):
+    """``n`` examples ``(n, C, grid, grid)`` (float32) of a shipped prior's data: ``kind="a"`` the
+    DiffusionPDE GRF source, ``"poisson"`` / ``"helmholtz"`` pairs ``(a, u)``; example ``i`` from
+    ``split(key(seed), n)[i]``."""
+    import jax
+    import jax.random as jr
+    import numpy as np
+
+    from pdegen import fem
+
+    key = jr.key(seed)
+    if kind == "a":
+        grf = jax.jit(jax.vmap(lambda k: fem.gaussian_random_field((grid, grid), key=k)))
+        return np.asarray(grf(jr.split(key, n)), np.float32)[:, None]
+    fields, _ = fem.generate_dataset(kind, n, key=key, grid=grid, progress=progress)
+    return fields

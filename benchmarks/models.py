@@ -24,9 +24,14 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import sys  # noqa: E402
+
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import prior_data  # noqa: E402
 
 from pdegen import fem, models  # noqa: E402
 from pdegen._io import atomic_write, write_json_atomic  # noqa: E402
@@ -333,16 +338,6 @@ def _mse_ratios(model, data, ref, key) -> dict:
     return out
 
 
-def _fresh(kind: str, num: int, grid: int, seed: int) -> np.ndarray:
-    if kind == "a":
-        keys = jr.split(jr.key(seed), num)
-        fields = jax.vmap(lambda k: fem.gaussian_random_field((grid, grid), key=k))(keys)
-        return np.asarray(fields, np.float64)[:, None]
-    return np.asarray(
-        fem.generate_dataset(kind, num, key=jr.key(seed), grid=grid, progress=False)[0]
-    )
-
-
 def shipped_prior_metrics(name: str, quick: bool) -> dict:
     """Every measure of one shipped prior against the truth, per grid it serves."""
     from pdegen import inverse
@@ -360,7 +355,7 @@ def shipped_prior_metrics(name: str, quick: bool) -> dict:
     out: dict = {"kind": kind, "parameters": models.count_parameters(ckpt.model.network)}
     for grid in grids:
         model = ckpt.model.at_shape((ckpt.model.data_shape[0], grid, grid))
-        data = _fresh(kind, num, grid, 777 + grid)
+        data = np.asarray(prior_data(kind, num, grid, 777 + grid), np.float64)
         row: dict = {}
         if kind == "a" or grid <= 64:
             ref = inverse.exact_denoiser(model, pde=pde, grid=grid)

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +35,10 @@ jax.config.update("jax_enable_x64", True)  # FEM data in float64; the network st
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pdegen import fem, inverse, models  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import prior_data  # noqa: E402
+
+from pdegen import inverse, models  # noqa: E402
 from pdegen._io import atomic_write, write_json_atomic  # noqa: E402
 
 DEFAULT_NAME = "poisson-joint-32"
@@ -120,25 +124,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_data(kind: str, n: int, grid: int, seed: int, progress: bool) -> np.ndarray:
-    """``n`` examples ``(n, C, grid, grid)`` of the prior's data."""
-    key = jr.key(seed)
-    if kind == "a":
-        fields = jax.jit(jax.vmap(lambda k: fem.gaussian_random_field((grid, grid), key=k)))(
-            jr.split(key, n)
-        )
-        return np.asarray(fields, np.float32)[:, None]
-    fields, _ = fem.generate_dataset(kind, n, key=key, grid=grid, progress=progress)
-    return fields
-
-
 def training_data(args, grid: int, work: Path) -> np.ndarray:
     """The training examples on one grid, generated once and cached in the work folder."""
     path = work / f"data-{args.data}-{grid}-{args.n_train}-{args.seed}.npz"
     if path.is_file():
         with np.load(path) as f:
             return f["fields"]
-    fields = make_data(args.data, args.n_train, grid, args.seed, not args.quiet)
+    fields = prior_data(args.data, args.n_train, grid, args.seed, progress=not args.quiet)
     with atomic_write(path) as f:
         np.savez(f, fields=fields)
     return fields
@@ -167,7 +159,7 @@ def excess_losses(model, args) -> dict:
             continue  # the exact joint law is dense
         if not model.resolution_free and grid != model.data_shape[-1]:
             continue
-        fresh = make_data(args.data, 256, grid, 10_000 + args.seed, False)
+        fresh = prior_data(args.data, 256, grid, 10_000 + args.seed)
         ref = inverse.exact_denoiser(model, pde=pde, grid=grid)
         res = models.denoising_loss(model, fresh, key=jr.key(12345), reference=ref)
         out[str(grid)] = {k: round(v, 5) for k, v in res.items()}

@@ -207,7 +207,7 @@ def tmpd_cached(
     eye = jnp.eye(y.size, dtype=x_ref.dtype)
 
     def projected(t):
-        m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score_fn, sde, x_, t), x_ref.astype(x_ref.dtype))
+        m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score_fn, sde, x_, t), x_ref)
         _, vjp_A = jax.vjp(A, m)
         scale = sde.sigma(t) ** 2 / sde.alpha(t)
 
