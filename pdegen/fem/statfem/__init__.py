@@ -21,6 +21,7 @@ from ._exact import log_marginal_likelihood as log_marginal_likelihood
 from ._exact import posterior_precision as posterior_precision
 from ._exact import posterior_preconditioner as posterior_preconditioner
 from ._exact import prior_preconditioner as prior_preconditioner
+from ._exact import sparse_prior_variance as sparse_prior_variance
 from ._exact import ula_stationary_covariance as ula_stationary_covariance
 from ._ipla import IPLA as IPLA
 from ._ipla import IPLAInfo as IPLAInfo

@@ -20,6 +20,7 @@ from .._mesh import Mesh, unit_square
 from .._problems import Poisson
 from .._random_fields import matern_field
 from .._space import FunctionSpace
+from .._sparse import SparseMatrix, SparsityPattern
 from ._model import StatFEM, kernel_matrix
 
 
@@ -61,6 +62,11 @@ def sample_w(
         root = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
         return root @ jax.random.normal(key, (n,), K.dtype)
     return matern_field(space, key=key, length_scale=length, sigma=sigma)
+
+
+def identity_matrix(n: int) -> SparseMatrix:
+    idx = np.arange(int(n))
+    return SparseMatrix(jnp.ones(int(n)), SparsityPattern(idx, idx, (int(n), int(n))))
 
 
 def _base_log_diffusivity(x):
@@ -118,8 +124,12 @@ def ula_statfem_case(
     fine_problem = Poisson(Vf)
     sensors = np.asarray(jax.random.uniform(k_s, (int(num_sensors), 2), minval=0.02, maxval=0.98))
     H_fine = Vf.point_observation(sensors)
-    coarse_to_fine = V.point_observation(fine.points)
-    fine_to_coarse = Vf.point_observation(V.dof_coordinates)
+    if int(fine_factor) == 1:  # the same grid: no point location (costly on large meshes)
+        eye = identity_matrix(V.ndofs)
+        coarse_to_fine = fine_to_coarse = eye
+    else:
+        coarse_to_fine = V.point_observation(fine.points)
+        fine_to_coarse = Vf.point_observation(V.dof_coordinates)
     m = int(num_sensors)
     J = int(num_replicates)
     x_coarse = jnp.asarray(V.dof_coordinates.T)
