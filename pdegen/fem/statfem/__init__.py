@@ -5,7 +5,8 @@ The statFEM model ``A(theta) u = b(theta) + xi``, ``xi ~ N(0, G)``, observed as
 likelihood in the linear case (:func:`exact_posterior`, :func:`log_marginal_likelihood`,
 :func:`fit_hyperparameters`); Langevin kernels in the ``(init, step)`` form (:func:`ula`,
 :func:`mala`, :func:`pcn`, with :func:`prior_preconditioner` / :func:`posterior_preconditioner`),
-chains (:func:`run_chain`, :func:`run_chains`) and diagnostics (:func:`effective_sample_size`);
+chains (:func:`run_chain`, :func:`run_chains`) and diagnostics (:func:`chain_ess`, alias
+:func:`effective_sample_size`, :func:`rhat`), all from the generic :mod:`pdegen.mcmc`;
 interacting particle Langevin for parameters (:func:`ipla`, :func:`run_ipla`); and the
 ULA-statFEM test case (:func:`ula_statfem_case`).
 """
@@ -36,6 +37,7 @@ from ._kernels import PCNState as PCNState
 from ._kernels import Preconditioner as Preconditioner
 from ._kernels import SamplerInfo as SamplerInfo
 from ._kernels import SamplingAlgorithm as SamplingAlgorithm
+from ._kernels import chain_ess as chain_ess
 from ._kernels import dual_averaging_init as dual_averaging_init
 from ._kernels import dual_averaging_update as dual_averaging_update
 from ._kernels import effective_sample_size as effective_sample_size
@@ -43,6 +45,7 @@ from ._kernels import largest_curvature as largest_curvature
 from ._kernels import mala as mala
 from ._kernels import pcn as pcn
 from ._kernels import pool_chains as pool_chains
+from ._kernels import rhat as rhat
 from ._kernels import run_chain as run_chain
 from ._kernels import run_chains as run_chains
 from ._kernels import ula as ula
