@@ -32,7 +32,7 @@ import jax.random as jr
 import numpy as np
 
 from pdegen._io import write_json_atomic
-from pdegen.inverse import TEST_FUNCTIONS, minimise, test_function
+from pdegen.optimise import TEST_FUNCTIONS, minimise, test_function
 
 jax.config.update("jax_enable_x64", True)
 

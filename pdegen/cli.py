@@ -13,7 +13,7 @@ import time
 _SUBCOMMAND_MODULES: list[str] = [
     "pdegen.models._cli",
     "pdegen.fem.statfem._cli",
-    "pdegen.inverse._optimise_cli",
+    "pdegen.optimise._cli",
     "pdegen.inverse._invert_cli",
 ]
 

@@ -157,7 +157,7 @@ BAD_INPUTS = {
     "optimise budget below one iteration": (
         "optimise --budget 200 --out {out}",
         "dir",
-        "1025 evaluations",
+        "1026 evaluations",
     ),
 }
 
@@ -382,9 +382,8 @@ def test_optimise_minimum_budget_is_the_library_minimum(method, gradient):
     """One evaluation below the minimum the command line states, the optimiser refuses to run."""
     import jax
 
-    from pdegen.inverse._optimise import minimise
-    from pdegen.inverse._optimise_cli import SETTINGS, cost_plan
-    from pdegen.inverse._test_functions import test_function
+    from pdegen.optimise import minimise, test_function
+    from pdegen.optimise._cli import SETTINGS, cost_plan
 
     prob = test_function("rastrigin", 2)
     minimum = cost_plan(method, gradient)["minimum"]

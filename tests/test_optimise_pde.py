@@ -5,7 +5,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from pdegen.inverse import minimise, source_inversion
+from pdegen.inverse import source_inversion
+from pdegen.optimise import minimise
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Inverse problems, constrained generation and optimisation: where physics meets generative models."""
+"""Inverse problems and constrained generation: where physics meets generative models."""
 
 from ._constrained import sample_constrained as sample_constrained
 from ._field_posterior import FieldPosterior as FieldPosterior
@@ -49,11 +49,6 @@ from ._metrics import evaluate as evaluate
 from ._operators import grf_sqrt_matrix as grf_sqrt_matrix
 from ._operators import noise_floor as noise_floor
 from ._operators import solution_operator as solution_operator
-from ._optimise import METHODS as METHODS
-from ._optimise import DiffusionOptimiserState as DiffusionOptimiserState
-from ._optimise import OptimiseResult as OptimiseResult
-from ._optimise import diffusion_optimiser as diffusion_optimiser
-from ._optimise import minimise as minimise
 from ._pde_examples import SourceInversion as SourceInversion
 from ._pde_examples import source_inversion as source_inversion
 from ._priors import GaussianScore as GaussianScore
@@ -77,12 +72,3 @@ from ._tasks import empirical_coverage as empirical_coverage
 from ._tasks import make_task as make_task
 from ._tasks import make_tasks as make_tasks
 from ._tasks import relative_l2 as relative_l2
-from ._test_functions import TEST_FUNCTIONS as TEST_FUNCTIONS
-from ._test_functions import TestFunction as TestFunction
-from ._test_functions import ackley as ackley
-from ._test_functions import carrillo as carrillo
-from ._test_functions import levy as levy
-from ._test_functions import rastrigin as rastrigin
-from ._test_functions import rosenbrock as rosenbrock
-from ._test_functions import styblinski_tang as styblinski_tang
-from ._test_functions import test_function as test_function

@@ -20,6 +20,7 @@ __all__ = [
     "styblinski_tang",
     "rosenbrock",
     "carrillo",
+    "ellipsoid",
     "TestFunction",
     "test_function",
     "TEST_FUNCTIONS",
@@ -102,6 +103,16 @@ def carrillo(x):
     return jnp.mean(y**2 - 10.0 * jnp.cos(2 * jnp.pi * y) + 10.0) + CARRILLO_OFFSET
 
 
+def ellipsoid(x):
+    """Ellipsoid (BBOB f2): ``sum_i 10^(6 (i-1)/(d-1)) x_i^2``, condition number ``1e6``; min 0 at
+    0. Unimodal and ill-conditioned: separable as written, not once rotated."""
+    x = jnp.asarray(x)
+    _check_point(x, "ellipsoid")
+    d = x.shape[0]
+    weights = 10.0 ** (6.0 * jnp.arange(d, dtype=x.dtype) / max(d - 1, 1))
+    return jnp.sum(weights * x**2)
+
+
 class TestFunction(NamedTuple):
     """A test problem in dimension ``d``: ``fn``, box ``lower``/``upper`` ``(d,)``, known
     ``minimiser`` ``(d,)`` and ``minimum``."""
@@ -131,6 +142,7 @@ _SPECS = {
     ),
     "rosenbrock": (rosenbrock, (-5.0, 10.0), 1.0, lambda d: 0.0),
     "carrillo": (carrillo, (-5.12, 5.12), CARRILLO_SHIFT, lambda d: CARRILLO_OFFSET),
+    "ellipsoid": (ellipsoid, (-5.0, 5.0), 0.0, lambda d: 0.0),
 }
 
 TEST_FUNCTIONS = tuple(_SPECS)

@@ -18,8 +18,8 @@ __all__ = ["register", "run"]
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from ._optimise import METHODS
-    from ._test_functions import TEST_FUNCTIONS
+    from ._budget import METHODS
+    from ._functions import TEST_FUNCTIONS
 
     p = subparsers.add_parser(
         "optimise",
@@ -40,9 +40,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--budget",
         type=int,
         default=20000,
-        help="maximum function evaluations (dds/pis need at least 1025: 256 initial "
-        "points, 4 temperatures of at least one 32-evaluation iteration, and the "
-        "641-evaluation polish of the 8 best points)",
+        help="maximum function evaluations (dds/pis need at least 1026: 1 at the box "
+        "centre, 256 initial points, 4 temperatures of at least one 32-evaluation iteration, "
+        "and the 641-evaluation polish of the 8 best points)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="optimise_out", help="output directory")
@@ -66,33 +66,11 @@ SETTINGS = dict(
 
 
 def cost_plan(method: str, gradient: bool) -> dict:
-    """The evaluations ``minimise`` spends with :data:`SETTINGS`: ``minimum`` (the smallest budget
-    that runs), and its parts (``initial``, ``per_iteration``, ``polish``) where they apply."""
-    from ._optimise import _evaluations_per_iteration, _polish_plan
+    """The evaluations ``minimise`` spends with :data:`SETTINGS` at its smallest budget, by part
+    (:func:`pdegen.optimise.budget_parts`); ``minimum`` their sum."""
+    from ._budget import budget_parts
 
-    s = SETTINGS
-    polish = _polish_plan(s["num_best"], s["refine_steps"]).cost
-    if method in ("dds", "pis"):
-        per = _evaluations_per_iteration(gradient, s["loss"], s["batch_size"], s["num_steps"])
-        return dict(
-            initial=s["num_initial"],
-            per_iteration=per,
-            iterations=s["num_temperatures"],
-            polish=polish,
-            minimum=s["num_initial"] + per * s["num_temperatures"] + polish,
-        )
-    if method == "langevin":
-        per = 2 * s["num_chains"]
-        return dict(
-            initial=s["num_initial"],
-            per_iteration=per,
-            iterations=1,
-            polish=polish,
-            minimum=s["num_initial"] + per + polish,
-        )
-    if method == "adam":  # one restart of value-and-gradient steps plus the final value
-        return dict(minimum=2 * s["adam_steps_per_restart"] + 1)
-    return dict(minimum=1)  # random (the polish is dropped below twice its cost), cmaes
+    return budget_parts(method, gradient_informed=gradient, **SETTINGS)
 
 
 def check_options(args) -> dict:
@@ -121,24 +99,15 @@ def check_options(args) -> dict:
             f"--method {args.method} needs at least {plan['minimum']} (default 20000)"
         )
     if args.budget < plan["minimum"]:
-        if "per_iteration" in plan:
-            parts = (
-                f"{plan['initial']} initial points + {plan['iterations']} x "
-                f"{plan['per_iteration']} (one iteration"
-                + (" per temperature" if args.method in ("dds", "pis") else "")
-                + f") + {plan['polish']} for the polish of the 8 best points"
-            )
-            if args.gradient and args.method in ("dds", "pis"):
-                factor = plan["per_iteration"] / cost_plan(args.method, False)["per_iteration"]
-                parts += f"; --gradient makes each iteration cost {factor:g}x more"
-        elif args.method == "adam":
-            parts = "one restart of 200 Adam steps (value and gradient) and its final value"
-        else:
-            parts = "at least one evaluation"
+        from ._budget import describe_minimum
+
+        parts = describe_minimum(args.method, gradient_informed=args.gradient, **SETTINGS)
+        if args.gradient and args.method in ("dds", "pis"):
+            factor = plan["per_iteration"] / cost_plan(args.method, False)["per_iteration"]
+            parts += f"; --gradient makes each iteration cost {factor:g}x more"
         raise UserError(
             f"--budget {args.budget} is below the minimum of --method {args.method}: "
-            f"{plan['minimum']} evaluations ({parts}); use --budget {plan['minimum']} or "
-            f"more (default 20000)"
+            f"{parts}; use --budget {plan['minimum']} or more (default 20000)"
         )
     return plan
 
@@ -154,14 +123,14 @@ def run(args) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ._optimise import minimise
-    from ._test_functions import test_function
+    from ._functions import test_function
+    from ._minimise import minimise
 
     jax.config.update("jax_enable_x64", True)
     prob = test_function(args.function, args.dim)  # ValueError -> "pdegen optimise: error: ..."
     s = SETTINGS
     if args.method in ("dds", "pis"):
-        iters = (args.budget - plan["initial"] - plan["polish"]) // (
+        iters = (args.budget - plan["centre"] - plan["initial"] - plan["polish"]) // (
             plan["per_iteration"] * s["num_temperatures"]
         )
         what = (

@@ -1,0 +1,83 @@
+"""The smallest budget each method runs with, and a message that says what it is made of."""
+
+from __future__ import annotations
+
+from ._diffusion import evaluations_per_iteration
+from ._polish import polish_plan
+
+METHODS = ("dds", "pis", "adam", "langevin", "random", "cmaes", "coordinate")
+
+# one evaluation at the centre of the box checks the objective (and counts)
+CENTRE = 1
+
+
+def budget_parts(method: str, **settings) -> dict:
+    """The evaluations ``minimise`` spends at its smallest budget, by part: ``centre``,
+    ``initial``, ``per_iteration`` x ``iterations``, ``polish``, ``search``; ``minimum`` their sum.
+    ``settings`` are :func:`pdegen.optimise.minimise`'s keyword arguments (defaults apply)."""
+    s = dict(
+        batch_size=32,
+        num_steps=16,
+        num_temperatures=4,
+        num_initial=256,
+        refine_steps=40,
+        num_best=8,
+        num_chains=32,
+        gradient_informed=False,
+        loss="log_variance",
+        coordinate_grid_size=41,
+    )
+    s.update({k: v for k, v in settings.items() if k in s})
+    polish = polish_plan(s["num_best"] if method in ("dds", "pis") else 8, s["refine_steps"]).cost
+    if method in ("dds", "pis"):
+        per = evaluations_per_iteration(
+            s["gradient_informed"], s["loss"], s["batch_size"], s["num_steps"]
+        )
+        parts = dict(
+            initial=s["num_initial"],
+            per_iteration=per,
+            iterations=s["num_temperatures"],
+            polish=polish,
+        )
+    elif method == "langevin":
+        parts = dict(
+            initial=s["num_initial"], per_iteration=2 * s["num_chains"], iterations=1, polish=polish
+        )
+    elif method == "adam":  # one restart of one value-and-gradient step and its final value
+        parts = dict(per_iteration=2, iterations=1, search=1)
+    elif method == "coordinate":  # the start point and one line of the grid
+        parts = dict(search=1 + s["coordinate_grid_size"])
+    else:  # random (the polish is dropped below twice its cost), cmaes
+        parts = dict(search=1)
+    parts = dict(centre=CENTRE, **parts)
+    parts["minimum"] = (
+        parts["centre"]
+        + parts.get("initial", 0)
+        + parts.get("per_iteration", 0) * parts.get("iterations", 0)
+        + parts.get("polish", 0)
+        + parts.get("search", 0)
+    )
+    return parts
+
+
+def minimum_budget(method: str, **settings) -> int:
+    """The smallest ``max_evaluations`` that :func:`pdegen.optimise.minimise` runs ``method``
+    with (the same ``settings``)."""
+    return budget_parts(method, **settings)["minimum"]
+
+
+def describe_minimum(method: str, **settings) -> str:
+    """``"N evaluations (1 at the box centre + ...)"`` for error messages."""
+    p = budget_parts(method, **settings)
+    words = [f"{p['centre']} at the box centre"]
+    if "initial" in p:
+        words.append(f"{p['initial']} initial points")
+    if "per_iteration" in p:
+        what = {"dds": "one iteration per temperature", "pis": "one iteration per temperature"}
+        what = what.get(method, "one iteration" if method != "adam" else "one Adam step")
+        words.append(f"{p['iterations']} x {p['per_iteration']} ({what})")
+    if "polish" in p:
+        words.append(f"{p['polish']} for the polish of the 8 best points")
+    if "search" in p:
+        words.append(f"{p['search']} of search")
+    return f"{p['minimum']} evaluations ({' + '.join(words)})"
