@@ -14,7 +14,10 @@ Also: ESS per second (minimum over 256 coordinates), the exact posterior's own c
 estimating the forcing amplitude (truth 1) with its error against the truth and the MMLE.
 
 Run from the repository root: ``python benchmarks/statfem.py [--quick]``.
-Writes ``benchmarks/results/statfem.json``.
+Writes ``benchmarks/results/statfem.json``. ``--sparse``: the linear-Gaussian exact posterior
+without dense matrices (mean by solves, pointwise variance by selected inversion, samples, the
+log marginal likelihood and its gradient) at 64x64, 128x128, 256x256 and on a 100k-node
+unstructured mesh, into ``benchmarks/results/statfem_sparse.json``.
 """
 
 from __future__ import annotations
@@ -269,11 +272,136 @@ def bench_ipla(case, key, num_particles, num_steps):
     }
 
 
+# ---------------------------------------------------------------------------- sparse route
+
+
+def unstructured_model(num_points, *, key, num_sensors=64):
+    """Poisson statFEM on a Delaunay mesh of jittered random points (unstructured), data simulated
+    from a prior draw of the model itself."""
+    from pdegen import fem
+
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    k = int(math.sqrt(num_points))
+    side = np.linspace(0.0, 1.0, k)
+    boundary = np.concatenate(
+        [
+            np.stack([side, np.zeros(k)], 1),
+            np.stack([side, np.ones(k)], 1),
+            np.stack([np.zeros(k - 2), side[1:-1]], 1),
+            np.stack([np.ones(k - 2), side[1:-1]], 1),
+        ]
+    )
+    inner = rng.uniform(0.5 / k, 1 - 0.5 / k, size=(num_points - boundary.shape[0], 2))
+    mesh = fem.delaunay(np.concatenate([boundary, inner]))
+    V = fem.FunctionSpace(mesh, "P1")
+    sensors = rng.uniform(0.05, 0.95, size=(num_sensors, 2))
+    model = statfem.StatFEM(
+        fem.Poisson(V),
+        sensors,
+        coefficients=dict(
+            kappa=lambda x: 1.0 + 0.3 * jnp.sin(3.0 * x[0]) * jnp.cos(2.0 * x[1]), f=1.0
+        ),
+        sigma_f=0.1,
+        sigma_e=5e-4,
+    )
+    k1, k2 = jax.random.split(key)
+    y = model.simulate_data(model.sample_prior(key=k1), key=k2)
+    return model, y
+
+
+def bench_sparse_case(label, model, y, key, num_checks=4):
+    """Exact posterior mean, pointwise variance (selected inversion), 100 samples, the log marginal
+    likelihood and its gradient in (rho, sigma_f), each timed; the variance checked at a few
+    coordinates against the covariance action (two solves each)."""
+    import equinox as eqx
+
+    out = {"case": label, "dim": model.dim, "sensors": model.num_sensors}
+    t0 = time.perf_counter()
+    post = statfem.exact_posterior(model, y)
+    jax.block_until_ready(post.mean)
+    out["mean_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    var = jax.block_until_ready(post.variance(method="selected"))
+    out["variance_s"] = time.perf_counter() - t1
+    out["mean_and_variance_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    jax.block_until_ready(post.sample(100, key=jax.random.fold_in(key, 1)))
+    out["100_samples_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    lml = float(statfem.log_marginal_likelihood(model, y))
+    out["log_marginal_likelihood_s"] = time.perf_counter() - t1
+    out["log_marginal_likelihood"] = lml
+
+    def f(m):
+        return statfem.log_marginal_likelihood(m, y)
+
+    t1 = time.perf_counter()
+    grad = eqx.filter_grad(f)(model)
+    g = [float(grad.rho), float(grad.sigma_f)]
+    out["lml_gradient_s"] = time.perf_counter() - t1
+    out["lml_gradient_rho_sigma_f"] = g
+    idx = np.asarray(
+        jax.random.choice(jax.random.fold_in(key, 2), model.dim, (num_checks,), replace=False)
+    )
+    E = jax.nn.one_hot(jnp.asarray(idx), model.dim, dtype=post.mean.dtype)
+    direct = np.asarray(jax.vmap(post.cov_apply)(E))[np.arange(num_checks), idx]
+    out["variance_check_max_rel_error"] = float(
+        np.max(np.abs(np.asarray(var)[idx] - direct) / direct)
+    )
+    return out
+
+
+def main_sparse(args) -> int:
+    key = jax.random.key(0)
+    grids = (32, 64) if args.quick else (64, 128, 256)
+    results = {"machine": machine_info(), "quick": args.quick, "rows": []}
+    for grid in grids:
+        case = statfem.ula_statfem_case(grid, key=jax.random.fold_in(key, grid), fine_factor=1)
+        r = bench_sparse_case(f"linear {grid}x{grid}", case.model, case.y, key)
+        results["rows"].append(r)
+        print(r, flush=True)
+        path = write_results("statfem_sparse", results)
+    if not args.quick:
+        model, y = unstructured_model(100_000, key=jax.random.fold_in(key, 99))
+        r = bench_sparse_case("linear unstructured", model, y, key)
+        results["rows"].append(r)
+        print(r, flush=True)
+        path = write_results("statfem_sparse", results)
+    print("\nlinear-Gaussian statFEM, sparse route (first call: compilation included)")
+    header = (
+        f"{'case':24} {'dim':>7} {'mean s':>7} {'var s':>7} {'mean+var s':>10} {'100 draws s':>11} "
+        f"{'lml s':>6} {'grad s':>6} {'var check':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results["rows"]:
+        print(
+            f"{r['case']:24} {r['dim']:>7} {r['mean_s']:>7.2f} {r['variance_s']:>7.2f} "
+            f"{r['mean_and_variance_s']:>10.2f} {r['100_samples_s']:>11.2f} "
+            f"{r['log_marginal_likelihood_s']:>6.2f} {r['lml_gradient_s']:>6.2f} "
+            f"{r['variance_check_max_rel_error']:>9.1e}"
+        )
+    print(
+        "var check: max relative error of the selected-inversion variance against the covariance\n"
+        "  action on unit vectors (two solves each) at 4 random coordinates"
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32x32 and 64x64 only, short budgets")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="only the linear-Gaussian sparse route at 64, 128, 256 and a 100k-node unstructured "
+        "mesh (benchmarks/results/statfem_sparse.json)",
+    )
     args = parser.parse_args(argv)
+    if args.sparse:
+        return main_sparse(args)
     grids = (32, 64) if args.quick else (32, 64, 128)
     budgets = {32: 8.0, 64: 20.0} if args.quick else {32: 60.0, 64: 120.0, 128: 240.0}
     samplers = [s for s in args.samplers.split(",") if s]
