@@ -1,22 +1,21 @@
-"""Benchmark: diffusion samplers (DDS/PIS) as global optimisers vs baselines at equal budgets.
+"""Benchmark: diffusion samplers (DDS / PIS) as global optimisers against baselines, on random
+BBOB-style instances, at equal budgets.
 
-    python benchmarks/optimise.py --quick        # 2-D targets + five 10-D functions, ~ 6 min on 2 cores
-    python benchmarks/optimise.py --dims 10      # the 10-D target: five functions, 20 seeds (~ 20 min)
-    python benchmarks/optimise.py --dims 50 --functions rastrigin --methods dds-coordwise adam langevin \
-        random cmaes --out benchmarks/results/optimise_50d.json   # 50-D, 50,000 evaluations (~ 25 min)
-    python benchmarks/optimise.py                # every function and variant, 20 seeds (hours)
+    python benchmarks/optimise.py --quick      # 2-D, every function, 20 instances (minutes)
+    python benchmarks/optimise.py              # 10-D, 20 instances per function and kind (hours)
+    python benchmarks/optimise.py --dims 10 --functions rastrigin --methods dds cmaes
 
-Writes benchmarks/results/optimise.json atomically after every row, under ``runs.quick`` or
-``runs.full`` (the other run's rows are kept), and prints a table with one row per (function,
-dimension, method): success rate over the seeds (|f - f*| < tol, tol = 1e-2 in every
-dimension), median final gap, function evaluations used (values and gradients each count 1)
-and wall time; then, per (function, dimension), whether a diffusion variant has a higher
-success rate than every baseline that ran (the issue's 10-D target: on at least three
-functions).
+Every function appears as random instances ``g(x) = f(R (x - s) + x*)`` with a Haar rotation
+``R`` and a shift ``s`` (``pdegen.optimise.sample_instances``): the "rotated-shifted" block. The
+"separable" block (``R = I``, shift per coordinate) is kept apart, labelled, with the
+coordinate-wise 1-D search beside it. The same instances (seeded per function, dimension and
+kind) go to every method. Success: final gap below 1e-3. Each method's inductive bias is
+printed next to its rows. Also written: runtime-to-target data (first evaluation count at which
+each instance's gap reaches 10, 1, 0.1, 0.01, 1e-3) and the COCO-style ECDF figure (fraction of
+(instance, target) pairs reached against evaluations) ``benchmarks/results/optimise_ecdf.png``.
 
-Polish: DDS/PIS, annealed Langevin and random search all end with the same polish of their 8
-best points (successive-halving projected Adam, 641 evaluations of the budget); Adam with
-restarts is local search throughout and CMA-ES converges locally by itself.
+Writes ``benchmarks/results/optimise.json`` atomically after every row; rows already there
+(same function, kind, dimension, method, budget, instances) are kept and skipped (resume).
 """
 
 from __future__ import annotations
@@ -31,169 +30,199 @@ import jax
 import jax.random as jr
 import numpy as np
 
-from pdegen._io import write_json_atomic
-from pdegen.optimise import TEST_FUNCTIONS, minimise, test_function
+from pdegen._io import atomic_path, write_json_atomic
+from pdegen.optimise import (
+    INDUCTIVE_BIAS,
+    KINDS,
+    TARGETS,
+    TOLERANCE,
+    ecdf,
+    instance_family,
+    minimise,
+    runtimes_to_targets,
+    sample_instances,
+)
 
 jax.config.update("jax_enable_x64", True)
 
-TOLERANCE = 1e-2
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "optimise.json")
-BUDGETS = {2: 4000, 10: 10000, 50: 50000}
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "optimise.json")
+BUDGETS = {2: 2000, 5: 5000, 10: 10000}
+FUNCTIONS = ["rastrigin", "ackley", "levy", "styblinski_tang", "rosenbrock", "ellipsoid"]
 
-# The diffusion optimiser's defaults (minimise): DDS, batch 32, 16 steps, 4 temperatures,
-# log-variance loss, plain MLP, final polish of the 8 best points (refine_steps=40: the budget of
-# 40 Adam steps from each, spent by successive halving).
+# minimise's defaults: DDS, batch 32, 16 steps, 4 temperatures, log-variance loss, dense MLP,
+# final polish of the 8 best points
 VARIANTS = {
     "dds": dict(method="dds"),
-    "dds-grad": dict(method="dds", gradient_informed=True, num_steps=8, batch_size=16),
     "dds-coordwise": dict(method="dds", network="coordinatewise", width=32),
-    "dds-coordwise-grad": dict(
-        method="dds",
-        network="coordinatewise",
-        width=32,
-        gradient_informed=True,
-        num_steps=8,
-        batch_size=16,
-    ),
-    "dds-norefine": dict(method="dds", refine_steps=0),
+    "dds-grad": dict(method="dds", gradient_informed=True, num_steps=8, batch_size=16),
     "pis": dict(method="pis"),
     "adam": dict(method="adam"),
     "langevin": dict(method="langevin"),
     "random": dict(method="random"),
     "cmaes": dict(method="cmaes"),
+    "coordinate": dict(method="coordinate"),
 }
-BASELINES = ("adam", "langevin", "random", "cmaes")
-TARGET_10D = ["rastrigin", "styblinski_tang", "carrillo", "ackley", "levy"]
-# quick: the 2-D targets with every baseline (20 seeds), and five 10-D functions with the
-# coordinate-wise network and every baseline (5 seeds); about 6 min on 2 busy cores
-QUICK = {
-    2: (["ackley", "rastrigin"], ["dds", *BASELINES], 20),
-    10: (TARGET_10D, ["dds-coordwise", *BASELINES], 5),
-}
-# full 10-D: the target functions with the coordinate-wise network and every baseline, 20 seeds
-FULL = {10: (TARGET_10D, ["dds-coordwise", *BASELINES], 20)}
+DEFAULT_METHODS = ["dds", "dds-coordwise", "cmaes", "adam", "langevin", "random", "coordinate"]
 
 
 def _load(path):
     try:
         with open(path) as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data.get("runs"), dict) else {}
 
 
-def summarise(rows):
-    """Per (function, dim): the best diffusion variant's success rate, the best baseline's, and
-    whether the former is strictly higher (only rows that ran; None without both kinds)."""
-    out = []
-    for dim, name in dict.fromkeys((r["dim"], r["function"]) for r in rows):
-        mine = [r for r in rows if (r["dim"], r["function"]) == (dim, name)]
-        ours = [r for r in mine if r["method"] not in BASELINES]
-        theirs = [r for r in mine if r["method"] in BASELINES]
-        if not ours or not theirs:
+def _same(row, spec):
+    return all(row.get(k) == v for k, v in spec.items())
+
+
+def run_row(name, kind, dim, method, budget, instances, seed=0):
+    family = instance_family(name, dim, kind=kind)
+    # the same instances for every method: seeded by (function, dimension, kind)
+    salt = sum(map(ord, f"{name}/{kind}/{dim}"))
+    tasks = sample_instances(family, instances, key=jr.fold_in(jr.key(seed), salt))
+    keys = jr.split(jr.fold_in(jr.key(seed + 1), salt), instances)
+    t0 = time.perf_counter()
+    res = minimise(
+        family.fn,
+        family.domain,
+        key=keys,
+        task=tasks,
+        max_evaluations=budget,
+        **VARIANTS[method],
+    )
+    seconds = time.perf_counter() - t0
+    gaps = np.asarray(res.value) - family.minimum
+    runtimes = runtimes_to_targets(res.evaluations, res.best_values, family.minimum)
+    return {
+        "function": name,
+        "instance_type": kind,
+        "dim": dim,
+        "method": method,
+        "budget": budget,
+        "instances": instances,
+        "success_rate": float(np.mean(gaps < TOLERANCE)),
+        "median_gap": float(np.median(gaps)),
+        "evaluations_used": int(np.max(res.num_evaluations)),
+        "seconds": seconds,
+        "runtimes_to_targets": np.where(np.isfinite(runtimes), runtimes, -1).tolist(),
+        "inductive_bias": INDUCTIVE_BIAS[method],
+    }
+
+
+def ecdf_figure(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in KINDS if any(r["instance_type"] == k for r in rows)]
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(5.5 * len(kinds), 4), layout="constrained", squeeze=False
+    )
+    for ax, kind in zip(axes[0], kinds):
+        for dim in sorted({r["dim"] for r in rows if r["instance_type"] == kind}):
+            sel = [r for r in rows if r["instance_type"] == kind and r["dim"] == dim]
+            budget = max(r["budget"] for r in sel)
+            grid = np.unique(np.geomspace(1, budget, 200).astype(int))
+            for method in dict.fromkeys(r["method"] for r in sel):
+                rt = np.concatenate(
+                    [
+                        np.asarray(r["runtimes_to_targets"], float)
+                        for r in sel
+                        if r["method"] == method
+                    ]
+                )
+                rt = np.where(rt < 0, np.inf, rt)
+                ax.step(grid, ecdf(rt, grid), where="post", label=f"{method} (d={dim})")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("function evaluations")
+        ax.set_ylabel("fraction of (instance, target) pairs")
+        ax.set_title(f"{kind}: targets {', '.join(f'{t:g}' for t in TARGETS)}")
+        ax.legend(fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def print_table(rows):
+    print(
+        f"{'function':16s} {'kind':16s} {'d':>3s} {'method':14s} {'budget':>7s} {'success':>8s} "
+        f"{'median gap':>11s} {'evals':>7s} {'s':>7s}"
+    )
+    for kind in KINDS:
+        block = [r for r in rows if r["instance_type"] == kind]
+        if not block:
             continue
-        best = max(ours, key=lambda r: r["success_rate"])
-        rival = max(theirs, key=lambda r: r["success_rate"])
-        out.append(
-            dict(
-                function=name,
-                dim=dim,
-                method=best["method"],
-                success_rate=best["success_rate"],
-                best_baseline=rival["method"],
-                baseline_success_rate=rival["success_rate"],
-                baselines=sorted(r["method"] for r in theirs),
-                beats_every_baseline=best["success_rate"] > rival["success_rate"],
+        print(f"-- {kind} block")
+        for r in block:
+            print(
+                f"{r['function']:16s} {kind:16s} {r['dim']:3d} {r['method']:14s} {r['budget']:7d} "
+                f"{r['success_rate']:8.2f} {r['median_gap']:11.3g} {r['evaluations_used']:7d} "
+                f"{r['seconds']:7.1f}"
             )
-        )
-    return out
+    print("inductive biases:")
+    for m in dict.fromkeys(r["method"] for r in rows):
+        print(f"  {m}: {INDUCTIVE_BIAS[m]}")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds per row (default 20)")
-    ap.add_argument("--functions", nargs="*", default=None)
-    ap.add_argument("--dims", nargs="*", type=int, default=None)
-    ap.add_argument("--methods", nargs="*", default=None)
-    ap.add_argument("--out", default=RESULTS)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = ap.parse_args(argv)
-    plan = []
-    dims = args.dims or [2, 10]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="2-D, every function")
+    p.add_argument("--dims", type=int, nargs="+")
+    p.add_argument("--functions", nargs="+", choices=FUNCTIONS)
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--methods", nargs="+", choices=list(VARIANTS))
+    p.add_argument("--instances", type=int, default=20)
+    p.add_argument("--budget", type=int, help="default: 2000 (2-D), 5000 (5-D), 10000 (10-D)")
+    p.add_argument("--out", default=RESULTS)
+    args = p.parse_args(argv)
+    dims = args.dims or ([2] if args.quick else [10])
+    functions = args.functions or FUNCTIONS
+    methods = args.methods or DEFAULT_METHODS
+    data = _load(args.out)
+    rows = data.get("rows", [])
     for dim in dims:
-        if args.quick and dim in QUICK:
-            fns, methods, seeds = QUICK[dim]
-        elif dim in FULL and args.dims:
-            fns, methods, seeds = FULL[dim]
-        else:
-            fns, methods, seeds = list(TEST_FUNCTIONS), list(VARIANTS), 20
-        fns = args.functions or fns
-        methods = args.methods or methods
-        seeds = args.seeds or seeds
-        plan += [(name, dim, m, seeds) for name in fns for m in methods]
-    mode = "quick" if args.quick else "full"
-    rows = []
-    header = (
-        f"{'function':16s} {'d':>3s} {'method':18s} {'success':>8s} {'median gap':>11s} "
-        f"{'evals':>7s} {'time/s':>7s}"
-    )
-    print(header)
-    print("-" * len(header))
-    started = time.perf_counter()
-    for name, dim, m, seeds in plan:
-        prob = test_function(name, dim)
-        budget = BUDGETS.get(dim, BUDGETS[max(BUDGETS)])
-        keys = jr.split(jr.key(2026), seeds)
-        t0 = time.perf_counter()
-        res = minimise(prob.fn, prob.domain, key=keys, max_evaluations=budget, **VARIANTS[m])
-        secs = time.perf_counter() - t0
-        gaps = np.abs(np.asarray(res.value) - prob.minimum)
-        row = dict(
-            function=name,
-            dim=dim,
-            method=m,
-            seeds=seeds,
-            success_rate=float(np.mean(gaps < TOLERANCE)),
-            median_gap=float(np.median(gaps)),
-            budget=budget,
-            evaluations=int(res.num_evaluations),
-            seconds=secs,
-            gaps=gaps.tolist(),
-            tolerance=TOLERANCE,
-        )
-        rows.append(row)
-        print(
-            f"{name:16s} {dim:3d} {m:18s} {row['success_rate']:8.2f} "
-            f"{row['median_gap']:11.3g} {row['evaluations']:7d} {secs:7.1f}",
-            flush=True,
-        )
-        data = _load(args.out)
-        runs = data.get("runs", {})
-        runs[mode] = {
-            "tolerance": TOLERANCE,
-            "budgets": {str(k): v for k, v in BUDGETS.items()},
-            "variants": VARIANTS,
-            "seconds": time.perf_counter() - started,
-            "polish": "dds/pis, langevin and random: successive-halving Adam polish "
-            "of the 8 best points (refine_steps=40, 641 evaluations); "
-            "adam: restarts of 200 Adam steps; cmaes: IPOP restarts",
-            "command": " ".join(["python", "benchmarks/optimise.py", *(argv or [])]),
-            "rows": rows,
-            "summary": summarise(rows),
-        }
-        write_json_atomic(args.out, {"runs": runs})
-    print()
-    for item in summarise(rows):
-        verdict = "beats" if item["beats_every_baseline"] else "does not beat"
-        print(
-            f"{item['function']:16s} d={item['dim']:<3d} {item['method']} "
-            f"{item['success_rate']:.2f} {verdict} every baseline (best "
-            f"{item['best_baseline']} {item['baseline_success_rate']:.2f})"
-        )
+        budget = args.budget or BUDGETS.get(dim, 1000 * dim)
+        for kind in args.kinds:
+            for name in functions:
+                if name == "rosenbrock" and dim < 2:
+                    continue
+                for method in methods:
+                    spec = dict(
+                        function=name,
+                        instance_type=kind,
+                        dim=dim,
+                        method=method,
+                        budget=budget,
+                        instances=args.instances,
+                    )
+                    if any(_same(r, spec) for r in rows):
+                        continue
+                    row = run_row(name, kind, dim, method, budget, args.instances)
+                    rows = [r for r in rows if not _same(r, spec)] + [row]
+                    write_json_atomic(
+                        args.out,
+                        {
+                            "tolerance": TOLERANCE,
+                            "targets": list(TARGETS),
+                            "machine": f"{os.cpu_count()} CPU cores",
+                            "rows": rows,
+                        },
+                    )
+                    print(
+                        f"{name} {kind} d={dim} {method}: success {row['success_rate']:.2f}, "
+                        f"median gap {row['median_gap']:.3g}, {row['seconds']:.1f} s",
+                        flush=True,
+                    )
+    selected = [r for r in rows if r["dim"] in dims]
+    print_table(selected)
+    ecdf_figure(selected, os.path.splitext(args.out)[0] + "_ecdf.png")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

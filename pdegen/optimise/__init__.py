@@ -2,6 +2,11 @@
 PIS from :mod:`pdegen.models`), their baselines, test functions, benchmark instances and
 helpers."""
 
+from ._benchmark import INDUCTIVE_BIAS as INDUCTIVE_BIAS
+from ._benchmark import TARGETS as TARGETS
+from ._benchmark import TOLERANCE as TOLERANCE
+from ._benchmark import ecdf as ecdf
+from ._benchmark import runtimes_to_targets as runtimes_to_targets
 from ._budget import METHODS as METHODS
 from ._budget import budget_parts as budget_parts
 from ._budget import minimum_budget as minimum_budget
@@ -21,5 +26,11 @@ from ._functions import rastrigin as rastrigin
 from ._functions import rosenbrock as rosenbrock
 from ._functions import styblinski_tang as styblinski_tang
 from ._functions import test_function as test_function
+from ._instances import KINDS as KINDS
+from ._instances import Instance as Instance
+from ._instances import InstanceFamily as InstanceFamily
+from ._instances import instance_family as instance_family
+from ._instances import random_rotation as random_rotation
+from ._instances import sample_instances as sample_instances
 from ._minimise import OptimiseResult as OptimiseResult
 from ._minimise import minimise as minimise

@@ -20,15 +20,17 @@ def adam_plan(max_evaluations: int, steps_per_restart: int) -> tuple[int, int]:
     return restarts, steps
 
 
-def run_adam(fz, box, keys, *, max_evaluations, steps_per_restart, learning_rate) -> Run:
+def run_adam(fz, box, keys, tasks, *, max_evaluations, steps_per_restart, learning_rate) -> Run:
     dim = box.centre.shape[0]
     restarts, steps = adam_plan(max_evaluations, steps_per_restart)
 
-    def one(key):
+    def one(key, task):
         z0 = jr.uniform(key, (restarts, dim), dtype=default_dtype(), minval=-1.0, maxval=1.0)
-        return refine(fz, z0, best_init(8, dim), steps=steps, learning_rate=learning_rate)
+        return refine(
+            lambda z: fz(z, task), z0, best_init(8, dim), steps=steps, learning_rate=learning_rate
+        )
 
-    best, traj = jax.jit(jax.vmap(one))(keys)
+    best, traj = jax.jit(jax.vmap(one))(keys, tasks)
     n_used = restarts * (2 * steps + 1)
     evals = np.append(2 * restarts * np.arange(1, steps + 1), n_used)
     return make_run(best, [evals], [traj, best.values[:, :1]], n_used)

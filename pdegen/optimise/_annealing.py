@@ -11,6 +11,7 @@ are finally polished (:func:`pdegen.optimise._polish.polish`)."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ def run_diffusion(
     fz,
     box,
     keys,
+    tasks,
     *,
     method,
     max_evaluations,
@@ -45,8 +47,8 @@ def run_diffusion(
     sigma = cfg["sigma"]
     domain = (np.asarray(box.centre - box.half), np.asarray(box.centre + box.half))
 
-    def f(x):  # fz maps normalised points; the optimiser normalises with the same box
-        return fz(box.to_z(x))
+    def f(x, task):  # fz maps normalised points; the optimiser normalises with the same box
+        return fz(box.to_z(x), task)
 
     init, step, per_step = diffusion_optimiser(f, domain, method=method, **cfg)
     num_best = cfg.get("num_best", 8)
@@ -55,10 +57,10 @@ def run_diffusion(
         avail = max_evaluations - num_initial - plan.cost
         iterations_per_temperature = avail // (per_step * num_temperatures)
 
-    def start(key):
+    def start(key, task):
         k_t, k_init = jr.split(key)
-        t0, z0, v0 = initial_sample(fz, dim, k_t, num_initial)
-        state = init(k_init, t0)
+        t0, z0, v0 = initial_sample(partial(fz, task=task), dim, k_t, num_initial)
+        state = init(k_init, t0, task=task)
         state = state._replace(
             best=best_update(state.best, z0, v0),
             num_evaluations=state.num_evaluations + num_initial,
@@ -91,7 +93,7 @@ def run_diffusion(
             state = state._replace(frame_centre=centre, frame_scale=scale)
         return state, (bv, mv, sp)
 
-    states, t0 = jax.jit(jax.vmap(start))(keys)
+    states, t0 = jax.jit(jax.vmap(start))(keys, tasks)
     stage_b = jax.jit(jax.vmap(stage))
     ratios = final_temperature_ratio ** (np.arange(num_temperatures) / max(num_temperatures - 1, 1))
     best_traj = [np.asarray(states.best.values[:, 0])[:, None]]
@@ -122,14 +124,14 @@ def run_diffusion(
         t_polish = time.perf_counter()
         best, rtraj = jax.jit(
             jax.vmap(
-                lambda b: polish(
-                    fz,
+                lambda b, task: polish(
+                    partial(fz, task=task),
                     b,
                     steps=refine_steps,
                     learning_rate=local_learning_rate(b, refine_learning_rate),
                 )
             )
-        )(best)
+        )(best, tasks)
         best_traj += [np.asarray(rtraj), np.asarray(best.values[:, :1])]
         eval_traj.append(polish_evaluations(plan, n_used))
         if progress:

@@ -56,13 +56,15 @@ def make_box(domain, *, caller: str = "minimise") -> Box:
     )
 
 
-def check_objective(f, box: Box, *, caller: str = "minimise") -> float:
-    """Checks that ``f`` maps a point ``(d,)`` to a finite scalar; returns ``f(centre)`` (one
-    evaluation, which the caller counts)."""
+def check_objective(f, box: Box, tasks, *, caller: str = "minimise"):
+    """Checks that ``f(x, task)`` maps a point ``(d,)`` to a finite scalar for every task (a
+    pytree with a leading run axis); returns ``f(centre, task)`` ``(n,)`` (one evaluation per
+    run, which the caller counts)."""
     if not callable(f):
         raise TypeError(f"{caller}(f=...): expected a callable, got {type(f).__name__}")
     try:
-        out = jax.eval_shape(f, jax.ShapeDtypeStruct(box.centre.shape, box.centre.dtype))
+        one_task = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tasks)
+        out = jax.eval_shape(f, jax.ShapeDtypeStruct(box.centre.shape, box.centre.dtype), one_task)
     except Exception as err:  # noqa: BLE001 -- re-raised with context
         raise ValueError(
             f"{caller}(f=...): f failed on a point of shape {box.centre.shape} "
@@ -73,23 +75,26 @@ def check_objective(f, box: Box, *, caller: str = "minimise") -> float:
             f"{caller}(f=...): f must return a scalar for one point of shape "
             f"{box.centre.shape}, got shape {out.shape}"
         )
-    value = float(f(box.centre))
-    if not np.isfinite(value):
+    values = np.asarray(jax.vmap(f, in_axes=(None, 0))(box.centre, tasks))
+    if not np.all(np.isfinite(values)):
+        value = values[~np.isfinite(values)][0]
         from .._errors import NonFiniteError
 
         raise NonFiniteError(
             f"{caller}(f=...): f is not finite at the domain centre ({value}); "
             "the objective must be finite on the whole domain"
         )
-    return value
+    return values
 
 
 def objective_z(f, box: Box):
-    """``f`` in normalised coordinates (clipped to the box), in the default dtype."""
+    """``f`` in normalised coordinates (clipped to the box), in the default dtype; ``f(x)`` or
+    ``f(x, task)`` (then ``fz(z, task)``)."""
     dt = default_dtype()
 
-    def fz(z):
-        return jnp.asarray(f(box.to_x(z)), dtype=dt)
+    def fz(z, task=None):
+        x = box.to_x(z)
+        return jnp.asarray(f(x) if task is None else f(x, task), dtype=dt)
 
     return fz
 

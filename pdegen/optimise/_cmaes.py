@@ -16,7 +16,7 @@ from ._box import default_dtype
 from ._run import Run, make_run
 
 
-def run_cmaes(fz, box, keys, *, max_evaluations, sigma0: float = 0.6) -> Run:
+def run_cmaes(fz, box, keys, tasks, *, max_evaluations, sigma0: float = 0.6) -> Run:
     """In normalised coordinates (box ``[-1, 1]^d``, initial step ``sigma0``), uniform random
     starts, population ``4 + 3 ln d`` doubled at each restart."""
     try:
@@ -25,10 +25,11 @@ def run_cmaes(fz, box, keys, *, max_evaluations, sigma0: float = 0.6) -> Run:
         raise ImportError("method='cmaes' needs the `cma` package: pip install cma") from err
     dim = box.centre.shape[0]
     dt = default_dtype()
-    batched = jax.jit(jax.vmap(fz))
+    batched = jax.jit(jax.vmap(fz, in_axes=(0, None)))
     lower, upper = -np.ones(dim), np.ones(dim)
     out_x, out_v, trajs, bad = [], [], [], []
-    for key in keys:
+    for i, key in enumerate(keys):
+        task = jax.tree.map(lambda a: a[i], tasks)
         rng = np.random.default_rng(int(jr.randint(key, (), 1, 2**30)))
         history: list[float] = []
         best = [np.inf, np.zeros(dim)]
@@ -37,7 +38,7 @@ def run_cmaes(fz, box, keys, *, max_evaluations, sigma0: float = 0.6) -> Run:
         def evaluate(X):
             nonlocal nonfinite
             X = np.clip(np.asarray(X, dtype=np.float64), lower, upper)
-            v = np.asarray(batched(jnp.asarray(X, dtype=dt)), dtype=np.float64)
+            v = np.asarray(batched(jnp.asarray(X, dtype=dt), task), dtype=np.float64)
             nonfinite += int(np.sum(~np.isfinite(v)))
             v = np.where(np.isfinite(v), v, np.inf)
             i = int(np.argmin(v))

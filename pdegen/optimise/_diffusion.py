@@ -21,7 +21,8 @@ from ._box import default_dtype, make_box, objective_z, wall
 class DiffusionOptimiserState(NamedTuple):
     """Network parameters, optax state, current temperature, the :class:`Best` points
     (normalised coordinates), evaluations used so far, and the affine frame
-    ``z = frame_centre + frame_scale * u`` in which the sampler works."""
+    ``z = frame_centre + frame_scale * u`` in which the sampler works, and the ``task``
+    (``None``, or the second argument of ``f(x, task)``)."""
 
     params: Any
     opt_state: Any
@@ -30,6 +31,7 @@ class DiffusionOptimiserState(NamedTuple):
     num_evaluations: jax.Array
     frame_centre: jax.Array
     frame_scale: jax.Array
+    task: Any = None
 
 
 class DiffusionOptimiserInfo(NamedTuple):
@@ -80,7 +82,8 @@ def diffusion_optimiser(
 ) -> DiffusionOptimiser:
     """Low-temperature controlled-diffusion optimiser as a pure ``(init, step)`` pair.
 
-    ``state = init(key, temperature)``; ``state, info = step(key, state)`` runs one training
+    ``state = init(key, temperature, task=None)``; ``state, info = step(key, state)`` runs one
+    training
     iteration of the sampler for ``exp(-f/T)`` at ``state.temperature`` (change it with
     ``state._replace(temperature=...)`` to anneal) and records the best sampled points. Both
     are jittable and vmappable over keys. Points in the state are normalised, map them with
@@ -117,7 +120,7 @@ def diffusion_optimiser(
 
     static = eqx.partition(build(jr.key(0)), eqx.is_inexact_array)[1]
 
-    def init(key, temperature):
+    def init(key, temperature, task=None):
         params = eqx.filter(build(key), eqx.is_inexact_array)
         return DiffusionOptimiserState(
             params,
@@ -127,6 +130,7 @@ def diffusion_optimiser(
             jnp.zeros((), dtype=jnp.int64 if dt == jnp.float64 else jnp.int32),
             jnp.zeros((dim,), dtype=dt),
             jnp.ones((dim,), dtype=dt),
+            task,
         )
 
     per_step = evaluations_per_iteration(gradient_informed, loss, batch_size, num_steps)
@@ -137,7 +141,8 @@ def diffusion_optimiser(
 
         def log_density(u):
             z = centre + scale * u
-            return -(fz(z) / temperature + wall(z))
+            value = fz(z) if state.task is None else fz(z, state.task)
+            return -(value / temperature + wall(z))
 
         model = eqx.combine(state.params, static)
         model, opt_state, value, paths = controlled_training_step(
@@ -165,6 +170,7 @@ def diffusion_optimiser(
             n_eval,
             centre,
             scale,
+            state.task,
         )
         inside = jnp.isfinite(f_end) & (walls == 0)
         mean_inside = jnp.sum(jnp.where(inside, f_end, 0.0)) / jnp.maximum(

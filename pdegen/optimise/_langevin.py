@@ -3,6 +3,8 @@ global methods."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -22,6 +24,7 @@ def run_langevin(
     fz,
     box,
     keys,
+    tasks,
     *,
     max_evaluations,
     num_chains,
@@ -38,14 +41,15 @@ def run_langevin(
     steps = langevin_steps(
         max_evaluations, num_initial=num_initial, num_chains=num_chains, refine_steps=refine_steps
     )
-    vg = jax.vmap(jax.value_and_grad(fz))
     ratios = jnp.asarray(
         final_temperature_ratio ** (np.arange(steps) / max(steps - 1, 1)), dtype=default_dtype()
     )
 
-    def one(key):
+    def one(key, task):
+        f1 = partial(fz, task=task)
+        vg = jax.vmap(jax.value_and_grad(f1))
         k_t, k_z, k_run = jr.split(key, 3)
-        t0, zi, vi = initial_sample(fz, dim, k_t, num_initial)
+        t0, zi, vi = initial_sample(f1, dim, k_t, num_initial)
         best = best_update(best_init(8, dim), zi, vi)
         z = jr.uniform(k_z, (num_chains, dim), dtype=default_dtype(), minval=-1.0, maxval=1.0)
 
@@ -63,7 +67,7 @@ def run_langevin(
         (z, best), traj = jax.lax.scan(body, (z, best), (jr.split(k_run, steps), ratios))
         if plan.sizes:
             best, rtraj = polish(
-                fz,
+                f1,
                 best,
                 steps=refine_steps,
                 learning_rate=local_learning_rate(best, refine_learning_rate),
@@ -71,7 +75,7 @@ def run_langevin(
             traj = jnp.concatenate([traj, rtraj, best.values[:1]])
         return best, traj
 
-    best, traj = jax.jit(jax.vmap(one))(keys)
+    best, traj = jax.jit(jax.vmap(one))(keys, tasks)
     evals = [num_initial + 2 * num_chains * np.arange(1, steps + 1)]
     n_used = num_initial + 2 * num_chains * steps
     if plan.sizes:

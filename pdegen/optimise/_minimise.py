@@ -95,6 +95,7 @@ def minimise(
     adam_steps_per_restart: int = 200,
     coordinate_grid_size: int = 41,
     adaptive_frame: bool = True,
+    task=None,
     progress: bool = False,
     return_extras: bool = False,
 ):
@@ -113,7 +114,9 @@ def minimise(
     states the minimum; non-finite values of ``f`` anywhere raise ``NonFiniteError``.
 
     ``key`` is one PRNG key, or an array of ``n`` keys for ``n`` independent runs (every field
-    of the result then has a leading axis of size ``n``).
+    of the result then has a leading axis of size ``n``). With ``task`` (a pytree; with ``n``
+    keys, leading axis ``n``), ``f(x, task)`` is minimised, one task per run: many instances of
+    a family in one compiled run.
 
     >>> prob = test_function("rastrigin", 2)
     >>> res = minimise(prob.fn, prob.domain, key=jax.random.key(0), max_evaluations=4000)
@@ -150,10 +153,22 @@ def minimise(
             f"the minimum budget is {describe_minimum(method, **settings)}"
         )
     box = make_box(domain)
-    centre_value = check_objective(f, box)
     single = keys.ndim == 0
     keys = keys[None] if single else keys
-    fz = objective_z(f, box)
+    n = keys.shape[0]
+    if task is None:
+        objective, tasks = (lambda x, _: f(x)), jnp.zeros((n,))
+    else:
+        objective = f
+        tasks = jax.tree.map(lambda a: jnp.asarray(a)[None], task) if single else task
+        for leaf in jax.tree.leaves(tasks):
+            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
+                raise ValueError(
+                    f"minimise(task=...): every leaf needs a leading axis of {n} (one task per "
+                    f"key), got shape {jnp.shape(leaf)}"
+                )
+    centre_values = check_objective(objective, box, tasks)
+    fz = objective_z(objective, box)
     budget = None if max_evaluations is None else max_evaluations - CENTRE
     polish = dict(refine_steps=refine_steps, refine_learning_rate=refine_learning_rate)
     if method in ("dds", "pis"):
@@ -161,6 +176,7 @@ def minimise(
             fz,
             box,
             keys,
+            tasks,
             method=method,
             max_evaluations=budget,
             num_temperatures=num_temperatures,
@@ -185,17 +201,19 @@ def minimise(
             fz,
             box,
             keys,
+            tasks,
             max_evaluations=budget,
             steps_per_restart=adam_steps_per_restart,
             learning_rate=refine_learning_rate,
         )
     elif method == "random":
-        run = run_random(fz, box, keys, max_evaluations=budget, **polish)
+        run = run_random(fz, box, keys, tasks, max_evaluations=budget, **polish)
     elif method == "langevin":
         run = run_langevin(
             fz,
             box,
             keys,
+            tasks,
             max_evaluations=budget,
             num_chains=num_chains,
             final_temperature_ratio=final_temperature_ratio,
@@ -204,13 +222,15 @@ def minimise(
             **polish,
         )
     elif method == "cmaes":
-        run = run_cmaes(fz, box, keys, max_evaluations=budget)
+        run = run_cmaes(fz, box, keys, tasks, max_evaluations=budget)
     else:
-        run = run_coordinate(fz, box, keys, max_evaluations=budget, grid_size=coordinate_grid_size)
-    return _result(run, box, centre_value, method, single, return_extras)
+        run = run_coordinate(
+            fz, box, keys, tasks, max_evaluations=budget, grid_size=coordinate_grid_size
+        )
+    return _result(run, box, centre_values, method, single, return_extras)
 
 
-def _result(run, box, centre_value, method, single, return_extras):
+def _result(run, box, centre_values, method, single, return_extras):
     bad = np.asarray(run.best.num_nonfinite)
     if np.any(bad > 0):
         raise NonFiniteError(
@@ -222,13 +242,12 @@ def _result(run, box, centre_value, method, single, return_extras):
     points = np.array(jax.vmap(jax.vmap(box.to_x))(run.best.points))
     centre = np.asarray(box.centre)
     # the centre's evaluation is a candidate like any other
-    for i in np.flatnonzero(centre_value < values[:, 0]):
+    for i in np.flatnonzero(centre_values < values[:, 0]):
         points[i] = np.concatenate([centre[None], points[i, :-1]])
-        values[i] = np.concatenate([[centre_value], values[i, :-1]])
-    n = values.shape[0]
+        values[i] = np.concatenate([[centre_values[i]], values[i, :-1]])
     evals = np.concatenate([[CENTRE], CENTRE + run.evaluations])
     traj = np.minimum.accumulate(
-        np.concatenate([np.full((n, 1), centre_value), run.best_values], axis=1), axis=1
+        np.concatenate([centre_values[:, None], run.best_values], axis=1), axis=1
     )
     evals, traj = _thin(np.broadcast_to(evals, traj.shape), traj)
     res = OptimiseResult(

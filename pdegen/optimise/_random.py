@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -26,20 +27,22 @@ def random_plan(max_evaluations: int, refine_steps: int, chunk: int = 256):
     return plan, avail // n_chunks, n_chunks
 
 
-def run_random(fz, box, keys, *, max_evaluations, refine_steps, refine_learning_rate) -> Run:
+def run_random(fz, box, keys, tasks, *, max_evaluations, refine_steps, refine_learning_rate) -> Run:
     dim = box.centre.shape[0]
     plan, chunk, n_chunks = random_plan(max_evaluations, refine_steps)
 
-    def one(key):
+    def one(key, task):
+        f1 = partial(fz, task=task)
+
         def body(best, k):
             z = jr.uniform(k, (chunk, dim), dtype=default_dtype(), minval=-1.0, maxval=1.0)
-            best = best_update(best, z, jax.vmap(fz)(z))
+            best = best_update(best, z, jax.vmap(f1)(z))
             return best, best.values[0]
 
         best, traj = jax.lax.scan(body, best_init(8, dim), jr.split(key, n_chunks))
         if plan.sizes:
             best, rtraj = polish(
-                fz,
+                f1,
                 best,
                 steps=refine_steps,
                 learning_rate=local_learning_rate(best, refine_learning_rate),
@@ -47,7 +50,7 @@ def run_random(fz, box, keys, *, max_evaluations, refine_steps, refine_learning_
             traj = jnp.concatenate([traj, rtraj, best.values[:1]])
         return best, traj
 
-    best, traj = jax.jit(jax.vmap(one))(keys)
+    best, traj = jax.jit(jax.vmap(one))(keys, tasks)
     evals = [chunk * np.arange(1, n_chunks + 1)]
     n_used = chunk * n_chunks
     if plan.sizes:
