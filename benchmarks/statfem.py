@@ -389,6 +389,255 @@ def main_sparse(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- nonlinear case
+
+NONLINEAR_SAMPLERS = (
+    "pmala-laplace",
+    "pmala-laplace-lowrank",
+    "pmala-prior",
+    "pmala-mass",
+    "pcn",
+    "mala",
+)
+REFERENCE_CHAINS = 8
+
+
+def nonlinear_case(grid, *, key, num_sensors=64):
+    """``-div((1 + u^2) grad u) = 15 + xi`` on a ``grid x grid`` P1 mesh; data at random sensors
+    from a draw of the model itself (sigma_f = 2, sigma_e = 0.01)."""
+    from pdegen import fem
+
+    V = fem.FunctionSpace(fem.unit_square(grid), "P1")
+    k1, k2, k3 = jax.random.split(key, 3)
+    sensors = np.asarray(jax.random.uniform(k1, (num_sensors, 2), minval=0.05, maxval=0.95))
+    model = statfem.NonlinearStatFEM(V, sensors, f=15.0, alpha=1.0, sigma_f=2.0, sigma_e=1e-2)
+    truth = model.sample_prior(key=k2)
+    y = model.simulate_data(truth, key=k3)
+    return model, y, truth
+
+
+def nonlinear_kernel(name, model, y, key):
+    """(kernel, set-up seconds, extra info): every preconditioner built from the model and the data
+    only (the MAP point by Gauss-Newton for the Laplace ones), set-up timed."""
+    t0 = time.perf_counter()
+    energy = model.energy_fn(y)
+    info = {}
+    pre = None
+    if name.startswith("pmala-laplace"):
+        mp = model.map_point(y)
+        info["map_iterations"] = mp.iterations
+        if name == "pmala-laplace":
+            pre = model.laplace_preconditioner(y, mp.x)
+        else:
+            rank = model.num_sensors
+            lr = model.laplace_preconditioner(y, mp.x, rank=rank, key=key)
+            pre = lr.preconditioner
+            info["rank"] = rank
+            info["eigenvalues_first_last"] = [float(lr.eigenvalues[0]), float(lr.eigenvalues[-1])]
+    elif name in ("pmala-prior", "pcn"):
+        m0, pre, prior_energy = model.linear_prior()
+    elif name == "pmala-mass":
+        pre = model.mass_preconditioner()
+    if name == "pcn":
+        kernel = statfem.pcn(lambda x: energy(x) - prior_energy(x), 0.1, prior_mean=m0, prior=pre)
+    else:
+        x_ref = model.solve()
+        lam = float(statfem.largest_curvature(energy, x_ref, preconditioner=pre, num_iterations=40))
+        kernel = statfem.mala(energy, 1.0 / lam, preconditioner=pre)
+    if pre is not None:
+        jax.block_until_ready(pre.apply(jnp.zeros(model.dim)))
+    return kernel, time.perf_counter() - t0, info
+
+
+def nonlinear_reference(model, y, grid, key, num_steps):
+    """Long Laplace-preconditioned MALA runs (exact in the limit) with REFERENCE_CHAINS chains from
+    prior draws; stored once in benchmarks/results/statfem_nonlinear_reference_<grid>.npz and
+    reused; R-hat and ESS recorded with it."""
+    path = Path(__file__).resolve().parent / "results" / f"statfem_nonlinear_reference_{grid}.npz"
+    if path.exists():
+        ref = np.load(path)
+        return {k: ref[k] for k in ref.files}, path
+    kernel, setup_s, _ = nonlinear_kernel("pmala-laplace", model, y, jax.random.fold_in(key, 1))
+    x0 = jnp.stack([model.sample_prior(key=k) for k in jax.random.split(key, REFERENCE_CHAINS)])
+    t0 = time.perf_counter()
+    thin = 10
+    res = statfem.run_chains(kernel, x0, num_steps, 1000, key=jax.random.fold_in(key, 2), thin=thin)
+    mean, var = statfem.pool_chains(res)
+    ess = np.asarray(statfem.chain_ess(res.samples))
+    rh = np.asarray(statfem.rhat(res.samples))
+    ref = {
+        "mean": np.asarray(mean),
+        "variance": np.asarray(var),
+        "ess": ess,
+        "rhat": rh,
+        "num_steps": np.asarray(num_steps),
+        "chains": np.asarray(REFERENCE_CHAINS),
+        "seconds": np.asarray(setup_s + time.perf_counter() - t0),
+        "acceptance": np.asarray(res.acceptance_rate),
+    }
+    from pdegen._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **ref)
+    return ref, path
+
+
+def bench_nonlinear_sampler(name, model, y, ref_mean, ref_var, budget_s, key):
+    kernel, setup_s, info = nonlinear_kernel(name, model, y, jax.random.fold_in(key, 5))
+    x0 = jnp.stack(
+        [
+            model.sample_prior(key=k)
+            for k in jax.random.split(jax.random.fold_in(key, 1), NUM_CHAINS)
+        ]
+    )
+    idx = jnp.asarray(np.unique(np.linspace(0, model.dim - 1, min(256, model.dim)).astype(int)))
+    block = make_block(kernel, idx)
+    warmup = 500
+    t0 = time.perf_counter()
+    res = statfem.run_chains(kernel, x0, 1, 1, key=jax.random.fold_in(key, 2))
+    zeros = (
+        jnp.zeros(NUM_CHAINS),
+        jnp.zeros((NUM_CHAINS, model.dim)),
+        jnp.zeros((NUM_CHAINS, model.dim)),
+    )
+    jax.block_until_ready(block(jax.random.split(key, NUM_CHAINS), res.state, zeros))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = statfem.run_chains(kernel, x0, 1, warmup, key=jax.random.fold_in(key, 3))
+    state, moments, steps, reached, traces = res.state, zeros, 0, None, []
+    while True:
+        state, moments, trace = block(
+            jax.random.split(jax.random.fold_in(key, 10 + steps), NUM_CHAINS), state, moments
+        )
+        steps += BLOCK
+        if len(traces) < 400:
+            traces.append(trace)
+        mean, var = pooled(moments)
+        mean_err, var_err = rel(mean, ref_mean), rel(var, ref_var)
+        elapsed = time.perf_counter() - t0
+        if reached is None and mean_err < MEAN_TOL and var_err < VAR_TOL:
+            reached = dict(seconds=elapsed, steps=steps)
+        if reached is not None or elapsed > budget_s:
+            break
+    sample_s = time.perf_counter() - t0
+    samples = jnp.concatenate(traces, axis=1)
+    ess = np.asarray(statfem.chain_ess(samples))
+    rh = np.asarray(statfem.rhat(samples))
+    total = warmup + steps
+    out = {
+        "kernel": kernel.name,
+        "preconditioner": name.split("-", 1)[1] if "-" in name else "none",
+        "step_size": float(np.mean(np.asarray(state.step_size))),
+        "acceptance": float(np.mean(np.asarray(res.acceptance_rate))),
+        "setup_s": setup_s,
+        "compile_s": compile_s,
+        "warmup_steps": warmup,
+        "steps_run": steps,
+        "mean_rel_error": mean_err,
+        "variance_rel_error": var_err,
+        "reached": reached is not None,
+        "ess_min": float(ess.min()),
+        "ess_per_second": float(ess.min() / sample_s),
+        "rhat_max": float(rh.max()),
+        **info,
+    }
+    if reached is not None:
+        n = warmup + reached["steps"]
+        out["seconds_to_tolerance"] = setup_s + reached["seconds"]
+        out["gradient_evaluations_to_tolerance"] = kernel.gradients_per_step * n * NUM_CHAINS
+    else:
+        out["seconds_to_tolerance"] = None
+        out["lower_bound_seconds"] = setup_s + sample_s
+        out["lower_bound_gradient_evaluations"] = kernel.gradients_per_step * total * NUM_CHAINS
+    return out
+
+
+def main_nonlinear(args) -> int:
+    key = jax.random.key(0)
+    grids = (32,) if args.quick else (32, 64)
+    budget = 60.0 if args.quick else 300.0
+    ref_steps = {32: 20000, 64: 12000, 128: 12000}
+    samplers = (
+        [s for s in args.samplers.split(",") if s] if args.samplers_given else NONLINEAR_SAMPLERS
+    )
+    results = {
+        "machine": machine_info(),
+        "quick": args.quick,
+        "mean_tolerance": MEAN_TOL,
+        "variance_tolerance": VAR_TOL,
+        "chains": NUM_CHAINS,
+        "budget_s": budget,
+        "grids": {},
+    }
+    rows = []
+    for grid in grids:
+        model, y, truth = nonlinear_case(grid, key=jax.random.fold_in(key, grid))
+        ref, ref_path = nonlinear_reference(
+            model, y, grid, jax.random.fold_in(key, 100 + grid), ref_steps[grid]
+        )
+        g = {
+            "dim": model.dim,
+            "reference": {
+                "file": ref_path.name,
+                "steps_per_chain": int(ref["num_steps"]),
+                "chains": int(ref["chains"]),
+                "ess_min": float(ref["ess"].min()),
+                "ess_median": float(np.median(ref["ess"])),
+                "rhat_max": float(ref["rhat"].max()),
+                "seconds": float(ref["seconds"]),
+            },
+            "samplers": {},
+        }
+        print(f"{grid}x{grid} reference: {g['reference']}", flush=True)
+        ref_mean, ref_var = jnp.asarray(ref["mean"]), jnp.asarray(ref["variance"])
+        for name in samplers:
+            r = bench_nonlinear_sampler(
+                name, model, y, ref_mean, ref_var, budget, jax.random.fold_in(key, 1000 + grid)
+            )
+            g["samplers"][name] = r
+            rows.append((grid, name, r))
+            print(f"{grid}x{grid} {name}: {r}", flush=True)
+            results["grids"][str(grid)] = g
+            path = write_results("statfem_nonlinear", results)
+        best = g["samplers"].get("pmala-laplace", {}).get("seconds_to_tolerance")
+        for r in g["samplers"].values():
+            other = r["seconds_to_tolerance"] or r.get("lower_bound_seconds")
+            if best and other:
+                r["laplace_speedup"] = other / best
+                r["laplace_speedup_is_lower_bound"] = r["seconds_to_tolerance"] is None
+        path = write_results("statfem_nonlinear", results)
+    print("\nnonlinear statFEM: time to mean error < 1% and variance error < 10% vs the reference")
+    header = (
+        f"{'grid':>5} {'sampler':22} {'reached':>7} {'seconds':>9} {'setup s':>8} "
+        f"{'grad evals':>11} {'ess/s':>8} {'acc':>5} {'R-hat':>6} {'Laplace speedup':>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    for grid, name, r in rows:
+        secs = r["seconds_to_tolerance"]
+        secs_txt = f"{secs:.2f}" if secs is not None else f">{r['lower_bound_seconds']:.1f}"
+        ge = r.get("gradient_evaluations_to_tolerance")
+        ge_txt = str(ge) if ge is not None else f">{r['lower_bound_gradient_evaluations']}"
+        sp = r.get("laplace_speedup")
+        sp_txt = (
+            ""
+            if sp is None
+            else (f">{sp:.0f}x" if r["laplace_speedup_is_lower_bound"] else f"{sp:.1f}x")
+        )
+        print(
+            f"{grid:>5} {name:22} {str(r['reached']):>7} {secs_txt:>9} {r['setup_s']:>8.2f} "
+            f"{ge_txt:>11} {r['ess_per_second']:>8.2f} {r['acceptance']:>5.2f} "
+            f"{r['rhat_max']:>6.3f} {sp_txt:>16}"
+        )
+    print(
+        "seconds: set-up (MAP, preconditioner) + warm-up + sampling until both tolerances hold, against\n"
+        "  the stored reference ('>' = not reached within the budget: a lower bound); compilation excluded;\n"
+        "Laplace speedup: the row's seconds (or its lower bound) / pmala-laplace's seconds."
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32x32 and 64x64 only, short budgets")
@@ -399,9 +648,18 @@ def main(argv=None) -> int:
         help="only the linear-Gaussian sparse route at 64, 128, 256 and a 100k-node unstructured "
         "mesh (benchmarks/results/statfem_sparse.json)",
     )
+    parser.add_argument(
+        "--nonlinear",
+        action="store_true",
+        help="only the nonlinear case -div((1 + u^2) grad u) = f: Laplace-preconditioned MALA against "
+        "pCN, MALA and the prior / mass preconditioners (benchmarks/results/statfem_nonlinear.json)",
+    )
     args = parser.parse_args(argv)
+    args.samplers_given = "--samplers" in " ".join(sys.argv if argv is None else argv)
     if args.sparse:
         return main_sparse(args)
+    if args.nonlinear:
+        return main_nonlinear(args)
     grids = (32, 64) if args.quick else (32, 64, 128)
     budgets = {32: 8.0, 64: 20.0} if args.quick else {32: 60.0, 64: 120.0, 128: 240.0}
     samplers = [s for s in args.samplers.split(",") if s]

@@ -5,7 +5,8 @@ Kernels in the blackjax-style ``(init, step)`` form: ``state = kernel.init(x0)``
 preconditioned, and :func:`pcn` for a Gaussian prior times a likelihood); a preconditioner is a
 :class:`Preconditioner` (``apply(v) = P v`` and a draw ``sample(key=key) ~ N(0, P)``).
 Chain drivers with step-size adaptation by dual averaging (:func:`run_chain`, :func:`run_chains`,
-:func:`pool_chains`), a stability bound (:func:`largest_curvature`) and chain diagnostics
+:func:`pool_chains`), a Laplace / Gauss-Newton preconditioner from a prior square root and a
+randomised low-rank misfit Hessian (:func:`low_rank_preconditioner`), a stability bound (:func:`largest_curvature`) and chain diagnostics
 (:func:`chain_ess`, :func:`rhat`; distinct from the importance-weight ESS of ``pdegen.models``).
 
 A chain whose state becomes NaN / inf stops with :class:`pdegen._errors.NonFiniteError`; a step
@@ -33,3 +34,5 @@ from ._kernels import pool_chains as pool_chains
 from ._kernels import run_chain as run_chain
 from ._kernels import run_chains as run_chains
 from ._kernels import ula as ula
+from ._preconditioners import LowRankPreconditioner as LowRankPreconditioner
+from ._preconditioners import low_rank_preconditioner as low_rank_preconditioner

@@ -53,3 +53,6 @@ from ._model import LinearSystem as LinearSystem
 from ._model import StatFEM as StatFEM
 from ._model import kernel_matrix as kernel_matrix
 from ._model import sparse_logabsdet as sparse_logabsdet
+from ._nonlinear import MAPResult as MAPResult
+from ._nonlinear import NonlinearStatFEM as NonlinearStatFEM
+from ._nonlinear import sparse_gaussian_preconditioner as sparse_gaussian_preconditioner
