@@ -18,6 +18,7 @@ from ._exact import HyperparameterFit as HyperparameterFit
 from ._exact import dense_preconditioner as dense_preconditioner
 from ._exact import exact_posterior as exact_posterior
 from ._exact import fit_hyperparameters as fit_hyperparameters
+from ._exact import laplace_preconditioner as laplace_preconditioner
 from ._exact import log_marginal_likelihood as log_marginal_likelihood
 from ._exact import posterior_precision as posterior_precision
 from ._exact import posterior_preconditioner as posterior_preconditioner

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
+from ...mcmc import low_rank_preconditioner
 from .._solve import solver_errors
 from ._kernels import Preconditioner
 from ._model import LinearSystem, StatFEM
@@ -393,6 +394,41 @@ def prior_preconditioner(model: StatFEM, *, dense: bool = False) -> Precondition
         apply=lambda v: _prior_cov_apply(sys, v),
         sample=lambda *, key: sys.solve(sys.sample_forcing_noise(key=key)),
     )
+
+
+def laplace_preconditioner(model: StatFEM, y, *, rank: int, key, oversampling: int = 10):
+    """The Laplace / Gauss-Newton preconditioner built without the posterior: the prior square
+    root ``S = A^{-1} G^{1/2}`` and the ``rank`` leading eigenpairs of the prior-preconditioned
+    data-misfit Hessian ``J S^T Ht^T S_noise^{-1} Ht S`` from a randomised eigensolver
+    (:func:`pdegen.mcmc.low_rank_preconditioner`, the hIPPYlib approach). For this linear model it
+    is the exact posterior covariance once ``rank`` reaches the number of sensors; below that, the
+    data-informed directions beyond ``rank`` keep their prior variance. Needs ``mass='lumped'`` and
+    ``kernel=None``. Returns a :class:`pdegen.mcmc.LowRankPreconditioner`."""
+    _check_model(model, "laplace_preconditioner")
+    if model.mass_kind != "lumped" or model.kernel is not None:
+        raise ValueError(
+            "laplace_preconditioner: needs mass='lumped' and kernel=None (a diagonal G)"
+        )
+    Y = model.check_data(y, "laplace_preconditioner")
+    J = Y.shape[0]
+    sys = model.system()
+    groot = model.sigma_f * jnp.sqrt(sys.mass_diag)
+    Hf = model.rho * sys.dense_observation()
+
+    def misfit_hvp(v):
+        w = jax.scipy.linalg.cho_solve((sys.noise_chol, True), Hf @ v)
+        return J * (Hf.T @ w)
+
+    with solver_errors():
+        return low_rank_preconditioner(
+            lambda z: sys.solve(groot * z),
+            lambda v: groot * sys.solve_T(v),
+            misfit_hvp,
+            model.dim,
+            rank=rank,
+            key=key,
+            oversampling=oversampling,
+        )
 
 
 def dense_preconditioner(covariance) -> Preconditioner:
