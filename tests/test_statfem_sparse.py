@@ -92,3 +92,19 @@ def test_linear_laplace_preconditioner_is_the_posterior_at_full_rank(getkey):
     lr3 = statfem.laplace_preconditioner(model, y, rank=3, key=getkey())
     P3 = np.asarray(jax.vmap(lr3.preconditioner.apply)(E))
     assert np.linalg.eigvalsh(0.5 * (P3 + P3.T) - C).min() > -1e-9 * np.abs(C).max()
+
+
+def test_logabsdet_gradient_by_selected_inversion_and_the_dense_fallback():
+    from pdegen import fem
+
+    V = fem.FunctionSpace(fem.unit_square(7), "P1")
+    A = fem.stiffness(V) + fem.mass(V, 2.0)  # SPD: selected inversion
+    rng = np.random.default_rng(0)
+    skew = fem.SparseMatrix(jnp.asarray(rng.normal(size=A.pattern.nnz)), A.pattern)
+    for M in (A, A + 0.3 * skew):  # the second is not symmetric: dense inverse
+        dense = np.asarray(M.todense())
+        g = jax.grad(lambda d, p=M.pattern: statfem.sparse_logabsdet(fem.SparseMatrix(d, p)))(
+            M.data
+        )
+        inv = np.linalg.inv(dense)
+        np.testing.assert_allclose(np.asarray(g), inv[M.pattern.cols, M.pattern.rows], rtol=1e-9)
