@@ -424,18 +424,9 @@ NONLINEAR_SMALL_ONLY = ("pmala-prior", "pmala-mass")
 REFERENCE_CHAINS = 8
 
 
-def nonlinear_case(grid, *, key, num_sensors=64):
-    """``-div((1 + u^2) grad u) = 15 + xi`` on a ``grid x grid`` P1 mesh; data at random sensors
-    from a draw of the model itself (sigma_f = 2, sigma_e = 0.01)."""
-    from pdegen import fem
-
-    V = fem.FunctionSpace(fem.unit_square(grid), "P1")
-    k1, k2, k3 = jax.random.split(key, 3)
-    sensors = np.asarray(jax.random.uniform(k1, (num_sensors, 2), minval=0.05, maxval=0.95))
-    model = statfem.NonlinearStatFEM(V, sensors, f=15.0, alpha=1.0, sigma_f=2.0, sigma_e=1e-2)
-    truth = model.sample_prior(key=k2)
-    y = model.simulate_data(truth, key=k3)
-    return model, y, truth
+def nonlinear_case(grid, *, key):
+    case = statfem.nonlinear_statfem_case(grid, key=key)
+    return case.model, case.y, case.truth
 
 
 def nonlinear_kernel(name, model, y, key):

@@ -155,3 +155,30 @@ def test_nonlinear_bad_input():
         )
     with pytest.raises(UserError, match="key"):
         model.laplace_preconditioner(jnp.zeros(8), jnp.zeros(model.dim), rank=2)
+
+
+@pytest.mark.slow
+def test_laplace_mala_matches_the_stored_reference_posterior():
+    """The benchmark's 32x32 nonlinear case: Laplace-preconditioned MALA (4 chains from prior draws)
+    against the stored long-run reference, tolerances from both effective sample sizes."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks/results/statfem_nonlinear_reference_32.npz"
+    ref = np.load(path)
+    case = statfem.nonlinear_statfem_case(32, key=jax.random.fold_in(jax.random.key(0), 32))
+    model, y = case.model, case.y
+    mp = model.map_point(y)
+    pre = model.laplace_preconditioner(y, mp.x)
+    x0 = jnp.stack([model.sample_prior(key=k) for k in jax.random.split(jax.random.key(7), 4)])
+    res = mcmc.run_chains(
+        mcmc.mala(model.energy_fn(y), 0.1, preconditioner=pre), x0, 4000, 500, key=jax.random.key(8)
+    )
+    mean, var = mcmc.pool_chains(res)
+    ess = np.asarray(mcmc.chain_ess(res.samples))
+    assert np.all(np.asarray(mcmc.rhat(res.samples)) < 1.1)
+    se = np.sqrt(ref["variance"] / ess + ref["variance"] / ref["ess"])
+    z = np.abs(np.asarray(mean) - ref["mean"]) / se
+    assert np.mean(z < 3) > 0.98 and z.max() < 6
+    se_v = ref["variance"] * np.sqrt(2.0 / ess + 2.0 / ref["ess"])
+    zv = np.abs(np.asarray(var) - ref["variance"]) / se_v
+    assert np.mean(zv < 3) > 0.98 and zv.max() < 6

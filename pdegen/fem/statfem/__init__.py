@@ -3,15 +3,25 @@
 The statFEM model ``A(theta) u = b(theta) + xi``, ``xi ~ N(0, G)``, observed as
 ``y = rho * H u + d + e`` (:class:`StatFEM`); its exact Gaussian posterior and marginal
 likelihood in the linear case (:func:`exact_posterior`, :func:`log_marginal_likelihood`,
-:func:`fit_hyperparameters`); Langevin kernels in the ``(init, step)`` form (:func:`ula`,
-:func:`mala`, :func:`pcn`, with :func:`prior_preconditioner` / :func:`posterior_preconditioner`),
-chains (:func:`run_chain`, :func:`run_chains`) and diagnostics (:func:`chain_ess`, alias
-:func:`effective_sample_size`, :func:`rhat`), all from the generic :mod:`pdegen.mcmc`;
-interacting particle Langevin for parameters (:func:`ipla`, :func:`run_ipla`); and the
-ULA-statFEM test case (:func:`ula_statfem_case`).
+:func:`fit_hyperparameters`) without dense matrices: the mean and draws by sparse solves, the
+pointwise variance by selected inversion of the sparse prior precision
+(:meth:`ExactPosterior.variance`, :func:`sparse_prior_variance`); the nonlinear model
+``-div(kappa (1 + alpha u^2) grad u) = f + xi`` with the FEM residual as the model error
+(:class:`NonlinearStatFEM`, :func:`nonlinear_statfem_case`), where sampling is the only way;
+preconditioners built without the answer (:func:`laplace_preconditioner` and
+:meth:`NonlinearStatFEM.laplace_preconditioner`: Laplace / Gauss-Newton at the MAP, full or
+low-rank; :func:`prior_preconditioner`; the Riesz map :meth:`NonlinearStatFEM.mass_preconditioner`)
+and the exact one for reference (:func:`posterior_preconditioner`, an oracle); Langevin kernels
+in the ``(init, step)`` form (:func:`ula`, :func:`mala`, :func:`pcn`), chains (:func:`run_chain`,
+:func:`run_chains`) and diagnostics (:func:`chain_ess`, alias :func:`effective_sample_size`,
+:func:`rhat`), all from the generic :mod:`pdegen.mcmc`; interacting particle Langevin for
+parameters (:func:`ipla`, :func:`run_ipla`); and the ULA-statFEM test case
+(:func:`ula_statfem_case`).
 """
 
+from ._case import NonlinearCase as NonlinearCase
 from ._case import StatFEMCase as StatFEMCase
+from ._case import nonlinear_statfem_case as nonlinear_statfem_case
 from ._case import ula_statfem_case as ula_statfem_case
 from ._exact import ExactPosterior as ExactPosterior
 from ._exact import HyperparameterFit as HyperparameterFit

@@ -165,3 +165,27 @@ def ula_statfem_case(
         sigma_e=sigma_e,
     )
     return StatFEMCase(model, y, mesh, V, sensors, theta, w, truth, fine)
+
+
+class NonlinearCase(NamedTuple):
+    """The nonlinear statFEM case: model, data ``(1, m)`` and the model draw that made them."""
+
+    model: object
+    y: jax.Array
+    truth: jax.Array
+
+
+def nonlinear_statfem_case(grid: int = 32, *, key, num_sensors: int = 64) -> NonlinearCase:
+    """``-div((1 + u^2) grad u) = 15 + xi`` on a ``grid x grid`` P1 mesh of the unit square (zero
+    boundary values), ``sigma_f = 2``, ``sigma_e = 0.01``; one replicate of data at
+    ``num_sensors`` random points from a draw of the model itself (the benchmark's case)."""
+    from ._nonlinear import NonlinearStatFEM
+
+    if int(grid) != grid or grid < 3:
+        raise ValueError(f"nonlinear_statfem_case: grid must be an integer >= 3, got {grid}")
+    V = FunctionSpace(unit_square(int(grid)), "P1")
+    k1, k2, k3 = jax.random.split(key, 3)
+    sensors = np.asarray(jax.random.uniform(k1, (int(num_sensors), 2), minval=0.05, maxval=0.95))
+    model = NonlinearStatFEM(V, sensors, f=15.0, alpha=1.0, sigma_f=2.0, sigma_e=1e-2)
+    truth = model.sample_prior(key=k2)
+    return NonlinearCase(model, model.simulate_data(truth, key=k3), truth)
