@@ -2,6 +2,11 @@
 PIS from :mod:`pdegen.models`), their baselines, test functions, benchmark instances and
 helpers."""
 
+from ._amortised import AmortisedOptimiser as AmortisedOptimiser
+from ._amortised import AmortisedResult as AmortisedResult
+from ._amortised import TaskControl as TaskControl
+from ._amortised import apply_amortised as apply_amortised
+from ._amortised import train_amortised as train_amortised
 from ._benchmark import INDUCTIVE_BIAS as INDUCTIVE_BIAS
 from ._benchmark import TARGETS as TARGETS
 from ._benchmark import TOLERANCE as TOLERANCE
@@ -16,6 +21,10 @@ from ._diffusion import DiffusionOptimiser as DiffusionOptimiser
 from ._diffusion import DiffusionOptimiserInfo as DiffusionOptimiserInfo
 from ._diffusion import DiffusionOptimiserState as DiffusionOptimiserState
 from ._diffusion import diffusion_optimiser as diffusion_optimiser
+from ._family import Family as Family
+from ._family import QuadraticTask as QuadraticTask
+from ._family import quadratic_family as quadratic_family
+from ._family import stack_tasks as stack_tasks
 from ._functions import TEST_FUNCTIONS as TEST_FUNCTIONS
 from ._functions import TestFunction as TestFunction
 from ._functions import ackley as ackley
@@ -32,5 +41,9 @@ from ._instances import InstanceFamily as InstanceFamily
 from ._instances import instance_family as instance_family
 from ._instances import random_rotation as random_rotation
 from ._instances import sample_instances as sample_instances
+from ._lstm import CoordinatewiseLSTM as CoordinatewiseLSTM
+from ._lstm import LSTMOptimiser as LSTMOptimiser
+from ._lstm import apply_lstm as apply_lstm
+from ._lstm import train_lstm as train_lstm
 from ._minimise import OptimiseResult as OptimiseResult
 from ._minimise import minimise as minimise

@@ -159,8 +159,9 @@ def diffusion_optimiser(
         walls = jax.vmap(wall)(z_end)
         f_end = (-paths.log_density - walls) * temperature
         z_clip = jnp.clip(z_end, -1.0, 1.0)
-        # outside the box the subtraction loses precision: those points are not candidates
-        best = best_update(state.best, z_clip, f_end, exclude=walls > 0)
+        # outside the box the subtraction loses precision: those points are not candidates;
+        # nor are the end points of diverged paths (NaN samples: the sampler's fault, not f's)
+        best = best_update(state.best, z_clip, f_end, exclude=~(walls == 0))
         n_eval = state.num_evaluations + per_step
         new = DiffusionOptimiserState(
             eqx.filter(model, eqx.is_inexact_array),

@@ -1,0 +1,176 @@
+"""Benchmark: learning to learn. One optimiser trained on a family of problems, applied to
+unseen members, against per-instance optimisers, at a stated target gap.
+
+    python benchmarks/learn_to_learn.py --quick   # small training, 5 unseen tasks (minutes)
+    python benchmarks/learn_to_learn.py           # the quadratic family, d = 10, 20 unseen tasks
+
+Family: ``f(x) = ||W x - y||^2`` with standard normal ``W`` (10 x 10) and ``y`` (Andrychowicz et
+al. 2016) on ``[-5, 5]^10``; the exact minimum of each member by box-constrained least squares.
+Methods: the amortised diffusion optimiser (a DDS sampler conditioned on the task's features
+``(W, y)``, trained once, then sampling + polish on each unseen task with no further training),
+the coordinate-wise LSTM optimiser (trained on the same family), and per-instance DDS, IPOP-CMA-ES,
+Adam with restarts and random search with the same polish (``pdegen.optimise.minimise``; the
+last one tells how much of the amortised result is the polish's). Per method: training cost (evaluations,
+seconds), and on the unseen tasks the fraction that reach the target gap, the median
+evaluations to reach it (over the tasks that do) and the wall time per task (the whole batched
+run divided by the number of tasks; seconds to target scaled by evaluations to target over
+evaluations used). Evaluations: a value counts 1, a value with its gradient 2.
+
+Writes ``benchmarks/results/learn_to_learn.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.random as jr
+import numpy as np
+
+from pdegen._io import write_json_atomic
+from pdegen.optimise import (
+    apply_amortised,
+    apply_lstm,
+    minimise,
+    quadratic_family,
+    runtimes_to_targets,
+    train_amortised,
+    train_lstm,
+)
+
+jax.config.update("jax_enable_x64", True)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "learn_to_learn.json")
+
+
+def _summary(family_name, method, evals, best_values, minima, seconds, used, train_evals, train_s):
+    rt = runtimes_to_targets(evals, best_values - minima[:, None], 0.0, targets=(TARGET,))[:, 0]
+    reached = np.isfinite(rt)
+    n = len(minima)
+    median = float(np.median(rt[reached])) if reached.any() else None
+    per_task = seconds / n
+    return {
+        "family": family_name,
+        "method": method,
+        "target_gap": TARGET,
+        "unseen_tasks": n,
+        "training_evaluations": int(train_evals),
+        "training_seconds": float(train_s),
+        "reached_fraction": float(np.mean(reached)),
+        "median_evaluations_to_target": median,
+        "evaluations_used": int(used),
+        "seconds_per_task": per_task,
+        "median_seconds_to_target": None if median is None else per_task * median / used,
+        "median_final_gap": float(np.median(best_values[:, -1] - minima)),
+    }
+
+
+TARGET = 1e-2
+
+
+def main(argv=None):
+    global TARGET
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--dim", type=int, default=10)
+    p.add_argument("--tasks", type=int, default=20)
+    p.add_argument("--target", type=float, default=1e-2)
+    p.add_argument("--budget", type=int, default=10000, help="per-instance methods")
+    p.add_argument("--amortised-iterations", type=int, default=1000)
+    p.add_argument("--lstm-iterations", type=int, default=1000)
+    p.add_argument(
+        "--methods", nargs="+", default=["amortised-dds", "lstm", "dds", "cmaes", "adam", "random"]
+    )
+    p.add_argument("--out", default=RESULTS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.tasks, args.budget = min(args.tasks, 5), min(args.budget, 3000)
+        args.amortised_iterations = min(args.amortised_iterations, 200)
+        args.lstm_iterations = min(args.lstm_iterations, 100)
+    TARGET = args.target
+    family = quadratic_family(args.dim)
+    tasks = family.sample(jr.key(2026), args.tasks)  # unseen: training draws from other keys
+    minima = np.array(
+        [family.minimum(jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(args.tasks)]
+    )
+    rows = []
+    for method in args.methods:
+        t0 = time.perf_counter()
+        if method == "amortised-dds":
+            am = train_amortised(
+                family,
+                key=jr.key(0),
+                iterations=args.amortised_iterations,
+                tasks_per_iteration=4,
+                batch_size=8,
+                final_temperature_ratio=1e-2,
+            )
+            t1 = time.perf_counter()
+            res = apply_amortised(am, family, tasks, key=jr.key(1), num_samples=32, refine_steps=80)
+            row = _summary(
+                family.name,
+                method,
+                res.evaluations,
+                res.best_values,
+                minima,
+                time.perf_counter() - t1,
+                res.num_evaluations,
+                am.training_evaluations,
+                am.training_seconds,
+            )
+        elif method == "lstm":
+            lstm = train_lstm(family, key=jr.key(0), iterations=args.lstm_iterations)
+            t1 = time.perf_counter()
+            evals, best, _ = apply_lstm(lstm, family, tasks, key=jr.key(1), steps=500)
+            row = _summary(
+                family.name,
+                method,
+                evals,
+                best,
+                minima,
+                time.perf_counter() - t1,
+                int(evals[-1]),
+                lstm.training_evaluations,
+                lstm.training_seconds,
+            )
+        else:
+            res = minimise(
+                family.fn,
+                family.domain,
+                key=jr.split(jr.key(1), args.tasks),
+                task=tasks,
+                method=method,
+                max_evaluations=args.budget,
+            )
+            row = _summary(
+                family.name,
+                method,
+                res.evaluations,
+                np.asarray(res.best_values),
+                minima,
+                time.perf_counter() - t0,
+                int(np.max(res.num_evaluations)),
+                0,
+                0.0,
+            )
+        rows.append(row)
+        print(
+            f"{row['family']} {method:14s} train {row['training_evaluations']:>8d} evals "
+            f"{row['training_seconds']:7.1f} s | reached {row['reached_fraction']:.2f} | median "
+            f"evals to target {row['median_evaluations_to_target']} | "
+            f"{row['seconds_per_task']:.2f} s/task | median final gap {row['median_final_gap']:.3g}",
+            flush=True,
+        )
+        write_json_atomic(
+            args.out,
+            {"target_gap": TARGET, "dim": args.dim, "quick": args.quick, "rows": rows},
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
