@@ -134,6 +134,7 @@ def test_other_methods_run_within_budget(method):
         width=16,
         adam_steps_per_restart=20,
         num_initial=64,
+        num_chains=8,
     )
     assert res.num_evaluations <= 800
     assert res.x.shape == (2,) and np.isfinite(res.value)

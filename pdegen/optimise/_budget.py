@@ -23,6 +23,7 @@ def budget_parts(method: str, **settings) -> dict:
         refine_steps=40,
         num_best=8,
         num_chains=32,
+        langevin_stages=8,
         gradient_informed=False,
         loss="log_variance",
         coordinate_grid_size=41,
@@ -40,8 +41,12 @@ def budget_parts(method: str, **settings) -> dict:
             polish=polish,
         )
     elif method == "langevin":
+        # one start and one ULA step per chain at every temperature level
         parts = dict(
-            initial=s["num_initial"], per_iteration=2 * s["num_chains"], iterations=1, polish=polish
+            initial=s["num_initial"],
+            per_iteration=2 * 2 * s["num_chains"],
+            iterations=s["langevin_stages"],
+            polish=polish,
         )
     elif method == "adam":  # one restart of one value-and-gradient step and its final value
         parts = dict(per_iteration=2, iterations=1, search=1)
@@ -73,8 +78,12 @@ def describe_minimum(method: str, **settings) -> str:
     if "initial" in p:
         words.append(f"{p['initial']} initial points")
     if "per_iteration" in p:
-        what = {"dds": "one iteration per temperature", "pis": "one iteration per temperature"}
-        what = what.get(method, "one iteration" if method != "adam" else "one Adam step")
+        what = {
+            "dds": "one iteration per temperature",
+            "pis": "one iteration per temperature",
+            "langevin": "a start and one step of every chain per temperature",
+            "adam": "one Adam step",
+        }[method]
         words.append(f"{p['iterations']} x {p['per_iteration']} ({what})")
     if "polish" in p:
         words.append(f"{p['polish']} for the polish of the 8 best points")

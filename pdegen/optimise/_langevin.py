@@ -1,5 +1,11 @@
-"""Baseline: annealed unadjusted Langevin on ``f / T + wall``, then the same polish as the
-global methods."""
+"""Baseline: annealed unadjusted Langevin on ``f / T + wall`` with the shared ULA kernel of
+:mod:`pdegen.mcmc`, then the same polish as the global methods.
+
+The temperature falls geometrically from ``T_0`` to ``T_0 * final_temperature_ratio`` in
+``stages`` levels; each level is a ULA chain (``pdegen.mcmc.ula``) on ``f / T_k + wall`` with
+step ``h_k = step_size * T_k / T_0`` (the drift on ``f`` is then a T-independent gradient step and
+the noise shrinks like ``sqrt(T)``), started where the previous level ended. Each ULA step and
+each level's start cost one value and gradient per chain (2 evaluations)."""
 
 from __future__ import annotations
 
@@ -10,14 +16,17 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from .. import mcmc
 from ._best import best_init, best_update
 from ._box import default_dtype, wall
 from ._polish import local_learning_rate, polish, polish_evaluations, polish_plan
 from ._run import Run, initial_sample, make_run
 
 
-def langevin_steps(max_evaluations, *, num_initial, num_chains, refine_steps) -> int:
-    return (max_evaluations - num_initial - polish_plan(8, refine_steps).cost) // (2 * num_chains)
+def langevin_steps(max_evaluations, *, num_initial, num_chains, refine_steps, stages) -> int:
+    """ULA steps per level that fit the budget (each level also pays one start per chain)."""
+    avail = max_evaluations - num_initial - polish_plan(8, refine_steps).cost
+    return avail // (2 * num_chains * stages) - 1
 
 
 def run_langevin(
@@ -33,38 +42,59 @@ def run_langevin(
     refine_learning_rate,
     num_initial,
     step_size,
+    stages,
 ) -> Run:
-    """Normalised coordinates; the step is ``h = step_size * T / T_0`` (so the drift is a
-    T-independent clipped gradient step and the noise shrinks like ``sqrt(T)``)."""
     dim = box.centre.shape[0]
     plan = polish_plan(8, refine_steps)
     steps = langevin_steps(
-        max_evaluations, num_initial=num_initial, num_chains=num_chains, refine_steps=refine_steps
+        max_evaluations,
+        num_initial=num_initial,
+        num_chains=num_chains,
+        refine_steps=refine_steps,
+        stages=stages,
     )
-    ratios = jnp.asarray(
-        final_temperature_ratio ** (np.arange(steps) / max(steps - 1, 1)), dtype=default_dtype()
-    )
+    ratios = final_temperature_ratio ** (np.arange(stages) / max(stages - 1, 1))
 
     def one(key, task):
         f1 = partial(fz, task=task)
-        vg = jax.vmap(jax.value_and_grad(f1))
         k_t, k_z, k_run = jr.split(key, 3)
         t0, zi, vi = initial_sample(f1, dim, k_t, num_initial)
         best = best_update(best_init(8, dim), zi, vi)
         z = jr.uniform(k_z, (num_chains, dim), dtype=default_dtype(), minval=-1.0, maxval=1.0)
+        trajs = []
+        for k, ratio in enumerate(ratios):
+            temperature = t0 * ratio
 
-        def body(carry, inp):
-            z, best = carry
-            k, r = inp
-            v, g = vg(z)
-            best = best_update(best, jnp.clip(z, -1.0, 1.0), v)
-            h = step_size * r
-            drift = -(step_size / t0) * g - h * jax.vmap(jax.grad(wall))(z)
-            drift = jnp.clip(drift, -0.1, 0.1)
-            z = z + drift + jnp.sqrt(2 * h) * jr.normal(k, z.shape, dtype=z.dtype)
-            return (z, best), best.values[0]
+            def energy(zz, temperature=temperature):
+                return f1(zz) / temperature + wall(zz)
 
-        (z, best), traj = jax.lax.scan(body, (z, best), (jr.split(k_run, steps), ratios))
+            kernel = mcmc.ula(energy, float(step_size * ratio))
+
+            def record(best, state, temperature=temperature):
+                walls = jax.vmap(wall)(state.position)
+                values = (state.energy - walls) * temperature
+                # outside the box or diverged: no candidates (not the objective's fault)
+                return best_update(
+                    best, jnp.clip(state.position, -1.0, 1.0), values, exclude=~(walls == 0)
+                )
+
+            states = jax.vmap(kernel.init)(z)
+            best = record(best, states)
+
+            def body(carry, k_step, kernel=kernel, record=record):
+                states, best = carry
+                states, _ = jax.vmap(lambda s, kk: kernel.step(s, key=kk))(
+                    states, jr.split(k_step, num_chains)
+                )
+                best = record(best, states)
+                return (states, best), best.values[0]
+
+            (states, best), traj = jax.lax.scan(
+                body, (states, best), jr.split(jr.fold_in(k_run, k), steps)
+            )
+            trajs += [best.values[:1], traj]  # after the level's start, after each step
+            z = states.position
+        traj = jnp.concatenate(trajs)
         if plan.sizes:
             best, rtraj = polish(
                 f1,
@@ -76,8 +106,9 @@ def run_langevin(
         return best, traj
 
     best, traj = jax.jit(jax.vmap(one))(keys, tasks)
-    evals = [num_initial + 2 * num_chains * np.arange(1, steps + 1)]
-    n_used = num_initial + 2 * num_chains * steps
+    per_level = 2 * num_chains * np.arange(1, steps + 2)
+    evals = [num_initial + 2 * num_chains * (steps + 1) * k + per_level for k in range(stages)]
+    n_used = num_initial + 2 * num_chains * (steps + 1) * stages
     if plan.sizes:
         evals.append(polish_evaluations(plan, n_used))
         n_used += plan.cost

@@ -92,6 +92,7 @@ def minimise(
     num_initial: int = 256,
     num_chains: int = 32,
     langevin_step_size: float = 1e-3,
+    langevin_stages: int = 8,
     adam_steps_per_restart: int = 200,
     coordinate_grid_size: int = 41,
     adaptive_frame: bool = True,
@@ -107,7 +108,8 @@ def minimise(
     ``network`` ``"mlp"`` or ``"coordinatewise"``, ``gradient_informed``, ``loss``
     ``"log_variance"`` or ``"kl"``, ``adaptive_frame``), or the baselines ``"adam"`` (random
     restarts of about ``adam_steps_per_restart`` projected Adam steps), ``"langevin"`` (annealed
-    ULA with ``num_chains`` chains), ``"random"`` (uniform search), ``"cmaes"`` (IPOP-CMA-ES,
+    ULA, the kernel of :mod:`pdegen.mcmc`, with ``num_chains`` chains at ``langevin_stages``
+    temperatures), ``"random"`` (uniform search), ``"cmaes"`` (IPOP-CMA-ES,
     the ``cma`` package) and ``"coordinate"`` (cyclic 1-D grid search: for separable
     functions). DDS/PIS, Langevin and random search end with the same polish of their 8 best
     points (``refine_steps``; 0 turns it off). Below :func:`minimum_budget` a ``UserError``
@@ -137,6 +139,7 @@ def minimise(
         num_initial=num_initial,
         refine_steps=refine_steps,
         num_chains=num_chains,
+        langevin_stages=langevin_stages,
         gradient_informed=gradient_informed,
         loss=loss,
         coordinate_grid_size=coordinate_grid_size,
@@ -219,6 +222,7 @@ def minimise(
             final_temperature_ratio=final_temperature_ratio,
             num_initial=num_initial,
             step_size=langevin_step_size,
+            stages=langevin_stages,
             **polish,
         )
     elif method == "cmaes":
