@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pdegen._io import write_json_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -72,3 +74,24 @@ def prior_data(kind: str, n: int, grid: int, seed: int, *, progress: bool = Fals
         return np.asarray(grf(jr.split(key, n)), np.float32)[:, None]
     fields, _ = fem.generate_dataset(kind, n, key=key, grid=grid, progress=progress)
     return fields
+
+
+BANDS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128))
+
+
+def band_ratios(samples: np.ndarray, mode_var: np.ndarray) -> dict:
+    """Power of the samples' orthonormal-DCT coefficients over the exact power, per octave band of
+    the radial wavenumber ``|k|`` (the constant mode left out)."""
+    import scipy.fft
+
+    coeffs = scipy.fft.dctn(samples, type=2, norm="ortho", axes=(-2, -1))
+    power = np.mean(coeffs**2, axis=0)
+    n = power.shape[-1]
+    k1, k2 = np.meshgrid(np.arange(n), np.arange(n))
+    radius = np.hypot(k1, k2)
+    out = {}
+    for lo, hi in BANDS:
+        band = (radius >= lo) & (radius < hi)
+        if band.any():
+            out[f"{lo}-{hi}"] = float(power[band].sum() / mode_var[band].sum())
+    return out

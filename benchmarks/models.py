@@ -31,7 +31,7 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import prior_data  # noqa: E402
+from _common import band_ratios, prior_data  # noqa: E402
 
 from pdegen import fem, models  # noqa: E402
 from pdegen._io import atomic_write, write_json_atomic  # noqa: E402
@@ -293,27 +293,6 @@ def _time_of_level(sde, level: float) -> float:
     return 0.5 * (lo + hi)
 
 
-BANDS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128))
-
-
-def _band_ratios(samples: np.ndarray, mode_var: np.ndarray) -> dict:
-    """Power of the samples' orthonormal-DCT coefficients over the exact power, per octave band of
-    the radial wavenumber ``|k|`` (the constant mode left out)."""
-    import scipy.fft
-
-    coeffs = scipy.fft.dctn(samples, type=2, norm="ortho", axes=(-2, -1))
-    power = np.mean(coeffs**2, axis=0)
-    n = power.shape[-1]
-    k1, k2 = np.meshgrid(np.arange(n), np.arange(n))
-    radius = np.hypot(k1, k2)
-    out = {}
-    for lo, hi in BANDS:
-        band = (radius >= lo) & (radius < hi)
-        if band.any():
-            out[f"{lo}-{hi}"] = float(power[band].sum() / mode_var[band].sum())
-    return out
-
-
 def _mse_ratios(model, data, ref, key) -> dict:
     """Per channel and noise level ``sigma/alpha`` in ``DENOISER_LEVELS``: the model's denoiser MSE
     over the exact one's on the same noisy data."""
@@ -368,7 +347,7 @@ def shipped_prior_metrics(name: str, quick: bool) -> dict:
         samples = np.asarray(jax.block_until_ready(samples), np.float64)
         row["sample_seconds_per_field"] = (time.perf_counter() - t0) / num
         mode_var = fem.grf_mode_std((grid, grid)) ** 2
-        row["a_band_power_ratio"] = _band_ratios(samples[:, 0], mode_var)
+        row["a_band_power_ratio"] = band_ratios(samples[:, 0], mode_var)
         row["a_pixel_variance_ratio"] = float(samples[:, 0].var() / (mode_var.sum() / grid**2))
         if kind != "a":
             task = fem.PDETask(kind, grid)

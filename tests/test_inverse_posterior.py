@@ -116,6 +116,18 @@ def test_dps_and_pigdm_reduce_the_data_misfit(key):
         assert row["rel_l2"] < base["rel_l2"], (method, row, base)
 
 
+@pytest.mark.parametrize("name", ["poisson-inverse", "poisson-forward"])
+def test_dps_default_step_fits_the_data_to_the_noise_level(name, key):
+    task = make_task(name, grid=GRID, sensor_fraction=0.3, noise=0.05)
+    prior = gaussian_prior(GRID)
+    noise = _noise_floor(task) * np.sqrt(task.num_sensors) / float(jnp.linalg.norm(task.y))
+    kw = dict(key=key, num_samples=8, num_steps=100, batch_size=8)
+    bayes = evaluate(sample_posterior(prior, task, method="bayes", **kw), task)
+    row = evaluate(sample_posterior(prior, task, method="dps", **kw), task)
+    assert row["data_misfit"] < 2 * noise, (row["data_misfit"], noise)
+    assert row["rel_l2"] < 2.0 * bayes["rel_l2"], (row["rel_l2"], bayes["rel_l2"])
+
+
 def _imperfect_joint_prior(task, inflation=0.5):
     """A joint Gaussian prior over (a, u) that knows the physics only approximately:
     the exact joint covariance plus independent noise on u (normalised units)."""
@@ -158,6 +170,47 @@ def test_physics_guidance_lowers_the_pde_residual(key):
     row = evaluate(projected, task)
     assert row["pde_residual"] < 1e-8
     assert row["before_projection"]["pde_residual"] == pytest.approx(r_guided, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["poisson-inverse", "helmholtz-inverse"])
+def test_pde_projection_is_the_nearest_consistent_pair(name, key):
+    from pdegen.inverse import pde_projection, solution_operator
+
+    task = make_task(name, grid=GRID)
+    S = solution_operator(task.physics)
+    mean, std = (0.1, -0.02), (1.3, 0.05)
+    x0 = jr.normal(key, (2, GRID, GRID))
+    # Closed form of argmin_a ||a - a_hat||^2 + ||F(a) - u_hat||^2, F(a) = (S (sa a + ma) - mu) / su
+    B = S * std[0] / std[1]
+    c = (S @ np.full(GRID * GRID, mean[0]) - mean[1]) / std[1]
+    a_hat, u_hat = np.asarray(x0[0]).reshape(-1), np.asarray(x0[1]).reshape(-1)
+    a = np.linalg.solve(np.eye(GRID * GRID) + B.T @ B, a_hat + B.T @ (u_hat - c))
+    for operator in (S, None):  # dense solution operator, or FEM solves with adjoint products
+        project = jax.jit(pde_projection(task.physics, mean, std, solution_operator=operator))
+        p = np.asarray(project(x0))
+        assert np.allclose(p[0].reshape(-1), a, atol=1e-5 * np.abs(a).max())
+        assert np.allclose(p[1].reshape(-1), B @ p[0].reshape(-1) + c, atol=1e-10)
+        assert np.allclose(np.asarray(project(jnp.asarray(p))), p, atol=1e-5)  # a fixed point
+
+
+def test_physics_correction_generates_pairs_that_solve_the_pde(key):
+    task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15)
+    prior = _imperfect_joint_prior(task)
+    kw = dict(key=key, num_samples=8, num_steps=60, batch_size=8, route="joint")
+    plain = sample_posterior(prior, task, method="unguided", **kw)
+    assert evaluate(plain, task)["pde_residual"] > 0.1
+    spread = lambda post: float(jnp.std(post.samples[:, 0]))  # noqa: E731
+    corrected = sample_posterior(
+        prior, task, method="unguided", correction=True, physics_fraction=0.2, **kw
+    )
+    assert evaluate(corrected, task)["pde_residual"] < 1e-8
+    # a keeps the prior's scale (the projection moves it by the least that fits u)
+    assert 0.7 < spread(corrected) / spread(plain) < 1.3, (spread(corrected), spread(plain))
+    # Conditioned on observations of u, the correction carries them into a at every step.
+    guided = sample_posterior(prior, task, method="tmpd", **kw)
+    both = sample_posterior(prior, task, method="tmpd", correction=True, physics_fraction=1.0, **kw)
+    assert evaluate(both, task)["pde_residual"] < 1e-8
+    assert evaluate(both, task)["rel_l2"] < 1.1 * evaluate(guided, task)["rel_l2"]
 
 
 def _tiny_model(channels, grid):

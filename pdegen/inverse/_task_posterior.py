@@ -47,6 +47,7 @@ from ._methods import DPS, TMPD, GuidanceProblem, PiGDM, Unguided, step_weight
 from ._metrics import summarise
 from ._operators import channel_rms, noise_floor, solution_operator
 from ._priors import Prior
+from ._projection import pde_projection
 from ._results import Posterior
 from ._task_exact import bayes_posterior, default_likelihood
 from ._task_problem import task_likelihood
@@ -68,7 +69,7 @@ POSTERIOR_METHODS = (
 )
 METHODS = POSTERIOR_METHODS
 STATFEM_METHODS = ("statfem", "statfem-pigdm")
-SAMPLERS = ("euler_maruyama", "ddim")
+SAMPLERS = tuple(MODEL_SAMPLERS)
 
 
 def _method_object(method: str, *, scale: float, data_variance: float | None):
@@ -83,7 +84,8 @@ def _method_object(method: str, *, scale: float, data_variance: float | None):
         "pigdm": PiGDM(data_variance),
         "statfem-pigdm": PiGDM(data_variance),
         "dps": DPS(float(scale)),
-        "diffusionpde": DPS(float(scale)),  # on the solve route the PDE is exact: DPS
+        # on the solve route the PDE is exact: DPS, with the recipe's step rule
+        "diffusionpde": DPS(float(scale), step="normalised"),
         "unguided": Unguided(),
     }[method]
 
@@ -163,6 +165,7 @@ class _Spec:
     residual_lambda: float = 1.0
     physics_precondition: tuple = (1.0, 1.0)
     data_variance: float = 1.0
+    correction: bool = False
 
 
 def _to_physical(x, spec: _Spec):
@@ -305,11 +308,36 @@ def _joint_guided(score, sde, A, y, W, S, spec: _Spec):
     )
     if spec.method == "diffusionpde":  # DPS with the PDE residual in the same objective
         energy = _residual_energy(spec) if spec.physics_weight > 0 else None
-        return DPS(spec.scale).guide(problem, energy=energy)
-    guided = _method_object(spec.method, scale=spec.scale, data_variance=None).guide(problem)
-    if spec.physics_weight > 0:
-        guided = _with_physics(guided, score, sde, spec, S)
+        guided = DPS(spec.scale, step="normalised").guide(problem, energy=energy)
+    else:
+        guided = _method_object(spec.method, scale=spec.scale, data_variance=None).guide(problem)
+        if spec.physics_weight > 0:
+            guided = _with_physics(guided, score, sde, spec, S)
+    if spec.correction:
+        guided = _with_correction(guided, sde, spec, S)
     return guided
+
+
+def _projection(spec: _Spec, S):
+    return pde_projection(spec.physics, spec.mean, spec.std, solution_operator=S)
+
+
+def _with_correction(guided, sde, spec: _Spec, S):
+    """Physics correction: in the last ``physics_fraction`` of the steps the score is replaced by
+    the one whose Tweedie estimate is the projection of the (guided) estimate onto the PDE's
+    solution set (:func:`pde_projection`), so every step moves towards a consistent pair."""
+    project = _projection(spec, S)
+
+    def corrected(x, t):
+        g = guided(x, t)
+
+        def shift(g):
+            d = sde.denoiser_from_score(x, t, g)
+            return sde.score_from_denoiser(x, t, project(d)).astype(g.dtype)
+
+        return jax.lax.cond(t <= spec.physics_start, shift, lambda g: g, g)
+
+    return corrected
 
 
 @eqx.filter_jit
@@ -321,9 +349,10 @@ def _sample_joint_batch(score, sde, A, y, W, S, keys, spec: _Spec):
         lambda k: run(guided, sde, spec.shape, key=k, num_steps=spec.num_steps, dtype=dtype)
     )(keys)
     t = jnp.asarray(sde.t_min, x.dtype)
-    return jax.vmap(lambda xi: sde.tweedie_denoiser(score, xi, t))(
-        x
-    )  # the prior's Tweedie estimate
+    x0 = jax.vmap(lambda xi: sde.tweedie_denoiser(score, xi, t))(x)  # the prior's Tweedie estimate
+    if spec.correction:
+        x0 = jax.vmap(_projection(spec, S))(x0)
+    return x0
 
 
 def switch_time(sde: AbstractSDE, sampler: str, num_steps: int, fraction: float) -> float:
@@ -376,6 +405,7 @@ def _joint_route(
     physics_weight,
     physics_fraction,
     project,
+    correction,
     batch_size,
     data_variance,
     progress,
@@ -412,8 +442,11 @@ def _joint_route(
         mean=mean,
         std=std,
         data_variance=1.0 if data_variance is None else float(data_variance),
+        correction=bool(correction),
     )
     S = None
+    if correction and task.linear:
+        S = jnp.asarray(solution_operator(task.physics))
     if physics_weight > 0:
         spec = dataclasses.replace(
             spec,
@@ -470,6 +503,7 @@ def sample_task_posterior(
     physics_weight: float | None = None,
     physics_fraction: float = 0.2,
     project: bool = False,
+    correction: bool = False,
     batch_size: int | None = None,
     likelihood: StatFEMLikelihood | None = None,
     data_variance: float | None = None,
@@ -486,13 +520,20 @@ def sample_task_posterior(
         key: PRNG key; sample ``i`` uses ``split(key, num_samples)[i]``.
         route: ``"solve"`` (the default, except ``diffusionpde`` with a joint prior) or ``"joint"``.
         num_steps, sampler: reverse-time sampler (``"euler_maruyama"`` or ``"ddim"``) and its steps.
-        scale: DPS / DiffusionPDE observation step (``zeta``).
+        scale: DPS's step (:class:`DPS`: the fraction of the excess misfit removed per step, stable
+            below 2) / the DiffusionPDE recipe's ``zeta``.
         physics_weight: weight of the physics-residual energy (route ``joint``); default 0, and
             1 for ``diffusionpde``. ``physics_fraction``: it acts in the last fraction of the steps.
             Its gradient is preconditioned per channel (:func:`physics_preconditioner`), so the weight
             is a step size relative to the stiffest direction: stable below 2 with Euler-Maruyama.
         project: replace ``u`` by ``solve(a)`` in every sample (route ``joint``); the metrics before
             projection go to ``info``.
+        correction: physics correction (route ``joint``): in the last ``physics_fraction`` of the
+            steps, and on the final sample, the denoised estimate is replaced by the nearest pair
+            that solves the PDE (:func:`pde_projection`: ``a`` moves by the least that makes the
+            generated ``u`` consistent, in normalised units; ``u = solve(a)``). Every sample then
+            satisfies the PDE to solver precision; ``physics_fraction=1`` lets observations of
+            ``u`` inform ``a`` at every step.
         batch_size: samples per compiled batch (default: ``min(num_samples, 4)``).
         likelihood: the statFEM observation model of ``statfem`` / ``statfem-pigdm`` (and of
             ``bayes`` and ``map`` when given): a :class:`StatFEMLikelihood` in physical units
@@ -566,5 +607,6 @@ def sample_task_posterior(
         physics_weight=physics_weight,
         physics_fraction=physics_fraction,
         project=project,
+        correction=correction,
         **common,
     )
