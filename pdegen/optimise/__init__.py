@@ -6,6 +6,8 @@ from ._amortised import AmortisedOptimiser as AmortisedOptimiser
 from ._amortised import AmortisedResult as AmortisedResult
 from ._amortised import TaskControl as TaskControl
 from ._amortised import apply_amortised as apply_amortised
+from ._amortised import load_amortised as load_amortised
+from ._amortised import save_amortised as save_amortised
 from ._amortised import train_amortised as train_amortised
 from ._benchmark import INDUCTIVE_BIAS as INDUCTIVE_BIAS
 from ._benchmark import TARGETS as TARGETS

@@ -129,6 +129,35 @@ class AmortisedOptimiser(NamedTuple):
     training_seconds: float
     losses: np.ndarray
     num_steps: int = 16
+    settings: dict | None = None
+
+
+def _build_model(
+    dim,
+    num_features,
+    feature_scale,
+    *,
+    method,
+    num_steps,
+    sigma,
+    width,
+    depth,
+    gradient_informed,
+    key,
+):
+    builder = models.DDS if method == "dds" else models.PIS
+    k_net, k_ref = jr.split(key)
+    model = builder(dim, key=k_ref, sigma=sigma, num_steps=num_steps, gradient_informed=False)
+    network = TaskControl(
+        dim,
+        num_features,
+        width=width,
+        depth=depth,
+        feature_scale=feature_scale,
+        gradient_informed=gradient_informed,
+        key=k_net,
+    )
+    return eqx.tree_at(lambda m: m.network, model, network)
 
 
 def _sampler_for(model, features):
@@ -181,19 +210,15 @@ def train_amortised(
     feats = jax.vmap(family.features)(probe)
     feature_scale = jnp.maximum(jnp.std(feats, axis=0), 1e-6)
     evaluations = int(values.size)
-    builder = models.DDS if method == "dds" else models.PIS
-    k_net, k_ref = jr.split(k_model)
-    model = builder(dim, key=k_ref, sigma=sigma, num_steps=num_steps, gradient_informed=False)
-    network = TaskControl(
-        dim,
-        feats.shape[1],
+    settings = dict(
+        method=method,
+        num_steps=num_steps,
+        sigma=sigma,
         width=width,
         depth=depth,
-        feature_scale=feature_scale,
         gradient_informed=gradient_informed,
-        key=k_net,
     )
-    model = eqx.tree_at(lambda m: m.network, model, network)
+    model = _build_model(dim, feats.shape[1], feature_scale, key=k_model, **settings)
     optimiser = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimiser.init(params)
@@ -238,6 +263,53 @@ def train_amortised(
         time.perf_counter() - t_start,
         np.asarray(losses),
         num_steps,
+        settings,
+    )
+
+
+def save_amortised(path, amortised: AmortisedOptimiser) -> None:
+    """Writes the trained optimiser to ``path`` (equinox leaves) and ``path + ".json"``
+    (settings, temperature, training cost), both atomically."""
+    from .._io import atomic_path, write_json_atomic
+
+    with atomic_path(path) as tmp:
+        eqx.tree_serialise_leaves(tmp, amortised.model)
+    write_json_atomic(
+        str(path) + ".json",
+        {
+            "dim": amortised.dim,
+            "num_features": int(amortised.model.network.features.shape[0]),
+            "temperature": amortised.temperature,
+            "training_evaluations": amortised.training_evaluations,
+            "training_seconds": amortised.training_seconds,
+            "settings": amortised.settings,
+        },
+    )
+
+
+def load_amortised(path) -> AmortisedOptimiser:
+    """Reads an optimiser written by :func:`save_amortised`."""
+    import json
+
+    with open(str(path) + ".json") as fh:
+        meta = json.load(fh)
+    skeleton = _build_model(
+        meta["dim"],
+        meta["num_features"],
+        None,
+        key=jr.key(0),
+        **meta["settings"],
+    )
+    model = eqx.tree_deserialise_leaves(path, skeleton)
+    return AmortisedOptimiser(
+        model,
+        float(meta["temperature"]),
+        int(meta["dim"]),
+        int(meta["training_evaluations"]),
+        float(meta["training_seconds"]),
+        np.zeros(0),
+        int(meta["settings"]["num_steps"]),
+        meta["settings"],
     )
 
 

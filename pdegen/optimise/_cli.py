@@ -45,6 +45,22 @@ def register(subparsers) -> argparse.ArgumentParser:
         "and the 641-evaluation polish of the 8 best points)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--family",
+        choices=["quadratic"],
+        help="learning to learn: train an amortised diffusion optimiser on this family (the "
+        "quadratic family ||W x - y||^2 of dimension --dim), save it to OUT/amortised.eqx and "
+        "apply it to the family member drawn by --seed (no further training); --function, "
+        "--method and --budget do not apply",
+    )
+    p.add_argument(
+        "--train-iterations", type=int, default=1000, help="with --family (default 1000)"
+    )
+    p.add_argument(
+        "--load",
+        help="with --family: apply an optimiser saved before (OUT/amortised.eqx of an earlier "
+        "run) instead of training one",
+    )
     p.add_argument("--out", default="optimise_out", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -113,6 +129,8 @@ def check_options(args) -> dict:
 
 
 def run(args) -> int:
+    if args.family:
+        return run_family(args)
     plan = check_options(args)
     out = check_output_dir(args.out)
 
@@ -211,4 +229,110 @@ def run(args) -> int:
         },
     )
     print(f"wrote {png} and {os.path.join(out, 'result.json')}")
+    return 0
+
+
+def run_family(args) -> int:
+    """``--family``: train (or ``--load``) an amortised optimiser, save it, apply it to one
+    member, print and plot its runtime-to-target curve."""
+    if args.dim < 1:
+        raise UserError(f"--dim must be >= 1, got {args.dim}")
+    if args.train_iterations < 4 and not args.load:
+        raise UserError(
+            f"--train-iterations must be >= 4 (one per temperature), got {args.train_iterations}"
+        )
+    if args.load and not (os.path.isfile(args.load) and os.path.isfile(args.load + ".json")):
+        raise UserError(
+            f"--load {args.load}: expected the file and {args.load}.json of a saved run"
+        )
+    out = check_output_dir(args.out)
+
+    import jax
+    import jax.random as jr
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._amortised import apply_amortised, load_amortised, save_amortised, train_amortised
+    from ._benchmark import TARGETS, runtimes_to_targets
+    from ._family import quadratic_family
+
+    jax.config.update("jax_enable_x64", True)
+    family = quadratic_family(args.dim)
+    if args.load:
+        amortised = load_amortised(args.load)
+        if amortised.dim != family.dim:
+            raise UserError(
+                f"--load {args.load}: trained on d={amortised.dim}, but --dim is {args.dim}"
+            )
+        print(f"pdegen optimise: loaded {args.load} (trained on {family.name} d={amortised.dim})")
+    else:
+        print(
+            f"pdegen optimise: training on the {family.name} family d={args.dim} "
+            f"({args.train_iterations} iterations)",
+            flush=True,
+        )
+        amortised = train_amortised(
+            family,
+            key=jr.key(args.seed),
+            iterations=args.train_iterations,
+            tasks_per_iteration=4,
+            batch_size=8,
+            final_temperature_ratio=1e-2,
+            progress=not args.quiet,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    saved = os.path.join(out, "amortised.eqx")
+    save_amortised(saved, amortised)
+    # the member: drawn from a key that training never uses
+    task = family.sample(jr.fold_in(jr.key(2**20), args.seed), 1)
+    minimum = family.minimum(jax.tree.map(lambda a: a[0], task))
+    t0 = time.perf_counter()
+    res = apply_amortised(amortised, family, task, key=jr.key(args.seed + 1), refine_steps=80)
+    seconds = time.perf_counter() - t0
+    value = float(res.value[0])
+    if not np.isfinite(value):
+        raise NonFiniteError("--family: the optimiser ended at a non-finite value; nothing written")
+    runtimes = runtimes_to_targets(res.evaluations, res.best_values, minimum)[0]
+    print(
+        f"{family.name} d={args.dim} member {args.seed}: f = {value:.6g} (f* = {minimum:.6g}, gap "
+        f"{value - minimum:.3g}) after {res.num_evaluations} evaluations, {seconds:.1f} s; "
+        f"training cost {amortised.training_evaluations} evaluations"
+    )
+    print("runtime to target (evaluations until the gap is below the target):")
+    for target, r in zip(TARGETS, runtimes):
+        print(f"  gap <= {target:<8g} {'not reached' if not np.isfinite(r) else int(r)}")
+    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    gaps = np.maximum(res.best_values[0] - minimum, 1e-16)
+    ax.semilogy(res.evaluations, gaps, label="best gap")
+    for target, r in zip(TARGETS, runtimes):
+        if np.isfinite(r):
+            ax.plot([r], [target], "k.", ms=6)
+    ax.set_xlabel("function evaluations (after training)")
+    ax.set_ylabel("best f - f*")
+    ax.set_title(f"amortised optimiser, {family.name} d={args.dim}, member {args.seed}")
+    png = os.path.join(out, "runtime_to_target.png")
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    write_json_atomic(
+        os.path.join(out, "result.json"),
+        {
+            "family": family.name,
+            "dim": args.dim,
+            "seed": args.seed,
+            "value": value,
+            "minimum": minimum,
+            "gap": value - minimum,
+            "num_evaluations": res.num_evaluations,
+            "training_evaluations": amortised.training_evaluations,
+            "seconds": seconds,
+            "targets": list(TARGETS),
+            "runtimes_to_targets": [None if not np.isfinite(r) else int(r) for r in runtimes],
+            "evaluations": np.asarray(res.evaluations).tolist(),
+            "best_values": np.asarray(res.best_values[0]).tolist(),
+        },
+    )
+    print(f"wrote {saved}, {png} and {os.path.join(out, 'result.json')}")
     return 0

@@ -1,0 +1,28 @@
+"""`pdegen optimise --family`: train an amortised optimiser on a family, save it, apply it."""
+
+import json
+
+from pdegen.cli import main
+
+
+def test_family_trains_saves_applies_and_reloads(tmp_path, capsys):
+    out = tmp_path / "fam"
+    args = ["optimise", "--family", "quadratic", "--dim", "2", "--quiet"]
+    assert main([*args, "--train-iterations", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "runtime to target" in printed and "gap <= 0.001" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert result["gap"] >= -1e-12 and result["training_evaluations"] > 0  # up to roundoff
+    assert result["num_evaluations"] == result["evaluations"][-1]
+    assert (out / "runtime_to_target.png").is_file() and (out / "amortised.eqx").is_file()
+    # the saved optimiser, applied again to the same member, gives the same answer
+    again = tmp_path / "again"
+    load = ["--load", str(out / "amortised.eqx")]
+    assert main([*args, *load, "--out", str(again)]) == 0
+    assert json.loads((again / "result.json").read_text())["value"] == result["value"]
+    # bad input: a missing file, a saved optimiser of another dimension
+    assert main([*args, "--load", str(tmp_path / "none.eqx"), "--out", str(again)]) == 2
+    assert "--load" in capsys.readouterr().err
+    wrong = ["optimise", "--family", "quadratic", "--dim", "3", "--quiet", *load]
+    assert main([*wrong, "--out", str(tmp_path / "w")]) == 2
+    assert "trained on d=2" in capsys.readouterr().err
