@@ -641,7 +641,7 @@ def main_nonlinear(args) -> int:
         sp_txt = (
             ""
             if sp is None
-            else (f">{sp:.0f}x" if r["laplace_speedup_is_lower_bound"] else f"{sp:.1f}x")
+            else (f">{sp:.1f}x" if r["laplace_speedup_is_lower_bound"] else f"{sp:.1f}x")
         )
         print(
             f"{grid:>5} {name:22} {str(r['reached']):>7} {secs_txt:>9} {r['setup_s']:>8.2f} "
