@@ -64,9 +64,15 @@ def band_power(samples: np.ndarray, mode_var: np.ndarray) -> tuple[dict, dict]:
     return ratio, err
 
 
-def run_prior(name: str, *, grid: int, num_samples: int, num_steps: int, seed: int) -> list[dict]:
-    meta = models.pretrained_metadata(name)
-    model = models.load_pretrained(name).model
+def run_prior(
+    name: str, *, grid: int, num_samples: int, num_steps: int, seed: int, path: str | None = None
+) -> list[dict]:
+    if path is None:
+        meta = models.pretrained_metadata(name)
+        model = models.load_pretrained(name).model
+    else:  # a prior trained by benchmarks/train_prior.py (its exported model folder)
+        ckpt = models.load_checkpoint(path)
+        meta, model = ckpt.metadata, ckpt.model
     pde = meta["arguments"]["data"]  # the PDE of the training pairs
     task = inverse.make_task(f"{pde}-inverse", grid=grid, seed=0)
     prior = inverse.prior_at_grid(inverse.prior_from_model(model), grid)
@@ -132,19 +138,27 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="a few samples on one prior")
     parser.add_argument("--priors", default="poisson-joint-64,helmholtz-joint-64")
     parser.add_argument("--grid", type=int, default=64)
+    parser.add_argument(
+        "--checkpoints",
+        default="",
+        help="extra priors as name=folder,... (train_prior.py's OUT/model), e.g. to compare "
+        "a prior trained with --consistency-weight",
+    )
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--num-steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-name", default="generation", help="results/<name>.json")
     args = parser.parse_args(argv)
-    priors = args.priors.split(",")
+    priors = [(p, None) for p in args.priors.split(",") if p]
+    priors += [tuple(c.split("=", 1)) for c in args.checkpoints.split(",") if c]
     if args.quick:
         priors, args.num_samples, args.num_steps, args.grid = priors[:1], 4, 6, 16
     t0 = time.perf_counter()
     rows = []
-    for name in priors:
+    for name, path in priors:
         rows += run_prior(
             name,
+            path=path,
             grid=args.grid,
             num_samples=args.num_samples,
             num_steps=args.num_steps,

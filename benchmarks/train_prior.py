@@ -76,6 +76,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=4000, help="training examples per grid")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     p.add_argument("--stop-after", type=int, default=None, help="end this piece at that step")
+    p.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=0.0,
+        help="physics-informed training: add weight * mean((u - solve(a))^2) of the denoised "
+        "estimate to the loss (joint data, one grid)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 1%%)"
@@ -119,6 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not args.grids or min(args.grids + args.eval_grids) < 4:
         p.error("--grids (and --eval-grids) must be integers >= 4")
+    if args.consistency_weight and (args.data == "a" or len(args.grids) > 1):
+        p.error("--consistency-weight needs joint data (--data poisson|helmholtz) on one grid")
     if len(args.grids) > 1 and args.network != "spectral":
         p.error("several --grids need --network spectral (the U-Net is tied to one grid)")
     return args
@@ -226,6 +235,16 @@ def main(argv=None) -> int:
         log_every=min(50, args.steps),
     )
     print(f"{type(net).__name__} with {models.count_parameters(net)} float32 parameters; {config}")
+    penalty = None
+    if args.consistency_weight:  # physics-informed training: u - solve(a) of the denoised estimate
+        physics = inverse.make_task(f"{args.data}-inverse", grid=args.grids[0]).physics
+        norm = model.normalisation
+        penalty = inverse.consistency_penalty(
+            physics,
+            tuple(float(v) for v in np.asarray(norm.mean).reshape(-1)),
+            tuple(float(v) for v in np.asarray(norm.std).reshape(-1)),
+            weight=args.consistency_weight,
+        )
     t0 = time.perf_counter()
     result = models.train(
         model,
@@ -235,6 +254,7 @@ def main(argv=None) -> int:
         out_dir=work,
         progress=not args.quiet,
         stop_after=args.stop_after,
+        penalty=penalty,
     )
     train_seconds = time.perf_counter() - t0
     step = int(result.state.step)

@@ -17,12 +17,14 @@ exactly whatever the CG tolerance. Replacing ``u`` by ``solve(a_hat)`` is the li
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pdegen import fem
 
-__all__ = ["pde_projection"]
+__all__ = ["pde_projection", "ConsistencyPenalty", "consistency_penalty"]
 
 _EPS = 1e-4  # normalised units: each channel has unit scale
 
@@ -73,3 +75,40 @@ def pde_projection(
         return jnp.stack([a, forward(a)]).astype(x0.dtype)
 
     return project
+
+
+class ConsistencyPenalty(eqx.Module):
+    """``x0 (2, g, g), normalised -> weight * mean((u - F(a))^2)`` for a linear PDE, ``F`` the
+    solve in normalised units: the physics term of physics-informed training
+    (``pdegen.models.train(..., penalty=...)``). The exact denoiser of pairs ``(a, solve(a))``
+    satisfies ``E[u | x_t] = F(E[a | x_t])`` at every noise level, so the term moves no optimum."""
+
+    operator: jax.Array  # (g^2, g^2): normalised a -> normalised u, without the offset
+    offset: jax.Array  # (g^2,)
+    weight: float = eqx.field(static=True, default=1.0)
+
+    def __call__(self, x0):
+        a, u = x0[0], x0[1]
+        pred = (self.operator @ a.reshape(-1) + self.offset).reshape(a.shape)
+        return self.weight * jnp.mean((u - pred) ** 2)
+
+
+def consistency_penalty(
+    physics: fem.PDETask, mean: tuple, std: tuple, *, weight: float = 1.0, dtype="float32"
+) -> ConsistencyPenalty:
+    """The :class:`ConsistencyPenalty` of a linear PDE on its grid, for a prior normalised by
+    ``mean`` / ``std`` (channels ``(a, u)``); ``dtype`` that of the network."""
+    from ._operators import solution_operator
+
+    if not physics.parameter.linear:
+        raise ValueError(
+            "consistency_penalty: needs a PDE linear in a (a source); use pde_projection for others"
+        )
+    if not weight >= 0:
+        raise ValueError(f"consistency_penalty(weight=...): must be >= 0, got {weight}")
+    S = np.asarray(solution_operator(physics), np.float64)
+    ratio = float(std[0]) / float(std[1])
+    offset = (S @ np.full(S.shape[1], float(mean[0])) - float(mean[1])) / float(std[1])
+    return ConsistencyPenalty(
+        jnp.asarray(ratio * S, dtype), jnp.asarray(offset, dtype), float(weight)
+    )

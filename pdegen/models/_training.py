@@ -8,6 +8,7 @@ import os
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,12 +88,18 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
 
 
-def dsm_loss_single(model: DiffusionModel, x0: Array, *, key: Array) -> Array:
+def dsm_loss_single(
+    model: DiffusionModel, x0: Array, *, key: Array, penalty: Callable | None = None
+) -> Array:
     """Denoising score-matching loss for one example ``x0`` (normalised units), a scalar.
 
     ``epsilon``: ``|eps_hat - z|^2`` (score matching with weight ``sigma^2``).
     ``denoiser``: ``lambda |D - x0|^2`` with the EDM weight ``lambda = (s^2 + sd^2) / (s sd)^2``,
-    ``s = sigma / alpha``. Both are means over the entries of ``x0``.
+    ``s = sigma / alpha``. Both are means over the entries of ``x0``. ``penalty(D) -> scalar``
+    (denoiser parameterisation only): a term on the denoised estimate added with the same weight,
+    e.g. a PDE residual (physics-informed training, Bastek et al. 2024); a penalty that the
+    exact denoiser satisfies at every noise level (a linear constraint of the data) leaves the
+    optimum unchanged.
     """
     tkey, nkey = jr.split(key)
     t = model.sde.sample_training_time(key=tkey, dtype=x0.dtype)
@@ -102,13 +109,21 @@ def dsm_loss_single(model: DiffusionModel, x0: Array, *, key: Array) -> Array:
     s = (model.sde.sigma(t) / model.sde.alpha(t)).astype(x0.dtype)
     sd2 = model.sigma_data**2
     weight = (s**2 + sd2) / (s**2 * sd2)
-    return weight * jnp.mean((model.denoiser(xt, t) - x0) ** 2)
+    denoised = model.denoiser(xt, t)
+    loss = jnp.mean((denoised - x0) ** 2)
+    if penalty is not None:
+        loss = loss + jnp.asarray(penalty(denoised), loss.dtype)
+    return weight * loss
 
 
-def dsm_loss(model: DiffusionModel, batch: Array, *, key: Array) -> Array:
+def dsm_loss(
+    model: DiffusionModel, batch: Array, *, key: Array, penalty: Callable | None = None
+) -> Array:
     """Mean of :func:`dsm_loss_single` over a batch ``(B, *data_shape)``; one key per example."""
     keys = jr.split(key, batch.shape[0])
-    return jnp.mean(jax.vmap(lambda x, k: dsm_loss_single(model, x, key=k))(batch, keys))
+    return jnp.mean(
+        jax.vmap(lambda x, k: dsm_loss_single(model, x, key=k, penalty=penalty))(batch, keys)
+    )
 
 
 def init_train_state(model: DiffusionModel, optimizer: optax.GradientTransformation) -> TrainState:
@@ -124,6 +139,7 @@ def train_step(
     key: Array,
     optimizer: optax.GradientTransformation,
     ema_decay: float,
+    penalty: Callable | None = None,
 ) -> tuple[TrainState, Array]:
     """One optimiser step on ``batch`` ``(B, *data_shape)``; the step's key is ``fold_in(key, step)``.
 
@@ -134,7 +150,7 @@ def train_step(
     params, static = eqx.partition(state.model, eqx.is_inexact_array)
 
     def loss_of(p):
-        return dsm_loss(eqx.combine(p, static), batch, key=step_key)
+        return dsm_loss(eqx.combine(p, static), batch, key=step_key, penalty=penalty)
 
     loss, grads = jax.value_and_grad(loss_of)(params)
     # optax's Adam bias correction mixes python floats with int32 counts; allow that here only.
@@ -350,6 +366,7 @@ def train(
     mesh=None,
     stop_after: int | None = None,
     metadata: dict | None = None,
+    penalty: Callable | None = None,
 ) -> TrainResult:
     """Train ``model`` by denoising score matching on ``data`` ``(N, *model.data_shape)``.
 
@@ -364,11 +381,19 @@ def train(
     (default: all devices) shards each batch over devices. ``stop_after`` ends the run early
     after that many total steps (a checkpoint is written), e.g. to split a long run into jobs.
     ``metadata`` (JSON-serialisable) is stored in every checkpoint (e.g. ``{"channels": [...]}``).
+    ``penalty(D) -> scalar`` adds a term on the denoised estimate (normalised units) to the loss
+    (:func:`dsm_loss_single`; an equinox Module's arrays are traced, not baked in); it is not
+    stored, so a resumed run must pass the same one (name it in ``metadata``).
 
     The losses are checked on the host every ``config.log_every`` steps and the whole state
     before each checkpoint: a NaN / inf raises :class:`TrainingDivergedError` naming the step,
     and the last good checkpoint is left as it was. Only process 0 writes files.
     """
+    if penalty is not None and model.parameterisation == "epsilon":
+        raise ValueError(
+            "train(penalty=...): needs a model with the denoiser parameterisation (EDM), "
+            "the penalty acts on the denoised estimate"
+        )
     out = check_output_dir(out_dir, "train(out_dir=...)") if out_dir is not None else None
     sets = _training_sets(data, model)
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -471,7 +496,7 @@ def train(
             idx = batch_indices(data_key, step, data.shape[0], config.batch_size)
             batch = ((data[idx] - mean) / std).astype(dtype)
             state, loss = train_step(
-                state, shard_batch(batch, mesh), train_key, optimizer, config.ema_decay
+                state, shard_batch(batch, mesh), train_key, optimizer, config.ema_decay, penalty
             )
             pending.append(loss)
             done = step + 1
