@@ -16,6 +16,16 @@ Per setting: the relative FEM residual (median, max), ``||u - solve(a)|| / ||sol
 any projection, the band powers of ``a`` over the exact GRF's per octave of ``|k|`` (mean over
 samples, with the standard error from the per-sample spread), and seconds per sample. Target:
 residual <= 1e-3 with every band within +-15%. Writes ``benchmarks/results/generation.json``.
+
+Physics-informed training against the correction (``generation_pidm.json``): two priors trained alike
+at 32x32, without and with the consistency penalty on the denoised estimate, then this script on both:
+
+    python benchmarks/train_prior.py --out build/pidm/w0 --data poisson --grids 32 --network spectral \
+        --sine --width 16 --depth 2 --modes 12 --n-train 2000 --steps 800 --sigma-max 160 \
+        --p-mean 1 --p-std 2.5 --lr 0.003 --ema 0.995 --consistency-weight 0 --name pidm-w0
+    (the same with --out build/pidm/w1 --consistency-weight 1 --name pidm-w1)
+    python benchmarks/generation.py --priors "" --grid 32 --out-name generation_pidm \
+        --checkpoints pidm-w0=build/pidm/w0/model,pidm-w1=build/pidm/w1/model
 """
 
 from __future__ import annotations
