@@ -781,7 +781,7 @@ def main(argv=None) -> int:
         sp_txt = (
             ""
             if sp is None
-            else (f">{sp:.0f}x" if r.get("speedup_is_lower_bound") else f"{sp:.1f}x")
+            else (f">{sp:.1f}x" if r.get("speedup_is_lower_bound") else f"{sp:.1f}x")
         )
         print(
             f"{grid:>5} {name:12} {str(r['reached']):>7} {secs_txt:>9} {ge_txt:>11} "
