@@ -113,15 +113,9 @@ def test_mcmc_imports_nothing_else_from_pdegen():
         "import sys, pdegen.mcmc; print(sorted(m for m in sys.modules if m.startswith('pdegen')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(
-        [
-            "pdegen",
-            "pdegen._errors",
-            "pdegen.mcmc",
-            "pdegen.mcmc._diagnostics",
-            "pdegen.mcmc._kernels",
-        ]
-    )
+    loaded = eval(out.stdout.strip())
+    others = [m for m in loaded if m not in ("pdegen", "pdegen._errors", "pdegen.mcmc")]
+    assert others and all(m.startswith("pdegen.mcmc._") for m in others), loaded
 
 
 def test_statfem_reexports_the_generic_kernels():
