@@ -1,6 +1,7 @@
 """The generic MCMC package: kernels on a Gaussian target against its closed form, the chain
 diagnostics on chains with known answers, divergence and bad-input errors, and its layer rule."""
 
+import ast
 import subprocess
 import sys
 
@@ -113,7 +114,7 @@ def test_mcmc_imports_nothing_else_from_pdegen():
         "import sys, pdegen.mcmc; print(sorted(m for m in sys.modules if m.startswith('pdegen')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = eval(out.stdout.strip())
+    loaded = ast.literal_eval(out.stdout.strip())
     others = [m for m in loaded if m not in ("pdegen", "pdegen._errors", "pdegen.mcmc")]
     assert others and all(m.startswith("pdegen.mcmc._") for m in others), loaded
 
