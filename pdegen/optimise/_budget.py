@@ -11,23 +11,44 @@ METHODS = ("dds", "pis", "adam", "langevin", "random", "cmaes", "coordinate")
 CENTRE = 1
 
 
+_SETTINGS = (
+    "batch_size",
+    "num_steps",
+    "num_temperatures",
+    "num_initial",
+    "refine_steps",
+    "num_best",
+    "num_chains",
+    "langevin_stages",
+    "gradient_informed",
+    "loss",
+    "coordinate_grid_size",
+)
+
+
+def _defaults() -> dict:
+    """The defaults of the settings that size a run, read from the signatures that define them."""
+    import inspect
+
+    from ._diffusion import diffusion_optimiser
+    from ._minimise import minimise
+
+    out = {}
+    for fn in (diffusion_optimiser, minimise):  # minimise's own defaults take precedence
+        for name, param in inspect.signature(fn).parameters.items():
+            if name in _SETTINGS and param.default is not inspect.Parameter.empty:
+                out[name] = param.default
+    missing = set(_SETTINGS) - set(out)
+    if missing:  # a renamed keyword: the budget would silently use a stale value
+        raise RuntimeError(f"budget settings without a default: {sorted(missing)}")
+    return out
+
+
 def budget_parts(method: str, **settings) -> dict:
     """The evaluations ``minimise`` spends at its smallest budget, by part: ``centre``,
     ``initial``, ``per_iteration`` x ``iterations``, ``polish``, ``search``; ``minimum`` their sum.
     ``settings`` are :func:`pdegen.optimise.minimise`'s keyword arguments (defaults apply)."""
-    s = dict(
-        batch_size=32,
-        num_steps=16,
-        num_temperatures=4,
-        num_initial=256,
-        refine_steps=40,
-        num_best=8,
-        num_chains=32,
-        langevin_stages=8,
-        gradient_informed=False,
-        loss="log_variance",
-        coordinate_grid_size=41,
-    )
+    s = _defaults()
     s.update({k: v for k, v in settings.items() if k in s})
     polish = polish_plan(s["num_best"] if method in ("dds", "pis") else 8, s["refine_steps"]).cost
     if method in ("dds", "pis"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -19,9 +20,12 @@ class Counter:
         self.values = 0
         self.gradients = 0
         self.smallest = float("inf")
+        # XLA may run host callbacks from several threads at once: updates hold the lock
+        self.lock = threading.Lock()
 
     @property
     def total(self) -> int:
+        jax.effects_barrier()  # every callback dispatched so far has run
         return self.values + self.gradients
 
     def reset(self):
@@ -47,13 +51,15 @@ def counted(f: Callable) -> Counted:
 
     def _values(value):
         value = np.asarray(value)
-        counter.values += int(value.size)
         finite = value[np.isfinite(value)]
-        if finite.size:
-            counter.smallest = min(counter.smallest, float(finite.min()))
+        with counter.lock:
+            counter.values += int(value.size)
+            if finite.size:
+                counter.smallest = min(counter.smallest, float(finite.min()))
 
     def _gradients(token):
-        counter.gradients += int(np.size(token))
+        with counter.lock:
+            counter.gradients += int(np.size(token))
 
     def token(x):  # a scalar that depends on x, so that vmap batches the callback
         return (0 * x).sum()
