@@ -78,9 +78,14 @@ def _check_step_size(name, step_size):
 
 def _check_preconditioner(name, preconditioner):
     if preconditioner is not None and not isinstance(preconditioner, Preconditioner):
+        hint = (
+            " (pass its .preconditioner)"
+            if isinstance(getattr(preconditioner, "preconditioner", None), Preconditioner)
+            else ""
+        )
         raise TypeError(
             f"{name}: preconditioner must be a Preconditioner (apply, sample) or None, "
-            f"got {type(preconditioner).__name__}"
+            f"got {type(preconditioner).__name__}{hint}"
         )
 
 
