@@ -79,13 +79,12 @@ def prior_data(kind: str, n: int, grid: int, seed: int, *, progress: bool = Fals
 BANDS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128))
 
 
-def band_ratios(samples: np.ndarray, mode_var: np.ndarray) -> dict:
-    """Power of the samples' orthonormal-DCT coefficients over the exact power, per octave band of
-    the radial wavenumber ``|k|`` (the constant mode left out)."""
+def band_power_per_sample(samples: np.ndarray, mode_var: np.ndarray) -> dict:
+    """Per octave band of the radial wavenumber ``|k|`` (the constant mode left out): each sample's
+    power in its orthonormal-DCT coefficients over the exact power, an array ``(num_samples,)``."""
     import scipy.fft
 
-    coeffs = scipy.fft.dctn(samples, type=2, norm="ortho", axes=(-2, -1))
-    power = np.mean(coeffs**2, axis=0)
+    power = scipy.fft.dctn(samples, type=2, norm="ortho", axes=(-2, -1)) ** 2
     n = power.shape[-1]
     k1, k2 = np.meshgrid(np.arange(n), np.arange(n))
     radius = np.hypot(k1, k2)
@@ -93,5 +92,11 @@ def band_ratios(samples: np.ndarray, mode_var: np.ndarray) -> dict:
     for lo, hi in BANDS:
         band = (radius >= lo) & (radius < hi)
         if band.any():
-            out[f"{lo}-{hi}"] = float(power[band].sum() / mode_var[band].sum())
+            out[f"{lo}-{hi}"] = power[:, band].sum(-1) / mode_var[band].sum()
     return out
+
+
+def band_ratios(samples: np.ndarray, mode_var: np.ndarray) -> dict:
+    """Power of the samples over the exact power per octave band (:func:`band_power_per_sample`,
+    averaged over the samples)."""
+    return {k: float(v.mean()) for k, v in band_power_per_sample(samples, mode_var).items()}

@@ -43,7 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BANDS, machine_info, write_results  # noqa: E402
+from _common import band_power_per_sample, machine_info, write_results  # noqa: E402
 
 from pdegen import fem, inverse, models  # noqa: E402
 
@@ -58,19 +58,9 @@ SETTINGS = {
 
 def band_power(samples: np.ndarray, mode_var: np.ndarray) -> tuple[dict, dict]:
     """Per octave band: mean over samples of the band power over the exact one, and its standard error."""
-    import scipy.fft
-
-    coeffs = scipy.fft.dctn(samples, type=2, norm="ortho", axes=(-2, -1)) ** 2
-    n = samples.shape[-1]
-    k1, k2 = np.meshgrid(np.arange(n), np.arange(n))
-    radius = np.hypot(k1, k2)
-    ratio, err = {}, {}
-    for lo, hi in BANDS:
-        band = (radius >= lo) & (radius < hi)
-        if band.any():
-            per_sample = coeffs[:, band].sum(-1) / mode_var[band].sum()
-            ratio[f"{lo}-{hi}"] = float(per_sample.mean())
-            err[f"{lo}-{hi}"] = float(per_sample.std(ddof=1) / np.sqrt(len(per_sample)))
+    per_sample = band_power_per_sample(samples, mode_var)
+    ratio = {k: float(v.mean()) for k, v in per_sample.items()}
+    err = {k: float(v.std(ddof=1) / np.sqrt(len(v))) for k, v in per_sample.items()}
     return ratio, err
 
 

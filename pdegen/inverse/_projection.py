@@ -29,6 +29,25 @@ __all__ = ["pde_projection", "ConsistencyPenalty", "consistency_penalty"]
 _EPS = 1e-4  # normalised units: each channel has unit scale
 
 
+def normalised_solve(physics: fem.PDETask, mean: tuple, std: tuple, *, solution_operator=None):
+    """``a_n (g, g) -> (solve(a) - mean_u) / std_u`` with ``a = a_n std_a + mean_a``: the FEM solve in a
+    joint prior's normalised units (``S @ a`` when the dense ``solution_operator`` is given)."""
+    mesh = physics.mesh
+    ma, mu = float(mean[0]), float(mean[1])
+    sa, su = float(std[0]), float(std[1])
+    S = None if solution_operator is None else jnp.asarray(solution_operator, jnp.float64)
+
+    def forward(a_n):
+        a = a_n * sa + ma
+        if S is not None:
+            u = (S @ a.reshape(-1)).reshape(a.shape)
+        else:
+            u = mesh.to_image(physics.parameter.solve(mesh.from_image(a)))
+        return (u - mu) / su
+
+    return forward
+
+
 def pde_projection(
     physics: fem.PDETask,
     mean: tuple,
@@ -44,20 +63,8 @@ def pde_projection(
     ``S`` with ``u = S a`` (a linear PDE, :func:`pdegen.inverse.solution_operator`), else each
     ``F`` evaluation is an FEM solve. Works under ``jit`` and ``vmap``.
     """
-    mesh = physics.mesh
-    ma, mu = float(mean[0]), float(mean[1])
-    sa, su = float(std[0]), float(std[1])
-    S = None if solution_operator is None else jnp.asarray(solution_operator, jnp.float64)
-
-    def forward(a_n):  # normalised a (g, g) -> normalised u = (solve(a) - mu) / su
-        a = a_n * sa + ma
-        if S is not None:
-            u = (S @ a.reshape(-1)).reshape(a.shape)
-        else:
-            u = mesh.to_image(physics.parameter.solve(mesh.from_image(a)))
-        return (u - mu) / su
-
-    linear = S is not None or physics.parameter.linear
+    forward = normalised_solve(physics, mean, std, solution_operator=solution_operator)
+    linear = solution_operator is not None or physics.parameter.linear
 
     def project(x0):
         x = x0.astype(jnp.float64)

@@ -47,7 +47,7 @@ from ._methods import DPS, TMPD, GuidanceProblem, PiGDM, Unguided, step_weight
 from ._metrics import summarise
 from ._operators import channel_rms, noise_floor, solution_operator
 from ._priors import Prior
-from ._projection import pde_projection
+from ._projection import normalised_solve, pde_projection
 from ._results import Posterior
 from ._task_exact import bayes_posterior, default_likelihood
 from ._task_problem import task_likelihood
@@ -168,12 +168,6 @@ class _Spec:
     correction: bool = False
 
 
-def _to_physical(x, spec: _Spec):
-    m = jnp.asarray(spec.mean, x.dtype).reshape(-1, 1, 1)
-    s = jnp.asarray(spec.std, x.dtype).reshape(-1, 1, 1)
-    return x * s + m
-
-
 def _residual_function(physics, mean, std):
     """``x0 (normalised joint field) -> R(a, u)``: the FEM weak residual (constrained rows hold ``u - g``)."""
     mesh = physics.mesh
@@ -269,16 +263,12 @@ def _with_physics(guided, score, sde, spec: _Spec, S):
     solve) of the Tweedie estimate, scaled per channel by :func:`physics_preconditioner`; an x-step of
     ``physics_weight`` times it per sampler step, in the last ``physics_fraction`` of the steps."""
     step = step_weight(sde, spec.num_steps)
-    mesh = spec.physics.mesh
     pre = np.asarray(spec.physics_precondition, np.float64).reshape(-1, 1, 1)  # (a, u) channels
+    forward = normalised_solve(spec.physics, spec.mean, spec.std, solution_operator=S)
 
     def energy(x0):
-        phys = _to_physical(x0.astype(jnp.float64), spec)
-        if S is not None:
-            u_pred = (S @ phys[0].reshape(-1)).reshape(phys[0].shape)
-        else:
-            u_pred = mesh.to_image(spec.physics.parameter.solve(mesh.from_image(phys[0])))
-        return 0.5 * jnp.sum(((phys[1] - u_pred) / spec.std[1]) ** 2)
+        x = x0.astype(jnp.float64)
+        return 0.5 * jnp.sum((x[1] - forward(x[0])) ** 2)
 
     def guided_with_physics(x, t):
         g = jax.grad(lambda x_: energy(tweedie_mean(score, sde, x_, t)))(x)
