@@ -24,7 +24,7 @@ from .. import models
 from ._best import best_init, best_update
 from ._box import default_dtype, make_box, objective_z, wall
 from ._family import Family
-from ._polish import local_learning_rate, polish, polish_evaluations, polish_plan
+from ._polish import polish_appended, polish_evaluations, polish_plan
 
 _PARAM_DTYPE = jnp.float32
 
@@ -356,18 +356,13 @@ def apply_amortised(
         z, _ = models.sample_controlled(sampler, log_density, num_samples, key=k)
         z = jnp.clip(z, -1.0, 1.0)
         best = best_update(best_init(8, family.dim), z, jax.vmap(lambda p: fz(p, task))(z))
-        first = best.values[0]
-        if plan.sizes:
-            best, traj = polish(
-                lambda p: fz(p, task),
-                best,
-                steps=refine_steps,
-                learning_rate=local_learning_rate(best, refine_learning_rate),
-            )
-            traj = jnp.concatenate([first[None], traj, best.values[:1]])
-        else:
-            traj = first[None]
-        return best, traj
+        return polish_appended(
+            lambda p: fz(p, task),
+            best,
+            best.values[:1],
+            steps=refine_steps if plan.sizes else 0,
+            max_learning_rate=refine_learning_rate,
+        )
 
     best, traj = jax.jit(jax.vmap(one))(tasks, jr.split(key, n))
     if np.any(np.asarray(best.num_nonfinite) > 0):

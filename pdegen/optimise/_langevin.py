@@ -19,7 +19,7 @@ import numpy as np
 from .. import mcmc
 from ._best import best_init, best_update
 from ._box import default_dtype, wall
-from ._polish import local_learning_rate, polish, polish_evaluations, polish_plan
+from ._polish import polish_appended, polish_evaluations, polish_plan
 from ._run import Run, initial_sample, make_run
 
 
@@ -94,16 +94,13 @@ def run_langevin(
             )
             trajs += [best.values[:1], traj]  # after the level's start, after each step
             z = states.position
-        traj = jnp.concatenate(trajs)
-        if plan.sizes:
-            best, rtraj = polish(
-                f1,
-                best,
-                steps=refine_steps,
-                learning_rate=local_learning_rate(best, refine_learning_rate),
-            )
-            traj = jnp.concatenate([traj, rtraj, best.values[:1]])
-        return best, traj
+        return polish_appended(
+            f1,
+            best,
+            jnp.concatenate(trajs),
+            steps=refine_steps if plan.sizes else 0,
+            max_learning_rate=refine_learning_rate,
+        )
 
     best, traj = jax.jit(jax.vmap(one))(keys, tasks)
     per_level = 2 * num_chains * np.arange(1, steps + 2)

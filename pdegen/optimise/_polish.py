@@ -118,6 +118,18 @@ def polish(fz, best: Best, *, steps: int, learning_rate):
     return best, jnp.concatenate(trajs)
 
 
+def polish_appended(fz, best: Best, trajectory, *, steps: int, max_learning_rate):
+    """:func:`polish` at its local step size (:func:`local_learning_rate`), its values and the final
+    value appended to ``trajectory``; both unchanged when ``steps`` plan no polish (a caller whose
+    budget leaves no room for it passes ``steps=0``)."""
+    if not polish_plan(best.points.shape[0], steps).sizes:
+        return best, trajectory
+    best, polished = polish(
+        fz, best, steps=steps, learning_rate=local_learning_rate(best, max_learning_rate)
+    )
+    return best, jnp.concatenate([trajectory, polished, best.values[:1]])
+
+
 def polish_evaluations(plan: PolishPlan, start: int):
     """Evaluation counts after each polish step (matching :func:`polish`'s trajectory) and
     after the final value."""

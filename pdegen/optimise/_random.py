@@ -6,13 +6,12 @@ import math
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from ._best import best_init, best_update
 from ._box import default_dtype
-from ._polish import local_learning_rate, polish, polish_evaluations, polish_plan
+from ._polish import polish_appended, polish_evaluations, polish_plan
 from ._run import Run, make_run
 
 
@@ -40,15 +39,13 @@ def run_random(fz, box, keys, tasks, *, max_evaluations, refine_steps, refine_le
             return best, best.values[0]
 
         best, traj = jax.lax.scan(body, best_init(8, dim), jr.split(key, n_chunks))
-        if plan.sizes:
-            best, rtraj = polish(
-                f1,
-                best,
-                steps=refine_steps,
-                learning_rate=local_learning_rate(best, refine_learning_rate),
-            )
-            traj = jnp.concatenate([traj, rtraj, best.values[:1]])
-        return best, traj
+        return polish_appended(
+            f1,
+            best,
+            traj,
+            steps=refine_steps if plan.sizes else 0,
+            max_learning_rate=refine_learning_rate,
+        )
 
     best, traj = jax.jit(jax.vmap(one))(keys, tasks)
     evals = [chunk * np.arange(1, n_chunks + 1)]
