@@ -149,45 +149,49 @@ def slowest_rate(name, step_size, lambda_min):
     return step_size * (lambda_min if name in ("ula", "mala") else 1.0)  # P = C or C0: rate h
 
 
-def bench_sampler(name, model, y, energy, exact_mean, exact_var, budget_s, key, lambda_min):
-    kernel, warmup, setup_s = make_kernel(name, model, y, energy)
-    x0 = model.sample_prior(NUM_CHAINS, key=jax.random.fold_in(key, 1))
-    idx = jnp.asarray(np.unique(np.linspace(0, model.dim - 1, min(256, model.dim)).astype(int)))
+def run_to_tolerance(kernel, x0, warmup, ref_mean, ref_var, budget_s, key, max_traces):
+    """Chains from ``x0``: ``warmup`` steps, then blocks of ``BLOCK`` steps until the pooled mean and
+    variance are within the tolerances of the reference or ``budget_s`` has passed (compilation
+    excluded). Returns the final state, the warm-up result, the steps run after warm-up, the
+    first time / steps within tolerance (or ``None``), the thinned traces, the sampling and
+    compile seconds and the final mean / variance errors."""
+    idx = jnp.asarray(np.unique(np.linspace(0, x0.shape[1] - 1, min(256, x0.shape[1])).astype(int)))
     block = make_block(kernel, idx)
+    num_chains = x0.shape[0]
     # compile (excluded from the timings): warm-up blocks and the sampling block
     t0 = time.perf_counter()
     res = statfem.run_chains(kernel, x0, 1, 1, key=jax.random.fold_in(key, 2))
-    zeros = (
-        jnp.zeros(NUM_CHAINS),
-        jnp.zeros((NUM_CHAINS, model.dim)),
-        jnp.zeros((NUM_CHAINS, model.dim)),
-    )
-    jax.block_until_ready(block(jax.random.split(key, NUM_CHAINS), res.state, zeros))
+    zeros = tuple(jnp.zeros(shape) for shape in ((num_chains,), x0.shape, x0.shape))
+    jax.block_until_ready(block(jax.random.split(key, num_chains), res.state, zeros))
     compile_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     res = statfem.run_chains(kernel, x0, 1, warmup, key=jax.random.fold_in(key, 3))
-    state = res.state
-    moments = zeros
-    steps = 0
-    reached = None
-    traces = []
-    mean_err = var_err = math.inf
+    state, moments, steps, reached, traces = res.state, zeros, 0, None, []
     while True:
         state, moments, trace = block(
-            jax.random.split(jax.random.fold_in(key, 10 + steps), NUM_CHAINS), state, moments
+            jax.random.split(jax.random.fold_in(key, 10 + steps), num_chains), state, moments
         )
         steps += BLOCK
-        if len(traces) < 200:
+        if len(traces) < max_traces:
             traces.append(trace)
         mean, var = pooled(moments)
-        mean_err, var_err = rel(mean, exact_mean), rel(var, exact_var)
+        mean_err, var_err = rel(mean, ref_mean), rel(var, ref_var)
         elapsed = time.perf_counter() - t0
         if reached is None and mean_err < MEAN_TOL and var_err < VAR_TOL:
             reached = dict(seconds=elapsed, steps=steps)
         if reached is not None or elapsed > budget_s:
             break
     sample_s = time.perf_counter() - t0
+    return state, res, steps, reached, traces, sample_s, compile_s, mean_err, var_err
+
+
+def bench_sampler(name, model, y, energy, exact_mean, exact_var, budget_s, key, lambda_min):
+    kernel, warmup, setup_s = make_kernel(name, model, y, energy)
+    x0 = model.sample_prior(NUM_CHAINS, key=jax.random.fold_in(key, 1))
+    state, res, steps, reached, traces, sample_s, compile_s, mean_err, var_err = run_to_tolerance(
+        kernel, x0, warmup, exact_mean, exact_var, budget_s, key, max_traces=200
+    )
     ess = np.asarray(statfem.effective_sample_size(jnp.concatenate(traces, axis=1)))
     grads_per_step = kernel.gradients_per_step
     step_size = float(np.mean(np.asarray(state.step_size)))
@@ -503,36 +507,10 @@ def bench_nonlinear_sampler(name, model, y, ref_mean, ref_var, budget_s, key):
             for k in jax.random.split(jax.random.fold_in(key, 1), NUM_CHAINS)
         ]
     )
-    idx = jnp.asarray(np.unique(np.linspace(0, model.dim - 1, min(256, model.dim)).astype(int)))
-    block = make_block(kernel, idx)
     warmup = 500
-    t0 = time.perf_counter()
-    res = statfem.run_chains(kernel, x0, 1, 1, key=jax.random.fold_in(key, 2))
-    zeros = (
-        jnp.zeros(NUM_CHAINS),
-        jnp.zeros((NUM_CHAINS, model.dim)),
-        jnp.zeros((NUM_CHAINS, model.dim)),
+    state, res, steps, reached, traces, sample_s, compile_s, mean_err, var_err = run_to_tolerance(
+        kernel, x0, warmup, ref_mean, ref_var, budget_s, key, max_traces=400
     )
-    jax.block_until_ready(block(jax.random.split(key, NUM_CHAINS), res.state, zeros))
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = statfem.run_chains(kernel, x0, 1, warmup, key=jax.random.fold_in(key, 3))
-    state, moments, steps, reached, traces = res.state, zeros, 0, None, []
-    while True:
-        state, moments, trace = block(
-            jax.random.split(jax.random.fold_in(key, 10 + steps), NUM_CHAINS), state, moments
-        )
-        steps += BLOCK
-        if len(traces) < 400:
-            traces.append(trace)
-        mean, var = pooled(moments)
-        mean_err, var_err = rel(mean, ref_mean), rel(var, ref_var)
-        elapsed = time.perf_counter() - t0
-        if reached is None and mean_err < MEAN_TOL and var_err < VAR_TOL:
-            reached = dict(seconds=elapsed, steps=steps)
-        if reached is not None or elapsed > budget_s:
-            break
-    sample_s = time.perf_counter() - t0
     samples = jnp.concatenate(traces, axis=1)
     ess = np.asarray(statfem.chain_ess(samples))
     rh = np.asarray(statfem.rhat(samples))
