@@ -28,3 +28,13 @@ def getkey():
 @pytest.fixture
 def key():
     return jr.key(1234)
+
+
+# The longest tests (the tutorials in fast mode, the accelerator script's CPU smoke run) are
+# collected first: under pytest-xdist the two workers then share them at the start instead of one
+# worker running the last of them while the other idles.
+_LONG_FIRST = ("tests/test_tutorials.py", "tests/test_gpu_script.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
