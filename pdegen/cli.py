@@ -99,6 +99,21 @@ def _build_problem(args):
 
 
 def cmd_solve(args) -> int:
+    """Run ``pdegen solve``: solve Poisson, Helmholtz or Darcy on ``--mesh`` or a ``--grid``
+    unit square; write the solution as VTU and XDMF, a PNG figure and a JSON summary to
+    ``--out``, and print the number of dofs, the solve time and the relative residual.
+
+    Args:
+        args: The parsed command line (from :func:`build_parser`).
+
+    Returns:
+        The exit code, 0 on success.
+
+    Raises:
+        FileNotFoundError: ``--mesh`` names no file.
+        pdegen._errors.UserError: A bad option (grid, wavenumber, a problem too large for the
+            memory), before any work.
+    """
     _check_solve_args(args)
     _enable_x64()
     import jax
@@ -199,6 +214,15 @@ def _add_solve(sub):
 
 
 def cmd_data(args) -> int:
+    """Run ``pdegen data``: ``--n`` ``(a, u)`` pairs of a task of :data:`pdegen.fem.TASKS` on a
+    ``--grid`` unit square, written as ``.npz`` with a JSON summary and a PNG of the first pairs.
+
+    Args:
+        args: The parsed command line (from :func:`build_parser`).
+
+    Returns:
+        The exit code, 0 on success.
+    """
     _enable_x64()
     import jax
     import matplotlib
@@ -296,6 +320,9 @@ def _check_data_args(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pdegen`` argument parser: ``solve`` and ``data`` defined here, and the sub-commands
+    each module of ``_SUBCOMMAND_MODULES`` adds through its ``register(subparsers)``
+    (``train``, ``sample``, ``statfem``, ``optimise``, ``invert``, ``demo``)."""
     from pdegen import __version__
 
     parser = argparse.ArgumentParser(

@@ -273,6 +273,8 @@ SAMPLERS: dict[str, Callable[..., Array]] = {
     "ddim": ddim,
     "edm_heun": edm_heun,
 }
+"""The reverse-time samplers by name (the ``sampler=`` of :func:`sample`, the
+``pdegen sample --sampler`` choices)."""
 
 
 @eqx.filter_jit

@@ -6,6 +6,7 @@ from ._diffusion import evaluations_per_iteration
 from ._polish import polish_plan
 
 METHODS = ("dds", "pis", "adam", "langevin", "random", "cmaes", "coordinate")
+"""The ``method=`` names of :func:`minimise` (and ``pdegen optimise --method``)."""
 
 # one evaluation at the centre of the box checks the objective (and counts)
 CENTRE = 1

@@ -35,6 +35,20 @@ class DiffusionOptimiserState(NamedTuple):
 
 
 class DiffusionOptimiserInfo(NamedTuple):
+    """What one iteration of the diffusion optimiser reports.
+
+    Attributes:
+        loss: The training loss of the control at this iteration.
+        mean_value: The mean objective value over the iteration's samples inside the box.
+        spread: The standard deviation of the samples (in the box's ``[-1, 1]`` coordinates),
+            averaged over coordinates.
+        best_value: The best objective value found so far.
+        num_evaluations: Objective evaluations so far.
+        sample_mean: The mean of the samples per coordinate (box coordinates), shape ``(d,)``.
+        sample_std: The standard deviation of the samples per coordinate (box coordinates),
+            shape ``(d,)``.
+    """
+
     loss: jax.Array
     mean_value: jax.Array
     spread: jax.Array

@@ -35,6 +35,13 @@ class Family(NamedTuple):
 
 
 class QuadraticTask(NamedTuple):
+    """One member of :func:`quadratic_family`: ``f(x) = ||W x - y||^2``.
+
+    Attributes:
+        W: The matrix, shape ``(d, d)``.
+        y: The target, shape ``(d,)``.
+    """
+
     W: jax.Array
     y: jax.Array
 

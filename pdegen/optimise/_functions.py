@@ -146,6 +146,7 @@ _SPECS = {
 }
 
 TEST_FUNCTIONS = tuple(_SPECS)
+"""The names :func:`test_function` accepts."""
 
 
 def test_function(name: str, dim: int) -> TestFunction:

@@ -20,6 +20,7 @@ from ._box import default_dtype
 from ._functions import TEST_FUNCTIONS, test_function
 
 KINDS = ("rotated-shifted", "separable")
+"""Instance kinds: a random rotation and shift of the test function, or a shift only."""
 
 
 class Instance(NamedTuple):

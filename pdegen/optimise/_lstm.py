@@ -32,6 +32,14 @@ def _preprocess(g):
 
 
 class CoordinatewiseLSTM(eqx.Module):
+    """The learned optimiser of Andrychowicz et al. (2016): a two-layer LSTM applied to each
+    coordinate separately (shared weights), mapping the preprocessed gradient to an update.
+
+    Args:
+        hidden: Hidden units of each LSTM layer.
+        key: PRNG key for the initial weights (keyword-only).
+    """
+
     cell1: eqx.nn.LSTMCell
     cell2: eqx.nn.LSTMCell
     out: eqx.nn.Linear
@@ -62,6 +70,16 @@ class CoordinatewiseLSTM(eqx.Module):
 
 
 class LSTMOptimiser(NamedTuple):
+    """A trained coordinate-wise LSTM optimiser (the result of :func:`train_lstm`).
+
+    Attributes:
+        model: The trained :class:`CoordinatewiseLSTM`.
+        dim: The problem dimension it was trained in.
+        training_evaluations: Objective evaluations spent on training.
+        training_seconds: Wall time of training.
+        losses: The meta-training loss per iteration.
+    """
+
     model: Any
     dim: int
     training_evaluations: int
