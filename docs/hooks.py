@@ -1,6 +1,10 @@
-"""Build-time pages and figures: the figures of docs/figures.py (drawn by the package), the tutorials (rendered from tutorials/*.ipynb with their committed
-outputs, not executed) and one page per benchmark script with its latest results read from
-benchmarks/results/ (tables from the JSON records, the figures as images).
+"""Pages and figures made at build time.
+
+- the figures of docs/figures.py, drawn by the package (under images/);
+- the tutorials, rendered from tutorials/*.ipynb with their committed outputs (not executed);
+- one page per benchmark script with its latest results read from benchmarks/results/ (tables
+  from the JSON records, the figures as images);
+- the command-line reference, one section per module that registers sub-commands.
 
 Nothing here is written to the repository: the pages exist only in the built site.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +28,7 @@ TUTORIALS = ROOT / "tutorials"
 BENCHMARKS = ROOT / "benchmarks"
 RESULTS = BENCHMARKS / "results"
 MAX_ROWS = 80
+_TEMPORARY: list[Path] = []  # folders removed once the site is written
 
 
 def _tutorials() -> list[Path]:
@@ -179,6 +185,7 @@ def _cli_page() -> str:
         "",
         "::: pdegen.cli",
         "    options:",
+        "      show_root_heading: true",
         '      filters: ["^main$", "^build_parser$", "^check_outputs$", "^cmd_"]',
         "",
     ]
@@ -186,7 +193,7 @@ def _cli_page() -> str:
         lines += [
             f"::: {module}",
             "    options:",
-            "      heading_level: 2",
+            "      show_root_heading: true",
             '      filters: ["^register$", "^run"]',
             "",
         ]
@@ -196,6 +203,7 @@ def _cli_page() -> str:
 def _figures() -> list[Path]:
     """Run docs/figures.py (in its own process: it enables float64) into a temporary folder."""
     outdir = Path(tempfile.mkdtemp(prefix="pdegen-docs-figures-"))
+    _TEMPORARY.append(outdir)
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
@@ -295,3 +303,8 @@ def _point_wrapped_notebooks_at_their_source(files, config, **kwargs):
 
 
 on_files = CombinedEvent(_add_generated_files, _point_wrapped_notebooks_at_their_source)
+
+
+def on_post_build(config, **kwargs):
+    while _TEMPORARY:
+        shutil.rmtree(_TEMPORARY.pop(), ignore_errors=True)

@@ -7,6 +7,10 @@ path), then linked to the public name under which the API reference documents it
 ``pdegen.fem.statfem._exact.exact_posterior`` is documented as
 ``pdegen.fem.statfem.exact_posterior``). A role naming a private helper becomes plain code; a
 role that resolves to nothing stays a cross-reference, so the strict build fails on it.
+
+It also marks each package's exports as public (they are re-exported from private modules,
+without ``__all__``), so the API pages list exactly what ``from pdegen.fem import ...`` offers,
+and splits ``a, b: text`` entries of ``Args:`` sections into one entry per name.
 """
 
 from __future__ import annotations

@@ -43,9 +43,11 @@ def counted(f: Callable) -> Counted:
     """``f`` (one point ``(d,)`` -> scalar) wrapped so that every value and every backward pass
     is counted on the host, per point, also under ``vmap`` and inside compiled loops.
 
+    >>> import jax.numpy as jnp
     >>> g, counter = counted(lambda x: (x**2).sum())
-    >>> jax.vmap(jax.value_and_grad(g))(jnp.ones((3, 2)))
-    >>> counter.values, counter.gradients   # (3, 3)
+    >>> values, gradients = jax.vmap(jax.value_and_grad(g))(jnp.ones((3, 2)))
+    >>> counter.values, counter.gradients
+    (3, 3)
     """
     counter = Counter()
 
