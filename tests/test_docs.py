@@ -30,8 +30,27 @@ DOCS = ROOT / "docs"
 BUILD_LIMIT_S = 120  # the issue's target for the docs build on two cores
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
-# Public names defined in files that other work is rewriting; their docstrings come with it.
-PENDING_DOCSTRINGS = {"pdegen.inverse.FIELD_METHODS", "pdegen.inverse.POSTERIOR_METHODS"}
+# Public names defined in files that other work is rewriting right now (inverse/_methods.py,
+# _field_posterior.py, _task_posterior.py, _priors.py): their docstrings (none yet for the two
+# tables, a summary that runs over several lines for the others) are completed with that work.
+PENDING_SUMMARIES = {
+    "pdegen.inverse." + name
+    for name in (
+        "FIELD_METHODS",
+        "POSTERIOR_METHODS",
+        "DPS",
+        "MAP",
+        "PiGDM",
+        "TMPD",
+        "exact_posterior",
+        "field_metrics",
+        "map_posterior",
+        "observed_prior_variance",
+        "grf_prior",
+        "grid_transfer",
+        "learned_prior",
+    )
+}
 
 
 # ------------------------------------------------------------------------- public names
@@ -93,20 +112,34 @@ def test_public_modules_are_found():
     assert "main" in public_names("pdegen.cli") and "argparse" not in public_names("pdegen.cli")
 
 
-def test_every_public_name_has_a_summary_line(griffe_package):
+def has_one_line_summary(doc: str | None) -> bool:
+    """A docstring that opens with a one-line summary: a first paragraph of one line."""
+    if not doc or not doc.strip():
+        return False
+    first_paragraph = doc.strip().split("\n\n")[0]
+    return "\n" not in first_paragraph.strip()
+
+
+def test_summary_rule():
+    assert has_one_line_summary("Solve the problem.\n\nMore text\nover lines.")
+    assert has_one_line_summary("Solve the problem.")
+    assert not has_one_line_summary(None) and not has_one_line_summary("  ")
+    assert not has_one_line_summary("A summary that runs\nover two lines.")
+
+
+def test_every_public_name_has_a_one_line_summary(griffe_package):
     missing = []
     checked = 0
     for module_name in public_modules():
         for name in public_names(module_name):
             path = f"{module_name}.{name}"
-            if path in PENDING_DOCSTRINGS:
+            if path in PENDING_SUMMARIES:
                 continue
             checked += 1
-            doc = _docstring(griffe_package, module_name, name)
-            if not doc or not doc.strip() or not doc.lstrip().splitlines()[0].strip():
+            if not has_one_line_summary(_docstring(griffe_package, module_name, name)):
                 missing.append(path)
     assert checked > 250
-    assert not missing, f"public names without a docstring (one-line summary first): {missing}"
+    assert not missing, f"public names without a docstring that opens with one line: {missing}"
 
 
 def test_every_public_package_has_an_api_page():

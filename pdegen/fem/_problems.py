@@ -233,7 +233,9 @@ class Poisson(_Problem):
 
 
 class Darcy(Poisson):
-    """``-div(a grad u) = f`` (default ``f = 1``) with ``u = 0`` on the boundary and a
+    """The Darcy flow problem of DiffusionPDE: ``-div(a grad u) = f``.
+
+    ``-div(a grad u) = f`` (default ``f = 1``) with ``u = 0`` on the boundary and a
     piecewise-constant permeability ``a``, as in the DiffusionPDE Darcy task.
 
     Use :meth:`permeability` to turn a field into cell values ``high`` where the field is ``>= 0``

@@ -30,7 +30,9 @@ from ._tasks import InverseTask
 
 
 class MAPResult(NamedTuple):
-    """A MAP estimate: the joint field ``(2, g, g)`` (``a``, ``u = solve(a)``), the white-noise
+    """A MAP estimate of a benchmark task and how it was reached.
+
+    A MAP estimate: the joint field ``(2, g, g)`` (``a``, ``u = solve(a)``), the white-noise
     coordinates ``z``, the objective per iteration and the wall time (compilation included)."""
 
     field: jax.Array

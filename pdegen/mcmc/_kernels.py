@@ -24,7 +24,9 @@ from .._errors import NonFiniteError, UserError
 
 
 class Preconditioner(NamedTuple):
-    """A symmetric positive definite ``P``: ``apply(v) = P v`` and ``sample(*, key) ~ N(0, P)``
+    """A symmetric positive definite preconditioner ``P`` with its Gaussian draws.
+
+    A symmetric positive definite ``P``: ``apply(v) = P v`` and ``sample(*, key) ~ N(0, P)``
     (the key is keyword-only, as everywhere in ``fem`` and ``statfem``)."""
 
     apply: Callable

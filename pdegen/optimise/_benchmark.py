@@ -30,7 +30,9 @@ INDUCTIVE_BIAS = {
 
 
 def runtimes_to_targets(evaluations, best_values, minimum, targets=TARGETS):
-    """First evaluation count at which each run's gap reaches each target: ``(n, len(targets))``
+    """The evaluation count at which each run first reaches each target gap.
+
+    First evaluation count at which each run's gap reaches each target: ``(n, len(targets))``
     (``inf`` where never). ``evaluations`` ``(n, m)`` or ``(m,)``, ``best_values`` ``(n, m)``."""
     best_values = np.asarray(best_values, dtype=np.float64)
     evaluations = np.broadcast_to(np.asarray(evaluations, dtype=np.float64), best_values.shape)

@@ -19,7 +19,9 @@ from ._box import default_dtype, make_box, objective_z, wall
 
 
 class DiffusionOptimiserState(NamedTuple):
-    """Network parameters, optax state, current temperature, the :class:`Best` points
+    """The state of the diffusion optimiser.
+
+    Network parameters, optax state, current temperature, the :class:`Best` points
     (normalised coordinates), evaluations used so far, and the affine frame
     ``z = frame_centre + frame_scale * u`` in which the sampler works, and the ``task``
     (``None``, or the second argument of ``f(x, task)``)."""
@@ -59,7 +61,9 @@ class DiffusionOptimiserInfo(NamedTuple):
 
 
 class DiffusionOptimiser(NamedTuple):
-    """``state = init(key, temperature)``; ``state, info = step(key, state)``;
+    """The diffusion optimiser as an ``(init, step)`` pair.
+
+    ``state = init(key, temperature)``; ``state, info = step(key, state)``;
     ``evaluations_per_step`` objective evaluations per step."""
 
     init: Callable

@@ -32,7 +32,9 @@ def _preprocess(g):
 
 
 class CoordinatewiseLSTM(eqx.Module):
-    """The learned optimiser of Andrychowicz et al. (2016): a two-layer LSTM applied to each
+    """The coordinate-wise LSTM optimiser of Andrychowicz et al. (2016).
+
+    The learned optimiser of Andrychowicz et al. (2016): a two-layer LSTM applied to each
     coordinate separately (shared weights), mapping the preprocessed gradient to an update.
 
     Args:
@@ -111,7 +113,9 @@ def train_lstm(
     horizon: int = 100,
     learning_rate: float = 1e-3,
 ) -> LSTMOptimiser:
-    """Trains on fresh tasks of ``family``: episodes of ``horizon`` steps from uniform starts,
+    """Train the coordinate-wise LSTM optimiser on a family of problems.
+
+    Trains on fresh tasks of ``family``: episodes of ``horizon`` steps from uniform starts,
     cut into unrolls of ``unroll`` steps (one optimiser step per unroll); the loss is the mean
     of ``f / f(start)`` along the unroll. Cost: ``2 * unroll`` evaluations per task and
     iteration (value and gradient)."""
@@ -174,7 +178,9 @@ def train_lstm(
 
 
 def apply_lstm(lstm: LSTMOptimiser, family: Family, tasks, *, key, steps: int = 100):
-    """Runs the trained optimiser ``steps`` steps from a uniform start on each task: returns
+    """Apply a trained LSTM optimiser to tasks.
+
+    Runs the trained optimiser ``steps`` steps from a uniform start on each task: returns
     (evaluations ``(steps,)``, best values ``(n, steps)``, final points ``(n, d)``)."""
     if family.dim != lstm.dim:
         raise ValueError(

@@ -100,7 +100,9 @@ def minimise(
     progress: bool = False,
     return_extras: bool = False,
 ):
-    """Minimise ``f`` over the box ``domain = (lower, upper)`` (arrays of shape ``(d,)``) with
+    """Minimise ``f`` over a box within a budget of evaluations.
+
+    Minimise ``f`` over the box ``domain = (lower, upper)`` (arrays of shape ``(d,)``) with
     at most ``max_evaluations`` evaluations (required unless ``iterations_per_temperature`` is
     given for DDS / PIS).
 

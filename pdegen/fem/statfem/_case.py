@@ -179,7 +179,9 @@ class NonlinearCase(NamedTuple):
 
 
 def nonlinear_statfem_case(grid: int = 32, *, key, num_sensors: int = 64) -> NonlinearCase:
-    """``-div((1 + u^2) grad u) = 15 + xi`` on a ``grid x grid`` P1 mesh of the unit square (zero
+    """The nonlinear statFEM test case with synthetic data.
+
+    ``-div((1 + u^2) grad u) = 15 + xi`` on a ``grid x grid`` P1 mesh of the unit square (zero
     boundary values), ``sigma_f = 2``, ``sigma_e = 0.01``; one replicate of data at
     ``num_sensors`` random points from a draw of the model itself (the benchmark's case)."""
     from ._nonlinear import NonlinearStatFEM
