@@ -81,6 +81,12 @@ def _short_list(value) -> bool:
     return isinstance(value, list) and len(value) <= 8 and all(_scalar(v) for v in value)
 
 
+def _cell(value, width: int = 60) -> str:
+    """A table cell: long text is cut (the full text is in the JSON file)."""
+    text = _fmt(value)
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
 def _table(rows: list[dict]) -> list[str]:
     """A markdown table of records: one column per key holding scalars (or short lists)."""
     columns: list[str] = []
@@ -90,7 +96,7 @@ def _table(rows: list[dict]) -> list[str]:
                 columns.append(key)
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for row in rows[:MAX_ROWS]:
-        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
     if len(rows) > MAX_ROWS:
         lines += ["", f"({len(rows) - MAX_ROWS} more rows in the JSON file.)"]
     return lines
@@ -100,7 +106,7 @@ def _section(obj: dict, title: str, level: int) -> list[str]:
     """Markdown for one JSON object: its scalars as a key/value table, lists of records and
     dicts of records as tables, nested objects as subsections."""
     lines: list[str] = []
-    scalars = {k: v for k, v in obj.items() if _scalar(v) or _short_list(v)}
+    scalars = {k: v for k, v in obj.items() if (_scalar(v) or _short_list(v)) and k != "machine"}
     if scalars:
         lines += ["| key | value |", "| --- | --- |"]
         lines += [f"| `{k}` | {_fmt(v)} |" for k, v in scalars.items()]
@@ -143,11 +149,12 @@ def _benchmark_page(script: Path, scripts: list[str]) -> tuple[str, list[Path]]:
     lines += [f".venv/bin/python benchmarks/{script.name}", "```", ""]
     lines += ["The results below are read from `benchmarks/results/` when the site is built."]
     images = []
-    for result in _results_of(name, scripts):
-        if result.suffix == ".png":
-            images.append(result)
-            lines += ["", f"## {result.name}", "", f"![{result.stem}]({result.name})"]
-        elif result.suffix == ".json":
+    results = _results_of(name, scripts)
+    for result in [r for r in results if r.suffix == ".png"]:  # the figures first
+        images.append(result)
+        lines += ["", f"## {result.name}", "", f"![{result.stem}]({result.name})"]
+    for result in results:
+        if result.suffix == ".json":
             data = json.loads(result.read_text())
             lines += ["", f"## {result.name}", ""]
             machine = data.get("machine") if isinstance(data, dict) else None

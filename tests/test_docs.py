@@ -207,11 +207,12 @@ def test_guide_examples(page):
 
 
 @pytest.fixture(scope="session")
-def site(tmp_path_factory, worker_id):
+def site(request, tmp_path_factory):
     """The site built by ``mkdocs build --strict``, once per run, with its build time."""
     pytest.importorskip("mkdocs", reason="the docs extra is not installed")
     base = tmp_path_factory.getbasetemp()
-    shared = base if worker_id == "master" else base.parent
+    under_xdist = hasattr(request.config, "workerinput")  # workers share the parent folder
+    shared = base.parent if under_xdist else base
     out = shared / "docs-site"
     record = shared / "docs-site.json"
     with open(shared / "docs-site.lock", "w") as lock:
