@@ -190,17 +190,21 @@ def _cli_page() -> str:
         "`register(subparsers)`, and run by the function `register` sets as the parser's `func`.",
         "Run `pdegen COMMAND --help` for every option.",
         "",
+        "## pdegen.cli",
+        "",
         "::: pdegen.cli",
         "    options:",
-        "      show_root_heading: true",
+        "      heading_level: 3",
         '      filters: ["^main$", "^build_parser$", "^check_outputs$", "^cmd_"]',
         "",
     ]
     for module in _subcommand_modules():
         lines += [
+            f"## {module}",
+            "",
             f"::: {module}",
             "    options:",
-            "      show_root_heading: true",
+            "      heading_level: 3",
             '      filters: ["^register$", "^run"]',
             "",
         ]
