@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= test
+EXTRAS ?= test,docs
 PYTEST_ARGS ?= -n 2 --dist worksteal -m "not slow"
 
-.PHONY: demo test test-all lint tutorials bench-quick clean
+.PHONY: demo test test-all lint docs tutorials bench-quick clean
 
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.installed
 	$(VENV)/bin/pdegen demo
 
+# The suite includes tests/test_docs.py, which builds the documentation site in strict mode,
+# runs the doctests and looks at the built pages in headless Chromium.
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -37,6 +39,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The documentation site, built in strict mode (a broken cross-reference, a docstring that does
+# not parse or a page that fails to build is an error) into site/: open site/index.html.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 # Re-run every tutorial in full (PDEGEN_FAST unset) and store its outputs in the notebook.
 tutorials: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,notebooks]"
@@ -46,4 +53,4 @@ bench-quick: $(VENV)/.installed
 	$(PY) benchmarks/fem.py --quick
 
 clean:
-	rm -rf $(VENV) out build dist *.egg-info
+	rm -rf $(VENV) out build dist site *.egg-info

@@ -99,6 +99,23 @@ def _build_problem(args):
 
 
 def cmd_solve(args) -> int:
+    """Run ``pdegen solve``: one Poisson, Helmholtz or Darcy solve, written for ParaView.
+
+    Solves on ``--mesh`` or a ``--grid`` unit square; writes the solution as VTU and XDMF, a PNG
+    figure and a JSON summary to ``--out``, and prints the number of dofs, the solve time and
+    the relative residual.
+
+    Args:
+        args: The parsed command line (from :func:`build_parser`).
+
+    Returns:
+        The exit code, 0 on success.
+
+    Raises:
+        FileNotFoundError: ``--mesh`` names no file.
+        pdegen._errors.UserError: A bad option (grid, wavenumber, a problem too large for the
+            memory), before any work.
+    """
     _check_solve_args(args)
     _enable_x64()
     import jax
@@ -199,6 +216,17 @@ def _add_solve(sub):
 
 
 def cmd_data(args) -> int:
+    """Run ``pdegen data``: a data set of ``(a, u)`` pairs of one PDE task.
+
+    Writes ``--n`` pairs of a task of :data:`pdegen.fem.TASKS` on a ``--grid`` unit square as
+    ``.npz``, with a JSON summary and a PNG of the first pairs.
+
+    Args:
+        args: The parsed command line (from :func:`build_parser`).
+
+    Returns:
+        The exit code, 0 on success.
+    """
     _enable_x64()
     import jax
     import matplotlib
@@ -296,6 +324,12 @@ def _check_data_args(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pdegen`` argument parser, with every sub-command.
+
+    ``solve`` and ``data`` are defined here; each module of ``_SUBCOMMAND_MODULES`` adds its
+    own through ``register(subparsers)`` (``train``, ``sample``, ``statfem``, ``optimise``,
+    ``invert``, ``demo``).
+    """
     from pdegen import __version__
 
     parser = argparse.ArgumentParser(
@@ -317,8 +351,17 @@ _OUT_IS_FILE = {"data"}
 
 
 def check_outputs(args) -> None:
-    """Before any work: ``--out`` must be a usable folder (a file for ``data``), not an existing
-    file, with no file on the way to it. Raises the ``OSError`` / ``ValueError`` naming ``--out``."""
+    """Check ``--out`` before any work.
+
+    ``--out`` must be a usable folder (a file for ``data``), not an existing file, with no file
+    on the way to it.
+
+    Raises:
+        ValueError: ``--out`` is empty.
+        FileExistsError: ``--out`` is an existing file where a folder is expected (or a file
+            stands on the way to it).
+        PermissionError: ``--out`` is not writable.
+    """
     from ._io import check_output_dir, check_output_file
 
     out = getattr(args, "out", None)

@@ -25,6 +25,7 @@ TASKS = {
     "darcy": "-div(a grad u) = 1 on the unit square, u = 0 on the boundary; a = 12 where a GRF "
     "(alpha=2, tau=3) is >= 0, else 3",
 }
+"""The data-set tasks of :func:`generate_dataset`: name -> the PDE, domain and input law."""
 CHANNELS = ["a", "u"]
 FORMAT_VERSION = 1
 

@@ -240,7 +240,9 @@ def unit_square(n: int, *, cell_type: str = "triangle") -> Mesh:
 
 
 def l_shaped(refinements: int = 3) -> Mesh:
-    """The L-shaped domain ``(-1, 1)^2`` without the quadrant ``(0, 1)^2`` (scikit-fem's
+    """The L-shaped domain, refined uniformly.
+
+    The L-shaped domain ``(-1, 1)^2`` without the quadrant ``(0, 1)^2`` (scikit-fem's
     ``MeshTri.init_lshaped``), refined uniformly; the re-entrant corner is at the origin."""
     if int(refinements) != refinements or refinements < 0:
         raise ValueError(f"l_shaped: refinements must be a non-negative integer, got {refinements}")
@@ -248,7 +250,9 @@ def l_shaped(refinements: int = 3) -> Mesh:
 
 
 def delaunay(points, *, min_angle_area: float = 1e-10) -> Mesh:
-    """Triangle mesh of a point cloud (its convex hull) by Delaunay triangulation (SciPy); cells
+    """A triangle mesh of a point cloud by Delaunay triangulation.
+
+    Triangle mesh of a point cloud (its convex hull) by Delaunay triangulation (SciPy); cells
     with area below ``min_angle_area`` times the mean are dropped. For unstructured, non-uniform
     test meshes, e.g. jittered or graded points of a square."""
     from scipy.spatial import Delaunay

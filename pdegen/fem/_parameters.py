@@ -23,7 +23,9 @@ import jax.numpy as jnp
 
 
 class ParameterMap(abc.ABC):
-    """Base class: ``problem`` (a :class:`pdegen.fem.Poisson`, ``Helmholtz`` or ``Darcy``), the
+    """Base class of the maps from an unknown field ``a`` to a problem's coefficients.
+
+    Base class: ``problem`` (a :class:`pdegen.fem.Poisson`, ``Helmholtz`` or ``Darcy``), the
     keyword arguments held fixed (``fixed``) and the map from ``a`` to the problem's coefficients."""
 
     linear: bool = False
@@ -129,7 +131,9 @@ class LogPermeability(ParameterMap):
 
 
 class ThresholdPermeability(ParameterMap):
-    """The DiffusionPDE Darcy coefficient: cell permeability ``high`` where the cell mean of ``a`` is
+    """``a`` is thresholded into a two-valued permeability (DiffusionPDE's Darcy).
+
+    The DiffusionPDE Darcy coefficient: cell permeability ``high`` where the cell mean of ``a`` is
     ``>= threshold`` (nodal values of a coefficient are ``low`` / ``high``, so the default threshold
     is their midpoint), else ``low``. Its smooth surrogate clips the cell mean to ``[low, high]``:
     cells with mixed corners get an intermediate value and gradients exist."""

@@ -38,7 +38,9 @@ def plot_field(
     points=None,
     **kwargs,
 ):
-    """Plot a field with ``tripcolor``: nodal values (vertex values are used, shaded smoothly) or,
+    """Plot a field on a mesh with ``tripcolor``.
+
+    Plot a field with ``tripcolor``: nodal values (vertex values are used, shaded smoothly) or,
     with ``ncells`` values, one colour per cell; optional sensor ``points`` (m, 2)."""
     import matplotlib.pyplot as plt
     import matplotlib.tri as mtri

@@ -202,7 +202,9 @@ class Poisson(_Problem):
         dirichlet: boundary values (scalar, callable ``g(x)``, or array; may be overridden per call
             with ``g=``), or ``None`` for a natural (zero-flux) boundary, which needs ``reaction > 0``.
         dirichlet_where: boundary part for the Dirichlet condition (default: all of it).
-        method, rtol, maxiter: linear solver options (see :func:`linear_solve`).
+        method: linear solver (see :func:`linear_solve`; ``"auto"``: its default).
+        rtol: relative tolerance of a Krylov solver (see :func:`linear_solve`).
+        maxiter: iteration limit of a Krylov solver (see :func:`linear_solve`).
 
     Example::
 
@@ -231,7 +233,9 @@ class Poisson(_Problem):
 
 
 class Darcy(Poisson):
-    """``-div(a grad u) = f`` (default ``f = 1``) with ``u = 0`` on the boundary and a
+    """The Darcy flow problem of DiffusionPDE: ``-div(a grad u) = f``.
+
+    ``-div(a grad u) = f`` (default ``f = 1``) with ``u = 0`` on the boundary and a
     piecewise-constant permeability ``a``, as in the DiffusionPDE Darcy task.
 
     Use :meth:`permeability` to turn a field into cell values ``high`` where the field is ``>= 0``

@@ -73,7 +73,8 @@ def gaussian_random_field(
         shape_or_mesh: ``(ny, nx)`` for an image, or a structured :class:`Mesh` for nodal values in
             the mesh's node order.
         key: a PRNG key, keyword-only (``vmap`` over keys for batches).
-        alpha, tau: smoothness and inverse length scale (DiffusionPDE: 2 and 3).
+        alpha: smoothness exponent of the covariance (DiffusionPDE: 2).
+        tau: inverse length scale (DiffusionPDE: 3).
         dtype: floating dtype (default: JAX's default float).
 
     Returns:

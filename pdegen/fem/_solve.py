@@ -37,7 +37,9 @@ METHODS = ("auto", "direct", "cg", "bicgstab", "gmres")
 
 
 class LinearSolveError(ValueError):
-    """A linear solve failed: a singular matrix, non-finite values, or a Krylov method that did
+    """A linear solve failed (a ``ValueError``).
+
+    A linear solve failed: a singular matrix, non-finite values, or a Krylov method that did
     not converge (the message gives the iterations actually run and the final residual)."""
 
 
@@ -63,7 +65,9 @@ def _clean_error(err: BaseException) -> LinearSolveError | None:
 
 @contextlib.contextmanager
 def solver_errors():
-    """Context manager (or decorator) turning a linear-solver failure raised inside ``jit`` into
+    """Report linear-solver failures inside ``jit`` as :class:`LinearSolveError`.
+
+    Context manager (or decorator) turning a linear-solver failure raised inside ``jit`` into
     its one-line :class:`LinearSolveError` (instead of JAX's ``JaxRuntimeError`` with the host
     traceback). Other errors pass through unchanged.
 
@@ -233,7 +237,9 @@ def clear_solver_cache() -> None:
 
 
 def solver_cache_info() -> dict:
-    """The LU cache: ``entries`` held, ``maxsize``, and ``hits`` / ``misses`` (factorisations)
+    """Statistics of the cache of LU factorisations.
+
+    The LU cache: ``entries`` held, ``maxsize``, and ``hits`` / ``misses`` (factorisations)
     since the last :func:`clear_solver_cache`."""
     return _FACTORS.info()
 

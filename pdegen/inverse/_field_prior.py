@@ -173,7 +173,9 @@ def _eigen(J: np.ndarray):
 def exact_denoiser(
     model, *, pde: str = "poisson", alpha: float = 2.0, tau: float = 3.0, grid: int | None = None
 ) -> models.GaussianDenoiser:
-    """The exact denoiser of the tasks' data in a model's normalised units: the floor of its
+    """The exact denoiser of the tasks' Gaussian data, in a model's normalised units.
+
+    The exact denoiser of the tasks' data in a model's normalised units: the floor of its
     denoising loss (:func:`pdegen.models.denoising_loss`).
 
     One channel: the GRF ``a`` (cosine-diagonal, any grid). Two channels: the joint Gaussian of
@@ -207,7 +209,9 @@ def dense_gaussian_prior(
     sde: AbstractSDE | None = None,
     name: str = "Gaussian prior",
 ) -> FieldPrior:
-    """A zero-mean Gaussian prior with a given dense covariance of the flattened ``(C, g, g)`` field
+    """A zero-mean Gaussian prior with a dense covariance and its exact score.
+
+    A zero-mean Gaussian prior with a given dense covariance of the flattened ``(C, g, g)`` field
     (normalised units), with its exact score. For tests and small examples."""
     sde = VPSDE() if sde is None else sde
     cov = np.asarray(cov, dtype=np.float64)
@@ -233,7 +237,9 @@ def dense_gaussian_prior(
 
 
 def prior_at_grid(prior: FieldPrior, grid: int) -> FieldPrior:
-    """``prior`` on a ``grid x grid`` grid: itself when it is on it already, the same weights on the
+    """A prior moved to another grid, where it can be.
+
+    ``prior`` on a ``grid x grid`` grid: itself when it is on it already, the same weights on the
     new grid for a resolution-free model; otherwise unchanged (:func:`check_prior_fits` then says
     why it does not fit)."""
     if not isinstance(prior, FieldPrior) or prior.grid == grid:

@@ -106,7 +106,9 @@ def _check_finite(arr: np.ndarray, path: str, what: str, unit: str) -> None:
 
 
 def read_points(path) -> np.ndarray:
-    """Sensor coordinates ``(m, 2)`` from a CSV / text file (two columns ``x, y``, comma or
+    """Read sensor coordinates ``(m, 2)`` from a file.
+
+    Sensor coordinates ``(m, 2)`` from a CSV / text file (two columns ``x, y``, comma or
     whitespace separated, an optional header line) or a ``.npy`` array.
 
     Raises:
@@ -125,7 +127,9 @@ def read_points(path) -> np.ndarray:
 
 
 def read_values(path) -> np.ndarray:
-    """Data ``(m,)`` from a CSV / text file (one column with an optional header line, or one row)
+    """Read data ``(m,)`` from a file.
+
+    Data ``(m,)`` from a CSV / text file (one column with an optional header line, or one row)
     or a ``.npy`` array (a vector, or a single row / column).
 
     Raises:
@@ -231,7 +235,9 @@ def _panels(mesh, post, truth):
 def plot_field_posterior(
     path, mesh: fem.Mesh, post, *, sensors=None, truth=None, title: str = ""
 ) -> str:
-    """A PNG of ``post`` on ``mesh``: the posterior mean and std (``sensors`` ``(m, 2)`` drawn as
+    """Write a PNG of a field posterior on a mesh.
+
+    A PNG of ``post`` on ``mesh``: the posterior mean and std (``sensors`` ``(m, 2)`` drawn as
     markers on the std), and the truth and the error ``|mean - truth|`` when ``truth`` is given.
     Quads are drawn as two triangles. Written atomically; returns ``path``."""
     import matplotlib

@@ -110,7 +110,9 @@ def _gaussian_guidance(score_fn, sde, observe, y, noise_std, covariance_term):
 def pigdm(
     score_fn: ScoreFn, sde, observe, y, *, noise_std: float = 0.0, data_variance: float = 1.0
 ) -> ScoreFn:
-    """Pseudoinverse-guided diffusion (Song et al. 2023): ``p(y|x_t) ~ N(A m, r_t^2 A A^T + s^2 I)``
+    """Pseudoinverse-guided diffusion (PiGDM) as a transformation of a score.
+
+    Pseudoinverse-guided diffusion (Song et al. 2023): ``p(y|x_t) ~ N(A m, r_t^2 A A^T + s^2 I)``
     with ``r_t^2 = data_variance * sigma_t^2 / (alpha_t^2 data_variance + sigma_t^2)`` (the posterior
     variance of ``x_0`` under an isotropic Gaussian prior). ``A A^T`` is formed densely (``m`` VJPs)."""
     y = _check_observations(y, noise_std)
@@ -191,7 +193,9 @@ def tmpd_cached(
     chunk: int = 64,
     jitter: float = 1e-10,
 ) -> ScoreFn:
-    """TMPD with the projected Tweedie covariance ``A C_{0|t} A^T`` computed once, at the zero
+    """TMPD with the projected Tweedie covariance computed once and interpolated.
+
+    TMPD with the projected Tweedie covariance ``A C_{0|t} A^T`` computed once, at the zero
     state and ``num_times`` noise levels, and interpolated in ``log(sigma_t / alpha_t)``.
 
     Exact like :func:`tmpd` (``'full'``) for a Gaussian prior and a linear ``A``, whose Tweedie
@@ -345,7 +349,9 @@ def statfem_guidance(
     guidance: str = "tmpd",
     variant: str = "full",
 ) -> ScoreFn:
-    """statFEM-likelihood guidance: TMPD or PiGDM under the model-error-aware likelihood
+    """Guidance under the model-error-aware statFEM likelihood.
+
+    statFEM-likelihood guidance: TMPD or PiGDM under the model-error-aware likelihood
     ``y = rho A(x_0) + d + e``, ``d + e ~ N(0, C_d + sigma_e^2 I)``.
 
     The correlated discrepancy widens the likelihood along smooth sensor patterns, so a prior is

@@ -170,6 +170,16 @@ def compare_methods(
 
 
 def format_table(rows) -> str:
+    """The fixed-width table ``pdegen invert`` and ``pdegen demo`` print, one line per method.
+
+    Args:
+        rows: Dicts with ``method``, ``route``, ``rel_l2``, ``coverage90``, ``pde_residual``,
+            ``seconds_per_sample`` and optionally ``ratio_to_bayes`` (as from
+            :func:`compare_methods`).
+
+    Returns:
+        The table as one string: a header, a rule and one line per row.
+    """
     head = f"{'method':<21}{'route':<7}{'rel L2':>9}{'/ Bayes':>9}{'cover90':>9}{'residual':>10}{'s/sample':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -359,6 +369,16 @@ def check_prior_fits_task(prior, methods, route, *, grid):
 
 
 def run_invert(args) -> int:
+    """Run ``pdegen invert``: a benchmark task (``--task``) or, with ``--mesh``, the user's own
+    problem (:func:`run_invert_mesh`); samples each ``--method``'s posterior and writes the
+    table, figures and JSON to ``--out``.
+
+    Args:
+        args: The parsed command line (from the parser :func:`register` built).
+
+    Returns:
+        The exit code, 0 on success.
+    """
     if args.mesh is not None:
         return run_invert_mesh(args)
     _enable_x64()
@@ -951,6 +971,16 @@ def _add_mesh_options(p) -> None:
 
 
 def run_demo(args) -> int:
+    """Run ``pdegen demo``: the Poisson inverse problem on a 32x32 grid with the shipped prior
+    ``poisson-joint-32`` and several guidance methods beside the exact Bayes posterior; prints
+    the table and writes figures and JSON to ``--out`` (``out/demo``).
+
+    Args:
+        args: The parsed command line (from the parser :func:`register` built).
+
+    Returns:
+        The exit code, 0 on success.
+    """
     _enable_x64()
     _enable_compilation_cache()
     import jax

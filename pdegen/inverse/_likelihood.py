@@ -26,7 +26,9 @@ from ._guidance import StatFEMLikelihood
 
 
 class PDEForward(eqx.Module):
-    """``a -> H solve(a)``: the FEM solution for the unknown ``a`` (nodal values, through
+    """The forward map ``a -> H solve(a)`` of a PDE and an observation operator.
+
+    ``a -> H solve(a)``: the FEM solution for the unknown ``a`` (nodal values, through
     ``parameter``'s smooth coefficient map) observed by ``H`` (``(m, n)``: sparse or dense).
     Complex solutions (impedance Helmholtz) are observed as ``[Re(H u), Im(H u)]``."""
 
@@ -50,7 +52,9 @@ class PDEForward(eqx.Module):
 
 
 def pde_forward(parameter: fem.ParameterMap, observation) -> PDEForward:
-    """The forward map ``a -> H solve(a)`` of ``parameter`` (e.g. ``fem.Source(fem.Poisson(V))``)
+    """The forward map ``a -> H solve(a)`` of a parameter map and an observation.
+
+    The forward map ``a -> H solve(a)`` of ``parameter`` (e.g. ``fem.Source(fem.Poisson(V))``)
     observed by ``observation``: a matrix ``(m, n)``, a :class:`pdegen.fem.SparseMatrix` (e.g.
     ``V.point_observation(points)``, :func:`pdegen.fem.region_average`), or point coordinates
     ``(m, 2)`` (point sensors)."""

@@ -30,7 +30,9 @@ from ._tasks import InverseTask
 
 
 class MAPResult(NamedTuple):
-    """A MAP estimate: the joint field ``(2, g, g)`` (``a``, ``u = solve(a)``), the white-noise
+    """A MAP estimate of a benchmark task and how it was reached.
+
+    A MAP estimate: the joint field ``(2, g, g)`` (``a``, ``u = solve(a)``), the white-noise
     coordinates ``z``, the objective per iteration and the wall time (compilation included)."""
 
     field: jax.Array
@@ -69,7 +71,8 @@ def map_estimate(
             the level the other methods assume.
         steps: at most this many L-BFGS iterations (default 10000 for the linear PDEs, 300 for Darcy,
             where each costs a few FEM solves); it stops earlier when the gradient has fallen by 1e-9.
-        alpha, tau: the GRF prior (default: the one the task's data were drawn from).
+        alpha: smoothness of the GRF prior (default: that of the task's data).
+        tau: inverse length scale of the GRF prior (default: that of the task's data).
         sharpness: Darcy only: steepness of the smooth threshold, in units of the GRF's standard
             deviation.
     """

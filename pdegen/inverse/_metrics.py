@@ -46,7 +46,9 @@ def summarise(samples, task: InverseTask) -> dict:
 
 
 def evaluate(post: Posterior, task: InverseTask, *, level: float = 0.9) -> dict:
-    """Metrics of a posterior on a task: ``rel_l2`` (posterior mean of the target channel),
+    """Metrics of a posterior on a benchmark task.
+
+    Metrics of a posterior on a task: ``rel_l2`` (posterior mean of the target channel),
     ``coverage90`` (central ``level`` interval over the target's free nodes: exact for ``bayes``, the
     Student-t predictive interval of the samples otherwise), ``pde_residual`` (mean relative FEM residual of the samples),
     ``data_misfit`` (relative misfit of the mean), ``seconds_per_sample``."""

@@ -73,8 +73,12 @@ def source_inversion(
     uniform there). With ``known_strengths`` the unknowns are the positions only
     (``theta`` of shape ``(2 k,)``, strengths fixed at their true values).
 
-    >>> task = source_inversion(num_sources=2)
-    >>> res = minimise(task.objective, task.domain, key=jax.random.key(0), max_evaluations=8000)
+    Example (minutes on a CPU: shown rather than run as a doctest):
+
+    ```python
+    task = source_inversion(num_sources=2)
+    res = minimise(task.objective, task.domain, key=jax.random.key(0), max_evaluations=8000)
+    ```
     """
     if not isinstance(num_sources, int) or num_sources < 1:
         raise ValueError(

@@ -85,7 +85,9 @@ def pde_projection(
 
 
 class ConsistencyPenalty(eqx.Module):
-    """``x0 (2, g, g), normalised -> weight * mean((u - F(a))^2)`` for a linear PDE, ``F`` the
+    """The PDE-consistency term of physics-informed training of a joint prior.
+
+    ``x0 (2, g, g), normalised -> weight * mean((u - F(a))^2)`` for a linear PDE, ``F`` the
     solve in normalised units: the physics term of physics-informed training
     (``pdegen.models.train(..., penalty=...)``). The exact denoiser of pairs ``(a, solve(a))``
     satisfies ``E[u | x_t] = F(E[a | x_t])`` at every noise level, so the term moves no optimum."""
@@ -103,7 +105,9 @@ class ConsistencyPenalty(eqx.Module):
 def consistency_penalty(
     physics: fem.PDETask, mean: tuple, std: tuple, *, weight: float = 1.0, dtype="float32"
 ) -> ConsistencyPenalty:
-    """The :class:`ConsistencyPenalty` of a linear PDE on its grid, for a prior normalised by
+    """The :class:`ConsistencyPenalty` of a linear PDE for a normalised joint prior.
+
+    The :class:`ConsistencyPenalty` of a linear PDE on its grid, for a prior normalised by
     ``mean`` / ``std`` (channels ``(a, u)``); ``dtype`` that of the network."""
     from ._operators import solution_operator
 

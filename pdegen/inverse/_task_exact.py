@@ -121,7 +121,9 @@ def bayes_posterior(
 
 
 def default_likelihood(task: InverseTask) -> StatFEMLikelihood:
-    """The statFEM likelihood that matches how ``task``'s data were made: ``rho = 1``, its discrepancy
+    """The statFEM likelihood matching how a task's data were made.
+
+    The statFEM likelihood that matches how ``task``'s data were made: ``rho = 1``, its discrepancy
     (``sigma_d``, ``ell_d``) and the methods' noise level (:func:`fit_likelihood` estimates them
     from the data instead)."""
     return StatFEMLikelihood(

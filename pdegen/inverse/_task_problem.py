@@ -18,7 +18,9 @@ def task_likelihood(
     noise_std: float | None = None,
     model_error: StatFEMLikelihood | None = None,
 ) -> GaussianLikelihood:
-    """The likelihood of a benchmark task: its unknown ``a`` (nodal values on its grid) observed
+    """The likelihood of a benchmark task.
+
+    The likelihood of a benchmark task: its unknown ``a`` (nodal values on its grid) observed
     directly (forward tasks) or through the FEM solve (inverse tasks), with Gaussian noise at the
     level the task-mode methods assume (or ``noise_std``), or the statFEM ``model_error``."""
     if not isinstance(task, InverseTask):
@@ -44,7 +46,9 @@ def task_problem(
     alpha: float | None = None,
     tau: float | None = None,
 ) -> tuple[Prior, GaussianLikelihood]:
-    """``(prior, likelihood)`` of a benchmark task for :func:`sample_posterior`: the likelihood of
+    """The ``(prior, likelihood)`` pair of a benchmark task.
+
+    ``(prior, likelihood)`` of a benchmark task for :func:`sample_posterior`: the likelihood of
     :func:`task_likelihood`; the prior defaults to the GRF the task's data were drawn from
     (:func:`grf_prior`, exact score; or ``alpha``, ``tau``)."""
     likelihood = task_likelihood(task, noise_std=noise_std)

@@ -217,11 +217,13 @@ def make_task(
             an error).
         noise: relative noise level: ``noise_std = noise * RMS(clean observations)``; ``0`` for
             noise-free data.
-        discrepancy, discrepancy_length: relative size and length scale of a smooth model error
+        discrepancy: relative size of a smooth model error
             ``d ~ GP(0, s^2 exp(-r^2 / (2 l^2)))`` on the sensors added to the data, with
             ``s = discrepancy * RMS(clean observations)`` (the statFEM data model; ``0``: none).
-        seed, index: the test draw is ``fold_in(key(seed), index)``; the sensor mask depends on
-            ``seed`` only, so all draws of a family share it.
+        discrepancy_length: its length scale ``l``.
+        seed: seed of the task family; the sensor mask depends on ``seed`` only, so all draws of
+            a family share it.
+        index: the test draw is ``fold_in(key(seed), index)``.
     """
     pde, direction = parse_task_name(task)
     if int(grid) != grid or grid < 4:

@@ -60,7 +60,9 @@ def _chain_ess(x):
 
 
 def rhat(samples) -> jax.Array:
-    """Split R-hat per coordinate (Gelman et al., BDA3), ``samples`` of shape
+    """Split R-hat per coordinate, from several chains.
+
+    Split R-hat per coordinate (Gelman et al., BDA3), ``samples`` of shape
     ``(num_chains, num_draws, ...)``: each chain is split in halves, and the pooled variance
     estimate is compared with the within-chain variance. Near 1 (say < 1.01) when the chains agree.
     """

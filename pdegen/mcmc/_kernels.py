@@ -24,7 +24,9 @@ from .._errors import NonFiniteError, UserError
 
 
 class Preconditioner(NamedTuple):
-    """A symmetric positive definite ``P``: ``apply(v) = P v`` and ``sample(*, key) ~ N(0, P)``
+    """A symmetric positive definite preconditioner ``P`` with its Gaussian draws.
+
+    A symmetric positive definite ``P``: ``apply(v) = P v`` and ``sample(*, key) ~ N(0, P)``
     (the key is keyword-only, as everywhere in ``fem`` and ``statfem``)."""
 
     apply: Callable
@@ -50,6 +52,16 @@ class SamplingAlgorithm(NamedTuple):
 
 
 class LangevinState(NamedTuple):
+    """The state of a ULA or MALA chain (:func:`ula`, :func:`mala`).
+
+    Attributes:
+        position: The current point ``x``, shape ``(dim,)``.
+        energy: ``U(x)``, a scalar.
+        gradient: ``grad U(x)``, shape ``(dim,)``.
+        preconditioned_gradient: ``P grad U(x)`` (``grad U(x)`` without a preconditioner).
+        step_size: The step size ``h`` the next step uses (adapted during warm-up).
+    """
+
     position: jax.Array
     energy: jax.Array
     gradient: jax.Array
@@ -58,12 +70,29 @@ class LangevinState(NamedTuple):
 
 
 class PCNState(NamedTuple):
+    """The state of a pCN chain (:func:`pcn`).
+
+    Attributes:
+        position: The current point ``x``, shape ``(dim,)``.
+        energy: The likelihood energy ``Phi(x)`` (not the prior part), a scalar.
+        step_size: ``beta`` in ``(0, 1]``, the weight of the fresh prior draw.
+    """
+
     position: jax.Array
     energy: jax.Array  # likelihood energy
     step_size: jax.Array  # beta
 
 
 class SamplerInfo(NamedTuple):
+    """What one step of a kernel reports (the second output of ``step``).
+
+    Attributes:
+        acceptance_probability: The Metropolis-Hastings acceptance probability of the proposal
+            (1 for ULA, which accepts every proposal).
+        is_accepted: Whether the proposal was accepted (a boolean scalar).
+        energy: The energy at the state after the step.
+    """
+
     acceptance_probability: jax.Array
     is_accepted: jax.Array
     energy: jax.Array
@@ -143,7 +172,7 @@ def ula(
     """The unadjusted Langevin algorithm ``x' = x - h P grad U(x) + sqrt(2 h) N(0, P)``.
 
     ``energy_fn(x) -> scalar`` is ``U = -log target``; ``P = I`` without a preconditioner. Stable for
-    ``h < 2 / lambda_max(P hess U)``; biased for ``h > 0`` (see :func:`ula_stationary_covariance`).
+    ``h < 2 / lambda_max(P hess U)``; biased for ``h > 0`` (see :func:`pdegen.fem.statfem.ula_stationary_covariance`).
     """
     _check_step_size("ula", step_size)
     _check_preconditioner("ula", preconditioner)
@@ -240,7 +269,7 @@ def pcn(
 
     ``x' = m + sqrt(1 - beta^2) (x - m) + beta N(0, C)``, accepted with probability
     ``min(1, exp(Phi(x) - Phi(x')))`` where ``Phi = likelihood_energy_fn``; ``step_size`` is
-    ``beta`` in ``(0, 1]``. ``prior.sample(key=key)`` draws ``N(0, C)`` (e.g. :func:`prior_preconditioner`).
+    ``beta`` in ``(0, 1]``. ``prior.sample(key=key)`` draws ``N(0, C)`` (e.g. :func:`pdegen.fem.statfem.prior_preconditioner`).
     Gradient-free.
     """
     _check_step_size("pcn", step_size)
@@ -321,6 +350,17 @@ def _largest_curvature(energy_fn, preconditioner, num_iterations, x, key):
 
 
 class DualAveragingState(NamedTuple):
+    """The state of step-size adaptation by dual averaging (:func:`dual_averaging_update`).
+
+    Attributes:
+        log_step: The log step size to use next.
+        log_step_average: The running average of the log step size (the step size kept after
+            warm-up).
+        error_average: The running average of ``target - acceptance``.
+        iteration: The number of updates so far.
+        mu: The point the log step size is shrunk towards, ``log(10 h0)``.
+    """
+
     log_step: jax.Array
     log_step_average: jax.Array
     error_average: jax.Array
@@ -345,6 +385,21 @@ def dual_averaging_update(
     kappa=0.75,
     max_step_size=math.inf,
 ) -> DualAveragingState:
+    """One dual-averaging update of the log step size towards a target acceptance rate.
+
+    Args:
+        state: The adaptation state (from :func:`dual_averaging_init` or a previous update).
+        acceptance: The acceptance probability of the step just taken.
+        target: The acceptance rate aimed at (e.g. 0.574 for MALA).
+        gamma: Shrinkage towards ``state.mu`` (Hoffman and Gelman's ``gamma``).
+        t0: Iteration offset that damps the first updates.
+        kappa: Decay exponent of the weights of the running average.
+        max_step_size: Upper bound on the step size (a stability limit), ``inf`` for none.
+
+    Returns:
+        The updated state; ``exp(state.log_step)`` is the step size to try next and
+        ``exp(state.log_step_average)`` the one to keep after warm-up.
+    """
     t = state.iteration + 1.0
     eta = 1.0 / (t + t0)
     err = (1.0 - eta) * state.error_average + eta * (target - acceptance)

@@ -27,7 +27,9 @@ from ._kernels import Preconditioner
 
 
 class LowRankPreconditioner(NamedTuple):
-    """Result of :func:`low_rank_preconditioner`: the :class:`Preconditioner` and the eigenvalues
+    """A low-rank Laplace preconditioner and the eigenvalues it kept.
+
+    Result of :func:`low_rank_preconditioner`: the :class:`Preconditioner` and the eigenvalues
     ``lam`` (descending) of the prior-preconditioned misfit Hessian it kept."""
 
     preconditioner: Preconditioner

@@ -257,8 +257,11 @@ def available_pretrained() -> list[str]:
 
 
 def pretrained_metadata(name: str) -> dict:
-    """The metadata of the shipped checkpoint ``name`` (what it models, how it was trained and how
-    well), without loading its weights."""
+    """The metadata of a shipped checkpoint, without loading its weights.
+
+    What the checkpoint ``name`` models, how it was trained and how well (a dict read from its
+    JSON file).
+    """
     names = available_pretrained()
     if name not in names:
         listing = ", ".join(repr(n) for n in names) if names else "none are installed"

@@ -120,7 +120,9 @@ def _train(args: argparse.Namespace) -> int:
 def plot_samples(
     samples: np.ndarray, *, channel_names=None, title: str | None = None, max_samples: int = 8
 ):
-    """A labelled figure of samples: fields ``(N, C, H, W)`` as one row per channel (titled with
+    """A labelled figure of samples (fields or vectors).
+
+    A labelled figure of samples: fields ``(N, C, H, W)`` as one row per channel (titled with
     the channel name, one colour bar per row on a shared scale), vectors ``(N, D)`` as a scatter
     of the first two coordinates. Returns the matplotlib ``Figure`` (the caller closes it)."""
     import matplotlib

@@ -467,6 +467,21 @@ class LogNormaliserEstimate(NamedTuple):
 
 
 def log_normaliser(log_weights) -> LogNormaliserEstimate:
+    """Estimates of ``log Z`` from the log importance weights of samples of a controlled diffusion.
+
+    Args:
+        log_weights: ``log w_i = log (target / path law)`` of ``n`` samples, shape ``(n,)``.
+
+    Returns:
+        A :class:`LogNormaliserEstimate`: ``elbo`` (the mean log weight, a lower bound in
+        expectation) and ``importance_weighted`` (``log mean w_i``, consistent as ``n`` grows).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> est = log_normaliser(jnp.log(jnp.array([1.0, 3.0])))
+        >>> round(float(est.importance_weighted), 4), round(float(est.elbo), 4)
+        (0.6931, 0.5493)
+    """
     log_weights = jnp.asarray(log_weights)
     n = log_weights.shape[0]
     iw = jax.nn.logsumexp(log_weights) - math.log(n)

@@ -90,7 +90,9 @@ def denoising_loss(
     num_draws: int = 1024,
     batch_size: int = 64,
 ) -> dict:
-    """The model's EDM-weighted denoising loss on ``data`` (physical units, ``(N, C, H, W)``) over
+    """A model's denoising loss, optionally beside the floor of an exact denoiser.
+
+    The model's EDM-weighted denoising loss on ``data`` (physical units, ``(N, C, H, W)``) over
     its own training noise distribution; with ``reference`` (in the model's normalised units) the
     floor on the same draws and the excess ``loss / floor - 1``.
 

@@ -273,6 +273,10 @@ SAMPLERS: dict[str, Callable[..., Array]] = {
     "ddim": ddim,
     "edm_heun": edm_heun,
 }
+"""The reverse-time samplers by name.
+
+The ``method=`` of :func:`sample` and the ``pdegen sample --sampler`` choices.
+"""
 
 
 @eqx.filter_jit

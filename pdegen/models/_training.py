@@ -252,7 +252,9 @@ def _check_data(data, label: str, *, min_examples: int = 1) -> np.ndarray:
 
 
 def check_data(data, *, name: str = "data", min_examples: int = 1) -> np.ndarray:
-    """Check a data set ``(N, ...)`` without a model: real numeric dtype, at least 2 axes, no empty
+    """Check a data set before training.
+
+    Check a data set ``(N, ...)`` without a model: real numeric dtype, at least 2 axes, no empty
     axis, at least ``min_examples`` examples, all finite. Returns it as a NumPy array."""
     return _check_data(data, f"`{name}`", min_examples=min_examples)
 

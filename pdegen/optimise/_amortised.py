@@ -36,7 +36,9 @@ def _time_features(t, num_frequencies: int = 4):
 
 
 class TaskControl(eqx.Module):
-    """Control ``u(t, x; task) = MLP(x, emb(t), features) [+ MLP(emb(t), features) * clip(grad
+    """The task-conditioned control network of the amortised optimiser.
+
+    Control ``u(t, x; task) = MLP(x, emb(t), features) [+ MLP(emb(t), features) * clip(grad
     log pi(x))]``; ``features`` is the current task's
     feature vector (not trained: gradients are stopped). The last layer starts at zero, so an
     untrained model is the reference process."""
@@ -118,7 +120,9 @@ class TaskControl(eqx.Module):
 
 
 class AmortisedOptimiser(NamedTuple):
-    """A trained task-conditioned sampler: ``model`` (a :class:`pdegen.models.ControlledDiffusion`
+    """A trained task-conditioned sampler for a family of problems.
+
+    A trained task-conditioned sampler: ``model`` (a :class:`pdegen.models.ControlledDiffusion`
     whose network is a :class:`TaskControl`), the final ``temperature``, the family's
     ``dim``, ``training_evaluations`` and ``training_seconds``, and the training ``losses``."""
 
@@ -182,7 +186,9 @@ def train_amortised(
     gradient_informed: bool = False,
     progress: bool = False,
 ) -> AmortisedOptimiser:
-    """Trains one task-conditioned sampler on ``family`` (fresh tasks every iteration).
+    """Train one task-conditioned sampler on a family of problems.
+
+    Trains one task-conditioned sampler on ``family`` (fresh tasks every iteration).
     Training costs ``tasks_per_iteration * batch_size`` evaluations per iteration (the end
     points' values: the log-variance loss needs no gradient of ``f``; with ``gradient_informed``
     also one gradient, 2 evaluations, per path step) plus the ``T_0`` estimate."""
@@ -268,7 +274,9 @@ def train_amortised(
 
 
 def save_amortised(path, amortised: AmortisedOptimiser) -> None:
-    """Writes the trained optimiser to ``path`` (equinox leaves) and ``path + ".json"``
+    """Save a trained amortised optimiser atomically.
+
+    Writes the trained optimiser to ``path`` (equinox leaves) and ``path + ".json"``
     (settings, temperature, training cost), both atomically."""
     from .._io import atomic_path, write_json_atomic
 
@@ -314,7 +322,9 @@ def load_amortised(path) -> AmortisedOptimiser:
 
 
 class AmortisedResult(NamedTuple):
-    """Per task (leading axis): best ``x``, ``value``; the trajectory ``evaluations`` ``(m,)``
+    """The result of :func:`apply_amortised`, per task.
+
+    Per task (leading axis): best ``x``, ``value``; the trajectory ``evaluations`` ``(m,)``
     / ``best_values`` ``(n, m)``; ``num_evaluations`` per task."""
 
     x: np.ndarray
@@ -334,7 +344,9 @@ def apply_amortised(
     refine_steps: int = 20,
     refine_learning_rate: float = 2e-2,
 ) -> AmortisedResult:
-    """Samples ``num_samples`` points per task from the trained sampler at its final
+    """Apply a trained amortised optimiser to new tasks.
+
+    Samples ``num_samples`` points per task from the trained sampler at its final
     temperature (one value each, and a gradient per path step when gradient-informed), then
     polishes the 8 best (``refine_steps``; counted)."""
     if family.dim != amortised.dim:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 TOLERANCE = 1e-3  # success: final gap f - f* below this
+"""A run succeeds when its final gap ``f - f*`` is below this."""
 TARGETS = (1e1, 1e0, 1e-1, 1e-2, 1e-3)  # gaps of the runtime-to-target curve
+"""The gaps ``f - f*`` at which runtimes are recorded for the runtime-to-target ECDF."""
 
 INDUCTIVE_BIAS = {
     "dds": "dense MLP drift: no structural assumption; Gaussian reference law that follows the "
@@ -24,10 +26,13 @@ INDUCTIVE_BIAS = {
     "coordinate": "coordinate-wise 1-D grid search: exact for separable functions in the "
     "box's axes, blind to rotation",
 }
+"""Per method name, the structural assumption it makes (reported beside its results)."""
 
 
 def runtimes_to_targets(evaluations, best_values, minimum, targets=TARGETS):
-    """First evaluation count at which each run's gap reaches each target: ``(n, len(targets))``
+    """The evaluation count at which each run first reaches each target gap.
+
+    First evaluation count at which each run's gap reaches each target: ``(n, len(targets))``
     (``inf`` where never). ``evaluations`` ``(n, m)`` or ``(m,)``, ``best_values`` ``(n, m)``."""
     best_values = np.asarray(best_values, dtype=np.float64)
     evaluations = np.broadcast_to(np.asarray(evaluations, dtype=np.float64), best_values.shape)

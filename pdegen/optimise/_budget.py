@@ -6,6 +6,7 @@ from ._diffusion import evaluations_per_iteration
 from ._polish import polish_plan
 
 METHODS = ("dds", "pis", "adam", "langevin", "random", "cmaes", "coordinate")
+"""The ``method=`` names of :func:`minimise` (and ``pdegen optimise --method``)."""
 
 # one evaluation at the centre of the box checks the objective (and counts)
 CENTRE = 1
@@ -45,9 +46,12 @@ def _defaults() -> dict:
 
 
 def budget_parts(method: str, **settings) -> dict:
-    """The evaluations ``minimise`` spends at its smallest budget, by part: ``centre``,
-    ``initial``, ``per_iteration`` x ``iterations``, ``polish``, ``search``; ``minimum`` their sum.
-    ``settings`` are :func:`pdegen.optimise.minimise`'s keyword arguments (defaults apply)."""
+    """The evaluations ``minimise`` spends at its smallest budget, by part.
+
+    The parts are ``centre``, ``initial``, ``per_iteration`` x ``iterations``, ``polish`` and
+    ``search``; ``minimum`` is their sum. ``settings`` are :func:`pdegen.optimise.minimise`'s
+    keyword arguments (defaults apply).
+    """
     s = _defaults()
     s.update({k: v for k, v in settings.items() if k in s})
     polish = polish_plan(s["num_best"] if method in ("dds", "pis") else 8, s["refine_steps"]).cost
@@ -87,8 +91,10 @@ def budget_parts(method: str, **settings) -> dict:
 
 
 def minimum_budget(method: str, **settings) -> int:
-    """The smallest ``max_evaluations`` that :func:`pdegen.optimise.minimise` runs ``method``
-    with (the same ``settings``)."""
+    """The smallest ``max_evaluations`` that :func:`minimise` runs a method with.
+
+    ``settings`` are the other keyword arguments of that call (defaults apply).
+    """
     return budget_parts(method, **settings)["minimum"]
 
 

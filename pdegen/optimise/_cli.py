@@ -18,6 +18,17 @@ __all__ = ["register", "run"]
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``optimise`` sub-command to the ``pdegen`` parser.
+
+    Called by :func:`pdegen.cli.build_parser` for every module listed in its sub-command
+    modules; the parser's ``func`` default is :func:`run`.
+
+    Args:
+        subparsers: The object ``argparse.ArgumentParser.add_subparsers`` returned.
+
+    Returns:
+        The new sub-parser.
+    """
     from ._budget import METHODS
     from ._functions import TEST_FUNCTIONS
 
@@ -129,6 +140,19 @@ def check_options(args) -> dict:
 
 
 def run(args) -> int:
+    """Run ``pdegen optimise``: minimise a test function (or, with ``--family``, train and apply
+    an amortised optimiser, :func:`run_family`) and write figures and a JSON summary to
+    ``--out``.
+
+    Args:
+        args: The parsed command line (from the parser :func:`register` built).
+
+    Returns:
+        The exit code, 0 on success.
+
+    Raises:
+        pdegen._errors.UserError: A bad option, found by :func:`check_options` before any work.
+    """
     if args.family:
         return run_family(args)
     plan = check_options(args)

@@ -11,7 +11,9 @@ import numpy as np
 
 
 class Counter:
-    """Evaluations seen by a :func:`counted` objective: ``values`` (forward calls, one per
+    """The evaluations seen by a :func:`counted` objective.
+
+    Evaluations seen by a :func:`counted` objective: ``values`` (forward calls, one per
     point) and ``gradients`` (backward passes, one per point); ``total`` their sum;
     ``smallest`` the smallest finite value returned. Second-order passes (differentiating a
     backward pass) are not seen."""
@@ -40,12 +42,16 @@ class Counted(NamedTuple):
 
 
 def counted(f: Callable) -> Counted:
-    """``f`` (one point ``(d,)`` -> scalar) wrapped so that every value and every backward pass
+    """Wrap ``f`` so that its evaluations and gradients are counted.
+
+    ``f`` (one point ``(d,)`` -> scalar) wrapped so that every value and every backward pass
     is counted on the host, per point, also under ``vmap`` and inside compiled loops.
 
+    >>> import jax.numpy as jnp
     >>> g, counter = counted(lambda x: (x**2).sum())
-    >>> jax.vmap(jax.value_and_grad(g))(jnp.ones((3, 2)))
-    >>> counter.values, counter.gradients   # (3, 3)
+    >>> values, gradients = jax.vmap(jax.value_and_grad(g))(jnp.ones((3, 2)))
+    >>> counter.values, counter.gradients
+    (3, 3)
     """
     counter = Counter()
 

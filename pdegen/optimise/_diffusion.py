@@ -19,7 +19,9 @@ from ._box import default_dtype, make_box, objective_z, wall
 
 
 class DiffusionOptimiserState(NamedTuple):
-    """Network parameters, optax state, current temperature, the :class:`Best` points
+    """The state of the diffusion optimiser.
+
+    Network parameters, optax state, current temperature, the :class:`Best` points
     (normalised coordinates), evaluations used so far, and the affine frame
     ``z = frame_centre + frame_scale * u`` in which the sampler works, and the ``task``
     (``None``, or the second argument of ``f(x, task)``)."""
@@ -35,6 +37,20 @@ class DiffusionOptimiserState(NamedTuple):
 
 
 class DiffusionOptimiserInfo(NamedTuple):
+    """What one iteration of the diffusion optimiser reports.
+
+    Attributes:
+        loss: The training loss of the control at this iteration.
+        mean_value: The mean objective value over the iteration's samples inside the box.
+        spread: The standard deviation of the samples (in the box's ``[-1, 1]`` coordinates),
+            averaged over coordinates.
+        best_value: The best objective value found so far.
+        num_evaluations: Objective evaluations so far.
+        sample_mean: The mean of the samples per coordinate (box coordinates), shape ``(d,)``.
+        sample_std: The standard deviation of the samples per coordinate (box coordinates),
+            shape ``(d,)``.
+    """
+
     loss: jax.Array
     mean_value: jax.Array
     spread: jax.Array
@@ -45,7 +61,9 @@ class DiffusionOptimiserInfo(NamedTuple):
 
 
 class DiffusionOptimiser(NamedTuple):
-    """``state = init(key, temperature)``; ``state, info = step(key, state)``;
+    """The diffusion optimiser as an ``(init, step)`` pair.
+
+    ``state = init(key, temperature)``; ``state, info = step(key, state)``;
     ``evaluations_per_step`` objective evaluations per step."""
 
     init: Callable

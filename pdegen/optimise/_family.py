@@ -16,7 +16,9 @@ from ._box import default_dtype
 
 
 class Family(NamedTuple):
-    """``fn(x, task)`` (one point ``(d,)``, one task), the box ``lower`` / ``upper`` ``(d,)``,
+    """A family of optimisation problems indexed by tasks.
+
+    ``fn(x, task)`` (one point ``(d,)``, one task), the box ``lower`` / ``upper`` ``(d,)``,
     ``sample(key, n)`` (``n`` tasks, a pytree with a leading axis), ``features(task)`` (a vector
     that describes one task) and ``minimum(task)`` (the exact minimum over the box, on the host)."""
 
@@ -35,12 +37,21 @@ class Family(NamedTuple):
 
 
 class QuadraticTask(NamedTuple):
+    """One member of :func:`quadratic_family`: ``f(x) = ||W x - y||^2``.
+
+    Attributes:
+        W: The matrix, shape ``(d, d)``.
+        y: The target, shape ``(d,)``.
+    """
+
     W: jax.Array
     y: jax.Array
 
 
 def quadratic_family(dim: int = 10, *, half_width: float = 5.0) -> Family:
-    """The quadratic family of Andrychowicz et al. (2016): ``f(x) = ||W x - y||^2`` with ``W``
+    """The quadratic family ``f(x) = ||W x - y||^2`` of Andrychowicz et al. (2016).
+
+    The quadratic family of Andrychowicz et al. (2016): ``f(x) = ||W x - y||^2`` with ``W``
     ``(d, d)`` and ``y`` ``(d,)`` standard normal, on the box ``[-half_width, half_width]^d``;
     the minimum is that of box-constrained least squares (``scipy.optimize.lsq_linear``)."""
     if not isinstance(dim, (int, np.integer)) or dim < 1:
@@ -73,7 +84,9 @@ def quadratic_family(dim: int = 10, *, half_width: float = 5.0) -> Family:
 
 
 def stack_tasks(family: Family, tasks) -> object:
-    """Stacks a list of tasks of ``family`` into one pytree with a leading axis, checking that
+    """Stack tasks of a family into one pytree with a leading axis.
+
+    Stacks a list of tasks of ``family`` into one pytree with a leading axis, checking that
     every member has the family's dimension (``ValueError`` naming the first that does not)."""
     tasks = list(tasks)
     if not tasks:

@@ -59,7 +59,9 @@ def rastrigin(x):
 
 
 def levy(x):
-    """Levy: with ``w = 1 + (x - 1)/4``, ``sin^2(pi w_1) + sum_{i<d} (w_i-1)^2 (1 + 10 sin^2(pi w_i + 1))
+    """The Levy function; minimum 0 at ``(1, ..., 1)``.
+
+    Levy: with ``w = 1 + (x - 1)/4``, ``sin^2(pi w_1) + sum_{i<d} (w_i-1)^2 (1 + 10 sin^2(pi w_i + 1))
     + (w_d - 1)^2 (1 + sin^2(2 pi w_d))``; min 0 at ``(1, ..., 1)``."""
     x = jnp.asarray(x)
     _check_point(x, "levy")
@@ -71,7 +73,9 @@ def levy(x):
 
 
 def styblinski_tang(x):
-    """Styblinski-Tang: ``0.5 sum(x^4 - 16 x^2 + 5 x)``; min ``-39.16616570377142 d`` at
+    """The Styblinski-Tang function.
+
+    Styblinski-Tang: ``0.5 sum(x^4 - 16 x^2 + 5 x)``; min ``-39.16616570377142 d`` at
     ``x_i = -2.903534027771177``."""
     x = jnp.asarray(x)
     _check_point(x, "styblinski_tang")
@@ -79,7 +83,9 @@ def styblinski_tang(x):
 
 
 def rosenbrock(x):
-    """Rosenbrock: ``sum_{i<d} 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2``; min 0 at ``(1, ..., 1)``.
+    """The Rosenbrock function; minimum 0 at ``(1, ..., 1)``.
+
+    Rosenbrock: ``sum_{i<d} 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2``; min 0 at ``(1, ..., 1)``.
     Needs ``d >= 2``."""
     x = jnp.asarray(x)
     _check_point(x, "rosenbrock")
@@ -89,7 +95,9 @@ def rosenbrock(x):
 
 
 def carrillo(x):
-    """Shifted, dimension-averaged Rastrigin of consensus-based optimisation (Carrillo, Jin, Li,
+    """The Carrillo function: a shifted, dimension-averaged Rastrigin.
+
+    Shifted, dimension-averaged Rastrigin of consensus-based optimisation (Carrillo, Jin, Li,
     Zhu 2021; the "Carrillo function" of the Path Integral Optimiser paper):
 
         f(x) = (1/d) sum_i [ (x_i - B)^2 - 10 cos(2 pi (x_i - B)) + 10 ] + C,
@@ -104,7 +112,9 @@ def carrillo(x):
 
 
 def ellipsoid(x):
-    """Ellipsoid (BBOB f2): ``sum_i 10^(6 (i-1)/(d-1)) x_i^2``, condition number ``1e6``; min 0 at
+    """The ellipsoid (BBOB f2), unimodal with condition number ``1e6``.
+
+    Ellipsoid (BBOB f2): ``sum_i 10^(6 (i-1)/(d-1)) x_i^2``, condition number ``1e6``; min 0 at
     0. Unimodal and ill-conditioned: separable as written, not once rotated."""
     x = jnp.asarray(x)
     _check_point(x, "ellipsoid")
@@ -114,7 +124,9 @@ def ellipsoid(x):
 
 
 class TestFunction(NamedTuple):
-    """A test problem in dimension ``d``: ``fn``, box ``lower``/``upper`` ``(d,)``, known
+    """A test problem: the function, its box and its known minimum.
+
+    A test problem in dimension ``d``: ``fn``, box ``lower``/``upper`` ``(d,)``, known
     ``minimiser`` ``(d,)`` and ``minimum``."""
 
     name: str
@@ -146,6 +158,7 @@ _SPECS = {
 }
 
 TEST_FUNCTIONS = tuple(_SPECS)
+"""The names :func:`test_function` accepts."""
 
 
 def test_function(name: str, dim: int) -> TestFunction:

@@ -20,10 +20,13 @@ from ._box import default_dtype
 from ._functions import TEST_FUNCTIONS, test_function
 
 KINDS = ("rotated-shifted", "separable")
+"""Instance kinds: a random rotation and shift of the test function, or a shift only."""
 
 
 class Instance(NamedTuple):
-    """``rotation`` ``(d, d)`` (orthogonal) and ``shift`` ``(d,)`` (the instance's minimiser);
+    """A rotation and shift of a test function (one instance, or several).
+
+    ``rotation`` ``(d, d)`` (orthogonal) and ``shift`` ``(d,)`` (the instance's minimiser);
     a leading axis for several instances."""
 
     rotation: jax.Array
@@ -31,7 +34,9 @@ class Instance(NamedTuple):
 
 
 class InstanceFamily(NamedTuple):
-    """Instances of the test function ``name`` in dimension ``dim`` of one ``kind``:
+    """The instances of one test function, dimension and kind.
+
+    Instances of the test function ``name`` in dimension ``dim`` of one ``kind``:
     ``fn(x, instance)``, the box ``lower`` / ``upper`` and the ``minimum`` (every instance)."""
 
     name: str
@@ -72,7 +77,9 @@ def instance_family(name: str, dim: int, *, kind: str = "rotated-shifted") -> In
 
 
 def sample_instances(family: InstanceFamily, num: int, *, key) -> Instance:
-    """``num`` instances: a Haar rotation (identity for ``"separable"``) and a shift uniform in
+    """Draw random instances of a test function.
+
+    ``num`` instances: a Haar rotation (identity for ``"separable"``) and a shift uniform in
     the middle 80% of the box (per coordinate)."""
     k_rot, k_shift = jr.split(key)
     dim, dt = family.dim, default_dtype()

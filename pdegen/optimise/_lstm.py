@@ -32,6 +32,16 @@ def _preprocess(g):
 
 
 class CoordinatewiseLSTM(eqx.Module):
+    """The coordinate-wise LSTM optimiser of Andrychowicz et al. (2016).
+
+    The learned optimiser of Andrychowicz et al. (2016): a two-layer LSTM applied to each
+    coordinate separately (shared weights), mapping the preprocessed gradient to an update.
+
+    Args:
+        hidden: Hidden units of each LSTM layer.
+        key: PRNG key for the initial weights (keyword-only).
+    """
+
     cell1: eqx.nn.LSTMCell
     cell2: eqx.nn.LSTMCell
     out: eqx.nn.Linear
@@ -62,6 +72,16 @@ class CoordinatewiseLSTM(eqx.Module):
 
 
 class LSTMOptimiser(NamedTuple):
+    """A trained coordinate-wise LSTM optimiser (the result of :func:`train_lstm`).
+
+    Attributes:
+        model: The trained :class:`CoordinatewiseLSTM`.
+        dim: The problem dimension it was trained in.
+        training_evaluations: Objective evaluations spent on training.
+        training_seconds: Wall time of training.
+        losses: The meta-training loss per iteration.
+    """
+
     model: Any
     dim: int
     training_evaluations: int
@@ -93,7 +113,9 @@ def train_lstm(
     horizon: int = 100,
     learning_rate: float = 1e-3,
 ) -> LSTMOptimiser:
-    """Trains on fresh tasks of ``family``: episodes of ``horizon`` steps from uniform starts,
+    """Train the coordinate-wise LSTM optimiser on a family of problems.
+
+    Trains on fresh tasks of ``family``: episodes of ``horizon`` steps from uniform starts,
     cut into unrolls of ``unroll`` steps (one optimiser step per unroll); the loss is the mean
     of ``f / f(start)`` along the unroll. Cost: ``2 * unroll`` evaluations per task and
     iteration (value and gradient)."""
@@ -156,7 +178,9 @@ def train_lstm(
 
 
 def apply_lstm(lstm: LSTMOptimiser, family: Family, tasks, *, key, steps: int = 100):
-    """Runs the trained optimiser ``steps`` steps from a uniform start on each task: returns
+    """Apply a trained LSTM optimiser to tasks.
+
+    Runs the trained optimiser ``steps`` steps from a uniform start on each task: returns
     (evaluations ``(steps,)``, best values ``(n, steps)``, final points ``(n, d)``)."""
     if family.dim != lstm.dim:
         raise ValueError(

@@ -100,7 +100,9 @@ def minimise(
     progress: bool = False,
     return_extras: bool = False,
 ):
-    """Minimise ``f`` over the box ``domain = (lower, upper)`` (arrays of shape ``(d,)``) with
+    """Minimise ``f`` over a box within a budget of evaluations.
+
+    Minimise ``f`` over the box ``domain = (lower, upper)`` (arrays of shape ``(d,)``) with
     at most ``max_evaluations`` evaluations (required unless ``iterations_per_temperature`` is
     given for DDS / PIS).
 
@@ -120,9 +122,13 @@ def minimise(
     keys, leading axis ``n``), ``f(x, task)`` is minimised, one task per run: many instances of
     a family in one compiled run.
 
-    >>> prob = test_function("rastrigin", 2)
-    >>> res = minimise(prob.fn, prob.domain, key=jax.random.key(0), max_evaluations=4000)
-    >>> res.value  # close to 0
+    Example (about a minute on two CPU cores, so shown rather than run as a doctest):
+
+    ```python
+    prob = test_function("rastrigin", 2)
+    res = minimise(prob.fn, prob.domain, key=jax.random.key(0), max_evaluations=4000)
+    res.value  # 0.0 (the global minimum of Rastrigin)
+    ```
     """
     if method not in METHODS:
         raise ValueError(f"minimise(method=...): expected one of {METHODS}, got {method!r}")

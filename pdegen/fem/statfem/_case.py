@@ -97,9 +97,12 @@ def ula_statfem_case(
         key: PRNG key (GP draw, sensors, noise); keyword-only.
         num_sensors: number of random interior sensor points (128).
         num_replicates: independent observation vectors.
-        sigma_f, mass: forcing misspecification of the model (``G = sigma_f^2 M``).
+        sigma_f: forcing misspecification of the model (``G = sigma_f^2 M``).
+        mass: the mass matrix ``M`` of ``G``: ``"lumped"`` or ``"consistent"``.
         sigma_e: observation noise of the data (also the model's ``sigma_e``).
-        rho, sigma_d, ell_d: model-data scale and discrepancy (also used to simulate the data).
+        rho: model-data scale (also used to simulate the data).
+        sigma_d: discrepancy standard deviation (also used to simulate the data).
+        ell_d: discrepancy length scale (also used to simulate the data).
         fine_factor: the truth grid has ``fine_factor * (grid - 1) + 1`` nodes a side.
     """
     if int(grid) != grid or grid < 3:
@@ -176,7 +179,9 @@ class NonlinearCase(NamedTuple):
 
 
 def nonlinear_statfem_case(grid: int = 32, *, key, num_sensors: int = 64) -> NonlinearCase:
-    """``-div((1 + u^2) grad u) = 15 + xi`` on a ``grid x grid`` P1 mesh of the unit square (zero
+    """The nonlinear statFEM test case with synthetic data.
+
+    ``-div((1 + u^2) grad u) = 15 + xi`` on a ``grid x grid`` P1 mesh of the unit square (zero
     boundary values), ``sigma_f = 2``, ``sigma_e = 0.01``; one replicate of data at
     ``num_sensors`` random points from a draw of the model itself (the benchmark's case)."""
     from ._nonlinear import NonlinearStatFEM

@@ -26,6 +26,17 @@ SAMPLERS = ("ula", "pula", "pula-prior", "mala", "pmala", "pmala-prior", "pcn")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``statfem`` sub-command to the ``pdegen`` parser.
+
+    Called by :func:`pdegen.cli.build_parser` for every module listed in its sub-command
+    modules; the parser's ``func`` default is :func:`run`.
+
+    Args:
+        subparsers: The object ``argparse.ArgumentParser.add_subparsers`` returned.
+
+    Returns:
+        The new sub-parser.
+    """
     p = subparsers.add_parser(
         "statfem",
         help="statistical FEM: Langevin sampling of the ULA-statFEM posterior",
@@ -353,6 +364,20 @@ def _plot_samples(path, args, case, model, chain_draws, exact_draws):
 
 
 def run(args) -> int:
+    """Run ``pdegen statfem``: sample the ULA-statFEM posterior with the chosen Langevin kernel,
+    compare it with the exact Gaussian posterior and write figures and a JSON summary to
+    ``--out``.
+
+    Args:
+        args: The parsed command line (from the parser :func:`register` built).
+
+    Returns:
+        The exit code, 0 on success.
+
+    Raises:
+        pdegen._errors.UserError: A bad option, found before any work.
+        pdegen._errors.NonFiniteError: A chain that turned non-finite.
+    """
     warmup = check_options(args)
     out = check_output_dir(args.out)
 

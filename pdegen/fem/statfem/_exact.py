@@ -397,7 +397,9 @@ def prior_preconditioner(model: StatFEM, *, dense: bool = False) -> Precondition
 
 
 def laplace_preconditioner(model: StatFEM, y, *, rank: int, key, oversampling: int = 10):
-    """The Laplace / Gauss-Newton preconditioner built without the posterior: the prior square
+    """The Laplace / Gauss-Newton preconditioner, built without the posterior.
+
+    The Laplace / Gauss-Newton preconditioner built without the posterior: the prior square
     root ``S = A^{-1} G^{1/2}`` and the ``rank`` leading eigenpairs of the prior-preconditioned
     data-misfit Hessian ``J S^T Ht^T S_noise^{-1} Ht S`` from a randomised eigensolver
     (:func:`pdegen.mcmc.low_rank_preconditioner`, the hIPPYlib approach). For this linear model it

@@ -27,11 +27,26 @@ from ._kernels import Preconditioner
 
 
 class IPLAState(NamedTuple):
+    """The state of interacting particle Langevin (:func:`ipla`).
+
+    Attributes:
+        theta: The current parameter estimate, shape ``(p,)``.
+        particles: The latent particles, shape ``(N, dim)``.
+    """
+
     theta: jax.Array
     particles: jax.Array  # (N, dim)
 
 
 class IPLAInfo(NamedTuple):
+    """What one IPLA step reports.
+
+    Attributes:
+        theta_gradient: The gradient of the energy with respect to ``theta``, averaged over the
+            particles, shape ``(p,)``.
+        energy: The energy averaged over the particles, a scalar.
+    """
+
     theta_gradient: jax.Array  # mean over particles
     energy: jax.Array  # mean over particles
 

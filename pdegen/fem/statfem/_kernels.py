@@ -27,15 +27,26 @@ from pdegen.mcmc import ula as ula
 from .._solve import solver_errors
 
 effective_sample_size = chain_ess  # the name statFEM has always used
+"""Alias of :func:`pdegen.mcmc.chain_ess` (the name statFEM has always used)."""
 
 
 @functools.wraps(_run_chain)
 def run_chain(*args, **kwargs):
+    """:func:`pdegen.mcmc.run_chain` with FEM solver errors reported as such.
+
+    Same arguments and result; a linear-solver failure inside the energy is raised as its
+    one-line :class:`pdegen.fem.LinearSolveError`.
+    """
     with solver_errors():
         return _run_chain(*args, **kwargs)
 
 
 @functools.wraps(_run_chains)
 def run_chains(*args, **kwargs):
+    """:func:`pdegen.mcmc.run_chains` with FEM solver errors reported as such.
+
+    Same arguments and result; a linear-solver failure inside the energy is raised as its
+    one-line :class:`pdegen.fem.LinearSolveError`.
+    """
     with solver_errors():
         return _run_chains(*args, **kwargs)

@@ -245,8 +245,9 @@ class StatFEM(eqx.Module):
             ``G = sigma_f^2 M K M`` with ``K`` the unit-variance kernel matrix on the free nodes
             with length ``ell_f`` (dense: small meshes only).
         rho: scale between the FE solution and the data.
-        sigma_d, ell_d: discrepancy ``d ~ GP`` with a squared-exponential kernel on the sensors
-            (``sigma_d = 0`` switches it off).
+        sigma_d: standard deviation of the discrepancy ``d ~ GP`` (squared-exponential kernel
+            on the sensors; ``sigma_d = 0`` switches it off).
+        ell_d: length scale of the discrepancy's kernel.
         sigma_e: observation noise standard deviation (> 0).
         observation: optional elementwise nonlinear map applied to ``H u`` (e.g.
             ``jax.nn.sigmoid``); gradients come from autodiff. Exact results need it to be ``None``.

@@ -360,7 +360,9 @@ def mass_preconditioner_from_diagonal(mass_diag) -> Preconditioner:
 
 
 def sparse_gaussian_preconditioner(Q) -> Preconditioner:
-    """``P = Q^{-1}`` for a sparse SPD precision ``Q`` (SciPy matrix), through one sparse Cholesky
+    """The preconditioner ``P = Q^{-1}`` of a sparse precision matrix ``Q``.
+
+    ``P = Q^{-1}`` for a sparse SPD precision ``Q`` (SciPy matrix), through one sparse Cholesky
     factor on the host: ``apply`` is a solve, ``sample`` a triangular solve (both host callbacks,
     batched under ``vmap``)."""
     F = SparseCholesky(Q)
