@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # two subprocesses that compile a training run and four samplers: ~90 s
 def test_gpu_script_cpu_smoke(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
     proc = subprocess.run(

@@ -69,21 +69,22 @@ def _grf(grid, n, seed):
     ]
 
 
-def test_source_prior_reaches_the_floor_on_every_grid():
+@pytest.mark.parametrize(
+    "grid",
+    [pytest.param(32, marks=pytest.mark.slow), pytest.param(64, marks=pytest.mark.slow), 128],
+)
+def test_source_prior_reaches_the_floor_on_every_grid(grid):
     """Excess denoising loss over the exact GRF denoiser within 10% (the benchmark's bound) on
-    the grids it was trained on and on 128 x 128, which it never saw."""
+    the grids it was trained on and on 128 x 128, which it never saw (the fast suite checks that
+    one; the trained grids are the slow cases)."""
     ckpt = models.load_pretrained(SOURCE)
     assert ckpt.model.resolution_free and ckpt.metadata["channels"] == ["a"]
-    for grid in (32, 64, 128):
-        ref = inverse.exact_denoiser(ckpt.model, grid=grid)
-        out = models.denoising_loss(
-            ckpt.model, _grf(grid, 128, grid), key=jr.key(grid), reference=ref, num_draws=512
-        )
-        assert -0.02 < out["excess"] < 0.10, (
-            grid,
-            out,
-        )  # same draws: only Monte Carlo noise below 0
-        assert ckpt.metadata["excess_loss"][str(grid)]["excess"] < 0.10
+    ref = inverse.exact_denoiser(ckpt.model, grid=grid)
+    out = models.denoising_loss(
+        ckpt.model, _grf(grid, 128, grid), key=jr.key(grid), reference=ref, num_draws=512
+    )
+    assert -0.02 < out["excess"] < 0.10, (grid, out)  # same draws: only Monte Carlo noise below 0
+    assert ckpt.metadata["excess_loss"][str(grid)]["excess"] < 0.10
 
 
 def test_source_prior_samples_have_the_grf_spectrum():
