@@ -67,7 +67,7 @@ def test_truncated_normal_score_against_quadrature():
     box = Box([-1.0, 0.0], [1.0, 2.0])
     sde = models.VESDE(sigma_min=1e-3, sigma_max=5.0)
     truth = models.TruncatedNormalScore(box, [0.3, 0.0], [0.5, 1.0], sde)
-    score = jax.jit(truth)
+    score = jax.jit(lambda x, t: truth(x, t))
     grid = np.linspace(0, 1, 4001)
     for t in (0.3, 0.7, 1.0):
         s = float(sde.sigma(jnp.asarray(t)))
