@@ -12,8 +12,13 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from pdegen import models
+from pdegen import inverse, models
 from pdegen.models import Box, ConvexSet, Simplex
+
+
+def _vmapped(fn):
+    """``fn`` mapped over a leading batch axis and compiled (faster than op-by-op dispatch)."""
+    return jax.jit(jax.vmap(fn))
 
 
 def _moment_z_scores(samples, mean, var):
@@ -33,10 +38,10 @@ def _moment_z_scores(samples, mean, var):
 def test_box_reflect_is_exact_folding(getkey):
     box = Box([-1.0, 0.0, 0.5, 0.0, -np.inf], [1.0, 2.0, 3.0, np.inf, 4.0])
     x = 30.0 * jr.normal(getkey(), (500, 5))
-    y = jax.vmap(box.reflect)(x)
-    assert bool(jax.vmap(box.contains)(y).all())  # atol = 0: exactly inside
-    inside = jax.vmap(box.project)(x)
-    np.testing.assert_array_equal(jax.vmap(box.reflect)(inside), inside)
+    y = _vmapped(box.reflect)(x)
+    assert bool(_vmapped(box.contains)(y).all())  # atol = 0: exactly inside
+    inside = _vmapped(box.project)(x)
+    np.testing.assert_array_equal(_vmapped(box.reflect)(inside), inside)
     # one mirror image a little outside each face; folding is 2w-periodic and even about a face
     np.testing.assert_allclose(
         box.reflect(jnp.array([-1.3, 2.4, 0.1, -0.7, 4.2])), [-0.7, 1.6, 0.9, 0.7, 3.8]
@@ -95,31 +100,31 @@ def test_truncated_normal_score_against_quadrature():
 def test_simplex_projection_and_reflection(getkey):
     simplex = Simplex((4, 5), mass=3.0)
     x = 2.0 * jr.normal(getkey(), (200, 4, 5))
-    p = jax.vmap(simplex.project)(x)
-    assert bool(jax.vmap(simplex.contains)(p).all())
+    p = _vmapped(simplex.project)(x)
+    assert bool(_vmapped(simplex.contains)(p).all())
     # KKT of the projection: p = max(x - theta, 0) with one theta per example
     theta = np.array([np.median((xi - pi)[pi > 0]) for xi, pi in zip(np.asarray(x), np.asarray(p))])
     np.testing.assert_allclose(
         np.asarray(p), np.maximum(np.asarray(x) - theta[:, None, None], 0), atol=1e-12
     )
-    r = jax.vmap(simplex.reflect)(x)
-    assert bool(jax.vmap(simplex.contains)(r).all())
-    inside = jax.vmap(lambda k: simplex.uniform_sample(key=k))(jr.split(getkey(), 50))
-    np.testing.assert_allclose(jax.vmap(simplex.project)(inside), inside, atol=1e-14)
+    r = _vmapped(simplex.reflect)(x)
+    assert bool(_vmapped(simplex.contains)(r).all())
+    inside = _vmapped(lambda k: simplex.uniform_sample(key=k))(jr.split(getkey(), 50))
+    np.testing.assert_allclose(_vmapped(simplex.project)(inside), inside, atol=1e-14)
     np.testing.assert_allclose(
-        jax.vmap(simplex.mirror_inverse)(jax.vmap(simplex.mirror)(inside)), inside, rtol=1e-12
+        _vmapped(simplex.mirror_inverse)(_vmapped(simplex.mirror)(inside)), inside, rtol=1e-12
     )
 
 
 def test_box_mirror_round_trip(getkey):
     box = Box([-1.0, 0.0, -np.inf], [1.0, np.inf, 2.0])
-    x = jax.vmap(box.project)(jr.normal(getkey(), (100, 3)))
+    x = _vmapped(box.project)(jr.normal(getkey(), (100, 3)))
     x = jnp.clip(x, jnp.array([[-0.99, 1e-3, -5.0]]), jnp.array([[0.99, 5.0, 1.99]]))
     np.testing.assert_allclose(
-        jax.vmap(box.mirror_inverse)(jax.vmap(box.mirror)(x)), x, rtol=1e-12, atol=1e-14
+        _vmapped(box.mirror_inverse)(_vmapped(box.mirror)(x)), x, rtol=1e-12, atol=1e-14
     )
-    big = jax.vmap(box.mirror_inverse)(60.0 * jr.normal(getkey(), (100, 3)))
-    assert bool(jax.vmap(box.contains)(big).all())
+    big = _vmapped(box.mirror_inverse)(60.0 * jr.normal(getkey(), (100, 3)))
+    assert bool(_vmapped(box.contains)(big).all())
 
 
 # --- samplers against truth ------------------------------------------------------------------
@@ -131,9 +136,9 @@ def test_sampler_matches_truncated_normal_moments(method):
     sde = models.VESDE(sigma_min=1e-3, sigma_max=5.0)
     truth = models.TruncatedNormalScore(box, [0.3, 0.0], [0.5, 1.0], sde)
     xs = models.sample_constrained_domain(
-        truth, sde, box, 2000, key=jr.key(7), method=method, num_steps=250
+        truth, sde, box, 1500, key=jr.key(7), method=method, num_steps=250
     )
-    assert bool(jax.vmap(box.contains)(xs).all())
+    assert bool(_vmapped(box.contains)(xs).all())
     mean, var = truth.truncated_moments()
     z_mean, z_var = _moment_z_scores(np.asarray(xs), mean, var)
     assert np.all(np.abs(z_mean) < 4.0), z_mean
@@ -156,7 +161,7 @@ def test_simplex_sampler_keeps_uniform_law(method):
         method=method,
         num_steps=100,
     )
-    assert bool(jax.vmap(simplex.contains)(xs).all())
+    assert bool(_vmapped(simplex.contains)(xs).all())
     mean = np.full(n, mass / n)
     var = np.full(n, mass**2 * (n - 1) / (n**2 * (n + 1)))
     z_mean, z_var = _moment_z_scores(np.asarray(xs), mean, var)
@@ -176,7 +181,7 @@ def test_mirrored_sampler_matches_logit_normal_moments():
         return -(y - jnp.asarray(m)) / (jnp.asarray(v) + s2)
 
     xs = np.asarray(models.sample_mirrored(score, sde, box, 3000, key=jr.key(11), num_steps=300))
-    assert bool(jax.vmap(box.contains)(jnp.asarray(xs)).all())
+    assert bool(_vmapped(box.contains)(jnp.asarray(xs)).all())
     nodes, weights = np.polynomial.hermite_e.hermegauss(80)
     weights = weights / weights.sum()
     lo, hi = np.asarray(box.lower), np.asarray(box.upper)
@@ -202,7 +207,7 @@ def test_convex_set_ball_samplers_stay_inside():
     score = lambda x, t: -x / (0.25 + sde.sigma(t) ** 2)  # noqa: E731
     for method in ("reflected", "metropolis"):
         xs = models.sample_constrained_domain(
-            score, sde, ball, 64, key=jr.key(0), method=method, num_steps=50, x_init=start
+            score, sde, ball, 64, key=jr.key(0), method=method, num_steps=20, x_init=start
         )
         norms = np.linalg.norm(np.asarray(xs), axis=1)
         assert np.all(norms <= radius * (1 + 4 * np.finfo(float).eps)), norms.max()
@@ -217,7 +222,7 @@ def test_convex_set_ball_samplers_stay_inside():
         num_steps=20,
         x_init=jnp.zeros((8, 3)),
     )
-    assert bool(jax.vmap(only_g.contains)(xs).all())
+    assert bool(_vmapped(only_g.contains)(xs).all())
 
 
 def test_reflected_dsm_loss_identity():
@@ -308,6 +313,47 @@ def test_bad_input_errors():
         models.train_reflected(shifted, np.full((4, 2), 0.5), box, key=jr.key(0))
 
 
+# --- physical examples (pdegen.inverse) -------------------------------------------------------
+
+
+def test_hard_constrained_field_priors_are_feasible():
+    g = 8
+    darcy = inverse.bounded_diffusivity_prior(g, a_min=0.2, a_max=4.0)
+    source = inverse.fixed_mass_source_prior(g, mass=2.0, std=0.8)
+    x = darcy.sample(6, key=jr.key(1), method="reflected", num_steps=20)
+    assert x.shape == (6, 1, g, g) and bool(_vmapped(darcy.domain.contains)(x).all())
+    a = np.asarray(_vmapped(darcy.to_field)(x))
+    assert a.min() >= 0.2 * (1 - 1e-15) and a.max() <= 4.0 * (1 + 1e-15)
+    x = source.sample(6, key=jr.key(2), method="metropolis", num_steps=20)
+    assert bool(_vmapped(source.domain.contains)(x).all())
+    f = np.asarray(_vmapped(source.to_field)(x))
+    assert f.min() >= 0.0
+    np.testing.assert_allclose(f.sum((1, 2)) / g**2, 2.0, rtol=g * g * np.finfo(float).eps)
+    with pytest.raises(ValueError, match="a_min < median < a_max"):
+        inverse.bounded_diffusivity_prior(g, a_min=2.0, a_max=1.0)
+    with pytest.raises(ValueError, match="mass"):
+        inverse.fixed_mass_source_prior(g, mass=-1.0, std=1.0)
+    with pytest.raises(ValueError, match="outside the constraint set"):
+        darcy.pcn_correct(jnp.full((2, 1, g, g), 10.0), key=jr.key(0), num_steps=2)
+
+
+def test_pcn_correction_reaches_the_restricted_prior():
+    """From a poor start (the constant centre field), pCN with the set's indicator must reach the
+    restricted prior: its pointwise variance against exact rejection samples."""
+    g = 8
+    prior = inverse.bounded_diffusivity_prior(
+        g, a_min=float(np.exp(-1.5)), a_max=float(np.exp(1.5))
+    )
+    ref, acceptance = prior.rejection_sample(2000, key=jr.key(5))
+    assert 0.05 < acceptance < 0.95  # the constraint binds
+    start = jnp.zeros((400, 1, g, g))
+    x = np.asarray(prior.pcn_correct(start, key=jr.key(6), num_steps=250, beta=0.5))
+    want, got = ref.var(0).mean(), x.var(0).mean()
+    # the unconstrained pointwise variance is 1; the restriction lowers it clearly
+    assert want < 0.8
+    assert abs(got / want - 1) < 0.08, (got, want)
+
+
 # --- a network trained on constrained data -----------------------------------------------------
 
 
@@ -330,16 +376,17 @@ def test_trained_reflected_model_matches_truncated_moments():
     net = models.ScoreMLP(2, width=64, depth=3, key=jr.key(0))
     model = models.DiffusionModel(net, sde, models.Normalisation.identity(2), (2,))
     config = models.TrainConfig(
-        steps=4000, batch_size=256, learning_rate=2e-3, warmup_steps=100, log_every=100
+        steps=8000, batch_size=256, learning_rate=2e-3, warmup_steps=100, log_every=100
     )
     result = models.train_reflected(model, data, box, key=jr.key(1), config=config)
     trained = result.model
     xs = models.sample_constrained_domain(
         trained.score, sde, box, 3000, key=jr.key(2), num_steps=300
     )
-    assert bool(jax.vmap(box.contains)(xs).all())
+    assert bool(_vmapped(box.contains)(xs).all())
     mean, var = truth.truncated_moments()
     xs = np.asarray(xs)
-    # a learned score is not exact: the moments within 5% of the standard deviation / 10% of the variance
-    assert np.all(np.abs(xs.mean(0) - mean) < 0.05 * np.sqrt(var)), (xs.mean(0), mean)
+    # a learned score is not exact: the means within 0.08 standard deviations (the Monte Carlo
+    # standard error is 0.018), the variances within 10% (standard error about 2.5%)
+    assert np.all(np.abs(xs.mean(0) - mean) < 0.08 * np.sqrt(var)), (xs.mean(0), mean)
     assert np.all(np.abs(xs.var(0) / var - 1) < 0.10), (xs.var(0), var)

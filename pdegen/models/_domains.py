@@ -72,6 +72,14 @@ class AbstractDomain(eqx.Module):
             x = self.restore(2.0 * self.project(x) - x)
         return self.project(x)
 
+    def metropolis_move(self, x: Array, proposal: Array) -> Array:
+        """The Metropolis step of a constrained random walk: ``proposal`` (put back on the affine
+        hull by :meth:`restore`) if it lies in the set, else ``x``. A product set may accept per
+        factor (:class:`Box`: per entry), which has the same limit and does not stall as the
+        dimension grows."""
+        proposal = self.restore(proposal)
+        return jnp.where(self.contains(proposal), proposal, x)
+
     def tangent(self, v: Array) -> Array:
         """``v`` restricted to the directions along the set's affine hull (identity here)."""
         return v
@@ -178,6 +186,12 @@ class Box(AbstractDomain):
     def project(self, x):
         lo, hi = self._bounds(x)
         return jnp.clip(x, lo, hi)
+
+    def metropolis_move(self, x, proposal):
+        """Per entry: the box is a product of intervals and the noise isotropic, so the constrained
+        random walk factorises and each entry is accepted or rejected on its own."""
+        lo, hi = self._bounds(x)
+        return jnp.where((proposal >= lo) & (proposal <= hi), proposal, x)
 
     def reflect(self, x, num_reflections: int = 2):
         """The folding map: ``x`` mirrored at the faces as often as needed (any distance), so that

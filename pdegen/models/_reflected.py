@@ -197,15 +197,15 @@ def metropolis_euler_maruyama(
     """One sample in ``domain`` by the Metropolis-corrected reverse sampler (Fishman et al. 2023b).
 
     The reflected sampler's proposal ``x + T(g^2 score |dt| + g sqrt(|dt|) z)`` (then
-    ``domain.restore``) is accepted if it lies in the set, else the chain stays at ``x``; the same
-    for the ``corrector_steps`` Langevin steps. Needs only ``domain.contains`` (no projection), so
+    ``domain.restore``) is accepted if it lies in the set, else the chain stays at ``x``
+    (``domain.metropolis_move``; a :class:`Box` accepts per entry, its factors being independent);
+    the same for the ``corrector_steps`` Langevin steps. Needs only ``domain.contains`` (no projection), so
     it serves any :class:`ConvexSet`. Arguments, returns and errors as
     :func:`reflected_euler_maruyama`.
     """
 
     def move(x, proposal):
-        proposal = domain.restore(proposal)
-        return jnp.where(domain.contains(proposal), proposal, x)
+        return domain.metropolis_move(x, proposal)
 
     return _constrained_em(
         score_fn,
