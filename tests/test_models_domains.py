@@ -376,7 +376,7 @@ def test_trained_reflected_model_matches_truncated_moments():
     net = models.ScoreMLP(2, width=64, depth=3, key=jr.key(0))
     model = models.DiffusionModel(net, sde, models.Normalisation.identity(2), (2,))
     config = models.TrainConfig(
-        steps=8000, batch_size=256, learning_rate=2e-3, warmup_steps=100, log_every=100
+        steps=20000, batch_size=256, learning_rate=2e-3, warmup_steps=100, log_every=100
     )
     result = models.train_reflected(model, data, box, key=jr.key(1), config=config)
     trained = result.model

@@ -7,8 +7,10 @@ kept in the set ``K``:
 
 - *reflected* (Lou & Ermon 2023; Fishman et al. 2023a): ``x_t`` is Brownian motion reflected at
   the boundary of ``K``; for a bounded ``K`` it tends to the uniform law on ``K`` once ``sigma(t)``
-  exceeds ``K``'s width, where the reverse process starts. A reverse Euler-Maruyama step is
-  ``x' = R(x + g^2 score dt + g sqrt(dt) z)`` with ``R`` the domain's reflection;
+  exceeds ``K``'s width, where the reverse process starts. A reverse step is
+  ``x' = R(x + d score(x, t) + sqrt(d) z)``, ``d = sigma(t)^2 - sigma(t')^2`` the noising's variance
+  increment over the step (Euler-Maruyama's ``g^2 |dt|`` made exact for VE), ``R`` the domain's
+  reflection;
 - *Metropolis* (Fishman et al. 2023b): the same step, but a proposal outside ``K`` is rejected
   (``x' = x``); the rejected random walk has the reflected process as its limit, so the same
   score (the reflected marginals') serves both;
@@ -143,7 +145,8 @@ def reflected_euler_maruyama(
 ) -> Array:
     """One sample in ``domain`` by reflected reverse Euler-Maruyama.
 
-    Step: ``x' = R(x + T(g^2 score(x, t) |dt| + g sqrt(|dt|) z))`` on ``sde.time_grid``, ``R`` =
+    Step: ``x' = R(x + T(d score(x, t) + sqrt(d) z))`` on ``sde.time_grid``, ``d = sigma(t)^2 -
+    sigma(t')^2``, ``R`` =
     ``domain.reflect`` (the folding map of a box), ``T`` = ``domain.tangent``; ``corrector_steps``
     reflected Langevin steps of size ``2 (snr sigma(t'))^2`` after each step. Starts from
     ``domain.uniform_sample`` (the law of reflected noising once ``sigma(t_max)`` exceeds the set's
@@ -196,7 +199,7 @@ def metropolis_euler_maruyama(
 ) -> Array:
     """One sample in ``domain`` by the Metropolis-corrected reverse sampler (Fishman et al. 2023b).
 
-    The reflected sampler's proposal ``x + T(g^2 score |dt| + g sqrt(|dt|) z)`` (then
+    The reflected sampler's proposal ``x + T(d score + sqrt(d) z)`` (then
     ``domain.restore``) is accepted if it lies in the set, else the chain stays at ``x``
     (``domain.metropolis_move``; a :class:`Box` accepts per entry, its factors being independent);
     the same for the ``corrector_steps`` Langevin steps. Needs only ``domain.contains`` (no projection), so
