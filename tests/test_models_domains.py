@@ -125,6 +125,12 @@ def test_box_mirror_round_trip(getkey):
     )
     big = _vmapped(box.mirror_inverse)(60.0 * jr.normal(getkey(), (100, 3)))
     assert bool(_vmapped(box.contains)(big).all())
+    simplex = Simplex((5,), mass=2.0)
+    sde = models.VESDE(sigma_max=10.0)
+    xs = models.sample_mirrored(
+        lambda y, t: -y / (4.0 + sde.sigma(t) ** 2), sde, simplex, 16, key=getkey(), num_steps=10
+    )
+    assert bool(_vmapped(simplex.contains)(xs).all())
 
 
 # --- samplers against truth ------------------------------------------------------------------
@@ -203,11 +209,11 @@ def test_convex_set_ball_samplers_stay_inside():
         (3,), project=project, constraint=lambda x: jnp.sum(x**2) - radius**2, name="ball"
     )
     sde = models.VESDE(sigma_min=1e-2, sigma_max=5.0)
-    start = jnp.zeros((64, 3))
+    start = jnp.zeros((16, 3))
     score = lambda x, t: -x / (0.25 + sde.sigma(t) ** 2)  # noqa: E731
     for method in ("reflected", "metropolis"):
         xs = models.sample_constrained_domain(
-            score, sde, ball, 64, key=jr.key(0), method=method, num_steps=20, x_init=start
+            score, sde, ball, 16, key=jr.key(0), method=method, num_steps=20, x_init=start
         )
         norms = np.linalg.norm(np.asarray(xs), axis=1)
         assert np.all(norms <= radius * (1 + 4 * np.finfo(float).eps)), norms.max()
@@ -346,7 +352,7 @@ def test_pcn_correction_reaches_the_restricted_prior():
     )
     ref, acceptance = prior.rejection_sample(2000, key=jr.key(5))
     assert 0.05 < acceptance < 0.95  # the constraint binds
-    start = jnp.zeros((400, 1, g, g))
+    start = jnp.zeros((300, 1, g, g))
     x = np.asarray(prior.pcn_correct(start, key=jr.key(6), num_steps=250, beta=0.5))
     want, got = ref.var(0).mean(), x.var(0).mean()
     # the unconstrained pointwise variance is 1; the restriction lowers it clearly
