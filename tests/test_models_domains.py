@@ -66,6 +66,16 @@ def test_box_heat_kernel_score_matches_image_sum():
         want = -np.sum(weights * (x - centres), 0) / s**2
         got = np.asarray(box.heat_kernel_score(jnp.asarray(x), jnp.asarray(x0), s))
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 / s**2)
+    # one-sided bounds: the images x0 and 2 l - x0 (about the finite bound); no bound: Gaussian
+    half = Box([0.0, -np.inf, -np.inf], [np.inf, 1.0, np.inf])
+    x, x0, s = np.array([0.2, 0.7, 0.3]), np.array([0.5, 0.9, -0.4]), 0.6
+    ref = np.array([0.0, 1.0, 0.0])
+    c = np.stack([x0, 2 * ref - x0])
+    w = np.exp(-((x - c) ** 2) / (2 * s**2))
+    w[1, 2] = 0.0
+    want = -np.sum(w * (x - c), 0) / w.sum(0) / s**2
+    got = np.asarray(half.heat_kernel_score(jnp.asarray(x), jnp.asarray(x0), s))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_truncated_normal_score_against_quadrature():
