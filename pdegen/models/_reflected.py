@@ -525,7 +525,19 @@ class TruncatedNormalScore(eqx.Module):
         self.num_images = int(num_images)
 
     def log_density(self, x: Array, t: Array) -> Array:
-        """``log p_t(x)`` per coordinate, up to a constant per coordinate (shape of ``x``).
+        """``log p_t(x)`` per coordinate, up to a constant per coordinate (shape of ``x``)."""
+        log_terms, _ = self._terms(x, t)
+        total = self.std.astype(x.dtype) ** 2 + self.sde.sigma(jnp.asarray(t, x.dtype)) ** 2
+        return jax.scipy.special.logsumexp(log_terms, axis=0) - 0.5 * jnp.log(total)
+
+    def __call__(self, x: Array, t: Array) -> Array:
+        """The score ``grad_x log p_t(x)`` (shape of ``x``), in closed form: the image terms'
+        log-derivatives averaged with their weights."""
+        log_terms, slopes = self._terms(x, t)
+        return jnp.sum(jax.nn.softmax(log_terms, axis=0) * slopes, axis=0)
+
+    def _terms(self, x, t):
+        """Log-weights of the image terms and their x-derivatives, ``(2 (2K + 1), *x.shape)``.
 
         While ``v + s^2 <= w^2`` for every coordinate the images beyond ``|k| = 6`` weigh below
         ``exp(-36)`` and are left out (a ``lax.cond`` on the noise level, cheap under ``vmap``).
@@ -533,32 +545,43 @@ class TruncatedNormalScore(eqx.Module):
         lo, hi = self.box._bounds(x)
         v = self.std.astype(x.dtype) ** 2
         s2 = self.sde.sigma(jnp.asarray(t, x.dtype)).astype(x.dtype) ** 2
-        few = jnp.all(v + s2 <= (hi - lo) ** 2)
         if self.num_images <= 6:
-            return self._log_density(x, s2, self.num_images)
-        return jax.lax.cond(
-            few,
-            lambda: self._log_density(x, s2, 6),
-            lambda: self._log_density(x, s2, self.num_images),
-        )
+            return self._image_terms(x, s2, self.num_images)
+        extra = 4 * (self.num_images - 6)  # rows the short sum lacks: filled with empty images
 
-    def _log_density(self, x, s2, num_images):
+        def short():
+            log_terms, slopes = self._image_terms(x, s2, 6)
+            rows = ((0, extra),) + ((0, 0),) * x.ndim
+            return (
+                jnp.pad(log_terms, rows, constant_values=-jnp.inf),
+                jnp.pad(slopes, rows, constant_values=0.0),
+            )
+
+        few = jnp.all(v + s2 <= (hi - lo) ** 2)
+        return jax.lax.cond(few, short, lambda: self._image_terms(x, s2, self.num_images))
+
+    def _image_terms(self, x, s2, num_images):
         lo, hi = self.box._bounds(x)
         m, v = self.mean.astype(x.dtype), self.std.astype(x.dtype) ** 2
         w = (hi - lo)[None]
         ks = jnp.arange(-num_images, num_images + 1, dtype=x.dtype)
         ks = ks.reshape((-1,) + (1,) * x.ndim)
+        n = ks.shape[0]
         centres = jnp.concatenate([x[None] - 2.0 * ks * w, 2.0 * lo[None] + 2.0 * ks * w - x[None]])
-        total = v + s2
-        mu = (m[None] * s2 + centres * v[None]) / total[None]
-        tau = jnp.sqrt(v * s2 / total)[None]
-        log_mass = _log_diff_ndtr((lo[None] - mu) / tau, (hi[None] - mu) / tau)
-        log_terms = -((centres - m[None]) ** 2) / (2.0 * total[None]) + log_mass
-        return jax.scipy.special.logsumexp(log_terms, axis=0) - 0.5 * jnp.log(total)
-
-    def __call__(self, x: Array, t: Array) -> Array:
-        """The score ``grad_x log p_t(x)`` (shape of ``x``)."""
-        return jax.grad(lambda y: jnp.sum(self.log_density(y, t)))(x)
+        sign = jnp.concatenate([jnp.ones((n,), x.dtype), -jnp.ones((n,), x.dtype)])
+        sign = sign.reshape((-1,) + (1,) * x.ndim)
+        total = (v + s2)[None]
+        mu = (m[None] * s2 + centres * v[None]) / total
+        tau = jnp.sqrt(v * s2 / (v + s2))[None]
+        a, b = (lo[None] - mu) / tau, (hi[None] - mu) / tau
+        log_mass = _log_diff_ndtr(a, b)
+        log_terms = -((centres - m[None]) ** 2) / (2.0 * total) + log_mass
+        # d/dx of log(Phi(b) - Phi(a)) with da/dx = db/dx = -sign v / (total tau)
+        log_phi = lambda z: -0.5 * z**2 - 0.5 * math.log(2.0 * math.pi)  # noqa: E731
+        ratio = jnp.exp(log_phi(b) - log_mass) - jnp.exp(log_phi(a) - log_mass)
+        ratio = jnp.where(jnp.isfinite(log_mass), ratio, 0.0)
+        slopes = sign * (-(centres - m[None]) / total - v[None] / (total * tau) * ratio)
+        return log_terms, slopes
 
     def truncated_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """The exact mean and variance of the truncated Gaussian (``t = 0``), from the standard
