@@ -27,6 +27,9 @@ from ._guidance import statfem_guidance as statfem_guidance
 from ._guidance import tmpd as tmpd
 from ._guidance import tmpd_cached as tmpd_cached
 from ._guidance import tweedie_mean as tweedie_mean
+from ._hard_constraints import HardConstrainedPrior as HardConstrainedPrior
+from ._hard_constraints import bounded_diffusivity_prior as bounded_diffusivity_prior
+from ._hard_constraints import fixed_mass_source_prior as fixed_mass_source_prior
 from ._invert_cli import compare_methods as compare_methods
 from ._invert_cli import format_table as format_table
 from ._likelihood import GaussianLikelihood as GaussianLikelihood

@@ -30,6 +30,10 @@ from ._distributed import make_mesh as make_mesh
 from ._distributed import replicate as replicate
 from ._distributed import replicated_sharding as replicated_sharding
 from ._distributed import shard_batch as shard_batch
+from ._domains import AbstractDomain as AbstractDomain
+from ._domains import Box as Box
+from ._domains import ConvexSet as ConvexSet
+from ._domains import Simplex as Simplex
 from ._model import DiffusionModel as DiffusionModel
 from ._model import Normalisation as Normalisation
 from ._model import model_from_config as model_from_config
@@ -39,6 +43,15 @@ from ._networks import SinusoidalEmbedding as SinusoidalEmbedding
 from ._networks import UNet as UNet
 from ._networks import count_parameters as count_parameters
 from ._networks import network_from_config as network_from_config
+from ._reflected import CONSTRAINED_SAMPLERS as CONSTRAINED_SAMPLERS
+from ._reflected import ReflectedTrainResult as ReflectedTrainResult
+from ._reflected import TruncatedNormalScore as TruncatedNormalScore
+from ._reflected import metropolis_euler_maruyama as metropolis_euler_maruyama
+from ._reflected import reflected_dsm_loss as reflected_dsm_loss
+from ._reflected import reflected_euler_maruyama as reflected_euler_maruyama
+from ._reflected import sample_constrained_domain as sample_constrained_domain
+from ._reflected import sample_mirrored as sample_mirrored
+from ._reflected import train_reflected as train_reflected
 from ._samplers import SAMPLERS as SAMPLERS
 from ._samplers import ddim as ddim
 from ._samplers import edm_heun as edm_heun
