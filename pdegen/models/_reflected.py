@@ -230,6 +230,10 @@ CONSTRAINED_SAMPLERS: dict[str, Callable[..., Array]] = {
     "reflected": reflected_euler_maruyama,
     "metropolis": metropolis_euler_maruyama,
 }
+"""The samplers whose every state stays in a domain, by name.
+
+The ``method=`` of :func:`sample_constrained_domain`.
+"""
 
 
 @eqx.filter_jit
@@ -308,9 +312,11 @@ def sample_mirrored(
     method: str = "euler_maruyama",
     **options,
 ) -> Array:
-    """Samples in ``domain`` from a diffusion on the mirror space: ``mirror_inverse(y)``, ``y``
-    drawn by an ordinary sampler (:data:`SAMPLERS`) with ``score_fn`` the score of the law of
-    ``y = domain.mirror(x)`` (e.g. a model trained on ``mirror(data)``).
+    """Samples in ``domain`` from a diffusion on the mirror space.
+
+    Returns ``mirror_inverse(y)``, ``y`` drawn by an ordinary sampler (:data:`SAMPLERS`) with
+    ``score_fn`` the score of the law of ``y = domain.mirror(x)`` (e.g. a model trained on
+    ``mirror(data)``).
 
     Args:
         score_fn: ``score(y, t)`` in mirror coordinates; sde: any process of :mod:`pdegen.models`.
@@ -408,8 +414,10 @@ def train_reflected(
     key: Array,
     config: TrainConfig | None = None,
 ) -> ReflectedTrainResult:
-    """Train ``model`` on data in a box by :func:`reflected_dsm_loss` (Adam as :func:`make_optimizer`,
-    EMA weights as :func:`pdegen.models.train`; in memory, no checkpoints).
+    """Train ``model`` on data in a box by :func:`reflected_dsm_loss`.
+
+    Adam as :func:`make_optimizer`, EMA weights as :func:`pdegen.models.train`; in memory, no
+    checkpoints.
 
     Args:
         model: a :class:`DiffusionModel` (VE/EDM SDE, identity normalisation, ``data_shape`` =
