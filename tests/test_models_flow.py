@@ -110,6 +110,23 @@ def test_interpolant_coefficients_and_marginal_preserving_sde(kind):
 def test_interpolant_rejects_times_where_the_score_is_undefined(bad):
     with pytest.raises(ValueError, match="0 < t_min < t_max < 1"):
         models.LinearInterpolant(**bad)
+    with pytest.raises(ValueError, match="time_spacing"):
+        models.VPInterpolant(time_spacing="log")
+
+
+@pytest.mark.parametrize("spacing", ["noise", "uniform"])
+def test_interpolant_time_grid(spacing):
+    sde = models.LinearInterpolant(time_spacing=spacing)
+    ts = np.asarray(sde.time_grid(12))
+    assert ts.shape == (13,) and ts[0] == sde.t_max and ts[-1] == sde.t_min
+    assert np.all(np.diff(ts) < 0)
+    noise = ts / (1 - ts)  # sigma / alpha
+    if spacing == "uniform":
+        np.testing.assert_allclose(np.diff(ts), (sde.t_min - sde.t_max) / 12, rtol=1e-12)
+    else:  # Karras et al.: noise^(1/7) uniform
+        np.testing.assert_allclose(
+            np.diff(noise ** (1 / 7)), np.diff(noise ** (1 / 7))[0], rtol=1e-9
+        )
 
 
 @pytest.mark.parametrize("kind", ["linear", "vp"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -30,7 +31,8 @@ class AbstractInterpolant(AbstractSDE):
     """A flow-matching interpolant ``x_t = alpha(t) x0 + sigma(t) z`` on ``[t_min, t_max]``.
 
     Subclasses give ``alpha``, ``sigma`` and their time derivatives ``alpha_rate``,
-    ``sigma_rate``; the forward SDE, the noise-level inverse and the sampler grid follow.
+    ``sigma_rate``; the forward SDE and the sampler grid (:meth:`time_grid`, chosen by the field
+    ``time_spacing``) follow.
     """
 
     @abc.abstractmethod
@@ -51,7 +53,30 @@ class AbstractInterpolant(AbstractSDE):
         g2 = 2.0 * sigma * (self.sigma_rate(t) - self.drift_coefficient(t) * sigma)
         return jnp.sqrt(g2)
 
+    def time_grid(self, num_steps: int, dtype: Any = None) -> Array:
+        """Decreasing sampler times from ``t_max`` to ``t_min``, shape ``(num_steps + 1,)``.
+
+        ``time_spacing="noise"`` (default): the Karras et al. spacing (``rho = 7``) of the noise
+        level ``sigma/alpha``, mapped to ``t``; it gives more steps to the low noise levels where
+        fine-scale modes of small variance are set (with the exact score of the tasks' 32x32 GRF
+        and 20 Heun steps, the finest band's power is 1.5x the truth on this grid, 1.8x on the
+        uniform one). ``"uniform"``: uniform in ``t`` (rectified flow's grid).
+        """
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        if self.time_spacing == "uniform":
+            return jnp.linspace(self.t_max, self.t_min, num_steps + 1, dtype=dtype)
+        rho = 7.0
+        lo = (self.scaled_sigma(jnp.asarray(self.t_min, dtype))) ** (1 / rho)
+        hi = (self.scaled_sigma(jnp.asarray(self.t_max, dtype))) ** (1 / rho)
+        frac = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)
+        grid = self.time_from_scaled_sigma((hi + frac * (lo - hi)) ** rho).astype(dtype)
+        return grid.at[0].set(self.t_max).at[-1].set(self.t_min)  # exact end points
+
     def _check_times(self, name: str) -> None:
+        if self.time_spacing not in ("noise", "uniform"):
+            raise ValueError(
+                f"{name}(time_spacing=...) must be 'noise' or 'uniform', got {self.time_spacing!r}"
+            )
         if not 0.0 < self.t_min < self.t_max < 1.0:
             raise ValueError(
                 f"{name} needs 0 < t_min < t_max < 1 (sigma(0) = 0 and alpha(1) = 0 leave the score "
@@ -68,6 +93,7 @@ class LinearInterpolant(AbstractInterpolant):
 
     t_min: float = eqx.field(static=True, default=1e-3)
     t_max: float = eqx.field(static=True, default=0.999)
+    time_spacing: str = eqx.field(static=True, default="noise")
 
     def __check_init__(self):
         self._check_times("LinearInterpolant")
@@ -88,7 +114,12 @@ class LinearInterpolant(AbstractInterpolant):
         return scaled_sigma / (1.0 + scaled_sigma)
 
     def config(self):
-        return {"kind": "linear_interpolant", "t_min": self.t_min, "t_max": self.t_max}
+        return {
+            "kind": "linear_interpolant",
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+            "time_spacing": self.time_spacing,
+        }
 
 
 class VPInterpolant(AbstractInterpolant):
@@ -99,6 +130,7 @@ class VPInterpolant(AbstractInterpolant):
 
     t_min: float = eqx.field(static=True, default=1e-3)
     t_max: float = eqx.field(static=True, default=0.999)
+    time_spacing: str = eqx.field(static=True, default="noise")
 
     def __check_init__(self):
         self._check_times("VPInterpolant")
@@ -119,7 +151,12 @@ class VPInterpolant(AbstractInterpolant):
         return jnp.arctan(scaled_sigma) * (2.0 / math.pi)
 
     def config(self):
-        return {"kind": "vp_interpolant", "t_min": self.t_min, "t_max": self.t_max}
+        return {
+            "kind": "vp_interpolant",
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+            "time_spacing": self.time_spacing,
+        }
 
 
 INTERPOLANT_KINDS = {"linear_interpolant": LinearInterpolant, "vp_interpolant": VPInterpolant}
