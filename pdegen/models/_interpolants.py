@@ -88,7 +88,12 @@ class LinearInterpolant(AbstractInterpolant):
     """Rectified flow / conditional optimal transport: ``x_t = (1 - t) x0 + t z``.
 
     Straight conditional paths with velocity ``z - x0``; the x0-prediction of a velocity ``v`` is
-    ``x_t - t v`` (Liu et al. 2023, Lipman et al. 2023).
+    ``x_t - t v`` (Liu et al. 2023, Lipman et al. 2023). The noise level ``sigma/alpha`` is
+    ``t / (1 - t)``: ``t_max = 0.999`` starts samplers at 999, far above what data of unit scale
+    need; a model trained on ``[t_min, t_max]`` may sample on any narrower range, e.g.
+    ``t_max = 160/161`` for the EDM priors' ``sigma_max = 160`` (fewer steps at noise levels that
+    change nothing: with the exact score of the tasks' 32x32 GRF and 10 Heun steps the finest
+    band's power falls from 3.9x to 2.4x the truth).
     """
 
     t_min: float = eqx.field(static=True, default=1e-3)
