@@ -27,11 +27,17 @@ method's rel L2 of the posterior mean, ratio to the exact posterior (per draw), 
 (RMS std over the exact one), data misfit and seconds per sample are reported as mean +- std over
 the draws; ``bayes-samples`` (the exact posterior's own samples, as many as the samplers draw) is
 what a perfect sampler scores. Writes ``benchmarks/results/inverse_mesh.json``.
+
+The flow block (``--block flow``; part of the default run when the two priors are trained) puts a
+flow-matching prior over the source ``a`` beside a diffusion prior with the same U-Net, data and
+training budget (32x32, Poisson inverse and forward), at equal network evaluations and at half
+(``FLOW_CONFIGS``), ``--flow-draws`` draws each. Writes ``benchmarks/results/inverse_flow.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -112,6 +118,7 @@ def run_rows(
     sensor_fraction=0.03,
     noise=0.0,
     variant="noise-free",
+    sampler="euler_maruyama",
 ):
     per_method: dict = {}
     for index in range(draws):
@@ -129,6 +136,7 @@ def run_rows(
             options=options,
             progress=False,
             batch_size=max(1, samples // 2),
+            sampler=sampler,
         )
         print(
             f"\n{task_name} {grid}x{grid}, {task.num_sensors} sensors, {variant}, draw {index}, prior {prior_name}"
@@ -617,18 +625,27 @@ def main(argv=None) -> int:
     p.add_argument("--no-learned", action="store_true", help="skip the shipped learned prior")
     p.add_argument(
         "--block",
-        choices=("all", "mesh"),
+        choices=("all", "mesh", "flow"),
         default="all",
-        help="'mesh': only the mesh block (writes inverse_mesh.json); 'all': everything",
+        help="'mesh': only the mesh block (writes inverse_mesh.json); 'flow': only the flow vs "
+        "diffusion prior block (inverse_flow.json); 'all': everything",
+    )
+    p.add_argument(
+        "--flow-draws", type=int, default=10, help="draws per task in the flow block (>= 1)"
     )
     p.add_argument(
         "--mesh-draws", type=int, default=10, help="draws per mesh in the mesh block (>= 2)"
     )
     args = p.parse_args(argv)
+    if args.flow_draws < 1:
+        p.error("--flow-draws must be >= 1")
     if args.mesh_draws < 2:
         p.error("--mesh-draws must be >= 2 (the rows report a std over draws)")
     if args.block == "mesh":
         run_mesh_block(args)
+        return 0
+    if args.block == "flow":
+        run_flow_block(args)
         return 0
     grid_steps = args.steps or 100
     draws = 1 if args.quick else 3
@@ -720,7 +737,98 @@ def main(argv=None) -> int:
         )
     print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
     run_mesh_block(args)
+    run_flow_block(args)
     return 0
+
+
+# Flow vs diffusion prior over the source a (32x32): the same U-Net, data and training budget, one
+# trained by flow matching, one by EDM score matching (benchmarks/models.py FLOW_PRIORS says how).
+# Each configuration: (prior, sampler, steps, network evaluations per sample and guidance step).
+FLOW_PRIORS = {"flow": Path("build/flow-a-32/model"), "diffusion": Path("build/edm-a-32/model")}
+FLOW_CONFIGS = (
+    ("diffusion", "euler_maruyama", 100, 100),
+    ("diffusion", "euler_maruyama", 50, 50),
+    ("flow", "flow_ode", 50, 100),  # Heun: 2 evaluations a step
+    ("flow", "flow_ode", 25, 50),
+)
+FLOW_METHODS = ("bayes", "tmpd-cached", "dps")
+
+
+def run_flow_block(args) -> dict:
+    """Flow prior vs diffusion prior on the Poisson tasks (32x32) at equal network evaluations and
+    at half: same draws, sensors, guidance methods and samples; writes ``inverse_flow.json``."""
+    from pdegen import models
+
+    missing = [str(p) for p in FLOW_PRIORS.values() if not (p / "metadata.json").is_file()]
+    if missing:
+        print(f"flow block skipped: no trained model at {missing} (see benchmarks/models.py)")
+        return {}
+    trained = {kind: models.load_checkpoint(path).model for kind, path in FLOW_PRIORS.items()}
+    # The flow samples over the diffusion's noise range sigma/alpha (see benchmarks/models.py).
+    lo, hi = float(trained["diffusion"].sde.sigma_min), float(trained["diffusion"].sde.sigma_max)
+    flow_sde = dataclasses.replace(trained["flow"].sde, t_min=lo / (1 + lo), t_max=hi / (1 + hi))
+    trained["flow"] = dataclasses.replace(trained["flow"], sde=flow_sde)
+    priors = {
+        kind: inverse.prior_from_model(model, name=f"{kind} ({FLOW_PRIORS[kind].parent.name})")
+        for kind, model in trained.items()
+    }
+    draws, samples = args.flow_draws, args.samples or 8
+    tasks = ("poisson-inverse",) if args.quick else ("poisson-inverse", "poisson-forward")
+    t0 = time.perf_counter()
+    rows: list = []
+
+    def payload(partial):
+        return {
+            "description": "Flow-matching prior vs diffusion prior (same U-Net, data and training "
+            "budget) on the 32x32 Poisson tasks at equal network evaluations and at half",
+            "partial": partial,
+            "priors": {k: str(v) for k, v in FLOW_PRIORS.items()},
+            "configs": [
+                dict(zip(("prior", "sampler", "steps", "evaluations"), c)) for c in FLOW_CONFIGS
+            ],
+            "draws": draws,
+            "samples": samples,
+            "rows": rows,
+            "notes": [
+                "evaluations: network evaluations per sample (each with one guidance VJP for "
+                "tmpd-cached and dps); flow_ode is Heun on the interpolant's Karras grid of "
+                "sigma/alpha, euler_maruyama the reverse SDE on the EDM time grid; the flow samples "
+                "over the diffusion's noise range sigma/alpha in [0.002, 160].",
+                "ratio_to_bayes: rel L2 of the posterior mean over the exact Gaussian posterior's "
+                "(the GRF prior is the data's law), averaged over draws.",
+            ],
+            "machine": machine_info(),
+            "seconds": time.perf_counter() - t0,
+        }
+
+    for task_name in tasks:
+        for kind, sampler, steps, evaluations in FLOW_CONFIGS:
+            new = run_rows(
+                priors[kind],
+                priors[kind].name,
+                task_name,
+                32,
+                list(FLOW_METHODS),
+                draws=draws,
+                samples=samples,
+                steps=steps,
+                sampler=sampler,
+            )
+            for r in new:
+                if r["method"] != "bayes":
+                    r.update(kind=kind, sampler=sampler, evaluations=evaluations)
+                    rows.append(r)
+            write_results("inverse_flow", payload(partial=True))
+    path = write_results("inverse_flow", payload(partial=False))
+    print(f"\nflow vs diffusion prior ({draws} draws x {samples} samples):")
+    for r in rows:
+        print(
+            f"  {r['task']:<16} {r['method']:<12} {r['kind']:<9} {r['sampler']:<15} "
+            f"{r['evaluations']:>4} evals: ratio to Bayes {r['ratio_to_bayes']:.3f}, "
+            f"coverage90 {r['coverage90']:.2f}"
+        )
+    print(f"wrote {path}")
+    return payload(partial=False)
 
 
 def _payload(args, rows, t0, partial):

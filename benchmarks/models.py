@@ -14,6 +14,7 @@ also write ``benchmarks/results/models_prior_samples.png`` and ``models_prior_sp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -371,12 +372,135 @@ def shipped_metrics(quick: bool) -> dict:
     return {"shipped": {n: shipped_prior_metrics(n, quick) for n in models.available_pretrained()}}
 
 
+# Flow vs diffusion prior over the 32x32 GRF source ``a``: the same U-Net, data and training budget
+# (benchmarks/train_prior.py, 1000 steps of batch 32), one trained by conditional flow matching on
+# the linear interpolant, one by EDM denoising score matching. Weights are not shipped; train with
+#   python benchmarks/train_prior.py --data a --grid 32 --steps 1000 --flow linear --name flow-a-32 --out build/flow-a-32
+#   python benchmarks/train_prior.py --data a --grid 32 --steps 1000 --p-mean 1.0 --p-std 2.5 \
+#       --sigma-max 160 --name edm-a-32 --out build/edm-a-32
+FLOW_PRIORS = {
+    "flow": Path("build/flow-a-32/model"),
+    "diffusion": Path("build/edm-a-32/model"),
+}
+FLOW_BUDGETS = (20, 40, 80)  # network evaluations per sample (Heun: 2 per step, + 1 final denoise)
+
+
+def matched_noise_range(flow_model, diffusion_sde):
+    """The flow model sampling over the diffusion's noise range ``sigma/alpha`` (EDM: ``[sigma_min,
+    sigma_max]``; trained on a wider one): same ODE, no steps spent at noise levels above the one
+    the diffusion starts from (``t_max = 0.999`` of the interpolant is a noise level of 999)."""
+    lo, hi = float(diffusion_sde.sigma_min), float(diffusion_sde.sigma_max)
+    sde = dataclasses.replace(flow_model.sde, t_min=lo / (1.0 + lo), t_max=hi / (1.0 + hi))
+    return dataclasses.replace(flow_model, sde=sde)
+
+
+def _sampler_at_budget(kind: str, evaluations: int) -> dict:
+    """Heun steps for ``evaluations`` network evaluations: the flow ODE (uniform in t) for a flow,
+    EDM-Heun (Karras noise levels) for a diffusion; both end with one Tweedie denoise."""
+    steps = evaluations // 2
+    if kind == "flow":
+        return {"method": "flow_ode", "num_steps": steps, "denoise_final": True}
+    return {"method": "edm_heun", "num_steps": steps, "denoise_final": True}
+
+
+def _exact_score(sde, reference):
+    """The exact score of the data (normalised units) under ``sde``, from the exact denoiser."""
+
+    def score(x, t):
+        a, s = sde.alpha(t).astype(x.dtype), sde.sigma(t).astype(x.dtype)
+        return sde.score_from_denoiser(x, t, reference(x / a, s / a).astype(x.dtype))
+
+    return score
+
+
+def flow_prior_metrics(quick: bool) -> dict:
+    """Flow-matching prior beside the diffusion prior (same network and training budget, 32x32 GRF
+    ``a``): excess denoising loss over the exact denoiser (each on its own training noise
+    distribution), the denoiser's MSE over the exact one at common noise levels ``sigma/alpha``, and
+    per budget of network evaluations the samples' band powers against the exact GRF (max and mean
+    ``|ratio - 1|`` over octave bands; ``data`` rows: as many fresh GRF draws, the Monte Carlo
+    floor; ``exact_score``: the same process and sampler driven by the exact score of the data, the
+    sampler's own error) and the sampling time per field (shared 2-core CPU)."""
+    from pdegen import inverse
+
+    missing = [str(p) for p in FLOW_PRIORS.values() if not (p / "metadata.json").is_file()]
+    if missing:
+        print(f"  flow vs diffusion prior: skipped, no trained model at {missing}")
+        return {"flow_vs_diffusion": {"skipped": f"no trained model at {missing}"}}
+    num = 64 if quick else 256
+    grid = 32
+    mode_var = fem.grf_mode_std((grid, grid)) ** 2
+    data = np.asarray(prior_data("a", num, grid, 4242), np.float64)
+
+    def band_errors(samples):
+        ratios = band_ratios(samples[:, 0], mode_var)
+        dev = np.abs(np.asarray(list(ratios.values())) - 1.0)
+        return {"bands": ratios, "max_abs_dev": float(dev.max()), "mean_abs_dev": float(dev.mean())}
+
+    out: dict = {"num_samples": num, "budgets": list(FLOW_BUDGETS), "data": band_errors(data)}
+    diffusion_sde = models.load_checkpoint(FLOW_PRIORS["diffusion"]).model.sde
+    for kind, path in FLOW_PRIORS.items():
+        ckpt = models.load_checkpoint(path)
+        model = ckpt.model
+        if kind == "flow":
+            model = matched_noise_range(model, diffusion_sde)
+        ref = inverse.exact_denoiser(model, pde="poisson", grid=grid)
+        row: dict = {
+            "path": str(path),
+            "process": model.sde.config(),
+            "trained_process": ckpt.model.sde.config(),
+            "parameterisation": model.parameterisation,
+            "parameters": models.count_parameters(model.network),
+            "train": ckpt.metadata.get("train"),
+            "train_wall_seconds": ckpt.metadata.get("train_wall_seconds"),
+            "excess_loss_own_noise": models.denoising_loss(
+                model, data, key=jr.key(5), reference=ref, num_draws=512 if quick else 2048
+            ),
+            "mse_ratio": _mse_ratios(model, data[: min(num, 128)], ref, jr.key(6)),
+        }
+        exact_score = _exact_score(model.sde, ref)
+        for budget in FLOW_BUDGETS:
+            sampler = _sampler_at_budget(kind, budget)
+
+            def run(n):
+                return models.sample_model(model, n, key=jr.key(11), batch_size=64, **sampler)
+
+            jax.block_until_ready(run(64))  # compiles the batch of 64 that the timed run reuses
+            t0 = time.perf_counter()
+            samples = np.asarray(jax.block_until_ready(run(num)), np.float64)
+            seconds = (time.perf_counter() - t0) / num
+            # The same process and sampler with the exact score of the data: the sampler's floor.
+            options = {k: v for k, v in sampler.items() if k != "method"}
+            exact = models.sample(
+                exact_score, model.sde, model.data_shape, num, key=jr.key(11),
+                method=sampler["method"], **options,
+            )  # fmt: skip
+            exact = np.asarray(jax.vmap(model.normalisation.unnormalise)(exact), np.float64)
+            row[str(budget)] = {
+                "sampler": sampler,
+                "evaluations": 2 * sampler["num_steps"] + 1,
+                "sample_seconds_per_field": seconds,
+                **band_errors(samples),
+                "exact_score": band_errors(exact),
+            }
+            r = row[str(budget)]
+            print(
+                f"  {kind} prior, {budget} evaluations: band |ratio - 1| max {r['max_abs_dev']:.3f}, "
+                f"mean {r['mean_abs_dev']:.3f} (exact score: max {r['exact_score']['max_abs_dev']:.3f}, "
+                f"mean {r['exact_score']['mean_abs_dev']:.3f}); {1e3 * seconds:.1f} ms per field",
+                flush=True,
+            )
+        out[kind] = row
+    return {"flow_vs_diffusion": out}
+
+
 METRICS = {
     "gmm": gmm_metrics,
     "gaussian": gaussian_metrics,
     "throughput": throughput_metrics,
     "prior": prior_metrics,
     "shipped": shipped_metrics,
+    "flow": flow_prior_metrics,
 }
 
 

@@ -1,4 +1,5 @@
-"""Score-based diffusion models, networks, training and samplers (knows nothing of PDEs)."""
+"""Score-based diffusion and flow-matching models, networks, training and samplers (knows
+nothing of PDEs)."""
 
 from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import TrainState as TrainState
@@ -34,6 +35,18 @@ from ._domains import AbstractDomain as AbstractDomain
 from ._domains import Box as Box
 from ._domains import ConvexSet as ConvexSet
 from ._domains import Simplex as Simplex
+from ._flow import FlowSolution as FlowSolution
+from ._flow import flow_matching_loss as flow_matching_loss
+from ._flow import flow_matching_loss_single as flow_matching_loss_single
+from ._flow import flow_ode as flow_ode
+from ._flow import solve_flow as solve_flow
+from ._interpolants import AbstractInterpolant as AbstractInterpolant
+from ._interpolants import LinearInterpolant as LinearInterpolant
+from ._interpolants import VPInterpolant as VPInterpolant
+from ._interpolants import denoiser_from_velocity as denoiser_from_velocity
+from ._interpolants import process_rates as process_rates
+from ._interpolants import velocity_from_denoiser as velocity_from_denoiser
+from ._interpolants import velocity_from_score as velocity_from_score
 from ._model import DiffusionModel as DiffusionModel
 from ._model import Normalisation as Normalisation
 from ._model import model_from_config as model_from_config

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ._interpolants import denoiser_from_velocity, process_rates, velocity_from_denoiser
 from ._sde import AbstractSDE
 
-PARAMETERISATIONS = ("epsilon", "denoiser")
+PARAMETERISATIONS = ("epsilon", "denoiser", "velocity")
 
 
 class Normalisation(eqx.Module):
@@ -81,7 +82,11 @@ class DiffusionModel(eqx.Module):
     The network sees ``c_in * x / alpha`` and the noise label ``log(sigma / alpha) / 4``
     (EDM preconditioning, Karras et al. 2022, applied to ``x / alpha`` so that VP, VE and EDM
     share it). ``parameterisation="epsilon"``: the network predicts the noise;
-    ``"denoiser"``: ``D = c_skip x~ + c_out F(c_in x~)``. All methods work in *normalised*
+    ``"denoiser"``: ``D = c_skip x~ + c_out F(c_in x~)``; ``"velocity"`` (flow matching, with an
+    interpolant such as :class:`LinearInterpolant` as ``sde``): the network predicts the velocity
+    ``v = c_v F`` of ``x_t = alpha x0 + sigma z``, ``c_v = sqrt(alpha'^2 sigma_data^2 + sigma'^2)``
+    (unit-variance target), and the denoiser, noise and score follow from ``v``, so a flow model
+    serves every score-based sampler and guidance method. All methods work in *normalised*
     units on one example of shape ``data_shape`` and return ``x``'s dtype.
     """
 
@@ -154,6 +159,8 @@ class DiffusionModel(eqx.Module):
 
     def denoiser(self, x: Array, t: Array) -> Array:
         """``E[x0 | x_t]`` (normalised units)."""
+        if self.parameterisation == "velocity":
+            return denoiser_from_velocity(self.sde, x, t, self.velocity(x, t))
         t, alpha, sigma_t, x_scaled, raw = self._precondition(x, t)
         if self.parameterisation == "epsilon":
             return x_scaled - sigma_t * raw
@@ -167,6 +174,16 @@ class DiffusionModel(eqx.Module):
         if self.parameterisation == "epsilon":
             return self._precondition(x, t)[-1]
         return self.sde.epsilon_from_denoiser(x, t, self.denoiser(x, t))
+
+    def velocity(self, x: Array, t: Array) -> Array:
+        """Marginal velocity ``E[alpha' x0 + sigma' z | x_t = x]`` (normalised units): the vector
+        field whose ODE carries noise at ``t_max`` to data at ``t_min`` (any parameterisation)."""
+        if self.parameterisation != "velocity":
+            return velocity_from_denoiser(self.sde, x, t, self.denoiser(x, t))
+        raw = self._precondition(x, t)[-1]
+        _, _, alpha_rate, sigma_rate = process_rates(self.sde, jnp.asarray(t, x.dtype))
+        scale = jnp.sqrt(alpha_rate**2 * self.sigma_data**2 + sigma_rate**2).astype(x.dtype)
+        return scale * raw
 
     def score(self, x: Array, t: Array) -> Array:
         """``grad log p_t(x)`` (normalised units)."""

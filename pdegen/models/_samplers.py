@@ -20,6 +20,8 @@ import jax.random as jr
 from jax import Array
 
 from ._distributed import batch_sharding, make_mesh, replicate
+from ._flow import flow_ode
+from ._interpolants import AbstractInterpolant
 from ._sde import AbstractSDE
 
 ScoreFn = Callable[[Array, Array], Array]
@@ -40,6 +42,17 @@ def _check_steps(num_steps, name="num_steps"):
         raise ValueError(f"`{name}` must be a positive int, got {num_steps!r}")
 
 
+def _check_reverse_sde(sde, name):
+    """Stochastic samplers of the reverse SDE need a process whose SDE is regular on its grid."""
+    if isinstance(sde, AbstractInterpolant):
+        raise ValueError(
+            f"{name} integrates the reverse SDE, which for the flow interpolant {type(sde).__name__} "
+            f"is singular at t = 1 (drift f = alpha'/alpha and g^2 blow up as alpha -> 0) and unstable "
+            f"on its time grid; sample a flow with an ODE sampler: 'flow_ode', 'probability_flow', "
+            f"'edm_heun' or 'ddim'"
+        )
+
+
 def _finish(score_fn, sde, x, t, denoise_final):
     return sde.tweedie_denoiser(score_fn, x, t) if denoise_final else x
 
@@ -56,6 +69,7 @@ def euler_maruyama(
     dtype: Any = None,
 ) -> Array:
     """Euler–Maruyama on the reverse SDE ``dx = [f x - g^2 score] dt + g dW``, on ``sde.time_grid``."""
+    _check_reverse_sde(sde, "euler_maruyama")
     _check_steps(num_steps)
     init_key, key = jr.split(key)
     x, dtype = _start(sde, shape, init_key, x_init, dtype)
@@ -91,6 +105,7 @@ def predictor_corrector(
     Song et al.'s rule ``2 r (snr |z| / |score|)^2`` with the norm ratio replaced by its typical
     value ``sigma(t')``, which keeps the step bounded for a single low-dimensional example.
     """
+    _check_reverse_sde(sde, "predictor_corrector")
     _check_steps(num_steps)
     if corrector_steps < 0:
         raise ValueError(f"`corrector_steps` must be >= 0, got {corrector_steps}")
@@ -272,6 +287,7 @@ SAMPLERS: dict[str, Callable[..., Array]] = {
     "probability_flow": probability_flow,
     "ddim": ddim,
     "edm_heun": edm_heun,
+    "flow_ode": flow_ode,
 }
 """The reverse-time samplers by name.
 

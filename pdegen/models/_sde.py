@@ -331,10 +331,13 @@ _SDE_KINDS = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}
 
 
 def sde_from_config(config: dict) -> AbstractSDE:
-    """Rebuild an SDE from ``sde.config()``."""
-    if not isinstance(config, dict) or config.get("kind") not in _SDE_KINDS:
+    """Rebuild an SDE (or a flow-matching interpolant) from ``sde.config()``."""
+    from ._interpolants import INTERPOLANT_KINDS  # they subclass AbstractSDE: imported here
+
+    kinds = {**_SDE_KINDS, **INTERPOLANT_KINDS}
+    if not isinstance(config, dict) or config.get("kind") not in kinds:
         raise ValueError(
-            f"sde_from_config(config=...) needs a dict with 'kind' in {sorted(_SDE_KINDS)}, got {config!r}"
+            f"sde_from_config(config=...) needs a dict with 'kind' in {sorted(kinds)}, got {config!r}"
         )
     kwargs = {k: v for k, v in config.items() if k != "kind"}
-    return _SDE_KINDS[config["kind"]](**kwargs)
+    return kinds[config["kind"]](**kwargs)

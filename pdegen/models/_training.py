@@ -33,6 +33,7 @@ from ._checkpoint import (
     skeleton_state,
 )
 from ._distributed import check_batch_divisible, make_mesh, replicate, shard_batch
+from ._flow import flow_matching_loss_single
 from ._model import DiffusionModel
 
 
@@ -94,6 +95,7 @@ def dsm_loss_single(
     """Denoising score-matching loss for one example ``x0`` (normalised units), a scalar.
 
     ``epsilon``: ``|eps_hat - z|^2`` (score matching with weight ``sigma^2``).
+    ``velocity``: the conditional flow-matching loss (:func:`flow_matching_loss_single`).
     ``denoiser``: ``lambda |D - x0|^2`` with the EDM weight ``lambda = (s^2 + sd^2) / (s sd)^2``,
     ``s = sigma / alpha``. Both are means over the entries of ``x0``. ``penalty(D) -> scalar``
     (denoiser parameterisation only): a term on the denoised estimate added with the same weight,
@@ -101,6 +103,8 @@ def dsm_loss_single(
     exact denoiser satisfies at every noise level (a linear constraint of the data) leaves the
     optimum unchanged.
     """
+    if model.parameterisation == "velocity":  # a flow model: conditional flow matching
+        return flow_matching_loss_single(model, x0, key=key)
     tkey, nkey = jr.split(key)
     t = model.sde.sample_training_time(key=tkey, dtype=x0.dtype)
     xt, z = model.sde.marginal(x0, t, key=nkey)
@@ -391,7 +395,7 @@ def train(
     before each checkpoint: a NaN / inf raises :class:`TrainingDivergedError` naming the step,
     and the last good checkpoint is left as it was. Only process 0 writes files.
     """
-    if penalty is not None and model.parameterisation == "epsilon":
+    if penalty is not None and model.parameterisation != "denoiser":
         raise ValueError(
             "train(penalty=...): needs a model with the denoiser parameterisation (EDM), "
             "the penalty acts on the denoised estimate"
