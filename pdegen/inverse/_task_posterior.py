@@ -560,6 +560,8 @@ def sample_task_posterior(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if method in SMC_METHODS:
+        SMC(num_particles=num_particles)  # checks the particle count before any work
     y = task.y if y is None else task.check_observations(y)
     if likelihood is not None:
         likelihood = StatFEMLikelihood(*likelihood).check()
@@ -589,13 +591,11 @@ def sample_task_posterior(
         )
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
-    if method in SMC_METHODS:
-        if route != "solve":
-            raise ValueError(
-                f"{method}: sequential Monte Carlo runs on the 'solve' route only (a one-channel "
-                f"prior over a, or channel a of a joint prior), got route={route!r}"
-            )
-        SMC(num_particles=num_particles)  # checks the particle count before any work
+    if method in SMC_METHODS and route != "solve":
+        raise ValueError(
+            f"{method}: sequential Monte Carlo runs on the 'solve' route only (a one-channel "
+            f"prior over a, or channel a of a joint prior), got route={route!r}"
+        )
     prior = prior_at_grid(prior, task.grid)
     check_prior_fits(prior, task, route)
     if sampler not in SAMPLERS:
