@@ -198,26 +198,27 @@ def test_smc_bad_input(problem):
 
 
 @pytest.mark.slow
-def test_smc_task_route_reaches_the_bayes_floor():
-    """The benchmark-task route (poisson-forward, 16x16, noise-free data with the task's noise
-    floor): the weighted SMC mean is within 5% of the Bayes error with 128 particles, and the
-    evidence estimate is within a few units of the closed form."""
-    task = inverse.make_task("poisson-forward", grid=16, index=0)
+def test_smc_task_route_converges_to_the_exact_posterior():
+    """The benchmark-task route (poisson-inverse, 16x16, noise-free data with the task's noise
+    floor, 256 particles, TMPD twist): the weighted mean of ``a`` is within a tenth of the exact
+    posterior variance of the exact mean (squared distance), the coverage of the weighted std is
+    within 0.1 of the exact posterior's, and the evidence is within 0.5 of the closed form."""
+    task = inverse.make_task("poisson-inverse", grid=16, index=0)
     prior = inverse.gaussian_prior(16)
-    bayes = inverse.evaluate(
-        inverse.sample_posterior(prior, task, method="bayes", key=jax.random.key(0)), task
-    )
+    bayes = inverse.sample_posterior(prior, task, method="bayes", key=jax.random.key(0))
     post = inverse.sample_posterior(
         prior,
         task,
         method="smc-tmpd",
         key=jax.random.key(1),
-        num_samples=128,
+        num_samples=256,
         num_steps=100,
-        num_particles=128,
+        num_particles=256,
     )
-    row = inverse.evaluate(post, task)
-    assert row["rel_l2"] / bayes["rel_l2"] < 1.05, (row, bayes)
+    d = float(jnp.sum((post.mean[0] - bayes.mean[0]) ** 2) / jnp.sum(bayes.std[0] ** 2))
+    assert d < 0.1, d
+    row, exact_row = inverse.evaluate(post, task), inverse.evaluate(bayes, task)
+    assert abs(row["coverage90"] - exact_row["coverage90"]) < 0.1, (row, exact_row)
     field_prior, lik = inverse.task_problem(task)
     exact = inverse.exact_posterior(field_prior, lik, key=jax.random.key(2), num_samples=2)
-    assert abs(post.info["log_evidence"] - exact.info["log_evidence"]) < 3.0
+    assert abs(post.info["log_evidence"] - exact.info["log_evidence"]) < 0.5
