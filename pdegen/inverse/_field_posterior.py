@@ -1,8 +1,9 @@
 """Posterior sampling for any (prior, likelihood) pair: the user's own PDE, mesh, sensors and data.
 
 ``sample_posterior(prior, likelihood, method=...)`` runs a guided diffusion sampler (TMPD, PiGDM,
-DPS, unguided) over the prior's state, or the closed forms under a Gaussian prior: the exact
-posterior (linear forward maps) and the MAP estimate. The observation is whitened by the
+DPS, unguided) over the prior's state, twisted sequential Monte Carlo (:class:`SMC`, with a log
+evidence), or the closed forms under a Gaussian prior: the exact posterior (linear forward maps)
+and the MAP estimate. The observation is whitened by the
 likelihood's noise model and scaled to unit RMS data, so guidance is unit-free; compiled samplers
 are reused across data sets of the same problem (``likelihood.with_data(y)``).
 """

@@ -14,8 +14,10 @@ Methods: ``"dps"``, ``"pigdm"``, ``"tmpd"`` (full), ``"tmpd-cached"``, ``"tmpd-d
 ``"statfem"`` / ``"statfem-pigdm"`` (TMPD / PiGDM under the model-error-aware statFEM likelihood
 ``y = rho H u + d + e``, :class:`StatFEMLikelihood`), ``"diffusionpde"`` (DPS-type observation misfit
 plus the PDE residual in the last 20% of the steps), ``"unguided"`` (prior samples), ``"map"`` (MAP
-under the GRF prior, :func:`map_estimate`) and ``"bayes"``: the exact Gaussian posterior under the
-true GRF prior (linear PDEs only), the Bayes-optimal floor.
+under the GRF prior, :func:`map_estimate`), ``"smc"`` / ``"smc-tmpd"`` (twisted sequential Monte Carlo
+with the PiGDM / TMPD twist, route ``solve``, ``num_particles`` particles; :class:`SMC`) and
+``"bayes"``: the exact Gaussian posterior under the true GRF prior (linear PDEs only), the
+Bayes-optimal floor.
 """
 
 from __future__ import annotations
