@@ -172,6 +172,8 @@ def test_systematic_resampling_is_unbiased():
 
 
 def test_smc_bad_input(problem):
+    """Fewer than two particles, an ESS threshold outside [0, 1], a proposal without a Gaussian
+    twist, another sampler or the joint route: clear errors before any sampling."""
     prior, lik, _, _ = problem
     for bad in (1, 0, 2.5, True):
         with pytest.raises(ValueError, match="num_particles"):
