@@ -6,6 +6,7 @@ from ._field_posterior import exact_posterior as exact_posterior
 from ._field_posterior import field_metrics as field_metrics
 from ._field_posterior import map_posterior as map_posterior
 from ._field_posterior import observed_prior_variance as observed_prior_variance
+from ._field_posterior import smc_posterior as smc_posterior
 from ._field_prior import FieldPrior as FieldPrior
 from ._field_prior import check_prior_fits as check_prior_fits
 from ._field_prior import dense_gaussian_prior as dense_gaussian_prior
@@ -43,6 +44,7 @@ from ._map import map_estimate as map_estimate
 from ._methods import DPS as DPS
 from ._methods import FIELD_METHODS as FIELD_METHODS
 from ._methods import MAP as MAP
+from ._methods import SMC as SMC
 from ._methods import TMPD as TMPD
 from ._methods import Exact as Exact
 from ._methods import Method as Method
@@ -65,6 +67,11 @@ from ._projection import consistency_penalty as consistency_penalty
 from ._projection import pde_projection as pde_projection
 from ._results import Posterior as Posterior
 from ._sample import sample_posterior as sample_posterior
+from ._smc import SMCResult as SMCResult
+from ._smc import effective_sample_size as effective_sample_size
+from ._smc import smc_time_grid as smc_time_grid
+from ._smc import systematic_resample as systematic_resample
+from ._smc import twisted_smc as twisted_smc
 from ._task_exact import bayes_posterior as bayes_posterior
 from ._task_exact import default_likelihood as default_likelihood
 from ._task_exact import fit_likelihood as fit_likelihood

@@ -1,8 +1,9 @@
 """Posterior sampling for any (prior, likelihood) pair: the user's own PDE, mesh, sensors and data.
 
 ``sample_posterior(prior, likelihood, method=...)`` runs a guided diffusion sampler (TMPD, PiGDM,
-DPS, unguided) over the prior's state, or the closed forms under a Gaussian prior: the exact
-posterior (linear forward maps) and the MAP estimate. The observation is whitened by the
+DPS, unguided) over the prior's state, twisted sequential Monte Carlo (:class:`SMC`, with a log
+evidence), or the closed forms under a Gaussian prior: the exact posterior (linear forward maps)
+and the MAP estimate. The observation is whitened by the
 likelihood's noise model and scaled to unit RMS data, so guidance is unit-free; compiled samplers
 are reused across data sets of the same problem (``likelihood.with_data(y)``).
 """
@@ -22,9 +23,10 @@ from pdegen import models
 
 from ._gaussian import gaussian_posterior
 from ._likelihood import GaussianLikelihood, LinearForward
-from ._methods import MAP, Exact, GuidanceProblem, Method, PiGDM, as_method, step_weight
+from ._methods import MAP, SMC, Exact, GuidanceProblem, Method, PiGDM, as_method, step_weight
 from ._metrics import interval_std
 from ._priors import Prior
+from ._smc import systematic_resample, twisted_smc
 from ._tasks import credible_interval_coverage, relative_l2
 
 
@@ -204,6 +206,17 @@ def sample_field_posterior(
         post = exact_posterior(prior, likelihood, key=key, num_samples=num_samples)
     elif isinstance(method, MAP):
         post = map_posterior(prior, likelihood, steps=method.steps)
+    elif isinstance(method, SMC):
+        post = smc_posterior(
+            prior,
+            likelihood,
+            method,
+            key=key,
+            num_samples=num_samples,
+            num_steps=num_steps,
+            sampler=sampler,
+            data_scale=data_scale,
+        )
     else:
         return _guided_posterior(
             prior,
@@ -222,19 +235,14 @@ def sample_field_posterior(
     return post
 
 
-def _guided_posterior(
-    prior,
-    likelihood,
-    method: Method,
-    *,
-    key,
-    num_samples,
-    num_steps,
-    sampler,
-    batch_size,
-    progress,
-    data_scale,
-) -> FieldPosterior:
+def _normalised_problem(
+    prior, likelihood, method: Method, *, key, num_steps, sampler, data_scale, needs_variance=None
+):
+    """The guidance problem in normalised units: ``(observe, y_n, noise, data_variance, key)``.
+
+    The observation is whitened by the likelihood's noise model and scaled by ``factor`` (the data
+    to unit RMS, or to units of ``data_scale``); ``noise = factor`` is the noise level in those units.
+    PiGDM's ``data_variance`` is computed when the method needs it (``needs_variance``)."""
     if sampler not in models.SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(models.SAMPLERS)}, got {sampler!r}")
     if not isinstance(num_steps, int) or num_steps < 2:
@@ -250,7 +258,8 @@ def _guided_posterior(
     else:
         raise ValueError(f"data_scale must be > 0 and finite, got {data_scale}")
     observe = _Observe(prior, likelihood, jnp.asarray(factor, jnp.float64))
-    needs_variance = isinstance(method, PiGDM) and method.data_variance is None
+    if needs_variance is None:
+        needs_variance = isinstance(method, PiGDM) and method.data_variance is None
     data_variance = 1.0
     if needs_variance:
         key, sub = jax.random.split(key)
@@ -259,6 +268,32 @@ def _guided_posterior(
         )
     y_n = jnp.asarray(factor * yw, dtype)
     noise = jnp.asarray(factor, dtype)
+    return observe, y_n, noise, data_variance, key
+
+
+def _guided_posterior(
+    prior,
+    likelihood,
+    method: Method,
+    *,
+    key,
+    num_samples,
+    num_steps,
+    sampler,
+    batch_size,
+    progress,
+    data_scale,
+) -> FieldPosterior:
+    observe, y_n, noise, data_variance, key = _normalised_problem(
+        prior,
+        likelihood,
+        method,
+        key=key,
+        num_steps=num_steps,
+        sampler=sampler,
+        data_scale=data_scale,
+    )
+    dtype = jnp.dtype(prior.dtype)
     dv = jnp.asarray(data_variance, dtype)
     run = lambda kb: _sample_batch(method, observe, y_n, noise, dv, kb, num_steps, sampler)  # noqa: E731
     samples, per_sample, compile_s = sample_in_batches(run, key, num_samples, batch_size, progress)
@@ -277,6 +312,114 @@ def _guided_posterior(
         float(per_sample),
         float(compile_s),
         {"data_variance": data_variance, "prior": prior.name},
+    )
+
+
+def smc_posterior(
+    prior: Prior,
+    likelihood: GaussianLikelihood,
+    method: SMC | None = None,
+    *,
+    key,
+    num_samples: int = 8,
+    num_steps: int = 200,
+    sampler: str = "euler_maruyama",
+    data_scale: float | None = None,
+) -> FieldPosterior:
+    """Sequential Monte Carlo posterior (:class:`SMC`, :func:`twisted_smc`) of a (prior, likelihood)
+    pair: one particle system of ``method.num_particles`` particles on the ``num_steps`` reverse
+    Euler-Maruyama steps.
+
+    ``mean`` and ``std`` are the weighted particle estimates (``std`` with the unbiased weighted
+    correction ``1 / (1 - sum W^2)``); ``samples`` are ``num_samples`` systematic resamples of the
+    weighted particles (repeats possible). ``info``: ``log_evidence`` (the estimate of ``log p(W y)``
+    for the whitened data, the units of :func:`exact_posterior`'s), ``ess`` (effective sample size
+    after each reweighting), ``resampling_steps``, ``num_particles``, ``seconds`` (whole run,
+    compilation included on a first call), ``data_variance`` (the twist's PiGDM variance) and the
+    weighted particle system itself: ``particles`` ``(N, n)`` fields and normalised ``weights``."""
+    check_problem(prior, likelihood)
+    method = SMC() if method is None else method
+    if not isinstance(method, SMC):
+        raise TypeError(f"smc_posterior: method must be an SMC object, got {type(method).__name__}")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if sampler != "euler_maruyama":
+        raise ValueError(
+            f"sample_posterior: {method.label} runs its own Euler-Maruyama particle chain; "
+            f"sampler must be 'euler_maruyama', got {sampler!r}"
+        )
+    proposal = method.proposal
+    given = getattr(proposal, "data_variance", None)
+    observe, y_n, noise, data_variance, key = _normalised_problem(
+        prior,
+        likelihood,
+        method,
+        key=key,
+        num_steps=num_steps,
+        sampler=sampler,
+        data_scale=data_scale,
+        needs_variance=method.twist == "pigdm" and given is None,
+    )
+    if given is not None:
+        data_variance = float(given)
+    dtype = jnp.dtype(prior.dtype)
+    k_run, k_out = jax.random.split(key)
+    t0 = time.perf_counter()
+    res = twisted_smc(
+        prior.score,
+        prior.sde,
+        observe,
+        y_n,
+        noise_std=noise,
+        shape=prior.shape,
+        key=k_run,
+        num_particles=method.num_particles,
+        num_steps=num_steps,
+        twist=method.twist,
+        data_variance=jnp.asarray(data_variance, dtype),
+        ess_threshold=float(method.ess_threshold),
+        # PiGDM's A A^T is constant for a linear A; TMPD's A C A^T also needs a Gaussian prior
+        shared_covariance=bool(likelihood.linear and (prior.gaussian or method.twist == "pigdm")),
+        time_grid=method.time_grid,
+        dtype=dtype,
+    )
+    fields = jax.block_until_ready(jax.vmap(prior.to_field)(res.particles))
+    seconds = time.perf_counter() - t0
+    if not bool(jnp.all(jnp.isfinite(fields))) or not bool(jnp.isfinite(res.log_evidence)):
+        raise FloatingPointError(
+            f"sample_posterior: {method.label} produced non-finite particles or weights; try more "
+            f"num_steps"
+        )
+    fields = fields.astype(jnp.float64)
+    w = jax.nn.softmax(res.log_weights.astype(jnp.float64))
+    mean = w @ fields
+    sum_w2 = float(jnp.sum(w**2))
+    var = (w @ (fields - mean[None]) ** 2) / max(1.0 - sum_w2, 1e-12)
+    idx = systematic_resample(k_out, res.log_weights.astype(jnp.float64), num_samples)
+    samples = fields[idx]
+    # evidence of the whitened data W y: the scaled data y_n = factor W y add m log(factor)
+    factor = float(noise)
+    log_evidence = float(res.log_evidence) + y_n.shape[0] * math.log(factor)
+    ess = np.asarray(res.ess, np.float64)
+    return FieldPosterior(
+        samples,
+        mean,
+        jnp.sqrt(jnp.maximum(var, 0.0)),
+        method.label,
+        float(seconds / method.num_particles),
+        float("nan"),
+        {
+            "log_evidence": log_evidence,
+            "ess": ess.tolist(),
+            "final_ess": float(ess[-1]),
+            "resampling_steps": int(np.sum(np.asarray(res.resampled))),
+            "num_particles": method.num_particles,
+            "seconds": float(seconds),
+            "data_variance": float(data_variance),
+            "prior": prior.name,
+            "particles": fields,
+            "weights": w,
+        },
     )
 
 

@@ -14,8 +14,10 @@ Methods: ``"dps"``, ``"pigdm"``, ``"tmpd"`` (full), ``"tmpd-cached"``, ``"tmpd-d
 ``"statfem"`` / ``"statfem-pigdm"`` (TMPD / PiGDM under the model-error-aware statFEM likelihood
 ``y = rho H u + d + e``, :class:`StatFEMLikelihood`), ``"diffusionpde"`` (DPS-type observation misfit
 plus the PDE residual in the last 20% of the steps), ``"unguided"`` (prior samples), ``"map"`` (MAP
-under the GRF prior, :func:`map_estimate`) and ``"bayes"``: the exact Gaussian posterior under the
-true GRF prior (linear PDEs only), the Bayes-optimal floor.
+under the GRF prior, :func:`map_estimate`), ``"smc"`` / ``"smc-tmpd"`` (twisted sequential Monte Carlo
+with the PiGDM / TMPD twist, route ``solve``, ``num_particles`` particles; :class:`SMC`) and
+``"bayes"``: the exact Gaussian posterior under the true GRF prior (linear PDEs only), the
+Bayes-optimal floor.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ._field_prior import (
     prior_at_grid,
 )
 from ._guidance import StatFEMLikelihood, tweedie_mean
-from ._methods import DPS, TMPD, GuidanceProblem, PiGDM, Unguided, step_weight
+from ._methods import DPS, SMC, TMPD, GuidanceProblem, PiGDM, Unguided, step_weight
 from ._metrics import summarise
 from ._operators import channel_rms, noise_floor, solution_operator
 from ._priors import Prior
@@ -66,15 +68,23 @@ POSTERIOR_METHODS = (
     "pigdm",
     "diffusionpde",
     "unguided",
+    "smc",
+    "smc-tmpd",
 )
 METHODS = POSTERIOR_METHODS
 STATFEM_METHODS = ("statfem", "statfem-pigdm")
 SAMPLERS = tuple(MODEL_SAMPLERS)
+SMC_METHODS = ("smc", "smc-tmpd")
 
 
-def _method_object(method: str, *, scale: float, data_variance: float | None):
+def _method_object(
+    method: str, *, scale: float, data_variance: float | None, num_particles: int = 64
+):
     """The :mod:`pdegen.inverse` method object of a task-mode method name (statFEM methods are
     TMPD / PiGDM; the likelihood carries the model error)."""
+    if method in SMC_METHODS:
+        proposal = PiGDM(data_variance) if method == "smc" else TMPD()
+        return SMC(proposal, num_particles=num_particles)
     return {
         "tmpd": TMPD(),
         "tmpd-diagonal": TMPD("diagonal"),
@@ -113,6 +123,7 @@ def _solve_route(
     batch_size,
     data_variance,
     progress,
+    num_particles=64,
 ) -> Posterior:
     field_prior = as_mesh_prior(prior, task)
     model_error = likelihood if method in STATFEM_METHODS else None
@@ -120,7 +131,9 @@ def _solve_route(
     post = sample_field_posterior(
         field_prior,
         lik,
-        method=_method_object(method, scale=scale, data_variance=data_variance),
+        method=_method_object(
+            method, scale=scale, data_variance=data_variance, num_particles=num_particles
+        ),
         key=key,
         num_samples=num_samples,
         num_steps=num_steps,
@@ -131,11 +144,19 @@ def _solve_route(
     )
     a = task.mesh.to_image(post.samples)
     samples = jnp.stack([a, _solve_batch(task, a)], axis=1)
+    mean = samples.mean(0)
     std = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros(samples.shape[1:])
     info = {"steady_state_timing": not np.isnan(post.compile_seconds), **post.info}
+    if "particles" in info:  # SMC: the weighted estimates over all particles
+        a_all = task.mesh.to_image(info.pop("particles"))
+        w = jnp.asarray(info.pop("weights"))
+        joint = jnp.stack([a_all, _solve_batch(task, a_all)], axis=1)
+        mean = jnp.tensordot(w, joint, 1)
+        var = jnp.tensordot(w, (joint - mean[None]) ** 2, 1) / max(1.0 - float(w @ w), 1e-12)
+        std = jnp.sqrt(jnp.maximum(var, 0.0))
     return Posterior(
         samples,
-        samples.mean(0),
+        mean,
         std,
         method,
         "solve",
@@ -499,6 +520,7 @@ def sample_task_posterior(
     data_variance: float | None = None,
     progress=None,
     y=None,
+    num_particles: int = 64,
 ) -> Posterior:
     """Posterior samples of the joint field ``(a, u)`` for a benchmark ``task`` under a grid ``prior``.
 
@@ -532,11 +554,16 @@ def sample_task_posterior(
             (normalised units). Default: exact for Gaussian priors, estimated from 64 prior samples
             for learned ones (:func:`observed_prior_variance`).
         progress: a ``tqdm``-like object updated with the number of finished samples.
+        num_particles: the particle count of ``smc`` / ``smc-tmpd`` (:class:`SMC`, route ``solve``);
+            ``num_samples`` of its weighted particles are returned, mean and std are the weighted
+            estimates over all of them, ``info["log_evidence"]`` the evidence estimate.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if method in SMC_METHODS:
+        SMC(num_particles=num_particles)  # checks the particle count before any work
     y = task.y if y is None else task.check_observations(y)
     if likelihood is not None:
         likelihood = StatFEMLikelihood(*likelihood).check()
@@ -566,6 +593,11 @@ def sample_task_posterior(
         )
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    if method in SMC_METHODS and route != "solve":
+        raise ValueError(
+            f"{method}: sequential Monte Carlo runs on the 'solve' route only (a one-channel "
+            f"prior over a, or channel a of a joint prior), got route={route!r}"
+        )
     prior = prior_at_grid(prior, task.grid)
     check_prior_fits(prior, task, route)
     if sampler not in SAMPLERS:
@@ -587,7 +619,9 @@ def sample_task_posterior(
         progress=progress,
     )
     if route == "solve":
-        return _solve_route(prior, task, method, y, likelihood, **common)
+        return _solve_route(
+            prior, task, method, y, likelihood, num_particles=num_particles, **common
+        )
     return _joint_route(
         prior,
         task,
