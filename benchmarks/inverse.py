@@ -831,6 +831,15 @@ def main(argv=None) -> int:
         "--flow-draws", type=int, default=10, help="draws per task in the flow block (>= 1)"
     )
     p.add_argument(
+        "--flow-tasks",
+        default=None,
+        help="comma-separated tasks of the flow block (default poisson-inverse, plus "
+        "poisson-forward without --quick)",
+    )
+    p.add_argument(
+        "--flow-out", default="inverse_flow", help="results name of the flow block (.json)"
+    )
+    p.add_argument(
         "--smc-particles", default="64,256", help="SMC block: particle counts, comma-separated"
     )
     p.add_argument("--smc-draws", type=int, default=2, help="SMC block: draws per task")
@@ -855,6 +864,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.flow_draws < 1:
         p.error("--flow-draws must be >= 1")
+    known = ("poisson-forward", "poisson-inverse", "helmholtz-forward", "helmholtz-inverse")
+    if args.flow_tasks and not set(args.flow_tasks.split(",")) <= set(known):
+        p.error(f"--flow-tasks: choose from {known}")
     if args.mesh_draws < 2:
         p.error("--mesh-draws must be >= 2 (the rows report a std over draws)")
     if args.block == "mesh":
@@ -968,13 +980,16 @@ def main(argv=None) -> int:
 # trained by flow matching, one by EDM score matching (benchmarks/models.py FLOW_PRIORS says how).
 # Each configuration: (prior, sampler, steps, network evaluations per sample and guidance step).
 FLOW_PRIORS = {"flow": Path("build/flow-a-32/model"), "diffusion": Path("build/edm-a-32/model")}
-FLOW_CONFIGS = (
-    ("diffusion", "euler_maruyama", 100, 100),
-    ("diffusion", "euler_maruyama", 50, 50),
-    ("flow", "flow_ode", 50, 100),  # Heun: 2 evaluations a step
+FLOW_CONFIGS = (  # Heun on both: 2 evaluations a step
     ("flow", "flow_ode", 25, 50),
+    ("diffusion", "edm_heun", 50, 100),
+    ("flow", "flow_ode", 50, 100),
+    ("diffusion", "edm_heun", 25, 50),
 )
-FLOW_METHODS = ("bayes", "tmpd-cached", "dps")
+# tmpd-cached diverged (non-finite fields) at the first draw with both priors (the flow with
+# flow_ode, 25 steps; the diffusion with euler_maruyama, 100 steps); PiGDM needs 64 prior samples
+# per draw for its data variance; DPS (one VJP per evaluation, Polyak step) is run.
+FLOW_METHODS = ("bayes", "dps")
 
 
 def run_flow_block(args) -> dict:
@@ -997,6 +1012,8 @@ def run_flow_block(args) -> dict:
     }
     draws, samples = args.flow_draws, args.samples or 8
     tasks = ("poisson-inverse",) if args.quick else ("poisson-inverse", "poisson-forward")
+    if args.flow_tasks:
+        tasks = tuple(t for t in args.flow_tasks.split(",") if t)
     t0 = time.perf_counter()
     rows: list = []
 
@@ -1014,9 +1031,11 @@ def run_flow_block(args) -> dict:
             "rows": rows,
             "notes": [
                 "evaluations: network evaluations per sample (each with one guidance VJP for "
-                "tmpd-cached and dps); flow_ode is Heun on the interpolant's Karras grid of "
-                "sigma/alpha, euler_maruyama the reverse SDE on the EDM time grid; the flow samples "
-                "over the diffusion's noise range sigma/alpha in [0.002, 160].",
+                "dps); flow_ode is Heun on the interpolant's Karras grid of sigma/alpha, "
+                "edm_heun Heun on EDM's Karras noise levels; the flow samples over the diffusion's "
+                "noise range sigma/alpha in [0.002, 160].",
+                "tmpd-cached produced non-finite fields at the first draw with both priors (flow: "
+                "flow_ode 25 steps; diffusion: euler_maruyama 100 steps), so DPS is the method here.",
                 "ratio_to_bayes: rel L2 of the posterior mean over the exact Gaussian posterior's "
                 "(the GRF prior is the data's law), averaged over draws.",
             ],
@@ -1026,25 +1045,32 @@ def run_flow_block(args) -> dict:
 
     for task_name in tasks:
         for kind, sampler, steps, evaluations in FLOW_CONFIGS:
-            new = run_rows(
-                priors[kind],
-                priors[kind].name,
-                task_name,
-                32,
-                list(FLOW_METHODS),
-                draws=draws,
-                samples=samples,
-                steps=steps,
-                sampler=sampler,
-            )
+            try:
+                new = run_rows(
+                    priors[kind],
+                    priors[kind].name,
+                    task_name,
+                    32,
+                    list(FLOW_METHODS),
+                    draws=draws,
+                    samples=samples,
+                    steps=steps,
+                    sampler=sampler,
+                )
+            except FloatingPointError as err:  # a diverged sampler is a result, not a crash
+                print(f"{task_name}, {kind} prior, {sampler} {steps} steps: {err}")
+                new = [{"task": task_name, "method": m, "diverged": str(err)} for m in FLOW_METHODS]
             for r in new:
                 if r["method"] != "bayes":
                     r.update(kind=kind, sampler=sampler, evaluations=evaluations)
                     rows.append(r)
-            write_results("inverse_flow", payload(partial=True))
-    path = write_results("inverse_flow", payload(partial=False))
+            write_results(args.flow_out, payload(partial=True))
+    path = write_results(args.flow_out, payload(partial=False))
     print(f"\nflow vs diffusion prior ({draws} draws x {samples} samples):")
     for r in rows:
+        if "diverged" in r:
+            print(f"  {r['task']:<16} {r['method']:<12} {r['kind']:<9} {r['sampler']:<15} diverged")
+            continue
         print(
             f"  {r['task']:<16} {r['method']:<12} {r['kind']:<9} {r['sampler']:<15} "
             f"{r['evaluations']:>4} evals: ratio to Bayes {r['ratio_to_bayes']:.3f}, "

@@ -366,3 +366,35 @@ def test_solve_flow_rejects_bad_options():
         models.solve_flow(score, sde, (D,), key=key, num_steps=4, solver=diffrax.ImplicitEuler())
     with pytest.raises(ValueError, match="x_init"):
         models.solve_flow(score, sde, (D,), key=key, x_init=jnp.zeros(D + 1))
+
+
+# --- benchmarks/train_prior.py --flow ---------------------------------------------------------
+
+
+def _train_prior_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_prior.py"
+    spec = importlib.util.spec_from_file_location("train_prior_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_train_prior_flow_rejects_the_spectral_network(tmp_path):
+    script = _train_prior_script()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--flow", "linear", "--network", "spectral", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_train_prior_trains_and_exports_a_flow_model(tmp_path):
+    script = _train_prior_script()
+    args = ["--data", "a", "--grid", "8", "--flow", "vp", "--steps", "2", "--n-train", "8"]
+    args += ["--batch-size", "4", "--base-channels", "4", "--channel-mults", "1,2", "--quiet"]
+    assert script.main([*args, "--name", "tiny-flow", "--out", str(tmp_path / "run")]) == 0
+    ckpt = models.load_checkpoint(tmp_path / "run" / "model")
+    assert ckpt.model.parameterisation == "velocity"
+    assert isinstance(ckpt.model.sde, models.VPInterpolant)
+    assert ckpt.metadata["recommended_sampler"]["method"] == "flow_ode"
