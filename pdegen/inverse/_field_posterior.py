@@ -378,8 +378,9 @@ def smc_posterior(
         twist=method.twist,
         data_variance=jnp.asarray(data_variance, dtype),
         ess_threshold=float(method.ess_threshold),
-        # PiGDM's A A^T is constant for a linear A; TMPD's A C A^T also needs a Gaussian prior
-        shared_covariance=bool(likelihood.linear and (prior.gaussian or method.twist == "pigdm")),
+        # for a linear A the twist's covariance at the zero state (exact for PiGDM, and for TMPD
+        # with a Gaussian prior; TMPD("cached")'s approximation for a learned one)
+        shared_covariance=bool(likelihood.linear),
         time_grid=method.time_grid,
         dtype=dtype,
     )

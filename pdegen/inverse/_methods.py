@@ -200,7 +200,8 @@ class SMC(Method):
 
     ``proposal``: :class:`PiGDM` (the default, ``"smc"``) or :class:`TMPD` (full, ``"smc-tmpd"``),
     whose Gaussian approximation of ``p(y | x_t)`` is both the twist and, through its gradient,
-    the guided proposal. ``time_grid``: ``"log-snr"`` (steps evenly spaced in the log noise level,
+    the guided proposal. For a linear forward map the twist's covariance is computed once per time
+    at the zero state (for a learned prior with TMPD, the approximation of ``TMPD("cached")``). ``time_grid``: ``"log-snr"`` (steps evenly spaced in the log noise level,
     the default: sharp data make the last steps weigh most) or ``"sampler"`` (the sampler's grid)."""
 
     proposal: Method = eqx.field(static=True, default_factory=PiGDM)

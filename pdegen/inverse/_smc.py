@@ -172,7 +172,10 @@ class _Twist(eqx.Module):
         k = self.y.shape[0]
         if self.kind == "pigdm":
             return _pigdm_variance(self.sde, t, self.data_variance) * _gram(vjp_A, k, dtype)
-        return _tmpd_projected(self.sde, t, vjp_m, self.observe, m, vjp_A, k, dtype)
+        C = _tmpd_projected(self.sde, t, vjp_m, self.observe, m, vjp_A, k, dtype)
+        # a learned Jacobian need not be positive semi-definite: clip its eigenvalues at zero
+        w, V = jnp.linalg.eigh(C)
+        return (V * jnp.maximum(w, 0.0)[None]) @ V.T
 
 
 def _final_sample(twist: _Twist, x, t, key):
@@ -222,9 +225,11 @@ def twisted_smc(
         twist: ``"pigdm"`` (isotropic Tweedie covariance of variance ``data_variance`` along the
             observed directions) or ``"tmpd"`` (full Tweedie covariance, ``m`` VJPs per state).
         ess_threshold: resample when the effective sample size falls below it times ``N``.
-        shared_covariance: the twist's ``A C A^T`` does not depend on the state (a linear ``A``
-            with the PiGDM twist; a linear ``A`` and a Gaussian prior with the TMPD twist): computed
-            once per time at the zero state, not per particle.
+        shared_covariance: compute the twist's ``A C A^T`` once per time at the zero state, not
+            per particle: exact for a linear ``A`` with the PiGDM twist, or with the TMPD twist and
+            a Gaussian prior; for a learned prior the TMPD twist at the zero state (as
+            ``TMPD("cached")``: ``m`` network VJPs per time once, then one per particle and step).
+            Any twist leaves the weighted particles exact; a worse one only costs variance.
         time_grid: ``"log-snr"`` (times evenly spaced in ``log(sigma_t / alpha_t)``, so every step
             shrinks the noise by the same factor and the steps near ``t_min``, where sharp data
             weigh most, are as accurate as the rest) or ``"sampler"`` (``sde.time_grid``).
