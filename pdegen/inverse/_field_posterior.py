@@ -121,7 +121,9 @@ def observed_prior_variance(
     sampler: str = "euler_maruyama",
     num_steps: int = 100,
 ) -> float:
-    """``tr(J C J^T) / tr(J J^T)``: the prior variance of the state along the rows of ``J``, the
+    """The prior variance of the state along the observed directions.
+
+    ``tr(J C J^T) / tr(J J^T)``: the prior variance of the state along the rows of ``J``, the
     Jacobian of ``observe``, with ``C`` the prior covariance of the state (PiGDM's data variance).
 
     Exact for Gaussian priors (``J`` at the zero state). For learned priors ``C`` is estimated
@@ -326,7 +328,9 @@ def smc_posterior(
     sampler: str = "euler_maruyama",
     data_scale: float | None = None,
 ) -> FieldPosterior:
-    """Sequential Monte Carlo posterior (:class:`SMC`, :func:`twisted_smc`) of a (prior, likelihood)
+    """The sequential Monte Carlo posterior of a (prior, likelihood) pair.
+
+    Sequential Monte Carlo posterior (:class:`SMC`, :func:`twisted_smc`) of a (prior, likelihood)
     pair: one particle system of ``method.num_particles`` particles on the ``num_steps`` reverse
     Euler-Maruyama steps.
 
@@ -438,7 +442,9 @@ def _whitened_linear(likelihood: GaussianLikelihood):
 def exact_posterior(
     prior: Prior, likelihood: GaussianLikelihood, *, key, num_samples: int = 8
 ) -> FieldPosterior:
-    """The exact posterior of a Gaussian prior and a linear forward map (Matheron samples, exact
+    """The exact posterior of a Gaussian prior and a linear forward map (the Bayes floor).
+
+    The exact posterior of a Gaussian prior and a linear forward map (Matheron samples, exact
     mean and pointwise std): the Bayes-optimal floor every method is measured against."""
     check_problem(prior, likelihood)
     if not prior.gaussian:
@@ -477,7 +483,9 @@ def _map_run(prior, likelihood, steps):
 def map_posterior(
     prior: Prior, likelihood: GaussianLikelihood, *, steps: int = 2000
 ) -> FieldPosterior:
-    """The MAP estimate under a Gaussian prior: ``argmin 0.5 ||z||^2 + 0.5 ||W (y - G(m + L z))||^2`` by
+    """The MAP estimate under a Gaussian prior, as a one-sample posterior.
+
+    The MAP estimate under a Gaussian prior: ``argmin 0.5 ||z||^2 + 0.5 ||W (y - G(m + L z))||^2`` by
     L-BFGS (optax) in white-noise coordinates; any differentiable forward map (a nonlinear PDE
     solve differentiates by adjoint solves). A point estimate: one sample, zero spread."""
     check_problem(prior, likelihood)
@@ -506,7 +514,9 @@ def map_posterior(
 def field_metrics(
     post: FieldPosterior, truth, *, likelihood: GaussianLikelihood | None = None, level: float = 0.9
 ) -> dict:
-    """``rel_l2`` of the posterior mean, ``coverage90`` of the central ``level`` interval (``nan`` for a
+    """Accuracy and calibration of a field posterior against the truth.
+
+    ``rel_l2`` of the posterior mean, ``coverage90`` of the central ``level`` interval (``nan`` for a
     point estimate), ``data_misfit`` (RMS whitened residual of the mean: about 1 at the noise
     level) and ``seconds_per_sample``."""
     truth = jnp.asarray(truth)

@@ -74,7 +74,9 @@ class Method(eqx.Module):
 
 
 class TMPD(Method):
-    """Tweedie moment projection (Boys et al. 2024): ``p(y|x_t)`` Gaussian with the Tweedie
+    """Tweedie moment projection (TMPD): a Gaussian likelihood with the Tweedie covariance.
+
+    Tweedie moment projection (Boys et al. 2024): ``p(y|x_t)`` Gaussian with the Tweedie
     covariance; exact for Gaussian priors with a linear forward map. ``variant``: ``"full"``
     (``m`` network VJPs per step and an ``m x m`` solve), ``"cached"`` (the projected covariance
     at the zero state computed once at ``num_times`` noise levels, then one VJP per step: for
@@ -104,7 +106,9 @@ class TMPD(Method):
 
 
 class PiGDM(Method):
-    """Pseudoinverse guidance (Song et al. 2023) with the prior variance along the observed
+    """Pseudoinverse-guided diffusion (PiGDM).
+
+    Pseudoinverse guidance (Song et al. 2023) with the prior variance along the observed
     directions (exact for Gaussian priors; ``1`` for learned ones, whose states are normalised to
     unit variance) unless ``data_variance`` is given. Linearised for nonlinear forward maps."""
 
@@ -116,7 +120,9 @@ class PiGDM(Method):
 
 
 class DPS(Method):
-    """Diffusion posterior sampling (Chung et al. 2023): the state moves against the gradient of the
+    """Diffusion posterior sampling (DPS): descend the data misfit of the Tweedie estimate.
+
+    Diffusion posterior sampling (Chung et al. 2023): the state moves against the gradient of the
     data misfit of its Tweedie estimate, one network VJP per evaluation.
 
     ``step="polyak"`` (the default): per sampler step the state moves by
@@ -183,7 +189,9 @@ class Exact(Method):
 
 
 class MAP(Method):
-    """The MAP estimate under a Gaussian prior (L-BFGS in white-noise coordinates; nonlinear
+    """The MAP estimate under a Gaussian prior (a point estimate).
+
+    The MAP estimate under a Gaussian prior (L-BFGS in white-noise coordinates; nonlinear
     forward maps through the differentiable FEM solve). A point estimate: no spread."""
 
     steps: int = eqx.field(static=True, default=2000)
@@ -191,7 +199,9 @@ class MAP(Method):
 
 
 class SMC(Method):
-    """Twisted sequential Monte Carlo (TDS, Wu et al. 2023; cf. MCGdiff, FPS): ``num_particles``
+    """Twisted sequential Monte Carlo: guided particles reweighted to the exact posterior.
+
+    Twisted sequential Monte Carlo (TDS, Wu et al. 2023; cf. MCGdiff, FPS): ``num_particles``
     particles follow the prior's reverse Euler-Maruyama chain under a guided proposal, are weighted
     by the ratio of the true likelihood to the guidance's Gaussian approximation of it (the twist)
     and resampled (systematic) when the effective sample size falls below ``ess_threshold`` times
@@ -256,6 +266,11 @@ FIELD_METHODS = {
     "smc": SMC(),
     "smc-tmpd": SMC(TMPD()),
 }
+"""The posterior methods by name.
+
+The ``method=`` names accepted by :func:`pdegen.inverse.sample_posterior` on the user's own
+(prior, likelihood) pairs, each mapped to its default method object.
+"""
 
 
 def as_method(method) -> Method:

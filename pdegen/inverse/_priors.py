@@ -236,7 +236,9 @@ def matern_prior(
 def grf_prior(
     mesh: fem.Mesh, *, alpha: float = 2.0, tau: float = 3.0, sde: AbstractSDE | None = None
 ) -> Prior:
-    """The DCT Gaussian random field of the benchmark tasks (:func:`pdegen.fem.gaussian_random_field`)
+    """The benchmark tasks' Gaussian random field as a prior on a grid mesh (exact score).
+
+    The DCT Gaussian random field of the benchmark tasks (:func:`pdegen.fem.gaussian_random_field`)
     on a structured grid mesh (:func:`pdegen.fem.unit_square` / ``rectangle``), with its exact score."""
     if not isinstance(mesh, fem.Mesh):
         raise TypeError(f"grf_prior: mesh must be a pdegen.fem.Mesh, got {type(mesh).__name__}")
@@ -264,7 +266,9 @@ def grf_prior(
 
 
 def grid_transfer(grid: int | tuple, mesh: fem.Mesh, *, box=None) -> fem.SparseMatrix:
-    """Bilinear interpolation from a ``(ny, nx)`` image on ``box = (x0, x1, y0, y1)`` to the mesh
+    """Bilinear interpolation from an image to the nodes of a mesh, as a sparse matrix.
+
+    Bilinear interpolation from a ``(ny, nx)`` image on ``box = (x0, x1, y0, y1)`` to the mesh
     nodes: a sparse ``(npoints, ny * nx)`` matrix (row 0 of the image at ``y0``, column 0 at ``x0``,
     the node order of :func:`pdegen.fem.rectangle`). ``box`` defaults to the mesh's bounding box.
 
@@ -331,7 +335,9 @@ def learned_prior(
     name: str | None = None,
     grid: int | None = None,
 ) -> Prior:
-    """A trained diffusion model over ``(C, g, g)`` images as a prior on the nodal values of a
+    """A trained diffusion or flow model over images as a prior on the nodal values of a mesh field.
+
+    A trained diffusion model over ``(C, g, g)`` images as a prior on the nodal values of a
     field on ``mesh``: channel ``channel`` of the image, interpolated bilinearly at the mesh nodes
     (:func:`grid_transfer`; the image covers ``box``, by default the mesh's bounding box, so a
     non-square domain uses the part of the image inside it).

@@ -17,13 +17,16 @@ def sample_posterior(prior, problem, /, *, method="tmpd", key, num_samples: int 
     - the user's own: ``prior`` a :class:`Prior` (:func:`matern_prior`, :func:`grf_prior`,
       :func:`learned_prior`) and ``problem`` a :class:`GaussianLikelihood`
       (:func:`gaussian_likelihood`, any PDE, mesh, sensors and noise). ``method``: an object
-      (:class:`TMPD`, :class:`PiGDM`, :class:`DPS`, :class:`Unguided`, :class:`Exact`, :class:`MAP`)
-      or its name (``"tmpd"``, ``"pigdm"``, ``"dps"``, ``"unguided"``, ``"bayes"``, ``"map"``, ...).
-      Options: ``num_steps``, ``sampler``, ``batch_size``, ``progress``, ``data_scale``. Returns a
-      :class:`FieldPosterior` of nodal values.
+      (:class:`TMPD`, :class:`PiGDM`, :class:`DPS`, :class:`SMC`, :class:`Unguided`,
+      :class:`Exact`, :class:`MAP`) or its name (``"tmpd"``, ``"pigdm"``, ``"dps"``, ``"smc"``,
+      ``"smc-tmpd"``, ``"unguided"``, ``"bayes"``, ``"map"``, ...; :data:`FIELD_METHODS`).
+      Options: ``num_steps``, ``sampler`` (a flow prior needs an ODE sampler such as
+      ``"flow_ode"``), ``batch_size``, ``progress``, ``data_scale``. Returns a
+      :class:`FieldPosterior` of nodal values (SMC adds ``info["log_evidence"]``).
     - a benchmark :class:`InverseTask` (``make_task``) with a :class:`FieldPrior` on its grid: the
       joint ``(a, u)`` fields, with the options of :func:`sample_task_posterior` (among them
-      ``likelihood=``, the statFEM observation model of the ``statfem`` methods).
+      ``likelihood=``, the statFEM observation model of the ``statfem`` methods, and
+      ``num_particles=`` of ``"smc"`` / ``"smc-tmpd"``).
     """
     if isinstance(problem, GaussianLikelihood):
         return sample_field_posterior(

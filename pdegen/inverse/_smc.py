@@ -72,7 +72,9 @@ def effective_sample_size(log_weights) -> jax.Array:
 
 
 def systematic_resample(key, log_weights, num: int) -> jax.Array:
-    """``num`` ancestor indices by systematic resampling (one uniform, ``num`` evenly spaced points
+    """Ancestor indices by systematic resampling of normalised log-weights.
+
+    ``num`` ancestor indices by systematic resampling (one uniform, ``num`` evenly spaced points
     through the cumulative weights): unbiased, with less variance than multinomial resampling."""
     w = jax.nn.softmax(log_weights)
     cdf = jnp.cumsum(w)
@@ -82,7 +84,9 @@ def systematic_resample(key, log_weights, num: int) -> jax.Array:
 
 
 def smc_time_grid(sde, num_steps: int, kind: str = "log-snr", dtype=jnp.float64) -> jax.Array:
-    """Decreasing times ``t_max = t_0 > ... > t_K = t_min`` of the particle chain: ``"sampler"`` is
+    """The decreasing times of the particle chain.
+
+    Decreasing times ``t_max = t_0 > ... > t_K = t_min`` of the particle chain: ``"sampler"`` is
     ``sde.time_grid``; ``"log-snr"`` spaces ``log(sigma_t / alpha_t)`` evenly."""
     if kind == "sampler":
         return sde.time_grid(num_steps, dtype)

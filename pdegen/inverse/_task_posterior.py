@@ -71,6 +71,10 @@ POSTERIOR_METHODS = (
     "smc",
     "smc-tmpd",
 )
+"""The method names of the benchmark-task route.
+
+The ``method=`` names of :func:`sample_task_posterior` (and ``pdegen invert --method``).
+"""
 METHODS = POSTERIOR_METHODS
 STATFEM_METHODS = ("statfem", "statfem-pigdm")
 SAMPLERS = tuple(MODEL_SAMPLERS)

@@ -47,7 +47,9 @@ def flow_matching_loss(model, batch: Array, *, key: Array) -> Array:
 
 
 class FlowSolution(NamedTuple):
-    """Outcome of :func:`solve_flow`: the sample and the number of score / velocity evaluations
+    """Outcome of :func:`solve_flow`: the sample and its number of evaluations.
+
+    Outcome of :func:`solve_flow`: the sample and the number of score / velocity evaluations
     (network evaluations for a model; an int32 scalar, so it batches under ``vmap``)."""
 
     x: Array

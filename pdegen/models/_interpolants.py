@@ -183,20 +183,26 @@ def process_rates(sde: AbstractSDE, t: Array) -> tuple[Array, Array, Array, Arra
 
 
 def velocity_from_denoiser(sde: AbstractSDE, x: Array, t: Array, denoised: Array) -> Array:
-    """``v = alpha' D + sigma' eps`` with ``eps = (x - alpha D) / sigma``: the marginal velocity
+    """The marginal velocity of a process from its denoiser.
+
+    ``v = alpha' D + sigma' eps`` with ``eps = (x - alpha D) / sigma``: the marginal velocity
     ``E[alpha' x0 + sigma' z | x_t = x]`` from the denoiser ``D = E[x0 | x_t]``."""
     a, s, da, ds = (c.astype(x.dtype) for c in process_rates(sde, _as_float(t, x)))
     return da * denoised + ds * (x - a * denoised) / s
 
 
 def denoiser_from_velocity(sde: AbstractSDE, x: Array, t: Array, velocity: Array) -> Array:
-    """The x0-prediction ``D = (sigma' x - sigma v) / (sigma' alpha - sigma alpha')`` of a velocity
+    """The x0-prediction (denoiser) of a velocity.
+
+    The x0-prediction ``D = (sigma' x - sigma v) / (sigma' alpha - sigma alpha')`` of a velocity
     (``x - t v`` for the linear interpolant)."""
     a, s, da, ds = (c.astype(x.dtype) for c in process_rates(sde, _as_float(t, x)))
     return (ds * x - s * velocity) / (ds * a - s * da)
 
 
 def velocity_from_score(sde: AbstractSDE, x: Array, t: Array, score: Array) -> Array:
-    """The velocity of the probability-flow ODE from a score: ``f x - g^2 score / 2`` written as
+    """The velocity of the probability-flow ODE from a score.
+
+    The velocity of the probability-flow ODE from a score: ``f x - g^2 score / 2`` written as
     ``alpha' D + sigma' eps`` with the Tweedie denoiser ``D``."""
     return velocity_from_denoiser(sde, x, t, sde.denoiser_from_score(x, t, score))
