@@ -38,3 +38,14 @@ _LONG_FIRST = ("tests/test_tutorials.py", "tests/test_gpu_script.py")
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop each test module's compiled executables when it ends.
+
+    XLA's CPU backend maps memory for every compiled program; a long-lived xdist worker that
+    compiles the whole suite's programs can exhaust the kernel's limit on memory mappings
+    (``vm.max_map_count``, 65530 by default) and crash."""
+    yield
+    jax.clear_caches()
