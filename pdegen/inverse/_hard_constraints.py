@@ -34,6 +34,7 @@ need to be exact on their own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -49,11 +50,16 @@ from ._priors import GaussianScore
 __all__ = ["HardConstrainedPrior", "bounded_diffusivity_prior", "fixed_mass_source_prior"]
 
 
+def _identity(v):
+    return v
+
+
 class HardConstrainedPrior(eqx.Module):
     """A grid Gaussian random field restricted to a constraint set on its state.
 
     The state ``x`` (shape ``(1, g, g)``) is what the sampler moves; the field is
-    ``to_field(x) = transform(offset + scale * x)`` with ``transform`` ``"exp"`` or ``"identity"``.
+    ``to_field(x) = transform(offset + scale * x)`` with ``transform`` an elementwise map
+    (``jnp.exp`` for a log-normal field, the identity otherwise).
     Unconstrained, ``(x - centre) `` has independent orthonormal-DCT modes of variances ``mode_var``.
 
     Attributes:
@@ -73,7 +79,7 @@ class HardConstrainedPrior(eqx.Module):
     centre: float = eqx.field(static=True)
     offset: float = eqx.field(static=True)
     scale: float = eqx.field(static=True)
-    transform: str = eqx.field(static=True)
+    transform: Callable[[jax.Array], jax.Array] = eqx.field(static=True)
     name: str = eqx.field(static=True)
 
     def score_fn(self, x, t):
@@ -82,8 +88,7 @@ class HardConstrainedPrior(eqx.Module):
 
     def to_field(self, x) -> jax.Array:
         """The physical field ``(g, g)`` of one state ``(1, g, g)``."""
-        v = self.offset + self.scale * x[0]
-        return jnp.exp(v) if self.transform == "exp" else v
+        return self.transform(self.offset + self.scale * x[0])
 
     def sample(
         self,
@@ -223,7 +228,7 @@ def bounded_diffusivity_prior(
         sigma_min: the smallest noise level (state units).
 
     Returns:
-        A :class:`HardConstrainedPrior` with ``transform="exp"``.
+        A :class:`HardConstrainedPrior` with ``transform=jnp.exp``.
 
     Raises:
         ValueError: bounds out of order or not positive, ``log_std <= 0``, a bad grid.
@@ -249,7 +254,7 @@ def bounded_diffusivity_prior(
         0.0,
         math.log(median),
         float(log_std),
-        "exp",
+        jnp.exp,
         f"diffusivity in [{a_min:g}, {a_max:g}]",
     )
 
@@ -275,7 +280,7 @@ def fixed_mass_source_prior(
         alpha, tau: the GRF's parameters; sigma_min: the smallest noise level.
 
     Returns:
-        A :class:`HardConstrainedPrior` with ``transform="identity"``.
+        A :class:`HardConstrainedPrior` with the identity ``transform``.
 
     Raises:
         ValueError: ``mass <= 0`` (no non-negative field has it), ``std <= 0``, a bad grid.
@@ -299,6 +304,6 @@ def fixed_mass_source_prior(
         float(mass),
         0.0,
         1.0,
-        "identity",
+        _identity,
         f"source of mass {mass:g}, >= 0",
     )
