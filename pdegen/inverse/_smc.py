@@ -117,23 +117,25 @@ def _pigdm_variance(sde, t, data_variance):
     return data_variance * s**2 / (a**2 * data_variance + s**2)
 
 
+def _jacobian_rows(vjp_A, m_size, dtype):
+    """The observation's Jacobian ``J_A`` ``(m, n)`` (flattened state) by ``m`` VJPs: reverse mode
+    only, so forward maps through a FEM solve with a custom VJP work too."""
+    eye = jnp.eye(m_size, dtype=dtype)
+    return jax.vmap(lambda e: jnp.ravel(vjp_A(e)[0]))(eye)
+
+
 def _gram(vjp_A, m_size, dtype):
     """``J_A J_A^T`` from the VJP of the observation."""
-    eye = jnp.eye(m_size, dtype=dtype)
-    At = jax.vmap(lambda e: jnp.ravel(vjp_A(e)[0]))(eye)
+    At = _jacobian_rows(vjp_A, m_size, dtype)
     return At @ At.T
 
 
-def _tmpd_projected(sde, t, vjp_m, observe, m, vjp_A, m_size, dtype):
-    """``A C_{0|t} A^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` (``m_size`` VJPs and JVPs)."""
+def _tmpd_projected(sde, t, vjp_m, m, vjp_A, m_size, dtype):
+    """``A C_{0|t} A^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` (``2 m_size`` VJPs)."""
     scale = sde.sigma(t) ** 2 / sde.alpha(t)
-
-    def acat(e):
-        (v,) = vjp_A(e)
-        (jv,) = vjp_m(v)
-        return scale * jax.jvp(observe, (m,), (jv,))[1]
-
-    C = jax.vmap(acat)(jnp.eye(m_size, dtype=dtype))
+    J = _jacobian_rows(vjp_A, m_size, dtype)
+    JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)  # J dD/dx (symmetric)
+    C = scale * JC @ J.T
     return 0.5 * (C + C.T)
 
 
@@ -160,7 +162,7 @@ class _Twist(eqx.Module):
             if self.kind == "pigdm":
                 projected = _pigdm_variance(sde, t, self.data_variance) * _gram(vjp_A, k, m.dtype)
             else:
-                projected = _tmpd_projected(sde, t, vjp_m, self.observe, m, vjp_A, k, m.dtype)
+                projected = _tmpd_projected(sde, t, vjp_m, m, vjp_A, k, m.dtype)
         C = projected + (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=m.dtype)
         logp, w = _gaussian_logpdf((self.y - y_hat).astype(m.dtype), C.astype(m.dtype))
         (grad,) = vjp_m(vjp_A(w)[0])
@@ -176,7 +178,7 @@ class _Twist(eqx.Module):
         k = self.y.shape[0]
         if self.kind == "pigdm":
             return _pigdm_variance(self.sde, t, self.data_variance) * _gram(vjp_A, k, dtype)
-        C = _tmpd_projected(self.sde, t, vjp_m, self.observe, m, vjp_A, k, dtype)
+        C = _tmpd_projected(self.sde, t, vjp_m, m, vjp_A, k, dtype)
         # a learned Jacobian need not be positive semi-definite: clip its eigenvalues at zero
         w, V = jnp.linalg.eigh(C)
         return (V * jnp.maximum(w, 0.0)[None]) @ V.T
@@ -193,9 +195,10 @@ def _final_sample(twist: _Twist, x, t, key):
     e = twist.noise_std * jax.random.normal(k2, twist.y.shape, x.dtype)
     prior_draw = m + jnp.sqrt(r2) * eps
     y_hat, vjp_A = jax.vjp(twist.observe, m)
-    _, jvp_shift = jax.jvp(twist.observe, (m,), (prior_draw - m,))
     k = twist.y.shape[0]
-    S = r2 * _gram(vjp_A, k, x.dtype) + (twist.noise_std**2 + 1e-12) * jnp.eye(k, dtype=x.dtype)
+    J = _jacobian_rows(vjp_A, k, x.dtype)
+    jvp_shift = J @ jnp.ravel(prior_draw - m)
+    S = r2 * (J @ J.T) + (twist.noise_std**2 + 1e-12) * jnp.eye(k, dtype=x.dtype)
     r = twist.y - (y_hat + jvp_shift) - e
     w = jnp.linalg.solve(0.5 * (S + S.T), r)
     return prior_draw + r2 * vjp_A(w)[0]
