@@ -398,3 +398,19 @@ def test_train_prior_trains_and_exports_a_flow_model(tmp_path):
     assert ckpt.model.parameterisation == "velocity"
     assert isinstance(ckpt.model.sde, models.VPInterpolant)
     assert ckpt.metadata["recommended_sampler"]["method"] == "flow_ode"
+
+
+def test_sample_posterior_picks_the_flow_ode_for_a_flow_prior():
+    """A flow prior in the inverse API needs no sampler argument (the ODE is the default), and SMC,
+    which runs the reverse SDE, refuses it with a message naming the way out."""
+    mean, cov = _gaussian()
+    H, y, post_mean, _ = _observation(mean, cov)
+    model = _exact_flow_model("linear", mean, cov)
+    assert models.default_sampler(model.sde) == "flow_ode"
+    assert models.default_sampler(models.VPSDE()) == "euler_maruyama"
+    prior = inverse.Prior(model, model.sde, jnp.zeros(D), 1.0, None, (D,), 0, name="flow")
+    lik = inverse.gaussian_likelihood(H, y, noise_std=NOISE)
+    post = inverse.sample_posterior(prior, lik, method="tmpd", key=jax.random.key(0), num_steps=40)
+    assert lik.misfit(post.mean) < 0.25 * lik.misfit(mean)
+    with pytest.raises(ValueError, match="singular"):
+        inverse.sample_posterior(prior, lik, method="smc", key=jax.random.key(0), num_steps=10)

@@ -33,6 +33,8 @@ from ._hard_constraints import bounded_diffusivity_prior as bounded_diffusivity_
 from ._hard_constraints import fixed_mass_source_prior as fixed_mass_source_prior
 from ._invert_cli import compare_methods as compare_methods
 from ._invert_cli import format_table as format_table
+from ._latent_priors import SmoothThreshold as SmoothThreshold
+from ._latent_priors import threshold_prior as threshold_prior
 from ._likelihood import GaussianLikelihood as GaussianLikelihood
 from ._likelihood import LinearForward as LinearForward
 from ._likelihood import PDEForward as PDEForward
@@ -41,9 +43,11 @@ from ._likelihood import is_affine as is_affine
 from ._likelihood import pde_forward as pde_forward
 from ._map import MAPResult as MAPResult
 from ._map import map_estimate as map_estimate
+from ._mcmc_reference import mcmc_posterior as mcmc_posterior
 from ._methods import DPS as DPS
 from ._methods import FIELD_METHODS as FIELD_METHODS
 from ._methods import MAP as MAP
+from ._methods import MCMC as MCMC
 from ._methods import SMC as SMC
 from ._methods import TMPD as TMPD
 from ._methods import Exact as Exact

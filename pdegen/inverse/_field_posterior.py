@@ -23,7 +23,17 @@ from pdegen import models
 
 from ._gaussian import gaussian_posterior
 from ._likelihood import GaussianLikelihood, LinearForward
-from ._methods import MAP, SMC, Exact, GuidanceProblem, Method, PiGDM, as_method, step_weight
+from ._methods import (
+    MAP,
+    MCMC,
+    SMC,
+    Exact,
+    GuidanceProblem,
+    Method,
+    PiGDM,
+    as_method,
+    step_weight,
+)
 from ._metrics import interval_std
 from ._priors import Prior
 from ._smc import systematic_resample, twisted_smc
@@ -191,7 +201,7 @@ def sample_field_posterior(
     key,
     num_samples: int = 8,
     num_steps: int = 200,
-    sampler: str = "euler_maruyama",
+    sampler: str | None = None,
     batch_size: int | None = None,
     progress=None,
     data_scale: float | None = None,
@@ -199,15 +209,25 @@ def sample_field_posterior(
     """Posterior of the unknown field for a (prior, likelihood) pair; see :func:`sample_posterior`.
 
     ``data_scale`` (data units) sets the unit in which guidance measures the data (DPS's step is
-    taken in it): by default the RMS of the whitened data, so steps are unit-free."""
+    taken in it): by default the RMS of the whitened data, so steps are unit-free. ``sampler``:
+    default :func:`pdegen.models.default_sampler` of the prior's process (``"flow_ode"`` for a
+    flow prior, else ``"euler_maruyama"``)."""
     check_problem(prior, likelihood)
     method = as_method(method)
+    if sampler is None:
+        sampler = models.default_sampler(prior.sde)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if isinstance(method, Exact):
         post = exact_posterior(prior, likelihood, key=key, num_samples=num_samples)
     elif isinstance(method, MAP):
         post = map_posterior(prior, likelihood, steps=method.steps)
+    elif isinstance(method, MCMC):
+        from ._mcmc_reference import mcmc_posterior  # it builds on this module's FieldPosterior
+
+        post = mcmc_posterior(
+            prior, likelihood, method, key=key, num_samples=num_samples, progress=bool(progress)
+        )
     elif isinstance(method, SMC):
         post = smc_posterior(
             prior,
@@ -325,7 +345,7 @@ def smc_posterior(
     key,
     num_samples: int = 8,
     num_steps: int = 200,
-    sampler: str = "euler_maruyama",
+    sampler: str | None = None,
     data_scale: float | None = None,
 ) -> FieldPosterior:
     """The sequential Monte Carlo posterior of a (prior, likelihood) pair.
@@ -347,6 +367,13 @@ def smc_posterior(
         raise TypeError(f"smc_posterior: method must be an SMC object, got {type(method).__name__}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if isinstance(prior.sde, models.AbstractInterpolant):
+        raise ValueError(
+            f"sample_posterior: {method.label} runs the prior's reverse SDE, which is singular for "
+            f"the flow interpolant {type(prior.sde).__name__}; use a guided method (tmpd, pigdm, "
+            f"dps) with the flow's ODE sampler, or a diffusion prior"
+        )
+    sampler = "euler_maruyama" if sampler is None else sampler
     if sampler != "euler_maruyama":
         raise ValueError(
             f"sample_posterior: {method.label} runs its own Euler-Maruyama particle chain; "
@@ -382,9 +409,13 @@ def smc_posterior(
         twist=method.twist,
         data_variance=jnp.asarray(data_variance, dtype),
         ess_threshold=float(method.ess_threshold),
-        # for a linear A the twist's covariance at the zero state (exact for PiGDM, and for TMPD
-        # with a Gaussian prior; TMPD("cached")'s approximation for a learned one)
-        shared_covariance=bool(likelihood.linear),
+        # the twist's covariance at the zero state: exact for an affine map from state to data
+        # with the PiGDM twist (and TMPD with a Gaussian prior); otherwise (TMPD("cached") for a
+        # learned prior, a nonlinear PDE or prior transform) an approximation whose error the
+        # weights correct, unless the method asks for the per-particle linearisation
+        shared_covariance=bool(method.shared_covariance)
+        if method.shared_covariance is not None
+        else bool(likelihood.linear) and prior.transform is None,
         time_grid=method.time_grid,
         dtype=dtype,
     )
@@ -448,8 +479,14 @@ def exact_posterior(
     mean and pointwise std): the Bayes-optimal floor every method is measured against."""
     check_problem(prior, likelihood)
     if not prior.gaussian:
+        kind = (
+            "latent-Gaussian (its field is a nonlinear map of a Gaussian state)"
+            if prior.latent_gaussian
+            else "learned"
+        )
         raise ValueError(
-            f"the exact posterior needs a Gaussian prior (matern_prior, grf_prior); {prior.name!r} is learned"
+            f"the exact posterior needs a Gaussian prior (matern_prior, grf_prior); {prior.name!r} is "
+            f"{kind}: use method='map', 'pcn' or 'smc'"
         )
     forward_w, y_w = _whitened_linear(likelihood)
     t0 = time.perf_counter()
@@ -475,7 +512,7 @@ def _map_run(prior, likelihood, steps):
     from ._map import lbfgs_minimise
 
     def objective(z):
-        return 0.5 * jnp.sum(z**2) + likelihood.energy(prior.offset + prior.sqrt(z))
+        return 0.5 * jnp.sum(z**2) + likelihood.energy(prior.from_noise(z))
 
     return lbfgs_minimise(objective, jnp.zeros(prior.z_shape, jnp.float64), steps)
 
@@ -485,13 +522,16 @@ def map_posterior(
 ) -> FieldPosterior:
     """The MAP estimate under a Gaussian prior, as a one-sample posterior.
 
-    The MAP estimate under a Gaussian prior: ``argmin 0.5 ||z||^2 + 0.5 ||W (y - G(m + L z))||^2`` by
-    L-BFGS (optax) in white-noise coordinates; any differentiable forward map (a nonlinear PDE
-    solve differentiates by adjoint solves). A point estimate: one sample, zero spread."""
+    The MAP estimate under a Gaussian prior: ``argmin 0.5 ||z||^2 + 0.5 ||W (y - G(F(z)))||^2`` by
+    L-BFGS (optax) in white-noise coordinates (``F = prior.from_noise``: ``m + L z``, or its
+    elementwise ``transform`` for a latent-Gaussian prior such as :func:`threshold_prior`); any
+    differentiable forward map (a nonlinear PDE solve differentiates by adjoint solves). A point
+    estimate: one sample, zero spread."""
     check_problem(prior, likelihood)
-    if not prior.gaussian:
+    if not prior.latent_gaussian:
         raise ValueError(
-            f"MAP needs a Gaussian prior (matern_prior, grf_prior); {prior.name!r} is learned"
+            f"MAP needs a Gaussian or latent-Gaussian prior (matern_prior, grf_prior, "
+            f"threshold_prior); {prior.name!r} is learned"
         )
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"map: steps must be a positive int, got {steps!r}")
@@ -505,7 +545,7 @@ def map_posterior(
     seconds = time.perf_counter() - t0
     if not bool(jnp.all(jnp.isfinite(z))):
         raise FloatingPointError("map: the optimisation diverged (non-finite estimate)")
-    a = prior.offset + prior.sqrt(z)
+    a = prior.from_noise(z)
     return FieldPosterior(
         a[None], a, jnp.zeros_like(a), "map", float(seconds), 0.0, {"objective": np.asarray(values)}
     )

@@ -32,6 +32,13 @@ METHOD_DEFAULTS = {
 }
 
 
+def _sampler_name(args, prior) -> str:
+    """The sampler a run used: ``--sampler``, or the default for the prior's process."""
+    from pdegen.models import default_sampler
+
+    return args.sampler or default_sampler(prior.sde)
+
+
 def _enable_x64():
     import jax
 
@@ -109,7 +116,7 @@ def compare_methods(
     key,
     num_samples: int = 4,
     num_steps: int = 100,
-    sampler: str = "euler_maruyama",
+    sampler: str | None = None,
     route: str | None = None,
     project: bool = False,
     options: dict | None = None,
@@ -435,7 +442,7 @@ def run_invert(args) -> int:
         "prior": prior.name,
         "samples": args.samples,
         "steps": args.steps,
-        "sampler": args.sampler,
+        "sampler": _sampler_name(args, prior),
         "route": args.route,
         "project": args.project,
     }
@@ -886,7 +893,7 @@ def _mesh_summary(args, inputs: MeshInputs, prior, rows) -> dict:
         "settings": {
             "samples": args.samples,
             "steps": args.steps,
-            "sampler": args.sampler,
+            "sampler": _sampler_name(args, prior),
             "seed": args.seed,
         },
         "methods": {r["method"]: r for r in rows},
@@ -1134,7 +1141,12 @@ def register(subparsers) -> None:
     task.add_argument(
         "--project", action="store_true", help="replace u by solve(a) and report the effect"
     )
-    p.add_argument("--sampler", choices=SAMPLERS, default="euler_maruyama")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="reverse-time sampler (default: flow_ode for a flow prior, else euler_maruyama)",
+    )
     p.add_argument("--scale", type=float, default=None, help="DPS/DiffusionPDE observation step")
     p.add_argument("--out", default="out/invert")
     _add_common(p, sensors=False)

@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdegen import fem
-
 from ._guidance import StatFEMLikelihood
+from ._latent_priors import latent_coefficient
 from ._operators import noise_floor, sensor_operator
 from ._results import Posterior
 from ._tasks import InverseTask
@@ -39,17 +38,6 @@ class MAPResult(NamedTuple):
     z: jax.Array
     objective: jax.Array
     seconds: float
-
-
-def _coefficient(physics: fem.PDETask, z, *, alpha, tau, sharpness):
-    """The coefficient image for white noise ``z``: the GRF, or for a two-valued (threshold)
-    permeability its smooth threshold between the parameter's ``low`` and ``high``."""
-    field = fem.grf_from_white_noise(z, alpha=alpha, tau=tau)
-    parameter = physics.parameter
-    if not isinstance(parameter, fem.ThresholdPermeability):
-        return field
-    sd = float(np.sqrt(np.mean(fem.grf_mode_std(z.shape, alpha=alpha, tau=tau) ** 2)))
-    return parameter.low + (parameter.high - parameter.low) * jax.nn.sigmoid(sharpness * field / sd)
 
 
 def map_estimate(
@@ -114,7 +102,7 @@ def map_estimate(
     seconds = time.perf_counter() - t0
     if not bool(jnp.all(jnp.isfinite(z))):
         raise RuntimeError("map_estimate: the optimisation diverged (non-finite estimate)")
-    a = _coefficient(task.physics, z, alpha=alpha, tau=tau, sharpness=sharpness)
+    a = latent_coefficient(task.physics, z, alpha=alpha, tau=tau, sharpness=sharpness)
     u = task.solve(a)
     return MAPResult(jnp.stack([a, u]), z, values, seconds)
 
@@ -134,7 +122,7 @@ def _run_map(z0, W, y, rho, obs, *, physics, solves, steps, alpha, tau, sharpnes
     mesh = physics.mesh
 
     def objective(z):
-        a = _coefficient(physics, z, alpha=alpha, tau=tau, sharpness=sharpness)
+        a = latent_coefficient(physics, z, alpha=alpha, tau=tau, sharpness=sharpness)
         pred = physics.parameter.solve(mesh.from_image(a))[obs] if solves else obs @ a.reshape(-1)
         r = W @ (y - rho * pred)
         return 0.5 * jnp.sum(r**2) + 0.5 * jnp.sum(z**2)

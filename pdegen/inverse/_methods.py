@@ -198,6 +198,57 @@ class MAP(Method):
     guided: ClassVar[bool] = False
 
 
+class MCMC(Method):
+    """Long-run MCMC in the prior's white-noise coordinates: exact as the chains grow.
+
+    Markov chain Monte Carlo on the white noise ``z`` of a Gaussian or latent-Gaussian prior
+    (field ``prior.from_noise(z)``, prior ``N(0, I)``), exact in the limit for any differentiable
+    forward map: the reference where no closed form exists (Darcy). ``laplace=True`` (the default,
+    ``"mcmc"``): MALA preconditioned by the Gauss-Newton Laplace approximation at the MAP point
+    (``P = (I + J^T J)^{-1}`` for the whitened Jacobian ``J`` of the data, from a randomised
+    low-rank eigensolver; the hIPPYlib approach, :func:`pdegen.mcmc.low_rank_preconditioner`),
+    chains started from Laplace draws; one forward map and one gradient per step.
+    ``laplace=False`` (``"pcn"``): preconditioned Crank-Nicolson (Cotter et al. 2013), chains from
+    prior draws, gradient-free, one forward map per step (it mixes slowly on sharp data).
+    ``num_warmup`` steps adapt the step size toward ``target_acceptance`` (default: the kernel's,
+    0.574 for MALA, 0.25 for pCN) by dual averaging; then ``num_steps`` steps, every ``thin``-th
+    kept. The run reports split R-hat and the effective sample size of the field's entries
+    (:func:`pdegen.mcmc.rhat`, :func:`pdegen.mcmc.chain_ess`)."""
+
+    laplace: bool = eqx.field(static=True, default=True)
+    num_chains: int = eqx.field(static=True, default=8)
+    num_steps: int = eqx.field(static=True, default=10000)
+    num_warmup: int = eqx.field(static=True, default=1000)
+    thin: int = eqx.field(static=True, default=10)
+    target_acceptance: float | None = eqx.field(static=True, default=None)
+    map_steps: int = eqx.field(static=True, default=300)
+    guided: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if not isinstance(self.laplace, bool):
+            raise TypeError(f"MCMC(laplace=...): True or False, got {self.laplace!r}")
+        for name, least in (("num_chains", 2), ("num_steps", 1), ("thin", 1), ("map_steps", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ValueError(f"MCMC({name}=...): an int >= {least}, got {v!r}")
+        w = self.num_warmup
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"MCMC(num_warmup=...): an int >= 0, got {w!r}")
+        if self.num_steps // self.thin < 4:
+            raise ValueError(
+                f"MCMC: num_steps // thin must keep >= 4 draws per chain (for R-hat and ESS), got "
+                f"{self.num_steps} // {self.thin}"
+            )
+        if self.target_acceptance is not None and not 0 < self.target_acceptance < 1:
+            raise ValueError(
+                f"MCMC(target_acceptance=...): must lie in (0, 1), got {self.target_acceptance!r}"
+            )
+
+    @property
+    def label(self) -> str:
+        return "mcmc" if self.laplace else "pcn"
+
+
 class SMC(Method):
     """Twisted sequential Monte Carlo: guided particles reweighted to the exact posterior.
 
@@ -210,14 +261,21 @@ class SMC(Method):
 
     ``proposal``: :class:`PiGDM` (the default, ``"smc"``) or :class:`TMPD` (full, ``"smc-tmpd"``),
     whose Gaussian approximation of ``p(y | x_t)`` is both the twist and, through its gradient,
-    the guided proposal. For a linear forward map the twist's covariance is computed once per time
-    at the zero state (for a learned prior with TMPD, the approximation of ``TMPD("cached")``). ``time_grid``: ``"log-snr"`` (steps evenly spaced in the log noise level,
-    the default: sharp data make the last steps weigh most) or ``"sampler"`` (the sampler's grid)."""
+    the guided proposal. ``shared_covariance``: compute the twist's covariance once per time at the
+    zero state (``m`` Jacobian products per time; then one forward map and one VJP per particle and
+    step) instead of per particle and step (``m`` more Jacobian products each). ``None`` (the
+    default): shared exactly when it is exact for a Gaussian prior, i.e. an affine map from the
+    state to the data (for a learned prior with TMPD that is the approximation of
+    ``TMPD("cached")``); ``True`` for a nonlinear PDE or a latent-Gaussian prior trades a worse
+    twist (more weight variance, corrected by the weights) for far cheaper steps.
+    ``time_grid``: ``"log-snr"`` (steps evenly spaced in the log noise level, the default: sharp
+    data make the last steps weigh most) or ``"sampler"`` (the sampler's grid)."""
 
     proposal: Method = eqx.field(static=True, default_factory=PiGDM)
     num_particles: int = eqx.field(static=True, default=64)
     ess_threshold: float = eqx.field(static=True, default=0.5)
     time_grid: str = eqx.field(static=True, default="log-snr")
+    shared_covariance: bool | None = eqx.field(static=True, default=None)
     guided: ClassVar[bool] = False
 
     def __post_init__(self):
@@ -242,6 +300,10 @@ class SMC(Method):
 
         if self.time_grid not in ("log-snr", "sampler"):
             raise ValueError(f"SMC(time_grid=...): 'log-snr' or 'sampler', got {self.time_grid!r}")
+        if self.shared_covariance not in (None, True, False):
+            raise TypeError(
+                f"SMC(shared_covariance=...): None, True or False, got {self.shared_covariance!r}"
+            )
 
     @property
     def twist(self) -> str:
@@ -256,6 +318,8 @@ class SMC(Method):
 FIELD_METHODS = {
     "bayes": Exact(),
     "map": MAP(),
+    "mcmc": MCMC(),
+    "pcn": MCMC(laplace=False),
     "tmpd": TMPD(),
     "tmpd-diagonal": TMPD("diagonal"),
     "tmpd-rowsum": TMPD("rowsum"),

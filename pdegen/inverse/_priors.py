@@ -77,9 +77,11 @@ class GaussianScore(eqx.Module):
 class Prior(eqx.Module):
     """A prior on the nodal values of a field on a mesh, as a score over a normalised state.
 
-    ``field = offset + scale * T(x[channel])`` where ``T`` is the identity or a sparse grid-to-mesh
-    transfer (:func:`grid_transfer`). Build one with :func:`matern_prior`, :func:`grf_prior` or
-    :func:`learned_prior`.
+    ``field = transform(offset + scale * T(x[channel]))`` where ``T`` is the identity or a sparse
+    grid-to-mesh transfer (:func:`grid_transfer`) and ``transform`` an optional elementwise map
+    (``None``: the identity; e.g. :class:`SmoothThreshold` for a two-valued coefficient, whose
+    prior is then a *latent* Gaussian field). Build one with :func:`matern_prior`,
+    :func:`grf_prior`, :func:`learned_prior` or :func:`threshold_prior`.
 
     Attributes:
         score: ``score(x, t)`` for one state of ``shape`` (a :class:`GaussianScore` or a
@@ -90,6 +92,7 @@ class Prior(eqx.Module):
         transfer: ``None`` or a :class:`pdegen.fem.SparseMatrix` ``(n, g * g)``.
         shape: the state's shape; ``channel``: which channel of the state is the field.
         name: a label for tables; ``dtype``: the dtype the sampler runs in.
+        transform: ``None`` or an elementwise map applied last (hashable: an equinox module).
     """
 
     score: Any
@@ -101,6 +104,7 @@ class Prior(eqx.Module):
     channel: int = eqx.field(static=True, default=0)
     name: str = eqx.field(static=True, default="prior")
     dtype: str = eqx.field(static=True, default="float64")
+    transform: Any = eqx.field(static=True, default=None)
 
     @property
     def size(self) -> int:
@@ -109,7 +113,13 @@ class Prior(eqx.Module):
 
     @property
     def gaussian(self) -> bool:
-        """Whether the prior is Gaussian with an exact score (exact posteriors and MAP exist)."""
+        """Whether the prior is Gaussian with an exact score (exact posteriors exist)."""
+        return self.latent_gaussian and self.transform is None
+
+    @property
+    def latent_gaussian(self) -> bool:
+        """Whether the state is Gaussian with an exact score (MAP and pCN in white-noise
+        coordinates exist): a Gaussian prior, or one seen through an elementwise ``transform``."""
         return isinstance(self.score, GaussianScore)
 
     def to_field(self, x) -> jax.Array:
@@ -118,11 +128,21 @@ class Prior(eqx.Module):
         v = v.reshape(-1).astype(self.offset.dtype) * self.scale
         if self.transfer is not None:
             v = self.transfer @ v
-        return self.offset + v
+        v = self.offset + v
+        return v if self.transform is None else self.transform(v)
+
+    def from_noise(self, z) -> jax.Array:
+        """The field ``(n,)`` for white noise ``z`` of ``z_shape`` (latent-Gaussian priors): for
+        white ``z`` it has the prior's law (MAP and pCN work in these coordinates)."""
+        if not self.latent_gaussian:
+            self._need_gaussian("from_noise")
+        return self.to_field(self.score.sqrt(jnp.asarray(z, self.offset.dtype)))
 
     @property
     def z_shape(self) -> tuple:
-        self._need_gaussian("z_shape")
+        """Shape of the white noise of :meth:`sqrt` / :meth:`from_noise`."""
+        if not self.latent_gaussian:
+            self._need_gaussian("z_shape")
         return self.score.z_shape
 
     def sqrt(self, z) -> jax.Array:
@@ -133,9 +153,9 @@ class Prior(eqx.Module):
         return self.to_field(x) - self.offset
 
     def sample(self, key, num_samples: int) -> jax.Array:
-        """Prior draws of the field ``(num_samples, n)`` (Gaussian priors only)."""
+        """Prior draws of the field ``(num_samples, n)`` (Gaussian or latent-Gaussian priors)."""
         z = jax.random.normal(key, (int(num_samples),) + self.z_shape, self.offset.dtype)
-        return self.offset[None] + jax.vmap(self.sqrt)(z)
+        return jax.vmap(self.from_noise)(z)
 
     def _need_gaussian(self, what):
         if not self.gaussian:

@@ -14,7 +14,8 @@ Methods: ``"dps"``, ``"pigdm"``, ``"tmpd"`` (full), ``"tmpd-cached"``, ``"tmpd-d
 ``"statfem"`` / ``"statfem-pigdm"`` (TMPD / PiGDM under the model-error-aware statFEM likelihood
 ``y = rho H u + d + e``, :class:`StatFEMLikelihood`), ``"diffusionpde"`` (DPS-type observation misfit
 plus the PDE residual in the last 20% of the steps), ``"unguided"`` (prior samples), ``"map"`` (MAP
-under the GRF prior, :func:`map_estimate`), ``"smc"`` / ``"smc-tmpd"`` (twisted sequential Monte Carlo
+under the GRF prior, :func:`map_estimate`), ``"mcmc"`` / ``"pcn"`` (long-run MCMC under the GRF prior,
+the reference where no closed form exists: :class:`MCMC`), ``"smc"`` / ``"smc-tmpd"`` (twisted sequential Monte Carlo
 with the PiGDM / TMPD twist, route ``solve``, ``num_particles`` particles; :class:`SMC`) and
 ``"bayes"``: the exact Gaussian posterior under the true GRF prior (linear PDEs only), the
 Bayes-optimal floor.
@@ -33,7 +34,7 @@ import numpy as np
 
 from pdegen import fem
 from pdegen.models import SAMPLERS as MODEL_SAMPLERS
-from pdegen.models import AbstractSDE
+from pdegen.models import AbstractSDE, default_sampler
 
 from ._field_posterior import observed_prior_variance, sample_field_posterior, sample_in_batches
 from ._field_prior import (
@@ -58,6 +59,8 @@ from ._tasks import InverseTask
 POSTERIOR_METHODS = (
     "bayes",
     "map",
+    "mcmc",
+    "pcn",
     "tmpd",
     "tmpd-diagonal",
     "tmpd-rowsum",
@@ -513,7 +516,7 @@ def sample_task_posterior(
     num_samples: int = 8,
     route: str | None = None,
     num_steps: int = 200,
-    sampler: str = "euler_maruyama",
+    sampler: str | None = None,
     scale: float = 1.0,
     physics_weight: float | None = None,
     physics_fraction: float = 0.2,
@@ -535,7 +538,8 @@ def sample_task_posterior(
         method: one of ``METHODS``.
         key: PRNG key; sample ``i`` uses ``split(key, num_samples)[i]``.
         route: ``"solve"`` (the default, except ``diffusionpde`` with a joint prior) or ``"joint"``.
-        num_steps, sampler: reverse-time sampler (``"euler_maruyama"`` or ``"ddim"``) and its steps.
+        num_steps, sampler: reverse-time sampler (a name in :data:`pdegen.models.SAMPLERS`; default
+            ``"flow_ode"`` for a flow prior, else ``"euler_maruyama"``) and its steps.
         scale: DPS's step (:class:`DPS`: the fraction of the excess misfit removed per step, stable
             below 2) / the DiffusionPDE recipe's ``zeta``.
         physics_weight: weight of the physics-residual energy (route ``joint``); default 0, and
@@ -573,6 +577,26 @@ def sample_task_posterior(
         likelihood = StatFEMLikelihood(*likelihood).check()
     elif method in STATFEM_METHODS:
         likelihood = default_likelihood(task)
+    if method in ("mcmc", "pcn"):
+        if likelihood is not None:
+            raise ValueError(
+                f"{method}: runs under the task's Gaussian noise model; likelihood= (a statFEM "
+                f"model error) is for 'bayes', 'map', 'statfem' and 'statfem-pigdm'"
+            )
+        from ._mcmc_reference import task_mcmc_posterior
+        from ._methods import FIELD_METHODS
+
+        grf = (
+            dict(zip(("alpha", "tau"), prior.grf))
+            if isinstance(prior, FieldPrior) and prior.grf
+            else {}
+        )
+        post = task_mcmc_posterior(
+            task, FIELD_METHODS[method], key=key, num_samples=num_samples, y=y, **grf
+        )
+        if progress is not None:
+            progress.update(num_samples)
+        return post
     if method in ("bayes", "map"):
         # The closed forms use the GRF of an exact prior, else the GRF the task's data came from.
         grf = (
@@ -604,6 +628,8 @@ def sample_task_posterior(
         )
     prior = prior_at_grid(prior, task.grid)
     check_prior_fits(prior, task, route)
+    if sampler is None:
+        sampler = default_sampler(prior.sde)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if not isinstance(num_steps, int) or num_steps < 2:

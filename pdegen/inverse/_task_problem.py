@@ -5,6 +5,7 @@ from __future__ import annotations
 from pdegen import fem
 
 from ._guidance import StatFEMLikelihood
+from ._latent_priors import threshold_prior
 from ._likelihood import GaussianLikelihood, gaussian_likelihood, pde_forward
 from ._operators import noise_floor
 from ._priors import Prior, grf_prior
@@ -50,10 +51,17 @@ def task_problem(
 
     ``(prior, likelihood)`` of a benchmark task for :func:`sample_posterior`: the likelihood of
     :func:`task_likelihood`; the prior defaults to the GRF the task's data were drawn from
-    (:func:`grf_prior`, exact score; or ``alpha``, ``tau``)."""
+    (:func:`grf_prior`, exact score; or ``alpha``, ``tau``), for Darcy through the smooth threshold
+    of its two-valued coefficient (:func:`threshold_prior`)."""
     likelihood = task_likelihood(task, noise_std=noise_std)
     if prior is None:
         alpha = task.physics.alpha if alpha is None else alpha
         tau = task.physics.tau if tau is None else tau
-        prior = grf_prior(task.mesh, alpha=alpha, tau=tau)
+        parameter = task.physics.parameter
+        if isinstance(parameter, fem.ThresholdPermeability):  # Darcy's two-valued coefficient
+            prior = threshold_prior(
+                task.mesh, low=parameter.low, high=parameter.high, alpha=alpha, tau=tau
+            )
+        else:
+            prior = grf_prior(task.mesh, alpha=alpha, tau=tau)
     return prior, likelihood

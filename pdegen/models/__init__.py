@@ -67,6 +67,7 @@ from ._reflected import sample_mirrored as sample_mirrored
 from ._reflected import train_reflected as train_reflected
 from ._samplers import SAMPLERS as SAMPLERS
 from ._samplers import ddim as ddim
+from ._samplers import default_sampler as default_sampler
 from ._samplers import edm_heun as edm_heun
 from ._samplers import edm_noise_levels as edm_noise_levels
 from ._samplers import euler_maruyama as euler_maruyama

@@ -295,6 +295,15 @@ The ``method=`` of :func:`sample` and the ``pdegen sample --sampler`` choices.
 """
 
 
+def default_sampler(sde) -> str:
+    """The guided samplers' default for a process: ``"flow_ode"`` for a flow, else Euler-Maruyama.
+
+    ``"flow_ode"`` for a flow interpolant (its reverse SDE is singular at ``t = 1``),
+    ``"euler_maruyama"`` for a diffusion SDE: the name in :data:`SAMPLERS` that
+    :func:`pdegen.inverse.sample_posterior` uses when no ``sampler`` is given."""
+    return "flow_ode" if isinstance(sde, AbstractInterpolant) else "euler_maruyama"
+
+
 @eqx.filter_jit
 def _batched(score_fn, sde, shape, keys, sampler, options):
     return jax.vmap(lambda k: sampler(score_fn, sde, shape, key=k, **options))(keys)
