@@ -17,10 +17,12 @@ from pdegen._io import write_json_atomic
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(load_start: Sequence[float] | None = None) -> dict[str, Any]:
+    """The machine a result was measured on; with ``load_start`` (``os.getloadavg()`` when the run
+    began) also the load averages then and now, since other jobs may share the cores."""
     import jax
 
-    return {
+    info = {
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,
@@ -28,6 +30,27 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+    if load_start is not None:
+        info["loadavg_start"] = list(load_start)
+        info["loadavg_end"] = list(os.getloadavg())
+        info["note"] = "other jobs may share the CPU cores (see loadavg); seconds are wall times"
+    return info
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (``ddof=1``; 0 for one value) of the finite values that
+    are not ``None``; ``(None, None)`` when there are none."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if v.size == 0:
+        return None, None
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else 0.0)
+
+
+def add_mean_std(row: dict, records: Sequence[dict]) -> dict:
+    """``row[k]``, ``row[k + "_std"]``: :func:`mean_std` over ``records`` of each key of the first."""
+    for k in records[0]:
+        row[k], row[k + "_std"] = mean_std([r[k] for r in records])
+    return row
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:

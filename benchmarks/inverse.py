@@ -57,7 +57,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_results  # noqa: E402
+from _common import add_mean_std, machine_info, mean_std, write_results  # noqa: E402
 
 from pdegen import fem, inverse  # noqa: E402
 
@@ -348,13 +348,6 @@ def _random_interior_points(rng, box, inside, m):
     return out[:m]
 
 
-def _mean_std(values):
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-    if v.size == 0:
-        return None, None
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
 def mesh_rows(
     mesh_name,
     *,
@@ -457,7 +450,7 @@ def mesh_rows(
             "data_misfit",
             "seconds_per_sample",
         ):
-            row[k], row[k + "_std"] = _mean_std([r[k] for r in rs])
+            row[k], row[k + "_std"] = mean_std([r[k] for r in rs])
         row["per_draw"] = {
             k: [r[k] if np.isfinite(r[k]) else None for r in rs]
             for k in (
@@ -541,10 +534,7 @@ def run_mesh_block(args) -> dict:
     out = {"rows": [], "settings": {}, "verdict": {}}
 
     def payload(partial):
-        machine = machine_info()
-        machine["loadavg_start"] = list(load_start)
-        machine["loadavg_end"] = list(os.getloadavg())
-        machine["note"] = "other jobs may share the CPU cores (see loadavg); seconds are wall times"
+        machine = machine_info(load_start)
         return {
             "description": "Inverse problems on meshes: Poisson source inversion with a Matern prior, guided diffusion "
             "against the exact posterior",
@@ -685,9 +675,7 @@ def smc_rows(prior, prior_name, grid, *, tasks, draws, counts, steps, methods=("
                 "steps": steps,
                 "draws": len(recs),
             }
-            for k in recs[0]:
-                row[k], row[k + "_std"] = _mean_std([r[k] for r in recs])
-            rows.append(row)
+            rows.append(add_mean_std(row, recs))
     return rows
 
 
@@ -704,10 +692,7 @@ def run_smc_block(args) -> dict:
     rows: list = []
 
     def payload(partial):
-        machine = machine_info()
-        machine["loadavg_start"] = list(load_start)
-        machine["loadavg_end"] = list(os.getloadavg())
-        machine["note"] = "other jobs may share the CPU cores (see loadavg); seconds are wall times"
+        machine = machine_info(load_start)
         exact_rows = [r for r in rows if r["prior"] == "exact-grf"]
         verdict = [
             {

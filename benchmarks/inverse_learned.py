@@ -33,10 +33,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info  # noqa: E402
+from _common import RESULTS_DIR, machine_info, mean_std  # noqa: E402
 
 from pdegen import inverse, models  # noqa: E402
 from pdegen._io import write_json_atomic  # noqa: E402
@@ -58,13 +57,6 @@ BIAS = {
     "dps": "misfit gradient, step zeta / ||residual||",
 }
 TARGET_RATIO, TARGET_COVERAGE, TARGET_DPS = 1.15, (0.85, 0.95), 2.0
-
-
-def _mean_std(values):
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-    if v.size == 0:
-        return None, None
-    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else 0.0)
 
 
 def draw_records(task_name, index, priors, methods, *, grid, sensors, samples, steps):
@@ -112,9 +104,9 @@ def aggregate(records, *, grid, samples, steps):
         groups.setdefault((r["task"], r["prior"], r["method"]), []).append(r)
     out = []
     for (task_name, prior_name, method), rs in groups.items():
-        ratio, ratio_std = _mean_std([r["ratio"] for r in rs])
-        cov, cov_std = _mean_std([r["coverage90"] for r in rs])
-        rel, rel_std = _mean_std([r["rel_l2"] for r in rs])
+        ratio, ratio_std = mean_std([r["ratio"] for r in rs])
+        cov, cov_std = mean_std([r["coverage90"] for r in rs])
+        rel, rel_std = mean_std([r["rel_l2"] for r in rs])
         out.append(
             {
                 "task": task_name,
@@ -131,8 +123,8 @@ def aggregate(records, *, grid, samples, steps):
                 "ratio_std": ratio_std,
                 "coverage90": cov,
                 "coverage90_std": cov_std,
-                "data_misfit": _mean_std([r["data_misfit"] for r in rs])[0],
-                "seconds_per_sample": _mean_std([r["seconds_per_sample"] for r in rs])[0],
+                "data_misfit": mean_std([r["data_misfit"] for r in rs])[0],
+                "seconds_per_sample": mean_std([r["seconds_per_sample"] for r in rs])[0],
                 "vjps_per_step": None if method == "bayes" else VJPS_PER_STEP.get(method),
                 "inductive_bias": BIAS.get(method, "closed form (the floor)"),
             }

@@ -1,0 +1,341 @@
+"""Darcy without a closed form: SMC and guidance against a long-run MCMC reference posterior.
+
+    python benchmarks/inverse_darcy.py --quick          # 1 draw per task, short runs
+    python benchmarks/inverse_darcy.py                  # 10 draws per task (resumable)
+
+DiffusionPDE's Darcy problem (``-div(a grad u) = 1``, ``a`` two-valued, 3 / 12) has no closed-form
+posterior. Every method here uses the same prior: the task's GRF through the smooth threshold
+(:func:`pdegen.inverse.threshold_prior`, exact latent score), so differences are those of the
+methods. The reference per draw is long-run Laplace-preconditioned MALA (``inverse.MCMC()``:
+``--ref-chains`` chains of ``--ref-steps`` steps after ``--ref-warmup``, split R-hat and ESS
+reported), stored in ``benchmarks/results/inverse_darcy_reference.npz`` (one entry per task,
+grid, noise and draw; a rerun reuses it). Rows, per (task, method, particles / budget), averaged
+over draws with their spread:
+
+- ``rel_l2``: the posterior mean of the target channel (``a`` for the inverse task, ``u`` for
+  the forward task) against the truth; ``ratio_to_reference``: over the reference mean's;
+- ``mean_error_in_std``: ``||mean - mean_ref|| / ||std_ref||`` over the target's free nodes (0 for
+  a perfect posterior mean, about ``1 / sqrt(ESS)`` for an MCMC run with that ESS);
+- ``std_ratio``: median of ``std / std_ref``; ``coverage90`` of the truth;
+- ``forward_evaluations`` (forward maps; SMC and MALA add one VJP each) and ``seconds``.
+
+Methods: ``mcmc`` at the SMC's budget (the same chains with as many forward evaluations as the
+largest SMC run: the strongest baseline with the same information), ``map`` (L-BFGS), ``smc``
+(PiGDM twist) and ``smc-tmpd`` (TMPD twist), both with the twist's covariance shared at the zero
+state, ``pigdm`` (guidance alone, 16 samples). Writes ``benchmarks/results/inverse_darcy.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, add_mean_std, machine_info, write_results  # noqa: E402
+
+from pdegen import inverse  # noqa: E402
+
+BIAS = {
+    "reference": "Laplace-preconditioned MALA (Gauss-Newton at the MAP), long chains: exact in the limit",
+    "mcmc": "the same MCMC with the forward-evaluation budget of the largest SMC run",
+    "map": "the posterior mode by L-BFGS in white-noise coordinates: a point, no spread",
+    "smc": "twisted SMC, PiGDM twist (isotropic Tweedie covariance) shared at the zero state: "
+    "asymptotically exact in the particles",
+    "smc-tmpd": "twisted SMC, TMPD twist (Tweedie covariance of the exact latent GRF) shared at the "
+    "zero state: asymptotically exact in the particles",
+    "pigdm": "PiGDM guidance alone (linearised through the solve): no correction, not exact",
+}
+
+
+def _reference(task, args, index, store: dict):
+    """The MCMC reference of one draw: from the store, or run and stored."""
+    key = f"{task.name}_g{task.grid}_n{args.noise:g}_s{args.ref_steps}_c{args.ref_chains}_{index}"
+    if key in store:
+        return {k: store[key][k] for k in store[key]}, True
+    method = inverse.MCMC(
+        num_chains=args.ref_chains,
+        num_steps=args.ref_steps,
+        num_warmup=args.ref_warmup,
+        thin=args.ref_thin,
+    )
+    prior, lik = inverse.task_problem(task)
+    post = inverse.sample_posterior(prior, lik, method=method, key=jax.random.key(9000 + index))
+    mean, std = _joint(task, post)
+    rec = {
+        "mean": mean,
+        "std": std,
+        "rhat_max": post.info["rhat_max"],
+        "ess_min": post.info["ess_min"],
+        "ess_median": post.info["ess_median"],
+        "acceptance": post.info["acceptance"],
+        "seconds": post.info["seconds"],
+        "num_forward": post.info["num_forward"],
+    }
+    store[key] = rec
+    _save_store(store)
+    return rec, False
+
+
+STORE = RESULTS_DIR / "inverse_darcy_reference.npz"
+
+
+def _load_store() -> dict:
+    if not STORE.exists():
+        return {}
+    data = np.load(STORE)
+    out: dict = {}
+    for name in data.files:
+        key, _, field = name.rpartition("__")
+        out.setdefault(key, {})[field] = data[name]
+    return out
+
+
+def _save_store(store: dict) -> None:
+    flat = {f"{k}__{f}": np.asarray(v) for k, rec in store.items() for f, v in rec.items()}
+    tmp = STORE.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **flat)
+    os.replace(tmp, STORE)
+
+
+def _metrics(task, mean, std, ref) -> dict:
+    c = task.target_index
+    free = np.asarray(task.free_nodes)
+    flat = lambda v: np.asarray(v)[c].reshape(-1)[free]  # noqa: E731
+    m, s, t = flat(mean), flat(std), flat(task.truth)
+    m_ref, s_ref = flat(ref["mean"]), flat(ref["std"])
+    rel = float(np.linalg.norm(m - t) / np.linalg.norm(t))
+    ref_rel = float(np.linalg.norm(m_ref - t) / np.linalg.norm(t))
+    ok = s_ref > 1e-12 * np.max(s_ref)
+    out = {
+        "rel_l2": rel,
+        "reference_rel_l2": ref_rel,
+        "ratio_to_reference": rel / ref_rel,
+        "mean_error_in_std": float(np.linalg.norm(m - m_ref) / np.linalg.norm(s_ref)),
+        "std_ratio": float(np.median(s[ok] / s_ref[ok])) if np.any(s > 0) else 0.0,
+        "coverage90": float(np.mean(np.abs(m - t)[ok] <= 1.645 * s[ok])),
+    }
+    return out
+
+
+def _joint(task, post) -> tuple:
+    """Mean and std of (a, u) from a field posterior of ``a`` (weighted particles for SMC)."""
+    info = post.info
+    if "particles" in info:
+        fields, w = np.asarray(info["particles"]), np.asarray(info["weights"])
+    elif "draws" in info:  # MCMC: every kept draw of every chain
+        fields = np.asarray(info["draws"]).reshape(-1, np.asarray(info["draws"]).shape[-1])
+        w = np.full(fields.shape[0], 1.0 / fields.shape[0])
+    else:
+        fields = np.asarray(post.samples)
+        w = np.full(fields.shape[0], 1.0 / fields.shape[0])
+    a = jax.vmap(task.mesh.to_image)(jnp.asarray(fields))
+    u = jax.lax.map(task.solve, a, batch_size=64)
+    joint = np.stack([np.asarray(a), np.asarray(u)], axis=1)
+    mean = np.tensordot(w, joint, 1)
+    var = np.tensordot(w, (joint - mean[None]) ** 2, 1) / max(1.0 - float(w @ w), 1e-12)
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def run_draw(task, args, index, ref) -> dict:
+    prior, lik = inverse.task_problem(task)
+    key = jax.random.key(100 + index)
+    out = {}
+    counts = [int(c) for c in args.particles.split(",")]
+    budget = max(counts) * args.steps  # particle-steps of the largest SMC run
+    for n in counts:
+        for label, proposal in (("smc", inverse.PiGDM()), ("smc-tmpd", inverse.TMPD())):
+            method = inverse.SMC(proposal, num_particles=n, shared_covariance=True)
+            t0 = time.perf_counter()
+            post = inverse.sample_posterior(
+                prior, lik, method=method, key=jax.random.fold_in(key, n), num_steps=args.steps
+            )
+            wall = time.perf_counter() - t0
+            mean, std = _joint(task, post)
+            rec = _metrics(task, mean, std, ref)
+            rec.update(
+                seconds=wall,
+                forward_evaluations=n * (args.steps + 1),
+                final_ess=post.info["final_ess"],
+                log_evidence=post.info["log_evidence"],
+            )
+            out[(label, n)] = rec
+    chains = args.ref_chains
+    steps = max(8 * args.ref_thin, budget // chains - args.ref_warmup)
+    method = inverse.MCMC(
+        num_chains=chains, num_steps=steps, num_warmup=args.ref_warmup, thin=args.ref_thin
+    )
+    t0 = time.perf_counter()
+    post = inverse.sample_posterior(prior, lik, method=method, key=jax.random.fold_in(key, 7))
+    wall = time.perf_counter() - t0
+    mean, std = _joint(task, post)
+    rec = _metrics(task, mean, std, ref)
+    rec.update(
+        seconds=wall,
+        forward_evaluations=post.info["num_forward"],
+        rhat_max=post.info["rhat_max"],
+    )
+    out[("mcmc", budget)] = rec
+    t0 = time.perf_counter()
+    post = inverse.sample_posterior(prior, lik, method="map", key=key)
+    wall = time.perf_counter() - t0
+    mean, std = _joint(task, post)
+    rec = _metrics(task, mean, std, ref)
+    rec.update(seconds=wall, forward_evaluations=None)
+    out[("map", 1)] = rec
+    t0 = time.perf_counter()
+    post = inverse.sample_posterior(
+        prior, lik, method="pigdm", key=key, num_samples=args.samples, num_steps=args.steps
+    )
+    wall = time.perf_counter() - t0
+    mean, std = _joint(task, post)
+    rec = _metrics(task, mean, std, ref)
+    rec.update(seconds=wall, forward_evaluations=args.samples * args.steps)
+    out[("pigdm", args.samples)] = rec
+    return out
+
+
+def summarise(per: dict, task_name: str, grid: int, sensors: int, args) -> list:
+    rows = []
+    for (method, n), recs in per.items():
+        row = {
+            "task": task_name,
+            "method": method,
+            "count": n,
+            "grid": grid,
+            "sensors": sensors,
+            "noise": args.noise,
+            "draws": len(recs),
+            "bias": BIAS[method],
+        }
+        rows.append(add_mean_std(row, recs))
+    return rows
+
+
+def format_table(rows) -> str:
+    lines = [
+        f"{'task':<14} {'method':<9} {'N':>6} {'rel L2':>13} {'ratio':>13} {'mean err/std':>13} "
+        f"{'std ratio':>10} {'cov90':>6} {'seconds':>8}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['task']:<14} {r['method']:<9} {r['count']:>6} "
+            f"{r['rel_l2']:.3f}+-{r['rel_l2_std']:.3f} "
+            f"{r['ratio_to_reference']:.3f}+-{r['ratio_to_reference_std']:.3f} "
+            f"{r['mean_error_in_std']:>6.2f}+-{r['mean_error_in_std_std']:.2f} "
+            f"{r['std_ratio']:>10.2f} {r['coverage90']:>6.2f} {r['seconds']:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 draw, short reference, 32 particles")
+    p.add_argument("--grid", type=int, default=16)
+    p.add_argument("--sensor-fraction", type=float, default=0.1)
+    p.add_argument("--noise", type=float, default=0.02, help="relative noise of the data")
+    p.add_argument("--draws", type=int, default=10)
+    p.add_argument("--tasks", default="darcy-inverse,darcy-forward")
+    p.add_argument("--particles", default="32,128")
+    p.add_argument("--steps", type=int, default=200, help="SMC / guidance steps")
+    p.add_argument("--samples", type=int, default=16, help="PiGDM samples")
+    p.add_argument("--ref-chains", type=int, default=8)
+    p.add_argument("--ref-steps", type=int, default=10000)
+    p.add_argument("--ref-warmup", type=int, default=1000)
+    p.add_argument("--ref-thin", type=int, default=10)
+    p.add_argument("--out", default="inverse_darcy")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.draws, args.particles, args.ref_steps, args.ref_warmup = 1, "32", 2000, 500
+    t0 = time.perf_counter()
+    store = _load_store()
+    rows: list = []
+    refs: list = []
+    load_start = os.getloadavg()
+    for task_name in args.tasks.split(","):
+        per: dict = {}
+        for index in range(args.draws):
+            task = inverse.make_task(
+                task_name,
+                grid=args.grid,
+                sensor_fraction=args.sensor_fraction,
+                noise=args.noise,
+                index=index,
+            )
+            ref, cached = _reference(task, args, index, store)
+            refs.append(
+                {
+                    "task": task_name,
+                    "draw": index,
+                    "cached": cached,
+                    **{k: float(ref[k]) for k in ("rhat_max", "ess_min", "ess_median", "seconds")},
+                }
+            )
+            print(
+                f"{task_name} draw {index}: reference R-hat {float(ref['rhat_max']):.3f}, "
+                f"ESS min {float(ref['ess_min']):.0f} ({'stored' if cached else 'run'}, "
+                f"{float(ref['seconds']):.0f} s)",
+                flush=True,
+            )
+            for k, rec in run_draw(task, args, index, ref).items():
+                per.setdefault(k, []).append(rec)
+                print(
+                    f"  {k[0]:<9} {k[1]:>6}: rel L2 {rec['rel_l2']:.3f} "
+                    f"(reference {rec['reference_rel_l2']:.3f}), mean err/std "
+                    f"{rec['mean_error_in_std']:.2f}, std ratio {rec['std_ratio']:.2f}, "
+                    f"coverage {rec['coverage90']:.2f}, {rec['seconds']:.1f} s",
+                    flush=True,
+                )
+            partial_rows = rows + summarise(per, task_name, args.grid, task.num_sensors, args)
+            write_results(args.out, _payload(args, partial_rows, refs, t0, load_start, True))
+        rows += summarise(per, task_name, args.grid, task.num_sensors, args)
+    final = _payload(args, rows, refs, t0, load_start, False)
+    path = write_results(args.out, final)
+    print("\n" + format_table(rows))
+    print(f"\nwrote {path} in {final['seconds']:.0f} s")
+    return 0
+
+
+def _payload(args, rows, refs, t0, load_start, partial) -> dict:
+    machine = machine_info(load_start)
+    return {
+        "description": "Darcy (no closed form): SMC, guidance, MAP and equal-budget MCMC against a "
+        "long-run MCMC reference, all under the task's thresholded-GRF prior",
+        "partial": partial,
+        "quick": args.quick,
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "grid",
+                "sensor_fraction",
+                "noise",
+                "draws",
+                "particles",
+                "steps",
+                "samples",
+                "ref_chains",
+                "ref_steps",
+                "ref_warmup",
+                "ref_thin",
+            )
+        },
+        "rows": rows,
+        "references": refs,
+        "bias": BIAS,
+        "machine": machine,
+        "seconds": time.perf_counter() - t0,
+        "rerun": "python benchmarks/inverse_darcy.py" + (" --quick" if args.quick else ""),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
