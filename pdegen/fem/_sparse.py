@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -36,7 +38,9 @@ class SparsityPattern:
             ``data[p]`` the values of the transposed matrix in this same pattern; else ``None``.
         diagonal: ``(min(shape),)`` position of each diagonal entry, ``-1`` where absent.
 
-    Patterns compare and hash by identity, so they can be static fields of jitted modules.
+    Patterns compare and hash by content (shape and entries; the hash is computed once), so they
+    can be static fields of jitted modules and two equal patterns built separately (e.g. the same
+    sensors on each draw of a benchmark) share compiled code.
     """
 
     def __init__(self, rows, cols, shape: tuple[int, int]):
@@ -92,6 +96,25 @@ class SparsityPattern:
     def __repr__(self):
         return f"SparsityPattern(shape={self.shape}, nnz={self.nnz})"
 
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, SparsityPattern):
+            return NotImplemented
+        return (
+            self.shape == other.shape
+            and self.nnz == other.nnz
+            and hash(self) == hash(other)
+            and np.array_equal(self._linear, other._linear)
+        )
+
+    def __hash__(self):
+        h = self.__dict__.get("_hash")
+        if h is None:
+            digest = hashlib.blake2b(self._linear.tobytes(), digest_size=16).digest()
+            h = self.__dict__["_hash"] = hash((self.shape, self.nnz, digest))
+        return h
+
 
 class SparseMatrix(eqx.Module):
     """A sparse matrix: traced values ``data`` on a static :class:`SparsityPattern`.
@@ -137,7 +160,7 @@ class SparseMatrix(eqx.Module):
         return self.matvec(x)
 
     def __add__(self, other):
-        if not isinstance(other, SparseMatrix) or other.pattern is not self.pattern:
+        if not isinstance(other, SparseMatrix) or other.pattern != self.pattern:
             return NotImplemented
         if other.transposed != self.transposed:
             raise ValueError("SparseMatrix addition: both operands must have the same orientation")

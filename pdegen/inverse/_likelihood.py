@@ -111,7 +111,7 @@ class GaussianLikelihood(eqx.Module):
     whitener: jax.Array
     size: int = eqx.field(static=True)
     linear: bool = eqx.field(static=True)
-    noise_std: float = eqx.field(static=True)
+    noise_std: jax.Array  # traced: draws with other noise levels reuse compiled samplers
     points: Any = None
 
     @property
@@ -284,7 +284,7 @@ def gaussian_likelihood(
             if isinstance(G, LinearForward)
             else _Scaled(G, rho)
         )
-    noise = float(np.sqrt(np.trace(cov) / m))
+    noise = jnp.asarray(np.sqrt(np.trace(cov) / m), jnp.float64)
     return GaussianLikelihood(G, y, jnp.asarray(W), n, bool(linear), noise, points)
 
 
