@@ -225,9 +225,7 @@ def sample_field_posterior(
     elif isinstance(method, MCMC):
         from ._mcmc_reference import mcmc_posterior  # it builds on this module's FieldPosterior
 
-        post = mcmc_posterior(
-            prior, likelihood, method, key=key, num_samples=num_samples, progress=bool(progress)
-        )
+        post = mcmc_posterior(prior, likelihood, method, key=key, num_samples=num_samples)
     elif isinstance(method, SMC):
         post = smc_posterior(
             prior,

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pdegen import mcmc
+from pdegen._errors import NonFiniteError
 
 from ._field_posterior import FieldPosterior, _map_run, check_problem
 from ._likelihood import GaussianLikelihood
@@ -67,7 +69,6 @@ def mcmc_posterior(
     *,
     key,
     num_samples: int = 8,
-    progress: bool = False,
 ) -> FieldPosterior:
     """The long-run MCMC posterior of a (prior, likelihood) pair (see :class:`MCMC`).
 
@@ -99,14 +100,7 @@ def mcmc_posterior(
         raise ValueError(
             f"num_samples must be an int in [1, {kept}] (the kept draws), got {num_samples!r}"
         )
-    shape = tuple(prior.z_shape)
-    size = int(np.prod(shape))
-
-    def field(z):
-        return prior.from_noise(z.reshape(shape))
-
-    def misfit(z):
-        return likelihood.energy(field(z))
+    size = int(np.prod(prior.z_shape))
 
     k_pre, k0, k_run = jax.random.split(key, 3)
     t0 = time.perf_counter()
@@ -116,36 +110,30 @@ def mcmc_posterior(
             z_map, values = _map_run(prior, likelihood, method.map_steps)
         num_forward += int(np.sum(np.isfinite(np.asarray(values))))
         lr = laplace_preconditioner(prior, likelihood, z_map, key=k_pre)
-        kernel = mcmc.mala(
-            lambda z: 0.5 * jnp.sum(z**2) + misfit(z),
-            0.1,
-            preconditioner=lr.preconditioner,
-            **_acceptance(method),
-        )
+        lam, basis = lr.eigenvalues, lr.basis
         draw = jax.vmap(lambda k: lr.preconditioner.sample(key=k))
         z0 = jnp.ravel(z_map)[None] + draw(jax.random.split(k0, method.num_chains))
     else:
-        white = mcmc.Preconditioner(
-            lambda v: v, lambda *, key: jax.random.normal(key, (size,), jnp.float64)
-        )
-        kernel = mcmc.pcn(
-            misfit,
-            0.1,
-            prior_mean=jnp.zeros(size, jnp.float64),
-            prior=white,
-            **_acceptance(method),
-        )
+        lam = basis = None
         z0 = jax.random.normal(k0, (method.num_chains, size), jnp.float64)
-    res = mcmc.run_chains(
-        kernel,
+    res = _run_chains(
+        prior,
+        likelihood,
+        lam,
+        basis,
         z0,
-        method.num_steps,
-        method.num_warmup,
-        key=k_run,
+        jax.random.split(k_run, method.num_chains),
+        num_steps=method.num_steps,
+        num_warmup=method.num_warmup,
         thin=method.thin,
-        trace_fn=field,
-        progress=progress,
+        target=method.target_acceptance,
     )
+    if not bool(jnp.all(jnp.isfinite(res.state.position))):
+        raise NonFiniteError(
+            f"{method.label}: a chain diverged (its state is NaN or inf); the forward map may fail "
+            f"for some fields of the prior"
+        )
+    kernel_name = "pmala" if method.laplace else "pcn"
     draws = jax.block_until_ready(res.samples)
     seconds = time.perf_counter() - t0
     num_forward += method.num_chains * (method.num_steps + method.num_warmup)
@@ -168,16 +156,49 @@ def mcmc_posterior(
             "step_size": float(np.mean(np.asarray(res.step_size))),
             "num_forward": int(num_forward),
             "seconds": float(seconds),
-            "kernel": kernel.name,
+            "kernel": kernel_name,
             "draws": draws,
             "prior": prior.name,
         },
     )
 
 
-def _acceptance(method: MCMC) -> dict:
-    t = method.target_acceptance
-    return {} if t is None else {"target_acceptance": float(t)}
+@eqx.filter_jit
+def _run_chains(prior, likelihood, lam, basis, z0, keys, *, num_steps, num_warmup, thin, target):
+    """The chains of :func:`mcmc_posterior` in one compiled program whose data (the likelihood's
+    ``y``, the Laplace eigenpairs ``lam``, ``basis``; ``None`` for pCN) are arguments, so other
+    draws of a problem reuse it."""
+    shape = tuple(prior.z_shape)
+    size = int(np.prod(shape))
+
+    def field(z):
+        return prior.from_noise(z.reshape(shape))
+
+    def misfit(z):
+        return likelihood.energy(field(z))
+
+    acceptance = {} if target is None else {"target_acceptance": float(target)}
+    if lam is not None:
+
+        def identity(v):
+            return v
+
+        pre = mcmc.preconditioner_from_eigenpairs(identity, identity, lam, basis)
+        kernel = mcmc.mala(
+            lambda z: 0.5 * jnp.sum(z**2) + misfit(z), 0.1, preconditioner=pre, **acceptance
+        )
+    else:
+        white = mcmc.Preconditioner(
+            lambda v: v, lambda *, key: jax.random.normal(key, (size,), jnp.float64)
+        )
+        kernel = mcmc.pcn(
+            misfit, 0.1, prior_mean=jnp.zeros(size, jnp.float64), prior=white, **acceptance
+        )
+
+    def chain(x0, key):
+        return mcmc.run_chain(kernel, x0, num_steps, num_warmup, key=key, thin=thin, trace_fn=field)
+
+    return jax.vmap(chain)(z0, keys)
 
 
 def task_mcmc_posterior(

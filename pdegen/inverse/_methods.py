@@ -234,6 +234,11 @@ class MCMC(Method):
         w = self.num_warmup
         if isinstance(w, bool) or not isinstance(w, int) or w < 0:
             raise ValueError(f"MCMC(num_warmup=...): an int >= 0, got {w!r}")
+        if self.num_steps % self.thin:
+            raise ValueError(
+                f"MCMC: thin={self.thin} must divide num_steps={self.num_steps} (draws are kept "
+                f"every thin-th step)"
+            )
         if self.num_steps // self.thin < 4:
             raise ValueError(
                 f"MCMC: num_steps // thin must keep >= 4 draws per chain (for R-hat and ESS), got "

@@ -36,3 +36,6 @@ from ._kernels import run_chains as run_chains
 from ._kernels import ula as ula
 from ._preconditioners import LowRankPreconditioner as LowRankPreconditioner
 from ._preconditioners import low_rank_preconditioner as low_rank_preconditioner
+from ._preconditioners import (
+    preconditioner_from_eigenpairs as preconditioner_from_eigenpairs,
+)

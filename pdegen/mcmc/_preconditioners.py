@@ -81,6 +81,22 @@ def low_rank_preconditioner(
     order = jnp.argsort(lam)[::-1][:rank]
     lam = jnp.maximum(lam[order], 0.0)
     W = Q @ U[:, order]
+    return LowRankPreconditioner(
+        preconditioner_from_eigenpairs(prior_sqrt, prior_sqrt_transpose, lam, W), lam, W
+    )
+
+
+def preconditioner_from_eigenpairs(
+    prior_sqrt: Callable, prior_sqrt_transpose: Callable, eigenvalues, basis
+) -> Preconditioner:
+    """The Laplace preconditioner of :func:`low_rank_preconditioner` from its kept eigenpairs.
+
+    ``P = S (I - W diag(lam / (1 + lam)) W^T) S^T`` and its draws, for eigenvalues ``lam`` ``(r,)``
+    and orthonormal columns ``W`` ``(latent_dim, r)`` (e.g. a :class:`LowRankPreconditioner`'s):
+    rebuild it inside ``jit`` from arrays passed as arguments, so one compiled sampler serves
+    other data."""
+    lam = jnp.maximum(jnp.asarray(eigenvalues), 0.0)
+    W = jnp.asarray(basis)
     shrink = lam / (1.0 + lam)
     root = 1.0 / jnp.sqrt(1.0 + lam) - 1.0
 
@@ -89,7 +105,7 @@ def low_rank_preconditioner(
         return prior_sqrt(u - W @ (shrink * (W.T @ u)))
 
     def sample(*, key):
-        z = jax.random.normal(key, (latent_dim,), W.dtype)
+        z = jax.random.normal(key, (W.shape[0],), W.dtype)
         return prior_sqrt(z + W @ (root * (W.T @ z)))
 
-    return LowRankPreconditioner(Preconditioner(apply, sample), lam, W)
+    return Preconditioner(apply, sample)
