@@ -161,3 +161,11 @@ def test_ipla_bad_input():
         )
     with pytest.raises(TypeError, match="preconditioner"):
         statfem.ipla(lambda t, x: 0.0, 0.1, preconditioner=np.eye(2))
+
+
+def test_ipla_rejects_a_parameter_step_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="theta_step_size"):
+        statfem.ipla(lambda t, x: jnp.sum(x**2), 0.1, theta_step_size=-1.0)
+    kernel = statfem.ipla(lambda t, x: jnp.sum(x**2), 0.1, theta_step_size=jnp.ones(3))
+    with pytest.raises(ValueError, match="shape"):
+        kernel.init(jnp.zeros(2), jnp.zeros((4, 5)))

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .._solve import solver_errors
@@ -65,14 +66,25 @@ def ipla(
     theta_step_size: float | None = None,
     preconditioner: Preconditioner | None = None,
 ) -> IPLA:
-    """The IPLA kernel for ``energy_fn(theta, x) -> scalar`` (``theta`` a scalar or a vector)."""
+    """The IPLA kernel for ``energy_fn(theta, x) -> scalar`` (``theta`` a scalar or a vector).
+
+    ``theta_step_size`` may be a vector of the shape of ``theta``: a constant diagonal
+    preconditioner of the parameter step (parameters of different scales, e.g. a forcing amplitude
+    beside log length scales), which keeps the stationary law."""
     for name, h in (("step_size", step_size), ("theta_step_size", theta_step_size)):
-        if h is not None and not isinstance(h, jax.core.Tracer) and not float(h) > 0:
-            raise ValueError(f"ipla: {name} must be > 0, got {h}")
+        if h is None or isinstance(h, jax.core.Tracer):
+            continue
+        arr = np.asarray(h, np.float64)
+        if arr.ndim > (1 if name == "theta_step_size" else 0) or not np.all(arr > 0):
+            raise ValueError(
+                f"ipla: {name} must be > 0 (a scalar{', or a vector of the shape of theta' if name == 'theta_step_size' else ''}), got {h}"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"ipla: {name} must be finite, got {h}")
     if preconditioner is not None and not isinstance(preconditioner, Preconditioner):
         raise TypeError("ipla: preconditioner must be a Preconditioner or None")
     gamma = step_size
-    gamma_theta = step_size if theta_step_size is None else theta_step_size
+    gamma_theta = step_size if theta_step_size is None else jnp.asarray(theta_step_size)
 
     def total(theta, particles):
         e = jax.vmap(lambda x: energy_fn(theta, x))(particles)
@@ -87,6 +99,10 @@ def ipla(
             raise ValueError(f"ipla: theta must be a scalar or a vector, got shape {theta0.shape}")
         if particles0.ndim != 2 or particles0.shape[0] < 1:
             raise ValueError(f"ipla: particles must have shape (N, dim), got {particles0.shape}")
+        if jnp.ndim(gamma_theta) == 1 and jnp.shape(gamma_theta) != theta0.shape:
+            raise ValueError(
+                f"ipla: theta_step_size has shape {jnp.shape(gamma_theta)}, theta {theta0.shape}"
+            )
         return IPLAState(theta0.astype(particles0.dtype), particles0)
 
     def step(state, *, key):
