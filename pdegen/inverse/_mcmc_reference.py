@@ -218,6 +218,7 @@ def task_mcmc_posterior(
     the likelihood :func:`task_likelihood`'s. ``a``'s mean and std are over all kept draws;
     ``u = solve(a)``'s over at most ``max_solves`` of them, evenly spaced."""
     from ._results import Posterior
+    from ._task_posterior import _solve_batch  # the task route's own u = solve(a)
     from ._task_problem import task_problem
 
     prior, likelihood = task_problem(task, alpha=alpha, tau=tau)
@@ -228,16 +229,11 @@ def task_mcmc_posterior(
     pooled = info.pop("draws").reshape(-1, prior.size)
     pick = np.linspace(0, pooled.shape[0] - 1, min(max_solves, pooled.shape[0])).round()
     a = jax.vmap(task.mesh.to_image)(pooled[pick.astype(int)])
-    u = jnp.stack([task.solve(ai) for ai in a]) if not task.linear else None
-    if u is None:
-        from ._operators import solution_operator
-
-        S = jnp.asarray(solution_operator(task.physics))
-        u = (a.reshape(a.shape[0], -1) @ S.T).reshape(a.shape)
+    u = _solve_batch(task, a)
     mean = jnp.stack([task.mesh.to_image(post.mean), u.mean(0)])
     std = jnp.stack([task.mesh.to_image(post.std), u.std(0, ddof=1)])
     a_s = jax.vmap(task.mesh.to_image)(post.samples)
-    samples = jnp.stack([a_s, jnp.stack([task.solve(ai) for ai in a_s])], axis=1)
+    samples = jnp.stack([a_s, _solve_batch(task, a_s)], axis=1)
     info["solved_draws"] = int(a.shape[0])
     return Posterior(
         samples, mean, std, method.label, "solve", post.seconds_per_sample, float("nan"), info

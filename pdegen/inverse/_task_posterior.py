@@ -577,6 +577,12 @@ def sample_task_posterior(
         likelihood = StatFEMLikelihood(*likelihood).check()
     elif method in STATFEM_METHODS:
         likelihood = default_likelihood(task)
+    # the closed forms and the MCMC reference use the GRF of an exact prior, else the task data's
+    grf = (
+        dict(zip(("alpha", "tau"), prior.grf))
+        if isinstance(prior, FieldPrior) and prior.grf
+        else {}
+    )
     if method in ("mcmc", "pcn"):
         if likelihood is not None:
             raise ValueError(
@@ -586,11 +592,6 @@ def sample_task_posterior(
         from ._mcmc_reference import task_mcmc_posterior
         from ._methods import FIELD_METHODS
 
-        grf = (
-            dict(zip(("alpha", "tau"), prior.grf))
-            if isinstance(prior, FieldPrior) and prior.grf
-            else {}
-        )
         post = task_mcmc_posterior(
             task, FIELD_METHODS[method], key=key, num_samples=num_samples, y=y, **grf
         )
@@ -598,12 +599,6 @@ def sample_task_posterior(
             progress.update(num_samples)
         return post
     if method in ("bayes", "map"):
-        # The closed forms use the GRF of an exact prior, else the GRF the task's data came from.
-        grf = (
-            dict(zip(("alpha", "tau"), prior.grf))
-            if isinstance(prior, FieldPrior) and prior.grf
-            else {}
-        )
         if method == "bayes":
             post = bayes_posterior(
                 task, key=key, num_samples=num_samples, y=y, likelihood=likelihood, **grf
