@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=200, help="SMC / guidance steps")
     p.add_argument("--samples", type=int, default=16, help="PiGDM samples")
     p.add_argument("--ref-chains", type=int, default=8)
-    p.add_argument("--ref-steps", type=int, default=10000)
+    p.add_argument("--ref-steps", type=int, default=6000)
     p.add_argument("--ref-warmup", type=int, default=1000)
     p.add_argument("--ref-thin", type=int, default=10)
     p.add_argument("--out", default="inverse_darcy")

@@ -38,28 +38,11 @@ def laplace_preconditioner(prior: Prior, likelihood: GaussianLikelihood, z_map, 
     at ``z_map``, built from ``m`` reverse-mode products (one adjoint solve each for a PDE forward
     map): a :class:`pdegen.mcmc.LowRankPreconditioner` of rank ``min(m, n)``."""
     shape = tuple(prior.z_shape)
-    size = int(np.prod(shape))
 
     def whitened(z):
         return likelihood.whitener @ likelihood.forward(prior.from_noise(z.reshape(shape)))
 
-    z_map = jnp.ravel(jnp.asarray(z_map, jnp.float64))
-    y, vjp = jax.vjp(whitened, z_map)
-    m = int(y.shape[0])
-    J = jax.vmap(lambda e: vjp(e)[0])(jnp.eye(m, dtype=y.dtype))
-
-    def identity(v):
-        return v
-
-    return mcmc.low_rank_preconditioner(
-        identity,
-        identity,
-        lambda v: J.T @ (J @ v),
-        size,
-        rank=min(m, size),
-        key=key,
-        oversampling=min(10, size - min(m, size)),
-    )
+    return mcmc.gauss_newton_laplace(whitened, jnp.asarray(z_map, jnp.float64), key=key)
 
 
 def mcmc_posterior(

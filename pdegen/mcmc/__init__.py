@@ -6,7 +6,9 @@ preconditioned, and :func:`pcn` for a Gaussian prior times a likelihood); a prec
 :class:`Preconditioner` (``apply(v) = P v`` and a draw ``sample(key=key) ~ N(0, P)``).
 Chain drivers with step-size adaptation by dual averaging (:func:`run_chain`, :func:`run_chains`,
 :func:`pool_chains`), a Laplace / Gauss-Newton preconditioner from a prior square root and a
-randomised low-rank misfit Hessian (:func:`low_rank_preconditioner`), a stability bound (:func:`largest_curvature`) and chain diagnostics
+randomised low-rank misfit Hessian (:func:`low_rank_preconditioner`), its exact form for a target
+in white-noise coordinates with the Gauss-Newton MAP point there (:func:`gauss_newton_laplace`,
+:func:`gauss_newton_map`), a stability bound (:func:`largest_curvature`) and chain diagnostics
 (:func:`chain_ess`, :func:`rhat`; distinct from the importance-weight ESS of ``pdegen.models``).
 
 A chain whose state becomes NaN / inf stops with :class:`pdegen._errors.NonFiniteError`; a step
@@ -39,3 +41,7 @@ from ._preconditioners import low_rank_preconditioner as low_rank_preconditioner
 from ._preconditioners import (
     preconditioner_from_eigenpairs as preconditioner_from_eigenpairs,
 )
+from ._whitened import GaussNewtonResult as GaussNewtonResult
+from ._whitened import gauss_newton_laplace as gauss_newton_laplace
+from ._whitened import gauss_newton_map as gauss_newton_map
+from ._whitened import jacobian_rows as jacobian_rows

@@ -23,6 +23,7 @@ from ._case import NonlinearCase as NonlinearCase
 from ._case import StatFEMCase as StatFEMCase
 from ._case import nonlinear_statfem_case as nonlinear_statfem_case
 from ._case import ula_statfem_case as ula_statfem_case
+from ._diffusivity import DiffusivityStatFEM as DiffusivityStatFEM
 from ._exact import ExactPosterior as ExactPosterior
 from ._exact import HyperparameterFit as HyperparameterFit
 from ._exact import dense_preconditioner as dense_preconditioner

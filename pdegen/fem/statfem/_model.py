@@ -435,7 +435,8 @@ class StatFEM(eqx.Module):
         """
         return _assemble_system(self)
 
-    def _system(self) -> LinearSystem:
+    def _operator(self) -> tuple[SparseMatrix, jax.Array]:
+        """``A`` (Dirichlet rows and columns eliminated) and ``b`` on the free dofs."""
         s = self.structure
         op = {k: v for k, v in self.coefficients.items() if k in s.operator_args}
         rh = {k: v for k, v in self.coefficients.items() if k in s.rhs_args}
@@ -445,9 +446,14 @@ class StatFEM(eqx.Module):
             raise TypeError(
                 "StatFEM: the problem's operator is complex; statFEM needs a real problem"
             )
-        dtype = jnp.result_type(A.data.dtype, b.dtype)
         if s.bc is not None:
             A, b = s.bc.apply(A, b)
+        return A, _restrict(s, b)
+
+    def _system(self) -> LinearSystem:
+        s = self.structure
+        A, b = self._operator()
+        dtype = jnp.result_type(A.data.dtype, b.dtype)
         lift = jnp.asarray(s.lift, dtype)
         V = s.space
         if self.mass_kind == "lumped":
@@ -469,7 +475,7 @@ class StatFEM(eqx.Module):
         S = self.sigma_e**2 * jnp.eye(m, dtype=dtype) + Cd.astype(dtype)
         return LinearSystem(
             A=A,
-            b=_restrict(s, b),
+            b=b,
             lift=lift,
             mass_diag=mass_diag,
             M=M,
@@ -658,19 +664,31 @@ class LinearSystem(eqx.Module):
             w = self._mass_solve(w)
         return w / self.sigma_f**2
 
+    @property
+    def forcing_noise_size(self) -> int:
+        """Length of the white noise ``z`` that :meth:`forcing_from_noise` maps to ``xi``."""
+        s = self.structure
+        if self.kernel_chol is None and self.M is not None:
+            return int(np.prod(np.shape(s.local_mass_chol)[:2]))
+        return s.nfree
+
     def sample_forcing_noise(self, *, key):
         """A draw of ``xi ~ N(0, G)`` on the free dofs (``key`` keyword-only)."""
+        z = jax.random.normal(key, (self.forcing_noise_size,), self.b.dtype)
+        return self.forcing_from_noise(z)
+
+    def forcing_from_noise(self, z):
+        """``xi = G^{1/2} z`` (``xi ~ N(0, G)`` for ``z ~ N(0, I)`` of length
+        :attr:`forcing_noise_size`): a linear map, so ``xi`` may be sampled in ``z``."""
         s = self.structure
         dtype = self.b.dtype
         if self.kernel_chol is None and self.M is None:
-            z = jax.random.normal(key, (s.nfree,), dtype)
             return self.sigma_f * jnp.sqrt(self.mass_diag).astype(dtype) * z
         if self.kernel_chol is not None:
-            z = jax.random.normal(key, (s.nfree,), dtype)
             return self.sigma_f * self._mass_apply(self.kernel_chol @ z)
         # consistent mass: N(0, M) is the sum of independent N(0, M_e) over the cells
         L = jnp.asarray(s.local_mass_chol, dtype)
-        z = jax.random.normal(key, L.shape[:2], dtype)
+        z = z.reshape(L.shape[:2])
         local = jnp.einsum("eij,ej->ei", L, z)
         full = jax.ops.segment_sum(
             local.reshape(-1), jnp.asarray(s.element_dofs.reshape(-1)), num_segments=s.ndofs

@@ -1,0 +1,373 @@
+"""statFEM with the diffusivity unknown alongside u: Langevin samplers on the joint posterior.
+
+The ULA-statFEM case (``-div(kappa grad u) = 1 + xi`` on the unit square, 128 sensors, sigma_e
+5e-4, sigma_f 0.1) with ``log kappa = log(1 + 0.3 sin(pi (x + y))) + w`` and ``w`` unknown: a
+squared-exponential Gaussian process (scale 0.2, length 0.2) truncated to the Karhunen-Loeve modes
+holding 99.9% of its variance (:class:`pdegen.fem.statfem.DiffusivityStatFEM`). The state is the
+white noise of ``w`` and of the forcing ``xi`` (the non-centred form) or ``(v, x)`` with ``x`` the
+free dofs of ``u`` (the centred form, whose energy has ``log |det A(kappa)|``, its gradient by
+selected inversion). The samplers, every preconditioner built from the model and the data with
+its time counted:
+
+- ``pmala-laplace-centred``: MALA in the centred form preconditioned by the Gauss-Newton Laplace
+  approximation at the MAP point (a dense Cholesky factor of ``J^T J``);
+- ``pmala-laplace``: MALA in the non-centred form preconditioned by ``(I + J^T J)^{-1}`` at its
+  MAP point (``J``: one adjoint solve per sensor);
+- ``pcn``: preconditioned Crank-Nicolson with the prior ``N(0, I)`` (gradient-free);
+- ``mala``: MALA without a preconditioner in the non-centred form (i.e. preconditioned by the
+  prior).
+
+Each runs 4 chains from prior draws (Laplace-MALA from Laplace draws around its MAP point) until
+the posterior mean of ``log kappa`` and of ``u`` are both within 1% and their pointwise variances
+within 10% (relative L2) of a reference stored once in
+``benchmarks/results/statfem_diffusivity_reference_<grid>.npz`` (8 long chains of the centred Laplace-MALA,
+split R-hat and ESS recorded), or until its budget ends (``--budget``; the samplers after the first
+get 10.5 times its time to tolerance, at most ``--max-budget``), so a sampler that does not reach
+the tolerances bounds the speedup from below.
+Moments are accumulated on every 5th state (the fields cost one more solve). Compilation is
+excluded; set-up and warm-up are included.
+
+Run from the repository root: ``python benchmarks/statfem_diffusivity.py [--quick]`` (``--quick``:
+32x32 only, short budgets). Writes ``benchmarks/results/statfem_diffusivity.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from _common import machine_info, write_results  # noqa: E402
+from jax import lax  # noqa: E402
+
+from pdegen._io import atomic_path  # noqa: E402
+from pdegen.fem import statfem  # noqa: E402
+
+SAMPLERS = ("pmala-laplace-centred", "pmala-laplace", "pcn", "mala")
+CENTRED = ("pmala-laplace-centred",)
+MEAN_TOL, VAR_TOL = 0.01, 0.10
+BUDGET_FACTOR = 10.5
+NUM_CHAINS = 4
+REFERENCE_CHAINS = 8
+BLOCK = 250
+THIN = 5
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def base_log_diffusivity(x):
+    return jnp.log(1.0 + 0.3 * jnp.sin(math.pi * (x[0] + x[1])))
+
+
+def make_case(grid, key):
+    case = statfem.ula_statfem_case(grid, key=key)
+    dm = statfem.DiffusivityStatFEM(case.model, log_kappa_mean=base_log_diffusivity)
+    return dm, case
+
+
+def quantity(dm, centred):
+    """State -> (log kappa at the nodes, u at the free dofs)."""
+    r = dm.num_modes
+    if centred:
+        return lambda s: jnp.concatenate([dm.log_kappa_mean + dm.modes @ s[:r], s[r:]])
+    return lambda z: jnp.concatenate([dm.log_diffusivity(z), dm.solution(z)])
+
+
+def kernel_for(name, dm, y, key):
+    """(kernel, first states, set-up seconds, info): everything from the model and the data."""
+    t0 = time.perf_counter()
+    keys = jax.random.split(jax.random.fold_in(key, 1), NUM_CHAINS)
+    info = {}
+    if name == "pmala-laplace-centred":
+        mp = dm.centred_map_point(y)
+        pre = dm.centred_laplace_preconditioner(y, mp.x)
+        info.update(map_iterations=mp.iterations)
+        kernel = statfem.mala(dm.centred_energy_fn(y), 0.5, preconditioner=pre)
+        x0 = jnp.stack([mp.x + pre.sample(key=k) for k in keys])
+    elif name == "pmala-laplace":
+        mp = dm.map_point(y)
+        lr = dm.laplace_preconditioner(y, mp.x, key=jax.random.fold_in(key, 2))
+        pre = lr.preconditioner
+        info.update(map_iterations=mp.iterations, rank=int(lr.eigenvalues.shape[0]))
+        info["eigenvalues_first_last"] = [float(lr.eigenvalues[0]), float(lr.eigenvalues[-1])]
+        kernel = statfem.mala(dm.energy_fn(y), 0.5, preconditioner=pre)
+        x0 = jnp.stack([mp.x + pre.sample(key=k) for k in keys])
+    elif name == "pcn":
+        kernel = statfem.pcn(
+            dm.misfit_fn(y), 0.1, prior_mean=jnp.zeros(dm.dim), prior=dm.prior_preconditioner()
+        )
+        x0 = jnp.stack([dm.sample_prior(key=k) for k in keys])
+    elif name == "mala":
+        x0 = jnp.stack([dm.sample_prior(key=k) for k in keys])
+        energy = dm.energy_fn(y)
+        lam = float(statfem.largest_curvature(energy, x0[0], num_iterations=40))
+        kernel = statfem.mala(energy, 1.0 / lam)
+    else:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+    jax.block_until_ready(x0)
+    return kernel, x0, time.perf_counter() - t0, info
+
+
+def make_block(kernel, q):
+    """Jitted block of BLOCK steps for all chains; moments of q on every THIN-th state."""
+
+    def one_chain(key, state, moments):
+        def outer(carry, k):
+            st, (n, mean, m2) = carry
+            st, _ = lax.scan(
+                lambda s, kk: (kernel.step(s, key=kk)[0], None), st, jax.random.split(k, THIN)
+            )
+            v = q(st.position)
+            n = n + 1.0
+            d = v - mean
+            mean = mean + d / n
+            return (st, (n, mean, m2 + d * (v - mean))), v
+
+        (state, moments), trace = lax.scan(
+            outer, (state, moments), jax.random.split(key, BLOCK // THIN)
+        )
+        return state, moments, trace
+
+    return jax.jit(jax.vmap(one_chain))
+
+
+def errors(moments, ref_mean, ref_var, split):
+    n, mean, m2 = moments
+    var = m2 / n[:, None]
+    pm = jnp.mean(mean, axis=0)
+    pv = jnp.mean(var + mean**2, axis=0) - pm**2
+
+    def rel(a, b):
+        return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+    parts = (slice(0, split), slice(split, None))
+    return (
+        max(rel(pm[p], ref_mean[p]) for p in parts),
+        max(rel(pv[p], ref_var[p]) for p in parts),
+    )
+
+
+def run_sampler(name, dm, y, ref, budget_s, key, warmup=500, max_blocks=400):
+    kernel, x0, setup_s, info = kernel_for(name, dm, y, key)
+    qf = quantity(dm, name in CENTRED)
+    q = jax.jit(jax.vmap(qf))
+    split = dm.model.structure.ndofs
+    block = make_block(kernel, qf)
+    size = int(q(x0).shape[1])
+    zeros = (jnp.zeros(NUM_CHAINS), jnp.zeros((NUM_CHAINS, size)), jnp.zeros((NUM_CHAINS, size)))
+    t0 = time.perf_counter()
+    res = statfem.run_chains(kernel, x0, 1, 1, key=jax.random.fold_in(key, 3))
+    jax.block_until_ready(block(jax.random.split(key, NUM_CHAINS), res.state, zeros))
+    compile_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    # warm-up (step-size adaptation), then 50 steps that measure the acceptance rate
+    res = statfem.run_chains(kernel, x0, 50, warmup, key=jax.random.fold_in(key, 4))
+    state, moments, steps, reached, traces = res.state, zeros, 50, None, []
+    ref_mean, ref_var = jnp.asarray(ref["mean"]), jnp.asarray(ref["variance"])
+    while True:
+        keys = jax.random.split(jax.random.fold_in(key, 10 + steps), NUM_CHAINS)
+        state, moments, trace = block(keys, state, moments)
+        steps += BLOCK
+        if len(traces) < max_blocks:
+            traces.append(trace)
+        mean_err, var_err = errors(moments, ref_mean, ref_var, split)
+        elapsed = time.perf_counter() - t0
+        if reached is None and mean_err < MEAN_TOL and var_err < VAR_TOL:
+            reached = dict(seconds=elapsed, steps=steps)
+        if reached is not None or elapsed > budget_s:
+            break
+    sample_s = time.perf_counter() - t0
+    samples = jnp.concatenate(traces, axis=1)
+    ess = np.asarray(statfem.chain_ess(samples))
+    rh = np.asarray(statfem.rhat(samples))
+    out = {
+        "kernel": kernel.name,
+        "step_size": float(np.mean(np.asarray(state.step_size))),
+        "acceptance": float(np.mean(np.asarray(res.acceptance_rate))),
+        "setup_s": setup_s,
+        "compile_s": compile_s,
+        "warmup_steps": warmup,
+        "steps_run": steps,
+        "mean_rel_error": mean_err,
+        "variance_rel_error": var_err,
+        "reached": reached is not None,
+        "ess_min": float(ess.min()),
+        "ess_per_second": float(ess.min() / sample_s),
+        "rhat_max": float(rh.max()),
+        "budget_s": budget_s,
+        **info,
+    }
+    if reached is not None:
+        n = warmup + reached["steps"]
+        out["seconds_to_tolerance"] = setup_s + reached["seconds"]
+        out["gradient_evaluations_to_tolerance"] = kernel.gradients_per_step * n * NUM_CHAINS
+    else:
+        out["seconds_to_tolerance"] = None
+        out["lower_bound_seconds"] = setup_s + sample_s
+        out["lower_bound_gradient_evaluations"] = (
+            kernel.gradients_per_step * (warmup + steps) * NUM_CHAINS
+        )
+    return out
+
+
+def reference(dm, y, grid, key, num_steps, store=True):
+    """Long Laplace-MALA runs (exact in the limit), stored once and reused (``store=False``: a
+    short run for ``--quick``, neither read nor written)."""
+    path = RESULTS / f"statfem_diffusivity_reference_{grid}.npz"
+    if store and path.exists():
+        ref = np.load(path)
+        return {k: ref[k] for k in ref.files}, path
+    t0 = time.perf_counter()
+    mp = dm.centred_map_point(y)
+    pre = dm.centred_laplace_preconditioner(y, mp.x)
+    kernel = statfem.mala(dm.centred_energy_fn(y), 0.5, preconditioner=pre)
+    keys = jax.random.split(jax.random.fold_in(key, 2), REFERENCE_CHAINS)
+    x0 = jnp.stack([mp.x + pre.sample(key=k) for k in keys])
+    res = statfem.run_chains(
+        kernel,
+        x0,
+        num_steps,
+        1000,
+        key=jax.random.fold_in(key, 3),
+        thin=10,
+        trace_fn=quantity(dm, True),
+        progress=True,
+    )
+    s = res.samples
+    ref = {
+        "mean": np.asarray(jnp.mean(s, axis=(0, 1))),
+        "variance": np.asarray(jnp.var(s, axis=(0, 1))),
+        "ess": np.asarray(statfem.chain_ess(s)),
+        "rhat": np.asarray(statfem.rhat(s)),
+        "num_steps": np.asarray(num_steps),
+        "chains": np.asarray(REFERENCE_CHAINS),
+        "seconds": np.asarray(time.perf_counter() - t0),
+        "acceptance": np.asarray(res.acceptance_rate),
+    }
+    if store:
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, **ref)
+    return ref, path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="32x32 only, short reference and budgets")
+    p.add_argument("--grids", default=None, help="comma-separated grids (default 32,64)")
+    p.add_argument("--samplers", default=",".join(SAMPLERS))
+    p.add_argument("--budget", type=float, default=300.0, help="seconds per sampler (at least)")
+    p.add_argument(
+        "--max-budget",
+        type=float,
+        default=900.0,
+        help="cap on the budget of the samplers after the first (10.5x its time to tolerance)",
+    )
+    p.add_argument("--out", default=None, help="results name (default statfem_diffusivity[_quick])")
+    args = p.parse_args(argv)
+    args.out = args.out or ("statfem_diffusivity_quick" if args.quick else "statfem_diffusivity")
+    grids = [int(g) for g in (args.grids or ("32" if args.quick else "32,64")).split(",")]
+    budget = 20.0 if args.quick else args.budget
+    ref_steps = {32: 8000, 64: 6000}
+    key = jax.random.key(0)
+    results = {
+        "description": "statFEM with the diffusivity unknown alongside u: time to tolerance on "
+        "the joint posterior against a stored long-run reference",
+        "machine": machine_info(),
+        "quick": args.quick,
+        "mean_tolerance": MEAN_TOL,
+        "variance_tolerance": VAR_TOL,
+        "chains": NUM_CHAINS,
+        "rerun": "python benchmarks/statfem_diffusivity.py",
+        "grids": {},
+    }
+    rows = []
+    for grid in grids:
+        dm, case = make_case(grid, jax.random.fold_in(key, grid))
+        steps = 2000 if args.quick else ref_steps.get(grid, 6000)
+        ref, ref_path = reference(
+            dm, case.y, grid, jax.random.fold_in(key, 100 + grid), steps, store=not args.quick
+        )
+        split = dm.model.structure.ndofs
+        truth_err = float(
+            np.linalg.norm(ref["mean"][:split] - np.log(np.asarray(case.diffusivity)))
+            / np.linalg.norm(np.log(np.asarray(case.diffusivity)))
+        )
+        g = {
+            "state_dim": dm.dim,
+            "modes": dm.num_modes,
+            "free_dofs": dm.model.dim,
+            "sensors": dm.num_sensors,
+            "reference": {
+                "file": ref_path.name,
+                "steps_per_chain": int(ref["num_steps"]),
+                "chains": int(ref["chains"]),
+                "ess_min": float(ref["ess"].min()),
+                "ess_median": float(np.median(ref["ess"])),
+                "rhat_max": float(ref["rhat"].max()),
+                "seconds": float(ref["seconds"]),
+                "log_kappa_mean_vs_truth_rel_error": truth_err,
+            },
+            "samplers": {},
+        }
+        print(f"{grid}x{grid} reference: {g['reference']}", flush=True)
+        for name in [s for s in args.samplers.split(",") if s]:
+            t_best = g["samplers"].get("pmala-laplace", {}).get("seconds_to_tolerance")
+            b = min(max(budget, BUDGET_FACTOR * t_best), args.max_budget) if t_best else budget
+            r = run_sampler(name, dm, case.y, ref, b, jax.random.fold_in(key, 1000 + grid))
+            g["samplers"][name] = r
+            rows.append((grid, name, r))
+            print(f"{grid}x{grid} {name}: {r}", flush=True)
+            results["grids"][str(grid)] = g
+            path = write_results(args.out, results)
+        best = g["samplers"].get("pmala-laplace", {}).get("seconds_to_tolerance")
+        for r in g["samplers"].values():
+            other = r["seconds_to_tolerance"] or r.get("lower_bound_seconds")
+            if best and other:
+                r["laplace_speedup"] = other / best
+                r["laplace_speedup_is_lower_bound"] = r["seconds_to_tolerance"] is None
+        path = write_results(args.out, results)
+    print(
+        "\nunknown diffusivity: time to mean error < 1% and variance error < 10% of log kappa and u"
+    )
+    header = (
+        f"{'grid':>5} {'sampler':15} {'reached':>7} {'seconds':>9} {'setup s':>8} "
+        f"{'grad evals':>11} {'ess/s':>8} {'acc':>5} {'R-hat':>6} {'Laplace speedup':>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    for grid, name, r in rows:
+        secs = r["seconds_to_tolerance"]
+        secs_txt = f"{secs:.2f}" if secs is not None else f">{r['lower_bound_seconds']:.1f}"
+        ge = r.get("gradient_evaluations_to_tolerance")
+        ge_txt = str(ge) if ge is not None else f">{r['lower_bound_gradient_evaluations']}"
+        sp = r.get("laplace_speedup")
+        sp_txt = (
+            ""
+            if sp is None
+            else (f">{sp:.1f}x" if r["laplace_speedup_is_lower_bound"] else f"{sp:.1f}x")
+        )
+        print(
+            f"{grid:>5} {name:15} {str(r['reached']):>7} {secs_txt:>9} {r['setup_s']:>8.2f} "
+            f"{ge_txt:>11} {r['ess_per_second']:>8.2f} {r['acceptance']:>5.2f} "
+            f"{r['rhat_max']:>6.3f} {sp_txt:>16}"
+        )
+    print(
+        "seconds: set-up (MAP, preconditioner) + warm-up + sampling until both tolerances hold for\n"
+        "  both fields ('>' = not reached within the budget: a lower bound); compilation excluded."
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,388 @@
+"""statFEM with the diffusivity unknown alongside the solution: Langevin on both.
+
+The model ``-div(kappa grad u) = f + xi`` of a :class:`StatFEM` whose diffusivity is no longer
+given: ``log kappa = m + w`` with ``w`` a Gaussian process on the nodes (a kernel of
+:func:`kernel_matrix`), truncated to its leading Karhunen-Loeve modes ``w = Phi diag(sqrt(lam)) v``.
+Data ``y = rho H u + d + e`` as in :class:`StatFEM`.
+
+The sampler's state is the white noise of both unknowns, ``z = (v, eta)``, ``N(0, I)`` a priori,
+with ``xi = G^{1/2} eta`` and ``u = A(kappa(v))^{-1} (b + xi)`` (the non-centred form). The joint
+posterior of ``(w, u)`` is the image of
+
+    p(z | y) ~ exp(-0.5 |z|^2 - misfit(z)),   misfit(z) = sum_j 0.5 |y_j - rho H u(z)|^2_S
+
+(``S = C_d + sigma_e^2 I``), so no log-determinant of ``A(kappa)`` is needed (it is in the centred
+form over ``(w, u)``), one forward and one adjoint solve give a gradient, and pCN (prior
+``N(0, I)``) and the Gauss-Newton Laplace preconditioner ``(I + J^T J)^{-1}`` of
+:func:`pdegen.mcmc.gauss_newton_laplace` (``J``: the whitened data's Jacobian, ``m`` adjoint
+solves) apply directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+from ... import mcmc
+from ..._errors import UserError
+from .._solve import solver_errors
+from ._model import KERNELS, LinearSystem, StatFEM, kernel_matrix
+from ._nonlinear import MAPResult
+
+
+def _karhunen_loeve(points, *, sigma, length, kind, variance_fraction, max_modes):
+    """Leading eigenpairs of the nodal kernel matrix, ``Phi * sqrt(lam)`` ``(n, r)``: the fewest
+    modes holding ``variance_fraction`` of the trace, at most ``max_modes``."""
+    K = np.asarray(kernel_matrix(points, points, sigma=sigma, length=length, kind=kind))
+    n = K.shape[0]
+    r_max = min(int(max_modes), n)
+    lam, phi = scipy.linalg.eigh(K, subset_by_index=(n - r_max, n - 1))
+    lam, phi = np.maximum(lam[::-1], 0.0), phi[:, ::-1]
+    kept = np.cumsum(lam) / np.trace(K)
+    r = int(min(np.searchsorted(kept, variance_fraction) + 1, r_max))
+    return phi[:, :r] * np.sqrt(lam[:r])[None, :], float(kept[r - 1])
+
+
+class DiffusivityStatFEM(eqx.Module):
+    """statFEM with ``log kappa = m + w``, ``w ~ GP``, unknown alongside ``u`` (see the module).
+
+    Args:
+        model: a linear :class:`StatFEM` whose problem takes a ``kappa`` coefficient
+            (``fem.Poisson``, ``fem.Darcy``); its other coefficients, forcing model ``G`` and data
+            model (``rho``, discrepancy, ``sigma_e``) are kept; its ``kappa`` is replaced.
+        log_kappa_mean: ``m``: a scalar, nodal values or a callable ``m(x)`` (on the nodes).
+        sigma, length, kernel: the Gaussian process of ``w`` (a kernel of :func:`kernel_matrix`).
+        variance_fraction: Karhunen-Loeve modes kept: the fewest holding this fraction of the
+            prior variance of ``w`` (summed over the nodes), at most ``max_modes``.
+        max_modes: the most modes kept.
+
+    The kernel matrix is dense on the nodes (``n^2`` memory; tens of thousands of nodes at most).
+    """
+
+    model: StatFEM
+    base: LinearSystem  # the model's operators; only A(kappa) and b change with the state
+    log_kappa_mean: jax.Array  # (ndofs,)
+    modes: jax.Array  # (ndofs, r): Phi diag(sqrt(lam))
+    variance_kept: float = eqx.field(static=True)
+    noise_size: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        model: StatFEM,
+        *,
+        log_kappa_mean=0.0,
+        sigma: float = 0.2,
+        length: float = 0.2,
+        kernel: str = "squared_exponential",
+        variance_fraction: float = 0.999,
+        max_modes: int = 256,
+    ):
+        if not isinstance(model, StatFEM):
+            raise TypeError(
+                f"DiffusivityStatFEM: model must be a StatFEM, got {type(model).__name__}"
+            )
+        if "kappa" not in model.structure.operator_args:
+            raise UserError(
+                f"DiffusivityStatFEM: {type(model.problem).__name__} has no kappa coefficient "
+                f"(its operator takes {list(model.structure.operator_args)})"
+            )
+        if model.observation is not None:
+            raise UserError("DiffusivityStatFEM: a nonlinear observation map is not supported")
+        if kernel not in KERNELS:
+            raise UserError(f"DiffusivityStatFEM: kernel must be one of {KERNELS}, got {kernel!r}")
+        for name, value in (("sigma", sigma), ("length", length)):
+            if not (math.isfinite(float(value)) and float(value) > 0):
+                raise UserError(f"DiffusivityStatFEM: {name} must be > 0, got {value}")
+        if not 0 < float(variance_fraction) <= 1:
+            raise UserError(
+                f"DiffusivityStatFEM: variance_fraction must lie in (0, 1], got {variance_fraction}"
+            )
+        if int(max_modes) != max_modes or max_modes < 1:
+            raise UserError(f"DiffusivityStatFEM: max_modes must be >= 1, got {max_modes}")
+        V = model.structure.space
+        points = np.asarray(V.dof_coordinates)
+        if callable(log_kappa_mean):
+            mean = np.asarray(log_kappa_mean(points.T), np.float64)
+        else:
+            mean = np.asarray(log_kappa_mean, np.float64)
+        mean = np.broadcast_to(mean, (V.ndofs,)) if mean.ndim == 0 else mean
+        if mean.shape != (V.ndofs,) or not np.all(np.isfinite(mean)):
+            raise UserError(
+                f"DiffusivityStatFEM: log_kappa_mean must be finite nodal values ({V.ndofs},), "
+                f"got shape {mean.shape}"
+            )
+        modes, kept = _karhunen_loeve(
+            points,
+            sigma=float(sigma),
+            length=float(length),
+            kind=kernel,
+            variance_fraction=float(variance_fraction),
+            max_modes=int(max_modes),
+        )
+        self.model = model.replace(coefficients=dict(kappa=jnp.exp(jnp.asarray(mean))))
+        self.log_kappa_mean = jnp.asarray(mean)
+        self.modes = jnp.asarray(modes)
+        self.variance_kept = kept
+        self.base = self.model.system()
+        self.noise_size = int(self.base.forcing_noise_size)
+
+    # -- the state -------------------------------------------------------------------------
+    @property
+    def num_modes(self) -> int:
+        """Karhunen-Loeve modes of ``w`` kept (the first entries of the state)."""
+        return int(self.modes.shape[1])
+
+    @property
+    def dim(self) -> int:
+        """Length of the state ``z = (v, eta)``."""
+        return self.num_modes + self.noise_size
+
+    @property
+    def num_sensors(self) -> int:
+        """Number of sensors (observations per replicate)."""
+        return self.model.num_sensors
+
+    def _check_z(self, z, fn):
+        z = jnp.asarray(z)
+        if z.shape != (self.dim,):
+            raise UserError(
+                f"DiffusivityStatFEM.{fn}: z must have shape ({self.dim},), got {z.shape}"
+            )
+        return z
+
+    def log_diffusivity(self, z) -> jax.Array:
+        """``log kappa = m + Phi diag(sqrt(lam)) v`` at the nodes."""
+        z = self._check_z(z, "log_diffusivity")
+        return self.log_kappa_mean + self.modes @ z[: self.num_modes]
+
+    def _system(self, z) -> LinearSystem:
+        log_kappa = self.log_kappa_mean + self.modes @ z[: self.num_modes]
+        A, b = self.model.replace(coefficients=dict(kappa=jnp.exp(log_kappa)))._operator()
+        return eqx.tree_at(lambda s: (s.A, s.b), self.base, (A, b))
+
+    def _solution(self, sys: LinearSystem, z) -> jax.Array:
+        return sys.solve(sys.b + sys.forcing_from_noise(z[self.num_modes :]))
+
+    def solution(self, z) -> jax.Array:
+        """Free-dof values ``x`` of ``u = A(kappa)^{-1} (b + G^{1/2} eta)``."""
+        z = self._check_z(z, "solution")
+        return _fields(self, z)[1]
+
+    def fields(self, z) -> tuple[jax.Array, jax.Array]:
+        """``(kappa, u)`` at the nodes (``u`` with its Dirichlet values) for a state ``z``."""
+        z = self._check_z(z, "fields")
+        kappa, x = _fields(self, z)
+        return kappa, self.model.embed(x)
+
+    # -- the target ------------------------------------------------------------------------
+    def misfit_fn(self, y):
+        """``z -> misfit(z)``: the data term alone (pCN's energy; the prior is ``N(0, I)``)."""
+        y = self.model.check_data(y, "misfit_fn")
+
+        def misfit(z):
+            sys = self._system(z)
+            return sys.likelihood_energy(self._solution(sys, z), y)
+
+        return misfit
+
+    def energy_fn(self, y):
+        """``z -> 0.5 |z|^2 + misfit(z)``: the posterior energy of the state (MALA's target)."""
+        misfit = self.misfit_fn(y)
+        return lambda z: 0.5 * jnp.dot(z, z) + misfit(z)
+
+    def energy(self, z, y) -> jax.Array:
+        """The posterior energy at ``z`` (no constants)."""
+        return _energy(self, self._check_z(z, "energy"), self.model.check_data(y, "energy"))
+
+    def whitened_residual_fn(self, y):
+        """``z -> r(z)`` with ``misfit = 0.5 |r|^2``: ``L^{-1} (y_j - rho H u(z))`` stacked over the
+        replicates (``L L^T = S``), for Gauss-Newton (:meth:`map_point`, :meth:`laplace_preconditioner`)."""
+        y = self.model.check_data(y, "whitened_residual_fn")
+
+        def residual(z):
+            sys = self._system(z)
+            r = y - sys.predict(self._solution(sys, z))[None, :]
+            w = jax.scipy.linalg.solve_triangular(sys.noise_chol, r.T, lower=True)
+            return w.T.reshape(-1)
+
+        return residual
+
+    def sample_prior(self, num_samples: int | None = None, *, key) -> jax.Array:
+        """Prior draws of the state (standard normal), ``(dim,)`` or ``(num_samples, dim)``."""
+        shape = (self.dim,) if num_samples is None else (int(num_samples), self.dim)
+        return jax.random.normal(key, shape, self.modes.dtype)
+
+    def prior_preconditioner(self) -> mcmc.Preconditioner:
+        """The prior of the state, ``N(0, I)``, as a preconditioner (pCN's ``prior``)."""
+        dim, dtype = self.dim, self.modes.dtype
+
+        def sample(*, key):
+            return jax.random.normal(key, (dim,), dtype)
+
+        return mcmc.Preconditioner(lambda v: v, sample)
+
+    def map_point(self, y, *, z0=None, tol: float = 1e-9, max_iterations: int = 30) -> MAPResult:
+        """The MAP state by Gauss-Newton (:func:`pdegen.mcmc.gauss_newton_map`), from ``z0``
+        (default: the prior mean, ``z = 0``)."""
+        z0 = jnp.zeros(self.dim) if z0 is None else self._check_z(z0, "map_point")
+        with solver_errors():
+            out = mcmc.gauss_newton_map(
+                self.whitened_residual_fn(y), z0, tol=tol, max_iterations=max_iterations
+            )
+        return MAPResult(out.z, out.energy, out.gradient_norm, out.iterations)
+
+    def laplace_preconditioner(self, y, z, *, key) -> mcmc.LowRankPreconditioner:
+        """``(I + J^T J)^{-1}`` at ``z`` (the MAP point): the Gauss-Newton Laplace approximation of
+        the posterior, rank ``J * m`` (:func:`pdegen.mcmc.gauss_newton_laplace`)."""
+        z = self._check_z(z, "laplace_preconditioner")
+        with solver_errors():
+            return mcmc.gauss_newton_laplace(self.whitened_residual_fn(y), z, key=key)
+
+    # -- the centred form: state s = (v, x), x the free dofs of u ---------------------------
+    def centred_state(self, z) -> jax.Array:
+        """The centred state ``s = (v, x)`` of a white-noise state ``z = (v, eta)``."""
+        z = self._check_z(z, "centred_state")
+        return jnp.concatenate([z[: self.num_modes], self.solution(z)])
+
+    @property
+    def centred_dim(self) -> int:
+        """Length of the centred state ``s = (v, x)``."""
+        return self.num_modes + self.model.dim
+
+    def centred_energy_fn(self, y):
+        """``s -> -log p(v, x | y)`` (up to a constant) in the centred form ``s = (v, x)``:
+        ``0.5 |v|^2 + 0.5 (A x - b)^T G^{-1} (A x - b) - log |det A(kappa(v))| + misfit(x)``;
+        the log-determinant's gradient by selected inversion (a sparse Cholesky factor per
+        evaluation), no solves."""
+        y = self.model.check_data(y, "centred_energy_fn")
+        r = self.num_modes
+
+        def energy(s):
+            v, x = s[:r], s[r:]
+            kappa = jnp.exp(self.log_kappa_mean + self.modes @ v)
+            sys = eqx.tree_at(lambda t: t.A, self.base, self._operator(kappa))
+            return 0.5 * jnp.dot(v, v) - sys.log_prior(x) + sys.likelihood_energy(x, y)
+
+        return energy
+
+    def _operator(self, kappa):
+        return self.model.replace(coefficients=dict(kappa=kappa))._operator()[0]
+
+    def _centred_residual(self, y):
+        """``s -> (v, G^{-1/2} (A x - b), L^{-1} (y_j - rho H x))``: the Gauss-Newton residual of
+        the centred energy without its log-determinant."""
+        r = self.num_modes
+        if self.base.M is not None or self.base.kernel_chol is not None:
+            raise UserError(
+                "DiffusivityStatFEM: the centred Laplace preconditioner needs a lumped-mass, "
+                "white forcing model (StatFEM(mass='lumped', kernel=None))"
+            )
+        groot = self.base.sigma_f * jnp.sqrt(self.base.mass_diag)
+
+        def residual(s):
+            v, x = s[:r], s[r:]
+            kappa = jnp.exp(self.log_kappa_mean + self.modes @ v)
+            sys = eqx.tree_at(lambda t: t.A, self.base, self._operator(kappa))
+            pde = (sys.apply_A(x) - sys.b) / groot
+            d = y - sys.predict(x)[None, :]
+            w = jax.scipy.linalg.solve_triangular(sys.noise_chol, d.T, lower=True)
+            return jnp.concatenate([v, pde, w.T.reshape(-1)])
+
+        return residual
+
+    def centred_laplace_preconditioner(self, y, s) -> mcmc.Preconditioner:
+        """The Gauss-Newton Laplace approximation of the centred posterior at ``s`` (the MAP
+        point): ``P = (J^T J)^{-1}`` with ``J`` the Jacobian of the centred residual (forward
+        mode; the log-determinant's curvature is left out), as a dense Cholesky factor
+        (``(r + n)^2`` memory: tens of thousands of unknowns at most)."""
+        y = self.model.check_data(y, "centred_laplace_preconditioner")
+        s = jnp.asarray(s)
+        if s.shape != (self.centred_dim,):
+            raise UserError(
+                f"centred_laplace_preconditioner: s must have shape ({self.centred_dim},), "
+                f"got {s.shape}"
+            )
+        with solver_errors():
+            L = _gauss_newton_factor(self._centred_residual(y), s)
+        return _precision_preconditioner(L)
+
+    def centred_map_point(self, y, *, s0=None, tol: float = 1e-8, max_iterations: int = 30):
+        """The MAP point of the centred form by Gauss-Newton steps on the full energy (the
+        log-determinant's gradient included) with a backtracking line search; from ``s0``
+        (default: ``v = 0`` and ``u`` the solve at the mean diffusivity)."""
+        y = self.model.check_data(y, "centred_map_point")
+        if s0 is None:
+            s0 = self.centred_state(jnp.zeros(self.dim))
+        energy = self.centred_energy_fn(y)
+        residual = self._centred_residual(y)
+
+        @jax.jit
+        def step(s):
+            e, g = jax.value_and_grad(energy)(s)
+            L = _gauss_newton_factor(residual, s)
+            d = jax.scipy.linalg.cho_solve((L, True), g)
+            return e, g, d
+
+        with solver_errors():
+            s = jnp.asarray(s0)
+            e, g, d = step(s)
+            g0 = float(jnp.linalg.norm(g))
+            efn = jax.jit(energy)
+            for it in range(1, int(max_iterations) + 1):
+                slope, t = float(jnp.dot(g, d)), 1.0
+                while True:
+                    sn = s - t * d
+                    en = float(efn(sn))
+                    if en <= float(e) - 1e-4 * t * slope or t < 1e-8:
+                        break
+                    t *= 0.5
+                s = sn
+                e, g, d = step(s)
+                gn = float(jnp.linalg.norm(g))
+                if gn <= tol * max(g0, 1.0):
+                    return MAPResult(s, float(e), gn, it)
+        return MAPResult(s, float(e), float(jnp.linalg.norm(g)), int(max_iterations))
+
+    def centred_fields(self, s) -> tuple[jax.Array, jax.Array]:
+        """``(kappa, u)`` at the nodes for a centred state ``s = (v, x)``."""
+        s = jnp.asarray(s)
+        r = self.num_modes
+        return jnp.exp(self.log_kappa_mean + self.modes @ s[:r]), self.model.embed(s[r:])
+
+
+def _gauss_newton_factor(residual, s):
+    J = jax.jacfwd(residual)(s)
+    H = J.T @ J
+    H = 0.5 * (H + H.T)
+    return jnp.linalg.cholesky(H)
+
+
+def _precision_preconditioner(L) -> mcmc.Preconditioner:
+    """``P = (L L^T)^{-1}`` and draws ``L^{-T} z ~ N(0, P)``."""
+
+    def apply(v):
+        return jax.scipy.linalg.cho_solve((L, True), v)
+
+    def sample(*, key):
+        z = jax.random.normal(key, (L.shape[0],), L.dtype)
+        return jax.scipy.linalg.solve_triangular(L.T, z, lower=False)
+
+    return mcmc.Preconditioner(apply, sample)
+
+
+@solver_errors()
+@eqx.filter_jit
+def _fields(model: DiffusivityStatFEM, z):
+    kappa = jnp.exp(model.log_kappa_mean + model.modes @ z[: model.num_modes])
+    return kappa, model._solution(model._system(z), z)
+
+
+@solver_errors()
+@eqx.filter_jit
+def _energy(model: DiffusivityStatFEM, z, y):
+    return model.energy_fn(y)(z)
