@@ -51,6 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
 from _common import machine_info, write_results  # noqa: E402
+from _tolerance import add_speedups, tolerance_row, tolerance_table  # noqa: E402
 from jax import lax  # noqa: E402
 
 from pdegen.fem import statfem  # noqa: E402
@@ -511,36 +512,22 @@ def bench_nonlinear_sampler(name, model, y, ref_mean, ref_var, budget_s, key):
     state, res, steps, reached, traces, sample_s, compile_s, mean_err, var_err = run_to_tolerance(
         kernel, x0, warmup, ref_mean, ref_var, budget_s, key, max_traces=400
     )
-    samples = jnp.concatenate(traces, axis=1)
-    ess = np.asarray(statfem.chain_ess(samples))
-    rh = np.asarray(statfem.rhat(samples))
-    total = warmup + steps
-    out = {
-        "kernel": kernel.name,
-        "preconditioner": name.split("-", 1)[1] if "-" in name else "none",
-        "step_size": float(np.mean(np.asarray(state.step_size))),
-        "acceptance": float(np.mean(np.asarray(res.acceptance_rate))),
-        "setup_s": setup_s,
-        "compile_s": compile_s,
-        "warmup_steps": warmup,
-        "steps_run": steps,
-        "mean_rel_error": mean_err,
-        "variance_rel_error": var_err,
-        "reached": reached is not None,
-        "ess_min": float(ess.min()),
-        "ess_per_second": float(ess.min() / sample_s),
-        "rhat_max": float(rh.max()),
-        **info,
-    }
-    if reached is not None:
-        n = warmup + reached["steps"]
-        out["seconds_to_tolerance"] = setup_s + reached["seconds"]
-        out["gradient_evaluations_to_tolerance"] = kernel.gradients_per_step * n * NUM_CHAINS
-    else:
-        out["seconds_to_tolerance"] = None
-        out["lower_bound_seconds"] = setup_s + sample_s
-        out["lower_bound_gradient_evaluations"] = kernel.gradients_per_step * total * NUM_CHAINS
-    return out
+    out = tolerance_row(
+        kernel,
+        state=state,
+        acceptance=res.acceptance_rate,
+        samples=jnp.concatenate(traces, axis=1),
+        sample_s=sample_s,
+        setup_s=setup_s,
+        compile_s=compile_s,
+        warmup=warmup,
+        steps=steps,
+        errors=(mean_err, var_err),
+        reached=reached,
+        num_chains=NUM_CHAINS,
+    )
+    out["preconditioner"] = name.split("-", 1)[1] if "-" in name else "none"
+    return {**out, **info}
 
 
 def main_nonlinear(args) -> int:
@@ -596,36 +583,10 @@ def main_nonlinear(args) -> int:
             print(f"{grid}x{grid} {name}: {r}", flush=True)
             results["grids"][str(grid)] = g
             path = write_results("statfem_nonlinear", results)
-        best = g["samplers"].get("pmala-laplace", {}).get("seconds_to_tolerance")
-        for r in g["samplers"].values():
-            other = r["seconds_to_tolerance"] or r.get("lower_bound_seconds")
-            if best and other:
-                r["laplace_speedup"] = other / best
-                r["laplace_speedup_is_lower_bound"] = r["seconds_to_tolerance"] is None
+        add_speedups(g["samplers"], "pmala-laplace")
         path = write_results("statfem_nonlinear", results)
     print("\nnonlinear statFEM: time to mean error < 1% and variance error < 10% vs the reference")
-    header = (
-        f"{'grid':>5} {'sampler':22} {'reached':>7} {'seconds':>9} {'setup s':>8} "
-        f"{'grad evals':>11} {'ess/s':>8} {'acc':>5} {'R-hat':>6} {'Laplace speedup':>16}"
-    )
-    print(header)
-    print("-" * len(header))
-    for grid, name, r in rows:
-        secs = r["seconds_to_tolerance"]
-        secs_txt = f"{secs:.2f}" if secs is not None else f">{r['lower_bound_seconds']:.1f}"
-        ge = r.get("gradient_evaluations_to_tolerance")
-        ge_txt = str(ge) if ge is not None else f">{r['lower_bound_gradient_evaluations']}"
-        sp = r.get("laplace_speedup")
-        sp_txt = (
-            ""
-            if sp is None
-            else (f">{sp:.1f}x" if r["laplace_speedup_is_lower_bound"] else f"{sp:.1f}x")
-        )
-        print(
-            f"{grid:>5} {name:22} {str(r['reached']):>7} {secs_txt:>9} {r['setup_s']:>8.2f} "
-            f"{ge_txt:>11} {r['ess_per_second']:>8.2f} {r['acceptance']:>5.2f} "
-            f"{r['rhat_max']:>6.3f} {sp_txt:>16}"
-        )
+    print(tolerance_table(rows))
     print(
         "seconds: set-up (MAP, preconditioner) + warm-up + sampling until both tolerances hold, against\n"
         "  the stored reference ('>' = not reached within the budget: a lower bound); compilation excluded;\n"

@@ -34,6 +34,7 @@ Run from the repository root: ``python benchmarks/statfem_diffusivity.py [--quic
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -48,6 +49,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import machine_info, write_results  # noqa: E402
+from _tolerance import add_speedups, tolerance_row, tolerance_table  # noqa: E402
 from jax import lax  # noqa: E402
 
 from pdegen._io import atomic_path  # noqa: E402
@@ -115,6 +117,12 @@ def kernel_for(name, dm, y, key):
         raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
     jax.block_until_ready(x0)
     return kernel, x0, time.perf_counter() - t0, info
+
+
+def fastest(samplers: dict) -> str | None:
+    """The sampler that reached the tolerances soonest (``None`` if none did)."""
+    done = {k: r["seconds_to_tolerance"] for k, r in samplers.items() if r["seconds_to_tolerance"]}
+    return min(done, key=done.get) if done else None
 
 
 def make_block(kernel, q):
@@ -187,37 +195,21 @@ def run_sampler(name, dm, y, ref, budget_s, key, warmup=500, max_blocks=400):
         if reached is not None or elapsed > budget_s:
             break
     sample_s = time.perf_counter() - t0
-    samples = jnp.concatenate(traces, axis=1)
-    ess = np.asarray(statfem.chain_ess(samples))
-    rh = np.asarray(statfem.rhat(samples))
-    out = {
-        "kernel": kernel.name,
-        "step_size": float(np.mean(np.asarray(state.step_size))),
-        "acceptance": float(np.mean(np.asarray(res.acceptance_rate))),
-        "setup_s": setup_s,
-        "compile_s": compile_s,
-        "warmup_steps": warmup,
-        "steps_run": steps,
-        "mean_rel_error": mean_err,
-        "variance_rel_error": var_err,
-        "reached": reached is not None,
-        "ess_min": float(ess.min()),
-        "ess_per_second": float(ess.min() / sample_s),
-        "rhat_max": float(rh.max()),
-        "budget_s": budget_s,
-        **info,
-    }
-    if reached is not None:
-        n = warmup + reached["steps"]
-        out["seconds_to_tolerance"] = setup_s + reached["seconds"]
-        out["gradient_evaluations_to_tolerance"] = kernel.gradients_per_step * n * NUM_CHAINS
-    else:
-        out["seconds_to_tolerance"] = None
-        out["lower_bound_seconds"] = setup_s + sample_s
-        out["lower_bound_gradient_evaluations"] = (
-            kernel.gradients_per_step * (warmup + steps) * NUM_CHAINS
-        )
-    return out
+    out = tolerance_row(
+        kernel,
+        state=state,
+        acceptance=res.acceptance_rate,
+        samples=jnp.concatenate(traces, axis=1),
+        sample_s=sample_s,
+        setup_s=setup_s,
+        compile_s=compile_s,
+        warmup=warmup,
+        steps=steps,
+        errors=(mean_err, var_err),
+        reached=reached,
+        num_chains=NUM_CHAINS,
+    )
+    return {**out, "budget_s": budget_s, **info}
 
 
 def reference(dm, y, grid, key, num_steps, store=True):
@@ -260,6 +252,18 @@ def reference(dm, y, grid, key, num_steps, store=True):
     return ref, path
 
 
+def print_stored(name: str) -> int:
+    """Recompute the speedups of ``benchmarks/results/<name>.json`` and print its table."""
+    results = json.loads((RESULTS / f"{name}.json").read_text())
+    rows = []
+    for grid, g in results["grids"].items():
+        add_speedups(g["samplers"], fastest(g["samplers"]))
+        rows += [(int(grid), k, r) for k, r in g["samplers"].items()]
+    write_results(name, results)
+    print(tolerance_table(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="32x32 only, short reference and budgets")
@@ -273,7 +277,12 @@ def main(argv=None) -> int:
         help="cap on the budget of the samplers after the first (10.5x its time to tolerance)",
     )
     p.add_argument("--out", default=None, help="results name (default statfem_diffusivity[_quick])")
+    p.add_argument(
+        "--table", action="store_true", help="print the table of the stored results; run nothing"
+    )
     args = p.parse_args(argv)
+    if args.table:
+        return print_stored(args.out or "statfem_diffusivity")
     args.out = args.out or ("statfem_diffusivity_quick" if args.quick else "statfem_diffusivity")
     grids = [int(g) for g in (args.grids or ("32" if args.quick else "32,64")).split(",")]
     budget = 20.0 if args.quick else args.budget
@@ -321,7 +330,7 @@ def main(argv=None) -> int:
         }
         print(f"{grid}x{grid} reference: {g['reference']}", flush=True)
         for name in [s for s in args.samplers.split(",") if s]:
-            t_best = g["samplers"].get("pmala-laplace", {}).get("seconds_to_tolerance")
+            t_best = g["samplers"].get(fastest(g["samplers"]), {}).get("seconds_to_tolerance")
             b = min(max(budget, BUDGET_FACTOR * t_best), args.max_budget) if t_best else budget
             r = run_sampler(name, dm, case.y, ref, b, jax.random.fold_in(key, 1000 + grid))
             g["samplers"][name] = r
@@ -329,41 +338,16 @@ def main(argv=None) -> int:
             print(f"{grid}x{grid} {name}: {r}", flush=True)
             results["grids"][str(grid)] = g
             path = write_results(args.out, results)
-        best = g["samplers"].get("pmala-laplace", {}).get("seconds_to_tolerance")
-        for r in g["samplers"].values():
-            other = r["seconds_to_tolerance"] or r.get("lower_bound_seconds")
-            if best and other:
-                r["laplace_speedup"] = other / best
-                r["laplace_speedup_is_lower_bound"] = r["seconds_to_tolerance"] is None
+        add_speedups(g["samplers"], fastest(g["samplers"]))
         path = write_results(args.out, results)
     print(
         "\nunknown diffusivity: time to mean error < 1% and variance error < 10% of log kappa and u"
     )
-    header = (
-        f"{'grid':>5} {'sampler':15} {'reached':>7} {'seconds':>9} {'setup s':>8} "
-        f"{'grad evals':>11} {'ess/s':>8} {'acc':>5} {'R-hat':>6} {'Laplace speedup':>16}"
-    )
-    print(header)
-    print("-" * len(header))
-    for grid, name, r in rows:
-        secs = r["seconds_to_tolerance"]
-        secs_txt = f"{secs:.2f}" if secs is not None else f">{r['lower_bound_seconds']:.1f}"
-        ge = r.get("gradient_evaluations_to_tolerance")
-        ge_txt = str(ge) if ge is not None else f">{r['lower_bound_gradient_evaluations']}"
-        sp = r.get("laplace_speedup")
-        sp_txt = (
-            ""
-            if sp is None
-            else (f">{sp:.1f}x" if r["laplace_speedup_is_lower_bound"] else f"{sp:.1f}x")
-        )
-        print(
-            f"{grid:>5} {name:15} {str(r['reached']):>7} {secs_txt:>9} {r['setup_s']:>8.2f} "
-            f"{ge_txt:>11} {r['ess_per_second']:>8.2f} {r['acceptance']:>5.2f} "
-            f"{r['rhat_max']:>6.3f} {sp_txt:>16}"
-        )
+    print(tolerance_table(rows))
     print(
         "seconds: set-up (MAP, preconditioner) + warm-up + sampling until both tolerances hold for\n"
-        "  both fields ('>' = not reached within the budget: a lower bound); compilation excluded."
+        "  both fields ('>' = not reached within the budget: a lower bound); compilation excluded;\n"
+        "Laplace speedup: the row's seconds (or its lower bound) / the fastest sampler's."
     )
     print(f"\nwrote {path}")
     return 0

@@ -42,6 +42,7 @@ from ._preconditioners import (
     preconditioner_from_eigenpairs as preconditioner_from_eigenpairs,
 )
 from ._whitened import GaussNewtonResult as GaussNewtonResult
+from ._whitened import descend as descend
 from ._whitened import gauss_newton_laplace as gauss_newton_laplace
 from ._whitened import gauss_newton_map as gauss_newton_map
 from ._whitened import jacobian_rows as jacobian_rows

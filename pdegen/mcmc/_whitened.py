@@ -6,7 +6,8 @@ whitened data residual (``L^{-1} (y - G(z))`` for noise covariance ``L L^T``). I
 Hessian is ``I + J^T J`` with ``J = dr/dz``, which has at most ``k = len(r)`` eigenvalues above 1:
 
 - :func:`gauss_newton_map`: the MAP point by Gauss-Newton steps ``(I + J^T J)^{-1} grad U``
-  (Woodbury: a ``k x k`` solve) with a backtracking line search;
+  (Woodbury: a ``k x k`` solve) with a backtracking line search (:func:`descend`, which takes any
+  descent direction);
 - :func:`gauss_newton_laplace`: the Laplace preconditioner ``(I + J^T J)^{-1}`` at a point, of
   rank ``min(k, n)`` (a :class:`LowRankPreconditioner`).
 
@@ -48,38 +49,27 @@ def _energy(residual, z):
     return 0.5 * (jnp.dot(z, z) + jnp.dot(r, r))
 
 
-def gauss_newton_map(
-    residual: Callable, z0, *, tol: float = 1e-9, max_iterations: int = 30
+def descend(
+    energy: Callable, linearise: Callable, z0, *, tol: float = 1e-9, max_iterations: int = 30
 ) -> GaussNewtonResult:
-    """Minimise ``0.5 |z|^2 + 0.5 |residual(z)|^2`` by Gauss-Newton with backtracking.
+    """Minimise ``energy`` by steps ``z <- z - t d`` with a backtracking (Armijo) line search.
 
-    Stops when ``|grad U| <= tol * max(|grad U(z0)|, 1)``. Each iteration costs ``k`` reverse-mode
-    products (the Jacobian) and a few residual evaluations.
+    ``linearise(z)`` returns ``(energy(z), grad, d)`` with ``d`` a descent direction (e.g. a
+    Gauss-Newton direction ``H^{-1} grad`` for a positive definite ``H``). Stops when
+    ``|grad| <= tol * max(|grad(z0)|, 1)`` or after ``max_iterations`` steps.
 
     Raises:
         ConvergenceError: the energy becomes non-finite.
     """
     if int(max_iterations) < 1:
-        raise UserError(f"gauss_newton_map: max_iterations must be >= 1, got {max_iterations}")
+        raise UserError(f"descend: max_iterations must be >= 1, got {max_iterations}")
     z = jnp.asarray(z0)
-    energy = jax.jit(lambda z: _energy(residual, z))
-
-    @jax.jit
-    def linearise(z):
-        r, J = jacobian_rows(residual, z)
-        g = z + J.T @ r
-        # (I + J^T J)^{-1} g = g - J^T (I + J J^T)^{-1} J g
-        K = jnp.eye(J.shape[0], dtype=J.dtype) + J @ J.T
-        d = g - J.T @ jnp.linalg.solve(K, J @ g)
-        return 0.5 * (jnp.dot(z, z) + jnp.dot(r, r)), g, d
-
     e, g, d = linearise(z)
     g0 = float(jnp.linalg.norm(g))
     for it in range(1, int(max_iterations) + 1):
         if not jnp.isfinite(e):
-            raise ConvergenceError("gauss_newton_map: the energy became non-finite")
-        slope = float(jnp.dot(g, d))
-        t = 1.0
+            raise ConvergenceError("descend: the energy became non-finite")
+        slope, t = float(jnp.dot(g, d)), 1.0
         while True:
             zn = z - t * d
             en = energy(zn)
@@ -92,8 +82,33 @@ def gauss_newton_map(
         if gn <= tol * max(g0, 1.0):
             return GaussNewtonResult(z, float(e), gn, it)
     if not jnp.isfinite(e):
-        raise ConvergenceError("gauss_newton_map: the energy became non-finite")
+        raise ConvergenceError("descend: the energy became non-finite")
     return GaussNewtonResult(z, float(e), float(jnp.linalg.norm(g)), int(max_iterations))
+
+
+def gauss_newton_map(
+    residual: Callable, z0, *, tol: float = 1e-9, max_iterations: int = 30
+) -> GaussNewtonResult:
+    """Minimise ``0.5 |z|^2 + 0.5 |residual(z)|^2`` by Gauss-Newton with backtracking.
+
+    The line search is :func:`descend`'s. Each iteration costs ``k`` reverse-mode products (the Jacobian) and a few
+    residual evaluations.
+
+    Raises:
+        ConvergenceError: the energy becomes non-finite.
+    """
+
+    @jax.jit
+    def linearise(z):
+        r, J = jacobian_rows(residual, z)
+        g = z + J.T @ r
+        # (I + J^T J)^{-1} g = g - J^T (I + J J^T)^{-1} J g
+        K = jnp.eye(J.shape[0], dtype=J.dtype) + J @ J.T
+        d = g - J.T @ jnp.linalg.solve(K, J @ g)
+        return 0.5 * (jnp.dot(z, z) + jnp.dot(r, r)), g, d
+
+    energy = jax.jit(lambda z: _energy(residual, z))
+    return descend(energy, linearise, z0, tol=tol, max_iterations=max_iterations)
 
 
 def gauss_newton_laplace(residual: Callable, z, *, key) -> LowRankPreconditioner:

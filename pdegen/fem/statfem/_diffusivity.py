@@ -322,31 +322,16 @@ class DiffusivityStatFEM(eqx.Module):
         residual = self._centred_residual(y)
 
         @jax.jit
-        def step(s):
+        def linearise(s):
             e, g = jax.value_and_grad(energy)(s)
             L = _gauss_newton_factor(residual, s)
-            d = jax.scipy.linalg.cho_solve((L, True), g)
-            return e, g, d
+            return e, g, jax.scipy.linalg.cho_solve((L, True), g)
 
         with solver_errors():
-            s = jnp.asarray(s0)
-            e, g, d = step(s)
-            g0 = float(jnp.linalg.norm(g))
-            efn = jax.jit(energy)
-            for it in range(1, int(max_iterations) + 1):
-                slope, t = float(jnp.dot(g, d)), 1.0
-                while True:
-                    sn = s - t * d
-                    en = float(efn(sn))
-                    if en <= float(e) - 1e-4 * t * slope or t < 1e-8:
-                        break
-                    t *= 0.5
-                s = sn
-                e, g, d = step(s)
-                gn = float(jnp.linalg.norm(g))
-                if gn <= tol * max(g0, 1.0):
-                    return MAPResult(s, float(e), gn, it)
-        return MAPResult(s, float(e), float(jnp.linalg.norm(g)), int(max_iterations))
+            out = mcmc.descend(
+                jax.jit(energy), linearise, s0, tol=tol, max_iterations=max_iterations
+            )
+        return MAPResult(out.z, out.energy, out.gradient_norm, out.iterations)
 
     def centred_fields(self, s) -> tuple[jax.Array, jax.Array]:
         """``(kappa, u)`` at the nodes for a centred state ``s = (v, x)``."""
