@@ -124,3 +124,21 @@ def test_statfem_reexports_the_generic_kernels():
 
     assert statfem.mala is mcmc.mala and statfem.Preconditioner is mcmc.Preconditioner
     assert statfem.effective_sample_size is mcmc.chain_ess and statfem.rhat is mcmc.rhat
+
+
+def test_largest_curvature_without_forward_mode():
+    """An energy with a custom VJP (like one through a PDE solve) has no forward mode: the
+    curvature comes from differences of the gradient and still finds the largest eigenvalue."""
+    Q = jnp.diag(jnp.array([1.0, 4.0, 25.0]))
+
+    @jax.custom_vjp
+    def energy(x):
+        return 0.5 * x @ Q @ x
+
+    energy.defvjp(lambda x: (energy(x), x), lambda x, g: (g * (Q @ x),))
+    x = jnp.array([0.3, -0.2, 0.1])
+    with pytest.raises(TypeError):
+        jax.jvp(jax.grad(energy), (x,), (x,))
+    assert float(mcmc.largest_curvature(energy, x, num_iterations=60)) == pytest.approx(
+        25.0, rel=1e-6
+    )

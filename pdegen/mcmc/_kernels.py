@@ -317,23 +317,29 @@ def largest_curvature(
 ) -> jax.Array:
     """Largest eigenvalue of ``P hess U(x)`` by power iteration (Hessian-vector products).
 
-    ULA/MALA are stable for step sizes below ``2 / largest_curvature``.
+    ULA/MALA are stable for step sizes below ``2 / largest_curvature``. The products are
+    forward-over-reverse; for an energy without forward mode (through a PDE solve with a custom
+    VJP) they are central differences of the gradient (relative step ``1e-5``).
     """
-    return _largest_curvature(
-        energy_fn,
-        preconditioner,
-        int(num_iterations),
-        jnp.asarray(x),
-        jax.random.key(0) if key is None else key,
-    )
+    args = (int(num_iterations), jnp.asarray(x), jax.random.key(0) if key is None else key)
+    try:
+        return _largest_curvature(energy_fn, preconditioner, False, *args)
+    except (TypeError, ValueError) as err:
+        if "jvp" not in str(err).lower():
+            raise
+    return _largest_curvature(energy_fn, preconditioner, True, *args)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _largest_curvature(energy_fn, preconditioner, num_iterations, x, key):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _largest_curvature(energy_fn, preconditioner, differences, num_iterations, x, key):
     grad = jax.grad(energy_fn)
+    eps = 1e-5 * (1.0 + jnp.linalg.norm(x))
 
     def op(v):
-        hv = jax.jvp(grad, (x,), (v,))[1]
+        if differences:
+            hv = (grad(x + eps * v) - grad(x - eps * v)) / (2.0 * eps)
+        else:
+            hv = jax.jvp(grad, (x,), (v,))[1]
         return hv if preconditioner is None else preconditioner.apply(hv)
 
     v0 = jax.random.normal(key, x.shape, x.dtype)
