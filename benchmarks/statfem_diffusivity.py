@@ -268,7 +268,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="32x32 only, short reference and budgets")
     p.add_argument("--grids", default=None, help="comma-separated grids (default 32,64)")
-    p.add_argument("--samplers", default=",".join(SAMPLERS))
+    p.add_argument(
+        "--samplers",
+        default=",".join(SAMPLERS),
+        help="samplers to run; the stored rows of the others are kept",
+    )
     p.add_argument("--budget", type=float, default=300.0, help="seconds per sampler (at least)")
     p.add_argument(
         "--max-budget",
@@ -299,6 +303,8 @@ def main(argv=None) -> int:
         "rerun": "python benchmarks/statfem_diffusivity.py",
         "grids": {},
     }
+    stored = RESULTS / f"{args.out}.json"
+    previous = json.loads(stored.read_text()) if stored.exists() and not args.quick else None
     rows = []
     for grid in grids:
         dm, case = make_case(grid, jax.random.fold_in(key, grid))
@@ -329,6 +335,9 @@ def main(argv=None) -> int:
             "samplers": {},
         }
         print(f"{grid}x{grid} reference: {g['reference']}", flush=True)
+        if previous is not None and str(grid) in previous["grids"]:
+            # rows of samplers not run now are kept from the stored results (same reference)
+            g["samplers"].update(previous["grids"][str(grid)]["samplers"])
         for name in [s for s in args.samplers.split(",") if s]:
             t_best = g["samplers"].get(fastest(g["samplers"]), {}).get("seconds_to_tolerance")
             b = min(max(budget, BUDGET_FACTOR * t_best), args.max_budget) if t_best else budget

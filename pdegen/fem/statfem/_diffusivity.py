@@ -61,7 +61,9 @@ class DiffusivityStatFEM(eqx.Module):
             prior variance of ``w`` (summed over the nodes), at most ``max_modes``.
         max_modes: the most modes kept.
 
-    The kernel matrix is dense on the nodes (``n^2`` memory; tens of thousands of nodes at most).
+    The kernel matrix is dense on the nodes and its leading eigenpairs come from a dense
+    eigensolver (``n^2`` memory, ``O(n^3)`` time: seconds for a few thousand nodes). ``u`` is P1
+    (nodal ``kappa``).
     """
 
     model: StatFEM
