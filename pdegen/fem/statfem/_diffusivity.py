@@ -163,7 +163,11 @@ class DiffusivityStatFEM(eqx.Module):
         return self.log_kappa_mean + self.modes @ z[: self.num_modes]
 
     def _system(self, z) -> LinearSystem:
-        log_kappa = self.log_kappa_mean + self.modes @ z[: self.num_modes]
+        return self._system_at(self.log_kappa_mean + self.modes @ z[: self.num_modes])
+
+    def _system_at(self, log_kappa) -> LinearSystem:
+        """The model's operators with ``kappa = exp(log_kappa)``: ``A`` and ``b`` (which carries
+        the Dirichlet lift through ``A``) change, the forcing and data models do not."""
         A, b = self.model.replace(coefficients=dict(kappa=jnp.exp(log_kappa)))._operator()
         return eqx.tree_at(lambda s: (s.A, s.b), self.base, (A, b))
 
@@ -266,14 +270,10 @@ class DiffusivityStatFEM(eqx.Module):
 
         def energy(s):
             v, x = s[:r], s[r:]
-            kappa = jnp.exp(self.log_kappa_mean + self.modes @ v)
-            sys = eqx.tree_at(lambda t: t.A, self.base, self._operator(kappa))
+            sys = self._system_at(self.log_kappa_mean + self.modes @ v)
             return 0.5 * jnp.dot(v, v) - sys.log_prior(x) + sys.likelihood_energy(x, y)
 
         return energy
-
-    def _operator(self, kappa):
-        return self.model.replace(coefficients=dict(kappa=kappa))._operator()[0]
 
     def _centred_residual(self, y):
         """``s -> (v, G^{-1/2} (A x - b), L^{-1} (y_j - rho H x))``: the Gauss-Newton residual of
@@ -288,8 +288,7 @@ class DiffusivityStatFEM(eqx.Module):
 
         def residual(s):
             v, x = s[:r], s[r:]
-            kappa = jnp.exp(self.log_kappa_mean + self.modes @ v)
-            sys = eqx.tree_at(lambda t: t.A, self.base, self._operator(kappa))
+            sys = self._system_at(self.log_kappa_mean + self.modes @ v)
             pde = (sys.apply_A(x) - sys.b) / groot
             d = y - sys.predict(x)[None, :]
             w = jax.scipy.linalg.solve_triangular(sys.noise_chol, d.T, lower=True)
