@@ -160,10 +160,13 @@ class DiffusivityStatFEM(eqx.Module):
     def log_diffusivity(self, z) -> jax.Array:
         """``log kappa = m + Phi diag(sqrt(lam)) v`` at the nodes."""
         z = self._check_z(z, "log_diffusivity")
-        return self.log_kappa_mean + self.modes @ z[: self.num_modes]
+        return self._log_kappa(z[: self.num_modes])
+
+    def _log_kappa(self, v):
+        return self.log_kappa_mean + self.modes @ v
 
     def _system(self, z) -> LinearSystem:
-        return self._system_at(self.log_kappa_mean + self.modes @ z[: self.num_modes])
+        return self._system_at(self._log_kappa(z[: self.num_modes]))
 
     def _system_at(self, log_kappa) -> LinearSystem:
         """The model's operators with ``kappa = exp(log_kappa)``: ``A`` and ``b`` (which carries
@@ -212,9 +215,7 @@ class DiffusivityStatFEM(eqx.Module):
 
         def residual(z):
             sys = self._system(z)
-            r = y - sys.predict(self._solution(sys, z))[None, :]
-            w = jax.scipy.linalg.solve_triangular(sys.noise_chol, r.T, lower=True)
-            return w.T.reshape(-1)
+            return sys.whitened_residual(self._solution(sys, z), y)
 
         return residual
 
@@ -270,7 +271,7 @@ class DiffusivityStatFEM(eqx.Module):
 
         def energy(s):
             v, x = s[:r], s[r:]
-            sys = self._system_at(self.log_kappa_mean + self.modes @ v)
+            sys = self._system_at(self._log_kappa(v))
             return 0.5 * jnp.dot(v, v) - sys.log_prior(x) + sys.likelihood_energy(x, y)
 
         return energy
@@ -288,11 +289,9 @@ class DiffusivityStatFEM(eqx.Module):
 
         def residual(s):
             v, x = s[:r], s[r:]
-            sys = self._system_at(self.log_kappa_mean + self.modes @ v)
+            sys = self._system_at(self._log_kappa(v))
             pde = (sys.apply_A(x) - sys.b) / groot
-            d = y - sys.predict(x)[None, :]
-            w = jax.scipy.linalg.solve_triangular(sys.noise_chol, d.T, lower=True)
-            return jnp.concatenate([v, pde, w.T.reshape(-1)])
+            return jnp.concatenate([v, pde, sys.whitened_residual(x, y)])
 
         return residual
 
@@ -315,7 +314,8 @@ class DiffusivityStatFEM(eqx.Module):
     def centred_map_point(self, y, *, s0=None, tol: float = 1e-8, max_iterations: int = 30):
         """The MAP point of the centred form by Gauss-Newton steps on the full energy (the
         log-determinant's gradient included) with a backtracking line search; from ``s0``
-        (default: ``v = 0`` and ``u`` the solve at the mean diffusivity)."""
+        (default: ``v = 0`` and ``u`` the solve at the mean diffusivity). Needs a lumped-mass,
+        white forcing model, as :meth:`centred_laplace_preconditioner` does."""
         y = self.model.check_data(y, "centred_map_point")
         if s0 is None:
             s0 = self.centred_state(jnp.zeros(self.dim))
@@ -338,7 +338,7 @@ class DiffusivityStatFEM(eqx.Module):
         """``(kappa, u)`` at the nodes for a centred state ``s = (v, x)``."""
         s = jnp.asarray(s)
         r = self.num_modes
-        return jnp.exp(self.log_kappa_mean + self.modes @ s[:r]), self.model.embed(s[r:])
+        return jnp.exp(self._log_kappa(s[:r])), self.model.embed(s[r:])
 
 
 def _gauss_newton_factor(residual, s):
@@ -364,7 +364,7 @@ def _precision_preconditioner(L) -> mcmc.Preconditioner:
 @solver_errors()
 @eqx.filter_jit
 def _fields(model: DiffusivityStatFEM, z):
-    kappa = jnp.exp(model.log_kappa_mean + model.modes @ z[: model.num_modes])
+    kappa = jnp.exp(model._log_kappa(z[: model.num_modes]))
     return kappa, model._solution(model._system(z), z)
 
 

@@ -724,10 +724,15 @@ class LinearSystem(eqx.Module):
         r = self.apply_A(x) - self.b
         return 0.5 * jnp.dot(r, self.solve_G(r))
 
-    def likelihood_energy(self, x, y):
+    def whitened_residual(self, x, y):
+        """``L^{-1} (y_j - rho obs(H u))`` stacked over the replicates (``L L^T = C_d +
+        sigma_e^2 I``), so that the likelihood energy is half its squared norm."""
         r = y - self.predict(x)[None, :]
-        w = jax.scipy.linalg.solve_triangular(self.noise_chol, r.T, lower=True)
-        return 0.5 * jnp.sum(w * w)
+        return jax.scipy.linalg.solve_triangular(self.noise_chol, r.T, lower=True).T.reshape(-1)
+
+    def likelihood_energy(self, x, y):
+        w = self.whitened_residual(x, y)
+        return 0.5 * jnp.dot(w, w)
 
     def energy(self, x, y):
         return self.prior_energy(x) + self.likelihood_energy(x, y)
