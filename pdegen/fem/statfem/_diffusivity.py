@@ -315,7 +315,11 @@ class DiffusivityStatFEM(eqx.Module):
         """The MAP point of the centred form by Gauss-Newton steps on the full energy (the
         log-determinant's gradient included) with a backtracking line search; from ``s0``
         (default: ``v = 0`` and ``u`` the solve at the mean diffusivity). Needs a lumped-mass,
-        white forcing model, as :meth:`centred_laplace_preconditioner` does."""
+        white forcing model, as :meth:`centred_laplace_preconditioner` does.
+
+        The joint mode of ``(v, x)`` may lie far from the posterior mass (the density of ``x``
+        sharpens as ``kappa`` grows, as in any hierarchical model): a starting point and a centre
+        for the preconditioner, not an estimate of ``kappa``."""
         y = self.model.check_data(y, "centred_map_point")
         if s0 is None:
             s0 = self.centred_state(jnp.zeros(self.dim))
