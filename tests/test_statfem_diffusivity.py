@@ -81,6 +81,11 @@ def test_energy_gradient_and_fields_solve_the_pde():
     d = jax.random.normal(jax.random.key(3), s.shape)
     fd = (centred(s + h * d) - centred(s - h * d)) / (2 * h)
     assert float(jax.grad(centred)(s) @ d) == pytest.approx(float(fd), rel=1e-5)
+    # the collapsed form (u integrated out): its gradient through the marginal likelihood
+    collapsed = jax.jit(dm.collapsed_energy_fn(case.y))
+    v, dv = z[: dm.num_modes], d[: dm.num_modes]
+    fd = (collapsed(v + h * dv) - collapsed(v - h * dv)) / (2 * h)
+    assert float(jax.grad(collapsed)(v) @ dv) == pytest.approx(float(fd), rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -217,3 +222,29 @@ def test_forms_agree_with_dirichlet_values():
         np.asarray(u)[lifted.structure.dirichlet],
         0.5 + 0.2 * np.asarray(V.dof_coordinates)[lifted.structure.dirichlet, 0],
     )
+
+
+@pytest.mark.slow
+def test_collapsed_form_samples_the_same_posterior():
+    """MALA on the diffusivity alone (u integrated out exactly) with u drawn exactly given each
+    kept state: the same means and spreads of log kappa and u as Laplace-MALA in the white-noise
+    form, within their Monte Carlo errors."""
+    case = _case(grid=7, sigma_e=3e-3, num_sensors=16)
+    dm = statfem.DiffusivityStatFEM(case.model, log_kappa_mean=_base, variance_fraction=0.99)
+    white = _chains(dm, case.y, steps=800, warmup=200, key=jax.random.key(5))
+    kernel = statfem.mala(dm.collapsed_energy_fn(case.y), 0.3)
+    res = statfem.run_chain(kernel, jnp.zeros(dm.num_modes), 800, 200, key=jax.random.key(8))
+    v = res.samples[::4]
+    keys = jax.random.split(jax.random.key(9), v.shape[0])
+    x = jnp.stack([dm.sample_solution(vi, case.y, key=k) for vi, k in zip(v, keys)])
+    collapsed = jnp.concatenate([jax.vmap(dm._log_kappa)(v), x], axis=1)[None]
+    ess = min(
+        float(jnp.min(statfem.chain_ess(white.samples))),
+        float(jnp.min(statfem.chain_ess(collapsed))),
+    )
+    assert ess > 30
+    m1, m2 = jnp.mean(white.samples, axis=(0, 1)), jnp.mean(collapsed, axis=(0, 1))
+    s1, s2 = jnp.std(white.samples, axis=(0, 1)), jnp.std(collapsed, axis=(0, 1))
+    z = np.asarray(jnp.abs(m1 - m2) / s1)
+    assert np.median(z) < 2.0 / np.sqrt(ess) and z.max() < 6.0 / np.sqrt(ess), (z.max(), ess)
+    assert abs(float(jnp.median(s2 / s1)) - 1.0) < 0.15

@@ -31,6 +31,7 @@ import scipy.linalg
 from ... import mcmc
 from ..._errors import UserError
 from .._solve import solver_errors
+from ._exact import exact_posterior, log_marginal_likelihood
 from ._model import KERNELS, LinearSystem, StatFEM, kernel_matrix
 from ._nonlinear import MAPResult
 
@@ -249,6 +250,23 @@ class DiffusivityStatFEM(eqx.Module):
         z = self._check_z(z, "laplace_preconditioner")
         with solver_errors():
             return mcmc.gauss_newton_laplace(self.whitened_residual_fn(y), z, key=key)
+
+    # -- the collapsed form: state v alone, u integrated out ---------------------------------
+    def model_at(self, v) -> StatFEM:
+        """The linear :class:`StatFEM` with the diffusivity of the modes' white noise ``v``."""
+        return self.model.replace(coefficients=dict(kappa=jnp.exp(self._log_kappa(v))))
+
+    def collapsed_energy_fn(self, y):
+        """``v -> 0.5 |v|^2 - log p(y | kappa(v))``: the energy of the diffusivity alone, ``u``
+        integrated out exactly (the linear model's marginal likelihood; ``m`` solve pairs with
+        one matrix per evaluation). Draw ``u`` given each kept ``v`` with :meth:`sample_solution`;
+        together they sample the joint posterior."""
+        y = self.model.check_data(y, "collapsed_energy_fn")
+        return lambda v: 0.5 * jnp.dot(v, v) - log_marginal_likelihood(self.model_at(v), y)
+
+    def sample_solution(self, v, y, *, key) -> jax.Array:
+        """A draw of the free dofs ``x`` of ``u`` from ``p(u | kappa(v), y)`` (exact, Gaussian)."""
+        return exact_posterior(self.model_at(v), y).sample(key=key)
 
     # -- the centred form: state s = (v, x), x the free dofs of u ---------------------------
     def centred_state(self, z) -> jax.Array:
