@@ -167,12 +167,12 @@ class DiffusivityStatFEM(eqx.Module):
         return self.log_kappa_mean + self.modes @ v
 
     def _system(self, z) -> LinearSystem:
-        return self._system_at(self._log_kappa(z[: self.num_modes]))
+        return self._system_at(z[: self.num_modes])
 
-    def _system_at(self, log_kappa) -> LinearSystem:
-        """The model's operators with ``kappa = exp(log_kappa)``: ``A`` and ``b`` (which carries
+    def _system_at(self, v) -> LinearSystem:
+        """The model's operators at the modes' white noise ``v``: ``A`` and ``b`` (which carries
         the Dirichlet lift through ``A``) change, the forcing and data models do not."""
-        A, b = self.model.replace(coefficients=dict(kappa=jnp.exp(log_kappa)))._operator()
+        A, b = self.model_at(v)._operator()
         return eqx.tree_at(lambda s: (s.A, s.b), self.base, (A, b))
 
     def _solution(self, sys: LinearSystem, z) -> jax.Array:
@@ -289,7 +289,7 @@ class DiffusivityStatFEM(eqx.Module):
 
         def energy(s):
             v, x = s[:r], s[r:]
-            sys = self._system_at(self._log_kappa(v))
+            sys = self._system_at(v)
             return 0.5 * jnp.dot(v, v) - sys.log_prior(x) + sys.likelihood_energy(x, y)
 
         return energy
@@ -307,7 +307,7 @@ class DiffusivityStatFEM(eqx.Module):
 
         def residual(s):
             v, x = s[:r], s[r:]
-            sys = self._system_at(self._log_kappa(v))
+            sys = self._system_at(v)
             pde = (sys.apply_A(x) - sys.b) / groot
             return jnp.concatenate([v, pde, sys.whitened_residual(x, y)])
 
