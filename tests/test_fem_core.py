@@ -273,6 +273,27 @@ def test_vmap_equals_loop(method, getkey):
     assert jnp.allclose(g_batched[1], g1, atol=1e-10)
 
 
+def test_batched_matrices_with_many_right_hand_sides_factorise_each_matrix_once(
+    getkey, monkeypatch
+):
+    """Chains x sensors: a vmap over matrices of a vmap over right-hand sides equals the loop and
+    factorises each distinct matrix once (not once per right-hand side)."""
+    from pdegen.fem import _solve
+
+    V = fem.FunctionSpace(fem.unit_square(7), "P1")
+    P = fem.Poisson(V)
+    fs = jax.random.normal(getkey(), (5, V.ndofs))
+    ks = 1.0 + jax.random.uniform(getkey(), (3, V.ndofs))
+    calls = []
+    factorise = _solve._factorise
+    monkeypatch.setattr(_solve, "_factorise", lambda *a: calls.append(1) or factorise(*a))
+    out = jax.vmap(lambda k: jax.vmap(lambda f: P.solve(kappa=k, f=f))(fs))(ks)
+    assert len(calls) == 3
+    for i in range(3):
+        for j in range(5):
+            assert jnp.allclose(out[i, j], P.solve(kappa=ks[i], f=fs[j]), atol=1e-10)
+
+
 def test_jitted_solve_does_not_recompile(getkey):
     V = fem.FunctionSpace(fem.unit_square(9), "P1")
     P = fem.Poisson(V)

@@ -297,18 +297,22 @@ def _host_solve_here(pattern, transpose, data, b):
         for i in range(out_flat.shape[0]):
             out_flat[i] = lu.solve(rhs[i], trans=trans)
     else:
-        # A batch of different matrices (a vmapped solve, e.g. particles or chains): each is
-        # factorised, used and freed here, not cached. SciPy's SuperLU objects must be freed by
-        # the thread that made them (it tracks their memory per thread), and XLA calls back from
-        # several threads: cached, they leaked about 0.1 MB per factorisation of a 16 x 16 P1
-        # matrix (1.5 GB over 12000 solves in a compiled MCMC loop). Factorisations are
-        # serialised (concurrent ones in several threads crash).
-        data_full = np.broadcast_to(data, batch + (data.shape[-1],)).reshape(-1, data.shape[-1])
-        for i in range(out_flat.shape[0]):
-            with _FACTORS._lock:
-                lu = _factorise(pattern, np.ascontiguousarray(data_full[i]))
-            rhs = b_full[i].astype(np.result_type(lu.L.dtype, b_full.dtype))
-            out_flat[i] = lu.solve(rhs, trans=trans)
+        # A batch of different matrices (a vmapped solve, e.g. particles or chains): each
+        # distinct matrix is factorised once, used for all of its right-hand sides (the adjoint
+        # solves of m sensors in each of several chains share one factorisation per chain), and
+        # freed here, not cached: cached, SuperLU objects made in a compiled MCMC loop leaked
+        # about 0.1 MB per factorisation of a 16 x 16 P1 matrix (1.5 GB over 12000 solves).
+        owner = np.broadcast_to(
+            np.arange(data_flat.shape[0]).reshape(data.shape[:-1]), batch
+        ).reshape(-1)
+        for j in range(data_flat.shape[0]):
+            rows = np.flatnonzero(owner == j)
+            if rows.size == 0:
+                continue
+            lu = _factorise(pattern, np.ascontiguousarray(data_flat[j]))
+            rhs = b_full[rows].astype(np.result_type(lu.L.dtype, b_full.dtype))
+            for i, r in zip(rows, rhs, strict=True):
+                out_flat[i] = lu.solve(r, trans=trans)
             del lu
     if not np.all(np.isfinite(out)):
         what = (
