@@ -142,3 +142,46 @@ def test_largest_curvature_without_forward_mode():
     assert float(mcmc.largest_curvature(energy, x, num_iterations=60)) == pytest.approx(
         25.0, rel=1e-6
     )
+
+
+def test_lbfgs_and_dense_laplace_recover_a_gaussian():
+    """The mode by L-BFGS, the precision by central differences of the gradient (exact for a
+    quadratic up to rounding), the preconditioner applying the covariance; a point where the
+    energy is not convex still gives a proper Gaussian (eigenvalues floored)."""
+    x, _ = jax.jit(lambda x0: mcmc.lbfgs_minimise(energy, x0, 100))(jnp.zeros(3))
+    np.testing.assert_allclose(x, MEAN, atol=1e-7)
+    la = mcmc.dense_laplace(energy, x)
+    L = la.precision_cholesky
+    np.testing.assert_allclose(L @ L.T, PREC, rtol=1e-7, atol=1e-8)
+    v = jnp.array([0.3, -1.0, 2.0])
+    np.testing.assert_allclose(la.preconditioner.apply(v), COV @ v, rtol=1e-7)
+    saddle = mcmc.dense_laplace(lambda x: x[0] ** 2 - x[1] ** 2, jnp.zeros(2))
+    lam = np.linalg.eigvalsh(np.asarray(saddle.precision_cholesky @ saddle.precision_cholesky.T))
+    assert lam.min() > 0 and lam.max() == pytest.approx(2.0)
+    with pytest.raises(UserError, match="vector"):
+        mcmc.dense_laplace(energy, jnp.zeros((3, 1)))
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-approximation", "wrong-approximation"])
+def test_laplace_pcn_is_exact_for_any_approximation(exact, getkey):
+    """pCN around a Gaussian approximation: with the exact one every proposal is accepted; with a
+    shifted, too narrow one the chains still match the target within their Monte Carlo errors."""
+    if exact:
+        approx = mcmc.GaussianApproximation(MEAN, jnp.linalg.cholesky(PREC))
+    else:
+        approx = mcmc.GaussianApproximation(MEAN + 0.4, jnp.linalg.cholesky(1.6 * PREC))
+    kernel = mcmc.laplace_pcn(energy, approx)
+    assert kernel.name == "pcn-laplace" and kernel.gradients_per_step == 0
+    x0 = jnp.stack([approx.sample(key=k) for k in jax.random.split(getkey(), 4)])
+    res = mcmc.run_chains(kernel, x0, 3000, 300, key=getkey())
+    if exact:
+        assert float(jnp.min(res.acceptance_rate)) > 0.999
+    mean, var = mcmc.pool_chains(res)
+    ess = np.asarray(mcmc.chain_ess(res.samples))
+    assert np.all(ess > 300)
+    se = np.sqrt(np.diagonal(COV) / ess)
+    np.testing.assert_array_less(np.abs(np.asarray(mean) - np.asarray(MEAN)), 5 * se)
+    se_var = np.diagonal(COV) * np.sqrt(2.0 / ess)
+    np.testing.assert_array_less(np.abs(np.asarray(var) - np.diagonal(COV)), 5 * se_var)
+    with pytest.raises(TypeError, match="GaussianApproximation"):
+        mcmc.laplace_pcn(energy, dense(COV))

@@ -507,7 +507,7 @@ def exact_posterior(
 @eqx.filter_jit
 def _map_run(prior, likelihood, steps):
     """L-BFGS on the MAP objective (compiled once per problem structure; data are arguments)."""
-    from ._map import lbfgs_minimise
+    from ..mcmc import lbfgs_minimise
 
     def objective(z):
         return 0.5 * jnp.sum(z**2) + likelihood.energy(prior.from_noise(z))

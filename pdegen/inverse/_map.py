@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..mcmc import lbfgs_minimise
 from ._guidance import StatFEMLikelihood
 from ._latent_priors import latent_coefficient
 from ._operators import noise_floor, sensor_operator
@@ -128,36 +129,6 @@ def _run_map(z0, W, y, rho, obs, *, physics, solves, steps, alpha, tau, sharpnes
         return 0.5 * jnp.sum(r**2) + 0.5 * jnp.sum(z**2)
 
     return lbfgs_minimise(objective, z0, steps)
-
-
-def lbfgs_minimise(fun, x0, max_steps: int, rtol: float = 1e-9):
-    """Minimise ``fun`` with optax's L-BFGS (zoom line search) inside ``jit``: at most ``max_steps``
-    iterations, stopping when ``|grad| <= rtol * (1 + |grad_0|)``. Returns the point and the objective
-    per iteration (``nan`` after the stop)."""
-    import optax
-
-    def norm(tree):
-        return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(tree)))
-
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(fun)
-    g0 = norm(jax.grad(fun)(x0))
-
-    def cond(carry):
-        _, state, i, _, gnorm = carry
-        return (i < max_steps) & (gnorm > rtol * (1.0 + g0))
-
-    def body(carry):
-        x, state, i, values, _ = carry
-        value, grad = value_and_grad(x, state=state)
-        updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
-        values = values.at[i].set(value)
-        return optax.apply_updates(x, updates), state, i + 1, values, norm(grad)
-
-    values = jnp.full((max_steps,), jnp.nan, dtype=jnp.result_type(float))
-    init = (x0, opt.init(x0), jnp.asarray(0), values, jnp.asarray(jnp.inf, values.dtype))
-    x, _, _, values, _ = jax.lax.while_loop(cond, body, init)
-    return x, values
 
 
 def map_posterior(task: InverseTask, *, y=None, likelihood=None, **options):

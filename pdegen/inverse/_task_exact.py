@@ -191,7 +191,7 @@ def fit_likelihood(
 def _fit_statfem_likelihood(theta0, fixed, K, y, pts, *, mask: tuple, steps: int):
     """L-BFGS on the statFEM marginal likelihood; parameters ``fixed * exp(theta)`` (``theta`` only
     where ``mask``)."""
-    from ._map import lbfgs_minimise
+    from ..mcmc import lbfgs_minimise
 
     m_ = jnp.asarray(mask)
 

@@ -8,7 +8,9 @@ Chain drivers with step-size adaptation by dual averaging (:func:`run_chain`, :f
 :func:`pool_chains`), a Laplace / Gauss-Newton preconditioner from a prior square root and a
 randomised low-rank misfit Hessian (:func:`low_rank_preconditioner`), its exact form for a target
 in white-noise coordinates with the Gauss-Newton MAP point there (:func:`gauss_newton_laplace`,
-:func:`gauss_newton_map`), a stability bound (:func:`largest_curvature`) and chain diagnostics
+:func:`gauss_newton_map`), a stability bound (:func:`largest_curvature`), a dense Laplace approximation of a
+low-dimensional target at its mode (:func:`lbfgs_minimise`, :func:`dense_laplace`) with pCN
+around it (:func:`laplace_pcn`), and chain diagnostics
 (:func:`chain_ess`, :func:`rhat`; distinct from the importance-weight ESS of ``pdegen.models``).
 
 A chain whose state becomes NaN / inf stops with :class:`pdegen._errors.NonFiniteError`; a step
@@ -36,6 +38,10 @@ from ._kernels import pool_chains as pool_chains
 from ._kernels import run_chain as run_chain
 from ._kernels import run_chains as run_chains
 from ._kernels import ula as ula
+from ._laplace import GaussianApproximation as GaussianApproximation
+from ._laplace import dense_laplace as dense_laplace
+from ._laplace import laplace_pcn as laplace_pcn
+from ._laplace import lbfgs_minimise as lbfgs_minimise
 from ._preconditioners import LowRankPreconditioner as LowRankPreconditioner
 from ._preconditioners import low_rank_preconditioner as low_rank_preconditioner
 from ._preconditioners import (

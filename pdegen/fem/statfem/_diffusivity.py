@@ -16,6 +16,12 @@ form over ``(w, u)``), one forward and one adjoint solve give a gradient, and pC
 ``N(0, I)``) and the Gauss-Newton Laplace preconditioner ``(I + J^T J)^{-1}`` of
 :func:`pdegen.mcmc.gauss_newton_laplace` (``J``: the whitened data's Jacobian, ``m`` adjoint
 solves) apply directly.
+
+The collapsed form samples ``v`` alone, ``u`` integrated out by the linear model's marginal
+likelihood (``m`` solve pairs with one matrix per evaluation), and draws ``u`` exactly given each
+kept ``v``. With a few dozen modes its posterior is nearly Gaussian: the Laplace approximation at
+its mode (L-BFGS, the Hessian by differences of the gradient) is a proposal whose draws are nearly
+independent (:func:`pdegen.mcmc.laplace_pcn`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import numpy as np
 import scipy.linalg
 
 from ... import mcmc
-from ..._errors import UserError
+from ..._errors import ConvergenceError, UserError
 from .._solve import solver_errors
 from ._exact import exact_posterior, log_marginal_likelihood
 from ._model import KERNELS, LinearSystem, StatFEM, kernel_matrix
@@ -268,6 +274,48 @@ class DiffusivityStatFEM(eqx.Module):
         """A draw of the free dofs ``x`` of ``u`` from ``p(u | kappa(v), y)`` (exact, Gaussian)."""
         return exact_posterior(self.model_at(v), y).sample(key=key)
 
+    def collapsed_map_point(
+        self, y, *, v0=None, tol: float = 1e-9, max_iterations: int = 200
+    ) -> MAPResult:
+        """The mode of :meth:`collapsed_energy_fn` by L-BFGS (:func:`pdegen.mcmc.lbfgs_minimise`),
+        from ``v0`` (default 0, the prior mean): the most probable diffusivity with ``u``
+        integrated out, the centre of :meth:`collapsed_laplace`."""
+        energy = self.collapsed_energy_fn(y)
+        v0 = jnp.zeros(self.num_modes) if v0 is None else jnp.asarray(v0, float)
+        if v0.shape != (self.num_modes,):
+            raise UserError(
+                f"collapsed_map_point: v0 must have shape ({self.num_modes},), got {v0.shape}"
+            )
+        if int(max_iterations) < 1:
+            raise UserError(
+                f"collapsed_map_point: max_iterations must be >= 1, got {max_iterations}"
+            )
+
+        @jax.jit
+        def run(v0):
+            v, values = mcmc.lbfgs_minimise(energy, v0, int(max_iterations), tol)
+            e, g = jax.value_and_grad(energy)(v)
+            return v, e, jnp.linalg.norm(g), jnp.sum(jnp.isfinite(values))
+
+        with solver_errors():
+            v, e, gn, it = run(v0)
+        if not jnp.isfinite(e):
+            raise ConvergenceError("collapsed_map_point: the energy became non-finite")
+        return MAPResult(v, float(e), float(gn), int(it))
+
+    def collapsed_laplace(self, y, v) -> mcmc.GaussianApproximation:
+        """The Laplace approximation of the collapsed posterior of ``v`` at ``v`` (its mode, from
+        :meth:`collapsed_map_point`): the Hessian by central differences of the gradient
+        (:func:`pdegen.mcmc.dense_laplace`, ``2 r`` gradients for ``r`` modes). Its
+        ``preconditioner`` serves MALA; :func:`pdegen.mcmc.laplace_pcn` samples around it."""
+        v = jnp.asarray(v, float)
+        if v.shape != (self.num_modes,):
+            raise UserError(
+                f"collapsed_laplace: v must have shape ({self.num_modes},), got {v.shape}"
+            )
+        with solver_errors():
+            return mcmc.dense_laplace(self.collapsed_energy_fn(y), v)
+
     # -- the centred form: state s = (v, x), x the free dofs of u ---------------------------
     def centred_state(self, z) -> jax.Array:
         """The centred state ``s = (v, x)`` of a white-noise state ``z = (v, eta)``."""
@@ -327,7 +375,7 @@ class DiffusivityStatFEM(eqx.Module):
             )
         with solver_errors():
             L = _gauss_newton_factor(self._centred_residual(y), s)
-        return _precision_preconditioner(L)
+        return mcmc.GaussianApproximation(s, L).preconditioner
 
     def centred_map_point(self, y, *, s0=None, tol: float = 1e-8, max_iterations: int = 30):
         """The MAP point of the centred form by Gauss-Newton steps on the full energy (the
@@ -368,19 +416,6 @@ def _gauss_newton_factor(residual, s):
     H = J.T @ J
     H = 0.5 * (H + H.T)
     return jnp.linalg.cholesky(H)
-
-
-def _precision_preconditioner(L) -> mcmc.Preconditioner:
-    """``P = (L L^T)^{-1}`` and draws ``L^{-T} z ~ N(0, P)``."""
-
-    def apply(v):
-        return jax.scipy.linalg.cho_solve((L, True), v)
-
-    def sample(*, key):
-        z = jax.random.normal(key, (L.shape[0],), L.dtype)
-        return jax.scipy.linalg.solve_triangular(L.T, z, lower=False)
-
-    return mcmc.Preconditioner(apply, sample)
 
 
 @solver_errors()
