@@ -141,9 +141,73 @@ def test_ipla_estimates_a_diffusivity_scale(size):
     assert abs(float(res.estimate) - est) < 3 * sd / np.sqrt(N)
 
 
+def test_ipla_estimates_three_parameters_and_concentrates_at_the_mmle():
+    """rho, sigma_d and ell_d at once (log scale), their step preconditioned by the inverse
+    Hessian of the negative log marginal likelihood at the starting point (a full matrix: sigma_d
+    and ell_d trade off), the particles by the posterior covariance there. The stationary law of
+    theta is proportional to p(y | theta)^N: its spread is the MMLE's asymptotic sd / sqrt(N) (within
+    a factor 0.7-1.8) and the estimate lies within 3 / sqrt(N) of the MMLE in its Mahalanobis
+    distance, closer at 128 particles than at 8."""
+    from pdegen import mcmc
+
+    def at(model, t):
+        return model.replace(rho=jnp.exp(t[0]), sigma_d=jnp.exp(t[1]), ell_d=jnp.exp(t[2]))
+
+    truth = jnp.log(jnp.array([0.9, 5e-3, 0.3]))
+    base = make_model(n=9, m=20, sigma_f=0.05, sigma_e=2e-3)
+    x = at(base, truth).sample_prior(key=jax.random.key(0))
+    y = at(base, truth).simulate_data(x, num_replicates=10, key=jax.random.key(1))
+
+    def nlml(t):
+        return -statfem.log_marginal_likelihood(at(base, t), y)
+
+    t0 = jnp.log(jnp.array([1.0, 1e-2, 0.2]))
+    mmle_, _ = jax.jit(lambda t: mcmc.lbfgs_minimise(nlml, t, 200))(t0)
+    L = mcmc.dense_laplace(nlml, mmle_).precision_cholesky
+    cov = np.linalg.inv(np.asarray(L @ L.T))
+    sd = np.sqrt(np.diagonal(cov))
+    assert np.all(np.abs(np.asarray(mmle_ - truth)) < 3 * sd)  # the data identify theta
+
+    def energy(t, x):
+        return -at(base, t).log_joint(x, y)
+
+    L0 = mcmc.dense_laplace(nlml, t0).precision_cholesky
+    gamma = 0.2 * np.linalg.inv(np.asarray(L0 @ L0.T))
+    start = at(base, t0)
+    pre = statfem.posterior_preconditioner(start, y)
+    dist = {}
+    for N in (8, 32, 128):
+        particles = statfem.exact_posterior(start, y).sample(N, key=jax.random.key(3))
+        res = statfem.run_ipla(
+            energy,
+            t0,
+            particles,
+            2000,
+            0.1,
+            key=jax.random.key(4),
+            theta_step_size=gamma,
+            preconditioner=pre,
+            average_fraction=0.5,
+        )
+        spread = np.asarray(res.theta_std) * np.sqrt(N) / sd
+        assert np.all((spread > 0.7) & (spread < 1.8)), (N, spread)
+        d = np.asarray(res.estimate - mmle_)
+        dist[N] = float(np.sqrt(d @ np.linalg.solve(cov, d)))
+        assert dist[N] < 3.0 / np.sqrt(N), (N, dist[N])
+    assert dist[128] < dist[8], dist
+
+
 def test_ipla_bad_input():
     with pytest.raises(ValueError, match="step_size"):
         statfem.ipla(lambda t, x: 0.0, 0.0)
+    with pytest.raises(ValueError, match="symmetric"):
+        statfem.ipla(lambda t, x: 0.0, 0.1, theta_step_size=np.array([[1.0, 0.5], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="positive definite"):
+        statfem.ipla(lambda t, x: 0.0, 0.1, theta_step_size=np.array([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(ValueError, match="theta_step_size has shape"):
+        statfem.ipla(lambda t, x: 0.0, 0.1, theta_step_size=np.eye(2)).init(
+            jnp.zeros(3), jnp.zeros((2, 4))
+        )
     with pytest.raises(ValueError, match="theta_step_size"):
         statfem.ipla(lambda t, x: 0.0, 0.1, theta_step_size=-1.0)
     kernel = statfem.ipla(lambda t, x: jnp.sum(x**2) + t**2, 0.1)

@@ -102,9 +102,10 @@ def dense_laplace(
     """The Laplace approximation ``N(x, H^{-1})`` of ``exp(-energy_fn)`` at ``x`` (the mode).
 
     ``H``: the Hessian of ``energy_fn`` by central differences of its gradient (``2 n`` gradient
-    evaluations, step ``relative_step * max(1, |x|_inf)``), symmetrised, with its eigenvalues
-    raised to ``min_eigenvalue`` (default ``1e-6`` times the largest) so that a point where the
-    energy is not convex still gives a proper Gaussian. Dense: ``n`` up to a few hundred.
+    evaluations, step ``relative_step * max(1, |x|_inf)``), symmetrised, its eigenvalues replaced
+    by their absolute values and raised to ``min_eigenvalue`` (default ``1e-6`` times the
+    largest), so that a point where the energy is not convex still gives a proper Gaussian (the
+    saddle-free metric away from the mode). Dense: ``n`` up to a few hundred.
     """
     x = jnp.asarray(x)
     if x.ndim != 1:
@@ -121,7 +122,8 @@ def dense_laplace(
     if not np.all(np.isfinite(H)):
         raise UserError("dense_laplace: the Hessian is not finite at x (is x a finite point?)")
     lam, W = np.linalg.eigh(H)
-    floor = 1e-6 * max(float(lam[-1]), 1e-300) if min_eigenvalue is None else min_eigenvalue
+    lam = np.abs(lam)
+    floor = 1e-6 * max(float(lam.max()), 1e-300) if min_eigenvalue is None else min_eigenvalue
     lam = np.maximum(lam, floor)
     L = np.linalg.cholesky((W * lam) @ W.T)
     return GaussianApproximation(x, jnp.asarray(L, x.dtype))

@@ -68,16 +68,28 @@ def ipla(
 ) -> IPLA:
     """The IPLA kernel for ``energy_fn(theta, x) -> scalar`` (``theta`` a scalar or a vector).
 
-    ``theta_step_size`` may be a vector of the shape of ``theta``: a constant diagonal
-    preconditioner of the parameter step (parameters of different scales, e.g. a forcing amplitude
-    beside log length scales), which keeps the stationary law."""
+    ``theta_step_size`` may be a vector of the shape of ``theta`` (a constant diagonal
+    preconditioner of the parameter step: parameters of different scales, e.g. a forcing
+    amplitude beside log length scales) or a symmetric positive definite matrix ``Gamma``
+    (parameters that trade off against each other, e.g. a model-data scale and a discrepancy
+    scale): ``theta <- theta - (Gamma / N) sum_i grad_theta U + sqrt(2 / N) Gamma^{1/2} xi``.
+    Either keeps the stationary law."""
     for name, h in (("step_size", step_size), ("theta_step_size", theta_step_size)):
         if h is None or isinstance(h, jax.core.Tracer):
             continue
         arr = np.asarray(h, np.float64)
+        if name == "theta_step_size" and arr.ndim == 2:
+            if arr.shape[0] != arr.shape[1] or not np.allclose(arr, arr.T, rtol=1e-10, atol=0):
+                raise ValueError(
+                    f"ipla: a matrix theta_step_size must be square and symmetric, got shape "
+                    f"{arr.shape}"
+                )
+            if not np.all(np.isfinite(arr)) or np.linalg.eigvalsh(arr).min() <= 0:
+                raise ValueError("ipla: a matrix theta_step_size must be positive definite")
+            continue
         if arr.ndim > (1 if name == "theta_step_size" else 0) or not np.all(arr > 0):
             raise ValueError(
-                f"ipla: {name} must be > 0 (a scalar{', or a vector of the shape of theta' if name == 'theta_step_size' else ''}), got {h}"
+                f"ipla: {name} must be > 0 (a scalar{', a vector of the shape of theta or a symmetric positive definite matrix' if name == 'theta_step_size' else ''}), got {h}"
             )
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"ipla: {name} must be finite, got {h}")
@@ -85,6 +97,8 @@ def ipla(
         raise TypeError("ipla: preconditioner must be a Preconditioner or None")
     gamma = step_size
     gamma_theta = step_size if theta_step_size is None else jnp.asarray(theta_step_size)
+    matrix = jnp.ndim(gamma_theta) == 2
+    root = jnp.linalg.cholesky(gamma_theta) if matrix else jnp.sqrt(gamma_theta)
 
     def total(theta, particles):
         e = jax.vmap(lambda x: energy_fn(theta, x))(particles)
@@ -99,7 +113,8 @@ def ipla(
             raise ValueError(f"ipla: theta must be a scalar or a vector, got shape {theta0.shape}")
         if particles0.ndim != 2 or particles0.shape[0] < 1:
             raise ValueError(f"ipla: particles must have shape (N, dim), got {particles0.shape}")
-        if jnp.ndim(gamma_theta) == 1 and jnp.shape(gamma_theta) != theta0.shape:
+        expected = theta0.shape * 2 if matrix else theta0.shape
+        if jnp.ndim(gamma_theta) >= 1 and jnp.shape(gamma_theta) != expected:
             raise ValueError(
                 f"ipla: theta_step_size has shape {jnp.shape(gamma_theta)}, theta {theta0.shape}"
             )
@@ -110,13 +125,11 @@ def ipla(
         N = P.shape[0]
         (g_theta, g_x), e = grad_total(theta, P)
         k_theta, k_x = jax.random.split(key)
-        theta_new = (
-            theta
-            - gamma_theta / N * g_theta
-            + math.sqrt(2.0 / N)
-            * jnp.sqrt(gamma_theta)
-            * jax.random.normal(k_theta, theta.shape, theta.dtype)
-        )
+        xi = jax.random.normal(k_theta, theta.shape, theta.dtype)
+        if matrix:
+            theta_new = theta - gamma_theta @ g_theta / N + math.sqrt(2.0 / N) * root @ xi
+        else:
+            theta_new = theta - gamma_theta / N * g_theta + math.sqrt(2.0 / N) * root * xi
         if preconditioner is None:
             drift = g_x
             noise = jax.random.normal(k_x, P.shape, P.dtype)
