@@ -6,9 +6,15 @@ squared-exponential Gaussian process (scale 0.2, length 0.2) truncated to the Ka
 holding 99.9% of its variance (:class:`pdegen.fem.statfem.DiffusivityStatFEM`). The state is the
 white noise of ``w`` and of the forcing ``xi`` (the non-centred form) or ``(v, x)`` with ``x`` the
 free dofs of ``u`` (the centred form, whose energy has ``log |det A(kappa)|``, its gradient by
-selected inversion). The samplers, every preconditioner built from the model and the data with
-its time counted:
+selected inversion), or ``v`` alone (the collapsed form: ``u`` integrated out by the linear
+model's marginal likelihood, 45 dimensions, and drawn exactly given each kept ``v``). The
+samplers, every preconditioner built from the model and the data with its time counted:
 
+- ``pcn-laplace-collapsed``: pCN in the collapsed form with the Laplace approximation at its mode
+  as the reference measure (L-BFGS mode, Hessian by central differences of the gradient; at
+  ``beta = 1`` the independence sampler with the Laplace proposal);
+- ``pmala-laplace-collapsed``: MALA in the collapsed form preconditioned by the same Laplace
+  covariance;
 - ``pmala-laplace-centred``: MALA in the centred form preconditioned by the Gauss-Newton Laplace
   approximation at the MAP point (a dense Cholesky factor of ``J^T J``);
 - ``pmala-laplace``: MALA in the non-centred form preconditioned by ``(I + J^T J)^{-1}`` at its
@@ -17,14 +23,16 @@ its time counted:
 - ``mala``: MALA without a preconditioner in the non-centred form (i.e. preconditioned by the
   prior).
 
-Each runs 4 chains from prior draws (Laplace-MALA from Laplace draws around its MAP point) until
+Each runs 4 chains from prior draws (the Laplace samplers from Laplace draws around their MAP
+point) until
 the posterior mean of ``log kappa`` and of ``u`` are both within 1% and their pointwise variances
 within 10% (relative L2) of a reference stored once in
-``benchmarks/results/statfem_diffusivity_reference_<grid>.npz`` (8 long chains of the centred Laplace-MALA,
-split R-hat and ESS recorded), or until its budget ends (``--budget``; the samplers after the first
+``benchmarks/results/statfem_diffusivity_reference_<grid>.npz`` (8 long chains of the collapsed
+Laplace pCN, ``u`` drawn exactly given every 4th state, split R-hat and ESS recorded), or until its budget ends (``--budget``; the samplers after the first
 get 10.5 times its time to tolerance, at most ``--max-budget``), so a sampler that does not reach
 the tolerances bounds the speedup from below.
-Moments are accumulated on every 5th state (the fields cost one more solve). Compilation is
+Moments are accumulated on every 5th state (the fields cost one more solve), on every state for
+the collapsed samplers (nearly independent draws; a draw of ``u`` given each ``v``, timed). Compilation is
 excluded; set-up and warm-up are included.
 
 Run from the repository root: ``python benchmarks/statfem_diffusivity.py [--quick]`` (``--quick``:
@@ -52,11 +60,26 @@ from _common import machine_info, write_results  # noqa: E402
 from _tolerance import add_speedups, tolerance_row, tolerance_table  # noqa: E402
 from jax import lax  # noqa: E402
 
+from pdegen import mcmc  # noqa: E402
 from pdegen._io import atomic_path  # noqa: E402
 from pdegen.fem import statfem  # noqa: E402
 
-SAMPLERS = ("pmala-laplace-centred", "pmala-laplace", "pcn", "mala")
+SAMPLERS = (
+    "pcn-laplace-collapsed",
+    "pmala-laplace-collapsed",
+    "pmala-laplace-centred",
+    "pmala-laplace",
+    "pcn",
+    "mala",
+)
+COLLAPSED = ("pcn-laplace-collapsed", "pmala-laplace-collapsed")
 CENTRED = ("pmala-laplace-centred",)
+REFERENCE_THIN = 4
+# warm-up steps (step-size adaptation); pCN around the Laplace approximation stays at beta = 1
+WARMUP = {"pcn-laplace-collapsed": 100}
+# moments on every THIN-th state (the fields cost a solve); the collapsed samplers' draws are
+# nearly independent, so they keep every state (its u draw, one more energy's cost, is timed)
+THIN_OF = {"pcn-laplace-collapsed": 1, "pmala-laplace-collapsed": 1}
 MEAN_TOL, VAR_TOL = 0.01, 0.10
 BUDGET_FACTOR = 10.5
 NUM_CHAINS = 4
@@ -76,12 +99,27 @@ def make_case(grid, key):
     return dm, case
 
 
-def quantity(dm, centred):
-    """State -> (log kappa at the nodes, u at the free dofs)."""
+def quantity(dm, form, y=None):
+    """``(state, key) -> (log kappa at the nodes, u at the free dofs)`` for a state of ``form``
+    (``'white'``, ``'centred'`` or ``'collapsed'``; the last draws ``u`` given ``v``, exactly)."""
     r = dm.num_modes
-    if centred:
-        return lambda s: jnp.concatenate([dm.log_kappa_mean + dm.modes @ s[:r], s[r:]])
-    return lambda z: jnp.concatenate([dm.log_diffusivity(z), dm.solution(z)])
+    if form == "centred":
+        return lambda s, key: jnp.concatenate([dm.log_kappa_mean + dm.modes @ s[:r], s[r:]])
+    if form == "collapsed":
+        return lambda v, key: jnp.concatenate(
+            [dm.log_kappa_mean + dm.modes @ v, dm.sample_solution(v, y, key=key)]
+        )
+    return lambda z, key: jnp.concatenate([dm.log_diffusivity(z), dm.solution(z)])
+
+
+def form_of(name):
+    return "collapsed" if name in COLLAPSED else "centred" if name in CENTRED else "white"
+
+
+def collapsed_laplace(dm, y):
+    """(collapsed energy, Laplace approximation at its mode, L-BFGS iterations)."""
+    mp = dm.collapsed_map_point(y)
+    return dm.collapsed_energy_fn(y), dm.collapsed_laplace(y, mp.x), mp.iterations
 
 
 def kernel_for(name, dm, y, key):
@@ -89,7 +127,15 @@ def kernel_for(name, dm, y, key):
     t0 = time.perf_counter()
     keys = jax.random.split(jax.random.fold_in(key, 1), NUM_CHAINS)
     info = {}
-    if name == "pmala-laplace-centred":
+    if name in COLLAPSED:
+        energy, la, its = collapsed_laplace(dm, y)
+        info.update(map_iterations=its)
+        if name == "pcn-laplace-collapsed":
+            kernel = mcmc.laplace_pcn(energy, la)
+        else:
+            kernel = statfem.mala(energy, 0.5, preconditioner=la.preconditioner)
+        x0 = jnp.stack([la.sample(key=k) for k in keys])
+    elif name == "pmala-laplace-centred":
         mp = dm.centred_map_point(y)
         pre = dm.centred_laplace_preconditioner(y, mp.x)
         info.update(map_iterations=mp.iterations)
@@ -125,23 +171,24 @@ def fastest(samplers: dict) -> str | None:
     return min(done, key=done.get) if done else None
 
 
-def make_block(kernel, q):
-    """Jitted block of BLOCK steps for all chains; moments of q on every THIN-th state."""
+def make_block(kernel, q, thin=THIN):
+    """Jitted block of BLOCK steps for all chains; moments of q on every ``thin``-th state."""
 
     def one_chain(key, state, moments):
         def outer(carry, k):
             st, (n, mean, m2) = carry
+            k_steps, k_q = jax.random.split(k)
             st, _ = lax.scan(
-                lambda s, kk: (kernel.step(s, key=kk)[0], None), st, jax.random.split(k, THIN)
+                lambda s, kk: (kernel.step(s, key=kk)[0], None), st, jax.random.split(k_steps, thin)
             )
-            v = q(st.position)
+            v = q(st.position, k_q)
             n = n + 1.0
             d = v - mean
             mean = mean + d / n
             return (st, (n, mean, m2 + d * (v - mean))), v
 
         (state, moments), trace = lax.scan(
-            outer, (state, moments), jax.random.split(key, BLOCK // THIN)
+            outer, (state, moments), jax.random.split(key, BLOCK // thin)
         )
         return state, moments, trace
 
@@ -164,11 +211,12 @@ def errors(moments, ref_mean, ref_var, split):
     )
 
 
-def run_sampler(name, dm, y, ref, budget_s, key, warmup=500, max_blocks=400):
+def run_sampler(name, dm, y, ref, budget_s, key, max_blocks=400):
     kernel, x0, setup_s, info = kernel_for(name, dm, y, key)
-    qf = quantity(dm, name in CENTRED)
+    warmup = WARMUP.get(name, 500)
+    qf = quantity(dm, form_of(name), y)
     split = dm.model.structure.ndofs
-    block = make_block(kernel, qf)
+    block = make_block(kernel, qf, THIN_OF.get(name, THIN))
     size = split + dm.model.dim  # log kappa at the nodes, then u at the free dofs
     zeros = (jnp.zeros(NUM_CHAINS), jnp.zeros((NUM_CHAINS, size)), jnp.zeros((NUM_CHAINS, size)))
     t0 = time.perf_counter()
@@ -211,43 +259,95 @@ def run_sampler(name, dm, y, ref, budget_s, key, warmup=500, max_blocks=400):
     return {**out, "budget_s": budget_s, **info}
 
 
-def reference(dm, y, grid, key, num_steps, store=True):
-    """Long Laplace-MALA runs (exact in the limit), stored once and reused (``store=False``: a
-    short run for ``--quick``, neither read nor written)."""
+def _traced(size):
+    """The coordinates whose chains give the reference's ESS and R-hat (about 256, evenly
+    spaced over log kappa and u: all of them would not fit in memory at 64x64)."""
+    return np.arange(0, size, max(1, size // 256))
+
+
+def reference(dm, y, grid, key, num_steps, store=True, segment=1000):
+    """Long runs of pCN around the collapsed Laplace approximation (exact in the limit), ``u``
+    drawn exactly given every ``REFERENCE_THIN``-th state; moments accumulated, ESS and R-hat on
+    the coordinates of :func:`_traced`. Stored once and reused; resumable: after every ``segment``
+    steps the chains' state and sums go to ``..._reference_<grid>.partial.npz``, which a rerun
+    continues (``store=False``: a short run for ``--quick``, neither read nor written)."""
     path = RESULTS / f"statfem_diffusivity_reference_{grid}.npz"
     if store and path.exists():
         ref = np.load(path)
         return {k: ref[k] for k in ref.files}, path
+    partial = path.with_name(path.stem + ".partial.npz")
     t0 = time.perf_counter()
-    mp = dm.centred_map_point(y)
-    pre = dm.centred_laplace_preconditioner(y, mp.x)
-    kernel = statfem.mala(dm.centred_energy_fn(y), 0.5, preconditioner=pre)
-    keys = jax.random.split(jax.random.fold_in(key, 2), REFERENCE_CHAINS)
-    x0 = jnp.stack([mp.x + pre.sample(key=k) for k in keys])
-    res = statfem.run_chains(
-        kernel,
-        x0,
-        num_steps,
-        1000,
-        key=jax.random.fold_in(key, 3),
-        thin=10,
-        trace_fn=quantity(dm, True),
-        progress=True,
-    )
-    s = res.samples
+    energy, la, _ = collapsed_laplace(dm, y)  # deterministic: recomputed on resume
+    kernel = mcmc.laplace_pcn(energy, la)
+    q = jax.jit(jax.vmap(jax.vmap(quantity(dm, "collapsed", y))))
+    size = dm.model.structure.ndofs + dm.model.dim
+    traced = _traced(size)
+    C = REFERENCE_CHAINS
+    if store and partial.exists():
+        st = dict(np.load(partial))
+        print(f"resuming the reference at step {int(st['done'])} of {num_steps}", flush=True)
+    else:
+        keys = jax.random.split(jax.random.fold_in(key, 2), C)
+        st = dict(
+            done=np.asarray(0),
+            x=np.asarray(jnp.stack([la.sample(key=k) for k in keys])),
+            s1=np.zeros((C, size)),
+            s2=np.zeros((C, size)),
+            count=np.asarray(0),
+            trace=np.zeros((C, 0, traced.size), np.float32),
+            acceptance=np.zeros(C),
+            seconds=np.asarray(0.0),
+        )
+    while int(st["done"]) < num_steps:
+        t_seg = time.perf_counter()
+        i = int(st["done"])
+        n = min(segment, num_steps - i)
+        res = statfem.run_chains(
+            kernel,
+            jnp.asarray(st["x"]),
+            n,
+            200 if i == 0 else 0,
+            key=jax.random.fold_in(key, 3 + i),
+            thin=REFERENCE_THIN,
+            progress=True,
+        )
+        V = res.samples
+        for j in range(0, V.shape[1], 50):
+            ks = jax.random.split(
+                jax.random.fold_in(key, 10**6 + i + j), V[:, j : j + 50].shape[:2]
+            )
+            s = np.asarray(q(V[:, j : j + 50], ks))
+            st["s1"] = st["s1"] + s.sum(axis=1)
+            st["s2"] = st["s2"] + (s**2).sum(axis=1)
+            st["trace"] = np.concatenate([st["trace"], s[:, :, traced].astype(np.float32)], axis=1)
+        st["count"] = np.asarray(int(st["count"]) + V.shape[1])
+        st["acceptance"] = st["acceptance"] + n * np.asarray(res.acceptance_rate)
+        st["x"] = np.asarray(res.state.position)
+        st["done"] = np.asarray(i + n)
+        st["seconds"] = np.asarray(float(st["seconds"]) + time.perf_counter() - t_seg)
+        if store:
+            with atomic_path(partial) as tmp:
+                np.savez(tmp, **st)
+    n_all = C * int(st["count"])
+    mean = st["s1"].sum(axis=0) / n_all
+    trace = jnp.asarray(st["trace"], jnp.float64)
     ref = {
-        "mean": np.asarray(jnp.mean(s, axis=(0, 1))),
-        "variance": np.asarray(jnp.var(s, axis=(0, 1))),
-        "ess": np.asarray(statfem.chain_ess(s)),
-        "rhat": np.asarray(statfem.rhat(s)),
+        "mean": mean,
+        "variance": st["s2"].sum(axis=0) / n_all - mean**2,
+        "ess": np.asarray(statfem.chain_ess(trace)),
+        "rhat": np.asarray(statfem.rhat(trace)),
+        "traced": traced,
         "num_steps": np.asarray(num_steps),
-        "chains": np.asarray(REFERENCE_CHAINS),
-        "seconds": np.asarray(time.perf_counter() - t0),
-        "acceptance": np.asarray(res.acceptance_rate),
+        "chains": np.asarray(C),
+        "seconds": np.asarray(float(st["seconds"]) + time.perf_counter() - t0),
+        "acceptance": st["acceptance"] / num_steps,
+        "sampler": np.asarray("pcn-laplace-collapsed"),
+        "thin": np.asarray(REFERENCE_THIN),
     }
     if store:
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, **ref)
+        partial.unlink(missing_ok=True)
     return ref, path
 
 
