@@ -185,6 +185,8 @@ def test_bad_input():
         consistent.centred_laplace_preconditioner(case.y, jnp.zeros(consistent.centred_dim))
 
 
+@pytest.mark.slow  # 45 s; the fast suite checks the centred form against the exact posterior and
+# the collapsed form against quadrature
 def test_centred_and_white_noise_forms_sample_the_same_posterior():
     """The two states are one posterior (the centred energy's log-determinant is the Jacobian of
     eta -> x): Laplace-MALA in each form gives the same means of log kappa and u within their
