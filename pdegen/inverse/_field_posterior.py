@@ -535,10 +535,7 @@ def map_posterior(
         raise ValueError(f"map: steps must be a positive int, got {steps!r}")
 
     t0 = time.perf_counter()
-    with jax.numpy_dtype_promotion(
-        "standard"
-    ):  # optax's L-BFGS mixes int32 / int64 indices under x64
-        z, values = _map_run(prior, likelihood, steps)
+    z, values = _map_run(prior, likelihood, steps)
     z = jax.block_until_ready(z)
     seconds = time.perf_counter() - t0
     if not bool(jnp.all(jnp.isfinite(z))):

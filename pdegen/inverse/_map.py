@@ -83,22 +83,19 @@ def map_estimate(
     # Linear observation of a (any PDE, or u of a linear PDE): a dense matrix; Darcy's u: the sensors.
     obs = jnp.asarray(task.sensors if _solves(task) else sensor_operator(task))
     t0 = time.perf_counter()
-    with jax.numpy_dtype_promotion(
-        "standard"
-    ):  # optax's L-BFGS mixes int32 / int64 indices under x64
-        z, values = _run_map(
-            jnp.zeros((g, g), jnp.float64),
-            W,
-            y,
-            jnp.asarray(rho, jnp.float64),
-            obs,
-            physics=task.physics,
-            solves=_solves(task),
-            steps=steps,
-            alpha=float(alpha),
-            tau=float(tau),
-            sharpness=float(sharpness),
-        )
+    z, values = _run_map(
+        jnp.zeros((g, g), jnp.float64),
+        W,
+        y,
+        jnp.asarray(rho, jnp.float64),
+        obs,
+        physics=task.physics,
+        solves=_solves(task),
+        steps=steps,
+        alpha=float(alpha),
+        tau=float(tau),
+        sharpness=float(sharpness),
+    )
     z = jax.block_until_ready(z)
     seconds = time.perf_counter() - t0
     if not bool(jnp.all(jnp.isfinite(z))):

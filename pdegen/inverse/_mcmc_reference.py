@@ -89,8 +89,7 @@ def mcmc_posterior(
     t0 = time.perf_counter()
     num_forward = 0
     if method.laplace:
-        with jax.numpy_dtype_promotion("standard"):  # optax's L-BFGS mixes int32 / int64
-            z_map, values = _map_run(prior, likelihood, method.map_steps)
+        z_map, values = _map_run(prior, likelihood, method.map_steps)
         num_forward += int(np.sum(np.isfinite(np.asarray(values))))
         lr = laplace_preconditioner(prior, likelihood, z_map, key=k_pre)
         lam, basis = lr.eigenvalues, lr.basis

@@ -175,12 +175,9 @@ def fit_likelihood(
     if "sigma_d" in fit and fixed[1] == 0:
         fixed[1] = 0.1 * rms
     mask = tuple(k in fit for k in names)
-    with jax.numpy_dtype_promotion(
-        "standard"
-    ):  # optax's L-BFGS mixes int32 / int64 indices under x64
-        theta = _fit_statfem_likelihood(
-            jnp.zeros(4), jnp.asarray(fixed), K, y, pts, mask=mask, steps=int(steps)
-        )
+    theta = _fit_statfem_likelihood(
+        jnp.zeros(4), jnp.asarray(fixed), K, y, pts, mask=mask, steps=int(steps)
+    )
     if not bool(jnp.all(jnp.isfinite(theta))):
         raise RuntimeError("fit_likelihood: the optimisation diverged (non-finite parameters)")
     values = fixed * np.exp(np.where(mask, np.asarray(theta), 0.0))
