@@ -182,7 +182,7 @@ def test_ipla_estimates_three_parameters_and_concentrates_at_the_mmle():
             energy,
             t0,
             particles,
-            2000,
+            1200,
             0.1,
             key=jax.random.key(4),
             theta_step_size=gamma,
