@@ -47,6 +47,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -64,28 +65,33 @@ from pdegen import mcmc  # noqa: E402
 from pdegen._io import atomic_path  # noqa: E402
 from pdegen.fem import statfem  # noqa: E402
 
-SAMPLERS = (
-    "pcn-laplace-collapsed",
-    "pmala-laplace-collapsed",
-    "pmala-laplace-centred",
-    "pmala-laplace",
-    "pcn",
-    "mala",
-)
-COLLAPSED = ("pcn-laplace-collapsed", "pmala-laplace-collapsed")
-CENTRED = ("pmala-laplace-centred",)
+
+class Setting(NamedTuple):
+    """How a sampler is run: the form of its state, its warm-up steps (step-size adaptation) and
+    the stride of the states whose fields enter the moments."""
+
+    form: str  # "collapsed" (v), "centred" (v, x) or "white" (v, eta)
+    warmup: int = 500
+    thin: int = 5  # the fields cost a solve
+
+
+# pCN around the Laplace approximation stays at beta = 1 (short warm-up); the collapsed samplers'
+# draws are nearly independent, so every state enters the moments (its u draw is timed)
+SETTINGS = {
+    "pcn-laplace-collapsed": Setting("collapsed", warmup=100, thin=1),
+    "pmala-laplace-collapsed": Setting("collapsed", thin=1),
+    "pmala-laplace-centred": Setting("centred"),
+    "pmala-laplace": Setting("white"),
+    "pcn": Setting("white"),
+    "mala": Setting("white"),
+}
+SAMPLERS = tuple(SETTINGS)
 REFERENCE_THIN = 4
-# warm-up steps (step-size adaptation); pCN around the Laplace approximation stays at beta = 1
-WARMUP = {"pcn-laplace-collapsed": 100}
-# moments on every THIN-th state (the fields cost a solve); the collapsed samplers' draws are
-# nearly independent, so they keep every state (its u draw, one more energy's cost, is timed)
-THIN_OF = {"pcn-laplace-collapsed": 1, "pmala-laplace-collapsed": 1}
 MEAN_TOL, VAR_TOL = 0.01, 0.10
 BUDGET_FACTOR = 10.5
 NUM_CHAINS = 4
 REFERENCE_CHAINS = 8
 BLOCK = 250
-THIN = 5
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -103,17 +109,15 @@ def quantity(dm, form, y=None):
     """``(state, key) -> (log kappa at the nodes, u at the free dofs)`` for a state of ``form``
     (``'white'``, ``'centred'`` or ``'collapsed'``; the last draws ``u`` given ``v``, exactly)."""
     r = dm.num_modes
+
+    def log_kappa(v):
+        return dm.log_kappa_mean + dm.modes @ v
+
     if form == "centred":
-        return lambda s, key: jnp.concatenate([dm.log_kappa_mean + dm.modes @ s[:r], s[r:]])
+        return lambda s, key: jnp.concatenate([log_kappa(s[:r]), s[r:]])
     if form == "collapsed":
-        return lambda v, key: jnp.concatenate(
-            [dm.log_kappa_mean + dm.modes @ v, dm.sample_solution(v, y, key=key)]
-        )
+        return lambda v, key: jnp.concatenate([log_kappa(v), dm.sample_solution(v, y, key=key)])
     return lambda z, key: jnp.concatenate([dm.log_diffusivity(z), dm.solution(z)])
-
-
-def form_of(name):
-    return "collapsed" if name in COLLAPSED else "centred" if name in CENTRED else "white"
 
 
 def collapsed_laplace(dm, y):
@@ -127,7 +131,9 @@ def kernel_for(name, dm, y, key):
     t0 = time.perf_counter()
     keys = jax.random.split(jax.random.fold_in(key, 1), NUM_CHAINS)
     info = {}
-    if name in COLLAPSED:
+    if name not in SETTINGS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+    if SETTINGS[name].form == "collapsed":
         energy, la, its = collapsed_laplace(dm, y)
         info.update(map_iterations=its)
         if name == "pcn-laplace-collapsed":
@@ -154,13 +160,11 @@ def kernel_for(name, dm, y, key):
             dm.misfit_fn(y), 0.1, prior_mean=jnp.zeros(dm.dim), prior=dm.prior_preconditioner()
         )
         x0 = jnp.stack([dm.sample_prior(key=k) for k in keys])
-    elif name == "mala":
+    else:  # "mala"
         x0 = jnp.stack([dm.sample_prior(key=k) for k in keys])
         energy = dm.energy_fn(y)
         lam = float(statfem.largest_curvature(energy, x0[0], num_iterations=40))
         kernel = statfem.mala(energy, 1.0 / lam)
-    else:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
     jax.block_until_ready(x0)
     return kernel, x0, time.perf_counter() - t0, info
 
@@ -171,7 +175,7 @@ def fastest(samplers: dict) -> str | None:
     return min(done, key=done.get) if done else None
 
 
-def make_block(kernel, q, thin=THIN):
+def make_block(kernel, q, thin):
     """Jitted block of BLOCK steps for all chains; moments of q on every ``thin``-th state."""
 
     def one_chain(key, state, moments):
@@ -213,10 +217,11 @@ def errors(moments, ref_mean, ref_var, split):
 
 def run_sampler(name, dm, y, ref, budget_s, key, max_blocks=400):
     kernel, x0, setup_s, info = kernel_for(name, dm, y, key)
-    warmup = WARMUP.get(name, 500)
-    qf = quantity(dm, form_of(name), y)
+    setting = SETTINGS[name]
+    warmup = setting.warmup
+    qf = quantity(dm, setting.form, y)
     split = dm.model.structure.ndofs
-    block = make_block(kernel, qf, THIN_OF.get(name, THIN))
+    block = make_block(kernel, qf, setting.thin)
     size = split + dm.model.dim  # log kappa at the nodes, then u at the free dofs
     zeros = (jnp.zeros(NUM_CHAINS), jnp.zeros((NUM_CHAINS, size)), jnp.zeros((NUM_CHAINS, size)))
     t0 = time.perf_counter()
