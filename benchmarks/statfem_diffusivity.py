@@ -409,6 +409,9 @@ def main(argv=None) -> int:
     }
     stored = RESULTS / f"{args.out}.json"
     previous = json.loads(stored.read_text()) if stored.exists() and not args.quick else None
+    if previous is not None:
+        # grids not run now keep their stored rows
+        results["grids"].update(previous["grids"])
     rows = []
     for grid in grids:
         dm, case = make_case(grid, jax.random.fold_in(key, grid))
