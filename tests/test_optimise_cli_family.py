@@ -26,3 +26,10 @@ def test_family_trains_saves_applies_and_reloads(tmp_path, capsys):
     wrong = ["optimise", "--family", "quadratic", "--dim", "3", "--quiet", *load]
     assert main([*wrong, "--out", str(tmp_path / "w")]) == 2
     assert "trained on d=2" in capsys.readouterr().err
+    # a saved optimiser of another family; an odd dimension for source placement (x, y per source)
+    other = ["optimise", "--family", "poisson-sources", "--dim", "2", "--quiet", *load]
+    assert main([*other, "--out", str(tmp_path / "o")]) == 2
+    assert "trained on the quadratic family" in capsys.readouterr().err
+    odd = ["optimise", "--family", "poisson-sources", "--dim", "3", "--quiet"]
+    assert main([*odd, "--out", str(tmp_path / "odd")]) == 2
+    assert "must be even" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from ._diffusion import DiffusionOptimiserState as DiffusionOptimiserState
 from ._diffusion import diffusion_optimiser as diffusion_optimiser
 from ._family import Family as Family
 from ._family import QuadraticTask as QuadraticTask
+from ._family import instances_family as instances_family
 from ._family import quadratic_family as quadratic_family
 from ._family import stack_tasks as stack_tasks
 from ._functions import TEST_FUNCTIONS as TEST_FUNCTIONS
@@ -49,3 +50,5 @@ from ._lstm import apply_lstm as apply_lstm
 from ._lstm import train_lstm as train_lstm
 from ._minimise import OptimiseResult as OptimiseResult
 from ._minimise import minimise as minimise
+from ._pde_family import SourceTask as SourceTask
+from ._pde_family import poisson_source_family as poisson_source_family

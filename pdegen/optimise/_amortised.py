@@ -124,7 +124,8 @@ class AmortisedOptimiser(NamedTuple):
 
     A trained task-conditioned sampler: ``model`` (a :class:`pdegen.models.ControlledDiffusion`
     whose network is a :class:`TaskControl`), the final ``temperature``, the family's
-    ``dim``, ``training_evaluations`` and ``training_seconds``, and the training ``losses``."""
+    ``dim``, ``training_evaluations`` and ``training_seconds``, the training ``losses`` and the
+    ``family`` it was trained on (its name)."""
 
     model: Any
     temperature: float
@@ -134,6 +135,7 @@ class AmortisedOptimiser(NamedTuple):
     losses: np.ndarray
     num_steps: int = 16
     settings: dict | None = None
+    family: str | None = None
 
 
 def _build_model(
@@ -270,6 +272,7 @@ def train_amortised(
         np.asarray(losses),
         num_steps,
         settings,
+        family.name,
     )
 
 
@@ -286,6 +289,7 @@ def save_amortised(path, amortised: AmortisedOptimiser) -> None:
         str(path) + ".json",
         {
             "dim": amortised.dim,
+            "family": amortised.family,
             "num_features": int(amortised.model.network.features.shape[0]),
             "temperature": amortised.temperature,
             "training_evaluations": amortised.training_evaluations,
@@ -318,6 +322,7 @@ def load_amortised(path) -> AmortisedOptimiser:
         np.zeros(0),
         int(meta["settings"]["num_steps"]),
         meta["settings"],
+        meta.get("family"),
     )
 
 

@@ -14,6 +14,24 @@ import numpy as np
 from .._errors import NonFiniteError, UserError
 from .._io import atomic_path, check_output_dir, write_json_atomic
 
+FAMILIES = ("quadratic", "rastrigin", "poisson-sources")
+"""The families of ``pdegen optimise --family``."""
+
+
+def make_family(name: str, dim: int):
+    """The family ``name`` of :data:`FAMILIES` in dimension ``dim`` (imported on use: the CLI
+    starts without JAX)."""
+    from ._family import instances_family, quadratic_family
+    from ._pde_family import poisson_source_family
+
+    build = {
+        "quadratic": lambda: quadratic_family(dim),
+        "rastrigin": lambda: instances_family("rastrigin", dim),
+        "poisson-sources": lambda: poisson_source_family(dim // 2),
+    }
+    return build[name]()
+
+
 __all__ = ["register", "run"]
 
 
@@ -58,11 +76,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--family",
-        choices=["quadratic"],
-        help="learning to learn: train an amortised diffusion optimiser on this family (the "
-        "quadratic family ||W x - y||^2 of dimension --dim), save it to OUT/amortised.eqx and "
-        "apply it to the family member drawn by --seed (no further training); --function, "
-        "--method and --budget do not apply",
+        choices=FAMILIES,
+        help="learning to learn: train an amortised diffusion optimiser on this family, save it "
+        "to OUT/amortised.eqx and apply it to the family member drawn by --seed (no further "
+        "training). quadratic: ||W x - y||^2 of dimension --dim; rastrigin: rotated-shifted "
+        "Rastrigin instances of dimension --dim; poisson-sources: place --dim / 2 heat sources "
+        "so that the Poisson solution matches a target field (--dim even). --function, --method "
+        "and --budget do not apply",
     )
     p.add_argument(
         "--train-iterations", type=int, default=1000, help="with --family (default 1000)"
@@ -261,6 +281,10 @@ def run_family(args) -> int:
     member, print and plot its runtime-to-target curve."""
     if args.dim < 1:
         raise UserError(f"--dim must be >= 1, got {args.dim}")
+    if args.family == "poisson-sources" and args.dim % 2:
+        raise UserError(
+            f"--family poisson-sources: --dim must be even (x, y per source), got {args.dim}"
+        )
     if args.train_iterations < 4 and not args.load:
         raise UserError(
             f"--train-iterations must be >= 4 (one per temperature), got {args.train_iterations}"
@@ -280,15 +304,18 @@ def run_family(args) -> int:
 
     from ._amortised import apply_amortised, load_amortised, save_amortised, train_amortised
     from ._benchmark import TARGETS, runtimes_to_targets
-    from ._family import quadratic_family
 
     jax.config.update("jax_enable_x64", True)
-    family = quadratic_family(args.dim)
+    family = make_family(args.family, args.dim)
     if args.load:
         amortised = load_amortised(args.load)
         if amortised.dim != family.dim:
             raise UserError(
                 f"--load {args.load}: trained on d={amortised.dim}, but --dim is {args.dim}"
+            )
+        if amortised.family is not None and amortised.family != family.name:
+            raise UserError(
+                f"--load {args.load}: trained on the {amortised.family} family, not {family.name}"
             )
         print(f"pdegen optimise: loaded {args.load} (trained on {family.name} d={amortised.dim})")
     else:

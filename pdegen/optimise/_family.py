@@ -13,6 +13,7 @@ import jax.random as jr
 import numpy as np
 
 from ._box import default_dtype
+from ._instances import instance_family, sample_instances
 
 
 class Family(NamedTuple):
@@ -110,3 +111,30 @@ def stack_tasks(family: Family, tasks) -> object:
                 f"shapes {reference}, member {i} has {shapes}"
             )
     return jax.tree.map(lambda *a: jnp.stack(a), *tasks)
+
+
+def instances_family(name: str, dim: int, *, kind: str = "rotated-shifted") -> Family:
+    """Random instances of a test function as a family (a multimodal family for learning to learn).
+
+    The members are the BBOB-style instances of :func:`pdegen.optimise.instance_family`
+    (``f(R (x - s) + x*)`` with a Haar rotation ``R``, identity for ``kind="separable"``, and a
+    shift ``s`` in the middle 80% of the box); features: the rotation's entries and the shift
+    scaled to ``[-1, 1]``; every member's minimum is the test function's."""
+    inst = instance_family(name, dim, kind=kind)
+    centre = 0.5 * (np.asarray(inst.lower) + np.asarray(inst.upper))
+    half = 0.5 * (np.asarray(inst.upper) - np.asarray(inst.lower))
+
+    def sample(key, n):
+        return sample_instances(inst, n, key=key)
+
+    def features(task):
+        shift = (task.shift - jnp.asarray(centre, task.shift.dtype)) / jnp.asarray(
+            half, task.shift.dtype
+        )
+        return jnp.concatenate([task.rotation.ravel(), shift])
+
+    def minimum(task) -> float:
+        return float(inst.minimum)
+
+    label = name if kind == "rotated-shifted" else f"{name}-{kind}"
+    return Family(label, int(dim), inst.fn, inst.lower, inst.upper, sample, features, minimum)
