@@ -58,11 +58,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import machine_info, write_results  # noqa: E402
+from _reference import long_run_reference  # noqa: E402
 from _tolerance import add_speedups, tolerance_row, tolerance_table  # noqa: E402
 from jax import lax  # noqa: E402
 
 from pdegen import mcmc  # noqa: E402
-from pdegen._io import atomic_path  # noqa: E402
 from pdegen.fem import statfem  # noqa: E402
 
 
@@ -264,96 +264,26 @@ def run_sampler(name, dm, y, ref, budget_s, key, max_blocks=400):
     return {**out, "budget_s": budget_s, **info}
 
 
-def _traced(size):
-    """The coordinates whose chains give the reference's ESS and R-hat (about 256, evenly
-    spaced over log kappa and u: all of them would not fit in memory at 64x64)."""
-    return np.arange(0, size, max(1, size // 256))
-
-
-def reference(dm, y, grid, key, num_steps, store=True, segment=1000):
+def reference(dm, y, grid, key, num_steps, store=True):
     """Long runs of pCN around the collapsed Laplace approximation (exact in the limit), ``u``
-    drawn exactly given every ``REFERENCE_THIN``-th state; moments accumulated, ESS and R-hat on
-    the coordinates of :func:`_traced`. Stored once and reused; resumable: after every ``segment``
-    steps the chains' state and sums go to ``..._reference_<grid>.partial.npz``, which a rerun
-    continues (``store=False``: a short run for ``--quick``, neither read nor written)."""
+    drawn exactly given every ``REFERENCE_THIN``-th state (:func:`_reference.long_run_reference`:
+    stored once, resumable, extendable; ``store=False``: a short run for ``--quick``)."""
     path = RESULTS / f"statfem_diffusivity_reference_{grid}.npz"
-    if store and path.exists():
-        ref = np.load(path)
-        return {k: ref[k] for k in ref.files}, path
-    partial = path.with_name(path.stem + ".partial.npz")
-    t0 = time.perf_counter()
-    energy, la, _ = collapsed_laplace(dm, y)  # deterministic: recomputed on resume
-    kernel = mcmc.laplace_pcn(energy, la)
-    q = jax.jit(jax.vmap(jax.vmap(quantity(dm, "collapsed", y))))
-    size = dm.model.structure.ndofs + dm.model.dim
-    traced = _traced(size)
-    C = REFERENCE_CHAINS
-    if store and partial.exists():
-        st = dict(np.load(partial))
-        print(f"resuming the reference at step {int(st['done'])} of {num_steps}", flush=True)
-    else:
-        keys = jax.random.split(jax.random.fold_in(key, 2), C)
-        st = dict(
-            done=np.asarray(0),
-            x=np.asarray(jnp.stack([la.sample(key=k) for k in keys])),
-            s1=np.zeros((C, size)),
-            s2=np.zeros((C, size)),
-            count=np.asarray(0),
-            trace=np.zeros((C, 0, traced.size), np.float32),
-            acceptance=np.zeros(C),
-            seconds=np.asarray(0.0),
-        )
-    while int(st["done"]) < num_steps:
-        t_seg = time.perf_counter()
-        i = int(st["done"])
-        n = min(segment, num_steps - i)
-        res = statfem.run_chains(
-            kernel,
-            jnp.asarray(st["x"]),
-            n,
-            200 if i == 0 else 0,
-            key=jax.random.fold_in(key, 3 + i),
-            thin=REFERENCE_THIN,
-            progress=True,
-        )
-        V = res.samples
-        for j in range(0, V.shape[1], 50):
-            ks = jax.random.split(
-                jax.random.fold_in(key, 10**6 + i + j), V[:, j : j + 50].shape[:2]
-            )
-            s = np.asarray(q(V[:, j : j + 50], ks))
-            st["s1"] = st["s1"] + s.sum(axis=1)
-            st["s2"] = st["s2"] + (s**2).sum(axis=1)
-            st["trace"] = np.concatenate([st["trace"], s[:, :, traced].astype(np.float32)], axis=1)
-        st["count"] = np.asarray(int(st["count"]) + V.shape[1])
-        st["acceptance"] = st["acceptance"] + n * np.asarray(res.acceptance_rate)
-        st["x"] = np.asarray(res.state.position)
-        st["done"] = np.asarray(i + n)
-        st["seconds"] = np.asarray(float(st["seconds"]) + time.perf_counter() - t_seg)
-        if store:
-            with atomic_path(partial) as tmp:
-                np.savez(tmp, **st)
-    n_all = C * int(st["count"])
-    mean = st["s1"].sum(axis=0) / n_all
-    trace = jnp.asarray(st["trace"], jnp.float64)
-    ref = {
-        "mean": mean,
-        "variance": st["s2"].sum(axis=0) / n_all - mean**2,
-        "ess": np.asarray(statfem.chain_ess(trace)),
-        "rhat": np.asarray(statfem.rhat(trace)),
-        "traced": traced,
-        "num_steps": np.asarray(num_steps),
-        "chains": np.asarray(C),
-        "seconds": np.asarray(float(st["seconds"]) + time.perf_counter() - t0),
-        "acceptance": st["acceptance"] / num_steps,
-        "sampler": np.asarray("pcn-laplace-collapsed"),
-        "thin": np.asarray(REFERENCE_THIN),
-    }
-    if store:
-        with atomic_path(path) as tmp:
-            np.savez_compressed(tmp, **ref)
-        partial.unlink(missing_ok=True)
-    return ref, path
+
+    def build():  # deterministic: recomputed on resume
+        energy, la, _ = collapsed_laplace(dm, y)
+        keys = jax.random.split(jax.random.fold_in(key, 2), REFERENCE_CHAINS)
+        return mcmc.laplace_pcn(energy, la), jnp.stack([la.sample(key=k) for k in keys])
+
+    return long_run_reference(
+        build,
+        num_steps,
+        key=jax.random.fold_in(key, 3),
+        path=path,
+        quantity=jax.jit(jax.vmap(jax.vmap(quantity(dm, "collapsed", y)))),
+        thin=REFERENCE_THIN,
+        store=store,
+    )
 
 
 def print_stored(name: str) -> int:

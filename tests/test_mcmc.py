@@ -50,6 +50,24 @@ def test_mala_chains_match_the_gaussian_and_pass_the_diagnostics(preconditioned,
     assert abs(float(jnp.mean(res.acceptance_rate)) - 0.574) < 0.1
 
 
+def test_chains_continue_at_their_adapted_step_size(getkey):
+    kernel = mcmc.mala(energy, 0.01)  # far from the adapted step
+    x0 = jax.random.normal(getkey(), (3, 3))
+    first = mcmc.run_chains(kernel, x0, 200, 300, key=getkey())
+    assert np.all(np.asarray(first.step_size) > 0.1)
+    more = mcmc.run_chains(
+        kernel, first.state.position, 200, key=getkey(), step_size=first.step_size
+    )
+    np.testing.assert_allclose(more.step_size, first.step_size)  # no warm-up: kept as given
+    assert abs(float(jnp.mean(more.acceptance_rate)) - 0.574) < 0.15
+    np.testing.assert_allclose(
+        mcmc.run_chains(kernel, x0, 10, key=getkey(), step_size=0.2).step_size, 0.2
+    )
+    for bad in (-1.0, jnp.ones(2), float("nan")):
+        with pytest.raises(ValueError, match="step_size"):
+            mcmc.run_chains(kernel, x0, 10, key=getkey(), step_size=bad)
+
+
 def test_rhat_flags_chains_that_disagree(getkey):
     z = jax.random.normal(getkey(), (4, 2000, 2))
     assert np.all(np.abs(np.asarray(mcmc.rhat(z)) - 1.0) < 0.01)

@@ -650,6 +650,7 @@ def run_chains(
     trace_fn: Callable | None = None,
     progress: bool = False,
     block_size: int = 250,
+    step_size=None,
 ) -> ChainResult:
     """Run ``x0.shape[0]`` independent chains with ``vmap`` (fields get a leading chain axis).
 
@@ -657,6 +658,9 @@ def run_chains(
     ``thin``; one compilation per kernel, reused across calls), so a tqdm bar can show progress
     (``progress=True``). Same algorithm as :func:`run_chain`.
     Pool the chains with :func:`pool_chains`. ``key`` (keyword-only) is the PRNG key of the run.
+    ``step_size`` (a scalar or one per chain) replaces the kernel's initial step size: to continue
+    chains from ``result.state.position`` at ``result.step_size`` of an earlier run (a long run
+    in resumable pieces) without a second warm-up.
     A chain whose state becomes NaN / inf stops the run at the end of its block with
     :class:`pdegen._errors.NonFiniteError` (a diverged sampler never returns NaN moments).
     """
@@ -674,7 +678,16 @@ def run_chains(
     fn = _block_function(
         kernel, target, thin, block, trace_fn, target is not None and num_warmup > 0
     )
-    state, da, mom = _init_chains(kernel, x0)
+    if step_size is not None:
+        h = jnp.asarray(step_size, x0.dtype)
+        if h.shape not in ((), (C,)) or not bool(jnp.all(jnp.isfinite(h) & (h > 0))):
+            raise ValueError(
+                f"run_chains: step_size must be positive and finite, a scalar or one per chain "
+                f"({C}), got shape {h.shape}"
+            )
+        state, da, mom = _init_chains_at(kernel, x0, jnp.broadcast_to(h, (C,)))
+    else:
+        state, da, mom = _init_chains(kernel, x0)
     _check_finite("run_chains", kernel, state, 0)
     bar = None
     if progress:
@@ -714,6 +727,14 @@ def run_chains(
 @functools.partial(jax.jit, static_argnums=0)
 def _init_chains(kernel, x0):
     state = jax.vmap(kernel.init)(x0)
+    da = jax.vmap(dual_averaging_init)(state.step_size)
+    return state, da, jax.vmap(_moments_init)(state.position)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_chains_at(kernel, x0, step_size):
+    state = jax.vmap(kernel.init)(x0)
+    state = state._replace(step_size=step_size.astype(state.step_size.dtype))
     da = jax.vmap(dual_averaging_init)(state.step_size)
     return state, da, jax.vmap(_moments_init)(state.position)
 

@@ -1,0 +1,45 @@
+"""benchmarks/_reference.py: long-run MCMC references run in segments; an extended or resumed
+run equals one uninterrupted run, and a stored reference is reused without running anything."""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from _reference import long_run_reference  # noqa: E402
+
+from pdegen import mcmc  # noqa: E402
+
+PREC = jnp.array([[2.0, 0.3], [0.3, 1.0]])
+
+
+def _build():
+    kernel = mcmc.mala(lambda x: 0.5 * x @ PREC @ x, 0.05)
+    return kernel, jax.random.normal(jax.random.key(0), (3, 2))
+
+
+def test_extended_reference_equals_one_run_and_stored_ones_are_reused(tmp_path):
+    opts = dict(key=jax.random.key(1), segment=100, thin=2, warmup=100)
+    whole, _ = long_run_reference(_build, 400, path=tmp_path / "a.npz", **opts)
+    long_run_reference(_build, 200, path=tmp_path / "b.npz", **opts)
+    extended, _ = long_run_reference(_build, 400, path=tmp_path / "b.npz", **opts)
+    assert int(extended["num_steps"]) == 400
+    np.testing.assert_array_equal(whole["mean"], extended["mean"])
+    np.testing.assert_array_equal(whole["variance"], extended["variance"])
+    # the moments are those of the target (exact kernel), within 5 standard errors
+    cov = np.linalg.inv(np.asarray(PREC))
+    se = np.sqrt(np.diagonal(cov) / whole["ess"])
+    np.testing.assert_array_less(np.abs(whole["mean"]), 5 * se)
+
+    def fail():
+        raise AssertionError("a stored reference must not run chains")
+
+    again, _ = long_run_reference(fail, 300, path=tmp_path / "b.npz", **opts)
+    np.testing.assert_array_equal(again["mean"], extended["mean"])
+    with pytest.raises(ValueError, match="multiples of thin"):
+        long_run_reference(_build, 301, path=tmp_path / "c.npz", **opts)
