@@ -30,6 +30,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from jax import lax
 
+from ._callback import host_call
 from ._sparse import SparseMatrix, SparsityPattern, result_dtype
 
 METHODS = ("auto", "direct", "cg", "bicgstab", "gmres")
@@ -326,7 +327,7 @@ def _host_solve_here(pattern, transpose, data, b):
 
 def _direct_solve(pattern, data, b, transpose):
     dtype = result_dtype(data.dtype, b.dtype)
-    return jax.pure_callback(
+    return host_call(
         functools.partial(_host_solve, pattern, transpose),
         jax.ShapeDtypeStruct(b.shape, dtype),
         data,

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .._assembly import DirichletBC, lumped_mass, mass
+from .._callback import host_call
 from .._solve import linear_solve, solver_errors
 from .._sparse import SparseMatrix, SparsityPattern, default_float_dtype
 
@@ -127,7 +128,7 @@ def _host_logdet_grad(pattern, data):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _logabsdet(pattern, data):
-    return jax.pure_callback(
+    return host_call(
         functools.partial(_host_logabsdet, pattern),
         jax.ShapeDtypeStruct(data.shape[:-1], data.dtype),
         data,
@@ -140,7 +141,7 @@ def _logabsdet_fwd(pattern, data):
 
 
 def _logabsdet_bwd(pattern, data, g):
-    grad = jax.pure_callback(
+    grad = host_call(
         functools.partial(_host_logdet_grad, pattern),
         jax.ShapeDtypeStruct(data.shape, data.dtype),
         data,

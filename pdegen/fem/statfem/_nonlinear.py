@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from ..._errors import ConvergenceError, UserError
 from ...mcmc import Preconditioner, low_rank_preconditioner
 from .._assembly import assemble_local, load, lumped_mass
+from .._callback import host_call
 from .._problems import Poisson
 from .._solve import linear_solve, solver_errors
 from .._sparse import SparseMatrix, SparsityPattern
@@ -379,13 +380,13 @@ def sparse_gaussian_preconditioner(Q) -> Preconditioner:
         return F.sample(flat).T.reshape(z.shape).astype(z.dtype)
 
     def apply(v):
-        return jax.pure_callback(
+        return host_call(
             _solve, jax.ShapeDtypeStruct(v.shape, v.dtype), v, vmap_method="broadcast_all"
         )
 
     def sample(*, key):
         z = jax.random.normal(key, (n,))
-        return jax.pure_callback(
+        return host_call(
             _draw, jax.ShapeDtypeStruct(z.shape, z.dtype), z, vmap_method="broadcast_all"
         )
 
