@@ -15,8 +15,9 @@ Families (``--families``):
   (P1, 17 x 17 nodes, :func:`pdegen.optimise.poisson_source_family`) matches a target field drawn
   per member; relative squared misfit, minimum 0; features: the target on every other node.
 
-Methods: the amortised diffusion optimiser (a DDS sampler conditioned on the task's features,
-trained once per family, then sampling + polish on each unseen task with no further training),
+Methods: the amortised diffusion optimisers (a DDS or a PIS sampler conditioned on the task's
+features, trained once per family, then sampling + polish on each unseen task with no further
+training),
 the coordinate-wise LSTM optimiser (trained on the same family), and per-instance DDS, IPOP-CMA-ES,
 Adam with restarts and random search with the same polish (``pdegen.optimise.minimise``; the
 last one tells how much of the amortised result is the polish's). Every family gets the same
@@ -106,7 +107,9 @@ def main(argv=None):
     p.add_argument("--amortised-iterations", type=int, default=1000)
     p.add_argument("--lstm-iterations", type=int, default=1000)
     p.add_argument(
-        "--methods", nargs="+", default=["amortised-dds", "lstm", "dds", "cmaes", "adam", "random"]
+        "--methods",
+        nargs="+",
+        default=["amortised-dds", "amortised-pis", "lstm", "dds", "cmaes", "adam", "random"],
     )
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
@@ -141,10 +144,11 @@ def run_family(family, args) -> list:
     rows = []
     for method in args.methods:
         t0 = time.perf_counter()
-        if method == "amortised-dds":
+        if method.startswith("amortised-"):
             am = train_amortised(
                 family,
                 key=jr.key(0),
+                method=method.split("-", 1)[1],
                 iterations=args.amortised_iterations,
                 tasks_per_iteration=4,
                 batch_size=8,
