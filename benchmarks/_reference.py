@@ -30,6 +30,22 @@ def traced_coordinates(size: int) -> np.ndarray:
     return np.arange(0, size, max(1, size // TRACED))
 
 
+def _check_data(stored: dict, data, path: Path) -> None:
+    if data is None:
+        return
+    if "data" not in stored:
+        print(f"{path.name}: made before references recorded their data; not checked", flush=True)
+        return
+    same = stored["data"].shape == np.shape(data) and np.allclose(
+        stored["data"], np.asarray(data), rtol=1e-8, atol=0.0
+    )
+    if not same:
+        raise ValueError(
+            f"{path.name} was made for other data than this run's case (the case drawn from the "
+            "same seed differs on this machine); rerun the reference here (delete the file)"
+        )
+
+
 def _identity(states, keys):
     return states
 
@@ -46,6 +62,7 @@ def long_run_reference(
     segment: int = 1000,
     store: bool = True,
     chunk: int = 50,
+    data=None,
 ) -> tuple[dict, Path]:
     """The reference of ``path``: stored, resumed, extended or run.
 
@@ -55,7 +72,10 @@ def long_run_reference(
     steps of step-size adaptation (first segment only; later segments continue at the adapted
     step); every ``thin``-th state enters the moments of ``quantity(states, keys)`` (states
     ``(C, n, d)``, one PRNG key per state, e.g. for an exact draw of a conditioned field; default:
-    the states). ``store=False``: a short run, neither read nor written."""
+    the states). ``store=False``: a short run, neither read nor written. ``data``: the data the
+    posterior is conditioned on, stored with the reference; a stored reference made for other
+    data is an error, not a silent comparison with another posterior (a case drawn from the same
+    seed can differ between machines, e.g. with the number of usable cores)."""
     if num_steps % thin or segment % thin:
         raise ValueError(
             f"num_steps ({num_steps}) and segment ({segment}) must be multiples of thin ({thin})"
@@ -64,6 +84,7 @@ def long_run_reference(
     partial = path.with_name(path.stem + ".partial.npz")
     if store and path.exists():
         ref = dict(np.load(path))
+        _check_data(ref, data, path)
         if int(ref["num_steps"]) >= num_steps:
             return ref, path
         if not partial.exists():
@@ -80,6 +101,7 @@ def long_run_reference(
     C = int(x0.shape[0])
     if store and partial.exists():
         st = dict(np.load(partial))
+        _check_data(st, data, partial)
         st["seconds"] = np.asarray(float(st["seconds"]) + setup_seconds)
         print(f"{path.name}: continuing at step {int(st['done'])} of {num_steps}", flush=True)
     else:
@@ -96,6 +118,8 @@ def long_run_reference(
             acceptance=np.zeros(C),
             seconds=np.asarray(float(setup_seconds)),
         )
+        if data is not None:
+            st["data"] = np.asarray(data)
     traced = st["traced"]
     while int(st["done"]) < num_steps:
         t0 = time.perf_counter()
@@ -145,6 +169,8 @@ def long_run_reference(
         "acceptance": st["acceptance"] / max(int(st["done"]), 1),
         "sampler": np.asarray(kernel.name),
     }
+    if "data" in st:
+        ref["data"] = st["data"]
     if store:
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, **ref)

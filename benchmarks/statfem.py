@@ -482,7 +482,13 @@ def nonlinear_reference(model, y, grid, key, num_steps):
         return kernel, jnp.stack([model.sample_prior(key=k) for k in keys])
 
     return long_run_reference(
-        build, num_steps, key=jax.random.fold_in(key, 2), path=path, thin=10, warmup=1000
+        build,
+        num_steps,
+        key=jax.random.fold_in(key, 2),
+        path=path,
+        thin=10,
+        warmup=1000,
+        data=np.asarray(y),
     )
 
 

@@ -283,6 +283,7 @@ def reference(dm, y, grid, key, num_steps, store=True):
         quantity=jax.jit(jax.vmap(jax.vmap(quantity(dm, "collapsed", y)))),
         thin=REFERENCE_THIN,
         store=store,
+        data=np.asarray(y),
     )
 
 

@@ -41,5 +41,11 @@ def test_extended_reference_equals_one_run_and_stored_ones_are_reused(tmp_path):
 
     again, _ = long_run_reference(fail, 300, path=tmp_path / "b.npz", **opts)
     np.testing.assert_array_equal(again["mean"], extended["mean"])
+    # a reference records the data it was made for; other data are an error
+    y = np.array([1.0, 2.0])
+    long_run_reference(_build, 200, path=tmp_path / "d.npz", data=y, **opts)
+    long_run_reference(fail, 200, path=tmp_path / "d.npz", data=y, **opts)
+    with pytest.raises(ValueError, match="other data"):
+        long_run_reference(fail, 200, path=tmp_path / "d.npz", data=y + 1e-3, **opts)
     with pytest.raises(ValueError, match="multiples of thin"):
         long_run_reference(_build, 301, path=tmp_path / "c.npz", **opts)
