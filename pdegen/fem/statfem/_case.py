@@ -57,9 +57,12 @@ def sample_w(
     if n <= dense_limit:
         pts = jnp.asarray(space.dof_coordinates)
         K = kernel_matrix(pts, pts, sigma=sigma, length=length)
-        # eigen-square-root: the squared-exponential matrix is numerically rank deficient
+        # the symmetric square root K^(1/2) (the squared-exponential matrix is numerically rank
+        # deficient, so no Cholesky factor): unlike V sqrt(L), which depends on the eigensolver's
+        # choice of basis within (nearly) repeated eigenvalues, it is unique, so a seed gives the
+        # same field on every machine (V sqrt(L) changed with the number of usable cores)
         evals, evecs = jnp.linalg.eigh(K)
-        root = evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]
+        root = (evecs * jnp.sqrt(jnp.maximum(evals, 0.0))[None, :]) @ evecs.T
         return root @ jax.random.normal(key, (n,), K.dtype)
     return matern_field(space, key=key, length_scale=length, sigma=sigma)
 
