@@ -1,35 +1,12 @@
-"""Strict test environment: float64, strict dtype promotion, no implicit rank promotion.
-
-Compiled programs are shared through JAX's persistent compilation cache in a directory made for
-the session (``PDEGEN_TEST_JAX_CACHE=0`` turns it off): the xdist workers, the tutorials' kernels
-and the command-line tests' subprocesses inherit it, so a program compiled once (e.g. a shipped
-prior's sampler, used by several test modules and tutorials) is loaded from disk afterwards
-instead of being compiled again in every process and after every module's cache release."""
+"""Strict test environment: float64, strict dtype promotion, no implicit rank promotion."""
 
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import jax  # noqa: E402
-import jax.random as jr  # noqa: E402
-import pytest  # noqa: E402
-
-_CACHE_OWNER = False
-if os.environ.get("PDEGEN_TEST_JAX_CACHE", "1") != "0" and not os.environ.get(
-    "JAX_COMPILATION_CACHE_DIR"
-):
-    # the environment for the children (xdist workers, kernels, subprocesses), the config for us
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pdegen-jax-cache-")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
-    _CACHE_OWNER = True
-if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-    jax.config.update(
-        "jax_persistent_cache_min_compile_time_secs",
-        float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")),
-    )
+import jax
+import jax.random as jr
+import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -72,8 +49,3 @@ def _release_compiled_code():
     (``vm.max_map_count``, 65530 by default) and crash."""
     yield
     jax.clear_caches()
-
-
-def pytest_unconfigure(config):
-    if _CACHE_OWNER:  # the process that made the directory (the xdist controller) removes it
-        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
