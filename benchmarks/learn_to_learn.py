@@ -131,7 +131,7 @@ def main(argv=None):
         rows += run_family(family, args)
         write_json_atomic(
             args.out,
-            {"target_gap": TARGET, "quick": args.quick, "rows": stored + rows},
+            {"target_gap": TARGET, "dim": args.dim, "quick": args.quick, "rows": stored + rows},
         )
     return 0
 
