@@ -679,15 +679,16 @@ def run_chains(
         kernel, target, thin, block, trace_fn, target is not None and num_warmup > 0
     )
     if step_size is not None:
-        h = jnp.asarray(step_size, x0.dtype)
-        if h.shape not in ((), (C,)) or not bool(jnp.all(jnp.isfinite(h) & (h > 0))):
+        step_size = jnp.asarray(step_size, x0.dtype)
+        if step_size.shape not in ((), (C,)) or not bool(
+            jnp.all(jnp.isfinite(step_size) & (step_size > 0))
+        ):
             raise ValueError(
                 f"run_chains: step_size must be positive and finite, a scalar or one per chain "
-                f"({C}), got shape {h.shape}"
+                f"({C}), got shape {step_size.shape}"
             )
-        state, da, mom = _init_chains_at(kernel, x0, jnp.broadcast_to(h, (C,)))
-    else:
-        state, da, mom = _init_chains(kernel, x0)
+        step_size = jnp.broadcast_to(step_size, (C,))
+    state, da, mom = _init_chains(kernel, x0, step_size)
     _check_finite("run_chains", kernel, state, 0)
     bar = None
     if progress:
@@ -725,16 +726,11 @@ def run_chains(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init_chains(kernel, x0):
+def _init_chains(kernel, x0, step_size=None):
+    """The chains' initial states (``step_size``: one per chain in place of the kernel's)."""
     state = jax.vmap(kernel.init)(x0)
-    da = jax.vmap(dual_averaging_init)(state.step_size)
-    return state, da, jax.vmap(_moments_init)(state.position)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init_chains_at(kernel, x0, step_size):
-    state = jax.vmap(kernel.init)(x0)
-    state = state._replace(step_size=step_size.astype(state.step_size.dtype))
+    if step_size is not None:
+        state = state._replace(step_size=step_size.astype(state.step_size.dtype))
     da = jax.vmap(dual_averaging_init)(state.step_size)
     return state, da, jax.vmap(_moments_init)(state.position)
 
