@@ -105,16 +105,19 @@ def long_run_reference(
         st["seconds"] = np.asarray(float(st["seconds"]) + setup_seconds)
         print(f"{path.name}: continuing at step {int(st['done'])} of {num_steps}", flush=True)
     else:
-        size = int(quantity(jnp.asarray(x0)[:, None], jax.random.split(key, (C, 1))).shape[-1])
+        # the quantity's size from its shape alone (no solve, no draw)
+        one = jax.eval_shape(quantity, jnp.asarray(x0)[:, None], jax.random.split(key, (C, 1)))
+        size = int(one.shape[-1])
+        traced = traced_coordinates(size)
         st = dict(
             done=np.asarray(0),
             x=np.asarray(x0),
             step_size=np.full(C, np.nan),
-            traced=traced_coordinates(size),
+            traced=traced,
             s1=np.zeros((C, size)),
             s2=np.zeros((C, size)),
             count=np.asarray(0),
-            trace=np.zeros((C, 0, traced_coordinates(size).size), np.float32),
+            trace=np.zeros((C, 0, traced.size), np.float32),
             acceptance=np.zeros(C),
             seconds=np.asarray(float(setup_seconds)),
         )
