@@ -45,12 +45,11 @@ import numpy as np
 
 from pdegen._io import write_json_atomic
 from pdegen.optimise import (
+    FAMILY_NAMES,
     apply_amortised,
     apply_lstm,
-    instances_family,
+    make_family,
     minimise,
-    poisson_source_family,
-    quadratic_family,
     runtimes_to_targets,
     train_amortised,
     train_lstm,
@@ -60,13 +59,6 @@ jax.config.update("jax_enable_x64", True)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "learn_to_learn.json")
-
-
-FAMILIES = {
-    "quadratic": lambda args: quadratic_family(args.dim),
-    "rastrigin": lambda args: instances_family("rastrigin", args.dim),
-    "poisson-sources": lambda args: poisson_source_family(args.sources),
-}
 
 
 def _summary(family_name, method, evals, best_values, minima, seconds, used, train_evals, train_s):
@@ -98,7 +90,7 @@ def main(argv=None):
     global TARGET
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), choices=FAMILY_NAMES)
     p.add_argument("--dim", type=int, default=10, help="quadratic and rastrigin")
     p.add_argument("--sources", type=int, default=3, help="poisson-sources: number of sources")
     p.add_argument("--tasks", type=int, default=20)
@@ -126,7 +118,8 @@ def main(argv=None):
             stored = previous["rows"]
     rows = []
     for name in args.families:
-        family = FAMILIES[name](args)
+        dim = 2 * args.sources if name == "poisson-sources" else args.dim
+        family = make_family(name, dim)
         stored = [r for r in stored if r["family"] != family.name]
         rows += run_family(family, args)
         write_json_atomic(

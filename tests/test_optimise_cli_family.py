@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from pdegen.cli import main
+from pdegen.optimise import FAMILY_NAMES, make_family
+from pdegen.optimise._cli import FAMILIES
 
 
 def test_family_trains_saves_applies_and_reloads(tmp_path, capsys):
@@ -33,3 +37,12 @@ def test_family_trains_saves_applies_and_reloads(tmp_path, capsys):
     odd = ["optimise", "--family", "poisson-sources", "--dim", "3", "--quiet"]
     assert main([*odd, "--out", str(tmp_path / "odd")]) == 2
     assert "must be even" in capsys.readouterr().err
+
+
+def test_the_cli_offers_every_family_and_make_family_checks_its_input():
+    assert FAMILIES == FAMILY_NAMES
+    assert make_family("poisson-sources", 4).dim == 4
+    with pytest.raises(ValueError, match="expected one of"):
+        make_family("nope", 2)
+    with pytest.raises(ValueError, match="even"):
+        make_family("poisson-sources", 3)

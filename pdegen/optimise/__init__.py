@@ -23,9 +23,11 @@ from ._diffusion import DiffusionOptimiser as DiffusionOptimiser
 from ._diffusion import DiffusionOptimiserInfo as DiffusionOptimiserInfo
 from ._diffusion import DiffusionOptimiserState as DiffusionOptimiserState
 from ._diffusion import diffusion_optimiser as diffusion_optimiser
+from ._family import FAMILY_NAMES as FAMILY_NAMES
 from ._family import Family as Family
 from ._family import QuadraticTask as QuadraticTask
 from ._family import instances_family as instances_family
+from ._family import make_family as make_family
 from ._family import quadratic_family as quadratic_family
 from ._family import stack_tasks as stack_tasks
 from ._functions import TEST_FUNCTIONS as TEST_FUNCTIONS

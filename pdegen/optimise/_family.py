@@ -138,3 +138,27 @@ def instances_family(name: str, dim: int, *, kind: str = "rotated-shifted") -> F
 
     label = name if kind == "rotated-shifted" else f"{name}-{kind}"
     return Family(label, int(dim), inst.fn, inst.lower, inst.upper, sample, features, minimum)
+
+
+FAMILY_NAMES = ("quadratic", "rastrigin", "poisson-sources")
+"""The built-in families of :func:`make_family`."""
+
+
+def make_family(name: str, dim: int) -> Family:
+    """A built-in family by name: ``"quadratic"``, ``"rastrigin"`` or ``"poisson-sources"``.
+
+    ``dim`` is the design dimension (``poisson-sources``: two per source, so even)."""
+    from ._pde_family import poisson_source_family
+
+    build = {
+        "quadratic": lambda: quadratic_family(dim),
+        "rastrigin": lambda: instances_family("rastrigin", dim),
+        "poisson-sources": lambda: poisson_source_family(dim // 2),
+    }
+    if name not in FAMILY_NAMES:
+        raise ValueError(f"make_family(name=...): expected one of {FAMILY_NAMES}, got {name!r}")
+    if name == "poisson-sources" and dim % 2:
+        raise ValueError(
+            f"make_family: poisson-sources needs an even dim (x, y per source), got {dim}"
+        )
+    return build[name]()
