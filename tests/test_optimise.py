@@ -117,7 +117,8 @@ def test_polish_converges_one_basin_and_counts_its_evaluations():
 
 
 @pytest.mark.parametrize(
-    "method", [pytest.param("pis", marks=pytest.mark.slow), "adam", "langevin", "random", "cmaes"]
+    "method",
+    [pytest.param("pis", marks=pytest.mark.slow), "adam", "lbfgs", "langevin", "random", "cmaes"],
 )
 def test_other_methods_run_within_budget(method):
     prob = test_function("styblinski_tang", 2)

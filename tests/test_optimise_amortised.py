@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pdegen.optimise import (
+    AdamPolish,
     AmortisedOptimiser,
     LSTMOptimiser,
     QuadraticTask,
@@ -105,7 +106,9 @@ def test_amortised_reaches_the_gap_in_fewer_evaluations_than_per_instance_traini
     )
     tasks = family.sample(jr.key(99), 8)
     minima = np.array([family.minimum(jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(8)])
-    amortised = apply_amortised(am, family, tasks, key=jr.key(1), num_samples=16, refine_steps=80)
+    amortised = apply_amortised(
+        am, family, tasks, key=jr.key(1), num_samples=16, polish=AdamPolish(steps=80)
+    )
     per_instance = minimise(
         family.fn,
         family.domain,

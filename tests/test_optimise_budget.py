@@ -104,6 +104,7 @@ def test_budget_too_small_states_the_minimum(method):
         "random",
         "langevin",
         "adam",
+        "lbfgs",
         "cmaes",
         "coordinate",
     ],

@@ -9,6 +9,7 @@ import pytest
 
 from pdegen import fem
 from pdegen.optimise import (
+    AdamPolish,
     SourceTask,
     apply_amortised,
     instance_family,
@@ -92,6 +93,8 @@ def test_families_run_through_the_optimisers_and_the_amortised_training():
         depth=1,
     )
     assert am.family == family.name
-    out = apply_amortised(am, family, tasks, key=jr.key(3), num_samples=8, refine_steps=10)
+    out = apply_amortised(
+        am, family, tasks, key=jr.key(3), num_samples=8, polish=AdamPolish(steps=10)
+    )
     assert out.best_values.shape[0] == 2 and np.all(np.isfinite(out.best_values))
     assert isinstance(tasks, SourceTask)

@@ -46,6 +46,12 @@ from ._instances import InstanceFamily as InstanceFamily
 from ._instances import instance_family as instance_family
 from ._instances import random_rotation as random_rotation
 from ._instances import sample_instances as sample_instances
+from ._lbfgs import LBFGS as LBFGS
+from ._lbfgs import LBFGSState as LBFGSState
+from ._lbfgs import lbfgs as lbfgs
+from ._lbfgs import run_lbfgs as run_lbfgs
+from ._local import AdamPolish as AdamPolish
+from ._local import LBFGSPolish as LBFGSPolish
 from ._lstm import CoordinatewiseLSTM as CoordinatewiseLSTM
 from ._lstm import LSTMOptimiser as LSTMOptimiser
 from ._lstm import apply_lstm as apply_lstm

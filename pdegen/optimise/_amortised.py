@@ -24,9 +24,10 @@ from .. import models
 from ._best import best_init, best_update
 from ._box import default_dtype, make_box, objective_z, wall
 from ._family import Family
-from ._polish import polish_appended, polish_evaluations, polish_plan
+from ._local import AdamPolish, LBFGSPolish
 
 _PARAM_DTYPE = jnp.float32
+DEFAULT_POLISH = AdamPolish(steps=20)  # immutable: safe as a default argument
 
 
 def _time_features(t, num_frequencies: int = 4):
@@ -346,14 +347,15 @@ def apply_amortised(
     *,
     key,
     num_samples: int = 32,
-    refine_steps: int = 20,
-    refine_learning_rate: float = 2e-2,
+    polish: AdamPolish | LBFGSPolish | None = DEFAULT_POLISH,
 ) -> AmortisedResult:
     """Apply a trained amortised optimiser to new tasks.
 
     Samples ``num_samples`` points per task from the trained sampler at its final
     temperature (one value each, and a gradient per path step when gradient-informed), then
-    polishes the 8 best (``refine_steps``; counted)."""
+    runs the local search ``polish`` from the best of them (:class:`AdamPolish`: successive
+    halving from the 8 best; :class:`LBFGSPolish`: projected L-BFGS from the best; ``None``:
+    none), every evaluation counted."""
     if family.dim != amortised.dim:
         raise ValueError(
             f"apply_amortised(family=...): the optimiser was trained on d={amortised.dim}, "
@@ -362,7 +364,6 @@ def apply_amortised(
     box = make_box(family.domain, caller="apply_amortised")
     fz = objective_z(family.fn, box)
     n = jax.tree.leaves(tasks)[0].shape[0]
-    plan = polish_plan(8, refine_steps)
     temperature = amortised.temperature
 
     def one(task, k):
@@ -373,13 +374,9 @@ def apply_amortised(
         z, _ = models.sample_controlled(sampler, log_density, num_samples, key=k)
         z = jnp.clip(z, -1.0, 1.0)
         best = best_update(best_init(8, family.dim), z, jax.vmap(lambda p: fz(p, task))(z))
-        return polish_appended(
-            lambda p: fz(p, task),
-            best,
-            best.values[:1],
-            steps=refine_steps if plan.sizes else 0,
-            max_learning_rate=refine_learning_rate,
-        )
+        if polish is None:
+            return best, best.values[:1]
+        return polish.run(lambda p: fz(p, task), best, best.values[:1])
 
     best, traj = jax.jit(jax.vmap(one))(tasks, jr.split(key, n))
     if np.any(np.asarray(best.num_nonfinite) > 0):
@@ -389,8 +386,8 @@ def apply_amortised(
     informed = amortised.model.network.gradient_informed
     sampling = num_samples * (1 + (2 * amortised.num_steps if informed else 0))
     evals = np.array([sampling])
-    if plan.sizes:
-        evals = np.concatenate([evals, polish_evaluations(plan, sampling)])
+    if polish is not None:
+        evals = np.concatenate([evals, polish.evaluations(sampling)])
     x = np.asarray(jax.vmap(jax.vmap(box.to_x))(best.points))[:, 0]
     return AmortisedResult(
         x,

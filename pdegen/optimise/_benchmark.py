@@ -18,6 +18,8 @@ INDUCTIVE_BIAS = {
     "dds-grad": "dense MLP fed grad log pi: uses gradients along the path",
     "pis": "as dds with a Brownian (PIS) reference instead of an OU one",
     "adam": "local gradient descent from uniform restarts: no global structure",
+    "lbfgs": "local quasi-Newton (curvature from gradients) from uniform restarts: rotation and "
+    "scaling invariant up to the box; finds the minimum of the basin it starts in",
     "langevin": "annealed gradient Langevin: local gradient + noise; rotation invariant up to "
     "the box",
     "random": "none: uniform search (+ polish)",

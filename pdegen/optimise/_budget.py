@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._diffusion import evaluations_per_iteration
 from ._polish import polish_plan
 
-METHODS = ("dds", "pis", "adam", "langevin", "random", "cmaes", "coordinate")
+METHODS = ("dds", "pis", "adam", "lbfgs", "langevin", "random", "cmaes", "coordinate")
 """The ``method=`` names of :func:`minimise` (and ``pdegen optimise --method``)."""
 
 # one evaluation at the centre of the box checks the objective (and counts)
@@ -75,6 +75,8 @@ def budget_parts(method: str, **settings) -> dict:
         )
     elif method == "adam":  # one restart of one value-and-gradient step and its final value
         parts = dict(per_iteration=2, iterations=1, search=1)
+    elif method == "lbfgs":  # the start's value and gradient and one iteration
+        parts = dict(search=4)
     elif method == "coordinate":  # the start point and one line of the grid
         parts = dict(search=1 + s["coordinate_grid_size"])
     else:  # random (the polish is dropped below twice its cost), cmaes

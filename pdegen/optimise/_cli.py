@@ -78,6 +78,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="with --family: apply an optimiser saved before (OUT/amortised.eqx of an earlier "
         "run) instead of training one",
     )
+    p.add_argument(
+        "--polish",
+        default="lbfgs",
+        choices=["lbfgs", "adam"],
+        help="with --family: the local search after sampling (lbfgs: projected L-BFGS from the "
+        "best sample, 100 iterations; adam: successive-halving Adam from the 8 best, 80 steps)",
+    )
     p.add_argument("--out", default="optimise_out", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -290,11 +297,13 @@ def run_family(args) -> int:
 
     from ._amortised import apply_amortised, load_amortised, save_amortised, train_amortised
     from ._benchmark import TARGETS, runtimes_to_targets
+    from ._local import AdamPolish, LBFGSPolish
 
     jax.config.update("jax_enable_x64", True)
     from ._family import make_family
 
     family = make_family(args.family, args.dim)
+    polish = LBFGSPolish(steps=100) if args.polish == "lbfgs" else AdamPolish(steps=80)
     if args.load:
         amortised = load_amortised(args.load)
         if amortised.dim != family.dim:
@@ -328,7 +337,7 @@ def run_family(args) -> int:
     task = family.sample(jr.fold_in(jr.key(2**20), args.seed), 1)
     minimum = family.minimum(jax.tree.map(lambda a: a[0], task))
     t0 = time.perf_counter()
-    res = apply_amortised(amortised, family, task, key=jr.key(args.seed + 1), refine_steps=80)
+    res = apply_amortised(amortised, family, task, key=jr.key(args.seed + 1), polish=polish)
     seconds = time.perf_counter() - t0
     value = float(res.value[0])
     if not np.isfinite(value):

@@ -24,6 +24,7 @@ from ._budget import CENTRE, METHODS, describe_minimum, minimum_budget
 from ._cmaes import run_cmaes
 from ._coordinate import run_coordinate
 from ._langevin import run_langevin
+from ._lbfgs import run_lbfgs_method
 from ._random import run_random
 
 
@@ -109,7 +110,9 @@ def minimise(
     ``method``: ``"dds"`` / ``"pis"`` (annealed low-temperature controlled diffusion;
     ``network`` ``"mlp"`` or ``"coordinatewise"``, ``gradient_informed``, ``loss``
     ``"log_variance"`` or ``"kl"``, ``adaptive_frame``), or the baselines ``"adam"`` (random
-    restarts of about ``adam_steps_per_restart`` projected Adam steps), ``"langevin"`` (annealed
+    restarts of about ``adam_steps_per_restart`` projected Adam steps), ``"lbfgs"`` (projected
+    L-BFGS, one value and gradient per iteration, restarted from a uniform point when it
+    stalls), ``"langevin"`` (annealed
     ULA, the kernel of :mod:`pdegen.mcmc`, with ``num_chains`` chains at ``langevin_stages``
     temperatures), ``"random"`` (uniform search), ``"cmaes"`` (IPOP-CMA-ES,
     the ``cma`` package) and ``"coordinate"`` (cyclic 1-D grid search: for separable
@@ -215,6 +218,8 @@ def minimise(
             steps_per_restart=adam_steps_per_restart,
             learning_rate=refine_learning_rate,
         )
+    elif method == "lbfgs":
+        run = run_lbfgs_method(fz, box, keys, tasks, max_evaluations=budget)
     elif method == "random":
         run = run_random(fz, box, keys, tasks, max_evaluations=budget, **polish)
     elif method == "langevin":
