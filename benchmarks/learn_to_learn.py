@@ -19,16 +19,18 @@ Methods: the amortised diffusion optimisers (a DDS or a PIS sampler conditioned 
 features, trained once per family, then sampling + polish on each unseen task with no further
 training),
 the coordinate-wise LSTM optimiser (trained on the same family), and per-instance DDS, IPOP-CMA-ES,
-Adam with restarts and random search with the same polish (``pdegen.optimise.minimise``; the
-last one tells how much of the amortised result is the polish's). Every family gets the same
+Adam with restarts, projected L-BFGS with restarts and random search with the same polish
+(``pdegen.optimise.minimise``; the last one tells how much of the amortised result is the
+polish's). The amortised optimisers end with successive-halving Adam from their 8 best samples
+(``amortised-dds``, ``amortised-pis``) or projected L-BFGS from their best sample (``-lbfgs``). Every family gets the same
 settings (no per-family tuning). Per method: training cost (evaluations, seconds), and on the
 unseen tasks the fraction that reach the target gap, the median evaluations to reach it (over
 the tasks that do) and the wall time per task (the whole batched run divided by the number of
 tasks; seconds to target scaled by evaluations to target over evaluations used). Evaluations: a
 value counts 1, a value with its gradient 2.
 
-Writes ``benchmarks/results/learn_to_learn.json`` (rows of the families run now replace their
-stored rows; the others are kept).
+Writes ``benchmarks/results/learn_to_learn.json`` (the rows of the families and methods run now
+replace their stored rows; the others are kept).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ import numpy as np
 from pdegen._io import write_json_atomic
 from pdegen.optimise import (
     FAMILY_NAMES,
+    AdamPolish,
+    LBFGSPolish,
     apply_amortised,
     apply_lstm,
     make_family,
@@ -101,7 +105,21 @@ def main(argv=None):
     p.add_argument(
         "--methods",
         nargs="+",
-        default=["amortised-dds", "amortised-pis", "lstm", "dds", "cmaes", "adam", "random"],
+        default=[
+            "amortised-dds",
+            "amortised-pis",
+            "amortised-dds-lbfgs",
+            "amortised-pis-lbfgs",
+            "lstm",
+            "dds",
+            "cmaes",
+            "adam",
+            "lbfgs",
+            "random",
+        ],
+    )
+    p.add_argument(
+        "--samples", type=int, default=8, help="amortised: samples per task before the polish"
     )
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
@@ -120,7 +138,9 @@ def main(argv=None):
     for name in args.families:
         dim = 2 * args.sources if name == "poisson-sources" else args.dim
         family = make_family(name, dim)
-        stored = [r for r in stored if r["family"] != family.name]
+        stored = [
+            r for r in stored if not (r["family"] == family.name and r["method"] in args.methods)
+        ]
         rows += run_family(family, args)
         write_json_atomic(
             args.out,
@@ -138,17 +158,22 @@ def run_family(family, args) -> list:
     for method in args.methods:
         t0 = time.perf_counter()
         if method.startswith("amortised-"):
+            sampler = method.split("-")[1]
+            lbfgs = method.endswith("-lbfgs")
             am = train_amortised(
                 family,
                 key=jr.key(0),
-                method=method.split("-", 1)[1],
+                method=sampler,
                 iterations=args.amortised_iterations,
                 tasks_per_iteration=4,
                 batch_size=8,
                 final_temperature_ratio=1e-2,
             )
             t1 = time.perf_counter()
-            res = apply_amortised(am, family, tasks, key=jr.key(1), num_samples=32, refine_steps=80)
+            polish = LBFGSPolish(steps=100) if lbfgs else AdamPolish(steps=80)
+            res = apply_amortised(
+                am, family, tasks, key=jr.key(1), num_samples=args.samples, polish=polish
+            )
             row = _summary(
                 family.name,
                 method,
@@ -196,6 +221,8 @@ def run_family(family, args) -> list:
                 0.0,
             )
         row["dim"] = family.dim
+        if method.startswith("amortised-"):
+            row["samples"] = args.samples
         rows.append(row)
         print(
             f"{row['family']} {method:14s} train {row['training_evaluations']:>8d} evals "

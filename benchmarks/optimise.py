@@ -58,12 +58,22 @@ VARIANTS = {
     "dds-grad": dict(method="dds", gradient_informed=True, num_steps=8, batch_size=16),
     "pis": dict(method="pis"),
     "adam": dict(method="adam"),
+    "lbfgs": dict(method="lbfgs"),
     "langevin": dict(method="langevin"),
     "random": dict(method="random"),
     "cmaes": dict(method="cmaes"),
     "coordinate": dict(method="coordinate"),
 }
-DEFAULT_METHODS = ["dds", "dds-coordwise", "cmaes", "adam", "langevin", "random", "coordinate"]
+DEFAULT_METHODS = [
+    "dds",
+    "dds-coordwise",
+    "cmaes",
+    "adam",
+    "lbfgs",
+    "langevin",
+    "random",
+    "coordinate",
+]
 
 
 def _load(path):
