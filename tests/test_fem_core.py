@@ -337,6 +337,23 @@ def test_point_observation_is_exact_for_the_element_space(element, cell_type, fn
     assert jnp.allclose(H @ V.interpolate(fn), fn(pts.T), atol=1e-12)
 
 
+def test_point_observation_of_many_points_on_a_large_mesh():
+    """The nodes of a 255x255 grid observed on a 128x128 one (65k points, 32k triangles: located
+    in chunks; at once it needed 31 GB): exact for a linear function, rows in the points' order;
+    a point outside in a later chunk is still named."""
+    from pdegen.fem._space import _POINT_CHUNK
+
+    V = fem.FunctionSpace(fem.unit_square(128), "P1")
+    fine = fem.unit_square(255)
+    assert fine.points.shape[0] > 16 * _POINT_CHUNK
+    H = V.point_observation(fine.points)
+    fn = lambda x: 0.5 + 2 * x[0] - 3 * x[1]  # noqa: E731
+    np.testing.assert_allclose(H @ V.interpolate(fn), fn(fine.points.T), atol=1e-12)
+    pts = np.concatenate([fine.points[: 2 * _POINT_CHUNK], [[1.5, 0.5]]])
+    with pytest.raises(ValueError, match=f"index {2 * _POINT_CHUNK}"):
+        V.point_observation(pts)
+
+
 # ---------------------------------------------------------------------------- meshes
 
 

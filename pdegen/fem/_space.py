@@ -7,10 +7,13 @@ from functools import cached_property
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 import skfem
 
 from ._mesh import Mesh
 from ._sparse import SparseMatrix, SparsityPattern, result_dtype
+
+_POINT_CHUNK = 1024  # points located per call of skfem's element finder
 
 ELEMENTS = {
     ("triangle", "P1"): skfem.ElementTriP1,
@@ -238,8 +241,11 @@ class FunctionSpace:
         if not np.all(np.isfinite(pts)):
             raise ValueError("point_observation: points contain NaN or inf")
         finder = self.mesh.skfem.element_finder()
+        # skfem locates a batch of points among the union of the elements near any of them, a
+        # (points x elements) array: in chunks, so that many points on a large mesh stay cheap
+        chunks = [pts[i : i + _POINT_CHUNK] for i in range(0, pts.shape[0], _POINT_CHUNK)]
         try:
-            cells = np.asarray(finder(*pts.T))
+            cells = np.concatenate([np.asarray(finder(*c.T)) for c in chunks])
         except ValueError:
             cells = None
         if cells is None or np.any(cells < 0):
@@ -255,7 +261,7 @@ class FunctionSpace:
                 f"point_observation: {len(outside)} points lie outside the domain, e.g. index "
                 f"{outside[0]} at {pts[outside[0]].tolist()}"
             )
-        P = self.basis.probes(pts.T).tocoo()
+        P = sp.vstack([self.basis.probes(c.T) for c in chunks]).tocoo()
         P.sum_duplicates()
         keep = P.data != 0
         pattern = SparsityPattern(P.row[keep], P.col[keep], P.shape)
