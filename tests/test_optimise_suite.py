@@ -105,3 +105,42 @@ def test_benchmark_quick_mode_writes_rows_and_ecdf(tmp_path):
         assert r["evaluations_used"] <= r["budget"] == 300 and r["instances"] == 3
         assert len(r["runtimes_to_targets"]) == 3 and r["inductive_bias"]
     assert (tmp_path / "optimise_ecdf.png").is_file()
+
+
+def test_full_frame_follows_the_principal_axes_of_the_sample_cloud():
+    """On a rotated valley (a quadratic with curvatures 1 and 400 along axes at 45 degrees to the
+    box's), the full frame's longest axis after annealing lies within 25 degrees of the valley
+    (a box axis is 45 degrees off), its shortest across it, and its axes are orthogonal; the
+    diagonal frame can only stretch the box's axes."""
+    angle = np.pi / 4
+    valley = np.array([np.cos(angle), np.sin(angle)])
+    across = np.array([-np.sin(angle), np.cos(angle)])
+
+    def f(x):
+        return (x @ valley) ** 2 + 400.0 * (x @ across) ** 2
+
+    common = dict(
+        key=jr.split(jr.key(0), 4),
+        max_evaluations=3000,
+        num_temperatures=3,
+        final_temperature_ratio=1e-2,
+        num_steps=8,
+        batch_size=32,
+        width=32,
+        num_initial=64,
+        refine_steps=0,
+        return_extras=True,
+    )
+    domain = (-2 * np.ones(2), 2 * np.ones(2))
+    _, extras = minimise(f, domain, full_frame=True, **common)
+    for S in extras["frame_scale"]:
+        assert S.shape == (2, 2)
+        widths = np.linalg.norm(S, axis=0)
+        axes = S / widths[None, :]
+        assert abs(axes[:, 0] @ axes[:, 1]) < 1e-8  # orthogonal
+        longest, shortest = axes[:, np.argmax(widths)], axes[:, np.argmin(widths)]
+        assert abs(longest @ valley) > 0.9 and abs(shortest @ across) > 0.9
+        # longer along the valley (the exact Boltzmann clouds: 20x; this short run resolves 1.3-3.4x)
+        assert widths.max() > 1.2 * widths.min()
+    _, extras = minimise(f, domain, **common)
+    assert extras["frame_scale"].shape == (4, 2)

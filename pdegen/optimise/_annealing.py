@@ -5,7 +5,8 @@ The temperature falls geometrically from ``T_0`` (the spread of ``f`` on a unifo
 sample) to ``T_0 * final_temperature_ratio``; the sampler's network is fine-tuned from one
 temperature to the next. After each temperature the sampler's reference law is moved onto the
 sample cloud (``z = c + s u``: ``c`` the mean of the latest samples, ``s`` their spread, never
-growing), so the learned drift only has to resolve the next, finer scale. The best points seen
+growing; with ``full_frame`` ``z = c + S u``, ``S`` the cloud's principal axes scaled by their
+spread), so the learned drift only has to resolve the next, finer scale. The best points seen
 are finally polished (:func:`pdegen.optimise._polish.polish`)."""
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def run_diffusion(
     num_initial,
     progress,
     adaptive_frame,
+    full_frame=False,
     **cfg,
 ) -> Run:
     dim = box.centre.shape[0]
@@ -50,7 +52,9 @@ def run_diffusion(
     def f(x, task):  # fz maps normalised points; the optimiser normalises with the same box
         return fz(box.to_z(x), task)
 
-    init, step, per_step = diffusion_optimiser(f, domain, method=method, **cfg)
+    init, step, per_step = diffusion_optimiser(
+        f, domain, method=method, full_frame=full_frame, **cfg
+    )
     num_best = cfg.get("num_best", 8)
     plan = polish_plan(num_best, refine_steps)
     if iterations_per_temperature is None:
@@ -78,12 +82,24 @@ def run_diffusion(
                 info.spread,
                 info.sample_mean,
                 info.sample_std,
+                info.sample_cov,
             )
 
-        state, (bv, mv, sp, mean, std) = jax.lax.scan(
+        state, (bv, mv, sp, mean, std, cov) = jax.lax.scan(
             body, state, jr.split(key, iterations_per_temperature)
         )
-        if adaptive_frame:
+        if adaptive_frame and full_frame:
+            # the same, with the samples' covariance: the frame's columns are its principal axes
+            # scaled by their spread; no axis longer than the previous frame's longest
+            q = max(iterations_per_temperature // 4, 1)
+            centre = jnp.mean(mean[-q:], axis=0)
+            shift = mean[-q:] - centre[None, :]
+            cov_q = jnp.mean(cov[-q:] + shift[:, :, None] * shift[:, None, :], axis=0)
+            evals, evecs = jnp.linalg.eigh(0.5 * (cov_q + cov_q.T))
+            longest = jnp.linalg.norm(state.frame_scale, ord=2)
+            widths = jnp.clip(jnp.sqrt(jnp.maximum(evals, 0.0)) / sigma, 1e-4, longest)
+            state = state._replace(frame_centre=centre, frame_scale=evecs * widths[None, :])
+        elif adaptive_frame:
             # next temperature: reference law N(mean, std^2) of the last samples (averaged over
             # the last quarter of the stage), never growing and never below 1e-4 of the box
             q = max(iterations_per_temperature // 4, 1)
@@ -141,5 +157,7 @@ def run_diffusion(
         "stage_mean_values": np.stack(stage_means, 1),
         "stage_spreads": np.stack(stage_spreads, 1),
         "temperatures": np.asarray(t0)[:, None] * ratios[None, :],
+        "frame_centre": np.asarray(states.frame_centre),
+        "frame_scale": np.asarray(states.frame_scale),
     }
     return make_run(best, eval_traj, best_traj, n_used, extras)

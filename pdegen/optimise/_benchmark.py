@@ -16,6 +16,10 @@ INDUCTIVE_BIAS = {
     "dds-coordwise": "one MLP shared by all coordinates: exact for separable targets in the "
     "box's axes, wrong once rotated",
     "dds-grad": "dense MLP fed grad log pi: uses gradients along the path",
+    "dds-frame": "as dds, with a reference law that follows the sample cloud's principal axes "
+    "(full covariance, as CMA-ES's): rotation aware",
+    "dds-coordwise-frame": "one MLP shared by the coordinates of the sample cloud's principal "
+    "axes: exact for targets separable in an estimated basis, so rotation aware",
     "pis": "as dds with a Brownian (PIS) reference instead of an OU one",
     "adam": "local gradient descent from uniform restarts: no global structure",
     "lbfgs": "local quasi-Newton (curvature from gradients) from uniform restarts: rotation and "

@@ -22,9 +22,10 @@ class DiffusionOptimiserState(NamedTuple):
     """The state of the diffusion optimiser.
 
     Network parameters, optax state, current temperature, the :class:`Best` points
-    (normalised coordinates), evaluations used so far, and the affine frame
-    ``z = frame_centre + frame_scale * u`` in which the sampler works, and the ``task``
-    (``None``, or the second argument of ``f(x, task)``)."""
+    (normalised coordinates), evaluations used so far, and the affine frame in which the sampler
+    works: ``z = frame_centre + frame_scale * u`` for a scale vector ``(d,)``, ``z = frame_centre +
+    frame_scale @ u`` for a matrix ``(d, d)`` (the sample cloud's principal axes); and the
+    ``task`` (``None``, or the second argument of ``f(x, task)``)."""
 
     params: Any
     opt_state: Any
@@ -49,6 +50,7 @@ class DiffusionOptimiserInfo(NamedTuple):
         sample_mean: The mean of the samples per coordinate (box coordinates), shape ``(d,)``.
         sample_std: The standard deviation of the samples per coordinate (box coordinates),
             shape ``(d,)``.
+        sample_cov: The covariance matrix of the samples (box coordinates), shape ``(d, d)``.
     """
 
     loss: jax.Array
@@ -58,6 +60,7 @@ class DiffusionOptimiserInfo(NamedTuple):
     num_evaluations: jax.Array
     sample_mean: jax.Array
     sample_std: jax.Array
+    sample_cov: jax.Array
 
 
 class DiffusionOptimiser(NamedTuple):
@@ -97,6 +100,7 @@ def diffusion_optimiser(
     sigma: float = 0.6,
     learning_rate: float = 1e-2,
     num_best: int = 8,
+    full_frame: bool = False,
 ) -> DiffusionOptimiser:
     """Low-temperature controlled-diffusion optimiser as a pure ``(init, step)`` pair.
 
@@ -108,6 +112,9 @@ def diffusion_optimiser(
     ``centre + half_width * z``. The sampler works in a frame
     ``z = frame_centre + frame_scale * u`` (initially the whole box);
     :func:`pdegen.optimise.minimise` moves it onto the sample cloud after each temperature.
+    ``full_frame``: ``frame_scale`` is a ``(d, d)`` matrix, ``z = frame_centre + frame_scale @ u``
+    (the sample cloud's principal axes, scaled), so that the network's coordinates ``u`` follow
+    the cloud's orientation (for a coordinate-wise network: separable in that basis).
     """
     if method not in ("dds", "pis"):
         raise ValueError(
@@ -147,7 +154,7 @@ def diffusion_optimiser(
             best_init(num_best, dim),
             jnp.zeros((), dtype=jnp.int64 if dt == jnp.float64 else jnp.int32),
             jnp.zeros((dim,), dtype=dt),
-            jnp.ones((dim,), dtype=dt),
+            jnp.eye(dim, dtype=dt) if full_frame else jnp.ones((dim,), dtype=dt),
             task,
         )
 
@@ -157,8 +164,14 @@ def diffusion_optimiser(
         temperature = state.temperature
         centre, scale = state.frame_centre, state.frame_scale
 
+        def to_z(u):  # u (..., d) -> z (..., d)
+            lead = (1,) * (u.ndim - 1)
+            if scale.ndim == 2:
+                return centre.reshape(lead + centre.shape) + u @ scale.T
+            return centre.reshape(lead + centre.shape) + scale.reshape(lead + scale.shape) * u
+
         def log_density(u):
-            z = centre + scale * u
+            z = to_z(u)
             value = fz(z) if state.task is None else fz(z, state.task)
             return -(value / temperature + wall(z))
 
@@ -172,7 +185,7 @@ def diffusion_optimiser(
             batch_size=batch_size,
             loss=loss,
         )
-        z_end = centre[None, :] + scale[None, :] * paths.samples
+        z_end = to_z(paths.samples)
         # recover f from the stored log density: no extra evaluations
         walls = jax.vmap(wall)(z_end)
         f_end = (-paths.log_density - walls) * temperature
@@ -203,6 +216,7 @@ def diffusion_optimiser(
             n_eval,
             jnp.mean(z_clip, axis=0),
             jnp.std(z_clip, axis=0),
+            jnp.cov(z_clip, rowvar=False).reshape(dim, dim),
         )
         return new, info
 

@@ -97,6 +97,7 @@ def minimise(
     adam_steps_per_restart: int = 200,
     coordinate_grid_size: int = 41,
     adaptive_frame: bool = True,
+    full_frame: bool = False,
     task=None,
     progress: bool = False,
     return_extras: bool = False,
@@ -109,7 +110,8 @@ def minimise(
 
     ``method``: ``"dds"`` / ``"pis"`` (annealed low-temperature controlled diffusion;
     ``network`` ``"mlp"`` or ``"coordinatewise"``, ``gradient_informed``, ``loss``
-    ``"log_variance"`` or ``"kl"``, ``adaptive_frame``), or the baselines ``"adam"`` (random
+    ``"log_variance"`` or ``"kl"``, ``adaptive_frame``, ``full_frame``: the frame follows the
+    sample cloud's principal axes, not only its per-coordinate spread), or the baselines ``"adam"`` (random
     restarts of about ``adam_steps_per_restart`` projected Adam steps), ``"lbfgs"`` (projected
     L-BFGS, one value and gradient per iteration, restarted from a uniform point when it
     stalls), ``"langevin"`` (annealed
@@ -206,6 +208,7 @@ def minimise(
             sigma=sigma,
             learning_rate=learning_rate,
             adaptive_frame=adaptive_frame,
+            full_frame=full_frame,
             **polish,
         )
     elif method == "adam":
