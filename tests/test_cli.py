@@ -79,5 +79,11 @@ def test_optimise_writes_result_and_convergence_plot(tmp_path, capsys):
         result["best_values"], reverse=True
     )  # best-so-far never rises
     assert (out / "convergence.png").is_file()
+    # restarted L-BFGS: a small budget suffices (a value and a gradient per iteration)
+    args = ["optimise", "--function", "rosenbrock", "--dim", "3", "--method", "lbfgs"]
+    assert main([*args, "--budget", "400", "--out", str(out / "lbfgs")]) == 0
+    result = json.loads((out / "lbfgs" / "result.json").read_text())
+    assert result["num_evaluations"] <= 400 and result["gap"] < 1e-6
+    assert result["full_frame"] is False
     assert main(["optimise", "--dim", "0", "--out", str(out)]) == 2
     assert "dim" in capsys.readouterr().err

@@ -52,6 +52,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         "evaluation per path step)",
     )
     p.add_argument(
+        "--full-frame",
+        action="store_true",
+        help="dds/pis: the sampler's reference law follows the sample cloud's principal axes "
+        "(rotation aware) instead of the box's axes",
+    )
+    p.add_argument(
         "--budget",
         type=int,
         default=20000,
@@ -214,6 +220,7 @@ def run(args) -> int:
         max_evaluations=args.budget,
         network=args.network,
         gradient_informed=args.gradient,
+        full_frame=args.full_frame,
         batch_size=s["batch_size"],
         num_steps=s["num_steps"],
         num_temperatures=s["num_temperatures"],
@@ -252,6 +259,7 @@ def run(args) -> int:
             "method": args.method,
             "network": args.network,
             "gradient_informed": args.gradient,
+            "full_frame": args.full_frame,
             "seed": args.seed,
             "budget": args.budget,
             "minimum_budget": plan["minimum"],
