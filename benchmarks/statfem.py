@@ -1,6 +1,6 @@
 """statFEM benchmark: Langevin samplers on the ULA-statFEM posterior against the exact posterior.
 
-For each grid (32x32 and 64x64; also 128x128 without ``--quick``) and sampler (ULA, prior- and
+For each grid (64x64, 128x128 and 256x256; 32x32 and 64x64 with ``--quick``) and sampler (ULA, prior- and
 posterior-preconditioned ULA, MALA, preconditioned MALA, pCN) we run 4 chains from prior draws and
 record the wall time and gradient evaluations until the pooled posterior mean is within 1% and
 the pointwise variance within 10% (relative L2) of the exact posterior, within a time budget.
@@ -28,7 +28,7 @@ more steps are asked for, ``benchmarks/_reference.py``). Every other sampler get
 the Laplace sampler's time. Writes ``benchmarks/results/statfem_nonlinear.json``.
 
 Run from the repository root: ``python benchmarks/statfem.py [--quick]``.
-Writes ``benchmarks/results/statfem.json``. ``--sparse``: the linear-Gaussian exact posterior
+Writes ``benchmarks/results/statfem.json`` (``--quick``: ``statfem_quick.json``). ``--sparse``: the linear-Gaussian exact posterior
 without dense matrices (mean by solves, pointwise variance by selected inversion, samples, the
 log marginal likelihood and its gradient) at 64x64, 128x128, 256x256 and on a 100k-node
 unstructured mesh, into ``benchmarks/results/statfem_sparse.json``.
@@ -617,8 +617,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--grids",
         default=None,
-        help="--nonlinear only: comma-separated grids (default 32,64; 32 with --quick); the stored "
-        "rows of the other grids are kept",
+        help="comma-separated grids (linear: default 64,128,256, 32,64 with --quick; --nonlinear: "
+        "default 32,64, 32 with --quick); the stored rows of the other grids are kept",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=None, help="linear: seconds per sampler (default by grid)"
+    )
+    parser.add_argument(
+        "--max-budget",
+        type=float,
+        default=None,
+        help="linear: cap on ULA's budget (10.5x the fastest sampler's time otherwise); a ULA that "
+        "stops at the cap bounds the speedups from below by less than 10.5",
     )
     args = parser.parse_args(argv)
     args.samplers_given = "--samplers" in " ".join(sys.argv if argv is None else argv)
@@ -626,8 +636,14 @@ def main(argv=None) -> int:
         return main_sparse(args)
     if args.nonlinear:
         return main_nonlinear(args)
-    grids = (32, 64) if args.quick else (32, 64, 128)
+    if args.grids:
+        grids = tuple(int(g) for g in args.grids.split(","))
+    else:
+        grids = (32, 64) if args.quick else (64, 128, 256)
     budgets = {32: 8.0, 64: 20.0} if args.quick else {32: 60.0, 64: 120.0, 128: 240.0}
+    default_budget = 480.0  # larger grids
+    if args.budget is not None:
+        budgets = {grid: args.budget for grid in grids}
     samplers = [s for s in args.samplers.split(",") if s]
     key = jax.random.key(0)
     results = {
@@ -638,6 +654,10 @@ def main(argv=None) -> int:
         "chains": NUM_CHAINS,
         "grids": {},
     }
+    results_name = "statfem_quick" if args.quick else "statfem"
+    stored = RESULTS_DIR / f"{results_name}.json"
+    if stored.exists() and not args.quick:  # grids not run now keep their stored rows
+        results["grids"].update(json.loads(stored.read_text())["grids"])
     rows = []
     for grid in grids:
         case = statfem.ula_statfem_case(grid, key=jax.random.fold_in(key, grid))
@@ -668,10 +688,12 @@ def main(argv=None) -> int:
             "samplers": {},
         }
         for name in samplers:
-            budget = budgets[grid]
+            budget = budgets.get(grid, default_budget)
             if name == "ula":
                 done = [r["seconds_to_tolerance"] for r in g["samplers"].values() if r["reached"]]
                 budget = max(budget, ULA_BUDGET_FACTOR * min(done)) if done else budget
+                if args.max_budget is not None:
+                    budget = min(budget, max(args.max_budget, budgets.get(grid, default_budget)))
             r = bench_sampler(
                 name,
                 model,
@@ -709,7 +731,7 @@ def main(argv=None) -> int:
             g["ipla"] = bench_ipla(case, jax.random.fold_in(key, 7), n_particles, n_steps)
             print(f"{grid}x{grid} IPLA: {g['ipla']}", flush=True)
         results["grids"][str(grid)] = g
-        path = write_results("statfem", results)  # keep finished grids even if a later one fails
+        path = write_results(results_name, results)  # keep finished grids even if a later one fails
 
     print("\nstatFEM samplers: time to mean error < 1% and variance error < 10% (4 chains)")
     header = (
