@@ -56,6 +56,8 @@ VARIANTS = {
     "dds": dict(method="dds"),
     "dds-coordwise": dict(method="dds", network="coordinatewise", width=32),
     "dds-grad": dict(method="dds", gradient_informed=True, num_steps=8, batch_size=16),
+    "dds-frame": dict(method="dds", full_frame=True),
+    "dds-coordwise-frame": dict(method="dds", network="coordinatewise", width=32, full_frame=True),
     "pis": dict(method="pis"),
     "adam": dict(method="adam"),
     "lbfgs": dict(method="lbfgs"),
