@@ -88,24 +88,23 @@ def run_diffusion(
         state, (bv, mv, sp, mean, std, cov) = jax.lax.scan(
             body, state, jr.split(key, iterations_per_temperature)
         )
-        if adaptive_frame and full_frame:
-            # the same, with the samples' covariance: the frame's columns are its principal axes
-            # scaled by their spread; no axis longer than the previous frame's longest
+        if adaptive_frame:
+            # next temperature: reference law N(c, S S^T) of the last samples (averaged over the
+            # last quarter of the stage), never growing and never below 1e-4 of the box; S the
+            # per-coordinate spread, or (full frame) the principal axes scaled by their spread,
+            # none longer than the previous frame's longest
             q = max(iterations_per_temperature // 4, 1)
             centre = jnp.mean(mean[-q:], axis=0)
             shift = mean[-q:] - centre[None, :]
-            cov_q = jnp.mean(cov[-q:] + shift[:, :, None] * shift[:, None, :], axis=0)
-            evals, evecs = jnp.linalg.eigh(0.5 * (cov_q + cov_q.T))
-            longest = jnp.linalg.norm(state.frame_scale, ord=2)
-            widths = jnp.clip(jnp.sqrt(jnp.maximum(evals, 0.0)) / sigma, 1e-4, longest)
-            state = state._replace(frame_centre=centre, frame_scale=evecs * widths[None, :])
-        elif adaptive_frame:
-            # next temperature: reference law N(mean, std^2) of the last samples (averaged over
-            # the last quarter of the stage), never growing and never below 1e-4 of the box
-            q = max(iterations_per_temperature // 4, 1)
-            centre = jnp.mean(mean[-q:], axis=0)
-            width = jnp.sqrt(jnp.mean(std[-q:] ** 2 + (mean[-q:] - centre[None, :]) ** 2, axis=0))
-            scale = jnp.clip(width / sigma, 1e-4, state.frame_scale)
+            if full_frame:
+                cov_q = jnp.mean(cov[-q:] + shift[:, :, None] * shift[:, None, :], axis=0)
+                evals, evecs = jnp.linalg.eigh(0.5 * (cov_q + cov_q.T))
+                longest = jnp.linalg.norm(state.frame_scale, ord=2)
+                widths = jnp.clip(jnp.sqrt(jnp.maximum(evals, 0.0)) / sigma, 1e-4, longest)
+                scale = evecs * widths[None, :]
+            else:
+                width = jnp.sqrt(jnp.mean(std[-q:] ** 2 + shift**2, axis=0))
+                scale = jnp.clip(width / sigma, 1e-4, state.frame_scale)
             state = state._replace(frame_centre=centre, frame_scale=scale)
         return state, (bv, mv, sp)
 

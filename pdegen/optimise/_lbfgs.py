@@ -20,9 +20,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 from ._best import Best, best_init, best_update
 from ._box import default_dtype
+from ._run import make_run
 
 __all__ = ["LBFGS", "LBFGSState", "lbfgs", "run_lbfgs"]
 
@@ -191,10 +193,6 @@ def run_lbfgs_method(fz, box, keys, tasks, *, max_evaluations, memory: int = 8):
     """:func:`pdegen.optimise.minimise`'s ``"lbfgs"``: projected L-BFGS from a uniform point,
     restarted from a new one whenever it stalls, until the budget is spent (2 evaluations per
     iteration)."""
-    import numpy as np
-
-    from ._run import make_run
-
     dim = box.centre.shape[0]
     steps = max_evaluations // 2 - 1
 
