@@ -11,6 +11,7 @@ summary (mean, variance, ESS, R-hat, cost) is stored in ``<name>.npz`` and reuse
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -178,3 +179,13 @@ def long_run_reference(
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, **ref)
     return ref, path
+
+
+def reference_id(ref: dict) -> str:
+    """A short fingerprint of a reference's moments. Rows measured against a reference carry it,
+    so that rows measured against another one (another realisation of the case, a longer run)
+    are not kept in the same table."""
+    h = hashlib.sha1()
+    for name in ("mean", "variance"):
+        h.update(np.ascontiguousarray(np.asarray(ref[name], dtype=np.float64)).tobytes())
+    return h.hexdigest()[:12]

@@ -58,7 +58,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import machine_info, write_results  # noqa: E402
-from _reference import long_run_reference  # noqa: E402
+from _reference import long_run_reference, reference_id  # noqa: E402
 from _tolerance import add_speedups, tolerance_row, tolerance_table  # noqa: E402
 from jax import lax  # noqa: E402
 
@@ -373,13 +373,20 @@ def main(argv=None) -> int:
             "samplers": {},
         }
         print(f"{grid}x{grid} reference: {g['reference']}", flush=True)
+        ref_id = reference_id(ref)
+        g["reference"]["id"] = ref_id
         if previous is not None and str(grid) in previous["grids"]:
-            # rows of samplers not run now are kept from the stored results (same reference)
-            g["samplers"].update(previous["grids"][str(grid)]["samplers"])
+            # rows of samplers not run now are kept if they were measured against this reference
+            for name, row in previous["grids"][str(grid)]["samplers"].items():
+                if row.get("reference_id") == ref_id:
+                    g["samplers"][name] = row
+                else:
+                    print(f"{grid}x{grid} {name}: stored row of another reference dropped")
         for name in [s for s in args.samplers.split(",") if s]:
             t_best = g["samplers"].get(fastest(g["samplers"]), {}).get("seconds_to_tolerance")
             b = min(max(budget, BUDGET_FACTOR * t_best), args.max_budget) if t_best else budget
             r = run_sampler(name, dm, case.y, ref, b, jax.random.fold_in(key, 1000 + grid))
+            r["reference_id"] = ref_id
             g["samplers"][name] = r
             rows.append((grid, name, r))
             print(f"{grid}x{grid} {name}: {r}", flush=True)

@@ -49,3 +49,15 @@ def test_extended_reference_equals_one_run_and_stored_ones_are_reused(tmp_path):
         long_run_reference(fail, 200, path=tmp_path / "d.npz", data=y + 1e-3, **opts)
     with pytest.raises(ValueError, match="multiples of thin"):
         long_run_reference(_build, 301, path=tmp_path / "c.npz", **opts)
+
+
+def test_reference_id_tells_references_apart():
+    """Rows carry the id of the reference they were measured against: equal moments give equal
+    ids, any change of the moments another one."""
+    from _reference import reference_id
+
+    ref = {"mean": np.arange(4.0), "variance": np.ones(4)}
+    same = {"mean": np.arange(4.0), "variance": np.ones(4), "seconds": 3.0}
+    other = {"mean": np.arange(4.0), "variance": np.ones(4) * (1 + 1e-12)}
+    assert reference_id(ref) == reference_id(same)
+    assert reference_id(ref) != reference_id(other)
