@@ -735,7 +735,7 @@ def main(argv=None) -> int:
         results["grids"][str(grid)] = g
         path = write_results(results_name, results)  # keep finished grids even if a later one fails
         n_particles, n_steps = (16, 400) if args.quick else (32, 3000)
-        # IPLA: 32 particles x 3000 steps took 634 s at 64x64 (about 4x per refinement)
+        # IPLA: 32 particles x 3000 steps took 634 s at 64x64 and 1649 s at 128x128
         if grid <= args.ipla_max_grid and (grid == 32 or not args.quick):
             g["ipla"] = bench_ipla(case, jax.random.fold_in(key, 7), n_particles, n_steps)
             print(f"{grid}x{grid} IPLA: {g['ipla']}", flush=True)
