@@ -397,6 +397,70 @@ def _quiet_jax_callback_logs() -> None:
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
 
 
+class _StickyInterrupt:
+    """A SIGINT handler whose ``KeyboardInterrupt`` cannot be lost.
+
+    Python delivers Ctrl-C as an exception at the next bytecode of the main thread; when that
+    bytecode belongs to a finaliser or a weakref callback (some libraries run them between
+    compiled blocks) the exception is printed as "ignored" and the command runs on. So after the
+    first Ctrl-C a daemon thread raises it again in the main thread every second until
+    :func:`main` has caught it (:meth:`caught`), and a lost ``KeyboardInterrupt`` is not printed.
+    """
+
+    def __init__(self):
+        import threading
+
+        self._caught = threading.Event()
+        self._lock = threading.Lock()
+        self._armed = False
+
+    def __call__(self, signum, frame):
+        if self._caught.is_set():  # a repeat that was already on its way
+            return
+        if not self._armed:
+            import threading
+
+            self._armed = True
+            threading.Thread(target=self._repeat, daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _repeat(self):
+        import _thread
+
+        while not self._caught.wait(1.0):
+            with self._lock:
+                if not self._caught.is_set():
+                    _thread.interrupt_main()
+
+    def caught(self):
+        with self._lock:
+            self._caught.set()
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Install the handler for the block (only from the main thread; elsewhere a no-op)."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        previous_hook = sys.unraisablehook
+
+        def quiet_when_lost(unraisable):
+            if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+                previous_hook(unraisable)
+
+        sys.unraisablehook = quiet_when_lost
+        try:
+            yield self
+        finally:
+            self.caught()
+            signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = previous_hook
+
+
 def main(argv=None) -> int:
     """Run ``pdegen COMMAND ...``; returns the exit code.
 
@@ -406,6 +470,12 @@ def main(argv=None) -> int:
     interrupted`` and returns 130 (every file is written atomically, so none is left half
     written). Any other exception is a programming error and propagates with its traceback.
     """
+    interrupt = _StickyInterrupt()
+    with interrupt.installed():
+        return _main(argv, interrupt)
+
+
+def _main(argv, interrupt: _StickyInterrupt) -> int:
     from ._errors import user_error_message
 
     command = _command_of(argv)
@@ -421,6 +491,7 @@ def main(argv=None) -> int:
         check_outputs(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        interrupt.caught()
         _close_progress_bars()
         print(f"pdegen {command}: interrupted", file=sys.stderr, flush=True)
         return 130

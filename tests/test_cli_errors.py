@@ -255,6 +255,28 @@ def test_keyboard_interrupt_in_process(monkeypatch, capsys):
     assert capsys.readouterr().err == "pdegen solve: interrupted\n"
 
 
+def test_a_lost_ctrl_c_is_raised_again(monkeypatch, capsys):
+    # Ctrl-C that lands in a finaliser is printed as "ignored" and lost; the command line raises
+    # it again until it is caught, so the command still stops with exit code 130.
+    class Finaliser:
+        def __del__(self):  # Ctrl-C lands here: Python prints it as "ignored" and goes on
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.5)
+
+    def loses_the_first_interrupt(args):
+        Finaliser()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise AssertionError("the lost interrupt was not raised again")
+
+    monkeypatch.setattr(cli, "cmd_solve", loses_the_first_interrupt)
+    previous = signal.getsignal(signal.SIGINT)
+    assert cli.main(["solve", "poisson", "--grid", "5"]) == 130
+    assert capsys.readouterr().err == "pdegen solve: interrupted\n"  # nothing "ignored"
+    assert signal.getsignal(signal.SIGINT) is previous  # the handler is restored
+
+
 def _callback_error(exc):
     """The ``JaxRuntimeError`` JAX raises for ``exc`` raised in a host callback."""
     import jax
