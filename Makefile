@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= test,docs
-PYTEST_ARGS ?= -n 2 --dist worksteal -m "not slow"
+PYTEST_ARGS ?= -n 2 --dist worksteal -m "not slow" --durations=20
 
 .PHONY: demo test test-all lint docs tutorials bench-quick clean
 
