@@ -53,7 +53,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
 from _common import RESULTS_DIR, machine_info, write_results  # noqa: E402
-from _reference import long_run_reference  # noqa: E402
+from _reference import long_run_reference, reference_id  # noqa: E402
 from _tolerance import add_speedups, tolerance_row, tolerance_table  # noqa: E402
 from jax import lax  # noqa: E402
 
@@ -567,6 +567,8 @@ def main_nonlinear(args) -> int:
             },
             "samplers": {},
         }
+        ref_id = reference_id(ref)  # every row names the reference it was measured against
+        g["reference"]["id"] = ref_id
         print(f"{grid}x{grid} reference: {g['reference']}", flush=True)
         ref_mean, ref_var = jnp.asarray(ref["mean"]), jnp.asarray(ref["variance"])
         names = [n for n in samplers if grid <= 32 or n not in NONLINEAR_SMALL_ONLY]
@@ -580,6 +582,7 @@ def main_nonlinear(args) -> int:
                 name, model, y, ref_mean, ref_var, b, jax.random.fold_in(key, 1000 + grid)
             )
             r["budget_s"] = b
+            r["reference_id"] = ref_id
             g["samplers"][name] = r
             rows.append((grid, name, r))
             print(f"{grid}x{grid} {name}: {r}", flush=True)
