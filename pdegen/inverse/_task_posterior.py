@@ -481,9 +481,16 @@ def _joint_route(
         run, key, num_samples, batch_size, progress
     )
     if not np.all(np.isfinite(x)):
+        hint = (
+            "TMPD's covariance is the denoiser's Jacobian, which a learned joint prior need not "
+            "make positive definite (the shipped joint priors' is indefinite at the sensors): use "
+            "pigdm or dps on the joint route, or the solve route"
+            if method.startswith(("tmpd", "statfem-tmpd"))
+            else "lower physics_weight (stable below 2) or the observation step, or use more "
+            "num_steps"
+        )
         raise FloatingPointError(
-            f"sample_posterior: {method} (joint route) produced non-finite fields; lower "
-            f"physics_weight (stable below 2) or the observation step, or use more num_steps"
+            f"sample_posterior: {method} (joint route) produced non-finite fields; {hint}"
         )
     x = jnp.asarray(x)
     phys = jax.vmap(prior.to_physical)(x)
