@@ -123,3 +123,32 @@ def test_learned_prior_on_a_mesh_at_another_grid():
     unet = models.load_pretrained("poisson-joint-32")
     with pytest.raises(ValueError, match="not resolution-free"):
         inverse.learned_prior(unet, mesh, grid=24)
+
+
+def test_pigdm_data_variance_draws_the_prior_samples_once(monkeypatch):
+    """A learned prior's samples for PiGDM's data variance are drawn once per (score, settings):
+    a second call, with other observations, reuses them; another key or score draws anew."""
+    from pdegen.inverse import _field_posterior
+
+    prior, lik = _matern_problem(0.01)
+    learned = dataclasses.replace(prior, score=_Opaque(prior.score))
+    calls = []
+    real = _field_posterior._prior_states
+    monkeypatch.setattr(_field_posterior, "_prior_states", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_field_posterior, "_PRIOR_STATES", type(_field_posterior._PRIOR_STATES)())
+
+    def observe(x):
+        return lik.whitener @ lik.forward(prior.to_field(x))
+
+    first = inverse.observed_prior_variance(learned, observe, prior.shape, num_samples=8)
+    again = inverse.observed_prior_variance(learned, observe, prior.shape, num_samples=8)
+    half = inverse.observed_prior_variance(
+        learned, lambda x: 0.5 * observe(x), prior.shape, num_samples=8
+    )
+    assert len(calls) == 1
+    assert again == first
+    assert half == pytest.approx(first, rel=1e-12)  # a scale of the rows cancels in the ratio
+    inverse.observed_prior_variance(learned, observe, prior.shape, num_samples=8, key=jr.key(1))
+    other = dataclasses.replace(prior, score=_Opaque(prior.score))
+    inverse.observed_prior_variance(other, observe, prior.shape, num_samples=8)
+    assert len(calls) == 3

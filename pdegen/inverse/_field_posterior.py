@@ -10,6 +10,7 @@ are reused across data sets of the same problem (``likelihood.with_data(y)``).
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from typing import NamedTuple
@@ -138,7 +139,9 @@ def observed_prior_variance(
 
     Exact for Gaussian priors (``J`` at the zero state). For learned priors ``C`` is estimated
     from ``num_samples`` unguided prior samples (``sampler``, ``num_steps``; ``key``, default key 0)
-    and ``J`` taken at their mean."""
+    and ``J`` taken at their mean. The samples are kept for the next call with the same score,
+    SDE, shape, key and sampler settings (the last few such sets), so a prior used on many data
+    sets (``key=None``: the same fixed key every time) draws them once."""
     if prior.gaussian:
         x0 = jnp.zeros(shape, jnp.float64)
         J = jax.jacrev(observe)(x0).reshape(-1, x0.size)
@@ -147,12 +150,39 @@ def observed_prior_variance(
         return float(jnp.sum(JL**2) / jnp.maximum(jnp.sum(J**2), 1e-300))
     if num_samples < 2:
         raise ValueError(f"observed_prior_variance: num_samples must be >= 2, got {num_samples}")
-    states = _prior_states(prior, shape, key, num_samples, sampler, num_steps)
+    states = _cached_prior_states(prior, shape, key, num_samples, sampler, num_steps)
     centre = states.mean(0)
     J = jax.jacrev(observe)(centre).reshape(-1, centre.size).astype(jnp.float64)
     D = (states - centre[None]).reshape(num_samples, -1).astype(jnp.float64)
     spread = jnp.sum((D @ J.T) ** 2) / (num_samples - 1)
     return float(spread / jnp.maximum(jnp.sum(J**2), 1e-300))
+
+
+_PRIOR_STATES: collections.OrderedDict = collections.OrderedDict()
+_PRIOR_STATES_KEPT = 4
+
+
+def _cached_prior_states(prior: Prior, shape, key, num_samples, sampler, num_steps):
+    """:func:`_prior_states`, kept for the last few (score, SDE, settings) it was asked for."""
+    key = jax.random.key(0) if key is None else key
+    settings = (
+        tuple(shape),
+        np.asarray(jax.random.key_data(key)).tobytes(),
+        int(num_samples),
+        sampler,
+        int(num_steps),
+        str(jnp.dtype(prior.dtype)),
+    )
+    ident = (id(prior.score), id(prior.sde), settings)
+    hit = _PRIOR_STATES.get(ident)
+    if hit is not None and hit[0] is prior.score and hit[1] is prior.sde:
+        _PRIOR_STATES.move_to_end(ident)
+        return hit[2]
+    states = _prior_states(prior, shape, key, num_samples, sampler, num_steps)
+    _PRIOR_STATES[ident] = (prior.score, prior.sde, states)  # the references keep the ids valid
+    while len(_PRIOR_STATES) > _PRIOR_STATES_KEPT:
+        _PRIOR_STATES.popitem(last=False)
+    return states
 
 
 @eqx.filter_jit
@@ -282,9 +312,9 @@ def _normalised_problem(
         needs_variance = isinstance(method, PiGDM) and method.data_variance is None
     data_variance = 1.0
     if needs_variance:
-        key, sub = jax.random.split(key)
-        data_variance = observed_prior_variance(
-            prior, observe, prior.shape, key=sub, sampler=sampler, num_steps=num_steps
+        key, _ = jax.random.split(key)  # (the sampler's keys as before)
+        data_variance = observed_prior_variance(  # fixed key: the prior's samples are reused
+            prior, observe, prior.shape, sampler=sampler, num_steps=num_steps
         )
     y_n = jnp.asarray(factor * yw, dtype)
     noise = jnp.asarray(factor, dtype)

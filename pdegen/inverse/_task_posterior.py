@@ -437,11 +437,11 @@ def _joint_route(
         W = jnp.asarray(likelihood.whitener(task.points, scale=obs_scale), jnp.dtype(dtype))
     A_n = rho * A / obs_scale
     if data_variance is None and method in ("pigdm", "statfem-pigdm"):
-        key, sub = jax.random.split(key)
-        data_variance = _joint_data_variance(
+        key, _ = jax.random.split(key)  # (the sampler's keys as before)
+        data_variance = _joint_data_variance(  # fixed key: the prior's samples are reused
             prior,
             A_n if W is None else np.asarray(W, np.float64) @ A_n,
-            key=sub,
+            key=None,
             sampler=sampler,
             num_steps=num_steps,
         )
