@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import time
 
 # Modules that add sub-commands through ``register(subparsers)``.
@@ -408,8 +410,6 @@ class _StickyInterrupt:
     """
 
     def __init__(self):
-        import threading
-
         self._caught = threading.Event()
         self._lock = threading.Lock()
         self._armed = False
@@ -418,8 +418,6 @@ class _StickyInterrupt:
         if self._caught.is_set():  # a repeat that was already on its way
             return
         if not self._armed:
-            import threading
-
             self._armed = True
             threading.Thread(target=self._repeat, daemon=True).start()
         raise KeyboardInterrupt
@@ -439,9 +437,6 @@ class _StickyInterrupt:
     @contextlib.contextmanager
     def installed(self):
         """Install the handler for the block (only from the main thread; elsewhere a no-op)."""
-        import signal
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             yield self
             return

@@ -187,7 +187,6 @@ def _cached_prior_states(prior: Prior, shape, key, num_samples, sampler, num_ste
 
 @eqx.filter_jit
 def _prior_states(prior: Prior, shape, key, num_samples, sampler, num_steps):
-    key = jax.random.key(0) if key is None else key
     dtype = jnp.dtype(prior.dtype)
     run = models.SAMPLERS[sampler]
     t = jnp.asarray(prior.sde.t_min, dtype)

@@ -392,8 +392,9 @@ def _joint_observation(prior: FieldPrior, task: InverseTask):
     return A, np.full(m, prior.mean[c])
 
 
-def _joint_data_variance(prior: FieldPrior, A_n, *, key, sampler, num_steps) -> float:
-    """PiGDM's data variance along the rows of ``A_n`` (normalised joint state)."""
+def _joint_data_variance(prior: FieldPrior, A_n, *, sampler, num_steps) -> float:
+    """PiGDM's data variance along the rows of ``A_n`` (normalised joint state), from prior
+    samples drawn with a fixed key, so they are reused for the prior's next data set."""
     as_prior = Prior(
         prior.score, prior.sde, jnp.zeros(1), 1.0, None, prior.data_shape, 0, dtype=prior.dtype
     )
@@ -402,7 +403,6 @@ def _joint_data_variance(prior: FieldPrior, A_n, *, key, sampler, num_steps) -> 
         as_prior,
         lambda x: An @ x.reshape(-1),
         prior.data_shape,
-        key=key,
         sampler=sampler,
         num_steps=num_steps,
     )
@@ -438,10 +438,9 @@ def _joint_route(
     A_n = rho * A / obs_scale
     if data_variance is None and method in ("pigdm", "statfem-pigdm"):
         key, _ = jax.random.split(key)  # (the sampler's keys as before)
-        data_variance = _joint_data_variance(  # fixed key: the prior's samples are reused
+        data_variance = _joint_data_variance(
             prior,
             A_n if W is None else np.asarray(W, np.float64) @ A_n,
-            key=None,
             sampler=sampler,
             num_steps=num_steps,
         )
