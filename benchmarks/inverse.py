@@ -681,13 +681,14 @@ def smc_rows(prior, prior_name, grid, *, tasks, draws, counts, steps, methods=("
     return rows
 
 
-def _stored_rows(name: str, *, grid: int, steps: int) -> list:
-    """The rows of ``benchmarks/results/<name>.json`` when it was run at ``grid`` and ``steps``."""
+def _stored_rows(name: str, *, grid: int, steps: int, quick: bool) -> list:
+    """The rows of ``benchmarks/results/<name>.json`` when it was run at ``grid`` and ``steps``
+    and in the same mode (quick or full)."""
     path = RESULTS_DIR / f"{name}.json"
     if not path.exists():
         return []
     stored = json.loads(path.read_text())
-    if stored.get("grid") != grid or stored.get("steps") != steps or stored.get("quick"):
+    if (stored.get("grid"), stored.get("steps"), bool(stored.get("quick"))) != (grid, steps, quick):
         return []
     return list(stored.get("rows", []))
 
@@ -704,7 +705,7 @@ def run_smc_block(args) -> dict:
     load_start = os.getloadavg()
     rows: list = []
     # stored rows (same grid and steps) stay until this run measures the same row
-    stored = _stored_rows(args.smc_out, grid=grid, steps=steps)
+    stored = _stored_rows(args.smc_out, grid=grid, steps=steps, quick=args.quick)
 
     def row_key(r):
         return (r["prior"], r["task"], r["method"], r["particles"])
@@ -867,8 +868,9 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--smc-out",
-        default="inverse_smc",
-        help="SMC block: results name (benchmarks/results/<name>.json)",
+        default=None,
+        help="SMC block: results name (benchmarks/results/<name>.json; default inverse_smc, "
+        "inverse_smc_quick with --quick)",
     )
     p.add_argument(
         "--smc-learned-max",
@@ -894,6 +896,8 @@ def main(argv=None) -> int:
     if args.block == "flow":
         run_flow_block(args)
         return 0
+    if args.smc_out is None:  # a quick run never mixes its rows into the full table
+        args.smc_out = "inverse_smc_quick" if args.quick else "inverse_smc"
     if args.block == "smc":
         if args.grid == 64 and "--grid" not in (argv if argv is not None else sys.argv):
             args.grid = 32
