@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import importlib
@@ -423,8 +424,6 @@ class _StickyInterrupt:
         raise KeyboardInterrupt
 
     def _repeat(self):
-        import _thread
-
         while not self._caught.wait(1.0):
             with self._lock:
                 if not self._caught.is_set():
