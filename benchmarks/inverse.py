@@ -757,6 +757,8 @@ def run_smc_block(args) -> dict:
                 "log_evidence_error: SMC estimate minus the closed form, log p(W y) with W the task likelihood's "
                 "whitener (noise floor 1e-3 of the observed channel's RMS for the noise-free tasks).",
                 "seconds: one whole SMC run (all particles), compilation included on the first draw of a count.",
+                "smc (PiGDM twist): isotropic twist variance matched at each time to the prior's Tweedie "
+                "covariance along the observed rows (inverse.matched_twist_variances), not PiGDM's closed form.",
                 "The model SMC targets is the prior's Euler-Maruyama chain on a grid even in log(sigma/alpha) "
                 "plus a final Gaussian denoising kernel; the exact GRF's posterior differs from it by that "
                 "discretisation only.",
@@ -859,7 +861,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--smc-particles", default="64,256", help="SMC block: particle counts, comma-separated"
     )
-    p.add_argument("--smc-draws", type=int, default=2, help="SMC block: draws per task")
+    p.add_argument("--smc-draws", type=int, default=10, help="SMC block: draws per task")
     p.add_argument(
         "--smc-methods", default="smc,smc-tmpd", help="SMC block: methods, comma-separated"
     )

@@ -73,6 +73,7 @@ from ._results import Posterior as Posterior
 from ._sample import sample_posterior as sample_posterior
 from ._smc import SMCResult as SMCResult
 from ._smc import effective_sample_size as effective_sample_size
+from ._smc import matched_twist_variances as matched_twist_variances
 from ._smc import smc_time_grid as smc_time_grid
 from ._smc import systematic_resample as systematic_resample
 from ._smc import twisted_smc as twisted_smc

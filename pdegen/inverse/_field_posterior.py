@@ -122,13 +122,17 @@ def _sample_batch(method, observe, y, noise_std, data_variance, keys, num_steps,
     return jax.vmap(prior.to_field)(x)
 
 
+PRIOR_SAMPLES = 64
+"""Unguided prior samples behind a learned prior's PiGDM data variance and SMC twist variances."""
+
+
 def observed_prior_variance(
     prior: Prior,
     observe,
     shape,
     *,
     key=None,
-    num_samples: int = 64,
+    num_samples: int = PRIOR_SAMPLES,
     sampler: str = "euler_maruyama",
     num_steps: int = 100,
 ) -> float:
@@ -421,6 +425,13 @@ def smc_posterior(
     if given is not None:
         data_variance = float(given)
     dtype = jnp.dtype(prior.dtype)
+    twist_states = None
+    if method.twist == "pigdm" and given is None:  # the isotropic twist as sharp as the prior
+        twist_states = (
+            jnp.zeros((1, *prior.shape), dtype)
+            if prior.gaussian
+            else _cached_prior_states(prior, prior.shape, None, PRIOR_SAMPLES, sampler, num_steps)
+        )
     k_run, k_out = jax.random.split(key)
     t0 = time.perf_counter()
     res = twisted_smc(
@@ -444,6 +455,7 @@ def smc_posterior(
         if method.shared_covariance is not None
         else bool(likelihood.linear) and prior.transform is None,
         time_grid=method.time_grid,
+        twist_states=twist_states,
         dtype=dtype,
     )
     fields = jax.block_until_ready(jax.vmap(prior.to_field)(res.particles))

@@ -14,8 +14,14 @@ same Gaussian with the score replaced by ``s + grad log L_k``, and are weighted 
     w_{k+1} = L_{k+1}(x_{k+1}) p(x_{k+1} | x_k) / (L_k(x_k) q(x_{k+1} | x_k, y)),
 
 with the twist ``L_k(x) = N(y; A(D(x)), A C_k A^T + noise_std^2 I)`` the guidance's Gaussian
-approximation of ``p(y | x_{t_k})``: PiGDM's ``C_k = r_k^2 I`` or TMPD's Tweedie covariance
-``C_k = (sigma_k^2 / alpha_k) dD/dx``. At ``t_K`` the twist is the exact likelihood of ``x_K`` under
+approximation of ``p(y | x_{t_k})``: PiGDM's isotropic ``C_k = r_k^2 I`` or TMPD's Tweedie covariance
+``C_k = (sigma_k^2 / alpha_k) dD/dx``. PiGDM's closed form ``r_k^2 = v sigma_k^2 / (alpha_k^2 v +
+sigma_k^2)`` is exact for white data of variance ``v``; for a smooth prior it overstates the
+spread of ``A(x_0)`` given ``x_t`` (the prior's high wavenumbers are resolved long before
+``t_min``), the mid-chain guidance is too weak and the weights collapse onto a few paths on sharp
+data. ``twist_variances`` instead matches ``r_k^2`` to the Tweedie covariance along the observed
+rows, ``tr(A C_k A^T) / tr(A A^T)`` (:func:`matched_twist_variances`): still isotropic, so one
+forward map and one VJP per particle and step, but as sharp as the prior. At ``t_K`` the twist is the exact likelihood of ``x_K`` under
 the denoising kernel (for a linear ``A``), so the last weights are those of the model's posterior.
 Since the two transitions share their covariance,
 ``log p - log q = -g sqrt(h) eps . grad log L_k - h g^2 ||grad log L_k||^2 / 2`` for the step's noise
@@ -153,14 +159,16 @@ class _Twist(eqx.Module):
     data_variance: jax.Array
     kind: str = eqx.field(static=True)
 
-    def __call__(self, x, t, projected=None):
+    def __call__(self, x, t, projected=None, r2=None):
+        """``r2``: the isotropic twist's variance at ``t`` (PiGDM's closed form when ``None``)."""
         sde = self.sde
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(self.score, sde, x_, t), x)
         y_hat, vjp_A = jax.vjp(self.observe, m)
         k = self.y.shape[0]
         if projected is None:
             if self.kind == "pigdm":
-                projected = _pigdm_variance(sde, t, self.data_variance) * _gram(vjp_A, k, m.dtype)
+                r2 = _pigdm_variance(sde, t, self.data_variance) if r2 is None else r2
+                projected = r2 * _gram(vjp_A, k, m.dtype)
             else:
                 projected = _tmpd_projected(sde, t, vjp_m, m, vjp_A, k, m.dtype)
         C = projected + (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=m.dtype)
@@ -170,26 +178,61 @@ class _Twist(eqx.Module):
         score = (a * m - x) / s**2
         return logp, score, grad
 
-    def shared(self, t, shape, dtype):
+    def shared(self, t, shape, dtype, r2=None):
         """The state-independent ``A C_t A^T`` (Gaussian prior, linear ``A``): at the zero state."""
         x = jnp.zeros(shape, dtype)
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(self.score, self.sde, x_, t), x)
         _, vjp_A = jax.vjp(self.observe, m)
         k = self.y.shape[0]
         if self.kind == "pigdm":
-            return _pigdm_variance(self.sde, t, self.data_variance) * _gram(vjp_A, k, dtype)
+            r2 = _pigdm_variance(self.sde, t, self.data_variance) if r2 is None else r2
+            return r2 * _gram(vjp_A, k, dtype)
         C = _tmpd_projected(self.sde, t, vjp_m, m, vjp_A, k, dtype)
         # a learned Jacobian need not be positive semi-definite: clip its eigenvalues at zero
         w, V = jnp.linalg.eigh(C)
         return (V * jnp.maximum(w, 0.0)[None]) @ V.T
 
 
-def _final_sample(twist: _Twist, x, t, key):
+def matched_twist_variances(score, sde, observe, ts, states, *, key, max_states: int = 8):
+    """Isotropic twist variances matched to the Tweedie covariance along the observed rows.
+
+    ``r_k^2 = E[tr(J C_{0|t_k}(x) J^T)] / E[tr(J J^T)]`` at each time ``t_k`` of ``ts``, with
+    ``C_{0|t} = (sigma_t^2 / alpha_t) dD/dx`` (``D`` the prior's Tweedie mean) and ``J`` the
+    Jacobian of ``observe`` at ``D(x)`` (``2 m`` VJPs per state and time). ``states``: clean prior
+    states ``(S, *shape)`` noised to each time (the first ``max_states``, one fixed noise draw from
+    ``key``), or a single zero state ``(1, *shape)``, where a Gaussian prior's ``C_{0|t}`` is
+    exact. A learned Jacobian need not be positive semi-definite: the variance is floored at
+    ``1e-6`` of the unit-variance PiGDM value ``sigma_t^2 / (alpha_t^2 + sigma_t^2)``."""
+    states = states[:max_states]
+    noise = jax.random.normal(key, states.shape, states.dtype)
+    dtype = states.dtype
+
+    def at(t):
+        a, s = sde.alpha(t), sde.sigma(t)
+
+        def one(x0, e):
+            x = a * x0 + s * e
+            m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score, sde, x_, t), x)
+            y_hat, vjp_A = jax.vjp(observe, m)
+            k = y_hat.shape[0]
+            J = _jacobian_rows(vjp_A, k, dtype)
+            JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)
+            return (s**2 / a) * jnp.sum(JC * J), jnp.sum(J**2)
+
+        p, g = jax.vmap(one)(states, noise)
+        return jnp.maximum(
+            jnp.mean(p) / jnp.maximum(jnp.mean(g), 1e-300), 1e-6 * _pigdm_variance(sde, t, 1.0)
+        )
+
+    return jax.lax.map(at, ts)
+
+
+def _final_sample(twist: _Twist, x, t, key, r2=None):
     """``x_0`` from the final kernel ``N(D(x), r^2 I)`` conditioned on ``y = A(x_0) + e`` by
     Matheron's rule (exact for a linear ``A``; linearised at ``D(x)`` otherwise)."""
     sde = twist.sde
     m = tweedie_mean(twist.score, sde, x, t)
-    r2 = _pigdm_variance(sde, t, twist.data_variance)
+    r2 = _pigdm_variance(sde, t, twist.data_variance) if r2 is None else r2
     k1, k2 = jax.random.split(key)
     eps = jax.random.normal(k1, x.shape, x.dtype)
     e = twist.noise_std * jax.random.normal(k2, twist.y.shape, x.dtype)
@@ -221,6 +264,7 @@ def twisted_smc(
     ess_threshold: float = 0.5,
     shared_covariance: bool = False,
     time_grid: str = "log-snr",
+    twist_states=None,
     dtype=jnp.float64,
 ) -> SMCResult:
     """Twisted SMC for ``p(x_0 | y)`` with the diffusion prior ``score`` (see the module docstring).
@@ -240,6 +284,11 @@ def twisted_smc(
         time_grid: ``"log-snr"`` (times evenly spaced in ``log(sigma_t / alpha_t)``, so every step
             shrinks the noise by the same factor and the steps near ``t_min``, where sharp data
             weigh most, are as accurate as the rest) or ``"sampler"`` (``sde.time_grid``).
+        twist_states: for the PiGDM twist, clean prior states ``(S, *shape)`` at which its
+            isotropic variance is matched to the prior's Tweedie covariance at every time
+            (:func:`matched_twist_variances`; a zero state ``(1, *shape)`` is exact for a
+            Gaussian prior); ``None``: PiGDM's closed form with ``data_variance``. The final
+            denoising kernel uses the same variance at ``t_min``, so the model stays consistent.
 
     Returns:
         An :class:`SMCResult`.
@@ -258,14 +307,20 @@ def twisted_smc(
     ts = smc_time_grid(sde, num_steps, time_grid, dtype)
     k_init, k_steps, k_final = jax.random.split(key, 3)
     x = jax.vmap(lambda k: sde.prior_sample(shape, key=k, dtype=dtype))(jax.random.split(k_init, n))
+    if twist == "pigdm" and twist_states is not None:
+        r2s = matched_twist_variances(
+            score, sde, observe, ts, jnp.asarray(twist_states, dtype), key=jax.random.key(0)
+        )
+    else:
+        r2s = jax.vmap(lambda t: _pigdm_variance(sde, t, tw.data_variance))(ts)
     if shared_covariance:
-        projected = jax.lax.map(lambda t: tw.shared(t, shape, dtype), ts)
-        evaluate = jax.vmap(tw, in_axes=(0, None, None))
+        projected = jax.lax.map(lambda tr: tw.shared(tr[0], shape, dtype, tr[1]), (ts, r2s))
+        evaluate = jax.vmap(lambda x_, t, c, _: tw(x_, t, c), in_axes=(0, None, None, None))
     else:
         projected = jnp.zeros((num_steps + 1, 0, 0), dtype)  # unused
-        evaluate = jax.vmap(lambda x_, t, _: tw(x_, t), in_axes=(0, None, None))
+        evaluate = jax.vmap(lambda x_, t, _, r2: tw(x_, t, None, r2), in_axes=(0, None, None, None))
     log_n = math.log(n)
-    logp, s, grad = evaluate(x, ts[0], projected[0])
+    logp, s, grad = evaluate(x, ts[0], projected[0], r2s[0])
     logw = logp - log_n
     log_z = jax.nn.logsumexp(logw)
     logw = logw - log_z
@@ -273,7 +328,7 @@ def twisted_smc(
 
     def step(carry, inputs):
         x, logp, s, grad, logw, log_z = carry
-        t, t_next, c_next, k = inputs
+        t, t_next, c_next, r2_next, k = inputs
         k_res, k_noise = jax.random.split(k)
         resample = effective_sample_size(logw) < ess_threshold * n
         idx = jnp.where(
@@ -291,7 +346,7 @@ def twisted_smc(
         ratio = -g * jnp.sqrt(h) * jnp.sum(
             (eps * grad).reshape(n, -1), 1
         ) - 0.5 * h * g**2 * jnp.sum((grad**2).reshape(n, -1), 1)
-        logp_new, s_new, grad_new = evaluate(x_new, t_next, c_next)
+        logp_new, s_new, grad_new = evaluate(x_new, t_next, c_next, r2_next)
         logw = logw + logp_new + ratio - logp
         c = jax.nn.logsumexp(logw)
         logw = logw - c
@@ -300,11 +355,11 @@ def twisted_smc(
 
     keys = jax.random.split(k_steps, num_steps)
     (x, logp, s, grad, logw, log_z), (ess, resampled) = jax.lax.scan(
-        step, (x, logp, s, grad, logw, log_z), (ts[:-1], ts[1:], projected[1:], keys)
+        step, (x, logp, s, grad, logw, log_z), (ts[:-1], ts[1:], projected[1:], r2s[1:], keys)
     )
     t_end = ts[-1]
     if twist == "pigdm":  # the isotropic final kernel: an exact conditional draw
-        x0 = jax.vmap(lambda x_, k: _final_sample(tw, x_, t_end, k))(
+        x0 = jax.vmap(lambda x_, k: _final_sample(tw, x_, t_end, k, r2s[-1]))(
             x, jax.random.split(k_final, n)
         )
     else:  # the Tweedie-covariance kernel: its conditional mean, D(x) + C A^T w
