@@ -226,17 +226,35 @@ def test_smc_task_route_converges_to_the_exact_posterior():
     assert abs(post.info["log_evidence"] - exact.info["log_evidence"]) < 0.5
 
 
-def test_matched_twist_variances_equal_the_tweedie_covariance_along_the_rows(problem):
-    """The PiGDM twist's matched variance at each time is ``tr(H C_t H^T) / tr(H H^T)`` with the
-    Gaussian prior's Tweedie covariance ``C_t = sigma^2 C (alpha^2 C + sigma^2 I)^{-1}`` (dense
-    here), and below PiGDM's white-data closed form for this smooth prior once noise is added."""
+def test_matched_twist_variances_are_the_kl_projection_of_the_tweedie_covariance(problem):
+    """The PiGDM twist's matched variance at each time is ``tr((H H^T)^{-1} H C_t H^T) / m`` with
+    the Gaussian prior's Tweedie covariance ``C_t = sigma^2 C (alpha^2 C + sigma^2 I)^{-1}``
+    (dense here): for point observations (``H H^T = I``) and for dense random rows. For point
+    observations it lies below PiGDM's white-data closed form once noise is added (smooth prior)."""
     prior, lik, _, _ = problem
     sde = prior.sde
-    H = jnp.asarray(lik.forward.matrix)
     z = jnp.zeros(prior.z_shape, jnp.float64)
     L = jax.jacfwd(lambda z_: prior.score.sqrt(z_).ravel())(z).reshape(prior.size, -1)
     C = L @ L.T
     ts = jnp.asarray([sde.t_max, 0.5, 0.1, 0.01, sde.t_min])
+    dense = jnp.asarray(np.random.default_rng(0).standard_normal((5, prior.size)))
+    for H in (jnp.asarray(lik.forward.matrix), dense):
+        r2 = inverse.matched_twist_variances(
+            prior.score,
+            sde,
+            lambda x, H=H: H @ x.ravel(),
+            ts,
+            jnp.zeros((1, *prior.shape)),
+            key=jax.random.key(0),
+        )
+        G = H @ H.T
+        expected = []
+        for t in ts:
+            a, s = sde.alpha(t), sde.sigma(t)
+            Ct = s**2 * C @ jnp.linalg.inv(a**2 * C + s**2 * jnp.eye(prior.size))
+            expected.append(jnp.trace(jnp.linalg.solve(G, H @ Ct @ H.T)) / H.shape[0])
+        np.testing.assert_allclose(r2, jnp.asarray(expected), rtol=1e-8)
+    H = jnp.asarray(lik.forward.matrix)
     r2 = inverse.matched_twist_variances(
         prior.score,
         sde,
@@ -245,12 +263,8 @@ def test_matched_twist_variances_equal_the_tweedie_covariance_along_the_rows(pro
         jnp.zeros((1, *prior.shape)),
         key=jax.random.key(0),
     )
-    expected, closed = [], []
-    for t in ts:
-        a, s = sde.alpha(t), sde.sigma(t)
-        Ct = s**2 * C @ jnp.linalg.inv(a**2 * C + s**2 * jnp.eye(prior.size))
-        expected.append(jnp.trace(H @ Ct @ H.T) / jnp.trace(H @ H.T))
-        v = jnp.trace(H @ C @ H.T) / jnp.trace(H @ H.T)
-        closed.append(v * s**2 / (a**2 * v + s**2))
-    np.testing.assert_allclose(r2, jnp.asarray(expected), rtol=1e-8)
-    assert bool(jnp.all(r2[1:] < jnp.asarray(closed)[1:])), (r2, closed)
+    v = jnp.trace(H @ C @ H.T) / H.shape[0]
+    closed = jnp.asarray(
+        [v * sde.sigma(t) ** 2 / (sde.alpha(t) ** 2 * v + sde.sigma(t) ** 2) for t in ts]
+    )
+    assert bool(jnp.all(r2[1:] < closed[1:])), (r2, closed)

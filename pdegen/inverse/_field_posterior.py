@@ -390,7 +390,8 @@ def smc_posterior(
     weighted particles (repeats possible). ``info``: ``log_evidence`` (the estimate of ``log p(W y)``
     for the whitened data, the units of :func:`exact_posterior`'s), ``ess`` (effective sample size
     after each reweighting), ``resampling_steps``, ``num_particles``, ``seconds`` (whole run,
-    compilation included on a first call), ``data_variance`` (the twist's PiGDM variance) and the
+    compilation included on a first call), ``data_variance`` (``PiGDM(data_variance=...)`` when
+    given, else ``nan``: the twist's variances are matched to the prior) and the
     weighted particle system itself: ``particles`` ``(N, n)`` fields and normalised ``weights``."""
     check_problem(prior, likelihood)
     method = SMC() if method is None else method
@@ -420,13 +421,14 @@ def smc_posterior(
         num_steps=num_steps,
         sampler=sampler,
         data_scale=data_scale,
-        needs_variance=method.twist == "pigdm" and given is None,
+        needs_variance=False,
     )
-    if given is not None:
-        data_variance = float(given)
     dtype = jnp.dtype(prior.dtype)
     twist_states = None
-    if method.twist == "pigdm" and given is None:  # the isotropic twist as sharp as the prior
+    if given is not None:  # PiGDM's closed form for white data of this variance
+        data_variance = float(given)
+    elif method.twist == "pigdm":  # the isotropic twist as sharp as the prior
+        data_variance = float("nan")
         twist_states = (
             jnp.zeros((1, *prior.shape), dtype)
             if prior.gaussian

@@ -267,7 +267,7 @@ class SMC(Method):
     ``proposal``: :class:`PiGDM` (the default, ``"smc"``) or :class:`TMPD` (full, ``"smc-tmpd"``),
     whose Gaussian approximation of ``p(y | x_t)`` is both the twist and, through its gradient,
     the guided proposal. The PiGDM twist's isotropic variance is matched at every time to the
-    prior's Tweedie covariance along the observed rows (:func:`pdegen.inverse.matched_twist_variances`:
+    prior's Tweedie covariance along the observed rows (its Kullback-Leibler projection) (:func:`pdegen.inverse.matched_twist_variances`:
     at the zero state for a Gaussian prior, at 8 unguided prior samples noised to each time for a
     learned one), as sharp as the prior; ``PiGDM(data_variance=v)`` keeps PiGDM's closed form for
     white data of variance ``v``, which overstates the spread for a smooth prior. ``shared_covariance``: compute the twist's covariance once per time at the

@@ -19,9 +19,9 @@ approximation of ``p(y | x_{t_k})``: PiGDM's isotropic ``C_k = r_k^2 I`` or TMPD
 sigma_k^2)`` is exact for white data of variance ``v``; for a smooth prior it overstates the
 spread of ``A(x_0)`` given ``x_t`` (the prior's high wavenumbers are resolved long before
 ``t_min``), the mid-chain guidance is too weak and the weights collapse onto a few paths on sharp
-data. ``twist_variances`` instead matches ``r_k^2`` to the Tweedie covariance along the observed
-rows, ``tr(A C_k A^T) / tr(A A^T)`` (:func:`matched_twist_variances`): still isotropic, so one
-forward map and one VJP per particle and step, but as sharp as the prior. At ``t_K`` the twist is the exact likelihood of ``x_K`` under
+data. ``twist_states`` instead matches ``r_k^2`` to the Tweedie covariance along the observed
+rows (:func:`matched_twist_variances`, the Kullback-Leibler projection onto ``r^2 A A^T``): still
+isotropic, so one forward map and one VJP per particle and step, but as sharp as the prior. At ``t_K`` the twist is the exact likelihood of ``x_K`` under
 the denoising kernel (for a linear ``A``), so the last weights are those of the model's posterior.
 Since the two transitions share their covariance,
 ``log p - log q = -g sqrt(h) eps . grad log L_k - h g^2 ||grad log L_k||^2 / 2`` for the step's noise
@@ -196,9 +196,12 @@ class _Twist(eqx.Module):
 def matched_twist_variances(score, sde, observe, ts, states, *, key, max_states: int = 8):
     """Isotropic twist variances matched to the Tweedie covariance along the observed rows.
 
-    ``r_k^2 = E[tr(J C_{0|t_k}(x) J^T)] / E[tr(J J^T)]`` at each time ``t_k`` of ``ts``, with
+    ``r_k^2 = E[tr((J J^T)^{-1} J C_{0|t_k}(x) J^T)] / m`` at each time ``t_k`` of ``ts``, with
     ``C_{0|t} = (sigma_t^2 / alpha_t) dD/dx`` (``D`` the prior's Tweedie mean) and ``J`` the
-    Jacobian of ``observe`` at ``D(x)`` (``2 m`` VJPs per state and time). ``states``: clean prior
+    ``(m, n)`` Jacobian of ``observe`` at ``D(x)`` (``2 m`` VJPs per state and time): the ``r^2``
+    for which ``N(0, r^2 J J^T)`` is closest to ``N(0, J C_{0|t} J^T)`` in Kullback-Leibler
+    divergence (from the latter), i.e. the mean of their generalised eigenvalues. For point
+    observations (``J J^T = I``) it is the average Tweedie variance at the sensors. ``states``: clean prior
     states ``(S, *shape)`` noised to each time (the first ``max_states``, one fixed noise draw from
     ``key``), or a single zero state ``(1, *shape)``, where a Gaussian prior's ``C_{0|t}`` is
     exact. A learned Jacobian need not be positive semi-definite: the variance is floored at
@@ -217,12 +220,13 @@ def matched_twist_variances(score, sde, observe, ts, states, *, key, max_states:
             k = y_hat.shape[0]
             J = _jacobian_rows(vjp_A, k, dtype)
             JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)
-            return (s**2 / a) * jnp.sum(JC * J), jnp.sum(J**2)
+            P = (s**2 / a) * JC @ J.T
+            G = J @ J.T
+            G = G + 1e-12 * jnp.trace(G) / k * jnp.eye(k, dtype=dtype)
+            return jnp.trace(jnp.linalg.solve(G, 0.5 * (P + P.T))) / k
 
-        p, g = jax.vmap(one)(states, noise)
-        return jnp.maximum(
-            jnp.mean(p) / jnp.maximum(jnp.mean(g), 1e-300), 1e-6 * _pigdm_variance(sde, t, 1.0)
-        )
+        r2 = jnp.mean(jax.vmap(one)(states, noise))
+        return jnp.maximum(r2, 1e-6 * _pigdm_variance(sde, t, 1.0))
 
     return jax.lax.map(at, ts)
 
