@@ -64,6 +64,7 @@ def long_run_reference(
     store: bool = True,
     chunk: int = 50,
     data=None,
+    rebuild: bool = False,
 ) -> tuple[dict, Path]:
     """The reference of ``path``: stored, resumed, extended or run.
 
@@ -76,7 +77,9 @@ def long_run_reference(
     the states). ``store=False``: a short run, neither read nor written. ``data``: the data the
     posterior is conditioned on, stored with the reference; a stored reference made for other
     data is an error, not a silent comparison with another posterior (a case drawn from the same
-    seed can differ between machines, e.g. with the number of usable cores)."""
+    seed can differ between machines, e.g. with the number of usable cores). A stored reference
+    shorter than ``num_steps`` without the chain state to extend it is used as it is, unless
+    ``rebuild``: then a new run to ``num_steps`` starts (resumable), and replaces it when done."""
     if num_steps % thin or segment % thin:
         raise ValueError(
             f"num_steps ({num_steps}) and segment ({segment}) must be multiples of thin ({thin})"
@@ -88,10 +91,10 @@ def long_run_reference(
         _check_data(ref, data, path)
         if int(ref["num_steps"]) >= num_steps:
             return ref, path
-        if not partial.exists():
+        if not partial.exists() and not rebuild:
             print(
                 f"{path.name}: {int(ref['num_steps'])} steps stored and no chain state to "
-                f"extend them; used as it is",
+                f"extend them; used as it is (rebuild to run {num_steps} anew)",
                 flush=True,
             )
             return ref, path

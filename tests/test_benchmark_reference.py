@@ -41,6 +41,15 @@ def test_extended_reference_equals_one_run_and_stored_ones_are_reused(tmp_path):
 
     again, _ = long_run_reference(fail, 300, path=tmp_path / "b.npz", **opts)
     np.testing.assert_array_equal(again["mean"], extended["mean"])
+    # shorter than asked and no chain state: used as it is, or run anew to the length asked
+    (tmp_path / "b.partial.npz").unlink()
+    kept, _ = long_run_reference(fail, 600, path=tmp_path / "b.npz", **opts)
+    assert int(kept["num_steps"]) == 400
+    rebuilt, _ = long_run_reference(_build, 600, path=tmp_path / "b.npz", rebuild=True, **opts)
+    assert int(rebuilt["num_steps"]) == 600
+    assert (
+        int(long_run_reference(fail, 600, path=tmp_path / "b.npz", **opts)[0]["num_steps"]) == 600
+    )
     # a reference records the data it was made for; other data are an error
     y = np.array([1.0, 2.0])
     long_run_reference(_build, 200, path=tmp_path / "d.npz", data=y, **opts)
