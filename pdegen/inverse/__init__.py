@@ -21,8 +21,11 @@ from ._files import write_posterior as write_posterior
 from ._gaussian import GaussianPosterior as GaussianPosterior
 from ._gaussian import gaussian_posterior as gaussian_posterior
 from ._guidance import StatFEMLikelihood as StatFEMLikelihood
+from ._guidance import VarianceTable as VarianceTable
 from ._guidance import dps as dps
 from ._guidance import energy_guidance as energy_guidance
+from ._guidance import matched_twist_variances as matched_twist_variances
+from ._guidance import matched_variance_table as matched_variance_table
 from ._guidance import pigdm as pigdm
 from ._guidance import statfem_guidance as statfem_guidance
 from ._guidance import tmpd as tmpd
@@ -73,7 +76,6 @@ from ._results import Posterior as Posterior
 from ._sample import sample_posterior as sample_posterior
 from ._smc import SMCResult as SMCResult
 from ._smc import effective_sample_size as effective_sample_size
-from ._smc import matched_twist_variances as matched_twist_variances
 from ._smc import smc_time_grid as smc_time_grid
 from ._smc import systematic_resample as systematic_resample
 from ._smc import twisted_smc as twisted_smc

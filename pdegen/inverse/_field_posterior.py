@@ -23,6 +23,7 @@ import numpy as np
 from pdegen import models
 
 from ._gaussian import gaussian_posterior
+from ._guidance import matched_variance_table
 from ._likelihood import GaussianLikelihood, LinearForward
 from ._methods import (
     MAP,
@@ -97,7 +98,7 @@ class _Observe(eqx.Module):
 
 
 @eqx.filter_jit
-def _sample_batch(method, observe, y, noise_std, data_variance, keys, num_steps, sampler):
+def _sample_batch(method, observe, y, noise_std, data_variance, variance, keys, num_steps, sampler):
     prior = observe.prior
     sde = prior.sde
     dtype = jnp.dtype(prior.dtype)
@@ -110,6 +111,7 @@ def _sample_batch(method, observe, y, noise_std, data_variance, keys, num_steps,
         data_variance,
         step_weight(sde, num_steps),
         prior.shape,
+        variance,
     )
     guided = method.guide(problem)
     run = models.SAMPLERS[sampler]
@@ -291,11 +293,13 @@ def sample_field_posterior(
 def _normalised_problem(
     prior, likelihood, method: Method, *, key, num_steps, sampler, data_scale, needs_variance=None
 ):
-    """The guidance problem in normalised units: ``(observe, y_n, noise, data_variance, key)``.
+    """The guidance problem in normalised units: ``(observe, y_n, noise, data_variance, variance,
+    key)``.
 
     The observation is whitened by the likelihood's noise model and scaled by ``factor`` (the data
     to unit RMS, or to units of ``data_scale``); ``noise = factor`` is the noise level in those units.
-    PiGDM's ``data_variance`` is computed when the method needs it (``needs_variance``)."""
+    PiGDM's ``data_variance`` and its ``variance`` table matched to the prior are computed when the
+    method needs them (``needs_variance``; else ``1.0`` and ``None``)."""
     if sampler not in models.SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(models.SAMPLERS)}, got {sampler!r}")
     if not isinstance(num_steps, int) or num_steps < 2:
@@ -313,15 +317,30 @@ def _normalised_problem(
     observe = _Observe(prior, likelihood, jnp.asarray(factor, jnp.float64))
     if needs_variance is None:
         needs_variance = isinstance(method, PiGDM) and method.data_variance is None
-    data_variance = 1.0
+    data_variance, variance = 1.0, None
     if needs_variance:
         key, _ = jax.random.split(key)  # (the sampler's keys as before)
         data_variance = observed_prior_variance(  # fixed key: the prior's samples are reused
             prior, observe, prior.shape, sampler=sampler, num_steps=num_steps
         )
+        if isinstance(method, PiGDM) and method.matched:
+            variance = _matched_table(prior, observe, _matching_states(prior, sampler, num_steps))
     y_n = jnp.asarray(factor * yw, dtype)
     noise = jnp.asarray(factor, dtype)
-    return observe, y_n, noise, data_variance, key
+    return observe, y_n, noise, data_variance, variance, key
+
+
+def _matching_states(prior: Prior, sampler, num_steps):
+    """Clean states at which PiGDM's variance is matched to the prior: the zero state of a Gaussian
+    prior (exact there), the cached unguided samples of a learned one."""
+    if prior.gaussian:
+        return jnp.zeros((1, *prior.shape), jnp.dtype(prior.dtype))
+    return _cached_prior_states(prior, prior.shape, None, PRIOR_SAMPLES, sampler, num_steps)
+
+
+@eqx.filter_jit
+def _matched_table(prior, observe, states):
+    return matched_variance_table(prior.score, prior.sde, observe, states, key=jax.random.key(0))
 
 
 def _guided_posterior(
@@ -337,7 +356,7 @@ def _guided_posterior(
     progress,
     data_scale,
 ) -> FieldPosterior:
-    observe, y_n, noise, data_variance, key = _normalised_problem(
+    observe, y_n, noise, data_variance, variance, key = _normalised_problem(
         prior,
         likelihood,
         method,
@@ -348,7 +367,9 @@ def _guided_posterior(
     )
     dtype = jnp.dtype(prior.dtype)
     dv = jnp.asarray(data_variance, dtype)
-    run = lambda kb: _sample_batch(method, observe, y_n, noise, dv, kb, num_steps, sampler)  # noqa: E731
+    run = lambda kb: _sample_batch(  # noqa: E731
+        method, observe, y_n, noise, dv, variance, kb, num_steps, sampler
+    )
     samples, per_sample, compile_s = sample_in_batches(run, key, num_samples, batch_size, progress)
     if not np.all(np.isfinite(samples)):
         raise FloatingPointError(
@@ -413,7 +434,7 @@ def smc_posterior(
         )
     proposal = method.proposal
     given = getattr(proposal, "data_variance", None)
-    observe, y_n, noise, data_variance, key = _normalised_problem(
+    observe, y_n, noise, data_variance, _, key = _normalised_problem(
         prior,
         likelihood,
         method,
@@ -429,11 +450,7 @@ def smc_posterior(
         data_variance = float(given)
     elif method.twist == "pigdm":  # the isotropic twist as sharp as the prior
         data_variance = float("nan")
-        twist_states = (
-            jnp.zeros((1, *prior.shape), dtype)
-            if prior.gaussian
-            else _cached_prior_states(prior, prior.shape, None, PRIOR_SAMPLES, sampler, num_steps)
-        )
+        twist_states = _matching_states(prior, sampler, num_steps)
     k_run, k_out = jax.random.split(key)
     t0 = time.perf_counter()
     res = twisted_smc(

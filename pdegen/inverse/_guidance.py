@@ -107,22 +107,116 @@ def _gaussian_guidance(score_fn, sde, observe, y, noise_std, covariance_term):
     return guided
 
 
+def _pigdm_variance(sde, t, data_variance):
+    """PiGDM's closed form: the Tweedie variance of white data of variance ``data_variance``."""
+    a, s = sde.alpha(t), sde.sigma(t)
+    return data_variance * s**2 / (a**2 * data_variance + s**2)
+
+
+def _jacobian_rows(vjp_A, m_size, dtype):
+    """The observation's Jacobian ``J_A`` ``(m, n)`` (flattened state) by ``m`` VJPs: reverse mode
+    only, so forward maps through a FEM solve with a custom VJP work too."""
+    eye = jnp.eye(m_size, dtype=dtype)
+    return jax.vmap(lambda e: jnp.ravel(vjp_A(e)[0]))(eye)
+
+
+def matched_twist_variances(score, sde, observe, ts, states, *, key, max_states: int = 8):
+    """Isotropic twist variances matched to the Tweedie covariance along the observed rows.
+
+    ``r_k^2 = E[tr((J J^T)^{-1} J C_{0|t_k}(x) J^T)] / m`` at each time ``t_k`` of ``ts``, with
+    ``C_{0|t} = (sigma_t^2 / alpha_t) dD/dx`` (``D`` the prior's Tweedie mean) and ``J`` the
+    ``(m, n)`` Jacobian of ``observe`` at ``D(x)`` (``2 m`` VJPs per state and time): the ``r^2``
+    for which ``N(0, r^2 J J^T)`` is closest to ``N(0, J C_{0|t} J^T)`` in Kullback-Leibler
+    divergence (from the latter), i.e. the mean of their generalised eigenvalues. For point
+    observations (``J J^T = I``) it is the average Tweedie variance at the sensors. ``states``: clean prior
+    states ``(S, *shape)`` noised to each time (the first ``max_states``, one fixed noise draw from
+    ``key``), or a single zero state ``(1, *shape)``, where a Gaussian prior's ``C_{0|t}`` is
+    exact. A learned Jacobian need not be positive semi-definite: the variance is floored at
+    ``1e-6`` of the unit-variance PiGDM value ``sigma_t^2 / (alpha_t^2 + sigma_t^2)``."""
+    states = states[:max_states]
+    noise = jax.random.normal(key, states.shape, states.dtype)
+    dtype = states.dtype
+
+    def at(t):
+        a, s = sde.alpha(t), sde.sigma(t)
+
+        def one(x0, e):
+            x = a * x0 + s * e
+            m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score, sde, x_, t), x)
+            y_hat, vjp_A = jax.vjp(observe, m)
+            k = y_hat.shape[0]
+            J = _jacobian_rows(vjp_A, k, dtype)
+            JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)
+            P = (s**2 / a) * JC @ J.T
+            G = J @ J.T
+            G = G + 1e-12 * jnp.trace(G) / k * jnp.eye(k, dtype=dtype)
+            return jnp.trace(jnp.linalg.solve(G, 0.5 * (P + P.T))) / k
+
+        r2 = jnp.mean(jax.vmap(one)(states, noise))
+        return jnp.maximum(r2, 1e-6 * _pigdm_variance(sde, t, 1.0))
+
+    return jax.lax.map(at, ts)
+
+
+class VarianceTable(eqx.Module):
+    """``t -> r_t^2`` from variances tabulated on a grid of times.
+
+    Interpolated linearly in ``log r^2`` against ``log(sigma_t / alpha_t)``, constant beyond the
+    grid's ends."""
+
+    sde: object
+    log_ratio: jax.Array
+    log_r2: jax.Array
+
+    def __call__(self, t):
+        x = jnp.log(self.sde.scaled_sigma(t))
+        return jnp.exp(jnp.interp(x, self.log_ratio, self.log_r2)).astype(jnp.result_type(t))
+
+
+def matched_variance_table(
+    score, sde, observe, states, *, key, num_times: int = 48, max_states: int = 4
+) -> VarianceTable:
+    """PiGDM's ``r_t^2`` matched to the prior, as a :class:`VarianceTable`.
+
+    :func:`matched_twist_variances` at ``num_times`` times evenly spaced in
+    ``log(sigma_t / alpha_t)`` (``2 m`` VJPs per state and time, once), for a sampler on any
+    time grid; ``states``: clean prior states, the first ``max_states`` used."""
+    t_max = jnp.asarray(sde.t_max, states.dtype)
+    t_min = jnp.asarray(sde.t_min, states.dtype)
+    levels = jnp.linspace(
+        jnp.log(sde.scaled_sigma(t_min)), jnp.log(sde.scaled_sigma(t_max)), num_times
+    )
+    ts = jax.vmap(sde.time_from_scaled_sigma)(jnp.exp(levels)).astype(states.dtype)
+    ts = ts.at[0].set(t_min).at[-1].set(t_max)
+    r2 = matched_twist_variances(score, sde, observe, ts, states, key=key, max_states=max_states)
+    log_ratio = jnp.log(jax.vmap(sde.scaled_sigma)(ts))
+    return VarianceTable(sde, log_ratio, jnp.log(r2))
+
+
 def pigdm(
-    score_fn: ScoreFn, sde, observe, y, *, noise_std: float = 0.0, data_variance: float = 1.0
+    score_fn: ScoreFn,
+    sde,
+    observe,
+    y,
+    *,
+    noise_std: float = 0.0,
+    data_variance: float = 1.0,
+    variance: Callable | None = None,
 ) -> ScoreFn:
     """Pseudoinverse-guided diffusion (PiGDM) as a transformation of a score.
 
     Pseudoinverse-guided diffusion (Song et al. 2023): ``p(y|x_t) ~ N(A m, r_t^2 A A^T + s^2 I)``
     with ``r_t^2 = data_variance * sigma_t^2 / (alpha_t^2 data_variance + sigma_t^2)`` (the posterior
-    variance of ``x_0`` under an isotropic Gaussian prior). ``A A^T`` is formed densely (``m`` VJPs)."""
+    variance of ``x_0`` under an isotropic Gaussian prior), or ``variance(t)`` when given (e.g. a
+    :func:`matched_variance_table`: as sharp as the prior). ``A A^T`` is formed densely (``m``
+    VJPs)."""
     y = _check_observations(y, noise_std)
 
     def covariance(x, t, m, vjp_m, A):
-        a, s = sde.alpha(t), sde.sigma(t)
-        r2 = data_variance * s**2 / (a**2 * data_variance + s**2)
+        r2 = _pigdm_variance(sde, t, data_variance) if variance is None else variance(t)
         _, vjp_A = jax.vjp(A, m)
         eye = jnp.eye(y.size, dtype=m.dtype)
-        At = jax.vmap(lambda e: jnp.ravel(vjp_A(e)[0]))(eye)  # (m, d) rows = A^T e_i
+        At = _jacobian_rows(vjp_A, y.size, m.dtype)  # (m, d) rows = A^T e_i
         AAt = At @ At.T
         C = r2 * AAt + (noise_std**2 + 1e-10) * eye
         return lambda r: jnp.linalg.solve(C, r)

@@ -36,6 +36,8 @@ class GuidanceProblem(NamedTuple):
         step_weight: ``t -> 1 / (g(t)^2 dt)``: a score correction ``step_weight(t) v`` moves the
             sampler's state by ``v`` in one step.
         shape: the state's shape (for methods that precompute, e.g. ``TMPD("cached")``).
+        variance: ``t -> r_t^2`` matched to the prior for PiGDM (a ``VarianceTable``), or
+            ``None`` (PiGDM's closed form with ``data_variance``).
     """
 
     score: Callable
@@ -46,6 +48,7 @@ class GuidanceProblem(NamedTuple):
     data_variance: float
     step_weight: Callable
     shape: tuple | None = None
+    variance: Callable | None = None
 
 
 def step_weight(sde, num_steps: int):
@@ -108,15 +111,41 @@ class TMPD(Method):
 class PiGDM(Method):
     """Pseudoinverse-guided diffusion (PiGDM).
 
-    Pseudoinverse guidance (Song et al. 2023) with the prior variance along the observed
-    directions (exact for Gaussian priors; ``1`` for learned ones, whose states are normalised to
-    unit variance) unless ``data_variance`` is given. Linearised for nonlinear forward maps."""
+    Pseudoinverse guidance (Song et al. 2023): ``p(y | x_t) ~ N(A m, r_t^2 A A^T + s^2 I)``.
+    ``r_t^2`` is PiGDM's closed form for white data whose variance is the prior variance along the
+    observed directions (exact for Gaussian priors; from unguided prior samples for learned ones),
+    or for white data of variance ``data_variance`` when given. ``matched=True``: ``r_t^2``
+    matched at every time to the prior's Tweedie covariance along the observed rows
+    (:func:`pdegen.inverse.matched_variance_table`, computed once per call: ``2 m`` VJPs at each
+    of 48 times): the closed form overstates the spread of a smooth prior, so its guidance is too
+    weak. Linearised for nonlinear forward maps."""
 
     data_variance: float | None = eqx.field(static=True, default=None)
+    matched: bool = eqx.field(static=True, default=False)
+
+    @property
+    def label(self) -> str:
+        return "pigdm-matched" if self.matched else "pigdm"
 
     def guide(self, p: GuidanceProblem):
-        dv = p.data_variance if self.data_variance is None else self.data_variance
-        return pigdm(p.score, p.sde, p.observe, p.y, noise_std=p.noise_std, data_variance=dv)
+        if self.data_variance is not None:
+            return pigdm(
+                p.score,
+                p.sde,
+                p.observe,
+                p.y,
+                noise_std=p.noise_std,
+                data_variance=self.data_variance,
+            )
+        return pigdm(
+            p.score,
+            p.sde,
+            p.observe,
+            p.y,
+            noise_std=p.noise_std,
+            data_variance=p.data_variance,
+            variance=p.variance if self.matched else None,
+        )
 
 
 class DPS(Method):
@@ -267,7 +296,7 @@ class SMC(Method):
     ``proposal``: :class:`PiGDM` (the default, ``"smc"``) or :class:`TMPD` (full, ``"smc-tmpd"``),
     whose Gaussian approximation of ``p(y | x_t)`` is both the twist and, through its gradient,
     the guided proposal. The PiGDM twist's isotropic variance is matched at every time to the
-    prior's Tweedie covariance along the observed rows (its Kullback-Leibler projection) (:func:`pdegen.inverse.matched_twist_variances`:
+    prior's Tweedie covariance along the observed rows, as its Kullback-Leibler projection (:func:`pdegen.inverse.matched_twist_variances`:
     at the zero state for a Gaussian prior, at 8 unguided prior samples noised to each time for a
     learned one), as sharp as the prior; ``PiGDM(data_variance=v)`` keeps PiGDM's closed form for
     white data of variance ``v``, which overstates the spread for a smooth prior. ``shared_covariance``: compute the twist's covariance once per time at the
@@ -334,6 +363,7 @@ FIELD_METHODS = {
     "tmpd-rowsum": TMPD("rowsum"),
     "tmpd-cached": TMPD("cached"),
     "pigdm": PiGDM(),
+    "pigdm-matched": PiGDM(matched=True),
     "dps": DPS(),
     "unguided": Unguided(),
     "smc": SMC(),

@@ -47,7 +47,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._guidance import tweedie_mean
+from ._guidance import _jacobian_rows, _pigdm_variance, matched_twist_variances, tweedie_mean
 
 TWISTS = ("pigdm", "tmpd")
 
@@ -118,18 +118,6 @@ def _gaussian_logpdf(r, C):
     return logp, w
 
 
-def _pigdm_variance(sde, t, data_variance):
-    a, s = sde.alpha(t), sde.sigma(t)
-    return data_variance * s**2 / (a**2 * data_variance + s**2)
-
-
-def _jacobian_rows(vjp_A, m_size, dtype):
-    """The observation's Jacobian ``J_A`` ``(m, n)`` (flattened state) by ``m`` VJPs: reverse mode
-    only, so forward maps through a FEM solve with a custom VJP work too."""
-    eye = jnp.eye(m_size, dtype=dtype)
-    return jax.vmap(lambda e: jnp.ravel(vjp_A(e)[0]))(eye)
-
-
 def _gram(vjp_A, m_size, dtype):
     """``J_A J_A^T`` from the VJP of the observation."""
     At = _jacobian_rows(vjp_A, m_size, dtype)
@@ -191,44 +179,6 @@ class _Twist(eqx.Module):
         # a learned Jacobian need not be positive semi-definite: clip its eigenvalues at zero
         w, V = jnp.linalg.eigh(C)
         return (V * jnp.maximum(w, 0.0)[None]) @ V.T
-
-
-def matched_twist_variances(score, sde, observe, ts, states, *, key, max_states: int = 8):
-    """Isotropic twist variances matched to the Tweedie covariance along the observed rows.
-
-    ``r_k^2 = E[tr((J J^T)^{-1} J C_{0|t_k}(x) J^T)] / m`` at each time ``t_k`` of ``ts``, with
-    ``C_{0|t} = (sigma_t^2 / alpha_t) dD/dx`` (``D`` the prior's Tweedie mean) and ``J`` the
-    ``(m, n)`` Jacobian of ``observe`` at ``D(x)`` (``2 m`` VJPs per state and time): the ``r^2``
-    for which ``N(0, r^2 J J^T)`` is closest to ``N(0, J C_{0|t} J^T)`` in Kullback-Leibler
-    divergence (from the latter), i.e. the mean of their generalised eigenvalues. For point
-    observations (``J J^T = I``) it is the average Tweedie variance at the sensors. ``states``: clean prior
-    states ``(S, *shape)`` noised to each time (the first ``max_states``, one fixed noise draw from
-    ``key``), or a single zero state ``(1, *shape)``, where a Gaussian prior's ``C_{0|t}`` is
-    exact. A learned Jacobian need not be positive semi-definite: the variance is floored at
-    ``1e-6`` of the unit-variance PiGDM value ``sigma_t^2 / (alpha_t^2 + sigma_t^2)``."""
-    states = states[:max_states]
-    noise = jax.random.normal(key, states.shape, states.dtype)
-    dtype = states.dtype
-
-    def at(t):
-        a, s = sde.alpha(t), sde.sigma(t)
-
-        def one(x0, e):
-            x = a * x0 + s * e
-            m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score, sde, x_, t), x)
-            y_hat, vjp_A = jax.vjp(observe, m)
-            k = y_hat.shape[0]
-            J = _jacobian_rows(vjp_A, k, dtype)
-            JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)
-            P = (s**2 / a) * JC @ J.T
-            G = J @ J.T
-            G = G + 1e-12 * jnp.trace(G) / k * jnp.eye(k, dtype=dtype)
-            return jnp.trace(jnp.linalg.solve(G, 0.5 * (P + P.T))) / k
-
-        r2 = jnp.mean(jax.vmap(one)(states, noise))
-        return jnp.maximum(r2, 1e-6 * _pigdm_variance(sde, t, 1.0))
-
-    return jax.lax.map(at, ts)
 
 
 def _final_sample(twist: _Twist, x, t, key, r2=None):

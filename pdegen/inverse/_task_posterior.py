@@ -69,6 +69,7 @@ POSTERIOR_METHODS = (
     "statfem-pigdm",
     "dps",
     "pigdm",
+    "pigdm-matched",
     "diffusionpde",
     "unguided",
     "smc",
@@ -99,6 +100,7 @@ def _method_object(
         "tmpd-cached": TMPD("cached"),
         "statfem": TMPD(),
         "pigdm": PiGDM(data_variance),
+        "pigdm-matched": PiGDM(data_variance, matched=True),
         "statfem-pigdm": PiGDM(data_variance),
         "dps": DPS(float(scale)),
         # on the solve route the PDE is exact: DPS, with the recipe's step rule
@@ -622,6 +624,11 @@ def sample_task_posterior(
         )
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    if method == "pigdm-matched" and route != "solve":
+        raise ValueError(
+            f"pigdm-matched: its variance table is computed on the 'solve' route only; use "
+            f"'pigdm' on route={route!r}"
+        )
     if method in SMC_METHODS and route != "solve":
         raise ValueError(
             f"{method}: sequential Monte Carlo runs on the 'solve' route only (a one-channel "
