@@ -197,6 +197,14 @@ def test_smc_bad_input(problem):
         inverse.sample_posterior(
             inverse.gaussian_prior(8), task, method="smc", key=jax.random.key(0), route="joint"
         )
+    with pytest.raises(ValueError, match="pigdm-matched.*solve"):
+        inverse.sample_posterior(
+            inverse.gaussian_prior(8),
+            task,
+            method="pigdm-matched",
+            key=jax.random.key(0),
+            route="joint",
+        )
 
 
 @pytest.mark.slow
