@@ -128,23 +128,15 @@ class PiGDM(Method):
         return "pigdm-matched" if self.matched else "pigdm"
 
     def guide(self, p: GuidanceProblem):
-        if self.data_variance is not None:
-            return pigdm(
-                p.score,
-                p.sde,
-                p.observe,
-                p.y,
-                noise_std=p.noise_std,
-                data_variance=self.data_variance,
-            )
+        given = self.data_variance is not None
         return pigdm(
             p.score,
             p.sde,
             p.observe,
             p.y,
             noise_std=p.noise_std,
-            data_variance=p.data_variance,
-            variance=p.variance if self.matched else None,
+            data_variance=self.data_variance if given else p.data_variance,
+            variance=p.variance if self.matched and not given else None,
         )
 
 
