@@ -120,6 +120,15 @@ def _jacobian_rows(vjp_A, m_size, dtype):
     return jax.vmap(lambda e: jnp.ravel(vjp_A(e)[0]))(eye)
 
 
+def _tmpd_projected(sde, t, vjp_m, m, vjp_A, m_size, dtype):
+    """``A C_{0|t} A^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` (``2 m_size`` VJPs)."""
+    scale = sde.sigma(t) ** 2 / sde.alpha(t)
+    J = _jacobian_rows(vjp_A, m_size, dtype)
+    JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)  # J dD/dx (symmetric)
+    C = scale * JC @ J.T
+    return 0.5 * (C + C.T)
+
+
 def matched_twist_variances(score, sde, observe, ts, states, *, key, max_states: int = 8):
     """Isotropic twist variances matched to the Tweedie covariance along the observed rows.
 
@@ -146,11 +155,9 @@ def matched_twist_variances(score, sde, observe, ts, states, *, key, max_states:
             y_hat, vjp_A = jax.vjp(observe, m)
             k = y_hat.shape[0]
             J = _jacobian_rows(vjp_A, k, dtype)
-            JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)
-            P = (s**2 / a) * JC @ J.T
-            G = J @ J.T
-            G = G + 1e-12 * jnp.trace(G) / k * jnp.eye(k, dtype=dtype)
-            return jnp.trace(jnp.linalg.solve(G, 0.5 * (P + P.T))) / k
+            P = _tmpd_projected(sde, t, vjp_m, m, vjp_A, k, dtype)
+            G = J @ J.T + 1e-12 * jnp.trace(J @ J.T) / k * jnp.eye(k, dtype=dtype)
+            return jnp.trace(jnp.linalg.solve(G, P)) / k
 
         r2 = jnp.mean(jax.vmap(one)(states, noise))
         return jnp.maximum(r2, 1e-6 * _pigdm_variance(sde, t, 1.0))

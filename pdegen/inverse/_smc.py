@@ -21,7 +21,8 @@ spread of ``A(x_0)`` given ``x_t`` (the prior's high wavenumbers are resolved lo
 ``t_min``), the mid-chain guidance is too weak and the weights collapse onto a few paths on sharp
 data. ``twist_states`` instead matches ``r_k^2`` to the Tweedie covariance along the observed
 rows (:func:`matched_twist_variances`, the Kullback-Leibler projection onto ``r^2 A A^T``): still
-isotropic, so one forward map and one VJP per particle and step, but as sharp as the prior. At ``t_K`` the twist is the exact likelihood of ``x_K`` under
+isotropic, so one forward map and one VJP per particle and step, but as sharp as the prior. At
+``t_K`` the twist is the exact likelihood of ``x_K`` under
 the denoising kernel (for a linear ``A``), so the last weights are those of the model's posterior.
 Since the two transitions share their covariance,
 ``log p - log q = -g sqrt(h) eps . grad log L_k - h g^2 ||grad log L_k||^2 / 2`` for the step's noise
@@ -47,7 +48,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._guidance import _jacobian_rows, _pigdm_variance, matched_twist_variances, tweedie_mean
+from ._guidance import (
+    _jacobian_rows,
+    _pigdm_variance,
+    _tmpd_projected,
+    matched_twist_variances,
+    tweedie_mean,
+)
 
 TWISTS = ("pigdm", "tmpd")
 
@@ -124,15 +131,6 @@ def _gram(vjp_A, m_size, dtype):
     return At @ At.T
 
 
-def _tmpd_projected(sde, t, vjp_m, m, vjp_A, m_size, dtype):
-    """``A C_{0|t} A^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` (``2 m_size`` VJPs)."""
-    scale = sde.sigma(t) ** 2 / sde.alpha(t)
-    J = _jacobian_rows(vjp_A, m_size, dtype)
-    JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)  # J dD/dx (symmetric)
-    C = scale * JC @ J.T
-    return 0.5 * (C + C.T)
-
-
 class _Twist(eqx.Module):
     """``(x, t, C_shared) -> (log L(x), prior score s(x), grad log L(x))`` for one state.
 
@@ -144,18 +142,16 @@ class _Twist(eqx.Module):
     observe: Callable
     y: jax.Array
     noise_std: jax.Array
-    data_variance: jax.Array
     kind: str = eqx.field(static=True)
 
     def __call__(self, x, t, projected=None, r2=None):
-        """``r2``: the isotropic twist's variance at ``t`` (PiGDM's closed form when ``None``)."""
+        """``r2``: the isotropic (PiGDM) twist's variance at ``t``."""
         sde = self.sde
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(self.score, sde, x_, t), x)
         y_hat, vjp_A = jax.vjp(self.observe, m)
         k = self.y.shape[0]
         if projected is None:
             if self.kind == "pigdm":
-                r2 = _pigdm_variance(sde, t, self.data_variance) if r2 is None else r2
                 projected = r2 * _gram(vjp_A, k, m.dtype)
             else:
                 projected = _tmpd_projected(sde, t, vjp_m, m, vjp_A, k, m.dtype)
@@ -173,7 +169,6 @@ class _Twist(eqx.Module):
         _, vjp_A = jax.vjp(self.observe, m)
         k = self.y.shape[0]
         if self.kind == "pigdm":
-            r2 = _pigdm_variance(self.sde, t, self.data_variance) if r2 is None else r2
             return r2 * _gram(vjp_A, k, dtype)
         C = _tmpd_projected(self.sde, t, vjp_m, m, vjp_A, k, dtype)
         # a learned Jacobian need not be positive semi-definite: clip its eigenvalues at zero
@@ -181,12 +176,11 @@ class _Twist(eqx.Module):
         return (V * jnp.maximum(w, 0.0)[None]) @ V.T
 
 
-def _final_sample(twist: _Twist, x, t, key, r2=None):
+def _final_sample(twist: _Twist, x, t, key, r2):
     """``x_0`` from the final kernel ``N(D(x), r^2 I)`` conditioned on ``y = A(x_0) + e`` by
     Matheron's rule (exact for a linear ``A``; linearised at ``D(x)`` otherwise)."""
     sde = twist.sde
     m = tweedie_mean(twist.score, sde, x, t)
-    r2 = _pigdm_variance(sde, t, twist.data_variance) if r2 is None else r2
     k1, k2 = jax.random.split(key)
     eps = jax.random.normal(k1, x.shape, x.dtype)
     e = twist.noise_std * jax.random.normal(k2, twist.y.shape, x.dtype)
@@ -255,7 +249,6 @@ def twisted_smc(
         observe,
         y,
         jnp.asarray(noise_std, dtype),
-        jnp.asarray(data_variance, dtype),
         twist,
     )
     ts = smc_time_grid(sde, num_steps, time_grid, dtype)
@@ -266,7 +259,7 @@ def twisted_smc(
             score, sde, observe, ts, jnp.asarray(twist_states, dtype), key=jax.random.key(0)
         )
     else:
-        r2s = jax.vmap(lambda t: _pigdm_variance(sde, t, tw.data_variance))(ts)
+        r2s = jax.vmap(lambda t: _pigdm_variance(sde, t, jnp.asarray(data_variance, dtype)))(ts)
     if shared_covariance:
         projected = jax.lax.map(lambda tr: tw.shared(tr[0], shape, dtype, tr[1]), (ts, r2s))
         evaluate = jax.vmap(lambda x_, t, c, _: tw(x_, t, c), in_axes=(0, None, None, None))
