@@ -120,10 +120,10 @@ def _jacobian_rows(vjp_A, m_size, dtype):
     return jax.vmap(lambda e: jnp.ravel(vjp_A(e)[0]))(eye)
 
 
-def _tmpd_projected(sde, t, vjp_m, m, vjp_A, m_size, dtype):
-    """``A C_{0|t} A^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` (``2 m_size`` VJPs)."""
+def _tmpd_projected(sde, t, vjp_m, m, J):
+    """``J C_{0|t} J^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` for the observation's Jacobian
+    rows ``J`` (:func:`_jacobian_rows`; ``m`` more VJPs)."""
     scale = sde.sigma(t) ** 2 / sde.alpha(t)
-    J = _jacobian_rows(vjp_A, m_size, dtype)
     JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)  # J dD/dx (symmetric)
     C = scale * JC @ J.T
     return 0.5 * (C + C.T)
@@ -155,7 +155,7 @@ def matched_twist_variances(score, sde, observe, ts, states, *, key, max_states:
             y_hat, vjp_A = jax.vjp(observe, m)
             k = y_hat.shape[0]
             J = _jacobian_rows(vjp_A, k, dtype)
-            P = _tmpd_projected(sde, t, vjp_m, m, vjp_A, k, dtype)
+            P = _tmpd_projected(sde, t, vjp_m, m, J)
             G = J @ J.T + 1e-12 * jnp.trace(J @ J.T) / k * jnp.eye(k, dtype=dtype)
             return jnp.trace(jnp.linalg.solve(G, P)) / k
 

@@ -154,7 +154,7 @@ class _Twist(eqx.Module):
             if self.kind == "pigdm":
                 projected = r2 * _gram(vjp_A, k, m.dtype)
             else:
-                projected = _tmpd_projected(sde, t, vjp_m, m, vjp_A, k, m.dtype)
+                projected = _tmpd_projected(sde, t, vjp_m, m, _jacobian_rows(vjp_A, k, m.dtype))
         C = projected + (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=m.dtype)
         logp, w = _gaussian_logpdf((self.y - y_hat).astype(m.dtype), C.astype(m.dtype))
         (grad,) = vjp_m(vjp_A(w)[0])
@@ -170,7 +170,7 @@ class _Twist(eqx.Module):
         k = self.y.shape[0]
         if self.kind == "pigdm":
             return r2 * _gram(vjp_A, k, dtype)
-        C = _tmpd_projected(self.sde, t, vjp_m, m, vjp_A, k, dtype)
+        C = _tmpd_projected(self.sde, t, vjp_m, m, _jacobian_rows(vjp_A, k, dtype))
         # a learned Jacobian need not be positive semi-definite: clip its eigenvalues at zero
         w, V = jnp.linalg.eigh(C)
         return (V * jnp.maximum(w, 0.0)[None]) @ V.T
