@@ -262,6 +262,36 @@ def test_matched_twist_variances_are_the_kl_projection_of_the_tweedie_covariance
             Ct = s**2 * C @ jnp.linalg.inv(a**2 * C + s**2 * jnp.eye(prior.size))
             expected.append(jnp.trace(jnp.linalg.solve(G, H @ Ct @ H.T)) / H.shape[0])
         np.testing.assert_allclose(r2, jnp.asarray(expected), rtol=1e-8)
+        m = H.shape[0]
+        exact_probes = inverse.matched_twist_variances(
+            prior.score,
+            sde,
+            lambda x, H=H: H @ x.ravel(),
+            ts,
+            jnp.zeros((1, *prior.shape)),
+            key=jax.random.key(1),
+            probes=m,
+        )
+        np.testing.assert_allclose(exact_probes, jnp.asarray(expected), rtol=1e-8)
+        # two probes per state, 32 states: unbiased within its Monte Carlo error over 8 keys
+        estimates = jnp.stack(
+            [
+                inverse.matched_twist_variances(
+                    prior.score,
+                    sde,
+                    lambda x, H=H: H @ x.ravel(),
+                    ts,
+                    jnp.zeros((32, *prior.shape)),
+                    key=jax.random.key(k),
+                    max_states=32,
+                    probes=2,
+                )
+                for k in range(8)
+            ]
+        )
+        mc = jnp.std(estimates, axis=0) / np.sqrt(8)
+        assert bool(jnp.all(jnp.abs(jnp.mean(estimates, 0) - jnp.asarray(expected)) < 4 * mc))
+        assert bool(jnp.all(mc > 0))
     H = jnp.asarray(lik.forward.matrix)
     r2 = inverse.matched_twist_variances(
         prior.score,

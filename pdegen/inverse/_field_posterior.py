@@ -125,6 +125,9 @@ def _sample_batch(method, observe, y, noise_std, data_variance, variance, keys, 
 
 
 PRIOR_SAMPLES = 64
+# orthonormal probes per state for the trace in a learned prior's matched variances (2 m network
+# VJPs per state and time become m cheap observation VJPs and this many network ones)
+MATCH_PROBES = 16
 """Unguided prior samples behind a learned prior's PiGDM data variance and SMC twist variances."""
 
 
@@ -324,7 +327,9 @@ def _normalised_problem(
             prior, observe, prior.shape, sampler=sampler, num_steps=num_steps
         )
         if isinstance(method, PiGDM) and method.matched:
-            variance = _matched_table(prior, observe, _matching_states(prior, sampler, num_steps))
+            variance = _matched_table(
+                prior, observe, _matching_states(prior, sampler, num_steps), _probes(prior)
+            )
     y_n = jnp.asarray(factor * yw, dtype)
     noise = jnp.asarray(factor, dtype)
     return observe, y_n, noise, data_variance, variance, key
@@ -338,9 +343,17 @@ def _matching_states(prior: Prior, sampler, num_steps):
     return _cached_prior_states(prior, prior.shape, None, PRIOR_SAMPLES, sampler, num_steps)
 
 
+def _probes(prior: Prior) -> int | None:
+    """Probes of the matched variance's trace: ``None`` (exact, ``m`` VJPs) for a Gaussian prior,
+    ``MATCH_PROBES`` for a learned one, whose VJPs are network evaluations."""
+    return None if prior.gaussian else MATCH_PROBES
+
+
 @eqx.filter_jit
-def _matched_table(prior, observe, states):
-    return matched_variance_table(prior.score, prior.sde, observe, states, key=jax.random.key(0))
+def _matched_table(prior, observe, states, probes):
+    return matched_variance_table(
+        prior.score, prior.sde, observe, states, key=jax.random.key(0), probes=probes
+    )
 
 
 def _guided_posterior(
@@ -475,6 +488,7 @@ def smc_posterior(
         else bool(likelihood.linear) and prior.transform is None,
         time_grid=method.time_grid,
         twist_states=twist_states,
+        twist_probes=_probes(prior),
         dtype=dtype,
     )
     fields = jax.block_until_ready(jax.vmap(prior.to_field)(res.particles))

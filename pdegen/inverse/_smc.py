@@ -213,6 +213,7 @@ def twisted_smc(
     shared_covariance: bool = False,
     time_grid: str = "log-snr",
     twist_states=None,
+    twist_probes: int | None = None,
     dtype=jnp.float64,
 ) -> SMCResult:
     """Twisted SMC for ``p(x_0 | y)`` with the diffusion prior ``score`` (see the module docstring).
@@ -237,6 +238,8 @@ def twisted_smc(
             (:func:`matched_twist_variances`; a zero state ``(1, *shape)`` is exact for a
             Gaussian prior); ``None``: PiGDM's closed form with ``data_variance``. The final
             denoising kernel uses the same variance at ``t_min``, so the model stays consistent.
+        twist_probes: orthonormal probes for the trace in the matched variances (``None``: exact,
+            ``2 m`` VJPs per state and time; see :func:`matched_twist_variances`).
 
     Returns:
         An :class:`SMCResult`.
@@ -256,7 +259,13 @@ def twisted_smc(
     x = jax.vmap(lambda k: sde.prior_sample(shape, key=k, dtype=dtype))(jax.random.split(k_init, n))
     if twist == "pigdm" and twist_states is not None:
         r2s = matched_twist_variances(
-            score, sde, observe, ts, jnp.asarray(twist_states, dtype), key=jax.random.key(0)
+            score,
+            sde,
+            observe,
+            ts,
+            jnp.asarray(twist_states, dtype),
+            key=jax.random.key(0),
+            probes=twist_probes,
         )
     else:
         r2s = jax.vmap(lambda t: _pigdm_variance(sde, t, jnp.asarray(data_variance, dtype)))(ts)
