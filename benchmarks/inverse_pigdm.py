@@ -35,7 +35,8 @@ METHODS = {
     "pigdm": "isotropic Tweedie covariance, PiGDM's closed form for white data of the prior's "
     "variance along the observed rows",
     "pigdm-matched": "isotropic Tweedie covariance, r_t^2 matched at each time to the prior's "
-    "(Kullback-Leibler projection onto r^2 A A^T; 2m VJPs at 48 times, once per call)",
+    "(Kullback-Leibler projection onto r^2 A A^T at 48 times, once per call; exact for a Gaussian "
+    "prior, 16 trace probes per state for a learned one)",
     "tmpd": "full Tweedie covariance (m VJPs per step): exact for a Gaussian prior and a linear map",
 }
 

@@ -125,10 +125,11 @@ def _sample_batch(method, observe, y, noise_std, data_variance, variance, keys, 
 
 
 PRIOR_SAMPLES = 64
-# orthonormal probes per state for the trace in a learned prior's matched variances (2 m network
-# VJPs per state and time become m cheap observation VJPs and this many network ones)
-MATCH_PROBES = 16
 """Unguided prior samples behind a learned prior's PiGDM data variance and SMC twist variances."""
+
+MATCH_PROBES = 16
+"""Orthonormal probes per state for the trace in a learned prior's matched variances: the ``2 m``
+network VJPs per state and time become ``m`` observation VJPs and this many network ones."""
 
 
 def observed_prior_variance(

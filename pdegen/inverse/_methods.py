@@ -116,8 +116,9 @@ class PiGDM(Method):
     observed directions (exact for Gaussian priors; from unguided prior samples for learned ones),
     or for white data of variance ``data_variance`` when given. ``matched=True``: ``r_t^2``
     matched at every time to the prior's Tweedie covariance along the observed rows
-    (:func:`pdegen.inverse.matched_variance_table`, computed once per call: ``2 m`` VJPs at each
-    of 48 times): the closed form overstates the spread of a smooth prior, so its guidance is too
+    (:func:`pdegen.inverse.matched_variance_table`, computed once per call at 48 times: exactly,
+    ``2 m`` VJPs per time, for a Gaussian prior; for a learned one from 16 orthonormal trace probes
+    per state, ``m`` observation VJPs and 16 network VJPs): the closed form overstates the spread of a smooth prior, so its guidance is too
     weak. Linearised for nonlinear forward maps."""
 
     data_variance: float | None = eqx.field(static=True, default=None)
