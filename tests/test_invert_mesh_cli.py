@@ -16,7 +16,7 @@ import pytest
 
 from pdegen import fem
 from pdegen.cli import main
-from pdegen.inverse import _invert_cli
+from pdegen.inverse import _invert_mesh
 from pdegen.inverse._field_posterior import FieldPosterior
 from pdegen.inverse._files import plot_field_posterior, read_points, read_values, write_posterior
 
@@ -247,7 +247,7 @@ def test_bad_input_is_one_clear_line_before_any_work(problem, tmp_path, capsys, 
     def expensive(*_, **__):
         raise AssertionError("the prior / forward map was built before the inputs were checked")
 
-    monkeypatch.setattr(_invert_cli, "build_mesh_problem", expensive)
+    monkeypatch.setattr(_invert_mesh, "build_mesh_problem", expensive)
     opts, message = BAD_INPUTS[case]
     opts = dict(opts)
     mesh = opts.pop("mesh", None)
