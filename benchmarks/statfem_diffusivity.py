@@ -36,7 +36,12 @@ the collapsed samplers (nearly independent draws; a draw of ``u`` given each ``v
 excluded; set-up and warm-up are included.
 
 Run from the repository root: ``python benchmarks/statfem_diffusivity.py [--quick]`` (``--quick``:
-32x32 only, short budgets). Writes ``benchmarks/results/statfem_diffusivity.json``.
+32x32 only, short budgets). Writes ``benchmarks/results/statfem_diffusivity.json``. Budgets of
+hours run in pieces: every 5 minutes, and when ``--stop-after MINUTES`` have passed, a sampler's
+chains wait in ``benchmarks/results/partial/`` (see ``_resumable.py``); the same command continues
+them (the row records its ``sessions``). ESS and R-hat come from about 256 evenly spaced
+coordinates of ``(log kappa, u)``, at most 400 states per chain (rows before this recorded all
+coordinates of the first 400 blocks).
 """
 
 from __future__ import annotations
@@ -55,10 +60,11 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import _resumable as resumable  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import machine_info, write_results  # noqa: E402
-from _reference import long_run_reference, reference_id  # noqa: E402
+from _reference import long_run_reference, reference_id, traced_coordinates  # noqa: E402
 from _tolerance import add_speedups, tolerance_row, tolerance_table  # noqa: E402
 from jax import lax  # noqa: E402
 
@@ -92,6 +98,7 @@ BUDGET_FACTOR = 10.5
 NUM_CHAINS = 4
 REFERENCE_CHAINS = 8
 BLOCK = 250
+CHECKPOINT_S = 300.0
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -215,7 +222,11 @@ def errors(moments, ref_mean, ref_var, split):
     )
 
 
-def run_sampler(name, dm, y, ref, budget_s, key, max_blocks=400):
+def run_sampler(name, dm, y, ref, budget_s, key, *, checkpoint=None, stop_at=None):
+    """One sampler's time-to-tolerance row, or ``None`` when ``stop_at`` (a ``perf_counter``
+    time) came first: then the chains wait in ``checkpoint`` (also written every
+    ``CHECKPOINT_S``) and the same call continues them. Warm-up runs once; ESS and R-hat come from
+    the bounded trace of about 256 evenly spaced coordinates."""
     kernel, x0, setup_s, info = kernel_for(name, dm, y, key)
     setting = SETTINGS[name]
     warmup = setting.warmup
@@ -229,29 +240,65 @@ def run_sampler(name, dm, y, ref, budget_s, key, max_blocks=400):
     jax.block_until_ready(block(jax.random.split(key, NUM_CHAINS), res.state, zeros))
     compile_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    # warm-up (step-size adaptation), then 50 steps that measure the acceptance rate
-    res = statfem.run_chains(kernel, x0, 50, warmup, key=jax.random.fold_in(key, 4))
-    state, moments, steps, reached, traces = res.state, zeros, 50, None, []
+    tag = f"{name}|{reference_id(ref)}"
+    st = resumable.load(checkpoint, tag=tag, like_state=res.state) if checkpoint else None
+    if st is None:
+        t0 = time.perf_counter()
+        # warm-up (step-size adaptation), then 50 steps that measure the acceptance rate
+        res = statfem.run_chains(kernel, x0, 50, warmup, key=jax.random.fold_in(key, 4))
+        state, moments, steps, reached = res.state, zeros, 50, None
+        acceptance, segments = np.asarray(res.acceptance_rate), 1
+        trace = resumable.BoundedTrace(NUM_CHAINS, traced_coordinates(size))
+        done_s = 0.0
+    else:
+        state, moments, trace = st["state"], st["moments"], st["trace"]
+        steps, done_s, acceptance = int(st["steps"]), float(st["seconds"]), st["acceptance"]
+        setup_s, budget_s, segments = (
+            float(st["setup_s"]),
+            float(st["budget_s"]),
+            int(st["segments"]) + 1,
+        )
+        reached = None
+        print(
+            f"  {name}: continuing at step {steps} ({done_s:.0f} s of {budget_s:.0f})", flush=True
+        )
+        t0 = time.perf_counter()
     ref_mean, ref_var = jnp.asarray(ref["mean"]), jnp.asarray(ref["variance"])
+    last_save = time.perf_counter()
+
+    def keep(stopped):
+        resumable.save(
+            checkpoint, tag=tag, state=state, moments=moments, trace=trace, steps=steps,
+            seconds=done_s + time.perf_counter() - t0, acceptance=acceptance, setup_s=setup_s,
+            budget_s=budget_s, segments=segments,
+        )  # fmt: skip
+        if stopped:
+            print(f"  {name}: paused at step {steps}; checkpoint {checkpoint}", flush=True)
+
     while True:
         keys = jax.random.split(jax.random.fold_in(key, 10 + steps), NUM_CHAINS)
-        state, moments, trace = block(keys, state, moments)
+        state, moments, block_trace = block(keys, state, moments)
         steps += BLOCK
-        if len(traces) < max_blocks:
-            traces.append(trace)
+        trace.add(block_trace)
         mean_err, var_err = errors(moments, ref_mean, ref_var, split)
-        elapsed = time.perf_counter() - t0
+        elapsed = done_s + time.perf_counter() - t0
         if reached is None and mean_err < MEAN_TOL and var_err < VAR_TOL:
             reached = dict(seconds=elapsed, steps=steps)
         if reached is not None or elapsed > budget_s:
             break
-    sample_s = time.perf_counter() - t0
+        now = time.perf_counter()
+        if checkpoint is not None and stop_at is not None and now > stop_at:
+            keep(stopped=True)
+            return None
+        if checkpoint is not None and now - last_save > CHECKPOINT_S:
+            keep(stopped=False)
+            last_save = now
+    sample_s = done_s + time.perf_counter() - t0
     out = tolerance_row(
         kernel,
         state=state,
-        acceptance=res.acceptance_rate,
-        samples=jnp.concatenate(traces, axis=1),
+        acceptance=acceptance,
+        samples=jnp.asarray(trace.values, jnp.float64),
         sample_s=sample_s,
         setup_s=setup_s,
         compile_s=compile_s,
@@ -261,7 +308,10 @@ def run_sampler(name, dm, y, ref, budget_s, key, max_blocks=400):
         reached=reached,
         num_chains=NUM_CHAINS,
     )
-    return {**out, "budget_s": budget_s, **info}
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
+    diagnostics = dict(traced_coordinates=int(trace.coords.size), trace_stride=trace.stride)
+    return {**out, "budget_s": budget_s, "sessions": segments, **diagnostics, **info}
 
 
 def reference(dm, y, grid, key, num_steps, store=True):
@@ -317,12 +367,20 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default=None, help="results name (default statfem_diffusivity[_quick])")
     p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        help="minutes: then a running sampler pauses in its checkpoint (results/partial/), and "
+        "the same command later continues it",
+    )
+    p.add_argument(
         "--table", action="store_true", help="print the table of the stored results; run nothing"
     )
     args = p.parse_args(argv)
     if args.table:
         return print_stored(args.out or "statfem_diffusivity")
     args.out = args.out or ("statfem_diffusivity_quick" if args.quick else "statfem_diffusivity")
+    stop_at = None if args.stop_after is None else time.perf_counter() + 60 * args.stop_after
     grids = [int(g) for g in (args.grids or ("32" if args.quick else "32,64")).split(",")]
     budget = 20.0 if args.quick else args.budget
     ref_steps = {32: 8000, 64: 6000}
@@ -385,7 +443,19 @@ def main(argv=None) -> int:
         for name in [s for s in args.samplers.split(",") if s]:
             t_best = g["samplers"].get(fastest(g["samplers"]), {}).get("seconds_to_tolerance")
             b = min(max(budget, BUDGET_FACTOR * t_best), args.max_budget) if t_best else budget
-            r = run_sampler(name, dm, case.y, ref, b, jax.random.fold_in(key, 1000 + grid))
+            r = run_sampler(
+                name,
+                dm,
+                case.y,
+                ref,
+                b,
+                jax.random.fold_in(key, 1000 + grid),
+                checkpoint=None if args.quick else resumable.checkpoint_path(args.out, grid, name),
+                stop_at=stop_at,
+            )
+            if r is None:
+                print(f"{grid}x{grid} {name}: paused; run the same command to continue")
+                return 0
             r["reference_id"] = ref_id
             g["samplers"][name] = r
             rows.append((grid, name, r))

@@ -70,3 +70,47 @@ def test_reference_id_tells_references_apart():
     other = {"mean": np.arange(4.0), "variance": np.ones(4) * (1 + 1e-12)}
     assert reference_id(ref) == reference_id(same)
     assert reference_id(ref) != reference_id(other)
+
+
+def test_bounded_trace_keeps_every_stride_th_state(monkeypatch):
+    import _resumable as resumable
+
+    monkeypatch.setattr(resumable, "TRACE_CAP", 8)
+    full = np.random.default_rng(0).normal(size=(2, 50, 5))
+    coords = np.array([0, 3])
+    trace = resumable.BoundedTrace(2, coords)
+    for j in range(0, 50, 7):
+        trace.add(full[:, j : j + 7])
+    assert trace.values.shape[1] <= 8 and trace.stride == 8
+    expected = full[:, :: trace.stride][:, :, coords].astype(np.float32)
+    np.testing.assert_array_equal(trace.values, expected)
+    again = resumable.BoundedTrace.from_state(trace.state())
+    again.add(full[:, :7])  # states 50-56 of the run: 56 is the next multiple of the stride
+    assert again.seen == 57 and again.values.shape[1] == expected.shape[1] + 1
+    np.testing.assert_array_equal(again.values[:, -1], full[:, 6][:, coords].astype(np.float32))
+
+
+def test_checkpoint_continues_the_same_chains(tmp_path):
+    import _resumable as resumable
+
+    kernel = mcmc.mala(lambda x: 0.5 * x @ PREC @ x, 0.05)
+    x0 = jax.random.normal(jax.random.key(0), (3, 2))
+    res = mcmc.run_chains(kernel, x0, 20, 20, key=jax.random.key(1))
+    moments = (jnp.full(3, 4.0), jnp.ones((3, 2)), jnp.zeros((3, 2)))
+    path = tmp_path / "run.npz"
+    trace = resumable.BoundedTrace(3, np.arange(2))
+    resumable.save(path, tag="mala|ref", state=res.state, moments=moments, trace=trace, steps=20)
+    st = resumable.load(path, tag="mala|ref", like_state=res.state)
+    for a, b in zip(jax.tree.leaves(st["state"]), jax.tree.leaves(res.state)):
+        np.testing.assert_array_equal(a, b)
+    assert int(st["steps"]) == 20 and float(st["moments"][0][0]) == 4.0
+    # the restored state steps exactly as the original
+    key = jax.random.key(2)
+    first = jax.tree.map(lambda x: x[0], st["state"])
+    original = jax.tree.map(lambda x: x[0], res.state)
+    np.testing.assert_array_equal(
+        kernel.step(first, key=key)[0].position, kernel.step(original, key=key)[0].position
+    )
+    with pytest.raises(ValueError, match="another run"):
+        resumable.load(path, tag="pcn|ref", like_state=res.state)
+    assert resumable.load(tmp_path / "none.npz", tag="mala|ref", like_state=res.state) is None
