@@ -19,11 +19,29 @@ from ._tasks import InverseTask, physics_for
 def grf_sqrt_matrix(grid: int, *, alpha: float = 2.0, tau: float = 3.0) -> np.ndarray:
     """Dense ``L`` with ``a = L z`` (``z`` white noise): the GRF of the tasks, ``(g^2, g^2)``."""
     d = grid * grid
-    eye = jnp.eye(d).reshape(d, grid, grid)
-    cols = jax.jit(
-        jax.vmap(lambda e: fem.grf_from_white_noise(e, alpha=alpha, tau=tau).reshape(-1))
-    )(eye)
-    return np.asarray(cols).T
+
+    def column(e):
+        return fem.grf_from_white_noise(e.reshape(grid, grid), alpha=alpha, tau=tau).reshape(-1)
+
+    return np.concatenate(list(_column_blocks(column, d)), axis=1)
+
+
+COLUMN_CHUNK = 512
+"""Unit vectors per compiled batch when a linear map is tabulated column by column (the memory of
+one batch, not of all ``d`` columns at once: ``d = 16384`` at 128x128)."""
+
+
+def _column_blocks(f, d: int):
+    """The columns ``f(e_j)`` of a linear map on ``R^d``, as ``(d_out, k)`` NumPy blocks of at most
+    :data:`COLUMN_CHUNK` columns (one compiled batch shape)."""
+    k = min(COLUMN_CHUNK, d)
+    batched = jax.jit(jax.vmap(f))
+    rows = jnp.arange(k)
+    for start in range(0, d, k):
+        n = min(k, d - start)
+        cols = jnp.minimum(start + rows, d - 1)
+        eye = jnp.zeros((k, d)).at[rows, cols].set(jnp.where(rows < n, 1.0, 0.0))
+        yield np.asarray(batched(eye))[:n].T
 
 
 @functools.lru_cache(maxsize=8)
@@ -31,7 +49,8 @@ def solution_operator(physics: fem.PDETask) -> np.ndarray:
     """Dense FEM solution operator ``S`` with ``u = S a`` (nodal / image order), linear PDEs only.
 
     Assembled once from the FEM residual ``r(u, a) = A u - b(a)`` (``A`` from ``r(u, 0)``, ``b`` from
-    ``-r(0, a)``) and one sparse LU factorisation with all right-hand sides at once.
+    ``-r(0, a)``, both tabulated in column batches and kept sparse) and one sparse LU factorisation
+    with all right-hand sides at once.
     """
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
@@ -45,10 +64,12 @@ def solution_operator(physics: fem.PDETask) -> np.ndarray:
         r = physics.problem.residual(u, **physics.theta(a))
         return r.real if jnp.iscomplexobj(r) else r
 
-    eye = jnp.eye(d)
-    A = np.asarray(jax.jit(jax.vmap(lambda e: residual(e, zero)))(eye)).T
-    B = -np.asarray(jax.jit(jax.vmap(lambda e: residual(zero, e)))(eye)).T
-    return spla.splu(sp.csc_matrix(A)).solve(B)
+    def sparse(f):
+        return sp.hstack([sp.csc_matrix(b) for b in _column_blocks(f, d)]).tocsc()
+
+    A = sparse(lambda e: residual(e, zero))
+    B = -sparse(lambda e: residual(zero, e))
+    return spla.splu(A).solve(B.toarray())
 
 
 def sensor_operator(task: InverseTask) -> np.ndarray:
