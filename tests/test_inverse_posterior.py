@@ -128,6 +128,33 @@ def test_dps_default_step_fits_the_data_to_the_noise_level(name, key):
     assert row["rel_l2"] < 2.0 * bayes["rel_l2"], (row["rel_l2"], bayes["rel_l2"])
 
 
+def test_method_objects_carry_their_options_on_the_tasks(key):
+    """A method object runs as its name with the same options: the same samples for the same key;
+    an object with options of its own on the joint route is a clear error."""
+    from pdegen.inverse import DPS, MAP, PiGDM
+
+    task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15, noise=0.05)
+    prior = gaussian_prior(GRID)
+    kw = dict(key=key, num_samples=4, num_steps=20, batch_size=4)
+    by_name = sample_posterior(prior, task, method="dps", scale=0.5, **kw)
+    by_object = sample_posterior(prior, task, method=DPS(scale=0.5), **kw)
+    assert by_object.method == "dps"
+    np.testing.assert_array_equal(by_object.samples, by_name.samples)
+    default = sample_posterior(prior, task, method="dps", **kw)
+    assert not np.allclose(default.samples, by_object.samples)  # the object's scale was used
+    matched = sample_posterior(prior, task, method=PiGDM(matched=True), **kw)
+    assert matched.method == "pigdm-matched"
+    np.testing.assert_array_equal(
+        matched.samples, sample_posterior(prior, task, method="pigdm-matched", **kw).samples
+    )
+    point = sample_posterior(prior, task, method=MAP(steps=5), **kw)
+    assert point.method == "map" and point.samples.shape[0] == 1
+    with pytest.raises(ValueError, match="solve"):
+        sample_posterior(prior, task, method=DPS(scale=0.5), route="joint", **kw)
+    with pytest.raises(ValueError, match="method object"):
+        sample_posterior(prior, task, method="dsp", **kw)
+
+
 def _imperfect_joint_prior(task, inflation=0.5):
     """A joint Gaussian prior over (a, u) that knows the physics only approximately:
     the exact joint covariance plus independent noise on u (normalised units)."""

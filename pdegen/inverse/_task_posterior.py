@@ -46,7 +46,18 @@ from ._field_prior import (
     prior_at_grid,
 )
 from ._guidance import StatFEMLikelihood, tweedie_mean
-from ._methods import DPS, SMC, TMPD, GuidanceProblem, PiGDM, Unguided, step_weight
+from ._methods import (
+    DPS,
+    FIELD_METHODS,
+    MAP,
+    SMC,
+    TMPD,
+    GuidanceProblem,
+    Method,
+    PiGDM,
+    Unguided,
+    step_weight,
+)
 from ._metrics import summarise
 from ._operators import channel_rms, noise_floor, solution_operator
 from ._priors import Prior
@@ -133,16 +144,19 @@ def _solve_route(
     data_variance,
     progress,
     num_particles=64,
+    method_object=None,
 ) -> Posterior:
     field_prior = as_mesh_prior(prior, task)
     model_error = likelihood if method in STATFEM_METHODS else None
     lik = task_likelihood(task, y=y, model_error=model_error)
+    if method_object is None:
+        method_object = _method_object(
+            method, scale=scale, data_variance=data_variance, num_particles=num_particles
+        )
     post = sample_field_posterior(
         field_prior,
         lik,
-        method=_method_object(
-            method, scale=scale, data_variance=data_variance, num_particles=num_particles
-        ),
+        method=method_object,
         key=key,
         num_samples=num_samples,
         num_steps=num_steps,
@@ -519,7 +533,7 @@ def sample_task_posterior(
     prior: FieldPrior,
     task: InverseTask,
     *,
-    method: str = "tmpd",
+    method: str | Method = "tmpd",
     key,
     num_samples: int = 8,
     route: str | None = None,
@@ -543,7 +557,11 @@ def sample_task_posterior(
         prior: a :class:`FieldPrior` on the task's grid, or a resolution-free one (``bayes`` and ``map`` use the GRF of an
             exact prior (:func:`gaussian_prior`), else the GRF the task's data were drawn from).
         task: an :class:`InverseTask` (its observations ``task.y`` unless ``y`` is given).
-        method: one of ``METHODS``.
+        method: one of ``METHODS``, or a method object (:class:`TMPD`, :class:`PiGDM`,
+            :class:`DPS`, :class:`SMC`, :class:`MCMC`, :class:`MAP`, :class:`Exact`, ...) whose
+            own fields set its options (``scale``, ``data_variance`` and ``num_particles`` are
+            for names). A guidance object other than a name's default runs on the ``"solve"``
+            route.
         key: PRNG key; sample ``i`` uses ``split(key, num_samples)[i]``.
         route: ``"solve"`` (the default, except ``diffusionpde`` with a joint prior) or ``"joint"``.
         num_steps, sampler: reverse-time sampler (a name in :data:`pdegen.models.SAMPLERS`; default
@@ -574,8 +592,11 @@ def sample_task_posterior(
             ``num_samples`` of its weighted particles are returned, mean and std are the weighted
             estimates over all of them, ``info["log_evidence"]`` the evidence estimate.
     """
+    method_object = None
+    if isinstance(method, Method):
+        method_object, method = method, method.label
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {METHODS} or a method object, got {method!r}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if method in SMC_METHODS:
@@ -598,10 +619,14 @@ def sample_task_posterior(
                 f"model error) is for 'bayes', 'map', 'statfem' and 'statfem-pigdm'"
             )
         from ._mcmc_reference import task_mcmc_posterior
-        from ._methods import FIELD_METHODS
 
         post = task_mcmc_posterior(
-            task, FIELD_METHODS[method], key=key, num_samples=num_samples, y=y, **grf
+            task,
+            method_object or FIELD_METHODS[method],
+            key=key,
+            num_samples=num_samples,
+            y=y,
+            **grf,
         )
         if progress is not None:
             progress.update(num_samples)
@@ -614,7 +639,8 @@ def sample_task_posterior(
         else:
             from ._map import map_posterior
 
-            post = map_posterior(task, y=y, likelihood=likelihood, **grf)
+            steps = method_object.steps if isinstance(method_object, MAP) else None
+            post = map_posterior(task, y=y, likelihood=likelihood, steps=steps, **grf)
         if progress is not None:
             progress.update(num_samples)
         return post
@@ -624,6 +650,11 @@ def sample_task_posterior(
         )
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    if route != "solve" and method_object not in (None, FIELD_METHODS.get(method)):
+        raise ValueError(
+            f"method={method_object!r}: a method object with its own options runs on the 'solve' "
+            f"route; on route={route!r} give its name {method!r} (with scale= / data_variance=)"
+        )
     if method == "pigdm-matched" and route != "solve":
         raise ValueError(
             f"pigdm-matched: its variance table is computed on the 'solve' route only; use "
@@ -658,7 +689,14 @@ def sample_task_posterior(
     )
     if route == "solve":
         return _solve_route(
-            prior, task, method, y, likelihood, num_particles=num_particles, **common
+            prior,
+            task,
+            method,
+            y,
+            likelihood,
+            num_particles=num_particles,
+            method_object=method_object,
+            **common,
         )
     return _joint_route(
         prior,
