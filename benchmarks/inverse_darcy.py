@@ -22,12 +22,17 @@ over draws with their spread:
 Methods: ``mcmc`` at the SMC's budget (the same chains with as many forward evaluations as the
 largest SMC run: the strongest baseline with the same information), ``map`` (L-BFGS), ``smc``
 (PiGDM twist) and ``smc-tmpd`` (TMPD twist), both with the twist's covariance shared at the zero
-state, ``pigdm`` (guidance alone, 16 samples). Writes ``benchmarks/results/inverse_darcy.json``.
+state, ``smc-particle`` / ``smc-tmpd-particle`` (the same twists linearised at each particle's
+Tweedie mean: ``m`` / ``2m`` VJPs per particle and step for ``m`` sensors), ``pigdm`` (guidance
+alone, 16 samples). ``--methods`` runs some rows only; with ``--merge`` the other rows of the
+results file are kept; ``--resume`` reuses the per-draw records written after every draw, so a
+stopped run continues where it stopped. Writes ``benchmarks/results/inverse_darcy.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -53,8 +58,22 @@ BIAS = {
     "asymptotically exact in the particles",
     "smc-tmpd": "twisted SMC, TMPD twist (Tweedie covariance of the exact latent GRF) shared at the "
     "zero state: asymptotically exact in the particles",
+    "smc-particle": "twisted SMC, PiGDM twist linearised at each particle's Tweedie mean (m VJPs "
+    "per particle and step): asymptotically exact in the particles",
+    "smc-tmpd-particle": "twisted SMC, TMPD twist linearised at each particle's Tweedie mean (2m "
+    "VJPs per particle and step): asymptotically exact in the particles",
     "pigdm": "PiGDM guidance alone (linearised through the solve): no correction, not exact",
 }
+
+
+# SMC rows: (label, twist, twist covariance shared at the zero state).
+SMC_VARIANTS = (
+    ("smc", inverse.PiGDM(), True),
+    ("smc-tmpd", inverse.TMPD(), True),
+    ("smc-particle", inverse.PiGDM(), False),
+    ("smc-tmpd-particle", inverse.TMPD(), False),
+)
+METHODS = tuple(v[0] for v in SMC_VARIANTS) + ("mcmc", "map", "pigdm")
 
 
 def _reference(task, args, index, store: dict):
@@ -152,9 +171,12 @@ def run_draw(task, args, index, ref) -> dict:
     out = {}
     counts = [int(c) for c in args.particles.split(",")]
     budget = max(counts) * args.steps  # particle-steps of the largest SMC run
+    wanted = set(args.methods.split(","))
     for n in counts:
-        for label, proposal in (("smc", inverse.PiGDM()), ("smc-tmpd", inverse.TMPD())):
-            method = inverse.SMC(proposal, num_particles=n, shared_covariance=True)
+        for label, proposal, shared in SMC_VARIANTS:
+            if label not in wanted:
+                continue
+            method = inverse.SMC(proposal, num_particles=n, shared_covariance=shared)
             t0 = time.perf_counter()
             post = inverse.sample_posterior(
                 prior, lik, method=method, key=jax.random.fold_in(key, n), num_steps=args.steps
@@ -169,6 +191,31 @@ def run_draw(task, args, index, ref) -> dict:
                 log_evidence=post.info["log_evidence"],
             )
             out[(label, n)] = rec
+    if "mcmc" in wanted:
+        out.update(_budget_mcmc(task, args, prior, lik, key, budget, ref))
+    if "map" in wanted:
+        t0 = time.perf_counter()
+        post = inverse.sample_posterior(prior, lik, method="map", key=key)
+        wall = time.perf_counter() - t0
+        mean, std = _joint(task, post)
+        rec = _metrics(task, mean, std, ref)
+        rec.update(seconds=wall, forward_evaluations=None)
+        out[("map", 1)] = rec
+    if "pigdm" in wanted:
+        t0 = time.perf_counter()
+        post = inverse.sample_posterior(
+            prior, lik, method="pigdm", key=key, num_samples=args.samples, num_steps=args.steps
+        )
+        wall = time.perf_counter() - t0
+        mean, std = _joint(task, post)
+        rec = _metrics(task, mean, std, ref)
+        rec.update(seconds=wall, forward_evaluations=args.samples * args.steps)
+        out[("pigdm", args.samples)] = rec
+    return out
+
+
+def _budget_mcmc(task, args, prior, lik, key, budget, ref) -> dict:
+    """MCMC with the forward-evaluation budget of the largest SMC run."""
     chains = args.ref_chains
     steps = max(8 * args.ref_thin, budget // chains - args.ref_warmup)
     method = inverse.MCMC(
@@ -184,24 +231,7 @@ def run_draw(task, args, index, ref) -> dict:
         forward_evaluations=post.info["num_forward"],
         rhat_max=post.info["rhat_max"],
     )
-    out[("mcmc", budget)] = rec
-    t0 = time.perf_counter()
-    post = inverse.sample_posterior(prior, lik, method="map", key=key)
-    wall = time.perf_counter() - t0
-    mean, std = _joint(task, post)
-    rec = _metrics(task, mean, std, ref)
-    rec.update(seconds=wall, forward_evaluations=None)
-    out[("map", 1)] = rec
-    t0 = time.perf_counter()
-    post = inverse.sample_posterior(
-        prior, lik, method="pigdm", key=key, num_samples=args.samples, num_steps=args.steps
-    )
-    wall = time.perf_counter() - t0
-    mean, std = _joint(task, post)
-    rec = _metrics(task, mean, std, ref)
-    rec.update(seconds=wall, forward_evaluations=args.samples * args.steps)
-    out[("pigdm", args.samples)] = rec
-    return out
+    return {("mcmc", budget): rec}
 
 
 def summarise(per: dict, task_name: str, grid: int, sensors: int, args) -> list:
@@ -253,7 +283,24 @@ def main(argv=None) -> int:
     p.add_argument("--ref-warmup", type=int, default=1000)
     p.add_argument("--ref-thin", type=int, default=10)
     p.add_argument("--out", default="inverse_darcy")
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated rows to run (default all: {','.join(METHODS)})",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of the other methods from the existing results file",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the per-draw records of the existing results file (a stopped run continues)",
+    )
     args = p.parse_args(argv)
+    if not set(args.methods.split(",")) <= set(METHODS):
+        p.error(f"--methods: choose from {METHODS}")
     if args.quick:
         args.draws, args.particles, args.ref_steps, args.ref_warmup = 1, "32", 2000, 500
     t0 = time.perf_counter()
@@ -261,6 +308,9 @@ def main(argv=None) -> int:
     rows: list = []
     refs: list = []
     load_start = os.getloadavg()
+    kept, kept_records = _kept(args) if args.merge else ([], [])
+    done = _stored_records(args) if args.resume else {}
+    records: list = []
     for task_name in args.tasks.split(","):
         per: dict = {}
         for index in range(args.draws):
@@ -286,7 +336,23 @@ def main(argv=None) -> int:
                 f"{float(ref['seconds']):.0f} s)",
                 flush=True,
             )
-            for k, rec in run_draw(task, args, index, ref).items():
+            mine = {k[2:]: v for k, v in done.items() if k[:2] == (task_name, index)}
+            expected = _expected_keys(args)
+            if all(k in mine for k in expected):  # --resume: this draw's rows are stored
+                results = {k: mine[k] for k in expected}
+                print("  (stored)", flush=True)
+            else:
+                results = run_draw(task, args, index, ref)
+            for k, rec in results.items():
+                records.append(
+                    {
+                        "task": task_name,
+                        "draw": index,
+                        "method": k[0],
+                        "count": k[1],
+                        "metrics": rec,
+                    }
+                )
                 per.setdefault(k, []).append(rec)
                 print(
                     f"  {k[0]:<9} {k[1]:>6}: rel L2 {rec['rel_l2']:.3f} "
@@ -296,16 +362,65 @@ def main(argv=None) -> int:
                     flush=True,
                 )
             partial_rows = rows + summarise(per, task_name, args.grid, task.num_sensors, args)
-            write_results(args.out, _payload(args, partial_rows, refs, t0, load_start, True))
+            write_results(
+                args.out,
+                _payload(
+                    args, kept + partial_rows, kept_records + records, refs, t0, load_start, True
+                ),
+            )
         rows += summarise(per, task_name, args.grid, task.num_sensors, args)
-    final = _payload(args, rows, refs, t0, load_start, False)
+    final = _payload(args, kept + rows, kept_records + records, refs, t0, load_start, False)
     path = write_results(args.out, final)
     print("\n" + format_table(rows))
     print(f"\nwrote {path} in {final['seconds']:.0f} s")
     return 0
 
 
-def _payload(args, rows, refs, t0, load_start, partial) -> dict:
+def _expected_keys(args) -> list:
+    """The ``(method, count)`` rows one draw of this run produces (as :func:`run_draw`)."""
+    wanted = set(args.methods.split(","))
+    counts = [int(c) for c in args.particles.split(",")]
+    keys = [(v[0], n) for n in counts for v in SMC_VARIANTS if v[0] in wanted]
+    extra = (("mcmc", max(counts) * args.steps), ("map", 1), ("pigdm", args.samples))
+    return keys + [k for k in extra if k[0] in wanted]
+
+
+SETTINGS = ("grid", "sensor_fraction", "noise", "steps", "samples", "ref_chains", "ref_steps")
+
+
+def _old_results(args) -> dict:
+    path = RESULTS_DIR / f"{args.out}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    differ = [k for k in SETTINGS if old.get("settings", {}).get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"{path}: made with other settings ({', '.join(differ)}); use --out")
+    return old
+
+
+def _kept(args) -> tuple:
+    """``--merge``: the rows (and per-draw records) of the existing results file that this run
+    does not redo."""
+    old = _old_results(args)
+    tasks, methods = set(args.tasks.split(",")), set(args.methods.split(","))
+    mine = lambda r: r["task"] in tasks and r["method"] in methods  # noqa: E731
+    return (
+        [r for r in old.get("rows", []) if not mine(r)],
+        [r for r in old.get("records", []) if not mine(r)],
+    )
+
+
+def _stored_records(args) -> dict:
+    """``--resume``: the per-draw records of the existing results file, by (task, draw, method,
+    count); a draw whose rows are all there is not run again."""
+    return {
+        (r["task"], r["draw"], r["method"], r["count"]): r["metrics"]
+        for r in _old_results(args).get("records", [])
+    }
+
+
+def _payload(args, rows, records, refs, t0, load_start, partial) -> dict:
     machine = machine_info(load_start)
     return {
         "description": "Darcy (no closed form): SMC, guidance, MAP and equal-budget MCMC against a "
@@ -329,6 +444,7 @@ def _payload(args, rows, refs, t0, load_start, partial) -> dict:
             )
         },
         "rows": rows,
+        "records": records,
         "references": refs,
         "bias": BIAS,
         "machine": machine,

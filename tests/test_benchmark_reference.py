@@ -114,3 +114,46 @@ def test_checkpoint_continues_the_same_chains(tmp_path):
     with pytest.raises(ValueError, match="another run"):
         resumable.load(path, tag="pcn|ref", like_state=res.state)
     assert resumable.load(tmp_path / "none.npz", tag="mala|ref", like_state=res.state) is None
+
+
+def test_darcy_benchmark_resumes_from_its_per_draw_records(tmp_path, monkeypatch):
+    """benchmarks/inverse_darcy.py --resume reruns no stored draw and gives the same rows;
+    --merge keeps the other methods' rows; other settings are refused."""
+    import json
+    import types
+
+    import inverse_darcy as darcy
+
+    monkeypatch.setattr(darcy, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr("_common.RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(
+        darcy.inverse, "make_task", lambda name, **kw: types.SimpleNamespace(num_sensors=7)
+    )
+    ref = {k: 1.0 for k in ("rhat_max", "ess_min", "ess_median", "seconds")}
+    monkeypatch.setattr(darcy, "_reference", lambda task, args, index, store: (ref, True))
+    calls = []
+
+    def fake_draw(task, args, index, ref):
+        calls.append(index)
+        metrics = dict.fromkeys(
+            ("reference_rel_l2", "mean_error_in_std", "std_ratio", "coverage90", "seconds"), 1.0
+        )
+        return {k: {**metrics, "rel_l2": 0.1 * (index + 1)} for k in darcy._expected_keys(args)}
+
+    monkeypatch.setattr(darcy, "run_draw", fake_draw)
+    monkeypatch.setattr(darcy, "format_table", lambda rows: "")
+    base = ["--tasks", "darcy-inverse", "--draws", "3", "--particles", "8"]
+    darcy.main([*base, "--methods", "map"])
+    darcy.main([*base, "--methods", "smc-particle,map", "--merge"])
+    first = json.loads((tmp_path / "inverse_darcy.json").read_text())
+    assert calls == [0, 1, 2] * 2
+    darcy.main([*base, "--methods", "smc-particle,map", "--merge", "--resume"])
+    assert calls == [0, 1, 2] * 2  # every draw was stored
+    again = json.loads((tmp_path / "inverse_darcy.json").read_text())
+    assert again["rows"] == first["rows"] and len(again["records"]) == 6
+    darcy.main([*base, "--methods", "pigdm", "--merge"])
+    merged = json.loads((tmp_path / "inverse_darcy.json").read_text())
+    assert {r["method"] for r in merged["rows"]} == {"smc-particle", "map", "pigdm"}
+    assert merged["rows"][0]["rel_l2"] == pytest.approx(0.2)  # mean over the three draws
+    with pytest.raises(SystemExit, match="other settings"):
+        darcy.main([*base, "--methods", "map", "--steps", "50", "--resume"])
