@@ -157,3 +157,74 @@ def test_pigdm_with_the_matched_variance_table_is_tmpd_for_one_observation(key):
         for t in nodes[1:-1:6]
     ]
     assert max(gaps) > 0.05, gaps
+
+
+def test_matched_variances_do_not_shrink_as_noise_grows(key):
+    """``E[Cov(x_0 | x_t)]`` cannot shrink as noise is added. A score whose Tweedie covariance
+    collapses at high noise (as a network's can) gets, there, the largest value met at lower noise,
+    while a Gaussian prior's exact values (non-decreasing already) are left as they are."""
+    from pdegen.inverse import matched_twist_variances
+    from pdegen.models import VPSDE
+
+    sde = VPSDE()
+    Sigma = _problem()[4]
+    ts = jnp.linspace(sde.t_min, sde.t_max, 12)
+    observe = lambda x: x[:2]  # noqa: E731
+
+    def score_for(scale):
+        def score(x, t):
+            a, s = sde.alpha(t), sde.sigma(t)
+            return -jnp.linalg.solve(a**2 * scale(t) * Sigma + s**2 * jnp.eye(D), x)
+
+        return score
+
+    states = jnp.zeros((1, D))
+    exact = matched_twist_variances(score_for(lambda t: 1.0), sde, observe, ts, states, key=key)
+    assert bool(jnp.all(jnp.diff(exact) > 0)), exact
+    # the Tweedie covariance of the collapsing score: s^2 c(t) H Sigma H^T / (a^2 c(t) Sigma + s^2)
+    collapse = lambda t: jnp.where(t > 0.5, 1e-3, 1.0)  # noqa: E731
+    r2 = matched_twist_variances(score_for(collapse), sde, observe, ts, states, key=key)
+    low = ts <= 0.5
+    np.testing.assert_allclose(r2[low], exact[low], rtol=1e-10)
+    np.testing.assert_allclose(r2[~low], jnp.max(exact[low]), rtol=1e-10)
+
+
+def test_loewner_envelope_is_non_decreasing_above_its_input():
+    """Each matrix of the envelope lies above its input and above the one before (differences
+    positive semi-definite); a non-decreasing input comes back unchanged."""
+    from pdegen.inverse._guidance import _loewner_envelope
+
+    rng = np.random.default_rng(3)
+    B = rng.normal(size=(6, 4, 4))
+    M = jnp.asarray(B @ np.swapaxes(B, 1, 2))  # PSD, in no order
+    E = _loewner_envelope(M)
+    tol = 1e-10 * float(jnp.max(jnp.abs(M)))
+    assert float(jnp.min(jnp.linalg.eigvalsh(E - M))) > -tol
+    assert float(jnp.min(jnp.linalg.eigvalsh(E[1:] - E[:-1]))) > -tol
+    assert float(jnp.max(jnp.abs(E - M))) > 1.0  # the input was not ordered: the test can fail
+    increasing = jnp.cumsum(M, axis=0)
+    np.testing.assert_allclose(_loewner_envelope(increasing), increasing, atol=tol)
+
+
+def test_tmpd_cached_at_noised_prior_states_is_tmpd_for_a_gaussian_prior(key):
+    """A Gaussian prior's Tweedie covariance does not depend on the state, so the covariance
+    averaged over noised prior samples (the route for a learned prior) is TMPD's at the cached
+    noise levels; states of the wrong shape are a clear error."""
+    from pdegen.inverse import tmpd_cached
+    from pdegen.models import VPSDE
+
+    sde = VPSDE()
+    _, H, y, mu, Sigma, *_ = _problem()
+
+    def score(x, t):
+        a, s = sde.alpha(t), sde.sigma(t)
+        return -jnp.linalg.solve(a**2 * Sigma + s**2 * jnp.eye(D), x - a * mu)
+
+    states = mu[None] + jax.random.normal(key, (6, D)) @ jnp.linalg.cholesky(Sigma).T
+    guided = tmpd_cached(score, sde, H, y, shape=(D,), noise_std=NOISE, states=states, num_times=8)
+    exact = tmpd(score, sde, H, y, noise_std=NOISE)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (D,))
+    for t in sde.time_grid(7, jnp.float64)[1:-1]:
+        np.testing.assert_allclose(guided(x, t), exact(x, t), rtol=1e-6)
+    with pytest.raises(ValueError, match="states"):
+        tmpd_cached(score, sde, H, y, shape=(D,), states=jnp.zeros((2, D + 1)))

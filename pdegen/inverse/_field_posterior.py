@@ -98,7 +98,9 @@ class _Observe(eqx.Module):
 
 
 @eqx.filter_jit
-def _sample_batch(method, observe, y, noise_std, data_variance, variance, keys, num_steps, sampler):
+def _sample_batch(
+    method, observe, y, noise_std, data_variance, variance, states, keys, num_steps, sampler
+):
     prior = observe.prior
     sde = prior.sde
     dtype = jnp.dtype(prior.dtype)
@@ -112,6 +114,7 @@ def _sample_batch(method, observe, y, noise_std, data_variance, variance, keys, 
         step_weight(sde, num_steps),
         prior.shape,
         variance,
+        states,
     )
     guided = method.guide(problem)
     run = models.SAMPLERS[sampler]
@@ -381,8 +384,12 @@ def _guided_posterior(
     )
     dtype = jnp.dtype(prior.dtype)
     dv = jnp.asarray(data_variance, dtype)
+    # a learned prior's Tweedie covariance where the sampler goes, not at the zero state
+    states = None
+    if method.uses_prior_states and not prior.gaussian:
+        states = _matching_states(prior, sampler, num_steps)
     run = lambda kb: _sample_batch(  # noqa: E731
-        method, observe, y_n, noise, dv, variance, kb, num_steps, sampler
+        method, observe, y_n, noise, dv, variance, states, kb, num_steps, sampler
     )
     samples, per_sample, compile_s = sample_in_batches(run, key, num_samples, batch_size, progress)
     if not np.all(np.isfinite(samples)):

@@ -143,7 +143,12 @@ def matched_twist_variances(
     states ``(S, *shape)`` noised to each time (the first ``max_states``, one fixed noise draw from
     ``key``), or a single zero state ``(1, *shape)``, where a Gaussian prior's ``C_{0|t}`` is
     exact. A learned Jacobian need not be positive semi-definite: the variance is floored at
-    ``1e-6`` of the unit-variance PiGDM value ``sigma_t^2 / (alpha_t^2 + sigma_t^2)``.
+    ``1e-6`` of the unit-variance PiGDM value ``sigma_t^2 / (alpha_t^2 + sigma_t^2)``, then made
+    non-decreasing in the noise level ``sigma_t / alpha_t`` (the running maximum from the lowest
+    level): the expected posterior covariance ``E[Cov(x_0 | x_t)]`` cannot shrink as noise is
+    added, whatever the prior, while a network's Tweedie Jacobian, scaled by ``sigma_t^2 /
+    alpha_t``, is least reliable at high noise, where an underestimate makes the guidance
+    far too sharp. A Gaussian prior's exact values are non-decreasing already.
 
     ``probes``: when given and below ``m``, the trace is estimated from that many orthonormal
     probes per state (``(m / p) tr(Q^T L^{-1} J C J^T L^{-T} Q)`` with ``J J^T = L L^T`` and a
@@ -177,7 +182,15 @@ def matched_twist_variances(
         r2 = jnp.mean(jax.vmap(one)(states, noise, probe_keys))
         return jnp.maximum(r2, 1e-6 * _pigdm_variance(sde, t, 1.0))
 
-    return jax.lax.map(at, ts)
+    r2 = jax.lax.map(at, ts)
+    return _non_decreasing_in_noise(r2, jax.vmap(sde.scaled_sigma)(ts))
+
+
+def _non_decreasing_in_noise(values, levels):
+    """``values`` replaced by their running maximum in the order of increasing ``levels``."""
+    order = jnp.argsort(levels)
+    envelope = jax.lax.cummax(values[order])
+    return jnp.zeros_like(values).at[order].set(envelope)
 
 
 class VarianceTable(eqx.Module):
@@ -318,25 +331,50 @@ def tmpd_cached(
     num_times: int = 16,
     chunk: int = 64,
     jitter: float = 1e-10,
+    states=None,
+    max_states: int = 4,
 ) -> ScoreFn:
     """TMPD with the projected Tweedie covariance computed once and interpolated.
 
-    TMPD with the projected Tweedie covariance ``A C_{0|t} A^T`` computed once, at the zero
-    state and ``num_times`` noise levels, and interpolated in ``log(sigma_t / alpha_t)``.
+    TMPD with the projected Tweedie covariance ``A C_{0|t} A^T`` computed once, at
+    ``num_times`` noise levels, and interpolated in ``log(sigma_t / alpha_t)``.
 
-    Exact like :func:`tmpd` (``'full'``) for a Gaussian prior and a linear ``A``, whose Tweedie
-    covariance does not depend on the state; for a learned prior the covariance at the zero state
-    stands in for that at ``x_t``. Cost: ``num_times x m`` network VJPs once (in chunks of
-    ``chunk`` sensors), then one VJP per step, so hundreds of sensors are affordable. Each cached
+    ``states=None``: at the zero state, exact like :func:`tmpd` (``'full'``) for a Gaussian prior
+    and a linear ``A``, whose Tweedie covariance does not depend on the state. For a learned prior
+    pass clean prior samples ``(S, *shape)``: the covariance is averaged over the first
+    ``max_states`` of them noised to each level (one fixed noise draw), states like those the
+    sampler meets; a network evaluated at the zero state at high noise, far from any state it was
+    trained on, can return a Jacobian of the wrong sign or scale there. Cost: ``num_times x S x m``
+    network VJPs once (in chunks of ``chunk`` sensors), then one VJP per step, so hundreds of
+    sensors are affordable. Each cached
     matrix is symmetrised and its eigenvalues clipped at zero (a learned Jacobian need not be
-    symmetric positive semi-definite)."""
+    symmetric positive semi-definite), then the sequence made non-decreasing in the Loewner order
+    from the lowest noise level up (:func:`_loewner_envelope`): the expected Tweedie covariance
+    cannot shrink as noise is added, and a network's, scaled by ``sigma_t^2 / alpha_t``, is least
+    reliable at high noise, where an underestimate makes the guidance far too sharp. A Gaussian
+    prior's matrices are non-decreasing already and are kept."""
     y = _check_observations(y, noise_std)
     A = _as_operator(observe, shape)
     ts = sde.time_grid(max(int(num_times), 2) - 1, jnp.result_type(float))[::-1]  # increasing
-    x_ref = jnp.zeros(shape, jnp.result_type(float))
-    eye = jnp.eye(y.size, dtype=x_ref.dtype)
+    dtype = jnp.result_type(float)
+    if states is None:
+        clean, noise = jnp.zeros((1, *shape), dtype), jnp.zeros((1, *shape), dtype)
+    else:
+        clean = jnp.asarray(states, dtype)[:max_states]
+        if clean.shape[1:] != tuple(shape):
+            raise ValueError(f"tmpd_cached: states must be (S, *{tuple(shape)}), got {clean.shape}")
+        noise = jax.random.normal(jax.random.key(0), clean.shape, dtype)
+    eye = jnp.eye(y.size, dtype=dtype)
 
     def projected(t):
+        covariances = jax.lax.map(
+            lambda ce: projected_at(sde.alpha(t) * ce[0] + sde.sigma(t) * ce[1], t), (clean, noise)
+        )
+        C = jnp.mean(covariances, axis=0)
+        w, V = jnp.linalg.eigh(0.5 * (C + C.T))
+        return (V * jnp.maximum(w, 0.0)[None]) @ V.T
+
+    def projected_at(x_ref, t):
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score_fn, sde, x_, t), x_ref)
         _, vjp_A = jax.vjp(A, m)
         scale = sde.sigma(t) ** 2 / sde.alpha(t)
@@ -350,11 +388,9 @@ def tmpd_cached(
         count = -(-y.size // size)
         rows = jnp.zeros((count * size, y.size), eye.dtype).at[: y.size].set(eye)
         C = jax.lax.map(jax.vmap(acat), rows.reshape(count, size, y.size))
-        C = C.reshape(count * size, y.size)[: y.size]
-        w, V = jnp.linalg.eigh(0.5 * (C + C.T))
-        return (V * jnp.maximum(w, 0.0)[None]) @ V.T
+        return C.reshape(count * size, y.size)[: y.size]
 
-    cached = jax.lax.map(projected, ts)  # (K, m, m)
+    cached = _loewner_envelope(jax.lax.map(projected, ts))  # (K, m, m), ts increasing
     levels = jnp.log(jax.vmap(sde.scaled_sigma)(ts))
 
     def guided(x, t):
@@ -370,6 +406,21 @@ def tmpd_cached(
         return score_fn(x, t) + grad
 
     return guided
+
+
+def _loewner_envelope(matrices):
+    """The least sequence above ``matrices`` (symmetric, ``(K, m, m)``) that is non-decreasing in
+    the Loewner order, built greedily: ``E_0 = M_0``, ``E_k = E_{k-1} + [M_k - E_{k-1}]_+`` (the
+    positive part by eigendecomposition), so ``E_k >= M_k`` and ``E_k >= E_{k-1}``, and ``E_k = M_k``
+    whenever ``M_k >= E_{k-1}`` already."""
+
+    def step(previous, current):
+        w, V = jnp.linalg.eigh(0.5 * (current - previous + (current - previous).T))
+        new = previous + (V * jnp.maximum(w, 0.0)[None]) @ V.T
+        return new, new
+
+    _, rest = jax.lax.scan(step, matrices[0], matrices[1:])
+    return jnp.concatenate([matrices[:1], rest])
 
 
 def energy_guidance(

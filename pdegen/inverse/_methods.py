@@ -38,6 +38,9 @@ class GuidanceProblem(NamedTuple):
         shape: the state's shape (for methods that precompute, e.g. ``TMPD("cached")``).
         variance: ``t -> r_t^2`` matched to the prior for PiGDM (a ``VarianceTable``), or
             ``None`` (PiGDM's closed form with ``data_variance``).
+        states: clean prior samples ``(S, *shape)`` at which a precomputing method evaluates a
+            learned prior's Tweedie covariance (``TMPD("cached")``), or ``None`` (the zero state,
+            exact for a Gaussian prior).
     """
 
     score: Callable
@@ -49,6 +52,7 @@ class GuidanceProblem(NamedTuple):
     step_weight: Callable
     shape: tuple | None = None
     variance: Callable | None = None
+    states: jax.Array | None = None
 
 
 def step_weight(sde, num_steps: int):
@@ -70,6 +74,8 @@ class Method(eqx.Module):
     """Base class of posterior methods."""
 
     guided: ClassVar[bool] = True
+    # whether ``guide`` reads ``GuidanceProblem.states`` (clean samples of a learned prior)
+    uses_prior_states: ClassVar[bool] = False
 
     @property
     def label(self) -> str:
@@ -92,6 +98,10 @@ class TMPD(Method):
     def label(self) -> str:
         return "tmpd" if self.variant == "full" else f"tmpd-{self.variant}"
 
+    @property
+    def uses_prior_states(self) -> bool:
+        return self.variant == "cached"
+
     def guide(self, p: GuidanceProblem):
         if self.variant == "cached":
             if p.shape is None:
@@ -104,6 +114,7 @@ class TMPD(Method):
                 shape=p.shape,
                 noise_std=p.noise_std,
                 num_times=self.num_times,
+                states=p.states,
             )
         return tmpd(p.score, p.sde, p.observe, p.y, noise_std=p.noise_std, variant=self.variant)
 
