@@ -370,9 +370,7 @@ def tmpd_cached(
         covariances = jax.lax.map(
             lambda ce: projected_at(sde.alpha(t) * ce[0] + sde.sigma(t) * ce[1], t), (clean, noise)
         )
-        C = jnp.mean(covariances, axis=0)
-        w, V = jnp.linalg.eigh(0.5 * (C + C.T))
-        return (V * jnp.maximum(w, 0.0)[None]) @ V.T
+        return _positive_part(jnp.mean(covariances, axis=0))
 
     def projected_at(x_ref, t):
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score_fn, sde, x_, t), x_ref)
@@ -408,6 +406,12 @@ def tmpd_cached(
     return guided
 
 
+def _positive_part(M):
+    """The positive semi-definite part of ``M``'s symmetric part (negative eigenvalues set to 0)."""
+    w, V = jnp.linalg.eigh(0.5 * (M + M.T))
+    return (V * jnp.maximum(w, 0.0)[None]) @ V.T
+
+
 def _loewner_envelope(matrices):
     """The least sequence above ``matrices`` (symmetric, ``(K, m, m)``) that is non-decreasing in
     the Loewner order, built greedily: ``E_0 = M_0``, ``E_k = E_{k-1} + [M_k - E_{k-1}]_+`` (the
@@ -415,8 +419,7 @@ def _loewner_envelope(matrices):
     whenever ``M_k >= E_{k-1}`` already."""
 
     def step(previous, current):
-        w, V = jnp.linalg.eigh(0.5 * (current - previous + (current - previous).T))
-        new = previous + (V * jnp.maximum(w, 0.0)[None]) @ V.T
+        new = previous + _positive_part(current - previous)
         return new, new
 
     _, rest = jax.lax.scan(step, matrices[0], matrices[1:])

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from ._guidance import (
     _jacobian_rows,
     _pigdm_variance,
+    _positive_part,
     _tmpd_projected,
     matched_twist_variances,
     tweedie_mean,
@@ -172,8 +173,7 @@ class _Twist(eqx.Module):
             return r2 * _gram(vjp_A, k, dtype)
         C = _tmpd_projected(self.sde, t, vjp_m, m, _jacobian_rows(vjp_A, k, dtype))
         # a learned Jacobian need not be positive semi-definite: clip its eigenvalues at zero
-        w, V = jnp.linalg.eigh(C)
-        return (V * jnp.maximum(w, 0.0)[None]) @ V.T
+        return _positive_part(C)
 
 
 def _final_sample(twist: _Twist, x, t, key, r2):
