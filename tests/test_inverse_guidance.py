@@ -228,3 +228,28 @@ def test_tmpd_cached_at_noised_prior_states_is_tmpd_for_a_gaussian_prior(key):
         np.testing.assert_allclose(guided(x, t), exact(x, t), rtol=1e-6)
     with pytest.raises(ValueError, match="states"):
         tmpd_cached(score, sde, H, y, shape=(D,), states=jnp.zeros((2, D + 1)))
+
+
+def test_tmpd_cached_reuses_a_prebuilt_table(key):
+    """The covariance table built once (what ``sample_posterior`` does for all its batches) gives
+    the same guidance as one built inside ``tmpd_cached``; a table for another sensor count is a
+    clear error."""
+    from pdegen.inverse import CovarianceTable, projected_covariance_table, tmpd_cached
+    from pdegen.models import VPSDE
+
+    sde = VPSDE()
+    _, H, y, mu, Sigma, *_ = _problem()
+
+    def score(x, t):
+        a, s = sde.alpha(t), sde.sigma(t)
+        return -jnp.linalg.solve(a**2 * Sigma + s**2 * jnp.eye(D), x - a * mu)
+
+    table = projected_covariance_table(score, sde, H, shape=(D,), num_times=8)
+    assert isinstance(table, CovarianceTable) and table.matrices.shape == (8, M, M)
+    inline = tmpd_cached(score, sde, H, y, shape=(D,), noise_std=NOISE, num_times=8)
+    reused = tmpd_cached(score, sde, H, y, shape=(D,), noise_std=NOISE, table=table)
+    x = jax.random.normal(key, (D,))
+    for t in sde.time_grid(5, jnp.float64)[1:-1]:
+        np.testing.assert_allclose(reused(x, t), inline(x, t), rtol=1e-12)
+    with pytest.raises(ValueError, match="table"):
+        tmpd_cached(score, sde, H[:2], y[:2], shape=(D,), table=table)

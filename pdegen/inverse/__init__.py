@@ -20,6 +20,7 @@ from ._files import read_values as read_values
 from ._files import write_posterior as write_posterior
 from ._gaussian import GaussianPosterior as GaussianPosterior
 from ._gaussian import gaussian_posterior as gaussian_posterior
+from ._guidance import CovarianceTable as CovarianceTable
 from ._guidance import StatFEMLikelihood as StatFEMLikelihood
 from ._guidance import VarianceTable as VarianceTable
 from ._guidance import dps as dps
@@ -27,6 +28,7 @@ from ._guidance import energy_guidance as energy_guidance
 from ._guidance import matched_twist_variances as matched_twist_variances
 from ._guidance import matched_variance_table as matched_variance_table
 from ._guidance import pigdm as pigdm
+from ._guidance import projected_covariance_table as projected_covariance_table
 from ._guidance import statfem_guidance as statfem_guidance
 from ._guidance import tmpd as tmpd
 from ._guidance import tmpd_cached as tmpd_cached

@@ -97,24 +97,51 @@ class _Observe(eqx.Module):
         return (self.factor * pred).astype(x.dtype)
 
 
-@eqx.filter_jit
-def _sample_batch(
-    method, observe, y, noise_std, data_variance, variance, states, keys, num_steps, sampler
+def _guidance_problem(
+    observe, y, noise_std, data_variance, variance, states, num_steps, precomputed=None
 ):
     prior = observe.prior
-    sde = prior.sde
-    dtype = jnp.dtype(prior.dtype)
-    problem = GuidanceProblem(
+    return GuidanceProblem(
         prior.score,
-        sde,
+        prior.sde,
         observe,
         y,
         noise_std,
         data_variance,
-        step_weight(sde, num_steps),
+        step_weight(prior.sde, num_steps),
         prior.shape,
         variance,
         states,
+        precomputed,
+    )
+
+
+@eqx.filter_jit
+def _precompute(method, observe, y, noise_std, data_variance, variance, states, num_steps):
+    return method.precompute(
+        _guidance_problem(observe, y, noise_std, data_variance, variance, states, num_steps)
+    )
+
+
+@eqx.filter_jit
+def _sample_batch(
+    method,
+    observe,
+    y,
+    noise_std,
+    data_variance,
+    variance,
+    states,
+    precomputed,
+    keys,
+    num_steps,
+    sampler,
+):
+    prior = observe.prior
+    sde = prior.sde
+    dtype = jnp.dtype(prior.dtype)
+    problem = _guidance_problem(
+        observe, y, noise_std, data_variance, variance, states, num_steps, precomputed
     )
     guided = method.guide(problem)
     run = models.SAMPLERS[sampler]
@@ -388,8 +415,10 @@ def _guided_posterior(
     states = None
     if method.uses_prior_states and not prior.gaussian:
         states = _matching_states(prior, sampler, num_steps)
+    # built once for every batch (e.g. cached TMPD's covariances: num_times x m network VJPs)
+    precomputed = _precompute(method, observe, y_n, noise, dv, variance, states, num_steps)
     run = lambda kb: _sample_batch(  # noqa: E731
-        method, observe, y_n, noise, dv, variance, states, kb, num_steps, sampler
+        method, observe, y_n, noise, dv, variance, states, precomputed, kb, num_steps, sampler
     )
     samples, per_sample, compile_s = sample_in_batches(run, key, num_samples, batch_size, progress)
     if not np.all(np.isfinite(samples)):

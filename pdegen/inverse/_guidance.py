@@ -320,51 +320,63 @@ def tmpd(
     return _gaussian_guidance(score_fn, sde, observe, y, noise_std, covariance)
 
 
-def tmpd_cached(
+class CovarianceTable(eqx.Module):
+    """``t -> A C_{0|t} A^T``: TMPD's projected Tweedie covariance tabulated at noise levels.
+
+    Interpolated linearly between the tabulated matrices in ``log(sigma_t / alpha_t)``, constant
+    beyond the grid's ends (:func:`projected_covariance_table` builds it)."""
+
+    sde: object
+    levels: jax.Array  # (K,) log(sigma_t / alpha_t), increasing
+    matrices: jax.Array  # (K, m, m)
+
+    def __call__(self, t):
+        levels = self.levels
+        lv = jnp.log(self.sde.scaled_sigma(t)).astype(levels.dtype)
+        i = jnp.clip(jnp.searchsorted(levels, lv) - 1, 0, levels.size - 2)
+        f = jnp.clip((lv - levels[i]) / (levels[i + 1] - levels[i]), 0.0, 1.0)
+        return (1.0 - f) * self.matrices[i] + f * self.matrices[i + 1]
+
+
+def projected_covariance_table(
     score_fn: ScoreFn,
     sde,
     observe,
-    y,
     *,
     shape,
-    noise_std: float = 0.0,
     num_times: int = 16,
     chunk: int = 64,
-    jitter: float = 1e-10,
     states=None,
     max_states: int = 4,
-) -> ScoreFn:
-    """TMPD with the projected Tweedie covariance computed once and interpolated.
+) -> CovarianceTable:
+    """TMPD's projected Tweedie covariance ``A C_{0|t} A^T`` at ``num_times`` noise levels.
 
-    TMPD with the projected Tweedie covariance ``A C_{0|t} A^T`` computed once, at
-    ``num_times`` noise levels, and interpolated in ``log(sigma_t / alpha_t)``.
-
-    ``states=None``: at the zero state, exact like :func:`tmpd` (``'full'``) for a Gaussian prior
-    and a linear ``A``, whose Tweedie covariance does not depend on the state. For a learned prior
-    pass clean prior samples ``(S, *shape)``: the covariance is averaged over the first
-    ``max_states`` of them noised to each level (one fixed noise draw), states like those the
-    sampler meets; a network evaluated at the zero state at high noise, far from any state it was
-    trained on, can return a Jacobian of the wrong sign or scale there. Cost: ``num_times x S x m``
-    network VJPs once (in chunks of ``chunk`` sensors), then one VJP per step, so hundreds of
-    sensors are affordable. Each cached
-    matrix is symmetrised and its eigenvalues clipped at zero (a learned Jacobian need not be
-    symmetric positive semi-definite), then the sequence made non-decreasing in the Loewner order
-    from the lowest noise level up (:func:`_loewner_envelope`): the expected Tweedie covariance
-    cannot shrink as noise is added, and a network's, scaled by ``sigma_t^2 / alpha_t``, is least
-    reliable at high noise, where an underestimate makes the guidance far too sharp. A Gaussian
-    prior's matrices are non-decreasing already and are kept."""
-    y = _check_observations(y, noise_std)
+    ``states=None``: at the zero state, exact for a Gaussian prior and a linear ``A``, whose
+    Tweedie covariance does not depend on the state. For a learned prior pass clean prior samples
+    ``(S, *shape)``: the covariance is averaged over the first ``max_states`` of them noised to
+    each level (one fixed noise draw), states like those the sampler meets; a network evaluated at
+    the zero state at high noise, far from any state it was trained on, can return a Jacobian of
+    the wrong sign or scale there. Cost: ``num_times x S x m`` network VJPs (in chunks of
+    ``chunk`` sensors). Each matrix is symmetrised and its eigenvalues clipped at zero (a learned
+    Jacobian need not be symmetric positive semi-definite), then the sequence made non-decreasing
+    in the Loewner order from the lowest noise level up (:func:`_loewner_envelope`): the expected
+    Tweedie covariance cannot shrink as noise is added, and a network's, scaled by
+    ``sigma_t^2 / alpha_t``, is least reliable at high noise, where an underestimate makes the
+    guidance far too sharp. A Gaussian prior's matrices are non-decreasing already and are kept."""
     A = _as_operator(observe, shape)
-    ts = sde.time_grid(max(int(num_times), 2) - 1, jnp.result_type(float))[::-1]  # increasing
     dtype = jnp.result_type(float)
+    ts = sde.time_grid(max(int(num_times), 2) - 1, dtype)[::-1]  # increasing
     if states is None:
         clean, noise = jnp.zeros((1, *shape), dtype), jnp.zeros((1, *shape), dtype)
     else:
         clean = jnp.asarray(states, dtype)[:max_states]
         if clean.shape[1:] != tuple(shape):
-            raise ValueError(f"tmpd_cached: states must be (S, *{tuple(shape)}), got {clean.shape}")
+            raise ValueError(
+                f"projected_covariance_table: states must be (S, *{tuple(shape)}), got {clean.shape}"
+            )
         noise = jax.random.normal(jax.random.key(0), clean.shape, dtype)
-    eye = jnp.eye(y.size, dtype=dtype)
+    m_obs = jax.eval_shape(A, jax.ShapeDtypeStruct(tuple(shape), dtype)).shape[0]
+    eye = jnp.eye(m_obs, dtype=dtype)
 
     def projected(t):
         covariances = jax.lax.map(
@@ -382,21 +394,60 @@ def tmpd_cached(
             return scale * jax.jvp(A, (m,), (jv,))[1]
 
         # chunks of equal size (zero rows padded), one vmapped VJP batch each
-        size = min(chunk, y.size)
-        count = -(-y.size // size)
-        rows = jnp.zeros((count * size, y.size), eye.dtype).at[: y.size].set(eye)
-        C = jax.lax.map(jax.vmap(acat), rows.reshape(count, size, y.size))
-        return C.reshape(count * size, y.size)[: y.size]
+        size = min(chunk, m_obs)
+        count = -(-m_obs // size)
+        rows = jnp.zeros((count * size, m_obs), eye.dtype).at[:m_obs].set(eye)
+        C = jax.lax.map(jax.vmap(acat), rows.reshape(count, size, m_obs))
+        return C.reshape(count * size, m_obs)[:m_obs]
 
-    cached = _loewner_envelope(jax.lax.map(projected, ts))  # (K, m, m), ts increasing
-    levels = jnp.log(jax.vmap(sde.scaled_sigma)(ts))
+    matrices = _loewner_envelope(jax.lax.map(projected, ts))  # (K, m, m), ts increasing
+    return CovarianceTable(sde, jnp.log(jax.vmap(sde.scaled_sigma)(ts)), matrices)
+
+
+def tmpd_cached(
+    score_fn: ScoreFn,
+    sde,
+    observe,
+    y,
+    *,
+    shape,
+    noise_std: float = 0.0,
+    num_times: int = 16,
+    chunk: int = 64,
+    jitter: float = 1e-10,
+    states=None,
+    max_states: int = 4,
+    table: CovarianceTable | None = None,
+) -> ScoreFn:
+    """TMPD with the projected Tweedie covariance computed once and interpolated.
+
+    TMPD with the projected Tweedie covariance ``A C_{0|t} A^T`` taken from ``table`` (a
+    :class:`CovarianceTable`), or built here by :func:`projected_covariance_table` (``num_times``,
+    ``chunk``, ``states``, ``max_states``: see there) when none is given; build it once and pass
+    it when the same prior and observation serve several data sets or sample batches. Then one
+    network VJP per step, so hundreds of sensors are affordable."""
+    y = _check_observations(y, noise_std)
+    A = _as_operator(observe, shape)
+    if table is None:
+        table = projected_covariance_table(
+            score_fn,
+            sde,
+            observe,
+            shape=shape,
+            num_times=num_times,
+            chunk=chunk,
+            states=states,
+            max_states=max_states,
+        )
+    if table.matrices.shape[1:] != (y.size, y.size):
+        raise ValueError(
+            f"tmpd_cached: the table's matrices are {table.matrices.shape[1:]}, the data have "
+            f"{y.size} entries"
+        )
+    eye = jnp.eye(y.size, dtype=table.matrices.dtype)
 
     def guided(x, t):
-        lv = jnp.log(sde.scaled_sigma(t)).astype(levels.dtype)
-        i = jnp.clip(jnp.searchsorted(levels, lv) - 1, 0, levels.size - 2)
-        f = jnp.clip((lv - levels[i]) / (levels[i + 1] - levels[i]), 0.0, 1.0)
-        C = (1.0 - f) * cached[i] + f * cached[i + 1]
-        C = (C + (noise_std**2 + jitter) * eye).astype(x.dtype)
+        C = (table(t) + (noise_std**2 + jitter) * eye).astype(x.dtype)
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score_fn, sde, x_, t), x)
         y_hat, vjp_A = jax.vjp(A, m)
         w = jnp.linalg.solve(C, (y - y_hat).astype(x.dtype))

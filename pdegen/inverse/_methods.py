@@ -21,7 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._guidance import pigdm, tmpd, tmpd_cached, tweedie_mean
+from ._guidance import pigdm, projected_covariance_table, tmpd, tmpd_cached, tweedie_mean
 
 
 class GuidanceProblem(NamedTuple):
@@ -41,6 +41,9 @@ class GuidanceProblem(NamedTuple):
         states: clean prior samples ``(S, *shape)`` at which a precomputing method evaluates a
             learned prior's Tweedie covariance (``TMPD("cached")``), or ``None`` (the zero state,
             exact for a Gaussian prior).
+        precomputed: what :meth:`Method.precompute` built from this problem once per call, so that
+            every sample batch reuses it (``TMPD("cached")``'s :class:`CovarianceTable`), or
+            ``None`` (``guide`` builds what it needs itself).
     """
 
     score: Callable
@@ -53,6 +56,7 @@ class GuidanceProblem(NamedTuple):
     shape: tuple | None = None
     variance: Callable | None = None
     states: jax.Array | None = None
+    precomputed: object = None
 
 
 def step_weight(sde, num_steps: int):
@@ -81,6 +85,11 @@ class Method(eqx.Module):
     def label(self) -> str:
         return type(self).__name__.lower()
 
+    def precompute(self, p: GuidanceProblem):
+        """What ``guide`` can reuse for every sample batch of one call (it does not depend on the
+        sampler's keys), passed back as ``p.precomputed``; ``None`` when there is nothing."""
+        return None
+
 
 class TMPD(Method):
     """Tweedie moment projection (TMPD): a Gaussian likelihood with the Tweedie covariance.
@@ -88,8 +97,9 @@ class TMPD(Method):
     Tweedie moment projection (Boys et al. 2024): ``p(y|x_t)`` Gaussian with the Tweedie
     covariance; exact for Gaussian priors with a linear forward map. ``variant``: ``"full"``
     (``m`` network VJPs per step and an ``m x m`` solve), ``"cached"`` (the projected covariance
-    at the zero state computed once at ``num_times`` noise levels, then one VJP per step: for
-    hundreds of sensors), ``"diagonal"`` or ``"rowsum"`` (one VJP)."""
+    computed once per call at ``num_times`` noise levels, :func:`projected_covariance_table`, at
+    the zero state of a Gaussian prior or averaged over noised samples of a learned one, then one
+    VJP per step: for hundreds of sensors), ``"diagonal"`` or ``"rowsum"`` (one VJP)."""
 
     variant: str = eqx.field(static=True, default="full")
     num_times: int = eqx.field(static=True, default=16)
@@ -102,19 +112,20 @@ class TMPD(Method):
     def uses_prior_states(self) -> bool:
         return self.variant == "cached"
 
+    def precompute(self, p: GuidanceProblem):
+        if self.variant != "cached":
+            return None
+        if p.shape is None:
+            raise ValueError("TMPD('cached') needs the state's shape in the GuidanceProblem")
+        return projected_covariance_table(
+            p.score, p.sde, p.observe, shape=p.shape, num_times=self.num_times, states=p.states
+        )
+
     def guide(self, p: GuidanceProblem):
         if self.variant == "cached":
-            if p.shape is None:
-                raise ValueError("TMPD('cached') needs the state's shape in the GuidanceProblem")
+            table = self.precompute(p) if p.precomputed is None else p.precomputed
             return tmpd_cached(
-                p.score,
-                p.sde,
-                p.observe,
-                p.y,
-                shape=p.shape,
-                noise_std=p.noise_std,
-                num_times=self.num_times,
-                states=p.states,
+                p.score, p.sde, p.observe, p.y, shape=p.shape, noise_std=p.noise_std, table=table
             )
         return tmpd(p.score, p.sde, p.observe, p.y, noise_std=p.noise_std, variant=self.variant)
 
