@@ -806,7 +806,7 @@ def run_smc_block(args) -> dict:
             "grf-a",
             grid,
             tasks=tasks[:1] if args.quick else tasks[:2],
-            draws=1,
+            draws=1 if args.quick else args.smc_learned_draws,
             counts=tuple(c for c in counts if c <= args.smc_learned_max),
             steps=steps,
             methods=methods,
@@ -876,6 +876,12 @@ def main(argv=None) -> int:
         "--smc-particles", default="64,256", help="SMC block: particle counts, comma-separated"
     )
     p.add_argument("--smc-draws", type=int, default=10, help="SMC block: draws per task")
+    p.add_argument(
+        "--smc-learned-draws",
+        type=int,
+        default=10,
+        help="SMC block: draws per task with the learned prior (Poisson tasks only)",
+    )
     p.add_argument(
         "--smc-methods", default="smc,smc-tmpd", help="SMC block: methods, comma-separated"
     )
