@@ -13,8 +13,9 @@ solve at any grid). The gap between the twins is the prior's share. Reported per
 method): ratio of the posterior mean's relative L2 error to the exact posterior's, and coverage of
 the 90% intervals on the free nodes, as mean +- std over the draws; seconds per sample; network
 VJPs per sampler step. Inductive biases: TMPD is exact for a Gaussian prior and a linear forward
-map (``tmpd-cached`` computes the projected Tweedie covariance once at the zero state, then one
-VJP per step; ``rowsum`` approximates it by one VJP); PiGDM assumes an
+map (``tmpd-cached`` computes the projected Tweedie covariance once per call, at the zero state for
+the exact prior and averaged over 4 noised prior samples for a learned one, then one VJP per step;
+``rowsum`` approximates it by one VJP); PiGDM assumes an
 isotropic prior covariance along the observed directions (its variance from prior samples); DPS
 follows the misfit gradient with a step normalised by the misfit. Writes
 ``benchmarks/results/inverse_learned[_<grid>].json`` after every draw; ``--resume`` continues a run
@@ -47,11 +48,12 @@ VJPS_PER_STEP = {
     "tmpd-rowsum": 1,
     "dps": 1,
     "tmpd": "sensors",
-    "tmpd-cached": "1 (+ 16 x sensors once per batch)",
+    "tmpd-cached": "1 (+ 16 x sensors once per call; x 4 noised prior states for a learned prior)",
 }
 BIAS = {
     "tmpd": "exact for Gaussian prior + linear map; one VJP per sensor",
-    "tmpd-cached": "TMPD with the Tweedie covariance at the zero state (exact if Gaussian)",
+    "tmpd-cached": "TMPD with a tabulated Tweedie covariance (zero state if Gaussian: exact; "
+    "noised prior samples if learned)",
     "tmpd-rowsum": "Tweedie covariance by its row sums (one VJP)",
     "pigdm": "isotropic prior variance along observed rows (from prior samples)",
     "dps": "misfit gradient, step zeta / ||residual||",

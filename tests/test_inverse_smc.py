@@ -306,3 +306,31 @@ def test_matched_twist_variances_are_the_kl_projection_of_the_tweedie_covariance
         [v * sde.sigma(t) ** 2 / (sde.alpha(t) ** 2 * v + sde.sigma(t) ** 2) for t in ts]
     )
     assert bool(jnp.all(r2[1:] < closed[1:])), (r2, closed)
+
+
+def test_tmpd_twist_over_noised_prior_states_is_the_zero_states_for_a_gaussian_prior(problem):
+    """The shared TMPD twist averaged over noised prior samples (the route for a learned prior)
+    is, for a Gaussian prior whose Tweedie covariance does not depend on the state, the twist at
+    the zero state: the same particles and evidence."""
+    prior, lik, _, _ = problem
+    H = jnp.asarray(lik.forward.matrix)
+    states = prior.sample(jax.random.key(5), 4).reshape(4, *prior.shape)
+    runs = [
+        inverse.twisted_smc(
+            prior.score,
+            prior.sde,
+            lambda x: H @ x.ravel(),
+            jnp.asarray(lik.y),
+            noise_std=lik.noise_std,
+            shape=prior.shape,
+            key=jax.random.key(0),
+            num_particles=8,
+            num_steps=10,
+            twist="tmpd",
+            shared_covariance=True,
+            twist_states=s,
+        )
+        for s in (None, states)
+    ]
+    np.testing.assert_allclose(runs[1].particles, runs[0].particles, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(runs[1].log_evidence, runs[0].log_evidence, rtol=1e-8)

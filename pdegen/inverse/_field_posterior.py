@@ -501,6 +501,8 @@ def smc_posterior(
     elif method.twist == "pigdm":  # the isotropic twist as sharp as the prior
         data_variance = float("nan")
         twist_states = _matching_states(prior, sampler, num_steps)
+    elif not prior.gaussian:  # the TMPD twist's covariance where the particles go
+        twist_states = _matching_states(prior, sampler, num_steps)
     k_run, k_out = jax.random.split(key)
     t0 = time.perf_counter()
     res = twisted_smc(
@@ -516,10 +518,11 @@ def smc_posterior(
         twist=method.twist,
         data_variance=jnp.asarray(data_variance, dtype),
         ess_threshold=float(method.ess_threshold),
-        # the twist's covariance at the zero state: exact for an affine map from state to data
-        # with the PiGDM twist (and TMPD with a Gaussian prior); otherwise (TMPD("cached") for a
-        # learned prior, a nonlinear PDE or prior transform) an approximation whose error the
-        # weights correct, unless the method asks for the per-particle linearisation
+        # the twist's covariance shared by the particles: exact for an affine map from state to
+        # data with the PiGDM twist (and TMPD with a Gaussian prior, at the zero state);
+        # otherwise (TMPD("cached")'s average over noised prior samples for a learned prior, a
+        # nonlinear PDE or prior transform) an approximation whose error the weights correct,
+        # unless the method asks for the per-particle linearisation
         shared_covariance=bool(method.shared_covariance)
         if method.shared_covariance is not None
         else bool(likelihood.linear) and prior.transform is None,

@@ -348,8 +348,12 @@ def projected_covariance_table(
     chunk: int = 64,
     states=None,
     max_states: int = 4,
+    times=None,
 ) -> CovarianceTable:
     """TMPD's projected Tweedie covariance ``A C_{0|t} A^T`` at ``num_times`` noise levels.
+
+    At ``num_times`` times of the SDE's sampler grid, or at ``times`` when given (a sampler's own
+    grid: the table is then exact there, without interpolation).
 
     ``states=None``: at the zero state, exact for a Gaussian prior and a linear ``A``, whose
     Tweedie covariance does not depend on the state. For a learned prior pass clean prior samples
@@ -365,7 +369,14 @@ def projected_covariance_table(
     guidance far too sharp. A Gaussian prior's matrices are non-decreasing already and are kept."""
     A = _as_operator(observe, shape)
     dtype = jnp.result_type(float)
-    ts = sde.time_grid(max(int(num_times), 2) - 1, dtype)[::-1]  # increasing
+    if times is None:
+        ts = sde.time_grid(max(int(num_times), 2) - 1, dtype)[::-1]  # increasing
+    else:
+        ts = jnp.sort(jnp.asarray(times, dtype))
+        if ts.ndim != 1 or ts.size < 2:
+            raise ValueError(
+                f"projected_covariance_table: times must be >= 2 times, got {ts.shape}"
+            )
     if states is None:
         clean, noise = jnp.zeros((1, *shape), dtype), jnp.zeros((1, *shape), dtype)
     else:

@@ -54,6 +54,7 @@ from ._guidance import (
     _positive_part,
     _tmpd_projected,
     matched_twist_variances,
+    projected_covariance_table,
     tweedie_mean,
 )
 
@@ -227,8 +228,9 @@ def twisted_smc(
         ess_threshold: resample when the effective sample size falls below it times ``N``.
         shared_covariance: compute the twist's ``A C A^T`` once per time at the zero state, not
             per particle: exact for a linear ``A`` with the PiGDM twist, or with the TMPD twist and
-            a Gaussian prior; for a learned prior the TMPD twist at the zero state (as
-            ``TMPD("cached")``: ``m`` network VJPs per time once, then one per particle and step).
+            a Gaussian prior; for a learned prior the TMPD twist averaged over ``twist_states``
+            (as ``TMPD("cached")``: ``S x m`` network VJPs per time once, then one per particle
+            and step) or at the zero state when none are given.
             Any twist leaves the weighted particles exact; a worse one only costs variance.
         time_grid: ``"log-snr"`` (times evenly spaced in ``log(sigma_t / alpha_t)``, so every step
             shrinks the noise by the same factor and the steps near ``t_min``, where sharp data
@@ -236,7 +238,10 @@ def twisted_smc(
         twist_states: for the PiGDM twist, clean prior states ``(S, *shape)`` at which its
             isotropic variance is matched to the prior's Tweedie covariance at every time
             (:func:`matched_twist_variances`; a zero state ``(1, *shape)`` is exact for a
-            Gaussian prior); ``None``: PiGDM's closed form with ``data_variance``. The final
+            Gaussian prior); ``None``: PiGDM's closed form with ``data_variance``. For the TMPD
+            twist with ``shared_covariance``: the clean states over which its covariance is
+            averaged, noised to each level (:func:`projected_covariance_table`, as
+            ``TMPD("cached")`` takes a learned prior's); ``None``: the zero state. The final
             denoising kernel uses the same variance at ``t_min``, so the model stays consistent.
         twist_probes: orthonormal probes for the trace in the matched variances (``None``: exact,
             ``2 m`` VJPs per state and time; see :func:`matched_twist_variances`).
@@ -269,7 +274,14 @@ def twisted_smc(
         )
     else:
         r2s = jax.vmap(lambda t: _pigdm_variance(sde, t, jnp.asarray(data_variance, dtype)))(ts)
-    if shared_covariance:
+    if shared_covariance and twist == "tmpd" and twist_states is not None:
+        # a learned prior's covariance where the particles go, as TMPD("cached") takes it
+        table = projected_covariance_table(
+            score, sde, observe, shape=shape, states=jnp.asarray(twist_states, dtype), times=ts
+        )
+        projected = jax.vmap(table)(ts).astype(dtype)
+        evaluate = jax.vmap(lambda x_, t, c, _: tw(x_, t, c), in_axes=(0, None, None, None))
+    elif shared_covariance:
         projected = jax.lax.map(lambda tr: tw.shared(tr[0], shape, dtype, tr[1]), (ts, r2s))
         evaluate = jax.vmap(lambda x_, t, c, _: tw(x_, t, c), in_axes=(0, None, None, None))
     else:
