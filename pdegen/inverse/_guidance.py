@@ -396,20 +396,14 @@ def projected_covariance_table(
         return _positive_part(jnp.mean(covariances, axis=0))
 
     def projected_at(x_ref, t):
+        # reverse mode only (J by VJPs of A, then J dD/dx by VJPs of D), so forward maps through a
+        # FEM solve with a custom VJP work too; in chunks of ``chunk`` rows
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score_fn, sde, x_, t), x_ref)
         _, vjp_A = jax.vjp(A, m)
-        scale = sde.sigma(t) ** 2 / sde.alpha(t)
-
-        def acat(e):
-            (jv,) = vjp_m(vjp_A(e)[0])
-            return scale * jax.jvp(A, (m,), (jv,))[1]
-
-        # chunks of equal size (zero rows padded), one vmapped VJP batch each
-        size = min(chunk, m_obs)
-        count = -(-m_obs // size)
-        rows = jnp.zeros((count * size, m_obs), eye.dtype).at[:m_obs].set(eye)
-        C = jax.lax.map(jax.vmap(acat), rows.reshape(count, size, m_obs))
-        return C.reshape(count * size, m_obs)[:m_obs]
+        J = _chunked(lambda e: jnp.ravel(vjp_A(e)[0]), eye, chunk)  # (m, d)
+        JC = _chunked(lambda r: jnp.ravel(vjp_m(r.reshape(m.shape))[0]), J, chunk)
+        C = (sde.sigma(t) ** 2 / sde.alpha(t)) * JC @ J.T
+        return 0.5 * (C + C.T)
 
     matrices = _loewner_envelope(jax.lax.map(projected, ts))  # (K, m, m), ts increasing
     return CovarianceTable(sde, jnp.log(jax.vmap(sde.scaled_sigma)(ts)), matrices)
@@ -466,6 +460,15 @@ def tmpd_cached(
         return score_fn(x, t) + grad
 
     return guided
+
+
+def _chunked(fn, rows, chunk):
+    """``vmap(fn)(rows)`` in chunks of at most ``chunk`` rows (zero rows padded)."""
+    count = -(-rows.shape[0] // chunk)
+    size = -(-rows.shape[0] // count)
+    padded = jnp.zeros((count * size, *rows.shape[1:]), rows.dtype).at[: rows.shape[0]].set(rows)
+    out = jax.lax.map(jax.vmap(fn), padded.reshape(count, size, *rows.shape[1:]))
+    return out.reshape(count * size, *out.shape[2:])[: rows.shape[0]]
 
 
 def _positive_part(M):

@@ -51,7 +51,6 @@ import jax.numpy as jnp
 from ._guidance import (
     _jacobian_rows,
     _pigdm_variance,
-    _positive_part,
     _tmpd_projected,
     matched_twist_variances,
     projected_covariance_table,
@@ -164,17 +163,12 @@ class _Twist(eqx.Module):
         score = (a * m - x) / s**2
         return logp, score, grad
 
-    def shared(self, t, shape, dtype, r2=None):
-        """The state-independent ``A C_t A^T`` (Gaussian prior, linear ``A``): at the zero state."""
+    def shared(self, t, shape, dtype, r2):
+        """The isotropic twist's state-independent ``r2 A A^T`` (linear ``A``): at the zero state."""
         x = jnp.zeros(shape, dtype)
-        m, vjp_m = jax.vjp(lambda x_: tweedie_mean(self.score, self.sde, x_, t), x)
+        m = tweedie_mean(self.score, self.sde, x, t)
         _, vjp_A = jax.vjp(self.observe, m)
-        k = self.y.shape[0]
-        if self.kind == "pigdm":
-            return r2 * _gram(vjp_A, k, dtype)
-        C = _tmpd_projected(self.sde, t, vjp_m, m, _jacobian_rows(vjp_A, k, dtype))
-        # a learned Jacobian need not be positive semi-definite: clip its eigenvalues at zero
-        return _positive_part(C)
+        return r2 * _gram(vjp_A, self.y.shape[0], dtype)
 
 
 def _final_sample(twist: _Twist, x, t, key, r2):
@@ -274,10 +268,12 @@ def twisted_smc(
         )
     else:
         r2s = jax.vmap(lambda t: _pigdm_variance(sde, t, jnp.asarray(data_variance, dtype)))(ts)
-    if shared_covariance and twist == "tmpd" and twist_states is not None:
-        # a learned prior's covariance where the particles go, as TMPD("cached") takes it
+    if shared_covariance and twist == "tmpd":
+        # at the zero state (exact for a Gaussian prior), or a learned prior's covariance averaged
+        # where the particles go, as TMPD("cached") takes it
+        states = None if twist_states is None else jnp.asarray(twist_states, dtype)
         table = projected_covariance_table(
-            score, sde, observe, shape=shape, states=jnp.asarray(twist_states, dtype), times=ts
+            score, sde, observe, shape=shape, states=states, times=ts
         )
         projected = jax.vmap(table)(ts).astype(dtype)
         evaluate = jax.vmap(lambda x_, t, c, _: tw(x_, t, c), in_axes=(0, None, None, None))
