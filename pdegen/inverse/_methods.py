@@ -314,9 +314,10 @@ class SMC(Method):
     prior's Tweedie covariance along the observed rows, as its Kullback-Leibler projection (:func:`pdegen.inverse.matched_twist_variances`:
     at the zero state for a Gaussian prior, at 8 unguided prior samples noised to each time for a
     learned one), as sharp as the prior; ``PiGDM(data_variance=v)`` keeps PiGDM's closed form for
-    white data of variance ``v``, which overstates the spread for a smooth prior. ``shared_covariance``: compute the twist's covariance once per time at the
-    zero state (``m`` Jacobian products per time; then one forward map and one VJP per particle and
-    step) instead of per particle and step (``m`` more Jacobian products each). ``None`` (the
+    white data of variance ``v``, which overstates the spread for a smooth prior. ``shared_covariance``: compute the twist's covariance once per time, at the
+    zero state for a Gaussian prior and averaged over 4 noised unguided prior samples for a learned
+    one with TMPD (``m`` Jacobian products per time and state; then one forward map and one VJP per
+    particle and step) instead of per particle and step (``m`` more Jacobian products each). ``None`` (the
     default): shared exactly when it is exact for a Gaussian prior, i.e. an affine map from the
     state to the data (for a learned prior with TMPD that is the approximation of
     ``TMPD("cached")``); ``True`` for a nonlinear PDE or a latent-Gaussian prior trades a worse
