@@ -86,8 +86,14 @@ def draw_records(task_name, index, priors, methods, *, grid, sensors, samples, s
                     "method": r["method"],
                     "sensors": task.num_sensors,
                     **{
-                        k: r[k]
-                        for k in ("rel_l2", "coverage90", "data_misfit", "seconds_per_sample")
+                        k: r.get(k)
+                        for k in (
+                            "rel_l2",
+                            "coverage90",
+                            "data_misfit",
+                            "seconds_per_sample",
+                            "setup_seconds",
+                        )
                     },
                 }
             )
@@ -127,6 +133,8 @@ def aggregate(records, *, grid, samples, steps):
                 "coverage90_std": cov_std,
                 "data_misfit": mean_std([r["data_misfit"] for r in rs])[0],
                 "seconds_per_sample": mean_std([r["seconds_per_sample"] for r in rs])[0],
+                # one-off per call before sampling (prior samples, tables; compilation included)
+                "setup_seconds": mean_std([r.get("setup_seconds") for r in rs])[0],
                 "vjps_per_step": None if method == "bayes" else VJPS_PER_STEP.get(method),
                 "inductive_bias": BIAS.get(method, "closed form (the floor)"),
             }
@@ -137,7 +145,7 @@ def aggregate(records, *, grid, samples, steps):
 def format_rows(rows) -> str:
     head = (
         f"{'task':<18}{'prior':<16}{'method':<13}{'ratio':>14}{'coverage90':>14}"
-        f"{'misfit':>9}{'s/sample':>10}"
+        f"{'misfit':>9}{'s/sample':>10}{'setup s':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -146,6 +154,7 @@ def format_rows(rows) -> str:
         lines.append(
             f"{r['task']:<18}{r['prior']:<16}{r['method']:<13}{ratio:>14}{cov:>14}"
             f"{r['data_misfit']:>9.3f}{r['seconds_per_sample']:>10.3f}"
+            f"{r.get('setup_seconds') or float('nan'):>9.1f}"
         )
     return "\n".join(lines)
 

@@ -140,6 +140,8 @@ def compare_methods(
             row = evaluate(post, task)
             row["wall_seconds"] = time.perf_counter() - t0
             row["compile_seconds"] = post.compile_seconds
+            # one-off work before sampling (prior samples, variance or covariance tables)
+            row["setup_seconds"] = post.info.get("setup_seconds")  # None where not measured
             rows.append(row)
             posts[method] = post
     finally:
