@@ -113,18 +113,19 @@ def _pigdm_variance(sde, t, data_variance):
     return data_variance * s**2 / (a**2 * data_variance + s**2)
 
 
-def _jacobian_rows(vjp_A, m_size, dtype):
-    """The observation's Jacobian ``J_A`` ``(m, n)`` (flattened state) by ``m`` VJPs: reverse mode
-    only, so forward maps through a FEM solve with a custom VJP work too."""
+def _jacobian_rows(vjp_A, m_size, dtype, chunk=None):
+    """The observation's Jacobian ``J_A`` ``(m, n)`` (flattened state) by ``m`` VJPs (``chunk`` at
+    a time when given): reverse mode only, so forward maps through a FEM solve with a custom VJP
+    work too."""
     eye = jnp.eye(m_size, dtype=dtype)
-    return jax.vmap(lambda e: jnp.ravel(vjp_A(e)[0]))(eye)
+    return _chunked(lambda e: jnp.ravel(vjp_A(e)[0]), eye, chunk)
 
 
-def _tmpd_projected(sde, t, vjp_m, m, J):
+def _tmpd_projected(sde, t, vjp_m, m, J, chunk=None):
     """``J C_{0|t} J^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` for the observation's Jacobian
-    rows ``J`` (:func:`_jacobian_rows`; ``m`` more VJPs)."""
+    rows ``J`` (:func:`_jacobian_rows`; ``m`` more VJPs, ``chunk`` at a time when given)."""
     scale = sde.sigma(t) ** 2 / sde.alpha(t)
-    JC = jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(J)  # J dD/dx (symmetric)
+    JC = _chunked(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]), J, chunk)  # J dD/dx
     C = scale * JC @ J.T
     return 0.5 * (C + C.T)
 
@@ -387,7 +388,6 @@ def projected_covariance_table(
             )
         noise = jax.random.normal(jax.random.key(0), clean.shape, dtype)
     m_obs = jax.eval_shape(A, jax.ShapeDtypeStruct(tuple(shape), dtype)).shape[0]
-    eye = jnp.eye(m_obs, dtype=dtype)
 
     def projected(t):
         covariances = jax.lax.map(
@@ -400,10 +400,8 @@ def projected_covariance_table(
         # FEM solve with a custom VJP work too; in chunks of ``chunk`` rows
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(score_fn, sde, x_, t), x_ref)
         _, vjp_A = jax.vjp(A, m)
-        J = _chunked(lambda e: jnp.ravel(vjp_A(e)[0]), eye, chunk)  # (m, d)
-        JC = _chunked(lambda r: jnp.ravel(vjp_m(r.reshape(m.shape))[0]), J, chunk)
-        C = (sde.sigma(t) ** 2 / sde.alpha(t)) * JC @ J.T
-        return 0.5 * (C + C.T)
+        J = _jacobian_rows(vjp_A, m_obs, dtype, chunk)
+        return _tmpd_projected(sde, t, vjp_m, m, J, chunk)
 
     matrices = _loewner_envelope(jax.lax.map(projected, ts))  # (K, m, m), ts increasing
     return CovarianceTable(sde, jnp.log(jax.vmap(sde.scaled_sigma)(ts)), matrices)
@@ -462,8 +460,10 @@ def tmpd_cached(
     return guided
 
 
-def _chunked(fn, rows, chunk):
-    """``vmap(fn)(rows)`` in chunks of at most ``chunk`` rows (zero rows padded)."""
+def _chunked(fn, rows, chunk=None):
+    """``vmap(fn)(rows)``, in chunks of at most ``chunk`` rows (zero rows padded) when given."""
+    if chunk is None or chunk >= rows.shape[0]:
+        return jax.vmap(fn)(rows)
     count = -(-rows.shape[0] // chunk)
     size = -(-rows.shape[0] // count)
     padded = jnp.zeros((count * size, *rows.shape[1:]), rows.dtype).at[: rows.shape[0]].set(rows)
