@@ -276,9 +276,9 @@ def twisted_smc(
             score, sde, observe, shape=shape, states=states, times=ts
         )
         projected = jax.vmap(table)(ts).astype(dtype)
-        evaluate = jax.vmap(lambda x_, t, c, _: tw(x_, t, c), in_axes=(0, None, None, None))
     elif shared_covariance:
         projected = jax.lax.map(lambda tr: tw.shared(tr[0], shape, dtype, tr[1]), (ts, r2s))
+    if shared_covariance:
         evaluate = jax.vmap(lambda x_, t, c, _: tw(x_, t, c), in_axes=(0, None, None, None))
     else:
         projected = jnp.zeros((num_steps + 1, 0, 0), dtype)  # unused
