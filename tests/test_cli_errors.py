@@ -1,8 +1,10 @@
 """One error policy for the command line (``pdegen.cli.main``).
 
-Bad input of every kind, run through the real command line in a subprocess: exit code 2, one
-line ``pdegen <cmd>: error: ...`` on stderr (no traceback), and the output that was there before
-is unchanged (no file written, replaced or half written). Ctrl-C: exit code 130, one line, no
+Bad input of every kind through ``pdegen.cli.main``: exit code 2, one line ``pdegen <cmd>:
+error: ...`` on stderr (no traceback), and the output that was there before is unchanged (no file
+written, replaced or half written). A few cases, one of each error path, run the real command
+line in a subprocess; the rest call ``main`` in process (the same code, without a fresh
+interpreter and JAX import per case). Ctrl-C: exit code 130, one line, no
 partial files. A programming error keeps its traceback. Strict JSON everywhere.
 """
 
@@ -49,6 +51,24 @@ def _pdegen(tmp_path, args, timeout=240):
         timeout=timeout,
         check=False,
     )
+
+
+class _Completed:
+    """The exit code and stderr of one in-process ``cli.main`` call."""
+
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def _pdegen_in_process(tmp_path, args, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PDEGEN_CACHE_DIR", str(tmp_path / "jax-cache"))
+    capsys.readouterr()
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    return _Completed(code, capsys.readouterr().err)
 
 
 def _snapshot(folder):
@@ -160,10 +180,15 @@ BAD_INPUTS = {
         "1026 evaluations",
     ),
 }
+# one case per error path through a fresh interpreter: an existing file as --out (checked before
+# any work), a bad data file (raised while reading), an error raised inside a JAX host callback
+SUBPROCESS = {"solve out is a file", "train random-bytes npz", "invert mesh sensors outside"}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_leaves_output_alone(inputs, tmp_path, case):
+def test_bad_input_is_one_line_exit_2_and_leaves_output_alone(
+    inputs, tmp_path, case, capsys, monkeypatch
+):
     template, kind, fragment = BAD_INPUTS[case]
     work = tmp_path / "work"
     work.mkdir()
@@ -183,7 +208,10 @@ def test_bad_input_is_one_line_exit_2_and_leaves_output_alone(inputs, tmp_path, 
         out.write_bytes(SENTINEL)
     before = _snapshot(work)
     argv = template.format(**{"in": inputs, "out": out}).split()
-    proc = _pdegen(tmp_path, argv)
+    if case in SUBPROCESS:
+        proc = _pdegen(tmp_path, argv)
+    else:
+        proc = _pdegen_in_process(tmp_path, argv, capsys, monkeypatch)
     command = argv[0]
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
