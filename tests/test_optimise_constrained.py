@@ -53,6 +53,22 @@ def test_constraint_tightens_with_beta_on_the_data_support(ring_model):
     assert max(radial) < 0.2, radial
 
 
+def test_a_sweep_over_beta_compiles_the_samplers_once(ring_model):
+    traces = []
+
+    def counted(x):  # runs when traced, not when a compiled sampler runs
+        traces.append(None)
+        return h(x)
+
+    kw = dict(num_samples=8, num_steps=10, langevin_steps=5, denoise_final=True)
+    first = sample_constrained(ring_model, counted, beta=1.0, key=jr.key(3), **kw)
+    after_first = len(traces)
+    second = sample_constrained(ring_model, counted, beta=2.0, key=jr.key(3), **kw)
+    assert after_first > 0
+    assert len(traces) == after_first  # h is not traced again: every compiled piece is reused
+    assert not np.allclose(np.asarray(first), np.asarray(second))  # beta reached the samplers
+
+
 def test_bad_arguments(ring_model):
     with pytest.raises(ValueError, match="beta"):
         sample_constrained(ring_model, h, beta=-1.0, num_samples=4, key=jr.key(0))

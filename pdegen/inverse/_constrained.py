@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -81,18 +82,16 @@ def sample_constrained(
         )
     if langevin_steps < 0 or not langevin_step_size > 0:
         raise ValueError("sample_constrained: need langevin_steps >= 0 and langevin_step_size > 0")
-    norm = model.normalisation
     sde = model.sde
-
-    def energy(z):  # h in normalised units, times beta
-        return beta * jnp.asarray(constraint(norm.unnormalise(z)))
-
     test = jax.eval_shape(constraint, jax.ShapeDtypeStruct(model.data_shape, jnp.float64))
     if test.shape != ():
         raise ValueError(
             f"sample_constrained(constraint=...): h must return a scalar for one "
             f"example of shape {model.data_shape}, got shape {test.shape}"
         )
+    dtype = jnp.zeros((), dtype=float).dtype
+    # beta is an array inside a pytree: a sweep over beta compiles the samplers once
+    energy = _TiltEnergy(constraint, model.normalisation, jnp.asarray(beta, dtype))
     score = model.score
     if guidance_start is None:
         guidance_start = float(sde.time_from_scaled_sigma(jnp.asarray(4.0)))
@@ -101,7 +100,6 @@ def sample_constrained(
     else:
         guided = energy_guidance(score, sde, energy, weight=1.0, start=guidance_start)
     k1, k2 = jr.split(key)
-    dtype = jnp.zeros((), dtype=float).dtype
     options = {"corrector_steps": corrector_steps} if sampler == "predictor_corrector" else {}
     z = models.sample(
         guided,
@@ -115,21 +113,43 @@ def sample_constrained(
         **options,
     )
     t_min = jnp.asarray(sde.t_min, dtype=dtype)
+    if langevin_steps:
+        z = _langevin(
+            score, energy, z, jr.split(k2, num_samples), t_min, langevin_steps, langevin_step_size
+        )
+    if denoise_final:
+        z = _denoise(score, sde, z, t_min)
+    return jax.vmap(model.normalisation.unnormalise)(z)
+
+
+class _TiltEnergy(eqx.Module):
+    """``beta h(x)`` of a normalised example ``z`` (``x`` its physical units)."""
+
+    constraint: Callable = eqx.field(static=True)
+    normalisation: models.Normalisation
+    beta: jax.Array
+
+    def __call__(self, z):
+        return self.beta * jnp.asarray(self.constraint(self.normalisation.unnormalise(z)))
+
+
+@eqx.filter_jit
+def _langevin(score, energy, z, keys, t_min, steps: int, step_size: float):
+    """``steps`` unadjusted Langevin steps on ``score(x, t_min) - grad energy(x)`` per sample."""
 
     def drift(x):
         return score(x, t_min) - jax.grad(energy)(x)
 
-    def langevin(x, k):
+    def one(x, k):
         def body(x, kk):
             noise = jr.normal(kk, x.shape, dtype=x.dtype)
-            return x + langevin_step_size * drift(x) + jnp.sqrt(
-                2 * langevin_step_size
-            ) * noise, None
+            return x + step_size * drift(x) + jnp.sqrt(2 * step_size) * noise, None
 
-        return jax.lax.scan(body, x, jr.split(k, langevin_steps))[0]
+        return jax.lax.scan(body, x, jr.split(k, steps))[0]
 
-    if langevin_steps:
-        z = jax.jit(jax.vmap(langevin))(z, jr.split(k2, num_samples))
-    if denoise_final:
-        z = jax.jit(jax.vmap(lambda x: sde.tweedie_denoiser(score, x, t_min)))(z)
-    return jax.vmap(norm.unnormalise)(z)
+    return jax.vmap(one)(z, keys)
+
+
+@eqx.filter_jit
+def _denoise(score, sde, z, t_min):
+    return jax.vmap(lambda x: sde.tweedie_denoiser(score, x, t_min))(z)

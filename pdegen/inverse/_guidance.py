@@ -498,21 +498,32 @@ def energy_guidance(
     *,
     weight: float | Callable[[jax.Array], jax.Array] = 1.0,
     start: float = 1.0,
-) -> ScoreFn:
+) -> EnergyGuidance:
     """Guidance by an energy of the denoised estimate: ``score - w(t) grad_x U(E[x_0|x_t])``.
 
     ``energy`` is any differentiable ``U(x0) -> scalar`` (a PDE residual energy from
     :mod:`pdegen.fem`, a data misfit, a statFEM likelihood). ``weight`` is a constant or a function
     of ``t``; the guidance is active only for ``t <= start`` (e.g. ``start=0.2`` switches it on for
     the last 20% of a sampler that runs ``t`` from 1 to 0, the DiffusionPDE recipe).
+    The guided score is an :class:`EnergyGuidance` (a pytree): samplers compiled for one keep
+    serving another that differs only in arrays (e.g. ``energy`` a module holding a weight).
     """
+    return EnergyGuidance(score_fn, sde, energy, weight, start)
 
-    def guided(x, t):
-        w = weight(t) if callable(weight) else weight
-        g = jax.grad(lambda x_: energy(tweedie_mean(score_fn, sde, x_, t)))(x)
-        return score_fn(x, t) - jnp.where(t <= start, w, 0.0) * g
 
-    return guided
+class EnergyGuidance(eqx.Module):
+    """The score ``score_fn(x, t) - w(t) grad_x energy(E[x_0 | x_t])`` of :func:`energy_guidance`."""
+
+    score_fn: ScoreFn
+    sde: object
+    energy: Callable[[jax.Array], jax.Array]
+    weight: float | Callable[[jax.Array], jax.Array]
+    start: float
+
+    def __call__(self, x, t):
+        w = self.weight(t) if callable(self.weight) else self.weight
+        g = jax.grad(lambda x_: self.energy(tweedie_mean(self.score_fn, self.sde, x_, t)))(x)
+        return self.score_fn(x, t) - jnp.where(t <= self.start, w, 0.0) * g
 
 
 class StatFEMLikelihood(NamedTuple):
