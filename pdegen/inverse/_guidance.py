@@ -505,7 +505,7 @@ def energy_guidance(
     :mod:`pdegen.fem`, a data misfit, a statFEM likelihood). ``weight`` is a constant or a function
     of ``t``; the guidance is active only for ``t <= start`` (e.g. ``start=0.2`` switches it on for
     the last 20% of a sampler that runs ``t`` from 1 to 0, the DiffusionPDE recipe).
-    The guided score is an :class:`EnergyGuidance` (a pytree): samplers compiled for one keep
+    The guided score is a pytree (an ``EnergyGuidance`` module): samplers compiled for one keep
     serving another that differs only in arrays (e.g. ``energy`` a module holding a weight).
     """
     return EnergyGuidance(score_fn, sde, energy, weight, start)
