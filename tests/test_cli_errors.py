@@ -53,13 +53,6 @@ def _pdegen(tmp_path, args, timeout=240):
     )
 
 
-class _Completed:
-    """The exit code and stderr of one in-process ``cli.main`` call."""
-
-    def __init__(self, returncode, stderr):
-        self.returncode, self.stderr = returncode, stderr
-
-
 def _pdegen_in_process(tmp_path, args, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PDEGEN_CACHE_DIR", str(tmp_path / "jax-cache"))
@@ -68,7 +61,7 @@ def _pdegen_in_process(tmp_path, args, capsys, monkeypatch):
         code = cli.main(list(args))
     except SystemExit as exit_:  # argparse's own errors
         code = exit_.code
-    return _Completed(code, capsys.readouterr().err)
+    return subprocess.CompletedProcess(args, code, stderr=capsys.readouterr().err)
 
 
 def _snapshot(folder):
