@@ -27,6 +27,15 @@ def _pin_xdist_worker() -> None:
 
 _pin_xdist_worker()
 
+# Most of the suite's time is XLA compiling many small programs once each. LLVM's level-1
+# optimisation compiles them faster than the default level 2 and runs them almost as fast: the
+# tutorials in fast mode took 15-18% less time (08: 100 s -> 85 s, 06: 135 s -> 111 s, one core).
+# Level 0 compiles faster still but runs the U-Net 3x slower. Floating-point semantics are the
+# same at every level (no fast-math). Child processes (notebook kernels) inherit the flag.
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=1"]
+).strip()
+
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
 import pytest  # noqa: E402
