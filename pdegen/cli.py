@@ -455,6 +455,25 @@ class _StickyInterrupt:
             sys.unraisablehook = previous_hook
 
 
+def _finish_dispatched_work() -> None:
+    """Wait for the computations JAX had dispatched when Ctrl-C arrived.
+
+    JAX dispatches compiled calls asynchronously, so the main thread can take the interrupt while
+    a call (one block of a sampler, one training step) still runs in XLA's threads; tearing the
+    interpreter down under it ended the process with a segmentation fault instead of exit code
+    130 (seen on one CPU). Each call is short, so the wait is too; errors of the abandoned work
+    are not reported.
+    """
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return
+    for array in jax.live_arrays():
+        try:
+            array.block_until_ready()
+        except Exception:  # the work was abandoned; its failure is not news
+            pass
+
+
 def main(argv=None) -> int:
     """Run ``pdegen COMMAND ...``; returns the exit code.
 
@@ -486,6 +505,7 @@ def _main(argv, interrupt: _StickyInterrupt) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         interrupt.caught()
+        _finish_dispatched_work()
         _close_progress_bars()
         print(f"pdegen {command}: interrupted", file=sys.stderr, flush=True)
         return 130
