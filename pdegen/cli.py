@@ -468,10 +468,8 @@ def _finish_dispatched_work() -> None:
     if jax is None:
         return
     for array in jax.live_arrays():
-        try:
+        with contextlib.suppress(Exception):  # the work was abandoned; its failure is not news
             array.block_until_ready()
-        except Exception:  # the work was abandoned; its failure is not news
-            pass
 
 
 def main(argv=None) -> int:
