@@ -460,9 +460,9 @@ def _finish_dispatched_work() -> None:
 
     JAX dispatches compiled calls asynchronously, so the main thread can take the interrupt while
     a call (one block of a sampler, one training step) still runs in XLA's threads; tearing the
-    interpreter down under it ended the process with a segmentation fault instead of exit code
-    130 (seen on one CPU). Each call is short, so the wait is too; errors of the abandoned work
-    are not reported.
+    interpreter down under it can end the process with a segmentation fault instead of exit code
+    130 (seen once, in a process pinned to one CPU). Each call is short, so the wait is too;
+    errors of the abandoned work are not reported.
     """
     jax = sys.modules.get("jax")
     if jax is None:

@@ -9,9 +9,10 @@ def _pin_xdist_worker() -> None:
     """Give each pytest-xdist worker its own share of the CPUs, before JAX starts.
 
     Unpinned, every worker's XLA thread pool is sized to all the cores, so two workers on two
-    cores oversubscribe them: each test ran 1.5-2x slower than alone on one core (tutorial 03 in
-    fast mode: 148 s in the suite, 75-85 s pinned to one core beside another pinned notebook).
-    Child processes (notebook kernels, command-line runs) inherit the worker's CPUs.
+    cores oversubscribe them; code with host callbacks (sparse direct solves) suffered most:
+    tutorial 03 in fast mode took 148 s in the suite and 77 s pinned, the three-parameter IPLA test
+    42 s and 21 s; the idle 2-core suite as a whole 1067 s and 986 s. Child processes (notebook
+    kernels, command-line runs) inherit the worker's CPUs.
     """
     worker, count = (
         os.environ.get("PYTEST_XDIST_WORKER"),
