@@ -14,16 +14,13 @@ def _pin_xdist_worker() -> None:
     42 s and 21 s; the idle 2-core suite as a whole 1067 s and 986 s. Child processes (notebook
     kernels, command-line runs) inherit the worker's CPUs.
     """
-    worker, count = (
-        os.environ.get("PYTEST_XDIST_WORKER"),
-        os.environ.get("PYTEST_XDIST_WORKER_COUNT"),
-    )
-    if not (worker and count and hasattr(os, "sched_setaffinity")):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not (worker and hasattr(os, "sched_setaffinity")):
         return
     cpus = sorted(os.sched_getaffinity(0))
-    index, count = int(worker.removeprefix("gw")), int(count)
-    if count > 1 and len(cpus) >= count:
-        os.sched_setaffinity(0, cpus[index % count :: count])
+    if 1 < workers <= len(cpus):
+        os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) :: workers])
 
 
 _pin_xdist_worker()
