@@ -232,9 +232,10 @@ def main(argv=None) -> int:
         records = old.get("records", []) if same else []
     t0 = time.perf_counter()
     rows: list = []
-    for task_name in tasks:
-        print(f"{task_name} {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples")
-        for index in range(draws):
+    print(f"{', '.join(tasks)}: {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples")
+    # Draws outermost: a run stopped early (a time cap, the end of a session) covers every task.
+    for index in range(draws):
+        for task_name in tasks:
             have = {r["method"] for r in records if r["task"] == task_name and r["draw"] == index}
             if {"bayes", *methods} <= have:
                 continue

@@ -13,9 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # two subprocesses that compile a training run and four samplers: ~90 s
+@pytest.mark.slow  # three subprocesses: a training run and two inverse runs
 def test_gpu_script_cpu_smoke(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHON=sys.executable, GPU_OUT=str(tmp_path), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--cpu-smoke"],
         env=env,
@@ -24,9 +24,12 @@ def test_gpu_script_cpu_smoke(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads((tmp_path / "gpu_smoke.json").read_text())
-    assert result["machine"]["device"] and result["grid"] == 16
-    methods = {(r["prior"], r["method"]) for r in result["rows"]}
-    assert ("exact posterior", "bayes") in methods and ("grf-a-128", "pigdm") in methods
+    assert "capped" not in proc.stdout and "failed" not in proc.stdout, proc.stdout[-2000:]
+    for name, prior in (("gpu_smoke", "grf-a"), ("gpu_smoke_trained", "grf-a-128")):
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["machine"]["device"] and result["grid"] == 16
+        methods = {(r["prior"], r["method"]) for r in result["rows"]}
+        assert ("exact posterior", "bayes") in methods and (prior, "pigdm") in methods
+        assert {r["draws"] for r in result["rows"]} == {2}
     meta = json.loads((tmp_path / "grf-a-128" / "model" / "metadata.json").read_text())
     assert set(meta["excess_loss"]) == {"8", "16", "32"}
