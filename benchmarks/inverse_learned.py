@@ -63,6 +63,7 @@ TARGET_RATIO, TARGET_COVERAGE, TARGET_DPS = 1.15, (0.85, 0.95), 2.0
 
 def draw_records(task_name, index, priors, methods, *, grid, sensors, samples, steps):
     """Per-draw records of one task draw: every prior x method on the same truth and sensors."""
+    t0 = time.perf_counter()
     task = inverse.make_task(task_name, grid=grid, sensor_fraction=sensors / grid**2, index=index)
     out = []
     for prior_name, prior in priors.items():
@@ -101,7 +102,7 @@ def draw_records(task_name, index, priors, methods, *, grid, sensors, samples, s
     for r in out:
         r["ratio"] = r["rel_l2"] / bayes
     line = ", ".join(f"{r['prior']}/{r['method']} {r['ratio']:.2f}" for r in out[1:])
-    print(f"  {task_name} draw {index}: {line}", flush=True)
+    print(f"  {task_name} draw {index}: {line} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
 
 
@@ -232,7 +233,9 @@ def main(argv=None) -> int:
         records = old.get("records", []) if same else []
     t0 = time.perf_counter()
     rows: list = []
-    print(f"{', '.join(tasks)}: {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples")
+    print(
+        f"{', '.join(tasks)}: {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples"
+    )
     # Draws outermost: a run stopped early (a time cap, the end of a session) covers every task.
     for index in range(draws):
         for task_name in tasks:

@@ -15,7 +15,13 @@ from pdegen import fem
 
 from ._gaussian import gaussian_posterior
 from ._guidance import StatFEMLikelihood
-from ._operators import grf_sqrt_matrix, noise_floor, sensor_operator, solution_operator
+from ._operators import (
+    COLUMN_CHUNK,
+    grf_sqrt_matrix,
+    noise_floor,
+    sensor_operator,
+    solution_operator,
+)
 from ._results import Posterior
 from ._tasks import InverseTask
 
@@ -40,6 +46,28 @@ def _bayes_arrays(G, y, key, noise_std, num_samples, alpha, tau):
         post.chol,
         post.log_evidence,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def prior_u_variance(physics: fem.PDETask, grid: int, alpha: float, tau: float) -> np.ndarray:
+    """``diag(S C S^T)``: the prior variance of ``u = S a`` under the GRF ``a = L z``, once per task
+    family. Row ``i`` is ``||L^T s_i||^2`` with ``L^T`` the adjoint of the GRF's spectral map, so the
+    cost is ``g^2`` transforms of ``g^2`` values, not the dense product ``S L`` (``g^6`` flops)."""
+    S = solution_operator(physics)
+    d = grid * grid
+
+    def sqrt(z):
+        return fem.grf_from_white_noise(z.reshape(grid, grid), alpha=alpha, tau=tau).reshape(-1)
+
+    adjoint = jax.linear_transpose(sqrt, jnp.zeros(d))
+    norms = jax.jit(jax.vmap(lambda s: jnp.sum(adjoint(s)[0] ** 2)))
+    k = min(COLUMN_CHUNK, d)
+    out = []
+    for start in range(0, d, k):
+        rows = np.zeros((k, d))
+        rows[: min(k, d - start)] = S[start : start + k]
+        out.append(np.asarray(norms(jnp.asarray(rows)))[: min(k, d - start)])
+    return np.concatenate(out)
 
 
 def bayes_posterior(
@@ -96,12 +124,9 @@ def bayes_posterior(
     mean_u = (Sj @ mean_a.reshape(-1)).reshape(g, g)
     if task.target == "u":
         # var(S a | y) = diag(S C S^T) - diag(S X S^-1 X^T S^T), X = C G^T: exact, dense.
-        L = grf_sqrt_matrix(g, alpha=alpha, tau=tau)
-        SL = S @ L
-        SX = S @ np.asarray(cross)
-        W = jax.scipy.linalg.solve_triangular(chol, jnp.asarray(SX).T, lower=True)
-        var_u = np.sum(SL**2, axis=1) - np.asarray(jnp.sum(W**2, axis=0))
-        std_u = jnp.sqrt(jnp.maximum(jnp.asarray(var_u), 0.0)).reshape(g, g)
+        W = jax.scipy.linalg.solve_triangular(chol, (Sj @ cross).T, lower=True)
+        var_u = jnp.asarray(prior_u_variance(task.physics, g, alpha, tau)) - jnp.sum(W**2, axis=0)
+        std_u = jnp.sqrt(jnp.maximum(var_u, 0.0)).reshape(g, g)
     else:
         std_u = u_samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros((g, g))
     seconds = (time.perf_counter() - t0) / num_samples
