@@ -157,3 +157,10 @@ def test_darcy_benchmark_resumes_from_its_per_draw_records(tmp_path, monkeypatch
     assert merged["rows"][0]["rel_l2"] == pytest.approx(0.2)  # mean over the three draws
     with pytest.raises(SystemExit, match="other settings"):
         darcy.main([*base, "--methods", "map", "--steps", "50", "--resume"])
+    # a learned prior: its own results file, the rows that do not need the exact latent GRF
+    darcy.main([*base, "--prior", "grf-a"])
+    learned = json.loads((tmp_path / "inverse_darcy_grf-a.json").read_text())
+    assert learned["prior"] == "grf-a" and "--prior grf-a" in learned["rerun"]
+    assert {r["method"] for r in learned["rows"]} == set(darcy.METHODS) - {"mcmc", "map"}
+    with pytest.raises(SystemExit):
+        darcy.main([*base, "--prior", "grf-a", "--methods", "smc,map"])

@@ -74,6 +74,31 @@ def test_threshold_prior_field_and_draws():
         inverse.threshold_prior(mesh, sharpness=0.0)
 
 
+def test_threshold_prior_of_another_latent_prior():
+    """The task's threshold over a learned prior of the GRF: the same map of that prior's field
+    (its width from the exact field's std), no longer latent-Gaussian; bad latents are refused."""
+    from pdegen import models
+
+    task = inverse.make_task("darcy-inverse", grid=8, sensor_fraction=0.2, noise=0.02)
+    mesh = task.mesh
+    latent = inverse.learned_prior(models.load_pretrained("grf-a"), mesh, grid=8)
+    prior = inverse.threshold_prior(mesh, low=3.0, high=12.0, latent=latent)
+    assert not prior.latent_gaussian and prior.score is latent.score and prior.sde is latent.sde
+    x = jax.random.normal(jax.random.key(0), latent.shape)
+    sd = inverse.grf_prior(mesh).scale
+    np.testing.assert_allclose(
+        prior.to_field(x), 3.0 + 9.0 * jax.nn.sigmoid(4.0 * latent.to_field(x) / sd), rtol=1e-12
+    )
+    # the exact GRF as the latent is the default prior
+    exact = inverse.threshold_prior(mesh, latent=inverse.grf_prior(mesh))
+    z = jax.random.normal(jax.random.key(1), exact.z_shape)
+    np.testing.assert_allclose(exact.from_noise(z), inverse.threshold_prior(mesh).from_noise(z))
+    with pytest.raises(ValueError, match="latent must be a Prior on the mesh's"):
+        inverse.threshold_prior(mesh, latent=inverse.grf_prior(fem.unit_square(4)))
+    with pytest.raises(ValueError, match="transform of its own"):
+        inverse.threshold_prior(mesh, latent=prior)
+
+
 def test_threshold_prior_map_is_the_task_map():
     """The general MAP with the task's (prior, likelihood) pair is the task MAP of Darcy."""
     task = inverse.make_task("darcy-inverse", grid=10, sensor_fraction=0.2, noise=0.02)

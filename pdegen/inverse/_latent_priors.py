@@ -51,6 +51,7 @@ def threshold_prior(
     alpha: float = 2.0,
     tau: float = 3.0,
     sde: AbstractSDE | None = None,
+    latent: Prior | None = None,
 ) -> Prior:
     """A two-valued coefficient as a prior: the task GRF through a smooth threshold.
 
@@ -67,9 +68,15 @@ def threshold_prior(
         sharpness: steepness of the threshold in units of the field's standard deviation (``> 0``).
         alpha, tau: the GRF's smoothness and inverse length scale.
         sde: the forward process of the state (default :class:`pdegen.models.VPSDE`).
+        latent: another prior over the same GRF to threshold instead of the exact one, e.g. a
+            learned one (:func:`learned_prior` of ``"grf-a"``): the threshold is the same (its
+            width from the exact field's standard deviation), the score is the latent prior's, and
+            the prior is then no longer latent-Gaussian (no MAP or pCN in white-noise coordinates;
+            SMC and guidance work).
 
     Raises:
-        ValueError: ``low`` / ``high`` out of order or not positive, ``sharpness <= 0``.
+        ValueError: ``low`` / ``high`` out of order or not positive, ``sharpness <= 0``, a
+            ``latent`` prior on another mesh or with a transform of its own.
     """
     if not (0 < low < high and np.isfinite(high)):
         raise ValueError(f"threshold_prior: need 0 < low < high < inf, got low={low}, high={high}")
@@ -78,6 +85,18 @@ def threshold_prior(
     base = grf_prior(mesh, alpha=alpha, tau=tau, sde=sde)
     # the state has unit pointwise RMS and the field f = scale * state: sd(f) = scale
     step = SmoothThreshold(float(low), float(high), base.scale / float(sharpness))
+    if latent is not None:
+        if not isinstance(latent, Prior) or latent.size != base.size:
+            raise ValueError(
+                f"threshold_prior: latent must be a Prior on the mesh's {base.size} nodes, got "
+                f"{getattr(latent, 'size', type(latent).__name__)}"
+            )
+        if latent.transform is not None:
+            raise ValueError(
+                f"threshold_prior: latent {latent.name!r} has a transform of its own; pass the "
+                "prior of the untransformed field"
+            )
+        base = latent
     return dataclasses.replace(
         base, transform=step, name=f"threshold({low:g}/{high:g}) of {base.name}"
     )
