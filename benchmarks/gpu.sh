@@ -9,8 +9,10 @@
 # Each phase runs under a time cap in seconds (INVERT_SECONDS, TRAIN_SECONDS, TRAINED_SECONDS).
 # The inverse phases write their results after every draw and run draws across the tasks, so a
 # capped phase keeps what it finished and covers every task; the results say how many draws.
-# Results: $GPU_OUT/gpu_128.json and gpu_128_trained.json (the device is recorded in "machine"),
-# the trained prior in $GPU_OUT/grf-a-128 (GPU_OUT defaults to build/gpu).
+# Phase 1 resumes from the draws already in $GPU_RESULTS/gpu_128.json (default
+# benchmarks/results): commit that file after a run and the next GPU run continues it.
+# Results: gpu_128.json there, $GPU_OUT/gpu_128_trained.json (the device is recorded in
+# "machine"), the trained prior in $GPU_OUT/grf-a-128 (GPU_OUT defaults to build/gpu).
 #
 #   bash benchmarks/gpu.sh              # the full check (GPU)
 #   bash benchmarks/gpu.sh --cpu-smoke  # the same pipeline, tiny, on the CPU (the tests run this)
@@ -24,13 +26,17 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
   INVERT=(--grid 16 --sensors 12 --draws 2 --samples 2 --steps 6 --methods pigdm,dps)
   TASKS=poisson-inverse
   CAPS=(900 900 900)
+  RESULTS=$DIR
+  RESUME=()
 else
   NAME=gpu_128
   TRAIN=(--grids 64,128 --eval-grids 32 --steps 3000 --n-train 4000 --batch-size 64 --lr 3e-3
          --p-mean 1.0 --p-std 2.5 --sigma-max 320)
   INVERT=(--grid 128 --sensors 500 --draws 10 --samples 16 --steps 100)
   TASKS=poisson-forward,poisson-inverse,helmholtz-forward,helmholtz-inverse
-  CAPS=(270 150 60)
+  CAPS=(240 150 90)
+  RESULTS=${GPU_RESULTS:-benchmarks/results}
+  RESUME=(--resume)
 fi
 mkdir -p "$DIR"
 failed=0
@@ -55,7 +61,7 @@ phase() {
 
 phase "shipped prior grf-a" "${INVERT_SECONDS:-${CAPS[0]}}" \
   "$PY" benchmarks/inverse_learned.py --prior grf-a --tasks "$TASKS" "${INVERT[@]}" \
-  --out-name "$NAME" --results-dir "$DIR"
+  --out-name "$NAME" --results-dir "$RESULTS" "${RESUME[@]}"
 phase "train grf-a-128" "${TRAIN_SECONDS:-${CAPS[1]}}" \
   "$PY" benchmarks/train_prior.py --data a --network spectral --name grf-a-128 --quiet \
   "${TRAIN[@]}" --out "$DIR/grf-a-128"
