@@ -49,7 +49,7 @@ def _bayes_arrays(G, y, key, noise_std, num_samples, alpha, tau):
 
 
 @functools.lru_cache(maxsize=8)
-def prior_u_variance(physics: fem.PDETask, grid: int, alpha: float, tau: float) -> np.ndarray:
+def _prior_u_variance(physics: fem.PDETask, grid: int, alpha: float, tau: float) -> np.ndarray:
     """``diag(S C S^T)``: the prior variance of ``u = S a`` under the GRF ``a = L z``, once per task
     family. Row ``i`` is ``||L^T s_i||^2`` with ``L^T`` the adjoint of the GRF's spectral map, so the
     cost is ``g^2`` transforms of ``g^2`` values, not the dense product ``S L`` (``g^6`` flops)."""
@@ -125,7 +125,7 @@ def bayes_posterior(
     if task.target == "u":
         # var(S a | y) = diag(S C S^T) - diag(S X S^-1 X^T S^T), X = C G^T: exact, dense.
         W = jax.scipy.linalg.solve_triangular(chol, (Sj @ cross).T, lower=True)
-        var_u = jnp.asarray(prior_u_variance(task.physics, g, alpha, tau)) - jnp.sum(W**2, axis=0)
+        var_u = jnp.asarray(_prior_u_variance(task.physics, g, alpha, tau)) - jnp.sum(W**2, axis=0)
         std_u = jnp.sqrt(jnp.maximum(var_u, 0.0)).reshape(g, g)
     else:
         std_u = u_samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros((g, g))
