@@ -253,3 +253,28 @@ def test_tmpd_cached_reuses_a_prebuilt_table(key):
         np.testing.assert_allclose(reused(x, t), inline(x, t), rtol=1e-12)
     with pytest.raises(ValueError, match="table"):
         tmpd_cached(score, sde, H[:2], y[:2], shape=(D,), table=table)
+
+
+def test_a_diverged_guided_mean_is_reported():
+    """The divergence guard: a posterior mean that predicts the data far worse than the zero field
+    raises a RuntimeWarning naming the method; a mean that fits them does not."""
+    import warnings
+
+    from pdegen import fem, inverse
+    from pdegen.inverse._field_posterior import DIVERGED_MISFIT, _Observe, warn_if_diverged
+
+    mesh = fem.unit_square(4)
+    prior = inverse.grf_prior(mesh)
+    truth = prior.sample(jax.random.key(0), 1)[0]
+    H = jnp.eye(mesh.npoints)[::3]
+    noise = 0.01
+    lik = inverse.gaussian_likelihood(H, H @ truth, noise_std=noise)
+    observe = _Observe(prior, lik, jnp.asarray(noise))  # the data in units of their own scale
+    y_n = noise * (lik.whitener @ lik.y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_diverged(observe, y_n, truth, "pigdm") < 1e-12
+        assert warn_if_diverged(observe, y_n, jnp.zeros_like(truth), "pigdm") == pytest.approx(1.0)
+    with pytest.warns(RuntimeWarning, match="pigdm posterior mean misses the data"):
+        ratio = warn_if_diverged(observe, y_n, -50.0 * truth, "pigdm")
+    assert ratio > DIVERGED_MISFIT

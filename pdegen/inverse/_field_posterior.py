@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import math
 import time
+import warnings
 from typing import NamedTuple
 
 import equinox as eqx
@@ -152,6 +153,31 @@ def _sample_batch(
     # The prior's Tweedie estimate at the last time.
     x = jax.vmap(lambda xi: sde.tweedie_denoiser(prior.score, xi, t))(x)
     return jax.vmap(prior.to_field)(x)
+
+
+DIVERGED_MISFIT = 10.0
+"""A guided posterior mean whose normalised data misfit exceeds this many times the data's RMS
+fits the data far worse than the zero field does: the guidance diverged."""
+
+
+def warn_if_diverged(observe: _Observe, y, field, label: str) -> float:
+    """Warn (``RuntimeWarning``) when the posterior mean ``field`` predicts the normalised data
+    ``y`` worse than :data:`DIVERGED_MISFIT` times their RMS; returns that ratio. A guided sampler
+    can overshoot the data without producing non-finite values (e.g. PiGDM, whose isotropic
+    covariance ignores the correlation of many nearby sensors)."""
+    pred = observe.factor * (observe.likelihood.whitener @ observe.likelihood.forward(field))
+    y = np.asarray(y, np.float64)
+    misfit = float(np.sqrt(np.mean((np.asarray(pred, np.float64) - y) ** 2)))
+    ratio = misfit / max(float(np.sqrt(np.mean(y**2))), 1e-300)
+    if not ratio <= DIVERGED_MISFIT:
+        warnings.warn(
+            f"sample_posterior: the {label} posterior mean misses the data by {ratio:.3g} times "
+            "their RMS (the zero field misses by about 1): the guidance diverged. With many "
+            "correlated sensors try 'tmpd' / 'tmpd-cached' or 'dps', or more num_steps.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return ratio
 
 
 PRIOR_SAMPLES = 64
@@ -431,6 +457,7 @@ def _guided_posterior(
             f"or another method"
         )
     samples = jnp.asarray(samples)
+    warn_if_diverged(observe, y_n, samples.mean(0), method.label)
     std = samples.std(0, ddof=1) if num_samples > 1 else jnp.zeros(samples.shape[1])
     return FieldPosterior(
         samples,
