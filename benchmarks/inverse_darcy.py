@@ -35,6 +35,7 @@ stopped run continues where it stopped. Writes ``benchmarks/results/inverse_darc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -168,6 +169,12 @@ def _joint(task, post) -> tuple:
     return mean, np.sqrt(np.maximum(var, 0.0))
 
 
+@functools.lru_cache(maxsize=2)
+def _pretrained(name: str):
+    """A shipped prior, read once per run (not once per draw)."""
+    return models.load_pretrained(name)
+
+
 def task_prior(task, name: str):
     """The task's prior and likelihood; with a learned ``name``, that shipped prior of the GRF
     (at the task's grid) through the task's own threshold."""
@@ -175,7 +182,7 @@ def task_prior(task, name: str):
     if name == "exact":
         return prior, lik
     par, physics = task.physics.parameter, task.physics
-    latent = inverse.learned_prior(models.load_pretrained(name), task.mesh, grid=task.grid)
+    latent = inverse.learned_prior(_pretrained(name), task.mesh, grid=task.grid)
     prior = inverse.threshold_prior(
         task.mesh, low=par.low, high=par.high, alpha=physics.alpha, tau=physics.tau, latent=latent
     )
