@@ -534,6 +534,24 @@ def smc_posterior(
         twist_states = _matching_states(prior, sampler, num_steps)
     elif not prior.gaussian:  # the TMPD twist's covariance where the particles go
         twist_states = _matching_states(prior, sampler, num_steps)
+    # the twist's covariance shared by the particles: exact for an affine map from state to
+    # data with the PiGDM twist (and TMPD with a Gaussian prior, at the zero state); otherwise
+    # (TMPD("cached")'s average over noised prior samples for a learned prior, a nonlinear PDE or
+    # prior transform) an approximation whose error the weights correct, unless the method asks
+    # for the per-particle linearisation
+    shared = (
+        bool(method.shared_covariance)
+        if method.shared_covariance is not None
+        else bool(likelihood.linear) and prior.transform is None
+    )
+    transition = method.transition
+    if transition is None:
+        transition = "conditional" if shared and method.twist == "tmpd" else "gradient"
+    elif transition == "conditional" and not shared:
+        raise ValueError(
+            "sample_posterior: SMC(transition='conditional') conditions on a shared twist "
+            "covariance; pass shared_covariance=True"
+        )
     k_run, k_out = jax.random.split(key)
     t0 = time.perf_counter()
     res = twisted_smc(
@@ -554,12 +572,11 @@ def smc_posterior(
         # otherwise (TMPD("cached")'s average over noised prior samples for a learned prior, a
         # nonlinear PDE or prior transform) an approximation whose error the weights correct,
         # unless the method asks for the per-particle linearisation
-        shared_covariance=bool(method.shared_covariance)
-        if method.shared_covariance is not None
-        else bool(likelihood.linear) and prior.transform is None,
+        shared_covariance=shared,
         time_grid=method.time_grid,
         twist_states=twist_states,
         twist_probes=_probes(prior),
+        transition=transition,
         dtype=dtype,
     )
     fields = jax.block_until_ready(jax.vmap(prior.to_field)(res.particles))
@@ -592,6 +609,7 @@ def smc_posterior(
             "ess": ess.tolist(),
             "final_ess": float(ess[-1]),
             "resampling_steps": int(np.sum(np.asarray(res.resampled))),
+            "transition": transition,
             "num_particles": method.num_particles,
             "seconds": float(seconds),
             "data_variance": float(data_variance),

@@ -323,13 +323,19 @@ class SMC(Method):
     ``TMPD("cached")``); ``True`` for a nonlinear PDE or a latent-Gaussian prior trades a worse
     twist (more weight variance, corrected by the weights) for far cheaper steps.
     ``time_grid``: ``"log-snr"`` (steps evenly spaced in the log noise level, the default: sharp
-    data make the last steps weigh most) or ``"sampler"`` (the sampler's grid)."""
+    data make the last steps weigh most) or ``"sampler"`` (the sampler's grid).
+    ``transition``: ``"gradient"`` (the model step shifted by the twist's gradient, TDS) or
+    ``"conditional"`` (the model step conditioned on the data through the next twist linearised
+    at the step's mean: the locally optimal proposal for a Gaussian prior and a linear map, where
+    the weights then correct only the time discretisation; TMPD twist with a shared covariance
+    only). ``None`` (the default): ``"conditional"`` where it applies, else ``"gradient"``."""
 
     proposal: Method = eqx.field(static=True, default_factory=PiGDM)
     num_particles: int = eqx.field(static=True, default=64)
     ess_threshold: float = eqx.field(static=True, default=0.5)
     time_grid: str = eqx.field(static=True, default="log-snr")
     shared_covariance: bool | None = eqx.field(static=True, default=None)
+    transition: str | None = eqx.field(static=True, default=None)
     guided: ClassVar[bool] = False
 
     def __post_init__(self):
@@ -354,6 +360,12 @@ class SMC(Method):
 
         if self.time_grid not in ("log-snr", "sampler"):
             raise ValueError(f"SMC(time_grid=...): 'log-snr' or 'sampler', got {self.time_grid!r}")
+        if self.transition not in (None, "gradient", "conditional"):
+            raise ValueError(
+                f"SMC(transition=...): None, 'gradient' or 'conditional', got {self.transition!r}"
+            )
+        if self.transition == "conditional" and not isinstance(self.proposal, TMPD):
+            raise ValueError("SMC(transition='conditional') needs the TMPD twist: SMC(TMPD(), ...)")
         if self.shared_covariance not in (None, True, False):
             raise TypeError(
                 f"SMC(shared_covariance=...): None, True or False, got {self.shared_covariance!r}"

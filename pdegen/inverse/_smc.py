@@ -26,7 +26,14 @@ isotropic, so one forward map and one VJP per particle and step, but as sharp as
 the denoising kernel (for a linear ``A``), so the last weights are those of the model's posterior.
 Since the two transitions share their covariance,
 ``log p - log q = -g sqrt(h) eps . grad log L_k - h g^2 ||grad log L_k||^2 / 2`` for the step's noise
-``eps``. Systematic resampling when the effective sample size falls below
+``eps``. With the TMPD twist and a shared covariance the particles can instead move by the
+*conditional* transition ``q(x' | x) ∝ p(x' | x) N(y; A(D(m)) + J (x' - m), A C_{k+1} A^T +
+noise_std^2 I)`` (``m`` the model step's mean, ``J`` the Jacobian of ``A(D(.))`` at ``t_{k+1}``,
+shared by the particles): the model step conditioned on the data through the next twist,
+linearised at ``m``. For a Gaussian prior and a linear ``A`` this is the locally optimal proposal,
+``L_{k+1}(x') p(x' | x) / q(x' | x)`` does not depend on ``x'`` and the weights correct only the
+time discretisation (on the 32x32 linear tasks it resamples 0-2 times in 100 steps where the
+gradient move resamples 16-20 times). Systematic resampling when the effective sample size falls below
 ``ess_threshold * N``. ``log Z = sum_k log sum_i W_{k-1}^i w_k^i`` (normalised weights ``W``) is an
 unbiased estimate (its exponential is) of the model's evidence ``p(y)``, and the weighted particles
 target the model's posterior exactly as ``N -> infinity`` whatever the twist (the twist only sets
@@ -58,6 +65,7 @@ from ._guidance import (
 )
 
 TWISTS = ("pigdm", "tmpd")
+TRANSITIONS = ("gradient", "conditional")
 
 
 class SMCResult(NamedTuple):
@@ -145,12 +153,20 @@ class _Twist(eqx.Module):
     noise_std: jax.Array
     kind: str = eqx.field(static=True)
 
-    def __call__(self, x, t, projected=None, r2=None):
-        """``r2``: the isotropic (PiGDM) twist's variance at ``t``."""
+    def __call__(self, x, t, projected=None, r2=None, with_grad=True):
+        """``r2``: the isotropic (PiGDM) twist's variance at ``t``. ``with_grad=False``: forward
+        evaluations only (``grad`` returned as zeros; needs ``projected``)."""
         sde = self.sde
+        a, s = sde.alpha(t), sde.sigma(t)
+        k = self.y.shape[0]
+        if not with_grad:
+            m = tweedie_mean(self.score, sde, x, t)
+            C = projected + (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=m.dtype)
+            r = (self.y - self.observe(m)).astype(m.dtype)
+            logp, _ = _gaussian_logpdf(r, C.astype(m.dtype))
+            return logp, (a * m - x) / s**2, jnp.zeros_like(x)
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(self.score, sde, x_, t), x)
         y_hat, vjp_A = jax.vjp(self.observe, m)
-        k = self.y.shape[0]
         if projected is None:
             if self.kind == "pigdm":
                 projected = r2 * _gram(vjp_A, k, m.dtype)
@@ -159,7 +175,6 @@ class _Twist(eqx.Module):
         C = projected + (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=m.dtype)
         logp, w = _gaussian_logpdf((self.y - y_hat).astype(m.dtype), C.astype(m.dtype))
         (grad,) = vjp_m(vjp_A(w)[0])
-        a, s = sde.alpha(t), sde.sigma(t)
         score = (a * m - x) / s**2
         return logp, score, grad
 
@@ -190,6 +205,59 @@ def _final_sample(twist: _Twist, x, t, key, r2):
     return prior_draw + r2 * vjp_A(w)[0]
 
 
+def _reference_jacobian(twist: _Twist, t, states, noise):
+    """``J = d A(D(x)) / dx`` ``(m, n)`` at time ``t``, shared by the particles: the rows of
+    ``A dD/dx`` (``m`` VJPs per state) averaged over the reference states noised to ``t`` (the zero
+    state: exact for a Gaussian prior and a linear ``A``)."""
+    sde = twist.sde
+    k = twist.y.shape[0]
+    a, s = sde.alpha(t), sde.sigma(t)
+    dtype = states.dtype
+
+    def rows_at(ce):
+        m, vjp_m = jax.vjp(lambda x_: tweedie_mean(twist.score, sde, x_, t), a * ce[0] + s * ce[1])
+        _, vjp_A = jax.vjp(twist.observe, m)
+        JA = _jacobian_rows(vjp_A, k, dtype)
+        return jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(JA)
+
+    return jnp.mean(jax.lax.map(rows_at, (states, noise)), axis=0)
+
+
+def _conditional_step(key, x_mean, v, J, Sigma, y_hat, y):
+    """One draw from ``q(x' | x) ∝ N(x'; x_mean, v I) N(y; y_hat + J (x' - x_mean), Sigma)`` and
+    ``log p(x' | x) - log q(x' | x)`` for the model step ``p = N(x_mean, v I)``.
+
+    Matheron's rule: ``x~ = x_mean + sqrt(v) eps``, ``y~ = y_hat + J (x~ - x_mean) + eta`` with
+    ``eta ~ N(0, Sigma)``, ``x' = x~ + v J^T S^{-1} (y - y~)``, ``S = v J J^T + Sigma``. With
+    ``b = S^{-1} (y - y_hat)`` and ``d = x' - E_q[x']``: ``log p - log q = -(J d) . b - v |J^T b|^2 / 2
+    + (J d)^T Sigma^{-1} (J d) / 2 + (log det Sigma - log det S) / 2`` (the Woodbury and
+    determinant identities: ``m x m`` work only)."""
+    k_eps, k_eta = jax.random.split(key)
+    k = y.shape[0]
+    S = v * (J @ J.T) + Sigma
+    L_S = jnp.linalg.cholesky(0.5 * (S + S.T))
+    L_Sig = jnp.linalg.cholesky(0.5 * (Sigma + Sigma.T))
+    solve_S = lambda r: jax.scipy.linalg.cho_solve((L_S, True), r)  # noqa: E731
+    eps = jax.random.normal(k_eps, x_mean.shape, x_mean.dtype)
+    eta = L_Sig @ jax.random.normal(k_eta, (k,), x_mean.dtype)
+    x_tilde = jnp.ravel(x_mean) + jnp.sqrt(v) * jnp.ravel(eps)
+    y_tilde = y_hat + jnp.sqrt(v) * (J @ jnp.ravel(eps)) + eta
+    x_new = x_tilde + v * (J.T @ solve_S(y - y_tilde))
+    b = solve_S(y - y_hat)
+    Jtb = J.T @ b
+    d = x_new - jnp.ravel(x_mean) - v * Jtb
+    Jd = J @ d
+    z = jax.scipy.linalg.solve_triangular(L_Sig, Jd, lower=True)
+    log_ratio = (
+        -Jd @ b
+        - 0.5 * v * Jtb @ Jtb
+        + 0.5 * z @ z
+        + jnp.sum(jnp.log(jnp.diag(L_Sig)))
+        - jnp.sum(jnp.log(jnp.diag(L_S)))
+    )
+    return x_new.reshape(x_mean.shape), log_ratio
+
+
 @eqx.filter_jit
 def twisted_smc(
     score: Callable,
@@ -209,6 +277,7 @@ def twisted_smc(
     time_grid: str = "log-snr",
     twist_states=None,
     twist_probes: int | None = None,
+    transition: str = "gradient",
     dtype=jnp.float64,
 ) -> SMCResult:
     """Twisted SMC for ``p(x_0 | y)`` with the diffusion prior ``score`` (see the module docstring).
@@ -239,6 +308,16 @@ def twisted_smc(
             denoising kernel uses the same variance at ``t_min``, so the model stays consistent.
         twist_probes: orthonormal probes for the trace in the matched variances (``None``: exact,
             ``2 m`` VJPs per state and time; see :func:`matched_twist_variances`).
+        transition: the particles' move. ``"gradient"``: the model step shifted by
+            ``h g^2 grad log L_k`` at the current state (TDS). ``"conditional"``: the model step
+            conditioned on the data through the next twist linearised at the step's mean, the
+            Gaussian ``q(x' | x) ∝ p(x' | x) N(y; A(D(m)) + J (x' - m), A C_{k+1} A^T + noise^2 I)``
+            (``m`` the step's mean, ``J`` the shared Jacobian of ``A(D(.))`` at the next time, see
+            :func:`_reference_jacobian`): the locally optimal proposal for a Gaussian prior and a
+            linear ``A``, where the weights then correct only the time discretisation. For the
+            TMPD twist with ``shared_covariance``; per step ``m`` shared VJPs (per reference state)
+            and one more forward evaluation per particle. (The isotropic twist's implied Jacobian
+            ``(alpha r^2 / sigma^2) J_A`` makes a poor conditional: more resampling, not less.)
 
     Returns:
         An :class:`SMCResult`.
@@ -253,6 +332,13 @@ def twisted_smc(
         jnp.asarray(noise_std, dtype),
         twist,
     )
+    if transition not in TRANSITIONS:
+        raise ValueError(f"transition must be one of {TRANSITIONS}, got {transition!r}")
+    if transition == "conditional" and not (shared_covariance and twist == "tmpd"):
+        raise ValueError(
+            "transition='conditional' conditions on the TMPD twist's shared covariance; "
+            "pass twist='tmpd' and shared_covariance=True"
+        )
     ts = smc_time_grid(sde, num_steps, time_grid, dtype)
     k_init, k_steps, k_final = jax.random.split(key, 3)
     x = jax.vmap(lambda k: sde.prior_sample(shape, key=k, dtype=dtype))(jax.random.split(k_init, n))
@@ -283,6 +369,15 @@ def twisted_smc(
     else:
         projected = jnp.zeros((num_steps + 1, 0, 0), dtype)  # unused
         evaluate = jax.vmap(lambda x_, t, _, r2: tw(x_, t, None, r2), in_axes=(0, None, None, None))
+    if twist_states is None:
+        ref_states = jnp.zeros((1, *shape), dtype)
+        ref_noise = ref_states
+    else:  # as projected_covariance_table noises them
+        ref_states = jnp.asarray(twist_states, dtype)[:4]
+        ref_noise = jax.random.normal(jax.random.key(0), ref_states.shape, dtype)
+    evaluate_forward = jax.vmap(
+        lambda x_, t, c: tw(x_, t, c, with_grad=False), in_axes=(0, None, None)
+    )
     log_n = math.log(n)
     logp, s, grad = evaluate(x, ts[0], projected[0], r2s[0])
     logw = logp - log_n
@@ -303,14 +398,25 @@ def twisted_smc(
         h = t - t_next
         g = sde.diffusion(t)
         f = sde.drift_coefficient(t)
-        eps = jax.random.normal(k_noise, x.shape, dtype)
         mean_p = x + h * (g**2 * s - f * x)
-        x_new = mean_p + h * g**2 * grad + g * jnp.sqrt(h) * eps
-        # log p(x'|x) - log q(x'|x): the two Gaussians differ only in their means
-        ratio = -g * jnp.sqrt(h) * jnp.sum(
-            (eps * grad).reshape(n, -1), 1
-        ) - 0.5 * h * g**2 * jnp.sum((grad**2).reshape(n, -1), 1)
-        logp_new, s_new, grad_new = evaluate(x_new, t_next, c_next, r2_next)
+        if transition == "conditional":
+            J = _reference_jacobian(tw, t_next, ref_states, ref_noise)
+            Sigma = c_next + (tw.noise_std**2 + 1e-12) * jnp.eye(y.shape[0], dtype=dtype)
+            y_mean = jax.vmap(lambda xm: observe(tweedie_mean(score, sde, xm, t_next)))(mean_p)
+            x_new, ratio = jax.vmap(
+                lambda k_, xm, ym: _conditional_step(k_, xm, g**2 * h, J, Sigma, ym, y)
+            )(jax.random.split(k_noise, n), mean_p, y_mean.astype(dtype))
+        else:
+            eps = jax.random.normal(k_noise, x.shape, dtype)
+            x_new = mean_p + h * g**2 * grad + g * jnp.sqrt(h) * eps
+            # log p(x'|x) - log q(x'|x): the two Gaussians differ only in their means
+            ratio = -g * jnp.sqrt(h) * jnp.sum(
+                (eps * grad).reshape(n, -1), 1
+            ) - 0.5 * h * g**2 * jnp.sum((grad**2).reshape(n, -1), 1)
+        if transition == "conditional":  # the move needs no gradient: forward maps only
+            logp_new, s_new, grad_new = evaluate_forward(x_new, t_next, c_next)
+        else:
+            logp_new, s_new, grad_new = evaluate(x_new, t_next, c_next, r2_next)
         logw = logw + logp_new + ratio - logp
         c = jax.nn.logsumexp(logw)
         logw = logw - c
@@ -327,6 +433,8 @@ def twisted_smc(
             x, jax.random.split(k_final, n)
         )
     else:  # the Tweedie-covariance kernel: its conditional mean, D(x) + C A^T w
+        if transition == "conditional":  # the twist's gradient at the last state
+            _, s, grad = evaluate(x, t_end, projected[-1], r2s[-1])
         a, sig = sde.alpha(t_end), sde.sigma(t_end)
         x0 = (x + sig**2 * (s + grad)) / a
     history = jnp.concatenate([ess0[None], ess])
