@@ -308,28 +308,31 @@ def test_matched_twist_variances_are_the_kl_projection_of_the_tweedie_covariance
     assert bool(jnp.all(r2[1:] < closed[1:])), (r2, closed)
 
 
+def _shared_tmpd_smc(prior, lik, **options):
+    """:func:`inverse.twisted_smc` with the shared TMPD twist on a point-observation problem."""
+    H = jnp.asarray(lik.forward.matrix)
+    return inverse.twisted_smc(
+        prior.score,
+        prior.sde,
+        lambda x: H @ x.ravel(),
+        jnp.asarray(lik.y),
+        noise_std=lik.noise_std,
+        shape=prior.shape,
+        key=jax.random.key(0),
+        twist="tmpd",
+        shared_covariance=True,
+        **options,
+    )
+
+
 def test_tmpd_twist_over_noised_prior_states_is_the_zero_states_for_a_gaussian_prior(problem):
     """The shared TMPD twist averaged over noised prior samples (the route for a learned prior)
     is, for a Gaussian prior whose Tweedie covariance does not depend on the state, the twist at
     the zero state: the same particles and evidence."""
     prior, lik, _, _ = problem
-    H = jnp.asarray(lik.forward.matrix)
     states = prior.sample(jax.random.key(5), 4).reshape(4, *prior.shape)
     runs = [
-        inverse.twisted_smc(
-            prior.score,
-            prior.sde,
-            lambda x: H @ x.ravel(),
-            jnp.asarray(lik.y),
-            noise_std=lik.noise_std,
-            shape=prior.shape,
-            key=jax.random.key(0),
-            num_particles=8,
-            num_steps=10,
-            twist="tmpd",
-            shared_covariance=True,
-            twist_states=s,
-        )
+        _shared_tmpd_smc(prior, lik, num_particles=8, num_steps=10, twist_states=s)
         for s in (None, states)
     ]
     np.testing.assert_allclose(runs[1].particles, runs[0].particles, rtol=1e-6, atol=1e-9)
@@ -374,22 +377,10 @@ def test_conditional_transition_leaves_only_the_discretisation_to_the_weights(pr
     where the gradient move (TDS) resamples at 30, and its effective sample size stays higher; the
     default SMC(TMPD()) uses it; the PiGDM twist and a per-particle covariance refuse it."""
     prior, lik, _, _ = problem
-    H = jnp.asarray(lik.forward.matrix)
 
     def run(transition, steps):
-        return inverse.twisted_smc(
-            prior.score,
-            prior.sde,
-            lambda x: H @ x.ravel(),
-            jnp.asarray(lik.y),
-            noise_std=lik.noise_std,
-            shape=prior.shape,
-            key=jax.random.key(0),
-            num_particles=64,
-            num_steps=steps,
-            twist="tmpd",
-            shared_covariance=True,
-            transition=transition,
+        return _shared_tmpd_smc(
+            prior, lik, num_particles=64, num_steps=steps, transition=transition
         )
 
     for steps in (30, 100):
