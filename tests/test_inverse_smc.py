@@ -309,8 +309,9 @@ def test_matched_twist_variances_are_the_kl_projection_of_the_tweedie_covariance
 
 
 def _shared_tmpd_smc(prior, lik, **options):
-    """:func:`inverse.twisted_smc` with the shared TMPD twist on a point-observation problem."""
+    """:func:`inverse.twisted_smc` on a point-observation problem (shared TMPD twist by default)."""
     H = jnp.asarray(lik.forward.matrix)
+    options = {"twist": "tmpd", "shared_covariance": True, **options}
     return inverse.twisted_smc(
         prior.score,
         prior.sde,
@@ -319,8 +320,6 @@ def _shared_tmpd_smc(prior, lik, **options):
         noise_std=lik.noise_std,
         shape=prior.shape,
         key=jax.random.key(0),
-        twist="tmpd",
-        shared_covariance=True,
         **options,
     )
 
@@ -373,9 +372,10 @@ def test_conditional_transition_draws_the_gaussian_conditional_with_its_density_
 
 def test_conditional_transition_leaves_only_the_discretisation_to_the_weights(problem):
     """With a Gaussian prior, a linear map and the TMPD twist the conditional move is the locally
-    optimal proposal: on the small problem (64 particles) it never resamples at 30 or 100 steps,
-    where the gradient move (TDS) resamples at 30, and its effective sample size stays higher; the
-    default SMC(TMPD()) uses it; the PiGDM twist and a per-particle covariance refuse it."""
+    optimal proposal: on the small problem (64 particles, 30 steps) it never resamples where the
+    gradient move (TDS) does, and its effective sample size stays higher; the
+    default SMC(TMPD()) uses it; linearised per particle it still resamples less than the gradient
+    move; the PiGDM twist refuses it."""
     prior, lik, _, _ = problem
 
     def run(transition, steps):
@@ -383,11 +383,9 @@ def test_conditional_transition_leaves_only_the_discretisation_to_the_weights(pr
             prior, lik, num_particles=64, num_steps=steps, transition=transition
         )
 
-    for steps in (30, 100):
-        cond, grad = run("conditional", steps), run("gradient", steps)
-        assert int(jnp.sum(cond.resampled)) == 0
-        assert float(jnp.min(cond.ess)) > float(jnp.min(grad.ess))
-    assert int(jnp.sum(run("gradient", 30).resampled)) > 0
+    cond, gradient = run("conditional", 30), run("gradient", 30)
+    assert int(jnp.sum(cond.resampled)) == 0 < int(jnp.sum(gradient.resampled))
+    assert float(jnp.min(cond.ess)) > float(jnp.min(gradient.ess))
     post = inverse.sample_posterior(
         prior,
         lik,
@@ -400,13 +398,22 @@ def test_conditional_transition_leaves_only_the_discretisation_to_the_weights(pr
         inverse.SMC(inverse.TMPD(), transition="exact")
     with pytest.raises(ValueError, match="TMPD twist"):
         inverse.SMC(transition="conditional")
-    with pytest.raises(ValueError, match="shared_covariance"):
-        inverse.sample_posterior(
-            prior,
-            lik,
-            method=inverse.SMC(inverse.TMPD(), transition="conditional", shared_covariance=False),
-            key=jax.random.key(0),
-            num_steps=10,
-        )
+    # linearised at each particle's own state (the route of a nonlinear map): the same proposal
+    # up to taking the Jacobian and covariance at t_k rather than t_{k+1}, which costs some weight
+    # variance at 30 steps (2 resamplings here) but less than the gradient move (7)
+    per_particle = _shared_tmpd_smc(
+        prior,
+        lik,
+        num_particles=64,
+        num_steps=30,
+        transition="conditional",
+        shared_covariance=False,
+    )
+    assert int(jnp.sum(per_particle.resampled)) < int(jnp.sum(gradient.resampled))
+    assert float(jnp.min(per_particle.ess)) > float(jnp.min(gradient.ess))
     with pytest.raises(ValueError, match="transition"):
         run("bogus", 10)
+    with pytest.raises(ValueError, match="twist='tmpd'"):
+        _shared_tmpd_smc(
+            prior, lik, num_particles=4, num_steps=3, twist="pigdm", transition="conditional"
+        )

@@ -547,11 +547,6 @@ def smc_posterior(
     transition = method.transition
     if transition is None:
         transition = "conditional" if shared and method.twist == "tmpd" else "gradient"
-    elif transition == "conditional" and not shared:
-        raise ValueError(
-            "sample_posterior: SMC(transition='conditional') conditions on a shared twist "
-            "covariance; pass shared_covariance=True"
-        )
     k_run, k_out = jax.random.split(key)
     t0 = time.perf_counter()
     res = twisted_smc(

@@ -121,13 +121,15 @@ def _jacobian_rows(vjp_A, m_size, dtype, chunk=None):
     return _chunked(lambda e: jnp.ravel(vjp_A(e)[0]), eye, chunk)
 
 
-def _tmpd_projected(sde, t, vjp_m, m, J, chunk=None):
+def _tmpd_projected(sde, t, vjp_m, m, J, chunk=None, return_rows=False):
     """``J C_{0|t} J^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` for the observation's Jacobian
-    rows ``J`` (:func:`_jacobian_rows`; ``m`` more VJPs, ``chunk`` at a time when given)."""
+    rows ``J`` (:func:`_jacobian_rows`; ``m`` more VJPs, ``chunk`` at a time when given); with
+    ``return_rows`` also the rows ``J dD/dx`` (the Jacobian of ``A(D(x))``)."""
     scale = sde.sigma(t) ** 2 / sde.alpha(t)
     JC = _chunked(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]), J, chunk)  # J dD/dx
     C = scale * JC @ J.T
-    return 0.5 * (C + C.T)
+    C = 0.5 * (C + C.T)
+    return (C, JC) if return_rows else C
 
 
 def matched_twist_variances(

@@ -327,8 +327,10 @@ class SMC(Method):
     ``transition``: ``"gradient"`` (the model step shifted by the twist's gradient, TDS) or
     ``"conditional"`` (the model step conditioned on the data through the next twist linearised
     at the step's mean: the locally optimal proposal for a Gaussian prior and a linear map, where
-    the weights then correct only the time discretisation; TMPD twist with a shared covariance
-    only). ``None`` (the default): ``"conditional"`` where it applies, else ``"gradient"``."""
+    the weights then correct only the time discretisation; TMPD twist only). ``None`` (the
+    default): ``"conditional"`` with the TMPD twist's shared covariance, else ``"gradient"``
+    (with a per-particle twist the conditional move linearises at each particle's state; on
+    Darcy it was not better, see ``benchmarks/inverse_darcy.py``)."""
 
     proposal: Method = eqx.field(static=True, default_factory=PiGDM)
     num_particles: int = eqx.field(static=True, default=64)

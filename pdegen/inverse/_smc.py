@@ -153,9 +153,11 @@ class _Twist(eqx.Module):
     noise_std: jax.Array
     kind: str = eqx.field(static=True)
 
-    def __call__(self, x, t, projected=None, r2=None, with_grad=True):
+    def __call__(self, x, t, projected=None, r2=None, with_grad=True, with_jacobian=False):
         """``r2``: the isotropic (PiGDM) twist's variance at ``t``. ``with_grad=False``: forward
-        evaluations only (``grad`` returned as zeros; needs ``projected``)."""
+        evaluations only (``grad`` returned as zeros; needs ``projected``). ``with_jacobian`` (the
+        TMPD twist linearised here, ``projected=None``): also the rows of ``d A(D(x)) / dx`` and
+        the projected covariance ``A C A^T``."""
         sde = self.sde
         a, s = sde.alpha(t), sde.sigma(t)
         k = self.y.shape[0]
@@ -167,15 +169,19 @@ class _Twist(eqx.Module):
             return logp, (a * m - x) / s**2, jnp.zeros_like(x)
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(self.score, sde, x_, t), x)
         y_hat, vjp_A = jax.vjp(self.observe, m)
+        rows = None
         if projected is None:
             if self.kind == "pigdm":
                 projected = r2 * _gram(vjp_A, k, m.dtype)
             else:
-                projected = _tmpd_projected(sde, t, vjp_m, m, _jacobian_rows(vjp_A, k, m.dtype))
+                JA = _jacobian_rows(vjp_A, k, m.dtype)
+                projected, rows = _tmpd_projected(sde, t, vjp_m, m, JA, return_rows=True)
         C = projected + (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=m.dtype)
         logp, w = _gaussian_logpdf((self.y - y_hat).astype(m.dtype), C.astype(m.dtype))
         (grad,) = vjp_m(vjp_A(w)[0])
         score = (a * m - x) / s**2
+        if with_jacobian:
+            return logp, score, grad, rows, projected
         return logp, score, grad
 
     def shared(self, t, shape, dtype, r2):
@@ -314,10 +320,12 @@ def twisted_smc(
             Gaussian ``q(x' | x) ∝ p(x' | x) N(y; A(D(m)) + J (x' - m), A C_{k+1} A^T + noise^2 I)``
             (``m`` the step's mean, ``J`` the shared Jacobian of ``A(D(.))`` at the next time, see
             :func:`_reference_jacobian`): the locally optimal proposal for a Gaussian prior and a
-            linear ``A``, where the weights then correct only the time discretisation. For the
-            TMPD twist with ``shared_covariance``; per step ``m`` shared VJPs (per reference state)
-            and one more forward evaluation per particle. (The isotropic twist's implied Jacobian
-            ``(alpha r^2 / sigma^2) J_A`` makes a poor conditional: more resampling, not less.)
+            linear ``A``, where the weights then correct only the time discretisation. TMPD twist
+            only. With ``shared_covariance``: per step ``m`` shared VJPs (per reference state) and
+            one more forward evaluation per particle, no VJP per particle. Without: each particle's
+            own ``J`` and ``A C A^T`` from its twist at ``t_k`` (computed for the twist anyway),
+            plus one forward evaluation per particle and step. (The isotropic twist's implied
+            Jacobian ``(alpha r^2 / sigma^2) J_A`` makes a poor conditional: more resampling.)
 
     Returns:
         An :class:`SMCResult`.
@@ -334,11 +342,8 @@ def twisted_smc(
     )
     if transition not in TRANSITIONS:
         raise ValueError(f"transition must be one of {TRANSITIONS}, got {transition!r}")
-    if transition == "conditional" and not (shared_covariance and twist == "tmpd"):
-        raise ValueError(
-            "transition='conditional' conditions on the TMPD twist's shared covariance; "
-            "pass twist='tmpd' and shared_covariance=True"
-        )
+    if transition == "conditional" and twist != "tmpd":
+        raise ValueError("transition='conditional' conditions on the TMPD twist: pass twist='tmpd'")
     ts = smc_time_grid(sde, num_steps, time_grid, dtype)
     k_init, k_steps, k_final = jax.random.split(key, 3)
     x = jax.vmap(lambda k: sde.prior_sample(shape, key=k, dtype=dtype))(jax.random.split(k_init, n))
@@ -378,34 +383,49 @@ def twisted_smc(
     evaluate_forward = jax.vmap(
         lambda x_, t, c: tw(x_, t, c, with_grad=False), in_axes=(0, None, None)
     )
+    # the conditional move with a per-particle twist: each particle's own linearisation at its
+    # current state (rows of d A(D) / dx and A C A^T, carried from the twist's evaluation)
+    per_particle = transition == "conditional" and not shared_covariance
+    evaluate_linearised = jax.vmap(
+        lambda x_, t: tw(x_, t, None, None, with_jacobian=True), in_axes=(0, None)
+    )
     log_n = math.log(n)
-    logp, s, grad = evaluate(x, ts[0], projected[0], r2s[0])
+    if per_particle:
+        logp, s, grad, rows, covs = evaluate_linearised(x, ts[0])
+    else:
+        logp, s, grad = evaluate(x, ts[0], projected[0], r2s[0])
+        rows = covs = jnp.zeros((n, 0, 0), dtype)  # unused
     logw = logp - log_n
     log_z = jax.nn.logsumexp(logw)
     logw = logw - log_z
     ess0 = effective_sample_size(logw)
 
     def step(carry, inputs):
-        x, logp, s, grad, logw, log_z = carry
+        x, logp, s, grad, rows, covs, logw, log_z = carry
         t, t_next, c_next, r2_next, k = inputs
         k_res, k_noise = jax.random.split(k)
         resample = effective_sample_size(logw) < ess_threshold * n
         idx = jnp.where(
             resample, systematic_resample(k_res, logw, n), jnp.arange(n, dtype=jnp.int32)
         )
-        x, logp, s, grad = x[idx], logp[idx], s[idx], grad[idx]
+        x, logp, s, grad, rows, covs = x[idx], logp[idx], s[idx], grad[idx], rows[idx], covs[idx]
         logw = jnp.where(resample, jnp.full_like(logw, -log_n), logw)
         h = t - t_next
         g = sde.diffusion(t)
         f = sde.drift_coefficient(t)
         mean_p = x + h * (g**2 * s - f * x)
         if transition == "conditional":
-            J = _reference_jacobian(tw, t_next, ref_states, ref_noise)
-            Sigma = c_next + (tw.noise_std**2 + 1e-12) * jnp.eye(y.shape[0], dtype=dtype)
+            noise_eye = (tw.noise_std**2 + 1e-12) * jnp.eye(y.shape[0], dtype=dtype)
+            if per_particle:
+                J, Sigma, axis = rows, covs + noise_eye[None], 0
+            else:
+                J = _reference_jacobian(tw, t_next, ref_states, ref_noise)
+                Sigma, axis = c_next + noise_eye, None
             y_mean = jax.vmap(lambda xm: observe(tweedie_mean(score, sde, xm, t_next)))(mean_p)
             x_new, ratio = jax.vmap(
-                lambda k_, xm, ym: _conditional_step(k_, xm, g**2 * h, J, Sigma, ym, y)
-            )(jax.random.split(k_noise, n), mean_p, y_mean.astype(dtype))
+                lambda k_, xm, ym, J_, S_: _conditional_step(k_, xm, g**2 * h, J_, S_, ym, y),
+                in_axes=(0, 0, 0, axis, axis),
+            )(jax.random.split(k_noise, n), mean_p, y_mean.astype(dtype), J, Sigma)
         else:
             eps = jax.random.normal(k_noise, x.shape, dtype)
             x_new = mean_p + h * g**2 * grad + g * jnp.sqrt(h) * eps
@@ -413,7 +433,9 @@ def twisted_smc(
             ratio = -g * jnp.sqrt(h) * jnp.sum(
                 (eps * grad).reshape(n, -1), 1
             ) - 0.5 * h * g**2 * jnp.sum((grad**2).reshape(n, -1), 1)
-        if transition == "conditional":  # the move needs no gradient: forward maps only
+        if per_particle:
+            logp_new, s_new, grad_new, rows, covs = evaluate_linearised(x_new, t_next)
+        elif transition == "conditional":  # the move needs no gradient: forward maps only
             logp_new, s_new, grad_new = evaluate_forward(x_new, t_next, c_next)
         else:
             logp_new, s_new, grad_new = evaluate(x_new, t_next, c_next, r2_next)
@@ -421,11 +443,13 @@ def twisted_smc(
         c = jax.nn.logsumexp(logw)
         logw = logw - c
         ess = effective_sample_size(logw)
-        return (x_new, logp_new, s_new, grad_new, logw, log_z + c), (ess, resample)
+        return (x_new, logp_new, s_new, grad_new, rows, covs, logw, log_z + c), (ess, resample)
 
     keys = jax.random.split(k_steps, num_steps)
-    (x, logp, s, grad, logw, log_z), (ess, resampled) = jax.lax.scan(
-        step, (x, logp, s, grad, logw, log_z), (ts[:-1], ts[1:], projected[1:], r2s[1:], keys)
+    (x, logp, s, grad, _, _, logw, log_z), (ess, resampled) = jax.lax.scan(
+        step,
+        (x, logp, s, grad, rows, covs, logw, log_z),
+        (ts[:-1], ts[1:], projected[1:], r2s[1:], keys),
     )
     t_end = ts[-1]
     if twist == "pigdm":  # the isotropic final kernel: an exact conditional draw
@@ -433,7 +457,7 @@ def twisted_smc(
             x, jax.random.split(k_final, n)
         )
     else:  # the Tweedie-covariance kernel: its conditional mean, D(x) + C A^T w
-        if transition == "conditional":  # the twist's gradient at the last state
+        if transition == "conditional" and not per_particle:  # the twist's gradient at the end
             _, s, grad = evaluate(x, t_end, projected[-1], r2s[-1])
         a, sig = sde.alpha(t_end), sde.sigma(t_end)
         x0 = (x + sig**2 * (s + grad)) / a
