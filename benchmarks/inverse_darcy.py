@@ -66,16 +66,20 @@ BIAS = {
     "per particle and step): asymptotically exact in the particles",
     "smc-tmpd-particle": "twisted SMC, TMPD twist linearised at each particle's Tweedie mean (2m "
     "VJPs per particle and step): asymptotically exact in the particles",
+    "smc-tmpd-conditional": "twisted SMC, TMPD twist linearised at each particle; each particle "
+    "moves by the model step conditioned on the data through that linearisation (2m VJPs and 2 "
+    "forward maps per particle and step): asymptotically exact in the particles",
     "pigdm": "PiGDM guidance alone (linearised through the solve): no correction, not exact",
 }
 
 
-# SMC rows: (label, twist, twist covariance shared at the zero state).
+# SMC rows: (label, twist, twist covariance shared at the zero state, particle move).
 SMC_VARIANTS = (
-    ("smc", inverse.PiGDM(), True),
-    ("smc-tmpd", inverse.TMPD(), True),
-    ("smc-particle", inverse.PiGDM(), False),
-    ("smc-tmpd-particle", inverse.TMPD(), False),
+    ("smc", inverse.PiGDM(), True, "gradient"),
+    ("smc-tmpd", inverse.TMPD(), True, "gradient"),
+    ("smc-particle", inverse.PiGDM(), False, "gradient"),
+    ("smc-tmpd-particle", inverse.TMPD(), False, "gradient"),
+    ("smc-tmpd-conditional", inverse.TMPD(), False, "conditional"),
 )
 METHODS = tuple(v[0] for v in SMC_VARIANTS) + ("mcmc", "map", "pigdm")
 
@@ -197,10 +201,12 @@ def run_draw(task, args, index, ref) -> dict:
     budget = max(counts) * args.steps  # particle-steps of the largest SMC run
     wanted = set(args.methods.split(","))
     for n in counts:
-        for label, proposal, shared in SMC_VARIANTS:
+        for label, proposal, shared, transition in SMC_VARIANTS:
             if label not in wanted:
                 continue
-            method = inverse.SMC(proposal, num_particles=n, shared_covariance=shared)
+            method = inverse.SMC(
+                proposal, num_particles=n, shared_covariance=shared, transition=transition
+            )
             t0 = time.perf_counter()
             post = inverse.sample_posterior(
                 prior, lik, method=method, key=jax.random.fold_in(key, n), num_steps=args.steps
@@ -210,7 +216,9 @@ def run_draw(task, args, index, ref) -> dict:
             rec = _metrics(task, mean, std, ref)
             rec.update(
                 seconds=wall,
-                forward_evaluations=n * (args.steps + 1),
+                # the conditional move maps each step's mean too
+                forward_evaluations=n
+                * (args.steps * (2 if transition == "conditional" else 1) + 1),
                 final_ess=post.info["final_ess"],
                 log_evidence=post.info["log_evidence"],
             )
