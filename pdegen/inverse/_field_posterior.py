@@ -562,11 +562,6 @@ def smc_posterior(
         twist=method.twist,
         data_variance=jnp.asarray(data_variance, dtype),
         ess_threshold=float(method.ess_threshold),
-        # the twist's covariance shared by the particles: exact for an affine map from state to
-        # data with the PiGDM twist (and TMPD with a Gaussian prior, at the zero state);
-        # otherwise (TMPD("cached")'s average over noised prior samples for a learned prior, a
-        # nonlinear PDE or prior transform) an approximation whose error the weights correct,
-        # unless the method asks for the per-particle linearisation
         shared_covariance=shared,
         time_grid=method.time_grid,
         twist_states=twist_states,

@@ -121,12 +121,18 @@ def _jacobian_rows(vjp_A, m_size, dtype, chunk=None):
     return _chunked(lambda e: jnp.ravel(vjp_A(e)[0]), eye, chunk)
 
 
+def _rows_through_mean(vjp_m, m, J, chunk=None):
+    """``J dD/dx`` (flattened rows; the Jacobian of ``A(D(x))`` for ``J`` that of ``A``) by one VJP
+    of the Tweedie mean ``D`` per row of ``J``, ``chunk`` at a time when given."""
+    return _chunked(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]), J, chunk)
+
+
 def _tmpd_projected(sde, t, vjp_m, m, J, chunk=None, return_rows=False):
     """``J C_{0|t} J^T`` with ``C_{0|t} = (sigma^2 / alpha) dD/dx`` for the observation's Jacobian
     rows ``J`` (:func:`_jacobian_rows`; ``m`` more VJPs, ``chunk`` at a time when given); with
-    ``return_rows`` also the rows ``J dD/dx`` (the Jacobian of ``A(D(x))``)."""
+    ``return_rows`` also the rows ``J dD/dx`` (:func:`_rows_through_mean`)."""
     scale = sde.sigma(t) ** 2 / sde.alpha(t)
-    JC = _chunked(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]), J, chunk)  # J dD/dx
+    JC = _rows_through_mean(vjp_m, m, J, chunk)
     C = scale * JC @ J.T
     C = 0.5 * (C + C.T)
     return (C, JC) if return_rows else C

@@ -26,11 +26,11 @@ isotropic, so one forward map and one VJP per particle and step, but as sharp as
 the denoising kernel (for a linear ``A``), so the last weights are those of the model's posterior.
 Since the two transitions share their covariance,
 ``log p - log q = -g sqrt(h) eps . grad log L_k - h g^2 ||grad log L_k||^2 / 2`` for the step's noise
-``eps``. With the TMPD twist and a shared covariance the particles can instead move by the
-*conditional* transition ``q(x' | x) ∝ p(x' | x) N(y; A(D(m)) + J (x' - m), A C_{k+1} A^T +
-noise_std^2 I)`` (``m`` the model step's mean, ``J`` the Jacobian of ``A(D(.))`` at ``t_{k+1}``,
-shared by the particles): the model step conditioned on the data through the next twist,
-linearised at ``m``. For a Gaussian prior and a linear ``A`` this is the locally optimal proposal,
+``eps``. With the TMPD twist the particles can instead move by the *conditional* transition
+``q(x' | x) ∝ p(x' | x) N(y; A(D(m)) + J (x' - m), A C_{k+1} A^T + noise_std^2 I)`` (``m`` the
+model step's mean, ``J`` the Jacobian of ``A(D(.))`` at ``t_{k+1}``, shared by the particles; with
+a per-particle twist each particle's own ``J`` and ``A C A^T`` from ``t_k``): the model step
+conditioned on the data through the next twist, linearised at ``m``. For a Gaussian prior and a linear ``A`` this is the locally optimal proposal,
 ``L_{k+1}(x') p(x' | x) / q(x' | x)`` does not depend on ``x'`` and the weights correct only the
 time discretisation (on the 32x32 linear tasks it resamples 0-2 times in 100 steps where the
 gradient move resamples 16-20 times). Systematic resampling when the effective sample size falls below
@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from ._guidance import (
     _jacobian_rows,
     _pigdm_variance,
+    _rows_through_mean,
     _tmpd_projected,
     matched_twist_variances,
     projected_covariance_table,
@@ -214,7 +215,8 @@ def _final_sample(twist: _Twist, x, t, key, r2):
 def _reference_jacobian(twist: _Twist, t, states, noise):
     """``J = d A(D(x)) / dx`` ``(m, n)`` at time ``t``, shared by the particles: the rows of
     ``A dD/dx`` (``m`` VJPs per state) averaged over the reference states noised to ``t`` (the zero
-    state: exact for a Gaussian prior and a linear ``A``)."""
+    state: exact for a Gaussian prior and a linear ``A``). Computed per step rather than stored
+    with the covariance table: ``K m n`` numbers would not fit for large grids and many sensors."""
     sde = twist.sde
     k = twist.y.shape[0]
     a, s = sde.alpha(t), sde.sigma(t)
@@ -223,8 +225,7 @@ def _reference_jacobian(twist: _Twist, t, states, noise):
     def rows_at(ce):
         m, vjp_m = jax.vjp(lambda x_: tweedie_mean(twist.score, sde, x_, t), a * ce[0] + s * ce[1])
         _, vjp_A = jax.vjp(twist.observe, m)
-        JA = _jacobian_rows(vjp_A, k, dtype)
-        return jax.vmap(lambda row: jnp.ravel(vjp_m(row.reshape(m.shape))[0]))(JA)
+        return _rows_through_mean(vjp_m, m, _jacobian_rows(vjp_A, k, dtype))
 
     return jnp.mean(jax.lax.map(rows_at, (states, noise)), axis=0)
 
