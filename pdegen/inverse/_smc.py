@@ -30,11 +30,11 @@ Since the two transitions share their covariance,
 ``q(x' | x) ∝ p(x' | x) N(y; A(D(m)) + J (x' - m), A C_{k+1} A^T + noise_std^2 I)`` (``m`` the
 model step's mean, ``J`` the Jacobian of ``A(D(.))`` at ``t_{k+1}``, shared by the particles; with
 a per-particle twist each particle's own ``J`` and ``A C A^T`` from ``t_k``): the model step
-conditioned on the data through the next twist, linearised at ``m``. For a Gaussian prior and a linear ``A`` this is the locally optimal proposal,
-``L_{k+1}(x') p(x' | x) / q(x' | x)`` does not depend on ``x'`` and the weights correct only the
-time discretisation (on the 32x32 linear tasks it resamples 0-2 times in 100 steps where the
-gradient move resamples 16-20 times). Systematic resampling when the effective sample size falls below
-``ess_threshold * N``. ``log Z = sum_k log sum_i W_{k-1}^i w_k^i`` (normalised weights ``W``) is an
+conditioned on the data through the next twist, linearised at ``m``. For a Gaussian prior and a
+linear ``A`` this is the locally optimal proposal, ``L_{k+1}(x') p(x' | x) / q(x' | x)`` does not
+depend on ``x'`` and the weights correct only the time discretisation (on the 32x32 linear tasks
+it resamples 0-2 times in 100 steps where the gradient move resamples 16-20 times). Systematic
+resampling when the effective sample size falls below ``ess_threshold * N``. ``log Z = sum_k log sum_i W_{k-1}^i w_k^i`` (normalised weights ``W``) is an
 unbiased estimate (its exponential is) of the model's evidence ``p(y)``, and the weighted particles
 target the model's posterior exactly as ``N -> infinity`` whatever the twist (the twist only sets
 the variance of the weights). Each particle's clean state is then the kernel's conditional given
@@ -164,7 +164,7 @@ class _Twist(eqx.Module):
         k = self.y.shape[0]
         if not with_grad:
             m = tweedie_mean(self.score, sde, x, t)
-            C = projected + (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=m.dtype)
+            C = projected + self.noise_covariance(m.dtype)
             r = (self.y - self.observe(m)).astype(m.dtype)
             logp, _ = _gaussian_logpdf(r, C.astype(m.dtype))
             return logp, (a * m - x) / s**2, jnp.zeros_like(x)
@@ -177,13 +177,18 @@ class _Twist(eqx.Module):
             else:
                 JA = _jacobian_rows(vjp_A, k, m.dtype)
                 projected, rows = _tmpd_projected(sde, t, vjp_m, m, JA, return_rows=True)
-        C = projected + (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=m.dtype)
+        C = projected + self.noise_covariance(m.dtype)
         logp, w = _gaussian_logpdf((self.y - y_hat).astype(m.dtype), C.astype(m.dtype))
         (grad,) = vjp_m(vjp_A(w)[0])
         score = (a * m - x) / s**2
         if with_jacobian:
             return logp, score, grad, rows, projected
         return logp, score, grad
+
+    def noise_covariance(self, dtype):
+        """``(noise_std^2 + 1e-12) I``: the data noise, with a jitter for noise-free data."""
+        k = self.y.shape[0]
+        return (self.noise_std**2 + 1e-12) * jnp.eye(k, dtype=dtype)
 
     def shared(self, t, shape, dtype, r2):
         """The isotropic twist's state-independent ``r2 A A^T`` (linear ``A``): at the zero state."""
@@ -206,7 +211,7 @@ def _final_sample(twist: _Twist, x, t, key, r2):
     k = twist.y.shape[0]
     J = _jacobian_rows(vjp_A, k, x.dtype)
     jvp_shift = J @ jnp.ravel(prior_draw - m)
-    S = r2 * (J @ J.T) + (twist.noise_std**2 + 1e-12) * jnp.eye(k, dtype=x.dtype)
+    S = r2 * (J @ J.T) + twist.noise_covariance(x.dtype)
     r = twist.y - (y_hat + jvp_shift) - e
     w = jnp.linalg.solve(0.5 * (S + S.T), r)
     return prior_draw + r2 * vjp_A(w)[0]
@@ -416,7 +421,7 @@ def twisted_smc(
         f = sde.drift_coefficient(t)
         mean_p = x + h * (g**2 * s - f * x)
         if transition == "conditional":
-            noise_eye = (tw.noise_std**2 + 1e-12) * jnp.eye(y.shape[0], dtype=dtype)
+            noise_eye = tw.noise_covariance(dtype)
             if per_particle:
                 J, Sigma, axis = rows, covs + noise_eye[None], 0
             else:
