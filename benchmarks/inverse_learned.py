@@ -190,6 +190,12 @@ def main(argv=None) -> int:
     p.add_argument("--grid", type=int, default=None, help="grid (default 64; quick 32)")
     p.add_argument("--sensors", type=int, default=None, help="sensors (default 3%% of the nodes)")
     p.add_argument("--draws", type=int, default=None, help="draws per task (default 10)")
+    p.add_argument(
+        "--first-draw",
+        type=int,
+        default=0,
+        help="run draws first-draw..draws-1 only (split a long run across processes)",
+    )
     p.add_argument("--samples", type=int, default=None, help="samples per method (default 16)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 100)")
     p.add_argument("--prior", default="grf-a", help="shipped learned prior (default grf-a)")
@@ -212,6 +218,8 @@ def main(argv=None) -> int:
     tasks = tuple(t for t in args.tasks.split(",") if t)
     if draws < 2:
         p.error("--draws must be >= 2 (rows report a std over draws)")
+    if not 0 <= args.first_draw < draws:
+        p.error(f"--first-draw must be in [0, {draws}), got {args.first_draw}")
     name = args.out_name or ("inverse_learned" + ("" if grid == 64 else f"_{grid}"))
     if args.checkpoint:
         model = models.load_checkpoint(args.checkpoint)
@@ -237,7 +245,7 @@ def main(argv=None) -> int:
         f"{', '.join(tasks)}: {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples"
     )
     # Draws outermost: a run stopped early (a time cap, the end of a session) covers every task.
-    for index in range(draws):
+    for index in range(args.first_draw, draws):
         for task_name in tasks:
             have = {r["method"] for r in records if r["task"] == task_name and r["draw"] == index}
             if {"bayes", *methods} <= have:
@@ -285,7 +293,7 @@ def main(argv=None) -> int:
     rows = aggregate(records, grid=grid, samples=samples, steps=steps)
     if path.is_file():
         payload = json.loads(path.read_text())
-        wanted = {(t, i) for t in tasks for i in range(draws)}
+        wanted = {(t, i) for t in tasks for i in range(args.first_draw, draws)}
         payload["complete"] = wanted <= {(r["task"], r["draw"]) for r in records}
         write_json_atomic(path, payload, sort_keys=True)
     print(format_rows(rows))
