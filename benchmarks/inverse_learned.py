@@ -19,7 +19,8 @@ the exact prior and averaged over 4 noised prior samples for a learned one, then
 isotropic prior covariance along the observed directions (its variance from prior samples); DPS
 follows the misfit gradient with a step normalised by the misfit. Writes
 ``benchmarks/results/inverse_learned[_<grid>].json`` after every draw; ``--resume`` continues a run
-(same grid, samples and steps) from the draws already there.
+(same grid, samples and steps) from the draws already there; ``--first-draw`` and ``--draws`` split
+the draws across processes, whose results ``--merge`` joins.
 """
 
 from __future__ import annotations
@@ -206,6 +207,11 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="keep the tasks already in the results")
     p.add_argument("--out-name", default=None, help="results name (default by grid)")
     p.add_argument(
+        "--merge",
+        default="",
+        help="comma-separated results names (same folder) whose records of other draws join these",
+    )
+    p.add_argument(
         "--results-dir", default=None, help="where to write (default benchmarks/results)"
     )
     args = p.parse_args(argv)
@@ -239,8 +245,48 @@ def main(argv=None) -> int:
             old.get(k) == v for k, v in (("grid", grid), ("samples", samples), ("steps", steps))
         )
         records = old.get("records", []) if same else []
+    for other in (n for n in args.merge.split(",") if n):
+        # records of the same benchmark run elsewhere (another process, another machine)
+        old = json.loads((results / f"{other}.json").read_text())
+        if any(
+            old.get(k) != v for k, v in (("grid", grid), ("samples", samples), ("steps", steps))
+        ):
+            p.error(f"--merge {other}: grid, samples or steps differ from this run's")
+        have = {(r["task"], r["draw"]) for r in records}
+        records += [r for r in old["records"] if (r["task"], r["draw"]) not in have]
     t0 = time.perf_counter()
-    rows: list = []
+
+    def write(records):
+        rows = aggregate(records, grid=grid, samples=samples, steps=steps)
+        payload = {
+            "description": __doc__.strip().splitlines()[0],
+            "grid": grid,
+            "sensors": sensors,
+            "draws": draws,
+            "samples": samples,
+            "steps": steps,
+            "sampler": "euler_maruyama",
+            "learned_prior": args.prior,
+            "sde": priors[args.prior].sde.config(),
+            "learned_prior_metadata": {
+                k: model.metadata.get(k)
+                for k in ("excess_loss", "grids_trained", "train_wall_seconds")
+            },
+            "quick": args.quick,
+            "complete": False,
+            "rows": rows,
+            "records": records,
+            "targets": targets(rows, args.prior),
+            "target": {
+                "ratio_to_bayes": TARGET_RATIO,
+                "coverage90": TARGET_COVERAGE,
+                "dps": TARGET_DPS,
+            },
+            "machine": machine_info(),
+            "seconds_this_run": round(time.perf_counter() - t0, 1),
+        }
+        write_json_atomic(path, payload, sort_keys=True)
+
     print(
         f"{', '.join(tasks)}: {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples"
     )
@@ -261,35 +307,9 @@ def main(argv=None) -> int:
                 samples=samples,
                 steps=steps,
             )
-            rows = aggregate(records, grid=grid, samples=samples, steps=steps)
-            payload = {
-                "description": __doc__.strip().splitlines()[0],
-                "grid": grid,
-                "sensors": sensors,
-                "draws": draws,
-                "samples": samples,
-                "steps": steps,
-                "sampler": "euler_maruyama",
-                "learned_prior": args.prior,
-                "sde": priors[args.prior].sde.config(),
-                "learned_prior_metadata": {
-                    k: model.metadata.get(k)
-                    for k in ("excess_loss", "grids_trained", "train_wall_seconds")
-                },
-                "quick": args.quick,
-                "complete": False,
-                "rows": rows,
-                "records": records,
-                "targets": targets(rows, args.prior),
-                "target": {
-                    "ratio_to_bayes": TARGET_RATIO,
-                    "coverage90": TARGET_COVERAGE,
-                    "dps": TARGET_DPS,
-                },
-                "machine": machine_info(),
-                "seconds_this_run": round(time.perf_counter() - t0, 1),
-            }
-            write_json_atomic(path, payload, sort_keys=True)
+            write(records)
+    if args.merge:
+        write(records)
     rows = aggregate(records, grid=grid, samples=samples, steps=steps)
     if path.is_file():
         payload = json.loads(path.read_text())
