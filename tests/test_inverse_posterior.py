@@ -157,6 +157,31 @@ def test_method_objects_carry_their_options_on_the_tasks(key):
         sample_posterior(prior, task, method="dsp", **kw)
 
 
+def test_progress_takes_a_bool_or_a_bar(key, capsys):
+    """``progress=True`` draws a bar over the samples, ``False`` none, a tqdm-like object is
+    updated with the samples finished; anything else is a clear error before sampling."""
+    task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15, noise=0.05)
+    prior = gaussian_prior(GRID)
+    kw = dict(method="dps", key=key, num_samples=4, num_steps=5, batch_size=2)
+    quiet = sample_posterior(prior, task, progress=False, **kw)
+    assert "sample" not in capsys.readouterr().err
+    shown = sample_posterior(prior, task, progress=True, **kw)
+    assert "4/4" in capsys.readouterr().err
+    np.testing.assert_array_equal(quiet.samples, shown.samples)
+
+    class Counter:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    counter = Counter()
+    sample_posterior(prior, task, progress=counter, **kw)
+    assert counter.n == 4
+    with pytest.raises(TypeError, match="progress"):
+        sample_posterior(prior, task, progress="yes", **kw)
+
+
 def _imperfect_joint_prior(task, inflation=0.5):
     """A joint Gaussian prior over (a, u) that knows the physics only approximately:
     the exact joint covariance plus independent noise on u (normalised units)."""

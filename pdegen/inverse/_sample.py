@@ -3,6 +3,8 @@ benchmark tasks."""
 
 from __future__ import annotations
 
+import contextlib
+
 from ._field_posterior import sample_field_posterior
 from ._likelihood import GaussianLikelihood
 from ._task_posterior import sample_task_posterior
@@ -27,16 +29,50 @@ def sample_posterior(prior, problem, /, *, method="tmpd", key, num_samples: int 
       joint ``(a, u)`` fields, with the options of :func:`sample_task_posterior` (among them
       ``likelihood=``, the statFEM observation model of the ``statfem`` methods, and
       ``num_particles=`` of ``"smc"`` / ``"smc-tmpd"``).
+
+    ``progress``: ``True`` for a progress bar over the samples, ``False`` / ``None`` for none, or a
+    ``tqdm``-like object (its ``update`` is called with the number of finished samples).
     """
-    if isinstance(problem, GaussianLikelihood):
-        return sample_field_posterior(
-            prior, problem, method=method, key=key, num_samples=num_samples, **options
+    if isinstance(problem, (GaussianLikelihood, InverseTask)):
+        sample = (
+            sample_field_posterior
+            if isinstance(problem, GaussianLikelihood)
+            else sample_task_posterior
         )
-    if isinstance(problem, InverseTask):
-        return sample_task_posterior(
-            prior, problem, method=method, key=key, num_samples=num_samples, **options
-        )
+        with _progress_bar(options.pop("progress", None), num_samples) as bar:
+            return sample(
+                prior,
+                problem,
+                method=method,
+                key=key,
+                num_samples=num_samples,
+                progress=bar,
+                **options,
+            )
     raise TypeError(
         f"sample_posterior: the second argument must be a GaussianLikelihood (gaussian_likelihood) "
         f"or a benchmark InverseTask (make_task), got {type(problem).__name__}"
     )
+
+
+@contextlib.contextmanager
+def _progress_bar(progress, total: int):
+    """``True``: a ``tqdm`` bar over ``total`` samples (closed afterwards); ``False`` / ``None``:
+    none; anything else is taken to be a ``tqdm``-like object and passed on."""
+    if progress is None or progress is False:
+        yield None
+    elif progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="sample", dynamic_ncols=True)
+        try:
+            yield bar
+        finally:
+            bar.close()
+    elif not callable(getattr(progress, "update", None)):
+        raise TypeError(
+            f"progress must be True, False, None or a tqdm-like object with update(n), "
+            f"got {type(progress).__name__}"
+        )
+    else:
+        yield progress
