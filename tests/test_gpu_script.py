@@ -31,5 +31,8 @@ def test_gpu_script_cpu_smoke(tmp_path):
         methods = {(r["prior"], r["method"]) for r in result["rows"]}
         assert ("exact posterior", "bayes") in methods and (prior, "pigdm") in methods
         assert {r["draws"] for r in result["rows"]} == {2}
+        # name@N: the same method at N sampler steps, its own row
+        more = {r["steps"] for r in result["rows"] if r["method"] == "dps@8"}
+        assert more == {8}
     meta = json.loads((tmp_path / "grf-a-128" / "model" / "metadata.json").read_text())
     assert set(meta["excess_loss"]) == {"8", "16", "32"}
