@@ -241,6 +241,9 @@ def main(argv=None) -> int:
         help="comma-separated results names (same folder) whose records of other draws join these",
     )
     p.add_argument(
+        "--merge-only", action="store_true", help="with --merge: write the joined results, run none"
+    )
+    p.add_argument(
         "--results-dir", default=None, help="where to write (default benchmarks/results)"
     )
     args = p.parse_args(argv)
@@ -253,6 +256,8 @@ def main(argv=None) -> int:
     tasks = tuple(t for t in args.tasks.split(",") if t)
     if draws < 2:
         p.error("--draws must be >= 2 (rows report a std over draws)")
+    if args.merge_only and not args.merge:
+        p.error("--merge-only needs --merge")
     if not 0 <= args.first_draw < draws:
         p.error(f"--first-draw must be in [0, {draws}), got {args.first_draw}")
     name = args.out_name or ("inverse_learned" + ("" if grid == 64 else f"_{grid}"))
@@ -320,7 +325,7 @@ def main(argv=None) -> int:
         f"{', '.join(tasks)}: {grid}x{grid}, {sensors} sensors, {draws} draws x {samples} samples"
     )
     # Draws outermost: a run stopped early (a time cap, the end of a session) covers every task.
-    for index in range(args.first_draw, draws):
+    for index in range(args.first_draw, 0 if args.merge_only else draws):
         for task_name in tasks:
             have = {r["method"] for r in records if r["task"] == task_name and r["draw"] == index}
             if {"bayes", *methods} <= have:
