@@ -69,7 +69,7 @@ def draw_records(task_name, index, priors, methods, *, grid, sensors, samples, s
     out = []
     # "name@N": the method at N sampler steps (e.g. DPS at the network-VJP budget of cached TMPD)
     plain = [m for m in methods if "@" not in m]
-    stepped = [(m, *m.split("@")) for m in methods if "@" in m]
+    stepped = [(m, *m.partition("@")[::2]) for m in methods if "@" in m]
     for prior_name, prior in priors.items():
         runs = [(["bayes", *plain] if prior_name == "exact-grf" else plain, steps, None)]
         runs += [([name], int(n), label) for label, name, n in stepped]
@@ -123,6 +123,7 @@ def aggregate(records, *, grid, samples, steps):
         groups.setdefault((r["task"], r["prior"], r["method"]), []).append(r)
     out = []
     for (task_name, prior_name, method), rs in groups.items():
+        base, _, at = method.partition("@")  # "name@N": that method at N steps
         ratio, ratio_std = mean_std([r["ratio"] for r in rs])
         cov, cov_std = mean_std([r["coverage90"] for r in rs])
         rel, rel_std = mean_std([r["rel_l2"] for r in rs])
@@ -135,11 +136,7 @@ def aggregate(records, *, grid, samples, steps):
                 "method": method,
                 "draws": len(rs),
                 "samples": samples,
-                "steps": None
-                if method == "bayes"
-                else int(method.split("@")[1])
-                if "@" in method
-                else steps,
+                "steps": None if method == "bayes" else int(at or steps),
                 "rel_l2": rel,
                 "rel_l2_std": rel_std,
                 "ratio_to_bayes": ratio,
@@ -150,10 +147,8 @@ def aggregate(records, *, grid, samples, steps):
                 "seconds_per_sample": mean_std([r["seconds_per_sample"] for r in rs])[0],
                 # one-off per call before sampling (prior samples, tables; compilation included)
                 "setup_seconds": mean_std([r.get("setup_seconds") for r in rs])[0],
-                "vjps_per_step": None
-                if method == "bayes"
-                else VJPS_PER_STEP.get(method.split("@")[0]),
-                "inductive_bias": BIAS.get(method.split("@")[0], "closed form (the floor)"),
+                "vjps_per_step": None if method == "bayes" else VJPS_PER_STEP.get(base),
+                "inductive_bias": BIAS.get(base, "closed form (the floor)"),
             }
         )
     return out
