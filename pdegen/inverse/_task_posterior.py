@@ -587,11 +587,13 @@ def sample_task_posterior(
         data_variance: PiGDM's prior variance of the field along the observed directions
             (normalised units). Default: exact for Gaussian priors, estimated from 64 prior samples
             for learned ones (:func:`observed_prior_variance`).
-        progress: a ``tqdm``-like object updated with the number of finished samples.
+        progress: a ``tqdm``-like object updated with the number of finished samples, or
+            ``None`` / ``False`` for none (:func:`sample_posterior` also takes ``True``).
         num_particles: the particle count of ``smc`` / ``smc-tmpd`` (:class:`SMC`, route ``solve``);
             ``num_samples`` of its weighted particles are returned, mean and std are the weighted
             estimates over all of them, ``info["log_evidence"]`` the evidence estimate.
     """
+    progress = None if progress is False else progress
     method_object = None
     if isinstance(method, Method):
         method_object, method = method, method.label
