@@ -124,6 +124,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--sine", action="store_true", help="spectral: sine (Dirichlet) modes in the residual too"
     )
     p.add_argument(
+        "--uncoupled",
+        action="store_true",
+        help="spectral: one spectrum per channel in the Wiener head (no cross-channel term)",
+    )
+    p.add_argument(
         "--seed", type=int, default=0, help="seed of data (key seed) and training (seed + 1)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -166,6 +171,7 @@ def build_network(args, channels: int, key):
             depth=args.depth,
             modes=args.modes,
             sine=args.sine,
+            coupled=not args.uncoupled,
             key=key,
         )
     mults = _ints(args.channel_mults)

@@ -108,6 +108,20 @@ def test_residual_layers_run_on_any_grid_and_start_at_zero():
     assert models.network_from_config(cfg).config() == cfg
 
 
+def test_uncoupled_head_denoises_each_channel_by_its_own_spectrum():
+    """``coupled=False``: the head's density is diagonal per mode, so with no residual layers the
+    first channel's estimate does not depend on the second channel; the default couples them."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16)), jnp.float32)
+    y = x.at[1].set(-x[1])
+    for coupled in (True, False):
+        net = models.SpectralDenoiser(2, depth=0, coupled=coupled, key=jr.key(1))
+        density = net.spectral_density((16, 16))
+        assert bool(jnp.all(density[..., 0, 1] == 0)) != coupled
+        same = bool(jnp.allclose(net(x, 0.0)[0], net(y, 0.0)[0], atol=1e-6))
+        assert same != coupled
+        assert models.network_from_config(net.config()).config() == net.config()
+
+
 def test_resolution_errors():
     data = _grf(16, 8, 0)
     unet = models.DiffusionModel(

@@ -91,7 +91,10 @@ class SpectralDenoiser(eqx.Module):
       mode ``k``; ``L`` lower-triangular from an MLP of ``log(1 + k)``). On an ``H x W`` grid
       with pixel noise ``sigma`` the head denoises mode ``k`` by
       ``G = N S (N S + sigma^2 I)^-1``, ``N = H W``: the exact denoiser of a stationary Gaussian
-      field in the cosine basis, at every resolution.
+      field in the cosine basis, at every resolution. With ``coupled=False`` ``L`` is diagonal:
+      each channel is denoised by its own spectrum and what one channel says about another is
+      left to the residual (for fields that are not jointly stationary in the cosine basis, such as a source
+      and its Dirichlet solution, whose cross-spectrum a stationary head gets wrong at high ``k``).
     * **Residual.** ``depth`` neural-operator blocks of ``width`` channels (spectral convolution
       over the lowest ``modes`` cosine modes and, with ``sine=True``, the lowest sine modes of the
       interior nodes, which vanish on the boundary as Dirichlet solutions do; pointwise linear
@@ -117,6 +120,7 @@ class SpectralDenoiser(eqx.Module):
     modes: int = eqx.field(static=True)
     density_width: int = eqx.field(static=True)
     sine: bool = eqx.field(static=True)
+    coupled: bool = eqx.field(static=True)
     sigma_data: float = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
 
@@ -128,6 +132,7 @@ class SpectralDenoiser(eqx.Module):
         modes: int = 12,
         density_width: int = 64,
         sine: bool = False,
+        coupled: bool = True,
         sigma_data: float = 1.0,
         dtype: Any = "float32",
         *,
@@ -162,7 +167,7 @@ class SpectralDenoiser(eqx.Module):
         )
         self.in_channels, self.width, self.depth, self.modes = c, width, depth, modes
         self.density_width, self.sigma_data, self.dtype = density_width, float(sigma_data), dt.name
-        self.sine = bool(sine)
+        self.sine, self.coupled = bool(sine), bool(coupled)
         for name in ("density", "embed_mlp", "lift", "blocks", "project"):
             setattr(self, name, _cast_params(getattr(self, name), dt))
 
@@ -175,6 +180,7 @@ class SpectralDenoiser(eqx.Module):
             "modes": self.modes,
             "density_width": self.density_width,
             "sine": self.sine,
+            "coupled": self.coupled,
             "sigma_data": self.sigma_data,
             "dtype": self.dtype,
         }
@@ -188,6 +194,8 @@ class SpectralDenoiser(eqx.Module):
         feats = _mode_features(h, w, dt).reshape(-1, 3)
         raw = jax.vmap(self.density)(feats)
         rows, cols = jnp.tril_indices(c)
+        if not self.coupled:  # one spectrum per channel: no cross-channel term in the head
+            raw = jnp.where(rows == cols, raw, 0.0)
         L = jnp.zeros((h * w, c, c), dt).at[:, rows, cols].set(raw)
         diag = jnp.arange(c)
         # log-diagonal; the offset starts an untrained network near unit pixel variance at 64 x 64
