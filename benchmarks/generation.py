@@ -10,7 +10,9 @@ the recommended sampler, plain and with each physics option of
   last 30% of the steps;
 - ``correction``: the denoised estimate replaced by the nearest PDE-consistent pair
   (:func:`pdegen.inverse.pde_projection`) in the last 20% / all of the steps and on the final sample;
-- ``u = solve(a)``: the exact projection after sampling (``project=True``), which trusts ``a`` only.
+- ``u = solve(a)``: the exact projection after sampling (``project=True``), which trusts ``a`` only;
+- ``PDE-consistent prior``: :func:`pdegen.inverse.consistent_prior`, the prior whose every denoised
+  estimate is projected (in the score itself, so at every step of every sampler).
 
 Per setting: the relative FEM residual (median, max), ``||u - solve(a)|| / ||solve(a)||`` before
 any projection, the band powers of ``a`` over the exact GRF's per octave of ``|k|`` (mean over
@@ -53,6 +55,7 @@ SETTINGS = {
     "correction, last 20%": dict(correction=True, physics_fraction=0.2),
     "correction, all steps": dict(correction=True, physics_fraction=1.0),
     "u = solve(a) after sampling": dict(project=True),
+    "PDE-consistent prior": dict(consistent=True),
 }
 
 
@@ -82,8 +85,11 @@ def run_prior(
     sampler = meta.get("recommended_sampler", {}).get("method", "edm_heun")
     rows = []
     for label, options in SETTINGS.items():
+        options = dict(options)
         post = inverse.sample_posterior(
-            prior,
+            inverse.consistent_prior(prior, task.physics)
+            if options.pop("consistent", False)
+            else prior,
             task,
             method="unguided",
             route="joint",

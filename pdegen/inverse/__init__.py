@@ -72,7 +72,9 @@ from ._priors import grid_transfer as grid_transfer
 from ._priors import learned_prior as learned_prior
 from ._priors import matern_prior as matern_prior
 from ._projection import ConsistencyPenalty as ConsistencyPenalty
+from ._projection import ConsistentScore as ConsistentScore
 from ._projection import consistency_penalty as consistency_penalty
+from ._projection import consistent_prior as consistent_prior
 from ._projection import pde_projection as pde_projection
 from ._results import Posterior as Posterior
 from ._sample import sample_posterior as sample_posterior

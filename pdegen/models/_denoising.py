@@ -89,12 +89,15 @@ def denoising_loss(
     reference: GaussianDenoiser | None = None,
     num_draws: int = 1024,
     batch_size: int = 64,
+    project=None,
 ) -> dict:
     """A model's denoising loss, optionally beside the floor of an exact denoiser.
 
     The model's EDM-weighted denoising loss on ``data`` (physical units, ``(N, C, H, W)``) over
     its own training noise distribution; with ``reference`` (in the model's normalised units) the
-    floor on the same draws and the excess ``loss / floor - 1``.
+    floor on the same draws and the excess ``loss / floor - 1``. ``project``: a map applied to each
+    denoised estimate (one example, normalised units) before the loss, e.g. a projection onto a
+    constraint the data satisfy (:class:`pdegen.inverse.ConsistentScore`'s ``project``).
 
     Returns ``{"loss", "floor", "excess"}`` (the last two ``nan`` without a reference). A
     resolution-free model is evaluated at the data's grid.
@@ -113,14 +116,19 @@ def denoising_loss(
     sd2 = model.sigma_data**2
 
     @eqx.filter_jit
-    def losses(model, reference, x0, t, z):  # arguments, not constants folded into the program
+    def losses(
+        model, reference, project, x0, t, z
+    ):  # arguments, not constants folded into the program
         x0 = jax.vmap(model.normalisation.normalise)(x0)
         a = jax.vmap(model.sde.alpha)(t)[:, None, None, None]
         sig = jax.vmap(model.sde.sigma)(t)[:, None, None, None]
         xt = a * x0 + sig * z
         s = (sig / a)[:, 0, 0, 0]
         w = (s**2 + sd2) / (s**2 * sd2)
-        err = jnp.mean((jax.vmap(model.denoiser)(xt, t) - x0) ** 2, axis=(1, 2, 3))
+        d = jax.vmap(model.denoiser)(xt, t)
+        if project is not None:
+            d = jax.vmap(project)(d).astype(d.dtype)
+        err = jnp.mean((d - x0) ** 2, axis=(1, 2, 3))
         if reference is None:
             return w * err, jnp.full_like(err, jnp.nan)
         d_ref = jax.vmap(reference)(xt / a, s)
@@ -131,7 +139,7 @@ def denoising_loss(
         sl = slice(start, min(start + batch_size, num_draws))
         x0 = jnp.asarray(data[idx[sl]], dt)
         z = jr.normal(jr.fold_in(kz, start), x0.shape, dt)
-        m, e = losses(model, reference, x0, t[sl].astype(dt), z)
+        m, e = losses(model, reference, project, x0, t[sl].astype(dt), z)
         lm.append(np.asarray(m, np.float64))
         le.append(np.asarray(e, np.float64))
     loss, floor = float(np.mean(np.concatenate(lm))), float(np.mean(np.concatenate(le)))
