@@ -49,13 +49,13 @@ from _common import band_power_per_sample, machine_info, write_results  # noqa: 
 
 from pdegen import fem, inverse, models  # noqa: E402
 
-SETTINGS = {
-    "unguided": {},
-    "guidance w=1, last 30%": dict(physics_weight=1.0, physics_fraction=0.3),
-    "correction, last 20%": dict(correction=True, physics_fraction=0.2),
-    "correction, all steps": dict(correction=True, physics_fraction=1.0),
-    "u = solve(a) after sampling": dict(project=True),
-    "PDE-consistent prior": dict(consistent=True),
+SETTINGS = {  # id: (label, options of sample_posterior)
+    "unguided": ("unguided", {}),
+    "guidance": ("guidance w=1, last 30%", dict(physics_weight=1.0, physics_fraction=0.3)),
+    "correction": ("correction, last 20%", dict(correction=True, physics_fraction=0.2)),
+    "correction-all": ("correction, all steps", dict(correction=True, physics_fraction=1.0)),
+    "project": ("u = solve(a) after sampling", dict(project=True)),
+    "consistent": ("PDE-consistent prior", dict(consistent=True)),
 }
 
 
@@ -68,7 +68,14 @@ def band_power(samples: np.ndarray, mode_var: np.ndarray) -> tuple[dict, dict]:
 
 
 def run_prior(
-    name: str, *, grid: int, num_samples: int, num_steps: int, seed: int, path: str | None = None
+    name: str,
+    *,
+    grid: int,
+    num_samples: int,
+    num_steps: int,
+    seed: int,
+    path: str | None = None,
+    settings=tuple(SETTINGS),
 ) -> list[dict]:
     if path is None:
         meta = models.pretrained_metadata(name)
@@ -84,7 +91,7 @@ def run_prior(
     mode_var = fem.grf_mode_std((grid, grid)) ** 2
     sampler = meta.get("recommended_sampler", {}).get("method", "edm_heun")
     rows = []
-    for label, options in SETTINGS.items():
+    for label, options in (SETTINGS[k] for k in settings):
         options = dict(options)
         post = inverse.sample_posterior(
             inverse.consistent_prior(prior, task.physics)
@@ -154,7 +161,13 @@ def main(argv=None) -> None:
     parser.add_argument("--num-steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-name", default="generation", help="results/<name>.json")
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"a subset of {', '.join(SETTINGS)}"
+    )
     args = parser.parse_args(argv)
+    settings = tuple(k for k in args.settings.split(",") if k)
+    if not settings or any(k not in SETTINGS for k in settings):
+        parser.error(f"--settings: choose from {', '.join(SETTINGS)}; got {args.settings!r}")
     priors = [(p, None) for p in args.priors.split(",") if p]
     priors += [tuple(c.split("=", 1)) for c in args.checkpoints.split(",") if c]
     if args.quick:
@@ -169,6 +182,7 @@ def main(argv=None) -> None:
             num_samples=args.num_samples,
             num_steps=args.num_steps,
             seed=args.seed,
+            settings=settings,
         )
     out = {
         "machine": machine_info(),
