@@ -87,12 +87,13 @@ def test_source_prior_reaches_the_floor_on_every_grid(grid):
     assert ckpt.metadata["excess_loss"][str(grid)]["excess"] < 0.10
 
 
-def test_source_prior_samples_have_the_grf_spectrum():
-    """Band powers (octaves of |k|) and pixel variance of 256 samples (the recommended sampler)
-    within 15% of the exact GRF."""
-    ckpt = models.load_pretrained(SOURCE)
+@pytest.mark.parametrize("name", [SOURCE, "poisson-joint-64", "helmholtz-joint-64"])
+def test_shipped_prior_samples_have_the_grf_spectrum(name):
+    """Band powers (octaves of |k|) and pixel variance of ``a`` in 256 samples (the recommended
+    sampler) within 15% of the exact GRF, for the source prior and the joint priors."""
+    ckpt = models.load_pretrained(name)
     grid = 32
-    model = ckpt.model.at_shape((1, grid, grid))
+    model = ckpt.model.at_shape((ckpt.model.data_shape[0], grid, grid))
     options = dict(ckpt.metadata["recommended_sampler"])
     samples = np.asarray(
         models.sample_model(model, 256, key=jr.key(3), method=options.pop("method"), **options),
@@ -105,8 +106,8 @@ def test_source_prior_samples_have_the_grf_spectrum():
     for lo, hi in ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32)):
         band = (radius >= lo) & (radius < hi)
         ratio = power[band].sum() / mode_var[band].sum()
-        assert 0.85 < ratio < 1.15, (lo, hi, ratio)
-    assert 0.85 < samples.var() / (mode_var.sum() / grid**2) < 1.15
+        assert 0.85 < ratio < 1.15, (name, lo, hi, ratio)
+    assert 0.85 < samples.var() / (mode_var.sum() / grid**2) < 1.15, name
 
 
 @pytest.mark.parametrize("name", ["poisson-joint-64", "helmholtz-joint-64"])
