@@ -125,12 +125,16 @@ def consistency_penalty(
         )
     if not weight >= 0:
         raise ValueError(f"consistency_penalty(weight=...): must be >= 0, got {weight}")
-    S = np.asarray(solution_operator(physics), np.float64)
-    ratio = float(std[0]) / float(std[1])
-    offset = (S @ np.full(S.shape[1], float(mean[0])) - float(mean[1])) / float(std[1])
-    return ConsistencyPenalty(
-        jnp.asarray(ratio * S, dtype), jnp.asarray(offset, dtype), float(weight)
-    )
+    B, c = _normalised_operator(solution_operator(physics), mean, std)
+    return ConsistencyPenalty(jnp.asarray(B, dtype), jnp.asarray(c, dtype), float(weight))
+
+
+def _normalised_operator(S, mean, std):
+    """``(B, c)`` with ``F(a_n) = B a_n + c``: the solve ``u = S a`` in normalised units."""
+    S = np.asarray(S, np.float64)
+    B = (float(std[0]) / float(std[1])) * S
+    c = (S @ np.full(S.shape[1], float(mean[0])) - float(mean[1])) / float(std[1])
+    return B, c
 
 
 class ConsistentScore(eqx.Module):
@@ -194,10 +198,7 @@ def consistent_prior(prior, physics: fem.PDETask | str):
         )
     if prior.grid > 64:
         raise ValueError(f"consistent_prior: dense operators; grid must be <= 64, got {prior.grid}")
-    S = np.asarray(solution_operator(physics), np.float64)
-    sa, su = float(prior.std[0]), float(prior.std[1])
-    B = (sa / su) * S
-    c = (S @ np.full(S.shape[1], float(prior.mean[0])) - float(prior.mean[1])) / su
+    B, c = _normalised_operator(solution_operator(physics), prior.mean, prior.std)
     G = np.linalg.inv(np.eye(B.shape[1]) + B.T @ B)
     dt = jnp.dtype(prior.dtype)
     score = ConsistentScore(
