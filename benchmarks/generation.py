@@ -93,10 +93,9 @@ def run_prior(
     rows = []
     for label, options in (SETTINGS[k] for k in settings):
         options = dict(options)
+        consistent = options.pop("consistent", False)
         post = inverse.sample_posterior(
-            inverse.consistent_prior(prior, task.physics)
-            if options.pop("consistent", False)
-            else prior,
+            inverse.consistent_prior(prior, task.physics) if consistent else prior,
             task,
             method="unguided",
             route="joint",

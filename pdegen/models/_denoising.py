@@ -115,10 +115,9 @@ def denoising_loss(
     idx = np.asarray(jr.randint(ki, (num_draws,), 0, data.shape[0]))
     sd2 = model.sigma_data**2
 
+    # model, reference and project are arguments, not constants folded into the program
     @eqx.filter_jit
-    def losses(
-        model, reference, project, x0, t, z
-    ):  # arguments, not constants folded into the program
+    def losses(model, reference, project, x0, t, z):
         x0 = jax.vmap(model.normalisation.normalise)(x0)
         a = jax.vmap(model.sde.alpha)(t)[:, None, None, None]
         sig = jax.vmap(model.sde.sigma)(t)[:, None, None, None]
