@@ -62,3 +62,27 @@ def test_train_then_sample(tmp_path):
     with np.load(tmp_path / "s" / "samples.npz") as f:
         assert f["samples"].shape == (6, 2) and np.all(np.isfinite(f["samples"]))
     assert (tmp_path / "s" / "samples.png").stat().st_size > 0
+
+
+def test_sampler_follows_the_checkpoint():
+    """Without ``--method`` the checkpoint's recommended sampler and its options are used; another
+    method gets its own defaults; a checkpoint without a recommendation gets EDM-Heun."""
+    from pdegen.models._cli import _sampler_options
+
+    meta = {"recommended_sampler": {"method": "edm_heun", "num_steps": 40, "rho": 12.0}}
+    assert _sampler_options(meta, None) == ("edm_heun", {"num_steps": 40, "rho": 12.0})
+    assert _sampler_options(meta, "edm_heun") == ("edm_heun", {"num_steps": 40, "rho": 12.0})
+    assert _sampler_options(meta, "ddim") == ("ddim", {})
+    assert _sampler_options({}, None) == ("edm_heun", {})
+
+
+def test_sample_a_shipped_prior_by_name(tmp_path, capsys):
+    """``--checkpoint`` also takes the name of a shipped prior; ``--steps`` overrides its sampler's."""
+    assert (
+        run(["sample", "--checkpoint", "grf-a", "--n", "2", "--steps", "2", "--quiet"]
+            + ["--out", str(tmp_path / "s")])
+        == 0
+    )  # fmt: skip
+    assert "with edm_heun, 2 steps" in capsys.readouterr().out
+    with np.load(tmp_path / "s" / "samples.npz") as f:
+        assert f["samples"].shape[:2] == (2, 1) and np.all(np.isfinite(f["samples"]))

@@ -191,11 +191,21 @@ def _save_figure(path: Path, fig) -> None:
         f.write(buf.getvalue())
 
 
+def _sampler_options(metadata: dict, method: str | None) -> tuple[str, dict]:
+    """The sampler and its options for a checkpoint: ``method``, else the ``recommended_sampler``
+    recorded in its metadata, else ``edm_heun``; the recorded options apply only to their method."""
+    recommended = dict(metadata.get("recommended_sampler") or {"method": "edm_heun"})
+    recommended_method = recommended.pop("method", "edm_heun")
+    if method is None or method == recommended_method:
+        return recommended_method, recommended
+    return method, {}
+
+
 def _sample(args: argparse.Namespace) -> int:
     import jax.random as jr
 
     from .._io import atomic_write, check_output_dir
-    from ._checkpoint import is_writer, load_checkpoint
+    from ._checkpoint import available_pretrained, is_writer, load_checkpoint, load_pretrained
     from ._samplers import sample_model
 
     out = check_output_dir(args.out, "--out")  # before sampling, not after
@@ -203,12 +213,17 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be a positive number of samples, got {args.n}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    ckpt = load_checkpoint(args.checkpoint)
-    options = {} if args.steps is None else {"num_steps": args.steps}
+    if not Path(args.checkpoint).exists() and args.checkpoint in available_pretrained():
+        ckpt = load_pretrained(args.checkpoint)
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
+    method, options = _sampler_options(ckpt.metadata, args.method)
+    if args.steps is not None:
+        options["num_steps"] = args.steps
     name = ckpt.metadata.get("name") or Path(args.checkpoint).resolve().name
-    steps = "default" if args.steps is None else str(args.steps)
+    steps = options.get("num_steps", "default")
     print(
-        f"sampling {args.n} from {name} (trained {ckpt.step} steps) with {args.method}, {steps} steps",
+        f"sampling {args.n} from {name} (trained {ckpt.step} steps) with {method}, {steps} steps",
         flush=True,
     )
     samples = np.asarray(
@@ -216,7 +231,7 @@ def _sample(args: argparse.Namespace) -> int:
             ckpt.model,
             args.n,
             key=jr.key(args.seed),
-            method=args.method,
+            method=method,
             batch_size=args.batch_size,
             progress=not args.quiet,
             **options,
@@ -280,16 +295,27 @@ def register(subparsers) -> None:
 
     s = subparsers.add_parser("sample", help="draw samples from a trained checkpoint")
     s.add_argument(
-        "--checkpoint", required=True, help="checkpoint folder written by `pdegen train`"
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder written by `pdegen train`, or the name of a shipped prior",
     )
     s.add_argument("--n", type=int, default=16, help="number of samples")
     s.add_argument("--out", required=True, help="output folder for samples.npz and samples.png")
     s.add_argument(
         "--method",
-        default="edm_heun",
-        choices=("euler_maruyama", "predictor_corrector", "probability_flow", "ddim", "edm_heun"),
+        default=None,
+        choices=(
+            "euler_maruyama", "predictor_corrector", "probability_flow", "ddim", "edm_heun",
+            "flow_ode",
+        ),
+        help="sampler (default: the checkpoint's recommended one, else edm_heun)",
+    )  # fmt: skip
+    s.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps (default: the recommended sampler's, else the sampler's own)",
     )
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     s.add_argument(
         "--batch-size", type=int, default=32, help="samples per batch (progress is shown per batch)"
     )
