@@ -89,7 +89,8 @@ def run_prior(
     S = inverse.solution_operator(task.physics)
     residual = jax.jit(jax.vmap(task.residual))
     mode_var = fem.grf_mode_std((grid, grid)) ** 2
-    sampler = meta.get("recommended_sampler", {}).get("method", "edm_heun")
+    sampler = models.recommended_sampler(meta)  # with its recorded options (EDM-Heun: rho)
+    sampler_label = dict(meta.get("recommended_sampler") or {"method": "edm_heun"})
     rows = []
     for label, options in (SETTINGS[k] for k in settings):
         options = dict(options)
@@ -121,7 +122,7 @@ def run_prior(
                 "grid": grid,
                 "setting": label,
                 "options": {k: v for k, v in options.items()},
-                "sampler": sampler,
+                "sampler": sampler_label,
                 "num_steps": num_steps,
                 "num_samples": num_samples,
                 "residual_median": float(np.median(r)),

@@ -157,6 +157,29 @@ def test_method_objects_carry_their_options_on_the_tasks(key):
         sample_posterior(prior, task, method="dsp", **kw)
 
 
+@pytest.mark.parametrize("route", ["solve", "joint"])
+def test_sampler_may_be_a_function(route, key):
+    """``sampler`` takes a sampler function as well as a name: the named sampler's function with
+    its defaults spelled out gives the same samples (its final denoising step left to the route,
+    which takes its own), another option changes them, and an unknown name is a clear error."""
+    import functools
+
+    from pdegen import models
+
+    task = make_task("poisson-inverse", grid=GRID, sensor_fraction=0.15, noise=0.05)
+    prior = gaussian_prior(GRID) if route == "solve" else _imperfect_joint_prior(task)
+    kw = dict(key=key, num_samples=4, num_steps=10, batch_size=4, route=route, method="unguided")
+    by_name = sample_posterior(prior, task, sampler="edm_heun", **kw).samples
+    same = functools.partial(models.edm_heun, rho=7.0, denoise_final=True)  # the route's own
+    np.testing.assert_array_equal(
+        sample_posterior(prior, task, sampler=same, **kw).samples, by_name
+    )
+    other = functools.partial(models.edm_heun, rho=12.0)
+    assert not np.allclose(sample_posterior(prior, task, sampler=other, **kw).samples, by_name)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample_posterior(prior, task, sampler="heun", **kw)
+
+
 def test_progress_takes_a_bool_or_a_bar(key, capsys):
     """``progress=True`` draws a bar over the samples, ``False`` none, a tqdm-like object is
     updated with the samples finished; anything else is a clear error before sampling."""

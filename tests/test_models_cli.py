@@ -1,9 +1,13 @@
 """`pdegen train` / `pdegen sample` through `register` on a bare argparse parser."""
 
 import argparse
+import functools
 
+import jax
 import numpy as np
+import pytest
 
+from pdegen import models
 from pdegen.models._cli import register
 
 
@@ -64,16 +68,21 @@ def test_train_then_sample(tmp_path):
     assert (tmp_path / "s" / "samples.png").stat().st_size > 0
 
 
-def test_sampler_follows_the_checkpoint():
-    """Without ``--method`` the checkpoint's recommended sampler and its options are used; another
-    method gets its own defaults; a checkpoint without a recommendation gets EDM-Heun."""
-    from pdegen.models._cli import _sampler_options
+def test_recommended_sampler_follows_the_checkpoint():
+    """The recorded sampler with its options, call options overriding them; EDM-Heun where none is
+    recorded; an unknown name is a clear error."""
 
-    meta = {"recommended_sampler": {"method": "edm_heun", "num_steps": 40, "rho": 12.0}}
-    assert _sampler_options(meta, None) == ("edm_heun", {"num_steps": 40, "rho": 12.0})
-    assert _sampler_options(meta, "edm_heun") == ("edm_heun", {"num_steps": 40, "rho": 12.0})
-    assert _sampler_options(meta, "ddim") == ("ddim", {})
-    assert _sampler_options({}, None) == ("edm_heun", {})
+    run = models.recommended_sampler(
+        {"recommended_sampler": {"method": "edm_heun", "num_steps": 40, "rho": 12.0}}
+    )
+    assert isinstance(run, functools.partial) and run.func is models.edm_heun
+    assert run.keywords == {"num_steps": 40, "rho": 12.0}
+    assert models.recommended_sampler({}) is models.edm_heun
+    with pytest.raises(ValueError, match="unknown sampler"):
+        models.recommended_sampler({"recommended_sampler": {"method": "heun"}})
+    sde = models.EDMSDE()
+    x = models.sample(lambda x, t: -x, sde, (3,), 2, key=jax.random.key(0), method=run, num_steps=4)
+    assert x.shape == (2, 3)
 
 
 def test_sample_a_shipped_prior_by_name(tmp_path, capsys):
@@ -83,6 +92,6 @@ def test_sample_a_shipped_prior_by_name(tmp_path, capsys):
             + ["--out", str(tmp_path / "s")])
         == 0
     )  # fmt: skip
-    assert "with edm_heun, 2 steps" in capsys.readouterr().out
+    assert "with edm_heun, 2 steps" in capsys.readouterr().out  # --steps over the recorded 40
     with np.load(tmp_path / "s" / "samples.npz") as f:
         assert f["samples"].shape[:2] == (2, 1) and np.all(np.isfinite(f["samples"]))

@@ -14,6 +14,7 @@ import collections
 import math
 import time
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -145,10 +146,13 @@ def _sample_batch(
         observe, y, noise_std, data_variance, variance, states, num_steps, precomputed
     )
     guided = method.guide(problem)
-    run = models.SAMPLERS[sampler]
-    x = jax.vmap(lambda k: run(guided, sde, prior.shape, key=k, num_steps=num_steps, dtype=dtype))(
-        keys
-    )
+    run = models.sampler_function(sampler)
+    # (the final Tweedie estimate below, not the sampler's: a sampler function may set it)
+    x = jax.vmap(
+        lambda k: run(
+            guided, sde, prior.shape, key=k, num_steps=num_steps, dtype=dtype, denoise_final=False
+        )
+    )(keys)
     t = jnp.asarray(sde.t_min, dtype)
     # The prior's Tweedie estimate at the last time.
     x = jax.vmap(lambda xi: sde.tweedie_denoiser(prior.score, xi, t))(x)
@@ -195,7 +199,7 @@ def observed_prior_variance(
     *,
     key=None,
     num_samples: int = PRIOR_SAMPLES,
-    sampler: str = "euler_maruyama",
+    sampler: str | Callable = "euler_maruyama",
     num_steps: int = 100,
 ) -> float:
     """The prior variance of the state along the observed directions.
@@ -254,11 +258,19 @@ def _cached_prior_states(prior: Prior, shape, key, num_samples, sampler, num_ste
 @eqx.filter_jit
 def _prior_states(prior: Prior, shape, key, num_samples, sampler, num_steps):
     dtype = jnp.dtype(prior.dtype)
-    run = models.SAMPLERS[sampler]
+    run = models.sampler_function(sampler)
     t = jnp.asarray(prior.sde.t_min, dtype)
 
     def one(k):
-        x = run(prior.score, prior.sde, shape, key=k, num_steps=num_steps, dtype=dtype)
+        x = run(
+            prior.score,
+            prior.sde,
+            shape,
+            key=k,
+            num_steps=num_steps,
+            dtype=dtype,
+            denoise_final=False,
+        )
         return prior.sde.tweedie_denoiser(prior.score, x, t)
 
     return jax.vmap(one)(jax.random.split(key, num_samples))
@@ -296,7 +308,7 @@ def sample_field_posterior(
     key,
     num_samples: int = 8,
     num_steps: int = 200,
-    sampler: str | None = None,
+    sampler: str | Callable | None = None,
     batch_size: int | None = None,
     progress=None,
     data_scale: float | None = None,
@@ -305,8 +317,9 @@ def sample_field_posterior(
 
     ``data_scale`` (data units) sets the unit in which guidance measures the data (DPS's step is
     taken in it): by default the RMS of the whitened data, so steps are unit-free. ``sampler``:
-    default :func:`pdegen.models.default_sampler` of the prior's process (``"flow_ode"`` for a
-    flow prior, else ``"euler_maruyama"``)."""
+    a name in :data:`pdegen.models.SAMPLERS` or a sampler function (default
+    :func:`pdegen.models.default_sampler` of the prior's process: ``"flow_ode"`` for a flow prior,
+    else ``"euler_maruyama"``)."""
     check_problem(prior, likelihood)
     method = as_method(method)
     if sampler is None:
@@ -360,8 +373,7 @@ def _normalised_problem(
     to unit RMS, or to units of ``data_scale``); ``noise = factor`` is the noise level in those units.
     PiGDM's ``data_variance`` and its ``variance`` table matched to the prior are computed when the
     method needs them (``needs_variance``; else ``1.0`` and ``None``)."""
-    if sampler not in models.SAMPLERS:
-        raise ValueError(f"sampler must be one of {sorted(models.SAMPLERS)}, got {sampler!r}")
+    models.sampler_function(sampler)  # a name in models.SAMPLERS or a sampler function
     if not isinstance(num_steps, int) or num_steps < 2:
         raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
     dtype = jnp.dtype(prior.dtype)
@@ -478,7 +490,7 @@ def smc_posterior(
     key,
     num_samples: int = 8,
     num_steps: int = 200,
-    sampler: str | None = None,
+    sampler: str | Callable | None = None,
     data_scale: float | None = None,
 ) -> FieldPosterior:
     """The sequential Monte Carlo posterior of a (prior, likelihood) pair.

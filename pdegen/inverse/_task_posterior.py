@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -34,7 +35,7 @@ import numpy as np
 
 from pdegen import fem
 from pdegen.models import SAMPLERS as MODEL_SAMPLERS
-from pdegen.models import AbstractSDE, default_sampler
+from pdegen.models import AbstractSDE, default_sampler, sampler_function
 
 from ._field_posterior import observed_prior_variance, sample_field_posterior, sample_in_batches
 from ._field_prior import (
@@ -195,7 +196,7 @@ class _Spec:
     """Everything static about a joint-route sampler (hashable: compiled code is reused across draws)."""
 
     method: str
-    sampler: str
+    sampler: str | Callable
     num_steps: int
     shape: tuple
     dtype: str
@@ -377,10 +378,18 @@ def _with_correction(guided, sde, spec: _Spec, S):
 @eqx.filter_jit
 def _sample_joint_batch(score, sde, A, y, W, S, keys, spec: _Spec):
     guided = _joint_guided(score, sde, A, y, W, S, spec)
-    run = MODEL_SAMPLERS[spec.sampler]
+    run = sampler_function(spec.sampler)
     dtype = jnp.dtype(spec.dtype)
     x = jax.vmap(
-        lambda k: run(guided, sde, spec.shape, key=k, num_steps=spec.num_steps, dtype=dtype)
+        lambda k: run(
+            guided,
+            sde,
+            spec.shape,
+            key=k,
+            num_steps=spec.num_steps,
+            dtype=dtype,
+            denoise_final=False,  # the Tweedie estimate below is the final one
+        )
     )(keys)
     t = jnp.asarray(sde.t_min, x.dtype)
     x0 = jax.vmap(lambda xi: sde.tweedie_denoiser(score, xi, t))(x)  # the prior's Tweedie estimate
@@ -389,7 +398,7 @@ def _sample_joint_batch(score, sde, A, y, W, S, keys, spec: _Spec):
     return x0
 
 
-def switch_time(sde: AbstractSDE, sampler: str, num_steps: int, fraction: float) -> float:
+def switch_time(sde: AbstractSDE, sampler, num_steps: int, fraction: float) -> float:
     """The time after which the last ``fraction`` of a sampler's steps are taken."""
     if not 0 <= fraction <= 1:
         raise ValueError(f"physics_fraction must lie in [0, 1], got {fraction}")
@@ -538,7 +547,7 @@ def sample_task_posterior(
     num_samples: int = 8,
     route: str | None = None,
     num_steps: int = 200,
-    sampler: str | None = None,
+    sampler: str | Callable | None = None,
     scale: float = 1.0,
     physics_weight: float | None = None,
     physics_fraction: float = 0.2,
@@ -564,7 +573,8 @@ def sample_task_posterior(
             route.
         key: PRNG key; sample ``i`` uses ``split(key, num_samples)[i]``.
         route: ``"solve"`` (the default, except ``diffusionpde`` with a joint prior) or ``"joint"``.
-        num_steps, sampler: reverse-time sampler (a name in :data:`pdegen.models.SAMPLERS`; default
+        num_steps, sampler: reverse-time sampler (a name in :data:`pdegen.models.SAMPLERS` or a
+            sampler function such as ``models.recommended_sampler(metadata)``; default
             ``"flow_ode"`` for a flow prior, else ``"euler_maruyama"``) and its steps.
         scale: DPS's step (:class:`DPS`: the fraction of the excess misfit removed per step, stable
             below 2) / the DiffusionPDE recipe's ``zeta``.
@@ -671,8 +681,7 @@ def sample_task_posterior(
     check_prior_fits(prior, task, route)
     if sampler is None:
         sampler = default_sampler(prior.sde)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    sampler_function(sampler)  # a name in models.SAMPLERS or a sampler function
     if not isinstance(num_steps, int) or num_steps < 2:
         raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
     if physics_weight is None:

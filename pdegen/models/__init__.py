@@ -73,8 +73,10 @@ from ._samplers import edm_noise_levels as edm_noise_levels
 from ._samplers import euler_maruyama as euler_maruyama
 from ._samplers import predictor_corrector as predictor_corrector
 from ._samplers import probability_flow as probability_flow
+from ._samplers import recommended_sampler as recommended_sampler
 from ._samplers import sample as sample
 from ._samplers import sample_model as sample_model
+from ._samplers import sampler_function as sampler_function
 from ._sde import EDMSDE as EDMSDE
 from ._sde import VESDE as VESDE
 from ._sde import VPSDE as VPSDE

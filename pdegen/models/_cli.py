@@ -191,22 +191,12 @@ def _save_figure(path: Path, fig) -> None:
         f.write(buf.getvalue())
 
 
-def _sampler_options(metadata: dict, method: str | None) -> tuple[str, dict]:
-    """The sampler and its options for a checkpoint: ``method``, else the ``recommended_sampler``
-    recorded in its metadata, else ``edm_heun``; the recorded options apply only to their method."""
-    recommended = dict(metadata.get("recommended_sampler") or {"method": "edm_heun"})
-    recommended_method = recommended.pop("method", "edm_heun")
-    if method is None or method == recommended_method:
-        return recommended_method, recommended
-    return method, {}
-
-
 def _sample(args: argparse.Namespace) -> int:
     import jax.random as jr
 
     from .._io import atomic_write, check_output_dir
     from ._checkpoint import available_pretrained, is_writer, load_checkpoint, load_pretrained
-    from ._samplers import sample_model
+    from ._samplers import recommended_sampler, sample_model
 
     out = check_output_dir(args.out, "--out")  # before sampling, not after
     if args.n < 1:
@@ -217,13 +207,16 @@ def _sample(args: argparse.Namespace) -> int:
         ckpt = load_pretrained(args.checkpoint)
     else:
         ckpt = load_checkpoint(args.checkpoint)
-    method, options = _sampler_options(ckpt.metadata, args.method)
-    if args.steps is not None:
-        options["num_steps"] = args.steps
+    recommended = dict(ckpt.metadata.get("recommended_sampler") or {"method": "edm_heun"})
+    if args.method is None:  # the recommended sampler with its recorded options
+        method, label = recommended_sampler(ckpt.metadata), recommended["method"]
+    else:  # the named one with its own defaults
+        method, label, recommended = args.method, args.method, {}
+    options = {} if args.steps is None else {"num_steps": args.steps}
     name = ckpt.metadata.get("name") or Path(args.checkpoint).resolve().name
-    steps = options.get("num_steps", "default")
+    steps = options.get("num_steps", recommended.get("num_steps", "default"))
     print(
-        f"sampling {args.n} from {name} (trained {ckpt.step} steps) with {method}, {steps} steps",
+        f"sampling {args.n} from {name} (trained {ckpt.step} steps) with {label}, {steps} steps",
         flush=True,
     )
     samples = np.asarray(

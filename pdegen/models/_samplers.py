@@ -9,6 +9,7 @@ integrate from ``sde.t_max`` to ``sde.t_min`` (on ``sde.time_grid``) and target 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -295,6 +296,30 @@ The ``method=`` of :func:`sample` and the ``pdegen sample --sampler`` choices.
 """
 
 
+def sampler_function(sampler: str | Callable[..., Array], where: str = "sampler") -> Callable:
+    """The sampler function of a name in :data:`SAMPLERS`, or ``sampler`` itself when it is one
+    (a function with the samplers' signature, e.g. ``functools.partial(edm_heun, rho=12.0)``).
+
+    ``where`` names the argument in the error raised for anything else."""
+    if callable(sampler):
+        return sampler
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise ValueError(
+            f"{where}={sampler!r}: unknown sampler; choose from {sorted(SAMPLERS)} or pass a "
+            f"sampler function"
+        )
+    return SAMPLERS[sampler]
+
+
+def recommended_sampler(metadata: dict) -> Callable[..., Array]:
+    """The sampler a checkpoint's metadata recommends (``"recommended_sampler"``: a method name and
+    its options) as one sampler function; EDM-Heun with its defaults where none is recorded.
+    Options given at the call (e.g. ``num_steps``) override the recorded ones."""
+    options = dict(metadata.get("recommended_sampler") or {})
+    run = sampler_function(options.pop("method", "edm_heun"), "recommended_sampler")
+    return functools.partial(run, **options) if options else run
+
+
 def default_sampler(sde) -> str:
     """The guided samplers' default for a process: ``"flow_ode"`` for a flow, else Euler-Maruyama.
 
@@ -330,12 +355,7 @@ def sample(
     default: one batch), compiled once; sample ``i`` is the same whatever the batching.
     ``progress=True`` shows a progress bar (tqdm) over the batches.
     """
-    if isinstance(method, str):
-        if method not in SAMPLERS:
-            raise ValueError(
-                f"sample(method={method!r}): unknown sampler; choose from {sorted(SAMPLERS)}"
-            )
-        method = SAMPLERS[method]
+    method = sampler_function(method, "sample(method=...)")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"sample(num_samples=...) must be a positive int, got {num_samples!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
