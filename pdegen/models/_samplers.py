@@ -292,7 +292,7 @@ SAMPLERS: dict[str, Callable[..., Array]] = {
 }
 """The reverse-time samplers by name.
 
-The ``method=`` of :func:`sample` and the ``pdegen sample --sampler`` choices.
+The ``method=`` of :func:`sample` and the ``pdegen sample --method`` choices.
 """
 
 
@@ -305,7 +305,7 @@ def sampler_function(sampler: str | Callable[..., Array], where: str = "sampler"
         return sampler
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise ValueError(
-            f"{where}={sampler!r}: unknown sampler; choose from {sorted(SAMPLERS)} or pass a "
+            f"{where}: unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)} or pass a "
             f"sampler function"
         )
     return SAMPLERS[sampler]
