@@ -77,6 +77,10 @@ def test_recommended_sampler_follows_the_checkpoint():
     )
     assert isinstance(run, functools.partial) and run.func is models.edm_heun
     assert run.keywords == {"num_steps": 40, "rho": 12.0}
+    again = models.recommended_sampler(
+        {"recommended_sampler": {"rho": 12.0, "num_steps": 40, "method": "edm_heun"}}
+    )
+    assert again is run  # one object per setting: code compiled for it is reused
     assert models.recommended_sampler({}) is models.edm_heun
     with pytest.raises(ValueError, match="unknown sampler"):
         models.recommended_sampler({"recommended_sampler": {"method": "heun"}})

@@ -316,8 +316,18 @@ def recommended_sampler(metadata: dict) -> Callable[..., Array]:
     its options) as one sampler function; EDM-Heun with its defaults where none is recorded.
     Options given at the call (e.g. ``num_steps``) override the recorded ones."""
     options = dict(metadata.get("recommended_sampler") or {})
-    run = sampler_function(options.pop("method", "edm_heun"), "recommended_sampler")
-    return functools.partial(run, **options) if options else run
+    method = options.pop("method", "edm_heun")
+    try:
+        return _sampler_with(method, tuple(sorted(options.items())))
+    except TypeError:  # an option value that cannot be hashed: a fresh function object
+        return _sampler_with.__wrapped__(method, tuple(sorted(options.items())))
+
+
+@functools.lru_cache(maxsize=32)
+def _sampler_with(method: str, options: tuple) -> Callable[..., Array]:
+    """One function object per (method, options): compiled samplers keyed on it are reused."""
+    run = sampler_function(method, "recommended_sampler")
+    return functools.partial(run, **dict(options)) if options else run
 
 
 def default_sampler(sde) -> str:
