@@ -297,9 +297,9 @@ The ``method=`` of :func:`sample` and the ``pdegen sample --method`` choices.
 
 
 def sampler_function(sampler: str | Callable[..., Array], where: str = "sampler") -> Callable:
-    """The sampler function of a name in :data:`SAMPLERS`, or ``sampler`` itself when it is one
-    (a function with the samplers' signature, e.g. ``functools.partial(edm_heun, rho=12.0)``).
+    """The sampler function of a name in :data:`SAMPLERS`, or ``sampler`` itself if it is one.
 
+    A sampler function has the samplers' signature, e.g. ``functools.partial(edm_heun, rho=12.0)``.
     ``where`` names the argument in the error raised for anything else."""
     if callable(sampler):
         return sampler
@@ -312,9 +312,11 @@ def sampler_function(sampler: str | Callable[..., Array], where: str = "sampler"
 
 
 def recommended_sampler(metadata: dict) -> Callable[..., Array]:
-    """The sampler a checkpoint's metadata recommends (``"recommended_sampler"``: a method name and
-    its options) as one sampler function; EDM-Heun with its defaults where none is recorded.
-    Options given at the call (e.g. ``num_steps``) override the recorded ones."""
+    """The sampler a checkpoint's metadata recommends, as one sampler function.
+
+    ``metadata["recommended_sampler"]`` holds a method name and its options; EDM-Heun with its
+    defaults where none is recorded. Options given at the call (e.g. ``num_steps``) override the
+    recorded ones."""
     options = dict(metadata.get("recommended_sampler") or {})
     method = options.pop("method", "edm_heun")
     try:
