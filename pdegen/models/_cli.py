@@ -196,7 +196,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     from .._io import atomic_write, check_output_dir
     from ._checkpoint import available_pretrained, is_writer, load_checkpoint, load_pretrained
-    from ._samplers import recommended_sampler, sample_model
+    from ._samplers import recommended_sampler, sample_model, sampler_function
 
     out = check_output_dir(args.out, "--out")  # before sampling, not after
     if args.n < 1:
@@ -207,14 +207,13 @@ def _sample(args: argparse.Namespace) -> int:
         ckpt = load_pretrained(args.checkpoint)
     else:
         ckpt = load_checkpoint(args.checkpoint)
-    recommended = dict(ckpt.metadata.get("recommended_sampler") or {"method": "edm_heun"})
-    if args.method is None:  # the recommended sampler with its recorded options
-        method, label = recommended_sampler(ckpt.metadata), recommended["method"]
-    else:  # the named one with its own defaults
-        method, label, recommended = args.method, args.method, {}
+    # the recommended sampler with its recorded options, or the named one with its own defaults
+    method = recommended_sampler(ckpt.metadata) if args.method is None else args.method
+    run = sampler_function(method)
+    label, recorded = getattr(run, "func", run).__name__, getattr(run, "keywords", {})
     options = {} if args.steps is None else {"num_steps": args.steps}
     name = ckpt.metadata.get("name") or Path(args.checkpoint).resolve().name
-    steps = options.get("num_steps", recommended.get("num_steps", "default"))
+    steps = options.get("num_steps", recorded.get("num_steps", "default"))
     print(
         f"sampling {args.n} from {name} (trained {ckpt.step} steps) with {label}, {steps} steps",
         flush=True,
