@@ -83,6 +83,9 @@ from ._sde import VPSDE as VPSDE
 from ._sde import AbstractSDE as AbstractSDE
 from ._sde import sde_from_config as sde_from_config
 from ._spectral import SpectralDenoiser as SpectralDenoiser
+from ._spectral_fit import fit_spectral_density as fit_spectral_density
+from ._spectral_fit import mode_covariance as mode_covariance
+from ._spectral_fit import whittle_divergence as whittle_divergence
 from ._training import TrainConfig as TrainConfig
 from ._training import TrainingDivergedError as TrainingDivergedError
 from ._training import TrainResult as TrainResult

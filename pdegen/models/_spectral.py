@@ -29,15 +29,6 @@ def _idct2(x: Array) -> Array:
     return jax.scipy.fft.idctn(x, type=2, norm="ortho", axes=(-2, -1))
 
 
-def _mode_features(h: int, w: int, dtype) -> Array:
-    """Per cosine mode ``(ky, kx)``: ``log(1 + k)`` features, shape ``(h, w, 3)``.
-
-    Mode ``k`` has ``k`` half-waves across the domain on every grid, so the features (and what
-    the network makes of them) do not depend on the resolution."""
-    ky, kx = jnp.meshgrid(jnp.arange(h, dtype=dtype), jnp.arange(w, dtype=dtype), indexing="ij")
-    return jnp.stack([jnp.log1p(ky), jnp.log1p(kx), 0.5 * jnp.log1p(kx**2 + ky**2)], axis=-1)
-
-
 def _sine_matrix(n: int, dtype) -> Array:
     """Orthonormal DST-I on the ``n`` interior nodes of a grid: row ``k`` samples ``sin(pi (k+1) x)``
     at ``x = i / (n + 1)``, the Dirichlet modes of the unit interval."""
@@ -95,6 +86,10 @@ class SpectralDenoiser(eqx.Module):
       each channel is denoised by its own spectrum and what one channel says about another is
       left to the residual (for fields that are not jointly stationary in the cosine basis, such as a source
       and its Dirichlet solution, whose cross-spectrum a stationary head gets wrong at high ``k``).
+      :func:`fit_spectral_density` fits ``S`` to the data's spectrum (Whittle likelihood) and sets
+      ``trained_modes``: the density is then held fixed in training, and on grids finer than the
+      data's it is continued beyond mode ``trained_modes`` as a power law with the slope of its last
+      fitted octave, per channel and direction (inductive bias, stated: a power-law spectral tail).
     * **Residual.** ``depth`` neural-operator blocks of ``width`` channels (spectral convolution
       over the lowest ``modes`` cosine modes and, with ``sine=True``, the lowest sine modes of the
       interior nodes, which vanish on the boundary as Dirichlet solutions do; pointwise linear
@@ -123,6 +118,7 @@ class SpectralDenoiser(eqx.Module):
     coupled: bool = eqx.field(static=True)
     sigma_data: float = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
+    trained_modes: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -135,6 +131,7 @@ class SpectralDenoiser(eqx.Module):
         coupled: bool = True,
         sigma_data: float = 1.0,
         dtype: Any = "float32",
+        trained_modes: int | None = None,
         *,
         key: Array,
     ):
@@ -145,6 +142,10 @@ class SpectralDenoiser(eqx.Module):
             )
         if not sigma_data > 0:
             raise ValueError(f"SpectralDenoiser(sigma_data=...) must be > 0, got {sigma_data}")
+        if trained_modes is not None and int(trained_modes) < 2:
+            raise ValueError(
+                f"SpectralDenoiser(trained_modes=...) must be None or >= 2, got {trained_modes}"
+            )
         dt = jnp.dtype(dtype)
         c = in_channels
         keys = jr.split(key, depth + 5)
@@ -168,6 +169,7 @@ class SpectralDenoiser(eqx.Module):
         self.in_channels, self.width, self.depth, self.modes = c, width, depth, modes
         self.density_width, self.sigma_data, self.dtype = density_width, float(sigma_data), dt.name
         self.sine, self.coupled = bool(sine), bool(coupled)
+        self.trained_modes = None if trained_modes is None else int(trained_modes)
         for name in ("density", "embed_mlp", "lift", "blocks", "project"):
             setattr(self, name, _cast_params(getattr(self, name), dt))
 
@@ -183,24 +185,54 @@ class SpectralDenoiser(eqx.Module):
             "coupled": self.coupled,
             "sigma_data": self.sigma_data,
             "dtype": self.dtype,
+            "trained_modes": self.trained_modes,
         }
+
+    def _factor(self, ky: Array, kx: Array) -> Array:
+        """``L`` at (possibly fractional) cosine modes ``(ky, kx)``: ``(..., C, C)``.
+
+        Mode ``k`` has ``k`` half-waves across the domain on every grid, so the features
+        (``log(1 + k)``) and what the network makes of them do not depend on the resolution."""
+        c = self.in_channels
+        feats = jnp.stack([jnp.log1p(ky), jnp.log1p(kx), 0.5 * jnp.log1p(kx**2 + ky**2)], axis=-1)
+        density = self.density
+        if self.trained_modes is not None:  # fitted to the data's spectrum: fixed in training
+            params, static = eqx.partition(density, eqx.is_inexact_array)
+            density = eqx.combine(jax.lax.stop_gradient(params), static)
+        raw = jax.vmap(density)(feats.reshape(-1, 3))
+        rows, cols = jnp.tril_indices(c)
+        if not self.coupled:  # one spectrum per channel: no cross-channel term in the head
+            raw = jnp.where(rows == cols, raw, 0.0)
+        L = jnp.zeros((raw.shape[0], c, c), raw.dtype).at[:, rows, cols].set(raw)
+        diag = jnp.arange(c)
+        # log-diagonal; the offset starts an untrained network near unit pixel variance at 64 x 64
+        L = L.at[:, diag, diag].set(jnp.exp(L[:, diag, diag] - math.log(64.0)))
+        return L.reshape(*ky.shape, c, c)
 
     def spectral_density(self, shape: tuple[int, int]) -> Array:
         """The learned density ``S(k)`` on the cosine modes of an ``(H, W)`` grid: ``(H, W, C, C)``
         (normalised units per unit area: the pixel-level mode variance is ``H W S``)."""
         dt = jnp.dtype(self.dtype)
         h, w = shape
-        c = self.in_channels
-        feats = _mode_features(h, w, dt).reshape(-1, 3)
-        raw = jax.vmap(self.density)(feats)
-        rows, cols = jnp.tril_indices(c)
-        if not self.coupled:  # one spectrum per channel: no cross-channel term in the head
-            raw = jnp.where(rows == cols, raw, 0.0)
-        L = jnp.zeros((h * w, c, c), dt).at[:, rows, cols].set(raw)
-        diag = jnp.arange(c)
-        # log-diagonal; the offset starts an untrained network near unit pixel variance at 64 x 64
-        L = L.at[:, diag, diag].set(jnp.exp(L[:, diag, diag] - math.log(64.0)))
-        return (L @ jnp.swapaxes(L, -1, -2)).reshape(h, w, c, c)
+        ky, kx = jnp.meshgrid(jnp.arange(h, dtype=dt), jnp.arange(w, dtype=dt), indexing="ij")
+        K = self.trained_modes
+        if K is None or max(h, w) - 1 <= K:
+            L = self._factor(ky, kx)
+            return L @ jnp.swapaxes(L, -1, -2)
+        # Beyond the fitted modes: along each direction, S(k) = D S(e) D with e the direction's
+        # last fitted mode and D_ii = (|k| / |e|)^(p_i / 2), p_i the slope of log S_ii against
+        # log |k| over the octave below e (capped at 0: a spectrum never grows past the data).
+        top = jnp.maximum(jnp.maximum(ky, kx), 1.0)
+        scale = jnp.minimum(1.0, K / top)
+        L_edge = self._factor(ky * scale, kx * scale)
+        L_half = self._factor(0.5 * ky * scale, 0.5 * kx * scale)
+        S_edge = L_edge @ jnp.swapaxes(L_edge, -1, -2)
+        s_half = jnp.sum(L_half**2, axis=-1)  # diag(L L^T)
+        slope = jnp.minimum(
+            0.0, jnp.log(jnp.diagonal(S_edge, axis1=-2, axis2=-1) / s_half) / math.log(2.0)
+        )
+        d = jnp.exp(0.5 * slope * jnp.log(1.0 / scale)[..., None])  # |k| / |e| = 1 / scale
+        return d[..., :, None] * S_edge * d[..., None, :]
 
     def _wiener(self, x: Array, sigma: Array) -> Array:
         """``G x`` mode by mode for the data ``x`` (unscaled, ``(C, H, W)``)."""
