@@ -297,19 +297,20 @@ def main(argv=None) -> int:
     results = Path(args.results_dir) if args.results_dir else RESULTS_DIR
     path = results / f"{name}.json"
     records: list = []
+    # records join only those of the same run settings and the same prior weights
+    weights = model.metadata.get("state_sha256")
+    settings = (("grid", grid), ("samples", samples), ("steps", steps), ("weights", weights))
     if args.resume and path.is_file():
         old = json.loads(path.read_text())
-        same = all(
-            old.get(k) == v for k, v in (("grid", grid), ("samples", samples), ("steps", steps))
-        )
+        same = all(old.get(k) == v for k, v in settings)
         records = old.get("records", []) if same else []
     for other in (n for n in args.merge.split(",") if n):
         # records of the same benchmark run elsewhere (another process, another machine)
         old = json.loads((results / f"{other}.json").read_text())
-        if any(
-            old.get(k) != v for k, v in (("grid", grid), ("samples", samples), ("steps", steps))
-        ):
-            p.error(f"--merge {other}: grid, samples or steps differ from this run's")
+        if any(old.get(k) != v for k, v in settings):
+            p.error(
+                f"--merge {other}: grid, samples, steps or prior weights differ from this run's"
+            )
         have = {(r["task"], r["draw"]) for r in records}
         records += [r for r in old["records"] if (r["task"], r["draw"]) not in have]
     t0 = time.perf_counter()
@@ -325,6 +326,7 @@ def main(argv=None) -> int:
             "steps": steps,
             "sampler": "euler_maruyama",
             "learned_prior": args.prior,
+            "weights": weights,
             "route": route,
             "learned_prior_projected": route == "joint" and not args.raw,
             "sde": priors[args.prior].sde.config(),
