@@ -398,8 +398,9 @@ def _sample_joint_batch(score, sde, A, y, W, S, keys, spec: _Spec):
     return x0
 
 
-def switch_time(sde: AbstractSDE, sampler, num_steps: int, fraction: float) -> float:
-    """The time after which the last ``fraction`` of a sampler's steps are taken."""
+def switch_time(sde: AbstractSDE, num_steps: int, fraction: float) -> float:
+    """The time after which the last ``fraction`` of ``num_steps`` steps on the SDE's time grid are
+    taken (the grid of the time-stepping samplers; EDM's samplers space noise levels by ``rho``)."""
     if not 0 <= fraction <= 1:
         raise ValueError(f"physics_fraction must lie in [0, 1], got {fraction}")
     ts = np.asarray(sde.time_grid(num_steps, jnp.float64))
@@ -479,7 +480,7 @@ def _joint_route(
         noise_std=noise_floor(task) / obs_scale,
         scale=float(scale),
         physics_weight=float(physics_weight),
-        physics_start=switch_time(prior.sde, sampler, num_steps, physics_fraction),
+        physics_start=switch_time(prior.sde, num_steps, physics_fraction),
         physics=task.physics,
         mean=mean,
         std=std,
