@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+import scipy.fft
 from jax import Array
 
 from ._model import DiffusionModel
@@ -31,8 +32,6 @@ def mode_covariance(fields: Array | np.ndarray) -> np.ndarray:
     x = np.asarray(fields, np.float64)
     if x.ndim != 4:
         raise ValueError(f"mode_covariance expects fields of shape (N, C, H, W), got {x.shape}")
-    import scipy.fft
-
     z = scipy.fft.dctn(x, type=2, norm="ortho", axes=(-2, -1))
     h, w = x.shape[-2:]
     return np.einsum("nihw,njhw->hwij", z, z) / (x.shape[0] * h * w)
