@@ -226,5 +226,7 @@ def test_fit_spectral_density_errors():
         models.fit_spectral_density(plain, data)
     with pytest.raises(ValueError, match=r"\(N >= 2, 1, H, W\)"):
         models.fit_spectral_density(_model(data), np.concatenate([data, data], 1))
+    with pytest.raises(ValueError, match="steps >= 1"):
+        models.fit_spectral_density(_model(data), data, steps=0)
     with pytest.raises(ValueError, match="trained_modes"):
         models.SpectralDenoiser(1, trained_modes=1, key=jr.key(0))

@@ -94,6 +94,11 @@ def fit_spectral_density(
         raise TypeError(
             f"fit_spectral_density needs a model with a SpectralDenoiser network, got {type(net).__name__}"
         )
+    if int(steps) < 1 or not learning_rate > 0 or not floor > 0:
+        raise ValueError(
+            "fit_spectral_density needs steps >= 1, learning_rate > 0 and floor > 0; got "
+            f"{steps}, {learning_rate}, {floor}"
+        )
     sets = list(data) if isinstance(data, (list, tuple)) else [data]
     if not sets:
         raise ValueError("fit_spectral_density needs at least one data set")
