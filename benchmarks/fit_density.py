@@ -68,17 +68,13 @@ def main(argv=None) -> int:
     model, divergence = models.fit_spectral_density(ckpt.model, sets, steps=args.steps)
     seconds = time.perf_counter() - t0
     print(f"fitted in {seconds:.0f} s: Whittle divergence {divergence:.2e}")
-    rows = {}
+    before, after = {}, {}
     for g in evals:
-        before, after = (excess(m, kind, pde, g, 10_000 + g) for m in (ckpt.model, model))
-        rows[str(g)] = after
-        meta["excess_loss_before_density_fit"] = {
-            **meta.get("excess_loss_before_density_fit", {}),
-            str(g): before,
-        }
-        print(
-            f"  grid {g}: excess loss {100 * before['excess']:.2f}% -> {100 * after['excess']:.2f}%"
+        before[str(g)], after[str(g)] = (
+            excess(m, kind, pde, g, 10_000 + g) for m in (ckpt.model, model)
         )
+        old, new = before[str(g)]["excess"], after[str(g)]["excess"]
+        print(f"  grid {g}: excess loss {100 * old:.2f}% -> {100 * new:.2f}%")
     meta["density_fit"] = {
         "method": "pdegen.models.fit_spectral_density (Whittle likelihood), residual kept",
         "divergence": round(divergence, 6),
@@ -87,7 +83,8 @@ def main(argv=None) -> int:
         "seconds": round(seconds, 1),
         "script": "benchmarks/fit_density.py",
     }
-    meta["excess_loss"] = rows
+    meta["excess_loss_before_density_fit"] = before
+    meta["excess_loss"] = after
     out = models.export_model(Path(args.out) / "model", model, meta, step=int(ckpt.step))
     print(f"exported to {out}")
     return 0
