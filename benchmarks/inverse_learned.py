@@ -161,8 +161,9 @@ def aggregate(records, *, grid, samples, steps):
 
 
 def format_rows(rows) -> str:
+    width = max([16, *(len(r["prior"]) + 2 for r in rows)])
     head = (
-        f"{'task':<18}{'prior':<16}{'method':<13}{'ratio':>14}{'coverage90':>14}"
+        f"{'task':<18}{'prior':<{width}}{'method':<13}{'ratio':>14}{'coverage90':>14}"
         f"{'misfit':>9}{'s/sample':>10}{'setup s':>9}"
     )
     lines = [head, "-" * len(head)]
@@ -170,7 +171,7 @@ def format_rows(rows) -> str:
         ratio = f"{r['ratio_to_bayes']:.3f}+-{r['ratio_std']:.3f}"
         cov = f"{r['coverage90']:.2f}+-{r['coverage90_std']:.2f}"
         lines.append(
-            f"{r['task']:<18}{r['prior']:<16}{r['method']:<13}{ratio:>14}{cov:>14}"
+            f"{r['task']:<18}{r['prior']:<{width}}{r['method']:<13}{ratio:>14}{cov:>14}"
             f"{r['data_misfit']:>9.3f}{r['seconds_per_sample']:>10.3f}"
             f"{r.get('setup_seconds') or float('nan'):>9.1f}"
         )
