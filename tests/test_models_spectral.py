@@ -109,6 +109,35 @@ def test_residual_layers_run_on_any_grid_and_start_at_zero():
     assert models.network_from_config(cfg).config() == cfg
 
 
+def test_mode_transforms_and_small_solves_match_their_references():
+    """The blocks' truncated transforms are the orthonormal DCT-II (cosine) and DST-I on the
+    interior nodes (sine, zero on the boundary) of scipy; the head's closed-form 2 x 2 and 1 x 1
+    solves equal ``numpy.linalg.solve``."""
+    from pdegen.models._spectral import _cosine_matrix, _sine_matrix, _solve_small
+
+    rng = np.random.default_rng(0)
+    for n in (3, 8, 17):
+        eye = np.eye(n)
+        np.testing.assert_allclose(
+            _cosine_matrix(n, jnp.float64), sf.dct(eye, type=2, norm="ortho", axis=0), atol=1e-12
+        )
+        sine = np.asarray(_sine_matrix(n, jnp.float64))
+        np.testing.assert_allclose(sine[:, [0, -1]], 0.0)
+        np.testing.assert_allclose(
+            sine[:, 1:-1], sf.dst(np.eye(n - 2), type=1, norm="ortho", axis=0), atol=1e-12
+        )
+    for c in (1, 2, 3):
+        L = rng.standard_normal((5, 4, c, c))
+        A = L @ np.swapaxes(L, -1, -2) + 0.1 * np.eye(c)
+        b = rng.standard_normal((5, 4, c, 1))
+        np.testing.assert_allclose(
+            _solve_small(jnp.asarray(A), jnp.asarray(b)),
+            np.linalg.solve(A, b),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+
+
 def test_uncoupled_head_denoises_each_channel_by_its_own_spectrum():
     """``coupled=False``: the head's density is diagonal per mode, so with no residual layers the
     first channel's estimate does not depend on the second channel; the default couples them."""
