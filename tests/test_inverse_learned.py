@@ -63,6 +63,17 @@ def test_pigdm_data_variance_closed_form_and_from_prior_samples():
     for est in estimates:
         assert est == pytest.approx(closed, rel=0.25), (estimates, closed)
     assert np.std(estimates) > 0  # an estimate, not a constant
+    # the posterior reports the value it used: the closed form, the given one, none for DPS
+    for method, expected in [
+        (inverse.PiGDM(), closed),
+        (inverse.PiGDM(data_variance=0.3), 0.3),
+        (inverse.DPS(), None),
+    ]:
+        post = inverse.sample_posterior(
+            prior, lik, method=method, key=jr.key(0), num_samples=1, num_steps=4
+        )
+        used = post.info["data_variance"]
+        assert used is None if expected is None else used == pytest.approx(expected, rel=1e-10)
 
 
 def test_dps_default_step_fits_noisy_data():

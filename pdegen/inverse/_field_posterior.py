@@ -53,7 +53,8 @@ class FieldPosterior(NamedTuple):
         method: the method's label.
         seconds_per_sample: wall time per sample, compilation excluded where it can be measured.
         compile_seconds: the first batch's extra time (``nan`` with a single batch).
-        info: extra results (the MAP objective, the exact posterior's log evidence, ...).
+        info: extra results (the MAP objective, the exact posterior's log evidence, PiGDM's
+            ``data_variance`` as used, ...).
     """
 
     samples: jax.Array
@@ -478,8 +479,20 @@ def _guided_posterior(
         method.label,
         float(per_sample),
         float(compile_s),
-        {"data_variance": data_variance, "prior": prior.name, "setup_seconds": setup_s},
+        {
+            "data_variance": _used_data_variance(method, data_variance),
+            "prior": prior.name,
+            "setup_seconds": setup_s,
+        },
     )
+
+
+def _used_data_variance(method: Method, estimated: float) -> float | None:
+    """PiGDM's prior variance along the observed rows as used (given, or estimated from the prior);
+    ``None`` for the methods that do not use one."""
+    if not isinstance(method, PiGDM):
+        return None
+    return float(method.data_variance if method.data_variance is not None else estimated)
 
 
 def smc_posterior(
