@@ -111,8 +111,7 @@ def spectral_a_prior():
 
 
 def test_resolution_free_prior_on_another_grid_and_unfit_priors(spectral_a_prior):
-    model = spectral_a_prior
-    prior = inverse.prior_from_model(model, name="spectral-16")
+    prior = inverse.prior_from_model(spectral_a_prior, name="spectral-16")
     task = inverse.make_task("poisson-inverse", grid=24, sensor_fraction=0.05)
     post = inverse.sample_task_posterior(
         prior, task, method="pigdm", key=jr.key(0), num_samples=2, num_steps=30
@@ -133,9 +132,8 @@ def test_resolution_free_prior_on_another_grid_and_unfit_priors(spectral_a_prior
 
 
 def test_learned_prior_on_a_mesh_at_another_grid(spectral_a_prior):
-    model = spectral_a_prior
     mesh = fem.l_shaped(2)
-    prior = inverse.learned_prior(model, mesh, grid=24)
+    prior = inverse.learned_prior(spectral_a_prior, mesh, grid=24)
     assert prior.shape == (1, 24, 24) and prior.size == mesh.npoints
     unet = models.load_pretrained("poisson-joint-32")
     with pytest.raises(ValueError, match="not resolution-free"):
