@@ -89,27 +89,12 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
 
 
-_MAX_MAPPINGS = 40_000  # a worker's compiled code is dropped past this many memory mappings
-
-
-def _memory_mappings() -> int:
-    """This process's memory mappings (0 where ``/proc`` cannot tell: no such limit to watch)."""
-    try:
-        with open("/proc/self/maps", "rb") as maps:
-            return sum(1 for _ in maps)
-    except OSError:
-        return 0
-
-
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _release_compiled_code():
-    """Drop the compiled executables once a worker holds many.
+    """Drop each test module's compiled executables when it ends.
 
     XLA's CPU backend maps memory for every compiled program; a long-lived xdist worker that
     compiles the whole suite's programs can exhaust the kernel's limit on memory mappings
-    (``vm.max_map_count``, 65530 by default) and crash. Dropping them after every module instead
-    recompiled the programs that modules share: five inverse-problem modules spent 216 s compiling
-    that way and 171 s with the caches kept (one core)."""
+    (``vm.max_map_count``, 65530 by default) and crash."""
     yield
-    if _memory_mappings() > _MAX_MAPPINGS:
-        jax.clear_caches()
+    jax.clear_caches()
