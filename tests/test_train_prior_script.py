@@ -17,7 +17,7 @@ def test_train_prior_writes_only_under_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     args = ["--steps", "2", "--n-train", "8", "--batch-size", "4", "--grid", "8"]
-    args += ["--base-channels", "4", "--channel-mults", "1,2", "--name", "tiny", "--quiet"]
+    args += ["--base-channels", "4", "--channel-mults", "1", "--name", "tiny", "--quiet"]
     assert script.main([*args, "--out", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert {p.name for p in out.iterdir()} == {"model", "checkpoints", "loss.png"}
