@@ -49,10 +49,11 @@ def pytest_configure(config):
 # tutorials 06 and 08 in fast mode):
 # - LLVM optimisation level 1 instead of 2: the tutorials took 15-18% less time (08: 100 -> 85 s);
 #   level 0 compiles faster still but runs the U-Net 3x slower.
-# - The legacy elemental emitters instead of the MLIR fusion emitters: 73 -> 50 s on the 8 tests,
-#   08: 84 -> 60 s, 06: 73 -> 52 s; the U-Net-bound shipped-prior tests run 10% slower (78 -> 86 s).
-# - One LLVM module per program instead of 32 compiled in parallel (each worker has one core):
-#   a further 7% (50 -> 47 s).
+# - The legacy elemental emitters instead of the MLIR fusion emitters, and one LLVM module per
+#   program instead of 32 compiled in parallel (each worker has one core). Idle core, against
+#   level 1 alone: 8 inverse / spectral tests 86 -> 53 s, tutorial 08 97 -> 63 s, the FEM
+#   reliability and field-data modules 87 -> 69 s; the shipped-prior spectrum tests, which run
+#   rather than compile, 84 -> 97 s. The one-module flag alone: 86 -> 80 s on the 8 tests.
 # None of them changes floating-point semantics (no fast-math). XLA aborts the process on a flag it
 # does not know, so the set is probed once in a child process (jaxlib versions differ) and handed
 # through the environment to the xdist workers and notebook kernels, which inherit it.
