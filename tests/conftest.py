@@ -74,7 +74,12 @@ def _xla_accepts(flags: str) -> bool:
 
     env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), flags])}
     probe = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
-    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return run.returncode == 0
 
 
