@@ -67,12 +67,17 @@ _FASTER_COMPILE = " ".join(
 )
 
 
+def _with_xla_flags(flags: str) -> str:
+    """``XLA_FLAGS`` of this process with ``flags`` appended."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), flags]).strip()
+
+
 def _xla_accepts(flags: str) -> bool:
     """Whether this jaxlib starts its CPU backend with ``flags`` (an unknown flag aborts it)."""
     import subprocess
     import sys
 
-    env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), flags])}
+    env = {**os.environ, "XLA_FLAGS": _with_xla_flags(flags)}
     probe = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
     try:
         run = subprocess.run(
@@ -87,9 +92,7 @@ if "PDEGEN_TEST_XLA_FLAGS" not in os.environ:
     _chosen = _FASTER_COMPILE if _xla_accepts(_FASTER_COMPILE) else _FAST_COMPILE
     os.environ["PDEGEN_TEST_XLA_FLAGS"] = _chosen
 if os.environ["PDEGEN_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = " ".join(
-        [os.environ.get("XLA_FLAGS", ""), os.environ["PDEGEN_TEST_XLA_FLAGS"]]
-    ).strip()
+    os.environ["XLA_FLAGS"] = _with_xla_flags(os.environ["PDEGEN_TEST_XLA_FLAGS"])
 
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
