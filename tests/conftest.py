@@ -120,6 +120,14 @@ def key():
     return jr.key(1234)
 
 
+@pytest.fixture
+def two_cpu_devices_env():
+    """Environment for a child process with two host CPU devices; it keeps this suite's compile
+    flags (a child given only the device flag compiled the sharded-generation test in 20 s)."""
+    flags = _with_xla_flags("--xla_force_host_platform_device_count=2")
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+
+
 # The longest tests (the tutorials in fast mode, the accelerator script's CPU smoke run) are
 # collected first: under pytest-xdist the two workers then share them at the start instead of one
 # worker running the last of them while the other idles.

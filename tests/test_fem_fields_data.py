@@ -140,7 +140,7 @@ def test_bad_dataset_arguments():
         fem.generate_dataset("poisson", 2, key=jax.random.key(0), grid=2)
 
 
-def test_sharded_generation_equals_single_device():
+def test_sharded_generation_equals_single_device(two_cpu_devices_env):
     code = textwrap.dedent("""
         import jax, numpy as np
         jax.config.update("jax_enable_x64", True)
@@ -157,10 +157,11 @@ def test_sharded_generation_equals_single_device():
             assert err < 1e-8, (task, err)
         print("OK")
     """)
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
-    )
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        env=two_cpu_devices_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

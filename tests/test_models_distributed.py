@@ -1,6 +1,5 @@
 """Data parallelism: a training step sharded over two (forced) CPU devices equals one device."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -48,13 +47,14 @@ SCRIPT = textwrap.dedent(
         pytest.param("full", marks=pytest.mark.slow),
     ],
 )
-def test_sharded_training_matches_single_device(mode):
+def test_sharded_training_matches_single_device(mode, two_cpu_devices_env):
     # quick: sharded training == one device, sharded sampling runs (padding 5 -> 6, trimmed);
     # full: also sharded samples == one-device samples.
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
-    )
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SCRIPT, mode],
+        env=two_cpu_devices_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
