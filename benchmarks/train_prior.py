@@ -179,6 +179,7 @@ def build_network(args, channels: int, key):
             modes=args.modes,
             sine=args.sine,
             coupled=not args.uncoupled,
+            trained_grids=args.grids,
             key=key,
         )
     mults = _ints(args.channel_mults)

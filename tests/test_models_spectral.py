@@ -101,12 +101,43 @@ def test_residual_layers_run_on_any_grid_and_start_at_zero():
     data = _grf(16, 8, 0)
     model = _model(data, depth=2, width=8, modes=6)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 24, 20)), jnp.float32)
-    out = model.at_shape((1, 24, 20)).denoiser(x, jnp.asarray(1.0))
+    denoise = eqx.filter_jit(lambda m: m.at_shape((1, 24, 20)).denoiser(x, jnp.asarray(1.0)))
+    out = denoise(model)
     assert out.shape == (1, 24, 20) and bool(jnp.all(jnp.isfinite(out)))
-    head_only = _model(data, depth=0)
-    np.testing.assert_allclose(out, head_only.at_shape((1, 24, 20)).denoiser(x, 1.0), atol=1e-6)
+    np.testing.assert_allclose(out, denoise(_model(data, depth=0)), atol=1e-6)
     cfg = model.network.config()
     assert models.network_from_config(cfg).config() == cfg
+
+
+def test_trained_grids_hold_the_residual_labels_beyond_the_finest_grid():
+    """With ``trained_grids``, a finer grid's residual is conditioned on the label pair of the
+    finest trained grid (same per-pixel noise); the trained and coarser grids are unchanged."""
+    free = models.SpectralDenoiser(1, width=4, depth=1, modes=3, density_width=8, key=jr.key(1))
+    free = eqx.tree_at(  # a residual that does something (it starts at zero)
+        lambda n: n.project.weight,
+        free,
+        jr.normal(jr.key(2), free.project.weight.shape, free.project.weight.dtype),
+    )
+    config = {k: v for k, v in free.config().items() if k != "kind"}
+    shell = models.SpectralDenoiser(**{**config, "trained_grids": [8, 4]}, key=jr.key(0))
+    held = jax.tree.unflatten(jax.tree.structure(shell), jax.tree.leaves(free))
+    assert held.trained_grids == (4, 8)
+    assert models.network_from_config(held.config()).trained_grids == (4, 8)
+    label = jnp.asarray(0.3, jnp.float32)
+    for shape in ((3, 3), (4, 4), (6, 5), (8, 8)):
+        np.testing.assert_array_equal(
+            held._noise_embedding(label, shape), free._noise_embedding(label, shape)
+        )
+    np.testing.assert_array_equal(
+        held._noise_embedding(label, (16, 12)), free._noise_embedding(label, (8, 8))
+    )
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 16, 16)), jnp.float32)
+    run = eqx.filter_jit(lambda net, x: net(x, label))
+    assert not np.allclose(run(held, x), run(free, x), atol=1e-4)
+    np.testing.assert_array_equal(run(held, x[:, :6, :6]), run(free, x[:, :6, :6]))
+    for bad in ([], [0, 8]):
+        with pytest.raises(ValueError, match="trained_grids"):
+            models.SpectralDenoiser(1, trained_grids=bad, key=jr.key(0))
 
 
 def test_mode_transforms_and_small_solves_match_their_references():

@@ -10,6 +10,7 @@ boundary layer, non-Gaussian structure) is left to the residual layers.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -134,7 +135,14 @@ class SpectralDenoiser(eqx.Module):
       over the lowest ``modes`` cosine modes and, with ``sine=True``, the lowest sine modes of the
       interior nodes, which vanish on the boundary as Dirichlet solutions do; pointwise linear
       maps, SiLU) fed the input, the pixel coordinates, the noise level per pixel and per unit
-      area; zero-initialised output.
+      area; zero-initialised output. With ``trained_grids`` (the side lengths of the grids it was
+      trained on), a grid with more pixels than the finest of them gets the per-area noise label
+      of the finest at the same per-pixel noise, a pair of labels the residual was trained on
+      (inductive bias, stated: beyond the finest trained grid the residual's correction depends
+      on the per-pixel noise only). Measured with the joint priors trained at 32 and 64, at
+      128 x 128: the lowest band of the sources' power 0.83 -> 1.09 of the truth, ``u`` 14% ->
+      10% from ``solve(a)``; on a coarser grid (16) the same rule made both worse, so coarser
+      grids keep their own labels.
 
     The network returns the output ``F`` of :class:`DiffusionModel`'s ``"denoiser"``
     parameterisation ``D = c_skip x + c_out F(c_in x)`` with EDM coefficients for
@@ -159,6 +167,7 @@ class SpectralDenoiser(eqx.Module):
     sigma_data: float = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
     trained_modes: int | None = eqx.field(static=True)
+    trained_grids: tuple[int, ...] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -172,6 +181,7 @@ class SpectralDenoiser(eqx.Module):
         sigma_data: float = 1.0,
         dtype: Any = "float32",
         trained_modes: int | None = None,
+        trained_grids: Sequence[int] | None = None,
         *,
         key: Array,
     ):
@@ -185,6 +195,13 @@ class SpectralDenoiser(eqx.Module):
         if trained_modes is not None and int(trained_modes) < 2:
             raise ValueError(
                 f"SpectralDenoiser(trained_modes=...) must be None or >= 2, got {trained_modes}"
+            )
+        if trained_grids is not None and (
+            len(trained_grids) == 0 or min(int(g) for g in trained_grids) < 1
+        ):
+            raise ValueError(
+                "SpectralDenoiser(trained_grids=...) must be None or grid sizes >= 1, "
+                f"got {trained_grids}"
             )
         dt = jnp.dtype(dtype)
         c = in_channels
@@ -210,6 +227,9 @@ class SpectralDenoiser(eqx.Module):
         self.density_width, self.sigma_data, self.dtype = density_width, float(sigma_data), dt.name
         self.sine, self.coupled = bool(sine), bool(coupled)
         self.trained_modes = None if trained_modes is None else int(trained_modes)
+        self.trained_grids = (
+            None if trained_grids is None else tuple(sorted({int(g) for g in trained_grids}))
+        )
         for name in ("density", "embed_mlp", "lift", "blocks", "project"):
             setattr(self, name, _cast_params(getattr(self, name), dt))
 
@@ -226,6 +246,7 @@ class SpectralDenoiser(eqx.Module):
             "sigma_data": self.sigma_data,
             "dtype": self.dtype,
             "trained_modes": self.trained_modes,
+            "trained_grids": None if self.trained_grids is None else list(self.trained_grids),
         }
 
     def _factor(self, ky: Array, kx: Array) -> Array:
@@ -283,6 +304,16 @@ class SpectralDenoiser(eqx.Module):
         gx = xh - sigma**2 * _solve_small(A, xh)
         return _idct2(jnp.moveaxis(gx[..., 0], -1, 0))
 
+    def _noise_embedding(self, label: Array, shape: tuple[int, int]) -> Array:
+        """The residual's noise embedding on an ``(H, W)`` grid: the per-pixel label
+        ``log(sigma) / 4`` and the per-area one ``log(sigma / sqrt(H W)) / 4``, the latter taken
+        on the finest of ``trained_grids`` when the grid is finer."""
+        pixels = shape[0] * shape[1]
+        if self.trained_grids is not None:
+            pixels = min(pixels, self.trained_grids[-1] ** 2)
+        per_area = label - math.log(pixels) / 8.0
+        return self.embed_mlp(jnp.concatenate([self.embedding(label), self.embedding(per_area)]))
+
     def __call__(self, x: Array, noise_label: Array) -> Array:
         dt = jnp.dtype(self.dtype)
         if x.ndim != 3 or x.shape[0] != self.in_channels:
@@ -301,8 +332,7 @@ class SpectralDenoiser(eqx.Module):
         head = (self._wiener(x_data, sigma) - c_skip * x_data) / c_out
         if self.depth == 0:
             return head
-        per_area = label - math.log(h * w) / 8.0  # log(sigma / sqrt(H W)) / 4
-        emb = self.embed_mlp(jnp.concatenate([self.embedding(label), self.embedding(per_area)]))
+        emb = self._noise_embedding(label, (h, w))
         yy, xx = jnp.meshgrid(
             (jnp.arange(h, dtype=dt) + 0.5) / h, (jnp.arange(w, dtype=dt) + 0.5) / w, indexing="ij"
         )
