@@ -127,6 +127,29 @@ def test_sample_batches_and_denoise_final(key):
     assert bool(jnp.all(jnp.isfinite(x)))
 
 
+def test_default_batches_on_cpus_fit_the_caches_and_do_not_change_the_samples(key):
+    """On CPUs the default splits the samples into batches of about 65,536 numbers; sample ``i``
+    is the same as from one batch."""
+    from pdegen.models._samplers import _default_batch_size
+
+    mesh = models.make_mesh()
+    if any(d.platform != "cpu" for d in mesh.devices.flat):
+        pytest.skip("the CPU default only")
+    assert _default_batch_size(mesh, (2, 32, 32)) == 32
+    assert _default_batch_size(mesh, (2, 256, 256)) == 1
+    assert _default_batch_size(mesh, (2,)) == 32_768
+    sde = models.VPSDE()
+
+    def score(x, t):  # standard normal data
+        return -x / (sde.alpha(t) ** 2 + sde.sigma(t) ** 2)
+
+    shape = (1, 128, 128)  # 4 per default batch
+    x = models.sample(score, sde, shape, 6, key=key, method="ddim", num_steps=3)
+    one = models.sample(score, sde, shape, 6, key=key, method="ddim", num_steps=3, batch_size=6)
+    assert x.shape == (6, *shape)
+    np.testing.assert_array_equal(x, one)
+
+
 def test_sampler_bad_arguments(key):
     sde = models.VPSDE()
     with pytest.raises(ValueError, match="method"):

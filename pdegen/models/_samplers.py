@@ -10,6 +10,7 @@ integrate from ``sde.t_max`` to ``sde.t_min`` (on ``sde.time_grid``) and target 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -341,6 +342,19 @@ def default_sampler(sde) -> str:
     return "flow_ode" if isinstance(sde, AbstractInterpolant) else "euler_maruyama"
 
 
+# On CPUs a batch of about this many numbers (32 fields of 2 x 32 x 32) keeps a network's
+# activations in the caches: sampling a joint prior with 256 fields of 2 x 32 x 32 ran 1.9x faster
+# in batches of 32 than in one batch (one core), 2 x 64 x 64 fields 1.4x faster in batches of 4.
+_CPU_BATCH_NUMBERS = 2**16
+
+
+def _default_batch_size(mesh, shape: tuple[int, ...]) -> int | None:
+    """One batch on accelerators; on CPUs, batches of about ``_CPU_BATCH_NUMBERS`` numbers."""
+    if any(d.platform != "cpu" for d in mesh.devices.flat):
+        return None
+    return max(1, _CPU_BATCH_NUMBERS // max(1, math.prod(shape)))
+
+
 @eqx.filter_jit
 def _batched(score_fn, sde, shape, keys, sampler, options):
     return jax.vmap(lambda k: sampler(score_fn, sde, shape, key=k, **options))(keys)
@@ -363,8 +377,10 @@ def sample(
 
     ``method`` names a sampler in ``SAMPLERS`` or is a sampler function; ``options`` go to it.
     The batch is sharded over the devices of ``mesh`` (default: all devices). ``batch_size``
-    splits the work into batches of that size (rounded up to a multiple of the device count;
-    default: one batch), compiled once; sample ``i`` is the same whatever the batching.
+    splits the work into batches of that size (rounded up to a multiple of the device count),
+    compiled once; sample ``i`` is the same whatever the batching. Default: one batch on
+    accelerators; on CPUs, batches of about 65,536 numbers (32 fields of 2 x 32 x 32), which
+    keep the activations in the caches (1.4-2x faster than one batch of 64-256 fields).
     ``progress=True`` shows a progress bar (tqdm) over the batches.
     """
     method = sampler_function(method, "sample(method=...)")
@@ -376,11 +392,13 @@ def sample(
         )
     mesh = make_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
+    shape = tuple(int(s) for s in shape)
+    if batch_size is None:
+        batch_size = _default_batch_size(mesh, shape)
     size = num_samples if batch_size is None else min(batch_size, num_samples)
     size = -(-size // n_dev) * n_dev
     keys = jr.split(key, num_samples)  # key i does not depend on num_samples' padding or batching
     score_fn = replicate(score_fn, mesh)  # arrays held by the score (e.g. network weights)
-    shape = tuple(int(s) for s in shape)
     bar = None
     if progress:
         from tqdm.auto import tqdm
