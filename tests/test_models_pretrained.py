@@ -104,8 +104,8 @@ def test_shipped_prior_samples_have_the_grf_spectrum(name, grid):
     ckpt = models.load_pretrained(name)
     model = ckpt.model.at_shape((ckpt.model.data_shape[0], grid, grid))
     options = dict(ckpt.metadata["recommended_sampler"])
-    # batches of 32 (the samples do not depend on the batching): 1.8x faster than one batch of
-    # 256 at 32 x 32 on one CPU core, and a 256-sample batch at 128 x 128 would hold ~12 GB
+    # batches of 32 on every device (the samples do not depend on the batching): one batch of
+    # 256 at 128 x 128 would hold ~12 GB
     method = options.pop("method")
     samples = np.asarray(
         models.sample_model(model, 256, key=jr.key(3), method=method, batch_size=32, **options),
