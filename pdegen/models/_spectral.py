@@ -249,6 +249,16 @@ class SpectralDenoiser(eqx.Module):
             "trained_grids": None if self.trained_grids is None else list(self.trained_grids),
         }
 
+    def with_config(self, **changes) -> SpectralDenoiser:
+        """The same weights with static fields of :meth:`config` changed (e.g. ``trained_modes``,
+        ``trained_grids``): the network is rebuilt and its leaves carried over."""
+        config = {k: v for k, v in self.config().items() if k != "kind"}
+        unknown = set(changes) - set(config)
+        if unknown:
+            raise ValueError(f"SpectralDenoiser.with_config: unknown fields {sorted(unknown)}")
+        shell = SpectralDenoiser(**{**config, **changes}, key=jr.key(0))
+        return jax.tree.unflatten(jax.tree.structure(shell), jax.tree.leaves(self))
+
     def _factor(self, ky: Array, kx: Array) -> Array:
         """``L`` at (possibly fractional) cosine modes ``(ky, kx)``: ``(..., C, C)``.
 

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 import optax
 import scipy.fft
@@ -35,14 +34,6 @@ def mode_covariance(fields: Array | np.ndarray) -> np.ndarray:
     z = scipy.fft.dctn(x, type=2, norm="ortho", axes=(-2, -1))
     h, w = x.shape[-2:]
     return np.einsum("nihw,njhw->hwij", z, z) / (x.shape[0] * h * w)
-
-
-def _with_trained_modes(net: SpectralDenoiser, trained_modes: int | None) -> SpectralDenoiser:
-    """The same weights with ``trained_modes`` set (a static field: rebuilt, leaves carried over)."""
-    config = {k: v for k, v in net.config().items() if k != "kind"}
-    config["trained_modes"] = trained_modes
-    shell = SpectralDenoiser(**config, key=jr.key(0))
-    return jax.tree.unflatten(jax.tree.structure(shell), jax.tree.leaves(net))
 
 
 def whittle_divergence(net: SpectralDenoiser, covariances: Sequence[Array], floor: float) -> Array:
@@ -115,7 +106,7 @@ def fit_spectral_density(
         top = max(top, *fields.shape[-2:])
     if not np.all([np.isfinite(np.asarray(M)).all() for M in covs]):
         raise ValueError("fit_spectral_density: the data have non-finite values")
-    free = _with_trained_modes(net, None)
+    free = net.with_config(trained_modes=None)
     params, static = eqx.partition(free.density, eqx.is_inexact_array)
 
     def loss(p):
@@ -145,5 +136,5 @@ def fit_spectral_density(
     if not np.isfinite(value):
         raise FloatingPointError("fit_spectral_density: the Whittle divergence is not finite")
     fitted = eqx.tree_at(lambda n: n.density, free, eqx.combine(params, static))
-    fitted = _with_trained_modes(fitted, top - 1)
+    fitted = fitted.with_config(trained_modes=top - 1)
     return eqx.tree_at(lambda m: m.network, model, fitted), value
