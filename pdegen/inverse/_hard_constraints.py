@@ -43,6 +43,7 @@ import jax.random as jr
 import numpy as np
 
 from pdegen import fem
+from pdegen._dct import idct2
 from pdegen.models import VESDE, AbstractDomain, Box, Simplex, sample_constrained_domain
 
 from ._priors import GaussianScore
@@ -148,9 +149,7 @@ class HardConstrainedPrior(eqx.Module):
 
         def chain(x, k):
             def body(x, kk):
-                xi = jax.scipy.fft.idctn(
-                    std * jr.normal(kk, std.shape, x.dtype), type=2, norm="ortho"
-                )
+                xi = idct2(std * jr.normal(kk, std.shape, x.dtype))
                 prop = self.domain.restore(c + rho * (x - c) + beta * xi[None])
                 ok = self.domain.contains(prop)
                 return jnp.where(ok, prop, x), ok
@@ -165,7 +164,7 @@ class HardConstrainedPrior(eqx.Module):
         """Exact draws ``(num_samples, 1, g, g)`` of the unconstrained state."""
         std = jnp.sqrt(self.mode_var)
         z = jr.normal(key, (int(num_samples),) + tuple(std.shape), std.dtype)
-        x = jax.vmap(lambda w: jax.scipy.fft.idctn(std * w, type=2, norm="ortho"))(z)
+        x = idct2(std[None] * z)
         return x[:, None] + self.centre
 
     def rejection_sample(

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdegen import fem
+from pdegen._dct import dct2, idct2
 from pdegen.models import VPSDE, AbstractSDE, DiffusionModel
 
 
@@ -50,9 +51,9 @@ class GaussianScore(eqx.Module):
         a = self.sde.alpha(t).astype(x.dtype)
         s = self.sde.sigma(t).astype(x.dtype)
         if self.kind == "dct":
-            c = jax.scipy.fft.dctn(x[0], type=2, norm="ortho")
+            c = dct2(x[0])
             var = a**2 * self.mode_std.astype(x.dtype) ** 2 + s**2
-            return jax.scipy.fft.idctn(-c / var, type=2, norm="ortho")[None]
+            return idct2(-c / var)[None]
         v = x.reshape(-1)
         U = self.basis.astype(x.dtype)
         p = U.T @ v
@@ -67,9 +68,7 @@ class GaussianScore(eqx.Module):
     def sqrt(self, z):
         """A square root of the covariance: ``x = sqrt(z)`` has the prior's law for white ``z``."""
         if self.kind == "dct":
-            return jax.scipy.fft.idctn(self.mode_std.astype(z.dtype) * z, type=2, norm="ortho")[
-                None
-            ]
+            return idct2(self.mode_std.astype(z.dtype) * z)[None]
         w = jnp.sqrt(jnp.maximum(self.values.astype(z.dtype), 0.0))
         return (self.basis.astype(z.dtype) @ (w * z)).reshape(self.shape)
 

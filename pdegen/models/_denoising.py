@@ -15,6 +15,7 @@ import jax.random as jr
 import numpy as np
 from jax import Array
 
+from .._dct import dct2, idct2
 from ._model import DiffusionModel
 
 
@@ -64,8 +65,8 @@ class GaussianDenoiser(eqx.Module):
         v = x - self.mean.astype(dt)
         if self.mode_std is not None:
             var = self.mode_std.astype(dt) ** 2
-            c = jax.scipy.fft.dctn(v, type=2, norm="ortho", axes=(-2, -1))
-            out = jax.scipy.fft.idctn(c * var / (var + s2), type=2, norm="ortho", axes=(-2, -1))
+            c = dct2(v)
+            out = idct2(c * var / (var + s2))
         else:
             U = self.basis.astype(dt)
             lam = self.values.astype(dt)

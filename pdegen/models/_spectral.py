@@ -19,20 +19,13 @@ import jax.numpy as jnp
 import jax.random as jr
 from jax import Array
 
+from .._dct import dct2, idct2
 from ._networks import SinusoidalEmbedding, _cast_params
-
-
-def _dct2(x: Array) -> Array:
-    return jax.scipy.fft.dctn(x, type=2, norm="ortho", axes=(-2, -1))
-
-
-def _idct2(x: Array) -> Array:
-    return jax.scipy.fft.idctn(x, type=2, norm="ortho", axes=(-2, -1))
 
 
 def _cosine_matrix(n: int, dtype) -> Array:
     """Orthonormal DCT-II on ``n`` nodes: row ``k`` samples ``cos(pi k x)`` at the cell centres
-    ``x = (i + 1/2) / n``, the Neumann modes of the unit interval (``_dct2`` along one axis)."""
+    ``x = (i + 1/2) / n``, the Neumann modes of the unit interval (``dct2`` along one axis)."""
     k = jnp.arange(n, dtype=dtype)
     c = math.sqrt(2.0 / n) * jnp.cos(jnp.pi * k[:, None] * (k[None, :] + 0.5) / n)
     return c.at[0].multiply(1.0 / math.sqrt(2.0))
@@ -310,9 +303,9 @@ class SpectralDenoiser(eqx.Module):
         c, h, w = x.shape
         S = self.spectral_density((h, w)) * (h * w)
         A = S + (sigma**2) * jnp.eye(c, dtype=x.dtype)[None, None]
-        xh = jnp.moveaxis(_dct2(x), 0, -1)[..., None]  # (H, W, C, 1)
+        xh = jnp.moveaxis(dct2(x), 0, -1)[..., None]  # (H, W, C, 1)
         gx = xh - sigma**2 * _solve_small(A, xh)
-        return _idct2(jnp.moveaxis(gx[..., 0], -1, 0))
+        return idct2(jnp.moveaxis(gx[..., 0], -1, 0))
 
     def _noise_embedding(self, label: Array, shape: tuple[int, int]) -> Array:
         """The residual's noise embedding on an ``(H, W)`` grid: the per-pixel label
