@@ -6,6 +6,8 @@ assembled values are ``jit``-, ``vmap``- and ``grad``-able.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,9 +29,7 @@ def assemble_local(space: FunctionSpace, local: jax.Array) -> SparseMatrix:
             f"assemble_local: local matrices must have shape ({space.mesh.ncells}, {nb}, {nb}), "
             f"got {local.shape}"
         )
-    data = jax.ops.segment_sum(
-        local.reshape(-1), jnp.asarray(space._coo_to_slot), num_segments=space.pattern.nnz
-    )
+    data = _scatter_sum(local.reshape(-1), space._coo_to_slot, space.pattern.nnz)
     return SparseMatrix(data, space.pattern)
 
 
@@ -67,9 +67,7 @@ def lumped_mass(space: FunctionSpace, coefficient=1.0) -> jax.Array:
     local = jnp.einsum(
         "eq,eiq->ei", c.astype(dtype) * space.dx.astype(dtype), space.phi.astype(dtype)
     )
-    return jax.ops.segment_sum(
-        local.reshape(-1), jnp.asarray(space.element_dofs.reshape(-1)), num_segments=space.ndofs
-    )
+    return _scatter_sum(local.reshape(-1), space.element_dofs.reshape(-1), space.ndofs)
 
 
 def load(space: FunctionSpace, f=1.0) -> jax.Array:
@@ -85,8 +83,21 @@ def load(space: FunctionSpace, f=1.0) -> jax.Array:
 
 def _gather_sum(space: FunctionSpace, local: jax.Array) -> jax.Array:
     """Assemble local vectors ``(ncells, nb)`` into ``(ndofs,)`` by a padded gather and a sum."""
+    return _padded_gather_sum(local, space._dof_gather)
+
+
+# The scatter and gather sums are compiled once per shape, with the mesh's index arrays as
+# arguments: assembly called outside ``jit`` (a problem's setup, a check) would otherwise run them
+# as several separately compiled primitives; inside ``jit`` they are inlined as before.
+@functools.partial(jax.jit, static_argnums=2)
+def _scatter_sum(values: jax.Array, ids, num_segments: int) -> jax.Array:
+    return jax.ops.segment_sum(values, ids, num_segments=num_segments)
+
+
+@jax.jit
+def _padded_gather_sum(local: jax.Array, gather) -> jax.Array:
     flat = jnp.concatenate([local.reshape(-1), jnp.zeros(1, local.dtype)])
-    return jnp.sum(flat[jnp.asarray(space._dof_gather)], axis=1)
+    return jnp.sum(flat[gather], axis=1)
 
 
 def _boundary_values(space, q, c, name):
@@ -123,9 +134,7 @@ def boundary_mass(space: FunctionSpace, coefficient=1.0, *, where=None) -> Spars
     dtype = result_dtype(c.dtype, dx.dtype)
     phi = jnp.asarray(q.phi).astype(dtype)
     local = jnp.einsum("eq,eiq,ejq->eij", c.astype(dtype) * dx.astype(dtype), phi, phi)
-    data = jax.ops.segment_sum(
-        local.reshape(-1), jnp.asarray(q.slots), num_segments=space.pattern.nnz
-    )
+    data = _scatter_sum(local.reshape(-1), q.slots, space.pattern.nnz)
     return SparseMatrix(data, space.pattern)
 
 
@@ -139,9 +148,7 @@ def boundary_load(space: FunctionSpace, g=1.0, *, where=None) -> jax.Array:
     local = jnp.einsum(
         "eq,eiq->ei", gq.astype(dtype) * dx.astype(dtype), jnp.asarray(q.phi).astype(dtype)
     )
-    return jax.ops.segment_sum(
-        local.reshape(-1), jnp.asarray(q.element_dofs.reshape(-1)), num_segments=space.ndofs
-    )
+    return _scatter_sum(local.reshape(-1), q.element_dofs.reshape(-1), space.ndofs)
 
 
 class DirichletBC:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import equinox as eqx
@@ -149,12 +150,7 @@ class SparseMatrix(eqx.Module):
             )
         p = self.pattern
         rows, cols = (p.cols, p.rows) if self.transposed else (p.rows, p.cols)
-        data = self.data.reshape(self.data.shape + (1,) * (x.ndim - 1))
-        data = data.astype(result_dtype(self.data.dtype, x.dtype))
-        contrib = data * x[cols].astype(data.dtype)
-        return jax.ops.segment_sum(
-            contrib, rows, num_segments=self.shape[0], indices_are_sorted=not self.transposed
-        )
+        return _matvec(self.data, rows, cols, x, self.shape[0], not self.transposed)
 
     def __matmul__(self, x):
         return self.matvec(x)
@@ -190,11 +186,27 @@ class SparseMatrix(eqx.Module):
 
     def todense(self) -> jax.Array:
         p = self.pattern
-        out = jnp.zeros(p.shape, self.data.dtype).at[p.rows, p.cols].add(self.data)
-        return out.T if self.transposed else out
+        return _todense(self.data, p.rows, p.cols, p.shape, self.transposed)
 
     def to_scipy(self) -> sp.csr_matrix:
         """The matrix as a SciPy CSR matrix (host; concrete values only)."""
         p = self.pattern
         m = sp.csr_matrix((np.asarray(self.data), p.cols, p.indptr), shape=p.shape)
         return m.T.tocsr() if self.transposed else m
+
+
+# The products are compiled once per shape (the pattern's indices are arguments, not constants):
+# called outside ``jit`` (assembly checks, setup, tests) they would otherwise run as several
+# separately compiled primitives each; inside ``jit`` they are inlined as before.
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _matvec(data, rows, cols, x, num_rows: int, sorted_rows: bool):
+    data = data.reshape(data.shape + (1,) * (x.ndim - 1))
+    data = data.astype(result_dtype(data.dtype, x.dtype))
+    contrib = data * x[cols].astype(data.dtype)
+    return jax.ops.segment_sum(contrib, rows, num_segments=num_rows, indices_are_sorted=sorted_rows)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _todense(data, rows, cols, shape: tuple, transposed: bool):
+    out = jnp.zeros(shape, data.dtype).at[rows, cols].add(data)
+    return out.T if transposed else out
