@@ -249,7 +249,10 @@ class SpectralDenoiser(eqx.Module):
         unknown = set(changes) - set(config)
         if unknown:
             raise ValueError(f"SpectralDenoiser.with_config: unknown fields {sorted(unknown)}")
-        shell = SpectralDenoiser(**{**config, **changes}, key=jr.key(0))
+        # the structure only (shape-only leaves): no weights are initialised
+        shell = eqx.filter_eval_shape(
+            lambda: SpectralDenoiser(**{**config, **changes}, key=jr.key(0))
+        )
         return jax.tree.unflatten(jax.tree.structure(shell), jax.tree.leaves(self))
 
     def _factor(self, ky: Array, kx: Array) -> Array:
