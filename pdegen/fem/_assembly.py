@@ -86,9 +86,8 @@ def _gather_sum(space: FunctionSpace, local: jax.Array) -> jax.Array:
     return _padded_gather_sum(local, space._dof_gather)
 
 
-# The scatter and gather sums are compiled once per shape, with the mesh's index arrays as
-# arguments: assembly called outside ``jit`` (a problem's setup, a check) would otherwise run them
-# as several separately compiled primitives; inside ``jit`` they are inlined as before.
+# Compiled once per shape with the mesh's index arrays as arguments, as the sparse products are
+# (see ``_sparse._matvec``).
 @functools.partial(jax.jit, static_argnums=2)
 def _scatter_sum(values: jax.Array, ids, num_segments: int) -> jax.Array:
     return jax.ops.segment_sum(values, ids, num_segments=num_segments)

@@ -280,7 +280,7 @@ class DiffusivityStatFEM(eqx.Module):
         """The mode of :meth:`collapsed_energy_fn` by L-BFGS (:func:`pdegen.mcmc.lbfgs_minimise`),
         from ``v0`` (default 0, the prior mean): the most probable diffusivity with ``u``
         integrated out, the centre of :meth:`collapsed_laplace`."""
-        energy_y = self.model.check_data(y, "collapsed_map_point")
+        y = self.model.check_data(y, "collapsed_map_point")
         v0 = jnp.zeros(self.num_modes) if v0 is None else jnp.asarray(v0, float)
         if v0.shape != (self.num_modes,):
             raise UserError(
@@ -292,7 +292,7 @@ class DiffusivityStatFEM(eqx.Module):
             )
 
         with solver_errors():
-            v, e, gn, it = _collapsed_mode(self, energy_y, v0, int(max_iterations), float(tol))
+            v, e, gn, it = _collapsed_mode(self, y, v0, int(max_iterations), float(tol))
         if not jnp.isfinite(e):
             raise ConvergenceError("collapsed_map_point: the energy became non-finite")
         return MAPResult(v, float(e), float(gn), int(it))
