@@ -156,13 +156,13 @@ def cmd_solve(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, args.problem)
     point_u = jnp.asarray(u)[: mesh.npoints]
-    fields = {"u": point_u}
     if args.problem == "darcy":
         cell = {"a": theta["kappa"]}
     else:
         cell = None
-    fem.write_mesh(stem + ".vtu", mesh, point_data=fields, cell_data=cell)
-    fem.write_mesh(stem + ".xdmf", mesh, point_data=fields, cell_data=cell)
+    # with the space, a P2 / Q2 solution is written on all its dofs (triangle6 / quad9 cells)
+    fem.write_mesh(stem + ".vtu", V, point_data={"u": u}, cell_data=cell)
+    fem.write_mesh(stem + ".xdmf", V, point_data={"u": u}, cell_data=cell)
     ncols = 2 if args.problem in ("darcy", "helmholtz") else 1
     fig, axes = plt.subplots(1, ncols, figsize=(4.4 * ncols, 3.8), squeeze=False)
     if args.problem == "helmholtz":

@@ -401,3 +401,52 @@ def test_direct_solves_in_compiled_loops_do_not_leak_memory():
         jax.block_until_ready(run(c0))
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - first) / 1024
     assert grown_mb < 150, f"peak memory grew by {grown_mb:.0f} MB over 12000 more solves"
+
+
+@pytest.mark.parametrize("element", ["P1", "P2"])
+def test_integer_and_boolean_coefficients_are_real_numbers(element):
+    # Integer values must not truncate the shape functions nor booleans round them.
+    V = fem.FunctionSpace(fem.unit_square(6), element)
+    P = fem.Poisson(V)
+    n = V.ndofs
+    u = P.solve(kappa=1.0, f=np.ones(n))
+    assert float(jnp.max(u)) > 0.05
+    assert jnp.allclose(P.solve(kappa=np.ones(n, np.int32), f=np.ones(n, np.int64)), u)
+    assert jnp.allclose(P.solve(kappa=1.0, f=V.interpolate(lambda x: 1)), u)
+    right = V.interpolate(lambda x: x[0] > 0.5)
+    assert jnp.issubdtype(right.dtype, jnp.floating)
+    assert jnp.allclose(
+        P.solve(kappa=1.0, f=right),
+        P.solve(kappa=1.0, f=V.interpolate(lambda x: jnp.where(x[0] > 0.5, 1.0, 0.0))),
+    )
+    assert float(fem.load(V, np.ones(n, int)).sum()) == pytest.approx(1.0)
+
+
+def test_lumped_mass_constructions_refuse_p2():
+    # P2 vertex shape functions integrate to zero: a lumped forcing covariance would be singular.
+    V2 = fem.FunctionSpace(fem.unit_square(4), "P2")
+    sensors = np.array([[0.3, 0.4], [0.6, 0.7]])
+    with pytest.raises(ValueError, match="lumped mass of a P2 space.*mass='consistent'"):
+        statfem.StatFEM(fem.Poisson(V2), sensors, mass="lumped")
+    model = statfem.StatFEM(fem.Poisson(V2), sensors, mass="consistent")
+    assert np.isfinite(float(model.log_prior(model.prior_mean())))
+    with pytest.raises(ValueError, match="lumped mass of a P2 space"):
+        fem.matern_field(V2, key=jax.random.key(0), length_scale=0.3)
+    V1 = fem.FunctionSpace(fem.unit_square(4), "P1")
+    assert bool(
+        jnp.all(jnp.isfinite(fem.matern_field(V1, key=jax.random.key(0), length_scale=0.3)))
+    )
+
+
+def test_coefficients_are_checked_where_they_are_used():
+    V2 = fem.FunctionSpace(fem.unit_square(4), "P2")
+    # positive at every node, negative between them: the P2 interpolant dips below zero
+    kappa = jnp.where(jnp.arange(V2.ndofs) < V2.mesh.npoints, 1.0, 0.01)
+    with pytest.raises(ValueError, match="not at every quadrature point of the P2 space"):
+        fem.Poisson(V2).solve(kappa=kappa, f=1.0)
+    sensors = np.array([[0.3, 0.4], [0.6, 0.7]])
+    V1 = fem.FunctionSpace(fem.unit_square(4), "P1")
+    with pytest.raises(ValueError, match=r"coefficients\['kappa'\] must be real and positive"):
+        statfem.StatFEM(fem.Poisson(V1), sensors, coefficients=dict(kappa=-1.0))
+    with pytest.raises(ValueError, match=r"coefficients\['kappa'\]: expected a scalar"):
+        statfem.StatFEM(fem.Poisson(V1), sensors, coefficients=dict(kappa=jnp.ones(7)))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._space import FunctionSpace, _evaluate
-from ._sparse import SparseMatrix, result_dtype
+from ._sparse import SparseMatrix, as_inexact, result_dtype
 
 
 def _check_space(space, fn):
@@ -106,9 +106,9 @@ def _boundary_values(space, q, c, name):
             vals = c(jnp.asarray(q.x), jnp.asarray(q.normals))
         except TypeError:
             vals = c(jnp.asarray(q.x))
-        vals = jnp.asarray(vals)
+        vals = as_inexact(vals)
     else:
-        vals = jnp.asarray(c)
+        vals = as_inexact(c)
     if vals.ndim == 0:
         return jnp.broadcast_to(vals, (nf, nq))
     if vals.shape == (space.ndofs,):

@@ -40,7 +40,7 @@ def _check_finite(name, x):
         raise ValueError(f"{name} contains NaN or inf")
 
 
-def _check_positive(name, x):
+def _check_positive(name, x, space=None):
     v = _concrete(x)
     if v is None:
         return
@@ -49,6 +49,16 @@ def _check_positive(name, x):
         raise ValueError(
             f"{name} must be real and positive everywhere; min is {np.min(np.real(v)):g}"
         )
+    if space is not None and space.ndofs != space.mesh.npoints and v.shape == (space.ndofs,):
+        # higher-order shape functions dip below zero: positive nodal values need not give a
+        # positive field where the integrals use it
+        q = np.asarray(space.at_quadrature(v))
+        if np.any(q <= 0):
+            raise ValueError(
+                f"{name} is positive at the nodes but not at every quadrature point of the "
+                f"{space.element} space (min {q.min():g}): its interpolant dips below zero; give "
+                "vertex values, a callable of x or values at the quadrature points"
+            )
 
 
 class _Problem:
@@ -158,12 +168,17 @@ class _Problem:
                     value = self.space.at_quadrature(value, f"{type(self).__name__}: {name}")
             out[name] = jnp.asarray(value)
             if name in self._positive_args:
-                _check_positive(f"{type(self).__name__}: {name}", value)
+                _check_positive(f"{type(self).__name__}: {name}", value, self.space)
             else:
                 _check_finite(f"{type(self).__name__}: {name}", value)
         if self.bc is not None:
             g = self.bc.values(g)
             _check_finite(f"{type(self).__name__}: g (Dirichlet values)", g)
+        elif g is not None:
+            raise TypeError(
+                f"{type(self).__name__}.solve got Dirichlet values g, but the problem has no "
+                "Dirichlet boundary (built with dirichlet=None or an impedance boundary)"
+            )
         return g, out
 
     def _solve_arrays(self, g, theta):
@@ -178,11 +193,13 @@ class _Problem:
     def solve(self, *, g=None, **theta) -> jax.Array:
         """The finite-element solution, shape ``(ndofs,)``; gradients by one adjoint solve.
 
-        Compiled once per problem and argument shapes; works inside ``jit``, ``vmap`` and ``grad``.
+        Compiled once per problem and argument shapes; works inside ``jit``, ``vmap`` and ``grad``
+        (reverse mode only: not ``jax.jvp`` / ``jacfwd`` / ``hessian``).
 
         Raises:
             LinearSolveError: (a ``ValueError``) if the solve fails (singular system, Krylov
-                non-convergence); inside your own ``jit`` see :func:`solver_errors`.
+                non-convergence); inside your own ``jit``, and for the adjoint solve of
+                ``jax.grad``, see :func:`solver_errors`.
         """
         g, theta = self._prepare(g, theta)
         if getattr(self, "_jitted_solve", None) is None:
@@ -220,7 +237,7 @@ class Poisson(_Problem):
 
     def operator(self, kappa=1.0, reaction=0.0):
         """Stiffness with diffusivity ``kappa`` plus mass with ``reaction`` (no boundary conditions)."""
-        _check_positive("Poisson: kappa", kappa)
+        _check_positive("Poisson: kappa", kappa, self.space)
         _check_finite("Poisson: reaction", reaction)
         A = stiffness(self.space, kappa)
         if not (isinstance(reaction, (int, float)) and reaction == 0):

@@ -112,6 +112,11 @@ def matern_field(
         raise ValueError(f"matern_field: sigma must be > 0, got {sigma}")
     kappa = math.sqrt(8.0) / length_scale
     c = lumped_mass(space)
+    if not isinstance(c, jax.core.Tracer) and not bool(jnp.all(c > 0)):
+        raise ValueError(
+            f"matern_field: the lumped mass of a {space.element} space has entries <= 0 (its "
+            "vertex shape functions integrate to zero or less); use a P1, Q1 or Q2 space"
+        )
     K = stiffness(space)
     diag = jnp.zeros_like(K.data).at[space.pattern.diagonal].set(c)
     A = SparseMatrix(K.data + kappa**2 * diag, space.pattern)

@@ -4,10 +4,15 @@ Failures (a singular matrix, non-finite values, a Krylov method that does not co
 :class:`LinearSolveError`, a ``ValueError`` with a one-line message. Inside ``jit`` the error is
 raised by a host callback, which JAX wraps in a long ``JaxRuntimeError``; :func:`solver_errors`
 (used by ``linear_solve`` called eagerly and by every ``Problem.solve``) turns that back into the
-one-line :class:`LinearSolveError`. Wrap your own jitted code the same way::
+one-line :class:`LinearSolveError`. Wrap your own jitted code, and gradients (the adjoint solve
+runs in JAX's backward pass, outside ``Problem.solve``), the same way::
 
     with fem.solver_errors():
         u = my_jitted_function(theta)
+        g = jax.grad(loss)(theta)
+
+Gradients are reverse mode only: the solve is a custom VJP, so ``jax.jvp``, ``jax.jacfwd`` and
+``jax.hessian`` do not pass through it.
 """
 
 from __future__ import annotations

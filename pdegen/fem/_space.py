@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import skfem
 
 from ._mesh import Mesh
-from ._sparse import SparseMatrix, SparsityPattern, result_dtype
+from ._sparse import SparseMatrix, SparsityPattern, as_inexact, result_dtype
 
 _POINT_CHUNK = 1024  # points located per call of skfem's element finder
 
@@ -27,15 +27,15 @@ DEGREE = {"P1": 1, "P2": 2, "Q1": 1, "Q2": 2}
 def _evaluate(fn, x):
     """``fn(x)`` compiled as one program (fast on new shapes); eagerly if ``fn`` needs NumPy."""
     if isinstance(x, jax.core.Tracer):
-        return jnp.asarray(fn(x))
+        return as_inexact(fn(x))
     try:
-        return jnp.asarray(jax.jit(fn)(x))
+        return as_inexact(jax.jit(fn)(x))
     except (
         jax.errors.TracerArrayConversionError,
         jax.errors.ConcretizationTypeError,
         jax.errors.TracerBoolConversionError,
     ):
-        return jnp.asarray(fn(x))
+        return as_inexact(fn(x))
 
 
 class _QuadratureData:
@@ -150,7 +150,7 @@ class FunctionSpace:
                     f"({ne}, {nq}), got {vals.shape}"
                 )
             return vals
-        c = jnp.asarray(c)
+        c = as_inexact(c)
         if c.ndim == 0:
             return jnp.broadcast_to(c, (ne, nq))
         if c.shape == (self.ndofs,):
@@ -209,13 +209,14 @@ class FunctionSpace:
         return {}
 
     def boundary_quadrature(self, where=None):
-        """Facet quadrature data of the selected boundary (cached per selection object)."""
-        key = id(where) if where is not None else None
+        """Facet quadrature data of the selected boundary (cached per set of selected facets, so a
+        new ``lambda`` selecting the same facets reuses it and an edited index array does not)."""
+        facets = self.boundary_facets(where)
+        if facets.size == 0:
+            raise ValueError("boundary: the selection contains no boundary facets")
+        key = np.asarray(facets, np.int64).tobytes()
         cache = self._boundary_cache
         if key not in cache:
-            facets = self.boundary_facets(where)
-            if facets.size == 0:
-                raise ValueError("boundary: the selection contains no boundary facets")
             fb = skfem.FacetBasis(
                 self.mesh.skfem, self._skfem_element, facets=facets, intorder=self.quadrature_order
             )
@@ -224,20 +225,22 @@ class FunctionSpace:
             rows = np.repeat(q.element_dofs[:, :, None], q.element_dofs.shape[1], axis=2)
             cols = np.repeat(q.element_dofs[:, None, :], q.element_dofs.shape[1], axis=1)
             q.slots = self.pattern.locate(rows.ravel(), cols.ravel())
-            cache[key] = (where, q)  # keep `where` alive so its id stays unique
-        return cache[key][1]
+            cache[key] = q
+        return cache[key]
 
     # -- observation and errors -------------------------------------------------------
     def point_observation(self, points) -> SparseMatrix:
         """The sparse matrix ``H`` (shape ``(m, ndofs)``) with ``H @ u`` = values of ``u`` at ``points``.
 
         Raises:
-            ValueError: if ``points`` is not of shape ``(m, 2)``, is not finite, or a point lies
+            ValueError: if ``points`` is not of shape ``(m, 2)`` with ``m >= 1``, is not finite, or a point lies
                 outside the mesh.
         """
         pts = np.asarray(points, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise ValueError(f"point_observation: points must have shape (m, 2), got {pts.shape}")
+        if pts.shape[0] == 0:
+            raise ValueError("point_observation: no points (shape (0, 2)); give at least one")
         if not np.all(np.isfinite(pts)):
             raise ValueError("point_observation: points contain NaN or inf")
         finder = self.mesh.skfem.element_finder()
@@ -289,6 +292,7 @@ class FunctionSpace:
 
     def _errors(self, u, exact, exact_grad):
         q = self._error_quadrature
+        u = as_inexact(u)
         x = jnp.asarray(q.x)
         dx = jnp.asarray(q.dx)
         uq = jnp.einsum("ebq,eb->eq", jnp.asarray(q.phi).astype(u.dtype), u[q.element_dofs])

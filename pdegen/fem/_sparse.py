@@ -28,6 +28,16 @@ def default_float_dtype():
     return jax.dtypes.canonicalize_dtype(np.float64)
 
 
+def as_inexact(x) -> jax.Array:
+    """``x`` as a JAX array, integer or boolean values converted to the default float dtype.
+
+    Coefficients and boundary data meet real shape functions: an integer array would truncate
+    them (``astype(int)`` of values in ``[0, 1]``) and a boolean one round them.
+    """
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(default_float_dtype())
+
+
 class SparsityPattern:
     """A fixed sparsity pattern in CSR order, held on the host.
 

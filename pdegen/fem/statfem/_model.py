@@ -25,10 +25,19 @@ import scipy.sparse.linalg as spla
 
 from .._assembly import DirichletBC, lumped_mass, mass
 from .._callback import host_call
+from .._problems import _check_positive
 from .._solve import linear_solve, solver_errors
 from .._sparse import SparseMatrix, SparsityPattern, default_float_dtype
 
 MASS_KINDS = ("lumped", "consistent")
+
+
+def _positive_lumped_mass(space) -> bool:
+    """Whether every lumped-mass entry is positive (P1, Q1, Q2; not P2, whose vertex shape
+    functions integrate to zero)."""
+    return bool(np.all(np.asarray(lumped_mass(space)) > 0))
+
+
 KERNELS = ("squared_exponential", "matern12", "matern32", "matern52")
 
 
@@ -308,6 +317,12 @@ class StatFEM(eqx.Module):
             )
         if mass not in MASS_KINDS:
             raise ValueError(f"StatFEM: mass must be one of {MASS_KINDS}, got {mass!r}")
+        if mass == "lumped" and _structure is None and not _positive_lumped_mass(space):
+            raise ValueError(
+                f"StatFEM: the lumped mass of a {space.element} space has entries <= 0 (its "
+                "vertex shape functions integrate to zero or less), so the lumped forcing "
+                "covariance is not positive definite; use mass='consistent'"
+            )
         if kernel is not None and kernel not in KERNELS:
             raise ValueError(f"StatFEM: kernel must be None or one of {KERNELS}, got {kernel!r}")
         if observation is not None and not callable(observation):
@@ -338,6 +353,12 @@ class StatFEM(eqx.Module):
                 np.isfinite(np.asarray(value))
             ):
                 raise ValueError(f"StatFEM: coefficients[{name!r}] contains NaN or inf")
+            label = f"StatFEM: coefficients[{name!r}]"
+            if not isinstance(value, jax.core.Tracer):
+                if name not in getattr(problem, "_boundary_args", ()):
+                    space.at_quadrature(value, label)  # a shape the space reads, or a clear error
+                if name in getattr(problem, "_positive_args", ()):
+                    _check_positive(label, value, space)
             coeffs[name] = jnp.asarray(value)
         self.problem = problem
         self.structure = structure
