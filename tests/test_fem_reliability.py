@@ -450,3 +450,20 @@ def test_coefficients_are_checked_where_they_are_used():
         statfem.StatFEM(fem.Poisson(V1), sensors, coefficients=dict(kappa=-1.0))
     with pytest.raises(ValueError, match=r"coefficients\['kappa'\]: expected a scalar"):
         statfem.StatFEM(fem.Poisson(V1), sensors, coefficients=dict(kappa=jnp.ones(7)))
+
+
+def test_ignored_inputs_are_refused():
+    V = fem.FunctionSpace(fem.unit_square(4), "P1")
+    with pytest.raises(ValueError, match="no points"):
+        V.point_observation(np.zeros((0, 2)))
+    natural = fem.Poisson(V, dirichlet=None)
+    with pytest.raises(TypeError, match="no Dirichlet boundary"):
+        natural.solve(kappa=1.0, reaction=1.0, f=1.0, g=5.0)
+    # the boundary quadrature is keyed by the facets selected, not by the selection object
+    left = V.boundary_quadrature(lambda x: x[0] < 1e-9)
+    assert V.boundary_quadrature(lambda x: x[0] < 1e-9) is left
+    facets = np.array(V.boundary_facets(lambda x: x[0] < 1e-9))
+    assert V.boundary_quadrature(facets) is left
+    facets[:] = V.boundary_facets(lambda x: x[1] < 1e-9)
+    assert float(jnp.sum(jnp.asarray(V.boundary_quadrature(facets).dx))) == pytest.approx(1.0)
+    assert V.boundary_quadrature(facets) is not left
