@@ -47,6 +47,37 @@ def test_functional_operators_and_field_shapes():
     assert jnp.allclose(post_f.std.ravel(), post_m.std, atol=1e-10)
 
 
+def test_given_prior_variance_is_used_and_checked():
+    L, mean, G, y = _dense_problem()
+    post = gaussian_posterior(mean, L, G, y, noise_std=0.2)
+    given = gaussian_posterior(mean, L, G, y, noise_std=0.2, prior_variance=jnp.diag(L @ L.T))
+    assert jnp.allclose(given.std, post.std, atol=1e-12)
+    assert jnp.allclose(given.prior_std, post.prior_std, atol=1e-12)
+    doubled = gaussian_posterior(mean, L, G, y, noise_std=0.2, prior_variance=2 * jnp.diag(L @ L.T))
+    assert jnp.allclose(doubled.prior_std, jnp.sqrt(2.0) * post.prior_std, atol=1e-12)
+    with pytest.raises(ValueError, match="prior_variance has 11 entries"):
+        gaussian_posterior(mean, L, G, y, noise_std=0.2, prior_variance=jnp.ones(11))
+
+
+def _dense_variance(prior):
+    """diag(L L^T) of a Gaussian prior from the columns of its square root."""
+    eye = jnp.eye(int(np.prod(prior.z_shape))).reshape((-1,) + tuple(prior.z_shape))
+    cols = jax.vmap(prior.sqrt)(eye)
+    return jnp.sum(cols**2, axis=0)
+
+
+def test_closed_form_prior_variances_match_the_square_roots():
+    from pdegen import fem, inverse
+
+    mesh = fem.rectangle(nx=7, ny=5)
+    grf = inverse.grf_prior(mesh, alpha=2.5, tau=2.0)
+    assert jnp.allclose(grf._closed_form_variance(), _dense_variance(grf), rtol=1e-12)
+    V = fem.FunctionSpace(fem.unit_square(6), "P1")
+    for rank in (None, 5):
+        matern = inverse.matern_prior(V, length_scale=0.3, sigma=2.0, rank=rank)
+        assert jnp.allclose(matern._closed_form_variance(), _dense_variance(matern), rtol=1e-10)
+
+
 def test_matheron_samples_have_posterior_moments(key):
     L, mean, G, y = _dense_problem()
     post = gaussian_posterior(mean, L, G, y, noise_std=0.3)

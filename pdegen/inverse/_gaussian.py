@@ -80,7 +80,14 @@ class GaussianPosterior(NamedTuple):
 
 
 def gaussian_posterior(
-    prior_mean, prior_sqrt, forward, y, *, noise_std: float, z_shape: tuple[int, ...] | None = None
+    prior_mean,
+    prior_sqrt,
+    forward,
+    y,
+    *,
+    noise_std: float,
+    z_shape: tuple[int, ...] | None = None,
+    prior_variance=None,
 ) -> GaussianPosterior:
     """Exact posterior of ``x = prior_mean + L z``, ``y = G x + N(0, noise_std^2 I)``.
 
@@ -91,6 +98,8 @@ def gaussian_posterior(
         y: observations ``(m,)``.
         noise_std: observation noise standard deviation (``> 0``, or tiny for noise-free data).
         z_shape: shape of ``z`` (default: the field's shape, or ``(k,)`` for a matrix ``L``).
+        prior_variance: ``diag(L L^T)`` (the field's shape) where it is known in closed form;
+            default: computed row by row, one VJP of ``L`` per entry of the field.
     """
     prior_mean = jnp.asarray(prior_mean)
     y = jnp.asarray(y)
@@ -125,10 +134,17 @@ def gaussian_posterior(
     r = y - y0
     w = jax.scipy.linalg.cho_solve((chol, True), r)
     mean = prior_mean + (cross @ w).reshape(prior_mean.shape)
-    # Prior variance diag(L L^T): exact through the rows of L (k VJPs would be costly for big
-    # fields), so use the identity diag(L L^T)_i = ||L^T e_i||^2 batched over e_i.
+    # Prior variance diag(L L^T): given in closed form, or exact through the rows of L (k VJPs
+    # would be costly for big fields): diag(L L^T)_i = ||L^T e_i||^2 batched over e_i.
     d = prior_mean.size
-    prior_var = _diag_LLt(L, z_shape, prior_mean.shape, d, dtype)
+    if prior_variance is None:
+        prior_var = _diag_LLt(L, z_shape, prior_mean.shape, d, dtype)
+    else:
+        prior_var = jnp.asarray(prior_variance, dtype).reshape(-1)
+        if prior_var.size != d:
+            raise ValueError(
+                f"gaussian_posterior: prior_variance has {prior_var.size} entries, the field {d}"
+            )
     Sinv_crossT = jax.scipy.linalg.cho_solve((chol, True), cross.T)  # (m, d)
     post_var = prior_var - jnp.sum(cross.T * Sinv_crossT, axis=0)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))

@@ -45,13 +45,11 @@ def _column_blocks(f, d: int):
 
 
 @functools.lru_cache(maxsize=8)
-def solution_operator(physics: fem.PDETask) -> np.ndarray:
-    """Dense FEM solution operator ``S`` with ``u = S a`` (nodal / image order), linear PDEs only.
+def _solution_factors(physics: fem.PDETask):
+    """``(LU of A, B)`` with ``u = A^-1 B a`` for a linear PDE (nodal / image order).
 
     Assembled once from the FEM residual ``r(u, a) = A u - b(a)`` (``A`` from ``r(u, 0)``, ``b`` from
-    ``-r(0, a)``, both tabulated in column batches and kept sparse) and one sparse LU factorisation
-    with all right-hand sides at once.
-    """
+    ``-r(0, a)``, both tabulated in column batches and kept sparse); ``A`` factorised sparse."""
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
 
@@ -69,7 +67,26 @@ def solution_operator(physics: fem.PDETask) -> np.ndarray:
 
     A = sparse(lambda e: residual(e, zero))
     B = -sparse(lambda e: residual(zero, e))
-    return spla.splu(A).solve(B.toarray())
+    return spla.splu(A), B
+
+
+@functools.lru_cache(maxsize=8)
+def solution_operator(physics: fem.PDETask) -> np.ndarray:
+    """Dense FEM solution operator ``S`` with ``u = S a`` (nodal / image order), linear PDEs only.
+
+    One sparse LU factorisation of the FEM operator, solved with all right-hand sides at once:
+    ``g^2`` solves and ``g^4`` numbers (2 GiB at 128x128). Where only a few products are needed,
+    :func:`solve_columns` and :func:`sensor_operator` use the factorisation directly.
+    """
+    lu, B = _solution_factors(physics)
+    return lu.solve(B.toarray())
+
+
+def solve_columns(physics: fem.PDETask, a) -> np.ndarray:
+    """``S @ a`` for the columns of ``a`` (``(g^2, k)``), by ``k`` sparse solves (no dense ``S``)."""
+    lu, B = _solution_factors(physics)
+    a = np.asarray(a, np.float64)
+    return lu.solve(np.asarray(B @ a, np.float64).reshape(a.shape))
 
 
 def sensor_operator(task: InverseTask) -> np.ndarray:
@@ -77,7 +94,11 @@ def sensor_operator(task: InverseTask) -> np.ndarray:
     FEM solution operator (``u`` observed) or of the identity (``a`` observed)."""
     if task.observed == "a":
         return np.eye(task.grid**2)[task.sensors]
-    return solution_operator(task.physics)[task.sensors]
+    # rows of S = A^-1 B at the sensors: G^T = B^T A^-T P^T, one transposed solve per sensor
+    lu, B = _solution_factors(task.physics)
+    P = np.zeros((task.grid**2, len(task.sensors)))
+    P[np.asarray(task.sensors), np.arange(len(task.sensors))] = 1.0
+    return np.asarray(B.T @ lu.solve(P, trans="T")).T
 
 
 @functools.lru_cache(maxsize=16)

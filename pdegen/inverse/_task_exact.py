@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdegen import fem
+from pdegen._dct import idct2_variance
 
 from ._gaussian import gaussian_posterior
 from ._guidance import StatFEMLikelihood
@@ -21,6 +22,7 @@ from ._operators import (
     noise_floor,
     sensor_operator,
     solution_operator,
+    solve_columns,
 )
 from ._results import Posterior
 from ._tasks import InverseTask
@@ -37,6 +39,9 @@ def _bayes_arrays(G, y, key, noise_std, num_samples, alpha, tau):
         G,
         y,
         noise_std=noise_std,
+        prior_variance=idct2_variance(
+            jnp.asarray(fem.grf_mode_std((g, g), alpha=alpha, tau=tau)) ** 2
+        ),
     )
     return (
         post.mean,
@@ -99,7 +104,6 @@ def bayes_posterior(
     tau = task.physics.tau if tau is None else float(tau)
     y = task.y if y is None else task.check_observations(y)
     g = task.grid
-    S = solution_operator(task.physics)
     G = sensor_operator(task)
     noise_std = noise_floor(task)
     y_used = np.asarray(y, np.float64)
@@ -119,12 +123,18 @@ def bayes_posterior(
         alpha,
         tau,
     )
-    Sj = jnp.asarray(S)
-    u_samples = (a_samples.reshape(num_samples, -1) @ Sj.T).reshape(a_samples.shape)
-    mean_u = (Sj @ mean_a.reshape(-1)).reshape(g, g)
+    # u = S a by sparse solves: the dense S is formed only for the prior u variance below
+    flat = np.concatenate(
+        [np.asarray(mean_a).reshape(-1, 1), np.asarray(a_samples).reshape(num_samples, -1).T],
+        axis=1,
+    )
+    solved = jnp.asarray(solve_columns(task.physics, flat).T)
+    mean_u = solved[0].reshape(g, g)
+    u_samples = solved[1:].reshape(a_samples.shape)
     if task.target == "u":
-        # var(S a | y) = diag(S C S^T) - diag(S X S^-1 X^T S^T), X = C G^T: exact, dense.
-        W = jax.scipy.linalg.solve_triangular(chol, (Sj @ cross).T, lower=True)
+        # var(S a | y) = diag(S C S^T) - diag(S X S^-1 X^T S^T), X = C G^T: exact.
+        SX = jnp.asarray(solve_columns(task.physics, np.asarray(cross)))
+        W = jax.scipy.linalg.solve_triangular(chol, SX.T, lower=True)
         var_u = jnp.asarray(_prior_u_variance(task.physics, g, alpha, tau)) - jnp.sum(W**2, axis=0)
         std_u = jnp.sqrt(jnp.maximum(var_u, 0.0)).reshape(g, g)
     else:
