@@ -42,6 +42,38 @@ class ConvergenceError(UserError):
     """A method did not converge with the given settings."""
 
 
+# ------------------------------------------------------------------------------ arguments
+
+
+def as_count(value, name: str, minimum: int = 1) -> int:
+    """``value`` as a Python int (NumPy and JAX integers included) if it is an integer
+    ``>= minimum``; else a :class:`UserError` naming ``name``."""
+    import numbers
+
+    if hasattr(value, "ndim") and getattr(value, "ndim", 1) == 0 and hasattr(value, "item"):
+        value = value.item()  # a 0-d NumPy / JAX integer
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise UserError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def as_key(key, name: str = "key"):
+    """A typed PRNG key: one from ``jax.random.key`` as given, a raw ``uint32`` key from
+    ``jax.random.PRNGKey`` wrapped; anything else (an int seed, say) a ``TypeError``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return key
+        if key.dtype == np.uint32 and key.shape[-1:] == (2,):
+            return jax.random.wrap_key_data(jnp.asarray(key))
+    got = f"{type(key).__name__} {getattr(key, 'dtype', '')}".strip()
+    raise TypeError(f"{name}: expected a PRNG key from jax.random.key(seed), got {got}")
+
+
 # ---------------------------------------------------------------------------------- memory
 
 

@@ -278,3 +278,13 @@ def test_a_diverged_guided_mean_is_reported():
     with pytest.warns(RuntimeWarning, match="pigdm posterior mean misses the data"):
         ratio = warn_if_diverged(observe, y_n, -50.0 * truth, "pigdm")
     assert ratio > DIVERGED_MISFIT
+    # data below the noise level are measured against the noise: a mean within a few noise
+    # stds of zero data is no divergence
+    quiet = inverse.gaussian_likelihood(H, jnp.zeros(H.shape[0]), noise_std=noise)
+    y_q = noise * (quiet.whitener @ quiet.y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (
+            warn_if_diverged(_Observe(prior, quiet, jnp.asarray(noise)), y_q, 0.02 * truth, "pigdm")
+            < 3.0
+        )

@@ -127,6 +127,21 @@ def test_grid_transfer_reproduces_linear_images_on_the_lshape(lshape_from_gmsh):
     )
 
 
+def test_learned_prior_on_a_long_domain_keeps_square_pixels():
+    """On a 2:1 rectangle the image's box is 2 x 2 (square pixels), not the 2 x 1 bounding box,
+    so the prior's correlations are not stretched along x."""
+    from pdegen import models
+
+    mesh = fem.rectangle(9, 5, x1=2.0)
+    prior = inverse.learned_prior(models.load_pretrained("grf-a"), mesh, grid=8)
+    g = np.linspace(0.0, 2.0, 8)
+    X, Y = np.meshgrid(g, g)
+    pts = np.asarray(mesh.points)
+    for img, want in ((X, pts[:, 0]), (Y, pts[:, 1])):
+        got = prior.transfer @ jnp.asarray(img.ravel())
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-12)
+
+
 # slow: tutorial 07 runs the same path (a learned prior on a user's mesh, PiGDM, the misfit of
 # the posterior mean far below the prior mean's) in the fast suite
 @pytest.mark.slow
@@ -183,6 +198,10 @@ def test_darcy_on_unstructured_mesh_map_dps_and_gradient():
     )
     prior_fit = lik.misfit(prior.offset)
     assert np.all(np.isfinite(np.asarray(dps.samples))) and lik.misfit(dps.mean) < prior_fit
+    # TMPD, the default method, needs only reverse-mode derivatives of the FEM solve
+    tmpd = inverse.sample_posterior(prior, lik, key=jax.random.key(0), num_samples=2, num_steps=20)
+    assert tmpd.method == "tmpd"
+    assert np.all(np.isfinite(np.asarray(tmpd.samples))) and lik.misfit(tmpd.mean) < prior_fit
 
 
 def test_region_average_and_full_observation():
@@ -264,6 +283,41 @@ class TestBadInput:
             inverse.gaussian_likelihood(
                 fwd, np.zeros(2), noise_cov=np.array([[1.0, 2.0], [2.0, 1.0]])
             )
+        with pytest.raises(ValueError, match=r"one per datum \(2,\)"):
+            inverse.gaussian_likelihood(fwd, np.zeros(2), noise_std=np.ones(3))
+        with pytest.raises(ValueError, match="noise_std must be > 0"):
+            inverse.gaussian_likelihood(fwd, np.zeros(2), noise_std=np.array([0.1, 0.0]))
+
+    def test_arguments_checked_before_any_work(self, setup):
+        mesh, V, param = setup
+        with pytest.raises(ValueError, match=r"mean must be a number or nodal values"):
+            inverse.matern_prior(V, length_scale=0.3, mean=np.zeros(3))
+        with pytest.raises(ValueError, match="variant"):
+            inverse.TMPD("foo")
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            inverse.MAP(steps=0)
+        prior = inverse.matern_prior(V, length_scale=0.5)
+        fwd = inverse.pde_forward(param, np.array([[-0.5, -0.5], [-0.5, 0.5]]))
+        lik = inverse.gaussian_likelihood(fwd, np.zeros(2), noise_std=0.1)
+        with pytest.raises(TypeError, match=r"jax.random.key\(seed\)"):
+            inverse.sample_posterior(prior, lik, method="bayes", key=0)
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            inverse.sample_posterior(
+                prior, lik, method="pigdm", key=jax.random.key(0), num_samples=2, batch_size=0
+            )
+        post = inverse.sample_posterior(
+            prior, lik, method="bayes", key=jax.random.key(0), num_samples=np.int64(3)
+        )
+        assert post.samples.shape == (3, V.ndofs)
+
+    def test_noise_per_datum_is_a_diagonal_covariance(self, setup):
+        mesh, V, param = setup
+        fwd = inverse.pde_forward(param, np.array([[-0.5, -0.5], [-0.5, 0.5]]))
+        y = np.array([0.3, -0.2])
+        per = inverse.gaussian_likelihood(fwd, y, noise_std=np.array([0.1, 0.4]))
+        cov = inverse.gaussian_likelihood(fwd, y, noise_cov=np.diag([0.01, 0.16]))
+        a = jnp.linspace(0.0, 1.0, V.ndofs)
+        assert float(per.energy(a)) == pytest.approx(float(cov.energy(a)), rel=1e-12)
 
     def test_prior_that_does_not_fit_the_mesh(self, setup):
         mesh, V, param = setup

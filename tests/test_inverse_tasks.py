@@ -39,6 +39,21 @@ def test_observations_and_physics_of_the_truth(name):
         assert set(np.unique(np.asarray(task.truth[0]))) <= {3.0, 12.0}
 
 
+@pytest.mark.parametrize("name", ["poisson-inverse", "helmholtz-inverse", "poisson-forward"])
+def test_sparse_solves_match_the_dense_solution_operator(name):
+    from pdegen.inverse import solution_operator
+    from pdegen.inverse._operators import sensor_operator, solve_columns
+
+    task = make_task(name, grid=GRID, sensor_fraction=0.2)
+    S = solution_operator(task.physics)
+    # u = S a reproduces the task's own FEM solve
+    assert np.allclose(S @ np.asarray(task.truth[0]).ravel(), np.asarray(task.truth[1]).ravel())
+    a = np.random.default_rng(0).normal(size=(GRID**2, 3))
+    assert np.allclose(solve_columns(task.physics, a), S @ a, rtol=1e-12, atol=1e-14)
+    rows = S[task.sensors] if task.observed == "u" else np.eye(GRID**2)[task.sensors]
+    assert np.allclose(sensor_operator(task), rows, rtol=1e-12, atol=1e-14)
+
+
 def test_noisy_variant():
     clean = make_task("poisson-forward", grid=16, sensor_fraction=0.5)
     noisy = make_task("poisson-forward", grid=16, sensor_fraction=0.5, noise=0.1)
@@ -87,3 +102,18 @@ def test_bad_input():
         task.check_observations(jnp.zeros(task.num_sensors + 1))
     with pytest.raises(ValueError, match="truth shape"):
         relative_l2(jnp.zeros((3, 3)), jnp.ones((4, 4)))
+
+
+def test_interval_scale_counts_the_draws_behind_the_std():
+    from pdegen.inverse import FieldPosterior
+    from pdegen.inverse._metrics import interval_std
+
+    std = jnp.ones(5)
+    few = FieldPosterior(jnp.zeros((2, 5)), jnp.zeros(5), std, "smc", 0.0, 0.0, {})
+    # two samples: the Student-t predictive interval is much wider than the normal one
+    assert float(interval_std(few)[0]) > 3.0
+    # the same std estimated from 1000 particles: essentially the normal interval
+    many = few._replace(info={"std_draws": 1000})
+    assert float(interval_std(many)[0]) == pytest.approx(1.0, abs=2e-3)
+    exact = few._replace(method="bayes")
+    assert float(interval_std(exact)[0]) == 1.0

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdegen import models
+from pdegen._errors import as_count, as_key
 
 from ._gaussian import gaussian_posterior
 from ._guidance import matched_variance_table
@@ -161,8 +162,9 @@ def _sample_batch(
 
 
 DIVERGED_MISFIT = 10.0
-"""A guided posterior mean whose normalised data misfit exceeds this many times the data's RMS
-fits the data far worse than the zero field does: the guidance diverged."""
+"""A guided posterior mean whose normalised data misfit exceeds this many times the data's RMS (or
+the noise level, if larger) fits the data far worse than the zero field does: the guidance
+diverged."""
 
 
 def warn_if_diverged(observe: _Observe, y, field, label: str) -> float:
@@ -173,11 +175,15 @@ def warn_if_diverged(observe: _Observe, y, field, label: str) -> float:
     pred = observe.factor * (observe.likelihood.whitener @ observe.likelihood.forward(field))
     y = np.asarray(y, np.float64)
     misfit = float(np.sqrt(np.mean((np.asarray(pred, np.float64) - y) ** 2)))
-    ratio = misfit / max(float(np.sqrt(np.mean(y**2))), 1e-300)
+    # whitened noise has unit std, ``factor`` in these units: data below the noise level are
+    # measured against the noise, which any fit reaches
+    scale = max(float(np.sqrt(np.mean(y**2))), float(observe.factor), 1e-300)
+    ratio = misfit / scale
     if not ratio <= DIVERGED_MISFIT:
         warnings.warn(
             f"sample_posterior: the {label} posterior mean misses the data by {ratio:.3g} times "
-            "their RMS (the zero field misses by about 1): the guidance diverged. With many "
+            "their RMS or the noise level, whichever is larger (the zero field misses by about "
+            "1): the guidance diverged. With many "
             "correlated sensors try 'tmpd' / 'tmpd-cached' or 'dps', or more num_steps.",
             RuntimeWarning,
             stacklevel=4,
@@ -281,7 +287,7 @@ def sample_in_batches(run, key, num_samples: int, batch_size: int | None, progre
     """``run(keys)`` over ``split(key, num_samples)`` in batches of one compiled size (the last one
     padded). Returns the samples (host float64), the seconds per sample of the steady-state batches
     and the first batch's extra (compilation) time (``nan`` with a single batch)."""
-    batch_size = min(num_samples, 4) if batch_size is None else int(batch_size)
+    batch_size = min(num_samples, 4) if batch_size is None else as_count(batch_size, "batch_size")
     keys = jax.random.split(key, num_samples)
     batches, times = [], []
     for start in range(0, num_samples, batch_size):
@@ -325,8 +331,8 @@ def sample_field_posterior(
     method = as_method(method)
     if sampler is None:
         sampler = models.default_sampler(prior.sde)
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    num_samples = as_count(num_samples, "num_samples")
+    key = as_key(key, "sample_posterior(key=...)")
     if isinstance(method, Exact):
         post = exact_posterior(prior, likelihood, key=key, num_samples=num_samples)
     elif isinstance(method, MAP):
@@ -375,8 +381,7 @@ def _normalised_problem(
     PiGDM's ``data_variance`` and its ``variance`` table matched to the prior are computed when the
     method needs them (``needs_variance``; else ``1.0`` and ``None``)."""
     models.sampler_function(sampler)  # a name in models.SAMPLERS or a sampler function
-    if not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
+    num_steps = as_count(num_steps, "num_steps", 2)
     dtype = jnp.dtype(prior.dtype)
     yw = np.asarray(likelihood.whitener @ likelihood.y, np.float64)
     if data_scale is None:
@@ -524,8 +529,7 @@ def smc_posterior(
     method = SMC() if method is None else method
     if not isinstance(method, SMC):
         raise TypeError(f"smc_posterior: method must be an SMC object, got {type(method).__name__}")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    num_samples = as_count(num_samples, "num_samples")
     if isinstance(prior.sde, models.AbstractInterpolant):
         raise ValueError(
             f"sample_posterior: {method.label} runs the prior's reverse SDE, which is singular for "
@@ -626,6 +630,7 @@ def smc_posterior(
             "resampling_steps": int(np.sum(np.asarray(res.resampled))),
             "transition": transition,
             "num_particles": method.num_particles,
+            "std_draws": method.num_particles,  # mean and std are the weighted particles'
             "seconds": float(seconds),
             "data_variance": float(data_variance),
             "prior": prior.name,
@@ -660,14 +665,25 @@ def exact_posterior(
             if prior.latent_gaussian
             else "learned"
         )
+        advice = (
+            "method='map', 'pcn' or 'smc'"
+            if prior.latent_gaussian
+            else "method='smc' or a guided method ('tmpd', 'pigdm', 'dps')"
+        )
         raise ValueError(
             f"the exact posterior needs a Gaussian prior (matern_prior, grf_prior); {prior.name!r} is "
-            f"{kind}: use method='map', 'pcn' or 'smc'"
+            f"{kind}: use {advice}"
         )
     forward_w, y_w = _whitened_linear(likelihood)
     t0 = time.perf_counter()
     post = gaussian_posterior(
-        prior.offset, prior.sqrt, forward_w, y_w, noise_std=1.0, z_shape=prior.z_shape
+        prior.offset,
+        prior.sqrt,
+        forward_w,
+        y_w,
+        noise_std=1.0,
+        z_shape=prior.z_shape,
+        prior_variance=prior._closed_form_variance(),
     )
     samples = jax.block_until_ready(post.sample(key, num_samples))
     seconds = (time.perf_counter() - t0) / num_samples

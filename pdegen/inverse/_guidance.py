@@ -305,24 +305,22 @@ def tmpd(
     def covariance(x, t, m, vjp_m, A):
         a, s = sde.alpha(t), sde.sigma(t)
         scale = s**2 / a
+        # Reverse mode only, so that forward maps through FEM solves (custom VJPs) work:
+        # A C A^T = scale V J V^T with V = dA/dm (one VJP of A per datum) and J = dm/dx.
         _, vjp_A = jax.vjp(A, m)
-
-        def acat(e):  # A C A^T e  =  scale * A J A^T e  (J = dm/dx is symmetric)
-            (v,) = vjp_A(e)
-            (jv,) = vjp_m(v)
-            return scale * jax.jvp(A, (m,), (jv,))[1]
-
+        eye = jnp.eye(y.size, dtype=m.dtype)
+        V = jax.vmap(lambda e: vjp_A(e)[0])(eye)  # rows A^T e_i, each of m's shape
+        flat = V.reshape(y.size, -1)
         noise = noise_std**2 + jitter
-        if variant == "full":
-            eye = jnp.eye(y.size, dtype=m.dtype)
-            C = jax.vmap(acat)(eye)
-            C = 0.5 * (C + C.T) + noise * eye
-            return lambda r: jnp.linalg.solve(C, r)
-        if variant == "diagonal":
-            eye = jnp.eye(y.size, dtype=m.dtype)
-            diag = jax.vmap(lambda e: jnp.dot(e, acat(e)))(eye)
+        if variant == "rowsum":  # A C A^T 1: one VJP of the denoiser
+            diag = scale * (flat @ jnp.ravel(vjp_m(vjp_A(jnp.ones(y.size, m.dtype))[0])[0]))
         else:
-            diag = acat(jnp.ones(y.size, m.dtype))
+            JV = jax.vmap(lambda v: vjp_m(v)[0])(V).reshape(y.size, -1)
+            if variant == "full":
+                C = scale * (flat @ JV.T)
+                C = 0.5 * (C + C.T) + noise * eye
+                return lambda r: jnp.linalg.solve(C, r)
+            diag = scale * jnp.sum(flat * JV, axis=1)
         diag = jnp.maximum(diag, 0.0) + noise
         return lambda r: r / diag
 

@@ -27,6 +27,7 @@ __all__ = [
 
 DEMO_METHODS = ("bayes", "map", "pigdm", "dps", "diffusionpde")
 TASK_METHODS = ("bayes", "tmpd-cached")
+NONLINEAR_TASK_METHODS = ("map", "pigdm")  # no exact posterior (Darcy): the MAP point instead
 TASK_SENSOR_FRACTION = 0.03
 # Per-method defaults (observation step for DPS-type guidance; physics weight for the joint route).
 METHOD_DEFAULTS = {
@@ -371,14 +372,20 @@ def run_invert(args) -> int:
 
     from pdegen._io import check_output_dir
 
-    from ._tasks import make_task, parse_task_name
+    from ._tasks import LINEAR_PDES, make_task, parse_task_name
 
     sensors, noise = check_task_options(args)
     check_output_dir(args.out)
     if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
         raise FileNotFoundError(f"--checkpoint: no such folder {args.checkpoint!r}")
     pde, _ = parse_task_name(args.task)
-    methods = args.method or list(TASK_METHODS)
+    linear = pde in LINEAR_PDES
+    methods = args.method or list(TASK_METHODS if linear else NONLINEAR_TASK_METHODS)
+    if not linear and "bayes" in methods:
+        raise ValueError(
+            f"--method bayes: {args.task} is nonlinear in a, so it has no exact Gaussian "
+            "posterior; use map, mcmc, pigdm, dps or smc"
+        )
     joint = args.route == "joint" or "diffusionpde" in methods
     prior = load_prior(args.prior, args.checkpoint, grid=args.grid, pde=pde, joint=joint)
     grid = prior.grid if args.grid is None else args.grid
@@ -548,8 +555,9 @@ def register(subparsers) -> None:
         nargs="+",
         default=None,
         choices=METHODS,
-        help=f"methods (default: {' '.join(TASK_METHODS)}; with --mesh "
-        f"{' '.join(MESH_METHODS_DEFAULT)}; mesh mode accepts "
+        help=f"methods (default: {' '.join(TASK_METHODS)}, for darcy tasks "
+        f"{' '.join(NONLINEAR_TASK_METHODS)}; with --mesh {' '.join(MESH_METHODS_DEFAULT)}, "
+        "for --pde darcy map pigdm, with a learned prior pigdm dps; mesh mode accepts "
         f"{', '.join(field_method_names())})",
     )
     p.add_argument(

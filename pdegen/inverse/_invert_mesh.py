@@ -74,9 +74,18 @@ def _is_learned(args) -> bool:
     return bool(args.checkpoint) or args.prior not in (None, "matern")
 
 
+def default_mesh_methods(args) -> tuple:
+    """The methods mesh mode runs without ``--method``: the exact posterior where it exists
+    (Matérn prior, linear PDE), else the MAP point (Matérn prior) or DPS (learned prior), and
+    PiGDM."""
+    if _is_learned(args):
+        return ("pigdm", "dps")
+    return MESH_METHODS_DEFAULT if MESH_PDES[args.pde].linear else ("map", "pigdm")
+
+
 def check_mesh_options(args) -> list:
     """The methods to run; a ``ValueError`` for any option that cannot work (no file is read)."""
-    methods = list(args.method or MESH_METHODS_DEFAULT)
+    methods = list(args.method or default_mesh_methods(args))
     names = field_method_names()
     for m in methods:
         if m not in names:
@@ -504,7 +513,7 @@ def add_mesh_options(p) -> None:
         "--pde",
         choices=tuple(MESH_PDES),
         default="poisson",
-        help="; ".join(f"{k}: {v.equation.format(k='k')}" for k, v in MESH_PDES.items()),
+        help="; ".join(f"{k}: {v.equation.format(k='--wavenumber')}" for k, v in MESH_PDES.items()),
     )
     g.add_argument(
         "--data", default=None, help="observed u at the sensors (CSV one column, or .npy)"
@@ -514,7 +523,9 @@ def add_mesh_options(p) -> None:
         default=None,
         help="optional true a at the mesh nodes (synthetic studies): adds rel. L2 and coverage",
     )
-    g.add_argument("--wavenumber", type=float, default=1.0, help="Helmholtz wavenumber k")
+    g.add_argument(
+        "--wavenumber", type=float, default=1.0, help="Helmholtz wavenumber k (default 1)"
+    )
     g.add_argument(
         "--length-scale", type=float, default=0.2, help="Matern prior correlation length"
     )

@@ -11,7 +11,6 @@ Jacobian products at the cost of a matrix product.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -213,7 +212,8 @@ def gaussian_likelihood(
             :class:`pdegen.fem.SparseMatrix`), or a differentiable function ``a (n,) -> (m,)``
             (then give ``size=n``).
         y: the data ``(m,)``.
-        noise_std: ``e ~ N(0, noise_std^2 I)``; or ``noise_cov``: a covariance ``(m, m)``; or
+        noise_std: ``e ~ N(0, noise_std^2 I)`` (a number, or one std per datum ``(m,)``); or
+            ``noise_cov``: a covariance ``(m, m)``; or
             ``model_error``: the statFEM model ``y = rho G(a) + d + e`` with the discrepancy
             ``d ~ GP(0, k(sigma_d, ell_d))`` on ``points`` and ``e ~ N(0, sigma_e^2 I)``.
         points: sensor coordinates ``(m, 2)`` (needed with ``model_error``; taken from a
@@ -235,8 +235,15 @@ def gaussian_likelihood(
         raise ValueError(f"gaussian_likelihood: forward must return a vector, got shape {y0.shape}")
     m = int(y0.shape[0])
     y = _check_data(y, m, jnp.float64)
-    if points is None and isinstance(forward, PDEForward):
+    if points is None and isinstance(forward, PDEForward) and forward.points is not None:
         points = forward.points
+        if 2 * np.shape(points)[0] == m:  # a complex field observed as [Re(H u), Im(H u)]
+            if model_error is not None:
+                raise ValueError(
+                    "gaussian_likelihood: model_error is for real data; this forward map returns "
+                    "the real and imaginary parts of a complex field"
+                )
+            points = None
     if points is not None:
         points = np.asarray(points, np.float64)
         if points.shape != (m, 2):
@@ -244,11 +251,17 @@ def gaussian_likelihood(
                 f"gaussian_likelihood: points must have shape ({m}, 2), got {points.shape}"
             )
     if noise_std is not None:
-        if not (float(noise_std) > 0 and math.isfinite(float(noise_std))):
+        s = np.asarray(noise_std, np.float64)
+        if s.shape not in ((), (m,)):
+            raise ValueError(
+                f"gaussian_likelihood: noise_std must be a number or one per datum ({m},), got "
+                f"shape {s.shape}"
+            )
+        if not np.all((s > 0) & np.isfinite(s)):
             raise ValueError(
                 f"gaussian_likelihood: noise_std must be > 0 and finite, got {noise_std}"
             )
-        cov = float(noise_std) ** 2 * np.eye(m)
+        cov = np.diag(np.broadcast_to(s**2, (m,)))
     elif noise_cov is not None:
         cov = np.asarray(noise_cov, np.float64)
         if cov.shape != (m, m):

@@ -137,6 +137,7 @@ def mcmc_posterior(
             "acceptance": float(np.mean(np.asarray(res.acceptance_rate))),
             "step_size": float(np.mean(np.asarray(res.step_size))),
             "num_forward": int(num_forward),
+            "std_draws": int(pooled.shape[0]),  # mean and std are the pooled chains
             "seconds": float(seconds),
             "kernel": kernel_name,
             "draws": draws,
@@ -217,6 +218,8 @@ def task_mcmc_posterior(
     a_s = jax.vmap(task.mesh.to_image)(post.samples)
     samples = jnp.stack([a_s, _solve_batch(task, a_s)], axis=1)
     info["solved_draws"] = int(a.shape[0])
+    if task.target == "u":  # u's std is over the solved draws only
+        info["std_draws"] = int(a.shape[0])
     return Posterior(
         samples, mean, std, method.label, "solve", post.seconds_per_sample, float("nan"), info
     )

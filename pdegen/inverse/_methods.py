@@ -104,6 +104,13 @@ class TMPD(Method):
     variant: str = eqx.field(static=True, default="full")
     num_times: int = eqx.field(static=True, default=16)
 
+    def __check_init__(self):
+        if self.variant not in ("full", "cached", "diagonal", "rowsum"):
+            raise ValueError(
+                "TMPD: variant must be 'full', 'cached', 'diagonal' or 'rowsum', got "
+                f"{self.variant!r}"
+            )
+
     @property
     def label(self) -> str:
         return "tmpd" if self.variant == "full" else f"tmpd-{self.variant}"
@@ -240,6 +247,10 @@ class MAP(Method):
 
     steps: int = eqx.field(static=True, default=2000)
     guided: ClassVar[bool] = False
+
+    def __check_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"MAP: steps must be a positive int, got {self.steps!r}")
 
 
 class MCMC(Method):

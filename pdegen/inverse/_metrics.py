@@ -11,10 +11,12 @@ from ._tasks import InverseTask, credible_interval_coverage, relative_l2
 
 
 def interval_std(post, level: float = 0.9):
-    """Scale of the credible interval: the exact std for ``bayes``; for ``n`` samples the predictive
-    scale ``s sqrt(1 + 1/n) t_{n-1} / z`` (Student t), so that a perfect sampler covers at the
-    nominal rate even with few samples."""
-    n = post.samples.shape[0]
+    """Scale of the credible interval: the exact std for ``bayes``; for a std estimated from ``n``
+    draws the predictive scale ``s sqrt(1 + 1/n) t_{n-1} / z`` (Student t), so that a perfect
+    sampler covers at the nominal rate even with few samples. ``n`` is ``info["std_draws"]`` where
+    the std comes from more draws than the samples returned (SMC's particles, MCMC's chains),
+    else the number of samples."""
+    n = int(post.info.get("std_draws", post.samples.shape[0]))
     if post.method == "bayes" or n < 2:
         return post.std
     from scipy.stats import norm, t

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdegen import fem
-from pdegen._dct import dct2, idct2
+from pdegen._dct import dct2, idct2, idct2_variance
 from pdegen.models import VPSDE, AbstractSDE, DiffusionModel
 
 
@@ -64,6 +64,13 @@ class GaussianScore(eqx.Module):
     def z_shape(self) -> tuple:
         """Shape of the white noise ``z`` of :meth:`sqrt`."""
         return tuple(self.mode_std.shape) if self.kind == "dct" else (int(self.values.shape[0]),)
+
+    def variance(self) -> jax.Array:
+        """The prior's pointwise variance, of ``shape``: the diagonal of the covariance in closed
+        form (no transform per entry)."""
+        if self.kind == "dct":
+            return idct2_variance(self.mode_std**2)[None]
+        return ((self.basis**2) @ jnp.maximum(self.values, 0.0)).reshape(self.shape)
 
     def sqrt(self, z):
         """A square root of the covariance: ``x = sqrt(z)`` has the prior's law for white ``z``."""
@@ -151,6 +158,15 @@ class Prior(eqx.Module):
         x = self.score.sqrt(jnp.asarray(z, self.offset.dtype))
         return self.to_field(x) - self.offset
 
+    def _closed_form_variance(self) -> jax.Array | None:
+        """The field's pointwise prior variance ``(n,)`` without one transform per node (Gaussian
+        priors on their own nodes), or ``None`` where a grid-to-mesh transfer mixes entries."""
+        if not self.gaussian or self.transfer is not None:
+            return None
+        v = self.score.variance()
+        v = v[self.channel] if len(self.shape) == 3 else v
+        return v.reshape(-1).astype(self.offset.dtype) * self.scale**2
+
     def sample(self, key, num_samples: int) -> jax.Array:
         """Prior draws of the field ``(num_samples, n)`` (Gaussian or latent-Gaussian priors)."""
         z = jax.random.normal(key, (int(num_samples),) + self.z_shape, self.offset.dtype)
@@ -216,7 +232,12 @@ def matern_prior(
             f"matern_prior: {n} nodes is too many for a dense covariance (max_dense={max_dense}); "
             f"give rank= (e.g. rank=500) for a truncated Karhunen-Loeve prior"
         )
-    mean = np.broadcast_to(np.asarray(mean, np.float64), (n,)).copy()
+    mean = np.asarray(mean, np.float64)
+    if mean.shape not in ((), (n,)):
+        raise ValueError(
+            f"matern_prior: mean must be a number or nodal values ({n},), got shape {mean.shape}"
+        )
+    mean = np.broadcast_to(mean, (n,)).copy()
     if not np.all(np.isfinite(mean)):
         raise ValueError("matern_prior: mean contains NaN or inf")
     kappa = math.sqrt(8.0) / length_scale
@@ -345,6 +366,22 @@ def unwrap_model(model, name, caller: str):
     return model, name
 
 
+def square_pixel_box(mesh: fem.Mesh, grid) -> tuple:
+    """``(x0, x1, y0, y1)``: the smallest box whose ``(ny, nx)`` image has square pixels and
+    holds the mesh, anchored at the lower-left corner of its bounding box (a square mesh: the
+    bounding box itself)."""
+    ny, nx = (grid, grid) if np.ndim(grid) == 0 else tuple(int(g) for g in grid)
+    pts = np.asarray(mesh.points, np.float64)
+    lo, hi = pts.min(0), pts.max(0)
+    step = max((hi[0] - lo[0]) / (nx - 1), (hi[1] - lo[1]) / (ny - 1))
+    return (
+        float(lo[0]),
+        float(lo[0] + step * (nx - 1)),
+        float(lo[1]),
+        float(lo[1] + step * (ny - 1)),
+    )
+
+
 def learned_prior(
     model,
     mesh: fem.Mesh,
@@ -358,8 +395,9 @@ def learned_prior(
 
     A trained diffusion model over ``(C, g, g)`` images as a prior on the nodal values of a
     field on ``mesh``: channel ``channel`` of the image, interpolated bilinearly at the mesh nodes
-    (:func:`grid_transfer`; the image covers ``box``, by default the mesh's bounding box, so a
-    non-square domain uses the part of the image inside it).
+    (:func:`grid_transfer`; the image covers ``box``, by default the smallest box with square
+    pixels that holds the mesh, anchored at its lower-left corner: a non-square domain uses the
+    part of the image inside it and the prior's correlations keep their shape).
 
     Args:
         model: a :class:`pdegen.models.DiffusionModel` or a loaded checkpoint
@@ -387,6 +425,8 @@ def learned_prior(
     if not 0 <= int(channel) < shape[0]:
         raise ValueError(f"learned_prior: channel must lie in [0, {shape[0] - 1}], got {channel}")
     channel = int(channel)
+    if box is None:
+        box = square_pixel_box(mesh, shape[1:])
     T = grid_transfer(shape[1:], mesh, box=box)
     mean = float(np.asarray(model.normalisation.mean)[channel])
     std = float(np.asarray(model.normalisation.std)[channel])

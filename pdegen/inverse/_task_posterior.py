@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdegen import fem
+from pdegen._errors import as_count, as_key
 from pdegen.models import SAMPLERS as MODEL_SAMPLERS
 from pdegen.models import AbstractSDE, default_sampler, sampler_function
 
@@ -60,7 +61,7 @@ from ._methods import (
     step_weight,
 )
 from ._metrics import summarise
-from ._operators import channel_rms, noise_floor, solution_operator
+from ._operators import channel_rms, noise_floor, solution_operator, solve_columns
 from ._priors import Prior
 from ._projection import normalised_solve, pde_projection
 from ._results import Posterior
@@ -123,9 +124,8 @@ def _method_object(
 
 def _solve_batch(task: InverseTask, a):
     if task.linear:
-        S = jnp.asarray(solution_operator(task.physics))
-        flat = a.reshape(a.shape[0], -1)
-        return (flat @ S.T).reshape(a.shape)
+        flat = np.asarray(a, np.float64).reshape(a.shape[0], -1)
+        return jnp.asarray(solve_columns(task.physics, flat.T).T).reshape(a.shape)
     return jnp.stack([task.solve(ai) for ai in a])
 
 
@@ -610,8 +610,8 @@ def sample_task_posterior(
         method_object, method = method, method.label
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} or a method object, got {method!r}")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    num_samples = as_count(num_samples, "num_samples")
+    key = as_key(key, "sample_posterior(key=...)")
     if method in SMC_METHODS:
         SMC(num_particles=num_particles)  # checks the particle count before any work
     y = task.y if y is None else task.check_observations(y)
@@ -683,8 +683,7 @@ def sample_task_posterior(
     if sampler is None:
         sampler = default_sampler(prior.sde)
     sampler_function(sampler)  # a name in models.SAMPLERS or a sampler function
-    if not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
+    num_steps = as_count(num_steps, "num_steps", 2)
     if physics_weight is None:
         physics_weight = 1.0 if method == "diffusionpde" else 0.0
     if physics_weight < 0:
