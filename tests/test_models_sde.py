@@ -83,5 +83,7 @@ def test_config_round_trip_and_bad_parameters():
         models.VPSDE(schedule="cosine")
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         models.VESDE(sigma_min=2.0, sigma_max=1.0)
+    with pytest.raises(ValueError, match="0 < t_min"):  # sigma(0) = 0: samples would be NaN
+        models.VPSDE(t_min=0.0)
     with pytest.raises(ValueError, match="kind"):
         models.sde_from_config({"kind": "nope"})

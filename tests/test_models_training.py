@@ -192,6 +192,9 @@ def test_checkpoint_round_trip_and_exact_resume(key, tmp_path):
     assert sorted(os.listdir(tmp_path / "exported")) == ["metadata.json", "model-000000006.eqx"]
     with pytest.raises(ValueError, match="ema=False"):
         models.load_checkpoint(tmp_path / "exported", ema=False)
+    with pytest.raises(ValueError, match="resumable training run"):  # it would delete the state
+        models.export_model(tmp_path / "full", full.state.ema_model, {}, step=6)
+    assert len(list((tmp_path / "full").glob("state-*.eqx"))) == 1
     with pytest.raises(ValueError, match=r"`data`.*\(3,\)"):
         loaded.model.check_compatible((5, 4))
 
@@ -216,6 +219,10 @@ def test_bad_inputs(key, tmp_path):
         models.load_checkpoint(tmp_path / "missing")
     with pytest.raises(ValueError, match="load_pretrained.*available"):
         models.load_pretrained("no-such-model")
+    with pytest.raises(TypeError, match=r"jax.random.key\(seed\)"):
+        models.train(model, data, key=0, config=config, progress=False)
+    with pytest.raises(ValueError, match="channel_mults of ints >= 1"):
+        models.UNet(1, base_channels=4, channel_mults=(1, 0), key=key)
     out = tmp_path / "ck"
     models.train(
         model,
@@ -225,6 +232,11 @@ def test_bad_inputs(key, tmp_path):
         out_dir=out,
         progress=False,
     )
+    with pytest.raises(models.CheckpointMismatch, match="different model"):
+        other = models.DiffusionModel(
+            models.ScoreMLP(3, width=8, key=key), model.sde, model.normalisation, (3,)
+        )
+        models.train(other, data, key=key, config=config, out_dir=out, progress=False)
     state_file = next(out.glob("state-*.eqx"))
     raw = bytearray(state_file.read_bytes())
     raw[len(raw) // 2] ^= 0xFF

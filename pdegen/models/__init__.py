@@ -86,6 +86,7 @@ from ._spectral import SpectralDenoiser as SpectralDenoiser
 from ._spectral_fit import fit_spectral_density as fit_spectral_density
 from ._spectral_fit import mode_covariance as mode_covariance
 from ._spectral_fit import whittle_divergence as whittle_divergence
+from ._training import CheckpointMismatch as CheckpointMismatch
 from ._training import TrainConfig as TrainConfig
 from ._training import TrainingDivergedError as TrainingDivergedError
 from ._training import TrainResult as TrainResult

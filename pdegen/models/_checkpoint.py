@@ -179,12 +179,19 @@ def export_model(
     The folder then holds ``model-<step>.eqx`` and ``metadata.json`` (``contents: "model"``);
     :func:`load_checkpoint` and :func:`load_pretrained` read it like a training checkpoint.
     Pass the EMA model of a finished run: this is how the shipped priors are written.
-    Only process 0 writes; NaN / inf weights raise ``ValueError``.
+    Only process 0 writes; NaN / inf weights, or a folder holding a training run's resumable
+    state, raise ``ValueError``.
     """
     directory = Path(directory)
     if not all_finite(model):
         raise ValueError(
             "export_model(model=...): the model holds NaN or infinite weights; not written"
+        )
+    if directory.is_dir() and any(directory.glob("state-*.eqx")):
+        raise ValueError(
+            f"export_model: {str(directory)!r} holds a resumable training run (state-*.eqx), "
+            "which exporting would replace; export to another folder, e.g. "
+            f"{str(directory / 'model')!r}"
         )
     if not is_writer():
         return directory

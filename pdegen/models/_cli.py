@@ -47,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
     from .._io import check_output_dir
     from ._model import DiffusionModel, Normalisation
     from ._networks import ScoreMLP, UNet, count_parameters
-    from ._training import TrainConfig, _check_data, load_data, train
+    from ._training import CheckpointMismatch, TrainConfig, _check_data, load_data, train
 
     check_output_dir(args.out, "--out")  # before any work: not after the whole run
     data = load_data(args.data, key=args.key)
@@ -68,7 +68,15 @@ def _train(args: argparse.Namespace) -> int:
     key = jr.key(args.seed)
     net_key, train_key = jr.split(key)
     if data.ndim == 4:
-        mults = tuple(int(m) for m in args.channel_mults.split(","))
+        try:
+            mults = tuple(int(m) for m in args.channel_mults.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--channel-mults must be comma-separated ints >= 1 (e.g. 1,2,2), got "
+                f"{args.channel_mults!r}"
+            ) from None
+        if min(mults) < 1:
+            raise ValueError(f"--channel-mults must be ints >= 1, got {args.channel_mults!r}")
         net = UNet(
             data.shape[1],
             base_channels=args.channels,
@@ -102,15 +110,22 @@ def _train(args: argparse.Namespace) -> int:
     print(
         f"training {type(net).__name__} ({count_parameters(net)} float32 parameters) on {data.shape}"
     )
-    result = train(
-        model,
-        data,
-        key=train_key,
-        config=config,
-        out_dir=args.out,
-        progress=not args.quiet,
-        metadata=meta,
-    )
+    try:
+        result = train(
+            model,
+            data,
+            key=train_key,
+            config=config,
+            out_dir=args.out,
+            progress=not args.quiet,
+            metadata=meta,
+        )
+    except CheckpointMismatch:  # said in the command's terms
+        raise ValueError(
+            f"--out {args.out} holds a checkpoint of another run (another network, data or "
+            "options; --steps also sets the learning-rate schedule, so a finished run cannot be "
+            "extended). Resume it with the same options as its first run, or give a new --out"
+        ) from None
     print(
         f"done: step {int(result.state.step)}, final loss {result.losses[-1]:.4g}; checkpoint in {args.out}"
     )
@@ -244,7 +259,7 @@ def _sample(args: argparse.Namespace) -> int:
         and all(isinstance(c, str) for c in names)
     ):
         names = None
-    title = f"{name} (trained {ckpt.step} steps): {args.method}, {steps} sampler steps, seed {args.seed}"
+    title = f"{name} (trained {ckpt.step} steps): {label}, {steps} sampler steps, seed {args.seed}"
     _save_figure(out / "samples.png", plot_samples(samples, channel_names=names, title=title))
     print(f"wrote {samples.shape} samples to {out / 'samples.npz'} and {out / 'samples.png'}")
     return 0

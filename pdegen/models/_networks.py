@@ -225,10 +225,17 @@ class UNet(eqx.Module):
         key: Array,
     ):
         channel_mults = tuple(int(m) for m in channel_mults)
-        if in_channels < 1 or base_channels < 1 or num_res_blocks < 1 or not channel_mults:
+        if (
+            in_channels < 1
+            or base_channels < 1
+            or num_res_blocks < 1
+            or not channel_mults
+            or min(channel_mults) < 1
+        ):
             raise ValueError(
                 "UNet needs in_channels >= 1, base_channels >= 1, num_res_blocks >= 1 and a non-empty "
-                f"channel_mults; got {in_channels}, {base_channels}, {num_res_blocks}, {channel_mults}"
+                f"channel_mults of ints >= 1; got {in_channels}, {base_channels}, {num_res_blocks}, "
+                f"{channel_mults}"
             )
         out_channels = in_channels if out_channels is None else out_channels
         dt = jnp.dtype(dtype)

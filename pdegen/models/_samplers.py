@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jax import Array
 
+from .._errors import as_count, as_key
 from ._distributed import batch_sharding, make_mesh, replicate
 from ._flow import flow_ode
 from ._interpolants import AbstractInterpolant
@@ -384,8 +385,8 @@ def sample(
     ``progress=True`` shows a progress bar (tqdm) over the batches.
     """
     method = sampler_function(method, "sample(method=...)")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"sample(num_samples=...) must be a positive int, got {num_samples!r}")
+    num_samples = as_count(num_samples, "sample(num_samples=...)")
+    key = as_key(key, "sample(key=...)")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(
             f"sample(batch_size=...) must be a positive int or None, got {batch_size!r}"

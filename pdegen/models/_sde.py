@@ -160,8 +160,9 @@ class VPSDE(AbstractSDE):
             raise ValueError(
                 f"VPSDE(schedule=...) must be 'linear' or 'cosine', got {self.schedule!r}"
             )
-        if not 0.0 <= self.t_min < self.t_max <= 1.0:
-            raise ValueError(f"VPSDE needs 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+        # sigma(0) = 0: the score and the final denoising step divide by it
+        if not 0.0 < self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"VPSDE needs 0 < t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
         if self.schedule == "cosine" and self.t_max >= 1.0:
             raise ValueError("VPSDE(schedule='cosine') needs t_max < 1 (alpha(1) = 0); try 0.999")
         if not 0.0 < self.beta_min < self.beta_max:

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from .._errors import NonFiniteError
+from .._errors import NonFiniteError, UserError, as_key
 from .._io import atomic_write, check_output_dir
 from ._checkpoint import (
     TrainState,
@@ -360,6 +360,11 @@ def _training_sets(data, model: DiffusionModel) -> list[np.ndarray]:
     return sets
 
 
+class CheckpointMismatch(UserError):
+    """``train(out_dir=...)`` holds what cannot be resumed with these arguments: an exported
+    model, or the checkpoint of another model or training configuration."""
+
+
 def train(
     model: DiffusionModel,
     data,
@@ -402,8 +407,7 @@ def train(
         )
     out = check_output_dir(out_dir, "train(out_dir=...)") if out_dir is not None else None
     sets = _training_sets(data, model)
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jr.wrap_key_data(key)
+    key = as_key(key, "train(key=...)")
     optimizer = make_optimizer(config)
     mesh = make_mesh() if mesh is None else mesh
     check_batch_divisible(config.batch_size, mesh, name="config.batch_size")
@@ -413,17 +417,17 @@ def train(
     if out is not None and resume and (out / "metadata.json").is_file():
         meta = read_metadata(out)
         if meta.get("contents") == "model":
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"train(out_dir={str(out)!r}): the folder holds an exported model (weights only), which "
                 f"cannot be resumed; use a new out_dir"
             )
         if meta.get("model") != model.config():
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"train(out_dir={str(out)!r}): the checkpoint there was made for a different model "
                 f"configuration; use a new out_dir or resume=False"
             )
         if meta.get("train") != dataclasses.asdict(config):
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"train(config=...): differs from the configuration stored in {str(out)!r} "
                 f"({meta.get('train')}); resume with the same config or use a new out_dir"
             )
