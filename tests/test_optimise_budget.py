@@ -78,6 +78,15 @@ def test_cmaes_last_generation_stops_at_the_budget():
         assert np.min(res.value) == pytest.approx(counter.smallest, rel=1e-12, abs=1e-12)
 
 
+def test_cmaes_in_one_dimension_and_budgets_written_as_floats():
+    f = lambda x: jnp.sum((x - 0.77) ** 2)  # noqa: E731
+    res = minimise(f, ([0.1], [2.5]), key=jr.key(0), method="cmaes", max_evaluations=3e2)
+    assert res.num_evaluations == 300
+    assert float(res.x[0]) == pytest.approx(0.77, abs=1e-4)
+    with pytest.raises(ValueError, match="whole number"):
+        minimise(f, ([0.1], [2.5]), key=jr.key(0), method="cmaes", max_evaluations=300.5)
+
+
 def test_box_centre_is_counted_and_a_candidate():
     # the minimiser is the box centre: the centre check alone finds it
     prob = test_function("rastrigin", 2)

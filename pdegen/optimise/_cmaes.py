@@ -26,7 +26,9 @@ def run_cmaes(fz, box, keys, tasks, *, max_evaluations, sigma0: float = 0.6) -> 
     dim = box.centre.shape[0]
     dt = default_dtype()
     batched = jax.jit(jax.vmap(fz, in_axes=(0, None)))
-    lower, upper = -np.ones(dim), np.ones(dim)
+    # the cma package needs two coordinates or more: in 1-D it searches a second, ignored one
+    search_dim = max(dim, 2)
+    lower, upper = -np.ones(search_dim), np.ones(search_dim)
     out_x, out_v, trajs, bad = [], [], [], []
     for i, key in enumerate(keys):
         task = jax.tree.map(lambda a: a[i], tasks)
@@ -37,7 +39,7 @@ def run_cmaes(fz, box, keys, tasks, *, max_evaluations, sigma0: float = 0.6) -> 
 
         def evaluate(X):
             nonlocal nonfinite
-            X = np.clip(np.asarray(X, dtype=np.float64), lower, upper)
+            X = np.clip(np.asarray(X, dtype=np.float64), lower, upper)[:, :dim]
             v = np.asarray(batched(jnp.asarray(X, dtype=dt), task), dtype=np.float64)
             nonfinite += int(np.sum(~np.isfinite(v)))
             v = np.where(np.isfinite(v), v, np.inf)

@@ -9,6 +9,7 @@ reported ``num_evaluations`` is what a counter wrapped around ``f`` sees
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -155,6 +156,14 @@ def minimise(
         loss=loss,
         coordinate_grid_size=coordinate_grid_size,
     )
+    if max_evaluations is not None:
+        budget = float(max_evaluations)
+        if not (math.isfinite(budget) and budget == int(budget)):
+            raise UserError(
+                f"minimise(max_evaluations={max_evaluations!r}): the budget must be a whole "
+                "number of evaluations"
+            )
+        max_evaluations = int(budget)  # 1e4 and np.int64(10000) read as 10000
     if max_evaluations is None:
         if method not in ("dds", "pis") or iterations_per_temperature is None:
             raise UserError(
