@@ -361,8 +361,10 @@ def _training_sets(data, model: DiffusionModel) -> list[np.ndarray]:
 
 
 class CheckpointMismatch(UserError):
-    """``train(out_dir=...)`` holds what cannot be resumed with these arguments: an exported
-    model, or the checkpoint of another model or training configuration."""
+    """The training folder holds what these arguments cannot resume.
+
+    ``train(out_dir=...)`` holds an exported model, or the checkpoint of another model or
+    training configuration."""
 
 
 def train(
