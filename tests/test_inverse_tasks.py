@@ -117,3 +117,19 @@ def test_interval_scale_counts_the_draws_behind_the_std():
     assert float(interval_std(many)[0]) == pytest.approx(1.0, abs=2e-3)
     exact = few._replace(method="bayes")
     assert float(interval_std(exact)[0]) == 1.0
+
+
+def test_coloured_tabulation_of_sparse_maps_and_its_fallback():
+    from pdegen import fem
+    from pdegen.inverse._operators import _node_adjacency, _sparse_matrix
+
+    mesh = fem.unit_square(5)
+    P = _node_adjacency(mesh)
+    d = mesh.npoints
+    rng = np.random.default_rng(1)
+    inside = P.multiply(rng.standard_normal((d, d))).toarray()  # nonzeros on the pattern
+    got = _sparse_matrix(lambda v: jnp.asarray(inside) @ v, d, P)
+    assert np.allclose(got.toarray(), inside, rtol=0, atol=1e-14)
+    dense = rng.standard_normal((d, d))  # leaves the pattern: tabulated column by column
+    got = _sparse_matrix(lambda v: jnp.asarray(dense) @ v, d, P)
+    assert np.allclose(got.toarray(), dense, rtol=0, atol=1e-14)
