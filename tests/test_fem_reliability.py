@@ -2,6 +2,7 @@
 the content-keyed LU cache, mesh files of any element, keyword-only keys, problem arguments."""
 
 import logging
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -467,3 +468,18 @@ def test_ignored_inputs_are_refused():
     facets[:] = V.boundary_facets(lambda x: x[1] < 1e-9)
     assert float(jnp.sum(jnp.asarray(V.boundary_quadrature(facets).dx))) == pytest.approx(1.0)
     assert V.boundary_quadrature(facets) is not left
+
+
+def test_read_mesh_warns_of_unmerged_duplicate_points(tmp_path):
+    left = fem.rectangle(3, 3, x1=0.5)
+    right = fem.rectangle(3, 3, x0=0.5, x1=1.0)
+    pts = np.concatenate([left.points, right.points])
+    cells = np.concatenate([left.cells, right.cells + left.npoints])
+    path = tmp_path / "seam.vtu"
+    meshio.write(path, meshio.Mesh(np.c_[pts, np.zeros(len(pts))], [("triangle", cells)]))
+    with pytest.warns(UserWarning, match="3 points that repeat"):
+        fem.read_mesh(path)
+    fem.write_mesh(tmp_path / "one.vtu", fem.unit_square(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fem.read_mesh(tmp_path / "one.vtu")

@@ -354,7 +354,19 @@ def read_mesh(path) -> Mesh:
     used = np.unique(cells)
     remap = -np.ones(pts.shape[0], np.int64)
     remap[used] = np.arange(used.size)
-    return Mesh(pts[used], remap[cells], reorient=True)
+    pts = pts[used]
+    distinct = np.unique(pts, axis=0).shape[0]
+    if distinct < pts.shape[0]:
+        import warnings
+
+        warnings.warn(
+            f"read_mesh: {path!r} has {pts.shape[0] - distinct} points that repeat another "
+            "point's coordinates (unmerged duplicates): the cells on either side are not joined, "
+            "so the seam is a boundary; merge them in the mesh generator",
+            UserWarning,
+            stacklevel=2,
+        )
+    return Mesh(pts, remap[cells], reorient=True)
 
 
 def _dof_layout(space):
