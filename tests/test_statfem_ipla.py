@@ -286,6 +286,23 @@ def test_ipla_bad_input():
         )
     with pytest.raises(TypeError, match="preconditioner"):
         statfem.ipla(lambda t, x: 0.0, 0.1, preconditioner=np.eye(2))
+    with pytest.raises(ValueError, match="finite"):
+        statfem.run_ipla(
+            lambda t, x: jnp.sum(x**2), jnp.nan, jnp.zeros((2, 3)), 10, 0.1, key=jax.random.key(0)
+        )
+    # a parameter step far past the curvature's stability limit: stopped, not NaN estimates
+    from pdegen._errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="non-finite at step"):
+        statfem.run_ipla(
+            lambda t, x: jnp.sum(x**2) + 50.0 * t**2,
+            1.0,
+            jnp.zeros((2, 3)),
+            200,
+            0.01,
+            key=jax.random.key(0),
+            theta_step_size=1.0,
+        )
 
 
 def test_ipla_rejects_a_parameter_step_of_the_wrong_shape():

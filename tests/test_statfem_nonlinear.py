@@ -155,6 +155,25 @@ def test_nonlinear_bad_input():
         )
     with pytest.raises(UserError, match="key"):
         model.laplace_preconditioner(jnp.zeros(8), jnp.zeros(model.dim), rank=2)
+    # the energies handed to samplers check the state's length (a longer one would run)
+    with pytest.raises(ValueError, match=rf"state must have shape \({model.dim},\)"):
+        model.energy_fn(jnp.zeros(8))(jnp.zeros(model.dim + 3))
+    with pytest.raises(ValueError, match="solve"):
+        model.solve(jnp.zeros(model.dim - 1))
+
+
+def test_sparse_cholesky_of_a_float32_matrix_solves_in_float64():
+    # a Gauss-Newton matrix assembled in float32 (JAX's default) is factorised in float64
+    import scipy.sparse as sp
+
+    from pdegen.fem.statfem._selected import SparseCholesky
+
+    Q = sp.diags([np.full(5, 4.0), np.full(4, -1.0), np.full(4, -1.0)], [0, -1, 1]).astype(
+        np.float32
+    )
+    b = np.arange(5.0)
+    x = SparseCholesky(Q).solve(b)
+    assert np.allclose(Q.astype(np.float64) @ x, b, rtol=1e-12)
 
 
 @pytest.mark.slow

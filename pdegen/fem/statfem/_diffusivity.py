@@ -38,7 +38,7 @@ from ... import mcmc
 from ..._errors import ConvergenceError, UserError
 from .._solve import solver_errors
 from ._exact import exact_posterior, log_marginal_likelihood
-from ._model import KERNELS, LinearSystem, StatFEM, kernel_matrix
+from ._model import KERNELS, LinearSystem, StatFEM, check_state, kernel_matrix
 from ._nonlinear import MAPResult
 
 
@@ -209,7 +209,12 @@ class DiffusivityStatFEM(eqx.Module):
     def energy_fn(self, y):
         """``z -> 0.5 |z|^2 + misfit(z)``: the posterior energy of the state (MALA's target)."""
         misfit = self.misfit_fn(y)
-        return lambda z: 0.5 * jnp.dot(z, z) + misfit(z)
+
+        def energy(z):
+            z = check_state(z, self.dim, "DiffusivityStatFEM.energy_fn(y)")
+            return 0.5 * jnp.dot(z, z) + misfit(z)
+
+        return energy
 
     def energy(self, z, y) -> jax.Array:
         """The posterior energy at ``z`` (no constants)."""
@@ -268,7 +273,12 @@ class DiffusivityStatFEM(eqx.Module):
         one matrix per evaluation). Draw ``u`` given each kept ``v`` with :meth:`sample_solution`;
         together they sample the joint posterior."""
         y = self.model.check_data(y, "collapsed_energy_fn")
-        return lambda v: 0.5 * jnp.dot(v, v) - log_marginal_likelihood(self.model_at(v), y)
+
+        def energy(v):
+            v = check_state(v, self.num_modes, "DiffusivityStatFEM.collapsed_energy_fn(y)")
+            return 0.5 * jnp.dot(v, v) - log_marginal_likelihood(self.model_at(v), y)
+
+        return energy
 
     def sample_solution(self, v, y, *, key) -> jax.Array:
         """A draw of the free dofs ``x`` of ``u`` from ``p(u | kappa(v), y)`` (exact, Gaussian)."""
@@ -330,6 +340,7 @@ class DiffusivityStatFEM(eqx.Module):
         r = self.num_modes
 
         def energy(s):
+            s = check_state(s, self.centred_dim, "DiffusivityStatFEM.centred_energy_fn(y)")
             v, x = s[:r], s[r:]
             sys = self._system_at(v)
             return 0.5 * jnp.dot(v, v) - sys.log_prior(x) + sys.likelihood_energy(x, y)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..._errors import NonFiniteError
 from .._solve import solver_errors
 from ._kernels import Preconditioner
 
@@ -163,6 +164,10 @@ class IPLAResult(NamedTuple):
 
 
 @solver_errors()  # a failed linear solve inside the energy is a one-line LinearSolveError
+def _traced(*xs) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
+
+
 def run_ipla(
     energy_fn: Callable,
     theta0,
@@ -186,6 +191,11 @@ def run_ipla(
     kernel = ipla(
         energy_fn, step_size, theta_step_size=theta_step_size, preconditioner=preconditioner
     )
+    if not _traced(theta0, particles0) and not (
+        bool(jnp.all(jnp.isfinite(jnp.asarray(theta0))))
+        and bool(jnp.all(jnp.isfinite(jnp.asarray(particles0))))
+    ):
+        raise ValueError("run_ipla: theta0 and particles0 must be finite")
     state = kernel.init(theta0, particles0)
 
     def body(st, k):
@@ -193,6 +203,13 @@ def run_ipla(
         return st, (st.theta, info.energy)
 
     state, (thetas, energies) = lax.scan(body, state, jax.random.split(key, int(num_steps)))
+    if not _traced(thetas) and not bool(jnp.all(jnp.isfinite(thetas))):
+        first_bad = int(jnp.argmax(~jnp.all(jnp.isfinite(thetas.reshape(thetas.shape[0], -1)), 1)))
+        raise NonFiniteError(
+            f"run_ipla: the parameters turned non-finite at step {first_bad + 1}; the step sizes "
+            "are too large for the particles' curvature (try smaller step_size / "
+            "theta_step_size)"
+        )
     first = jnp.broadcast_to(jnp.asarray(theta0).astype(thetas.dtype), thetas.shape[1:])
     traj = jnp.concatenate([first[None], thetas], axis=0)
     start = int(num_steps) - max(1, int(round(average_fraction * int(num_steps))))

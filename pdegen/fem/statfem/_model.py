@@ -32,6 +32,16 @@ from .._sparse import SparseMatrix, SparsityPattern, default_float_dtype
 MASS_KINDS = ("lumped", "consistent")
 
 
+def check_state(x, dim: int, where: str) -> jax.Array:
+    """``x`` as an array of shape ``(dim,)``, else a ``ValueError`` naming ``where``: the energies
+    handed to samplers check their argument too (a longer state would run, its extra entries
+    outside the energy)."""
+    x = jnp.asarray(x)
+    if x.shape != (dim,):
+        raise ValueError(f"{where}: the state must have shape ({dim},), got {x.shape}")
+    return x
+
+
 def _positive_lumped_mass(space) -> bool:
     """Whether every lumped-mass entry is positive (P1, Q1, Q2; not P2, whose vertex shape
     functions integrate to zero)."""
@@ -545,14 +555,16 @@ class StatFEM(eqx.Module):
     def energy_fn(self, y) -> Callable:
         """``x -> Phi(x)`` with the operators assembled once (fast inside samplers)."""
         y = self.check_data(y, "energy_fn")
-        sys = self.system()
-        return lambda x: sys.energy(x, y)
+        sys, dim = self.system(), self.dim
+        return lambda x: sys.energy(check_state(x, dim, "StatFEM.energy_fn(y)"), y)
 
     def likelihood_energy_fn(self, y) -> Callable:
         """``x -> likelihood_energy(x, y)`` with the operators assembled once (for pCN)."""
         y = self.check_data(y, "likelihood_energy_fn")
-        sys = self.system()
-        return lambda x: sys.likelihood_energy(x, y)
+        sys, dim = self.system(), self.dim
+        return lambda x: sys.likelihood_energy(
+            check_state(x, dim, "StatFEM.likelihood_energy_fn(y)"), y
+        )
 
     # -- prior -----------------------------------------------------------------------------
     def prior_mean(self) -> jax.Array:

@@ -31,7 +31,7 @@ from .._callback import host_call
 from .._problems import Poisson
 from .._solve import linear_solve, solver_errors
 from .._sparse import SparseMatrix, SparsityPattern
-from ._model import _embed, _restrict, _scalar, _Structure
+from ._model import _embed, _restrict, _scalar, _Structure, check_state
 from ._selected import SparseCholesky
 
 
@@ -172,13 +172,16 @@ class NonlinearStatFEM(eqx.Module):
     def energy_fn(self, y):
         """``x -> Phi(x)`` for the data ``y``."""
         y = self.check_data(y)
-        return lambda x: self.energy(x, y)
+        return lambda x: self.energy(check_state(x, self.dim, "NonlinearStatFEM.energy_fn(y)"), y)
 
     # -- simulation --------------------------------------------------------------------------
-    def solve(self, xi=None, *, tol: float = 1e-11, max_iterations: int = 50) -> jax.Array:
-        """Free-dof values with ``R(x) = xi`` (Newton; ``xi = 0`` by default)."""
-        xi = jnp.zeros(self.dim) if xi is None else jnp.asarray(xi)
-        x = jnp.zeros(self.dim)
+    def solve(self, xi=None, *, tol: float | None = None, max_iterations: int = 50) -> jax.Array:
+        """Free-dof values with ``R(x) = xi`` (Newton; ``xi = 0`` by default). ``tol``: relative
+        residual (default ``1e-11`` in float64, ``1e-5`` in float32)."""
+        xi = jnp.zeros(self.dim) if xi is None else check_state(xi, self.dim, "solve(xi)")
+        x = jnp.zeros(self.dim, xi.dtype)
+        if tol is None:
+            tol = 1e-11 if jnp.finfo(xi.dtype).bits == 64 else 1e-5
         scale = max(1.0, float(jnp.linalg.norm(xi)), float(jnp.linalg.norm(self.residual(x))))
         for _ in range(int(max_iterations)):
             with solver_errors():

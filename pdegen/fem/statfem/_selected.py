@@ -83,7 +83,7 @@ class SparseCholesky:
     """
 
     def __init__(self, Q):
-        Q = sp.csc_matrix(Q)
+        Q = sp.csc_matrix(Q, dtype=np.float64)  # float32 assembly: factorised and solved in float64
         n = Q.shape[0]
         if Q.shape != (n, n):
             raise ValueError(f"SparseCholesky: Q must be square, got {Q.shape}")
