@@ -114,3 +114,12 @@ def test_bad_arguments(getkey):
         DDS(2, key=getkey(), network="transformer")
     with pytest.raises(ValueError, match="loss"):
         train(DDS(2, key=getkey()), gaussian_log_density, key=getkey(), loss="elbo", progress=False)
+    with pytest.raises(FloatingPointError, match="non-finite at step 1"):  # stopped, not NaN
+        train(
+            DDS(2, key=getkey()),
+            lambda x: jnp.sum(x) * jnp.nan,
+            key=getkey(),
+            num_steps=5,
+            batch_size=4,
+            progress=False,
+        )

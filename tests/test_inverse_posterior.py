@@ -268,6 +268,8 @@ def test_pde_projection_is_the_nearest_consistent_pair(name, key):
         assert np.allclose(p[0].reshape(-1), a, atol=1e-5 * np.abs(a).max())
         assert np.allclose(p[1].reshape(-1), B @ p[0].reshape(-1) + c, atol=1e-10)
         assert np.allclose(np.asarray(project(jnp.asarray(p))), p, atol=1e-5)  # a fixed point
+    with pytest.raises(ValueError, match=rf"pair of shape \(2, {GRID}, {GRID}\)"):
+        project(x0[:1])  # one channel: x[1] would be x[0], silently
 
 
 def test_physics_correction_generates_pairs_that_solve_the_pde(key):

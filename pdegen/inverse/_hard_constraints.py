@@ -44,6 +44,7 @@ import numpy as np
 
 from pdegen import fem
 from pdegen._dct import idct2
+from pdegen._errors import as_count
 from pdegen.models import VESDE, AbstractDomain, Box, Simplex, sample_constrained_domain
 
 from ._priors import GaussianScore
@@ -195,9 +196,7 @@ class HardConstrainedPrior(eqx.Module):
 
 
 def _grid(grid) -> int:
-    if not isinstance(grid, int) or grid < 2:
-        raise ValueError(f"`grid` must be an int >= 2 (a g x g image), got {grid!r}")
-    return grid
+    return as_count(grid, "`grid` (a g x g image)", 2)
 
 
 def bounded_diffusivity_prior(

@@ -74,7 +74,14 @@ def pde_projection(
     forward = normalised_solve(physics, mean, std, solution_operator=solution_operator)
     linear = solution_operator is not None or physics.parameter.linear
 
+    g = physics.grid
+
     def project(x0):
+        if x0.shape != (2, g, g):
+            raise ValueError(
+                f"pde_projection: expected a normalised (a, u) pair of shape (2, {g}, {g}), "
+                f"got {x0.shape}"
+            )
         x = x0.astype(jnp.float64)
         a_hat, u_hat = x[0], x[1]
         f_hat, vjp = jax.vjp(forward, a_hat)  # the FEM solve has an adjoint, not a forward mode

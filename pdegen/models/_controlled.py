@@ -39,6 +39,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from .._errors import NonFiniteError
+
 __all__ = [
     "BrownianReference",
     "OrnsteinUhlenbeckReference",
@@ -568,6 +570,11 @@ def train(
         key, sub = jr.split(key)
         model, opt_state, value = step(model, opt_state, sub)
         losses[i] = float(value)
+        if not np.isfinite(losses[i]):
+            raise NonFiniteError(
+                f"train: the {loss} loss turned non-finite at step {i + 1}; lower learning_rate "
+                "or the reference's sigma (DDS / PIS with network='mlp' is the steadier control)"
+            )
         if i % 50 == 0:
             bar.set_postfix(loss=f"{losses[i]:.4g}")
     return model, losses

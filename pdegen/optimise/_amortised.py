@@ -254,12 +254,12 @@ def train_amortised(
         return eqx.apply_updates(params, updates), opt_state, value
 
     ratios = final_temperature_ratio ** (np.arange(num_temperatures) / max(num_temperatures - 1, 1))
-    per_stage = iterations // num_temperatures
     per_path = 1 + (2 * num_steps if gradient_informed else 0)
     losses = []
-    bar = tqdm(range(per_stage * num_temperatures), disable=not progress, desc="amortised")
+    # every iteration runs; the stages split them as evenly as they divide
+    bar = tqdm(range(iterations), disable=not progress, desc="amortised")
     for i in bar:
-        temperature = jnp.asarray(t0 * ratios[min(i // per_stage, num_temperatures - 1)])
+        temperature = jnp.asarray(t0 * ratios[i * num_temperatures // iterations])
         params, opt_state, value = step(params, opt_state, jr.fold_in(k_train, i), temperature)
         losses.append(float(value))
         evaluations += tasks_per_iteration * batch_size * per_path
