@@ -305,17 +305,22 @@ def tmpd(
     def covariance(x, t, m, vjp_m, A):
         a, s = sde.alpha(t), sde.sigma(t)
         scale = s**2 / a
-        # Reverse mode only, so that forward maps through FEM solves (custom VJPs) work:
-        # A C A^T = scale V J V^T with V = dA/dm (one VJP of A per datum) and J = dm/dx.
+        # A C A^T = scale V J V^T with V = dA/dm (rows A^T e_i, one VJP of A each) and
+        # J = dm/dx: reverse mode only, so forward maps through FEM solves (custom VJPs) work
         _, vjp_A = jax.vjp(A, m)
         eye = jnp.eye(y.size, dtype=m.dtype)
-        V = jax.vmap(lambda e: vjp_A(e)[0])(eye)  # rows A^T e_i, each of m's shape
-        flat = V.reshape(y.size, -1)
+
+        def rows():
+            return jax.vmap(lambda e: vjp_A(e)[0])(eye).reshape(y.size, -1)
+
         noise = noise_std**2 + jitter
         if variant == "rowsum":  # A C A^T 1: one VJP of the denoiser
-            diag = scale * (flat @ jnp.ravel(vjp_m(vjp_A(jnp.ones(y.size, m.dtype))[0])[0]))
+            w = vjp_m(vjp_A(jnp.ones(y.size, m.dtype))[0])[0]
+            diag = scale * (rows() @ jnp.ravel(w))  # A w from A's rows: no forward mode
         else:
-            JV = jax.vmap(lambda v: vjp_m(v)[0])(V).reshape(y.size, -1)
+            flat = rows()
+            JV = jax.vmap(lambda v: vjp_m(v)[0])(flat.reshape((y.size,) + m.shape))
+            JV = JV.reshape(y.size, -1)
             if variant == "full":
                 C = scale * (flat @ JV.T)
                 C = 0.5 * (C + C.T) + noise * eye
