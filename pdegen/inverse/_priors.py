@@ -305,6 +305,11 @@ def grf_prior(
     )
 
 
+def _image_shape(grid) -> tuple[int, int]:
+    """``(ny, nx)`` from ``g`` (a square image) or ``(ny, nx)``."""
+    return (int(grid), int(grid)) if np.ndim(grid) == 0 else tuple(int(g) for g in grid)
+
+
 def grid_transfer(grid: int | tuple, mesh: fem.Mesh, *, box=None) -> fem.SparseMatrix:
     """Bilinear interpolation from an image to the nodes of a mesh, as a sparse matrix.
 
@@ -315,7 +320,7 @@ def grid_transfer(grid: int | tuple, mesh: fem.Mesh, *, box=None) -> fem.SparseM
     Raises:
         ValueError: if a mesh node lies outside ``box`` (the image does not cover the mesh).
     """
-    ny, nx = (grid, grid) if np.ndim(grid) == 0 else tuple(int(g) for g in grid)
+    ny, nx = _image_shape(grid)
     if min(ny, nx) < 2:
         raise ValueError(f"grid_transfer: the image needs at least 2 x 2 pixels, got {(ny, nx)}")
     pts = np.asarray(mesh.points, np.float64)
@@ -370,7 +375,7 @@ def square_pixel_box(mesh: fem.Mesh, grid) -> tuple:
     """``(x0, x1, y0, y1)``: the smallest box whose ``(ny, nx)`` image has square pixels and
     holds the mesh, anchored at the lower-left corner of its bounding box (a square mesh: the
     bounding box itself)."""
-    ny, nx = (grid, grid) if np.ndim(grid) == 0 else tuple(int(g) for g in grid)
+    ny, nx = _image_shape(grid)
     pts = np.asarray(mesh.points, np.float64)
     lo, hi = pts.min(0), pts.max(0)
     step = max((hi[0] - lo[0]) / (nx - 1), (hi[1] - lo[1]) / (ny - 1))
