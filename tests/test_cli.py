@@ -26,6 +26,16 @@ def test_solve_writes_fields_figure_and_summary(tmp_path, capsys, problem, eleme
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]  # nothing half written
 
 
+def test_solve_writes_a_p2_solution_on_all_its_dofs(tmp_path):
+    import meshio
+
+    out = tmp_path / "p2"
+    assert main(["solve", "poisson", "--grid", "5", "--element", "P2", "--out", str(out)]) == 0
+    written = meshio.read(out / "poisson.vtu")
+    assert [c.type for c in written.cells] == ["triangle6"]
+    assert written.points.shape[0] == 81 == written.point_data["u"].shape[0]  # 9 x 9 dofs
+
+
 def test_solve_on_a_mesh_file(tmp_path):
     from pdegen import fem
 
