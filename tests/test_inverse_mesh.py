@@ -310,6 +310,15 @@ class TestBadInput:
         )
         assert post.samples.shape == (3, V.ndofs)
 
+    def test_impedance_data_from_sensor_points(self):
+        V = fem.FunctionSpace(fem.unit_square(6), "P1")
+        points = np.array([[0.3, 0.4], [0.6, 0.7], [0.5, 0.2]])
+        fwd = inverse.pde_forward(fem.Source(fem.Helmholtz(V, boundary="impedance"), k=3.0), points)
+        y = fwd(jnp.ones(V.ndofs))
+        assert y.shape == (6,)  # [Re(H u), Im(H u)]
+        lik = inverse.gaussian_likelihood(fwd, y, noise_std=0.01)
+        assert float(lik.misfit(jnp.ones(V.ndofs))) < 1e-10
+
     def test_noise_per_datum_is_a_diagonal_covariance(self, setup):
         mesh, V, param = setup
         fwd = inverse.pde_forward(param, np.array([[-0.5, -0.5], [-0.5, 0.5]]))

@@ -266,6 +266,21 @@ def test_task_mode_rejects_a_sensor_file(capsys):
     assert "needs --mesh" in capsys.readouterr().err
 
 
+def test_darcy_has_defaults_that_run_and_refuses_bayes(tmp_path, capsys):
+    import argparse
+
+    from pdegen.inverse._invert_mesh import default_mesh_methods
+
+    out = str(tmp_path / "d")
+    assert main(["invert", "--task", "darcy-inverse", "--method", "bayes", "--out", out]) == 2
+    assert "nonlinear in a" in capsys.readouterr().err
+    args = argparse.Namespace(checkpoint=None, prior=None, pde="darcy")
+    assert "bayes" not in default_mesh_methods(args)
+    assert "bayes" in default_mesh_methods(argparse.Namespace(**{**vars(args), "pde": "poisson"}))
+    learned = argparse.Namespace(checkpoint=None, prior="grf-a", pde="poisson")
+    assert not {"bayes", "map"} & set(default_mesh_methods(learned))
+
+
 # ------------------------------------------------------------------------------- readers, writers
 
 
