@@ -121,11 +121,11 @@ def test_interval_scale_counts_the_draws_behind_the_std():
 
 def test_coloured_tabulation_of_sparse_maps_and_its_fallback():
     from pdegen import fem
-    from pdegen.inverse._operators import _node_adjacency, _sparse_matrix
+    from pdegen.inverse._operators import _sparse_matrix
 
-    mesh = fem.unit_square(5)
-    P = _node_adjacency(mesh)
-    d = mesh.npoints
+    V = fem.FunctionSpace(fem.unit_square(5), "P1")
+    P = fem.SparseMatrix(jnp.ones(V.pattern.nnz), V.pattern).to_scipy()
+    d = V.ndofs
     rng = np.random.default_rng(1)
     inside = P.multiply(rng.standard_normal((d, d))).toarray()  # nonzeros on the pattern
     got = _sparse_matrix(lambda v: jnp.asarray(inside) @ v, d, P)

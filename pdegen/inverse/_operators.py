@@ -62,27 +62,15 @@ def _solution_factors(physics: fem.PDETask):
         r = physics.problem.residual(u, **physics.theta(a))
         return r.real if jnp.iscomplexobj(r) else r
 
-    pattern = _node_adjacency(physics.mesh)
+    # the FEM pattern: where an operator assembled on the space can be nonzero
+    space = physics.problem.space
+    pattern = fem.SparseMatrix(jnp.ones(space.pattern.nnz), space.pattern).to_scipy()
     # the residual's linear parts, linearised once, then tabulated
     _, A_of = jax.linearize(lambda u: residual(u, zero), zero)
     _, b_of = jax.linearize(lambda a: residual(zero, a), zero)
     A = _sparse_matrix(A_of, d, pattern)
     B = -_sparse_matrix(b_of, d, pattern)
     return spla.splu(A), B
-
-
-def _node_adjacency(mesh):
-    """The pattern of nodes sharing a cell: where a P1 / Q1 operator can be nonzero."""
-    import scipy.sparse as sp
-
-    cells = np.asarray(mesh.cells)
-    k = cells.shape[1]
-    rows = np.repeat(cells, k, axis=1).ravel()
-    cols = np.tile(cells, (1, k)).ravel()
-    n = mesh.npoints
-    P = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
-    P.data[:] = 1.0
-    return P
 
 
 def _column_colours(P) -> np.ndarray:

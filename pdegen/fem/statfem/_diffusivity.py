@@ -157,12 +157,7 @@ class DiffusivityStatFEM(eqx.Module):
         return self.model.num_sensors
 
     def _check_z(self, z, fn):
-        z = jnp.asarray(z)
-        if z.shape != (self.dim,):
-            raise UserError(
-                f"DiffusivityStatFEM.{fn}: z must have shape ({self.dim},), got {z.shape}"
-            )
-        return z
+        return check_state(z, self.dim, f"DiffusivityStatFEM.{fn}", "z")
 
     def log_diffusivity(self, z) -> jax.Array:
         """``log kappa = m + Phi diag(sqrt(lam)) v`` at the nodes."""
@@ -211,7 +206,7 @@ class DiffusivityStatFEM(eqx.Module):
         misfit = self.misfit_fn(y)
 
         def energy(z):
-            z = check_state(z, self.dim, "DiffusivityStatFEM.energy_fn(y)")
+            z = self._check_z(z, "energy_fn(y)")
             return 0.5 * jnp.dot(z, z) + misfit(z)
 
         return energy

@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 
 from ..._errors import NonFiniteError
-from .._solve import solver_errors
+from .._solve import _is_traced, solver_errors
 from ._kernels import Preconditioner
 
 
@@ -164,10 +164,6 @@ class IPLAResult(NamedTuple):
 
 
 @solver_errors()  # a failed linear solve inside the energy is a one-line LinearSolveError
-def _traced(*xs) -> bool:
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
-
-
 def run_ipla(
     energy_fn: Callable,
     theta0,
@@ -191,7 +187,7 @@ def run_ipla(
     kernel = ipla(
         energy_fn, step_size, theta_step_size=theta_step_size, preconditioner=preconditioner
     )
-    if not _traced(theta0, particles0) and not (
+    if not _is_traced(theta0, particles0) and not (
         bool(jnp.all(jnp.isfinite(jnp.asarray(theta0))))
         and bool(jnp.all(jnp.isfinite(jnp.asarray(particles0))))
     ):
@@ -203,7 +199,7 @@ def run_ipla(
         return st, (st.theta, info.energy)
 
     state, (thetas, energies) = lax.scan(body, state, jax.random.split(key, int(num_steps)))
-    if not _traced(thetas) and not bool(jnp.all(jnp.isfinite(thetas))):
+    if not _is_traced(thetas) and not bool(jnp.all(jnp.isfinite(thetas))):
         first_bad = int(jnp.argmax(~jnp.all(jnp.isfinite(thetas.reshape(thetas.shape[0], -1)), 1)))
         raise NonFiniteError(
             f"run_ipla: the parameters turned non-finite at step {first_bad + 1}; the step sizes "

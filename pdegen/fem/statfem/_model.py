@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from ..._errors import UserError
 from .._assembly import DirichletBC, lumped_mass, mass
 from .._callback import host_call
 from .._problems import _check_positive
@@ -32,13 +33,14 @@ from .._sparse import SparseMatrix, SparsityPattern, default_float_dtype
 MASS_KINDS = ("lumped", "consistent")
 
 
-def check_state(x, dim: int, where: str) -> jax.Array:
-    """``x`` as an array of shape ``(dim,)``, else a ``ValueError`` naming ``where``: the energies
-    handed to samplers check their argument too (a longer state would run, its extra entries
-    outside the energy)."""
+def check_state(x, dim: int, where: str, what: str = "the state", hint: str = "") -> jax.Array:
+    """``x`` as an array of shape ``(dim,)``, else a ``UserError`` naming ``where`` and ``what``.
+
+    The models' methods and the energies they hand to samplers check their argument (a longer
+    state would run, its extra entries outside the energy)."""
     x = jnp.asarray(x)
     if x.shape != (dim,):
-        raise ValueError(f"{where}: the state must have shape ({dim},), got {x.shape}")
+        raise UserError(f"{where}: {what} must have shape ({dim},){hint}, got {x.shape}")
     return x
 
 
@@ -440,12 +442,7 @@ class StatFEM(eqx.Module):
         return _restrict(self.structure, u)
 
     def _check_x(self, x, fn):
-        x = jnp.asarray(x)
-        if x.shape != (self.dim,):
-            raise ValueError(
-                f"StatFEM.{fn}: x must have shape ({self.dim},) (free dofs), got {x.shape}"
-            )
-        return x
+        return check_state(x, self.dim, f"StatFEM.{fn}", "x", " (free dofs)")
 
     def check_data(self, y, fn="log_likelihood") -> jax.Array:
         """Observations as a ``(J, m)`` array of replicates (``(m,)`` is one replicate)."""
@@ -555,16 +552,14 @@ class StatFEM(eqx.Module):
     def energy_fn(self, y) -> Callable:
         """``x -> Phi(x)`` with the operators assembled once (fast inside samplers)."""
         y = self.check_data(y, "energy_fn")
-        sys, dim = self.system(), self.dim
-        return lambda x: sys.energy(check_state(x, dim, "StatFEM.energy_fn(y)"), y)
+        sys = self.system()
+        return lambda x: sys.energy(self._check_x(x, "energy_fn(y)"), y)
 
     def likelihood_energy_fn(self, y) -> Callable:
         """``x -> likelihood_energy(x, y)`` with the operators assembled once (for pCN)."""
         y = self.check_data(y, "likelihood_energy_fn")
-        sys, dim = self.system(), self.dim
-        return lambda x: sys.likelihood_energy(
-            check_state(x, dim, "StatFEM.likelihood_energy_fn(y)"), y
-        )
+        sys = self.system()
+        return lambda x: sys.likelihood_energy(self._check_x(x, "likelihood_energy_fn(y)"), y)
 
     # -- prior -----------------------------------------------------------------------------
     def prior_mean(self) -> jax.Array:
